@@ -1,0 +1,167 @@
+"""Input validation shared by every kernel: bad input gets a clear error here, never a crash deep inside a kernel.
+
+Rules (README "Input rules" documents them for users):
+- q, k: (B, NH, S, DHQK); v: (B, NH, S, DHHV); i, f: (B, NH, S); S >= 1; all on one device.
+- q, k, v share one floating dtype (float16, bfloat16, float32, float64); i and f share one floating dtype, which
+  may differ from q's (gate arithmetic always runs in at least float32).
+- States: c (B, NH, DHQK, DHHV), n (B, NH, DHQK), m (B, NH, 1) or (B, NH); floating; same device. The exp cell
+  takes all three or none; the sig cell takes c and n (m is ignored).
+- Non-finite values are not scanned for (that would cost a device sync per call): NaN/Inf in an input propagate to
+  the outputs of the affected (batch, head). Set MLSTM_AUTOTUNE_CHECK_FINITE=1 to raise on them instead.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+CELLS = ("exp", "sig")
+
+
+class MLSTMInputError(ValueError):
+    """Raised for any invalid argument to an mLSTM kernel (shape, dtype, device, rank, option)."""
+
+
+@dataclass(frozen=True)
+class Dims:
+    B: int
+    NH: int
+    S: int
+    DHQK: int
+    DHHV: int
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise MLSTMInputError(message)
+
+
+def _check_tensor(name: str, t, rank: int) -> None:
+    _require(isinstance(t, torch.Tensor), f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    _require(t.dim() == rank, f"{name} must have {rank} dimensions, got shape {tuple(t.shape)}")
+    _require(t.dtype in FLOAT_DTYPES, f"{name} must be float16/bfloat16/float32/float64, got {t.dtype}")
+
+
+def _check_shape(name: str, t: torch.Tensor, expected: tuple[int, ...], what: str) -> None:
+    _require(tuple(t.shape) == expected, f"{name} must have shape {what} = {expected}, got {tuple(t.shape)}")
+
+
+def _check_same_device(named: dict[str, torch.Tensor | None]) -> None:
+    present = {k: t for k, t in named.items() if t is not None}
+    devices = {str(t.device) for t in present.values()}
+    if len(devices) > 1:
+        listing = ", ".join(f"{k} on {t.device}" for k, t in present.items())
+        raise MLSTMInputError(f"all inputs must be on one device, got {listing}")
+
+
+def _check_finite(named: dict[str, torch.Tensor | None]) -> None:
+    if os.environ.get("MLSTM_AUTOTUNE_CHECK_FINITE", "0") in ("", "0"):
+        return
+    for name, t in named.items():
+        if t is not None and not bool(torch.isfinite(t).all()):
+            raise MLSTMInputError(f"{name} contains NaN or Inf (MLSTM_AUTOTUNE_CHECK_FINITE is set)")
+
+
+def check_cell(cell: str, normalize: bool = True) -> None:
+    _require(cell in CELLS, f"cell must be one of {CELLS}, got {cell!r}")
+    _require(isinstance(normalize, bool), f"normalize must be a bool, got {normalize!r}")
+
+
+def check_eps(eps) -> None:
+    ok = isinstance(eps, (int, float)) and not isinstance(eps, bool) and math.isfinite(eps) and eps >= 0
+    _require(ok, f"eps must be a finite float >= 0, got {eps!r}")
+
+
+def check_chunk_size(chunk_size) -> None:
+    _require(
+        isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size >= 1,
+        f"chunk_size must be an int >= 1, got {chunk_size!r}",
+    )
+
+
+def _check_states(c, n, m, B, NH, DHQK, DHHV, cell: str, names=("c_initial", "n_initial", "m_initial")) -> None:
+    c_name, n_name, m_name = names
+    if cell == "exp":
+        given = [x is not None for x in (c, n, m)]
+        _require(
+            all(given) or not any(given),
+            f"the exp cell needs {c_name}, {n_name} and {m_name} together or none of them; "
+            f"got {', '.join(nm for nm, g in zip(names, given) if g)}",
+        )
+    else:
+        _require((c is None) == (n is None), f"the sig cell needs {c_name} and {n_name} together or neither of them")
+    if c is not None:
+        _check_tensor(c_name, c, 4)
+        _check_shape(c_name, c, (B, NH, DHQK, DHHV), "(B, NH, DHQK, DHHV)")
+        _check_tensor(n_name, n, 3)
+        _check_shape(n_name, n, (B, NH, DHQK), "(B, NH, DHQK)")
+        _require(c.dtype == n.dtype, f"{c_name} and {n_name} must share a dtype, got {c.dtype} and {n.dtype}")
+    if m is not None and cell == "exp":
+        _require(isinstance(m, torch.Tensor), f"{m_name} must be a torch.Tensor, got {type(m).__name__}")
+        _require(
+            tuple(m.shape) in ((B, NH, 1), (B, NH)),
+            f"{m_name} must have shape (B, NH, 1) = {(B, NH, 1)}, got {tuple(m.shape)}",
+        )
+        _require(m.dtype in FLOAT_DTYPES, f"{m_name} must be a floating tensor, got {m.dtype}")
+
+
+def check_sequence_inputs(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=None, *, cell: str = "exp") -> Dims:
+    """Validate the inputs of a chunkwise/parallel/sequence kernel; return the problem dimensions."""
+    _check_tensor("q", q, 4)
+    B, NH, S, DHQK = q.shape
+    _require(S >= 1, f"the sequence length S must be >= 1, got q of shape {tuple(q.shape)}")
+    _require(DHQK >= 1, f"DHQK must be >= 1, got q of shape {tuple(q.shape)}")
+    _check_tensor("k", k, 4)
+    _check_shape("k", k, (B, NH, S, DHQK), "(B, NH, S, DHQK) like q")
+    _check_tensor("v", v, 4)
+    _require(
+        tuple(v.shape[:3]) == (B, NH, S) and v.shape[3] >= 1,
+        f"v must have shape (B, NH, S, DHHV) with (B, NH, S) = {(B, NH, S)} as in q, got {tuple(v.shape)}",
+    )
+    DHHV = v.shape[3]
+    _require(q.dtype == k.dtype == v.dtype, f"q, k, v must share a dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    for name, g in (("i", i), ("f", f)):
+        _check_tensor(name, g, 3)
+        _check_shape(name, g, (B, NH, S), "(B, NH, S)")
+    _require(i.dtype == f.dtype, f"i and f must share a dtype, got i {i.dtype}, f {f.dtype}")
+    _check_states(c_initial, n_initial, m_initial, B, NH, DHQK, DHHV, cell)
+    named = dict(q=q, k=k, v=v, i=i, f=f, c_initial=c_initial, n_initial=n_initial, m_initial=m_initial)
+    _check_same_device(named)
+    _check_finite(named)
+    return Dims(B, NH, S, DHQK, DHHV)
+
+
+def check_step_inputs(q, k, v, i, f, c, n, m, *, cell: str = "exp") -> Dims:
+    """Validate the inputs of a step kernel: q, k (B, NH, DHQK); v (B, NH, DHHV); i, f (B, NH, 1) or (B, NH)."""
+    _check_tensor("q", q, 3)
+    B, NH, DHQK = q.shape
+    _check_tensor("k", k, 3)
+    _check_shape("k", k, (B, NH, DHQK), "(B, NH, DHQK) like q")
+    _check_tensor("v", v, 3)
+    _require(
+        tuple(v.shape[:2]) == (B, NH), f"v must have shape (B, NH, DHHV) with (B, NH) = {(B, NH)}, got {tuple(v.shape)}"
+    )
+    DHHV = v.shape[2]
+    _require(q.dtype == k.dtype == v.dtype, f"q, k, v must share a dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    for name, g in (("i", i), ("f", f)):
+        _require(isinstance(g, torch.Tensor), f"{name} must be a torch.Tensor, got {type(g).__name__}")
+        _require(
+            tuple(g.shape) in ((B, NH, 1), (B, NH)),
+            f"{name} must have shape (B, NH, 1) = {(B, NH, 1)}, got {tuple(g.shape)}",
+        )
+        _require(g.dtype in FLOAT_DTYPES, f"{name} must be a floating tensor, got {g.dtype}")
+    _require(i.dtype == f.dtype, f"i and f must share a dtype, got i {i.dtype}, f {f.dtype}")
+    _check_states(c, n, m, B, NH, DHQK, DHHV, cell, names=("c", "n", "m"))
+    named = dict(q=q, k=k, v=v, i=i, f=f, c=c, n=n, m=m)
+    _check_same_device(named)
+    _check_finite(named)
+    return Dims(B, NH, 1, DHQK, DHHV)
+
+
+def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
+    """float64 if any input is float64, else float32: the dtype native kernels compute and keep states in."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
