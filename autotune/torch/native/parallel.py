@@ -5,8 +5,8 @@
     _ParallelFn        the autograd Function around the two (one class, plain-Python non-tensor arguments)
     mlstm_parallel__native_* / mlstm_siging_parallel__native_*   the registered kernels
 
-``stable_fgate`` chooses how ``F_t - F_j`` is formed: True sums each segment directly (no cancellation for long S),
-False subtracts two cumulative sums (cheaper; loses digits in float32 for long S). Both compute the same function.
+``stable_fgate`` chooses how ``F_t - F_j`` is formed: True sums each segment directly, False subtracts two
+cumulative sums formed in float64 (in float32 they would lose digits for long S). Both compute the same function.
 The chunkwise kernels reuse parallel_forward/parallel_backward within each chunk.
 """
 
@@ -29,7 +29,9 @@ def _log_decay(lf: torch.Tensor, i_log: torch.Tensor, stable_fgate: bool):
         # seg[t, j] = sum_{s=j+1..t} lf_s: cumulative sum down each column of the strictly lower triangle
         seg = torch.where(causal.tril(-1), lf[..., :, None].expand(*lf.shape, S), 0.0).cumsum(-2)
     else:
-        seg = F_t[..., :, None] - F_t[..., None, :]
+        # a difference of cumulative sums cancels for long S; formed in float64, it keeps float32 accuracy
+        F64 = lf.double().cumsum(-1)
+        seg = (F64[..., :, None] - F64[..., None, :]).to(lf.dtype)
     log_D = torch.where(causal, seg + i_log[..., None, :], -math.inf)
     return log_D, F_t
 
@@ -206,7 +208,7 @@ def _make(name: str, *, cell: str, stable_fgate: bool, custom_backward: bool):
     kernel.__doc__ = _DOC.format(
         cell=cell,
         grad="exact hand-written backward (MATH.md §6)" if custom_backward else "backward by autograd",
-        fgate="summed per segment (stable)" if stable_fgate else "as a difference of cumulative sums",
+        fgate="summed per segment" if stable_fgate else "as a difference of float64 cumulative sums",
         m_doc=", m_initial (B, NH, 1)" if cell == "exp" else "; ``normalize`` (default True) as in MATH.md §2",
     )
     return kernel
