@@ -73,7 +73,7 @@ class mLSTMBackendConfig:
     eps: float = 1e-6
     """The eps of the denominator (MATH.md §1)."""
     inference_state_dtype: DtypeType = "float32"
-    """The dtype of the states carried in inference mode."""
+    """The dtype of C and n carried in inference mode (m stays in at least fp32)."""
     normalize_siging: bool = True
     """For sig-cell kernels only: whether h is normalised (MATH.md §2)."""
 
@@ -97,7 +97,8 @@ class mLSTMBackendConfig:
             raise ValueError(f"mLSTMBackendConfig.normalize_siging must be a bool, got {self.normalize_siging!r}")
         _dtype("autocast_kernel_dtype", self.autocast_kernel_dtype)
         _dtype("inference_state_dtype", self.inference_state_dtype)
-        if not isinstance(self.eps, (int, float)) or not math.isfinite(self.eps) or self.eps < 0:
+        bad_eps = isinstance(self.eps, bool) or not isinstance(self.eps, (int, float))
+        if bad_eps or not math.isfinite(self.eps) or self.eps < 0:
             raise ValueError(f"mLSTMBackendConfig.eps must be a finite float >= 0, got {self.eps!r}")
 
     @property
@@ -188,9 +189,10 @@ class mLSTMBackend(nn.Module):
         return (states[0], states[1], states[2] if self.cell == "exp" else None)
 
     def _cast(self, c, n, m):
-        """States in inference_state_dtype (float64 stays float64); m as (B, NH, 1)."""
+        """C and n in inference_state_dtype (float64 stays float64); m as (B, NH, 1) in at least fp32 (it is the
+        log-scale of C and n: rounded to 16 bits it would rescale the state by percents)."""
         dt = torch.float64 if c.dtype == torch.float64 else self._state_dtype
-        m = m.to(dt).reshape(*c.shape[:2], 1) if m is not None else None
+        m = m.to(torch.promote_types(dt, torch.float32)).reshape(*c.shape[:2], 1) if m is not None else None
         return c.to(dt), n.to(dt), m
 
     def _pack(self, c, n, m):

@@ -139,11 +139,13 @@ def check_step_inputs(q, k, v, i, f, c, n, m, *, cell: str = "exp") -> Dims:
     """Validate the inputs of a step kernel: q, k (B, NH, DHQK); v (B, NH, DHHV); i, f (B, NH, 1) or (B, NH)."""
     _check_tensor("q", q, 3)
     B, NH, DHQK = q.shape
+    _require(DHQK >= 1, f"DHQK must be >= 1, got q of shape {tuple(q.shape)}")
     _check_tensor("k", k, 3)
     _check_shape("k", k, (B, NH, DHQK), "(B, NH, DHQK) like q")
     _check_tensor("v", v, 3)
     _require(
-        tuple(v.shape[:2]) == (B, NH), f"v must have shape (B, NH, DHHV) with (B, NH) = {(B, NH)}, got {tuple(v.shape)}"
+        tuple(v.shape[:2]) == (B, NH) and v.shape[2] >= 1,
+        f"v must have shape (B, NH, DHHV) with (B, NH) = {(B, NH)} and DHHV >= 1, got {tuple(v.shape)}",
     )
     DHHV = v.shape[2]
     _require(q.dtype == k.dtype == v.dtype, f"q, k, v must share a dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")

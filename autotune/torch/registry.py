@@ -43,7 +43,7 @@ def available_step_kernels() -> list[str]:
 
 
 def step_kernel(name: str) -> Callable:
-    if name not in _STEP_KERNELS:
+    if not isinstance(name, str) or name not in _STEP_KERNELS:
         raise _unknown("mLSTM step kernel", name, available_step_kernels())
     return _STEP_KERNELS[name]
 
@@ -53,7 +53,7 @@ def available_sequence_kernels() -> list[str]:
 
 
 def sequence_kernel(name: str) -> Callable:
-    if name not in _SEQUENCE_LOOP_KERNELS:
+    if not isinstance(name, str) or name not in _SEQUENCE_LOOP_KERNELS:
         raise _unknown("mLSTM sequence kernel", name, available_sequence_kernels())
     return _SEQUENCE_LOOP_KERNELS[name]
 

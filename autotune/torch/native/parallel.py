@@ -17,6 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_chunk_size
 from .common import pack_output, prepare_sequence
 
 
@@ -57,8 +58,8 @@ def _recompute(q, k, v, i, f, C0, n0, m0, cell, normalize, eps, stable_fgate):
     s = P.sum(-1) + D0 * qn0
     if cell == "exp" or normalize:
         floor = torch.exp(-m) if cell == "exp" else torch.ones_like(s)
-        use_s = s.abs() >= floor
-        den = torch.where(use_s, s.abs(), floor) + eps
+        use_s = s.abs() >= floor  # which branch of the max the gradient takes
+        den = torch.maximum(s.abs(), floor) + eps  # maximum, not where: a NaN in s must reach h
     else:
         floor, use_s, den = None, None, torch.ones_like(s)
     h = num / den[..., None]
@@ -198,6 +199,7 @@ def _make(name: str, *, cell: str, stable_fgate: bool, custom_backward: bool):
         normalize: bool = True,
         **kwargs,
     ):
+        check_chunk_size(chunk_size)  # not used by the parallel form, but a bad value is still a caller's bug
         return _parallel_kernel(
             q, k, v, i, f, c_initial, n_initial, m_initial, return_last_states, eps,
             cell=cell, normalize=normalize if cell == "sig" else True, stable_fgate=stable_fgate,

@@ -3,7 +3,7 @@
     mlstm_recurrent_step__native       step interface: (q, k, v, i, f, c, n, m, eps) -> (h, (c, n, m))
     mlstm_recurrent_sequence__native   sequence interface; loops the step kernel over S (any S >= 1)
 
-States are kept in ``dtype_state`` (float32 by default; float64 when an input is float64). With ``inplace=True``
+C and n are kept in ``dtype_state`` (float32 by default; float64 when an input is float64), m in at least fp32. With ``inplace=True``
 the step kernel writes the new state into the caller's c, n, m buffers and returns them.
 """
 
@@ -19,6 +19,12 @@ def _state_dtype(dtype_state: torch.dtype, *tensors) -> torch.dtype:
     if dtype_state not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise MLSTMInputError(f"dtype_state must be a floating torch.dtype, got {dtype_state!r}")
     return torch.float64 if compute_dtype(*tensors) == torch.float64 else dtype_state
+
+
+def _max_state_dtype(state_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of m: at least fp32. m is the log-scale of C and n; rounded to 16 bits (bf16 keeps 3 digits) it
+    would rescale the whole state by up to a few percent."""
+    return torch.promote_types(state_dtype, torch.float32)
 
 
 def _step(q, k, v, i, f, C, n, m, *, cell: str, normalize: bool, eps: float, dtype):
@@ -88,7 +94,7 @@ def mlstm_recurrent_step__native(
             m.copy_(m_new.reshape(m.shape))
         return h, (c, n, m)
     state_dtype = _state_dtype(dtype_state, q, i, c)
-    m_out = m_new.to(state_dtype) if cell == "exp" else m
+    m_out = m_new.to(_max_state_dtype(state_dtype)) if cell == "exp" else m
     return h, (C_new.to(state_dtype), n_new.to(state_dtype), m_out)
 
 
@@ -118,11 +124,13 @@ def mlstm_recurrent_sequence__native(
     dims = check_sequence_inputs(q, k, v, i, f, c_initial, n_initial, m_initial, cell=cell)
     state_dtype = _state_dtype(dtype_state, q, i, c_initial)
     kw = dict(dtype=state_dtype, device=q.device)
+    m_dtype = _max_state_dtype(state_dtype)
     C = c_initial if c_initial is not None else torch.zeros(dims.B, dims.NH, dims.DHQK, dims.DHHV, **kw)
     n = n_initial if n_initial is not None else torch.zeros(dims.B, dims.NH, dims.DHQK, **kw)
     m = None
     if cell == "exp":
         m = m_initial.reshape(dims.B, dims.NH, 1) if m_initial is not None else torch.zeros(dims.B, dims.NH, 1, **kw)
+        m = m.to(m_dtype)
     dtype = compute_dtype(q, i, c_initial)
     hs = []
     for t in range(dims.S):
@@ -131,7 +139,7 @@ def mlstm_recurrent_sequence__native(
             cell=cell, normalize=normalize, eps=eps, dtype=dtype,
         )  # fmt: skip
         C, n = C.to(state_dtype), n.to(state_dtype)
-        m = m.to(state_dtype) if cell == "exp" else m
+        m = m.to(m_dtype) if cell == "exp" else m
         hs.append(h)
     h = torch.stack(hs, dim=2).to(q.dtype)
     if not return_last_states:
