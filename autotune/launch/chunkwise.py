@@ -1,0 +1,109 @@
+"""Launchers of the chunkwise forward variants: the fused single pass, and the two passes (states, then outputs).
+
+Inputs are assumed validated (autotune.torch.checks); the launchers check launch configurations, make inputs
+contiguous, allocate outputs and launch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..load import load_variant
+from ..torch.checks import MLSTMInputError
+from ..variants import Variant, find
+from .common import cdiv, contiguous, dot_precision, last_state_buffers, next_pow2, require_pow2, state_args
+
+FUSED = "chunkwise_fused_fw.py.j2"
+TWOPASS = "chunkwise_twopass_fw.py.j2"
+
+
+def default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
+    """The configuration a variant runs with when the tuning database has nothing better."""
+    BK, BVmax = next_pow2(DHQK), next_pow2(DHHV)
+    if variant.template == FUSED:
+        # the whole of DHQK x BV of C lives in registers: narrower value tiles for wider keys
+        BV = 64 if BK <= 128 else (32 if BK <= 256 else 16)
+        return {"L": 64 if BK <= 256 else 32, "BV": min(BV, BVmax), "num_warps": 4, "num_stages": 1}
+    return {"LI": 64, "LO": 64, "BKS": min(64, BK), "BVS": min(64, BVmax), "BKO": min(64, BK), "BVO": min(64, BVmax),
+            "num_warps_states": 4, "num_warps_out": 4, "num_stages": 1}  # fmt: skip
+
+
+def check_config(variant: Variant, config: dict) -> None:
+    if variant.template == FUSED:
+        require_pow2(config, "L", "BV")
+    else:
+        require_pow2(config, "LI", "LO", "BKS", "BVS", "BKO", "BVO")
+        if config["LO"] % config["LI"]:
+            raise MLSTMInputError(f"LO ({config['LO']}) must be a multiple of LI ({config['LI']})")
+
+
+def _launch_states(module, k, v, i, f, C0, n0, m0, has_state, buffers, last, *, S, NC, config, store_borders, prec):
+    B, NH, _, DHQK = k.shape
+    DHHV = v.shape[-1]
+    grid = (cdiv(DHQK, config["BKS"]), cdiv(DHHV, config["BVS"]), B * NH)
+    module.chunkwise_states_kernel[grid](
+        k, v, i, f, C0, n0, m0, *buffers, *last, S, NC, DHQK=DHQK, DHHV=DHHV, LI=config["LI"], LO=config["LO"],
+        BK=config["BKS"], BV=config["BVS"], HAS_STATE=has_state, STORE_LAST=last[0].numel() > 1,
+        STORE_BORDERS=store_borders, DOT_PRECISION=prec, num_warps=config["num_warps_states"],
+        num_stages=config["num_stages"],
+    )  # fmt: skip
+
+
+def last_state(k, v, i, f, C0=None, n0=None, m0=None, *, cell: str, config: dict | None = None):
+    """The state after the whole sequence, from the recurrence kernel alone (no outputs): fp32 (C, n, m)."""
+    variant = find(TWOPASS, cell=cell, state="float32")
+    B, NH, S, DHQK = k.shape
+    DHHV = v.shape[-1]
+    config = dict(config or default_config(variant, DHQK, DHHV))
+    config["LO"] = config["LI"]
+    k, v, i, f = contiguous(k, v, i, f)
+    C0, n0, m0, has_state = state_args(C0, n0, m0, k)
+    last = last_state_buffers(B, NH, DHQK, DHHV, k.device, True)
+    dummy = torch.empty(1, dtype=torch.float32, device=k.device)
+    _launch_states(load_variant(variant), k, v, i, f, C0, n0, m0, has_state, (dummy, dummy, dummy), last, S=S,
+                   NC=cdiv(S, config["LI"]), config=config, store_borders=False, prec=dot_precision(k.dtype))  # fmt: skip
+    return last[0], last[1], last[2].reshape(B, NH, 1)
+
+
+def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, config: dict | None = None,
+                 eps: float = 1e-6, normalize: bool = True, return_last_states: bool = False):  # fmt: skip
+    """q, k (B, NH, S, DHQK); v (B, NH, S, DHHV); i, f (B, NH, S); optional C0, n0, m0. Returns h (B, NH, S, DHHV) in
+    q's dtype and the fp32 last state (C, n, m), or None unless return_last_states."""
+    B, NH, S, DHQK = q.shape
+    DHHV = v.shape[-1]
+    config = dict(config or default_config(variant, DHQK, DHHV))
+    check_config(variant, config)
+    q, k, v, i, f = contiguous(q, k, v, i, f)
+    C0, n0, m0, has_state = state_args(C0, n0, m0, q)
+    h = torch.empty(B, NH, S, DHHV, dtype=q.dtype, device=q.device)
+    last = last_state_buffers(B, NH, DHQK, DHHV, q.device, return_last_states)
+    module = load_variant(variant)
+    prec = dot_precision(q.dtype)
+    if variant.template == FUSED:
+        grid = (cdiv(DHHV, config["BV"]), B * NH)
+        module.chunkwise_fused_fw_kernel[grid](
+            q, k, v, i, f, C0, n0, m0, h, *last, S, scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV, L=config["L"],
+            BK=next_pow2(DHQK), BV=config["BV"], HAS_STATE=has_state, STORE_LAST=return_last_states,
+            NORMALIZE=normalize, DOT_PRECISION=prec, num_warps=config["num_warps"], num_stages=config["num_stages"],
+        )  # fmt: skip
+    elif variant.template == TWOPASS:
+        NC = cdiv(S, config["LO"])
+        state_dtype = torch.float32 if variant.params["state"] == "float32" else q.dtype
+        buffers = (
+            torch.empty(B, NH, NC, DHQK, DHHV, dtype=state_dtype, device=q.device),
+            torch.empty(B, NH, NC, DHQK, dtype=torch.float32, device=q.device),
+            torch.empty(B, NH, NC, dtype=torch.float32, device=q.device),
+        )
+        _launch_states(module, k, v, i, f, C0, n0, m0, has_state, buffers, last, S=S, NC=NC, config=config,
+                       store_borders=True, prec=prec)  # fmt: skip
+        grid = (cdiv(DHHV, config["BVO"]), NC, B * NH)
+        module.chunkwise_output_kernel[grid](
+            q, k, v, i, f, *buffers, h, S, NC, scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV, LO=config["LO"],
+            BK=config["BKO"], BV=config["BVO"], NORMALIZE=normalize, DOT_PRECISION=prec,
+            num_warps=config["num_warps_out"], num_stages=config["num_stages"],
+        )  # fmt: skip
+    else:
+        raise MLSTMInputError(f"{variant.name} is not a chunkwise forward variant")
+    if not return_last_states:
+        return h, None
+    return h, (last[0], last[1], last[2].reshape(B, NH, 1))

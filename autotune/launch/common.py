@@ -1,0 +1,56 @@
+"""What every launcher needs: tensors made contiguous, the initial-state arguments, power-of-two tiles, checks of a
+launch configuration, and the dot precision for fp32 inputs."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..torch.checks import MLSTMInputError
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def next_pow2(x: int, minimum: int = 16) -> int:
+    return max(minimum, 1 << (max(1, x) - 1).bit_length())
+
+
+def contiguous(*tensors):
+    return tuple(t.contiguous() if t is not None else None for t in tensors)
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 inputs use true fp32 dots ("ieee", MATH.md limit 1e-5) unless MLSTM_AUTOTUNE_TF32=1 asks for TF32."""
+    if dtype == torch.float32 and os.environ.get("MLSTM_AUTOTUNE_TF32", "0") not in ("", "0"):
+        return "tf32"
+    return "ieee"
+
+
+def state_args(C0, n0, m0, like: torch.Tensor):
+    """Pointers for the initial state: the given tensors (contiguous), or a 1-element dummy when there is none."""
+    if C0 is None:
+        dummy = torch.zeros(1, dtype=torch.float32, device=like.device)
+        return dummy, dummy, dummy, False
+    m0 = m0 if m0 is not None else torch.zeros(C0.shape[:2], dtype=torch.float32, device=C0.device)
+    C0, n0, m0 = contiguous(C0, n0, m0.reshape(C0.shape[:2]))
+    return C0, n0, m0, True
+
+
+def require_pow2(config: dict, *names: str, minimum: int = 16) -> None:
+    for name in names:
+        value = config[name]
+        if not isinstance(value, int) or value < minimum or value & (value - 1):
+            raise MLSTMInputError(f"launch parameter {name} must be a power of two >= {minimum}, got {value!r}")
+
+
+def last_state_buffers(B, NH, DHQK, DHHV, device, store: bool):
+    if not store:
+        dummy = torch.empty(1, dtype=torch.float32, device=device)
+        return dummy, dummy, dummy
+    C = torch.empty(B, NH, DHQK, DHHV, dtype=torch.float32, device=device)
+    n = torch.empty(B, NH, DHQK, dtype=torch.float32, device=device)
+    m = torch.empty(B, NH, dtype=torch.float32, device=device)
+    return C, n, m

@@ -1,0 +1,83 @@
+"""Launchers of the recurrent inference kernels: one step (optionally in place), and a whole sequence."""
+
+from __future__ import annotations
+
+import torch
+
+from ..load import load_variant
+from ..variants import Variant
+from .common import cdiv, contiguous, next_pow2, require_pow2, state_args
+
+_COUNTERS: dict[tuple, torch.Tensor] = {}
+
+
+def _arrival_counters(n: int, device: torch.device) -> torch.Tensor:
+    """Per-head int32 counters the in-place step kernel uses and resets; allocated once per (device, B * NH), so
+    steady-state calls allocate nothing (call once before capturing a CUDA graph)."""
+    key = (str(device), n)
+    if key not in _COUNTERS:
+        _COUNTERS[key] = torch.zeros(n, dtype=torch.int32, device=device)
+    return _COUNTERS[key]
+
+
+def step_default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
+    return {"BK": min(64, next_pow2(DHQK)), "BV": min(64, next_pow2(DHHV)), "num_warps": 4}
+
+
+def sequence_default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
+    BK = next_pow2(DHQK)
+    return {"BV": min(64 if BK <= 128 else 32, next_pow2(DHHV)), "num_warps": 4}
+
+
+def step_fw(q, k, v, i, f, C, n, m, *, variant: Variant, config: dict | None = None, eps: float = 1e-6,
+            normalize: bool = True, out=None):  # fmt: skip
+    """One step. q, k (B, NH, DHQK); v (B, NH, DHHV); i, f (B, NH) or (B, NH, 1); C, n, m the state (m may be None
+    for the sig cell). ``out`` = (C', n', m') buffers to write the new state to; ``out`` is (C, n, m) itself for an
+    in-place update (the buffers must then be contiguous). Returns h (B, NH, DHHV) in q's dtype."""
+    B, NH, DHQK = q.shape
+    DHHV = v.shape[-1]
+    config = dict(config or step_default_config(variant, DHQK, DHHV))
+    require_pow2(config, "BK", "BV")
+    inplace = out[0] is C
+    q, k, v, i, f = contiguous(q, k, v, i, f)
+    h = torch.empty(B, NH, DHHV, dtype=q.dtype, device=q.device)
+    m = h if m is None else m  # the sig cell reads no m: any pointer will do, and nothing is allocated
+    Cout, nout, mout = out[0], out[1], out[2] if out[2] is not None else m
+    NV = cdiv(DHHV, config["BV"])
+    counters = _arrival_counters(B * NH, q.device) if inplace else h
+    load_variant(variant).recurrent_step_kernel[(NV, B * NH)](
+        q, k, v, i, f, C, n, m, Cout, nout, mout, h, counters, scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV,
+        BK=config["BK"], BV=config["BV"], NV=NV, INPLACE=inplace, NORMALIZE=normalize, num_warps=config["num_warps"],
+    )  # fmt: skip
+    return h
+
+
+def sequence_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, config: dict | None = None,
+                eps: float = 1e-6, normalize: bool = True, return_last_states: bool = False,
+                state_dtype: torch.dtype = torch.float32):  # fmt: skip
+    """The recurrence over a whole sequence in one launch. Returns h in q's dtype and the last state (C, n in
+    ``state_dtype``, m in at least fp32) or None."""
+    B, NH, S, DHQK = q.shape
+    DHHV = v.shape[-1]
+    config = dict(config or sequence_default_config(variant, DHQK, DHHV))
+    require_pow2(config, "BV")
+    q, k, v, i, f = contiguous(q, k, v, i, f)
+    C0, n0, m0, has_state = state_args(C0, n0, m0, q)
+    h = torch.empty(B, NH, S, DHHV, dtype=q.dtype, device=q.device)
+    if return_last_states:
+        m_dtype = torch.promote_types(state_dtype, torch.float32)
+        last = (torch.empty(B, NH, DHQK, DHHV, dtype=state_dtype, device=q.device),
+                torch.empty(B, NH, DHQK, dtype=state_dtype, device=q.device),
+                torch.empty(B, NH, dtype=m_dtype, device=q.device))  # fmt: skip
+    else:
+        dummy = torch.empty(1, dtype=torch.float32, device=q.device)
+        last = (dummy, dummy, dummy)
+    grid = (cdiv(DHHV, config["BV"]), B * NH)
+    load_variant(variant).recurrent_sequence_kernel[grid](
+        q, k, v, i, f, C0, n0, m0, h, *last, S, scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV,
+        BK=next_pow2(DHQK), BV=config["BV"], HAS_STATE=has_state, STORE_LAST=return_last_states, NORMALIZE=normalize,
+        num_warps=config["num_warps"],
+    )  # fmt: skip
+    if not return_last_states:
+        return h, None
+    return h, (last[0], last[1], last[2].reshape(B, NH, 1))

@@ -1,0 +1,137 @@
+# GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
+# template:        chunkwise_fused_fw.py.j2
+# template hash:   50fa7483563067c8
+# parameters:      cell=exp, state=float32
+# regenerate with: mlstm-tune render   (or: python -m autotune render)
+"""Chunkwise mLSTM forward (exp cell), fused single pass: one program per (value tile, batch x head) walks the
+sequence chunk by chunk and carries the state (C, n, m) on chip; no per-chunk state is written to memory.
+
+State in the q @ C product: fp32.
+Grid: (cdiv(DHHV, BV), B * NH). Launch parameters: L (chunk), BV (value tile), BK (DHQK padded to a power of two),
+num_warps, num_stages. Each program recomputes q k^T of its chunks: the price of not materialising states.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _logsigmoid(x):
+    # log(sigmoid(x)) = min(x, 0) - log(1 + exp(-|x|)); the exponent is <= 0, so nothing overflows
+    return tl.minimum(x, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def _load_gates(i_ptr, f_ptr, o_t, m_t):
+    """Gate pre-activations of a chunk in fp32 -> (log forget gate, log input gate); 0 and -inf past S."""
+    b_i = tl.load(i_ptr + o_t, mask=m_t, other=0.0).to(tl.float32)
+    b_f = tl.load(f_ptr + o_t, mask=m_t, other=0.0).to(tl.float32)
+    b_lf = tl.where(m_t, _logsigmoid(b_f), 0.0)
+    b_li = tl.where(m_t, b_i, float("-inf"))
+    return b_lf, b_li
+
+
+@triton.jit
+def _chunk_state_weights(b_lf, b_li, b_m):
+    """How a chunk moves the state (C, n, m): C_new = decay * C + sum_j w_j k_j v_j^T; returns (decay, w, m_new).
+
+    g_j = (sum of lf after j in the chunk) + li_j is token j's log weight at the chunk end.
+    """
+    b_F = tl.cumsum(b_lf, axis=0)
+    b_Fend = tl.sum(b_lf, axis=0)
+    b_g = b_Fend - b_F + b_li
+    b_m_new = tl.maximum(b_Fend + b_m, tl.max(b_g, axis=0))
+    return tl.exp(b_Fend + b_m - b_m_new), tl.exp(b_g - b_m_new), b_m_new
+
+
+@triton.jit
+def _chunk_decay_matrix(b_lf, b_li, b_m, o_l):
+    """Within-chunk decay, MATH.md §3-§4: D[t, j] = exp(F_t - F_j + li_j - m_t) for j <= t, D0[t] = exp(F_t + m - m_t)
+    for the state before the chunk, m_t the row max. F is the chunk-local cumulative sum (no cancellation)."""
+    b_F = tl.cumsum(b_lf, axis=0)
+    b_logD = tl.where(o_l[:, None] >= o_l[None, :], b_F[:, None] - b_F[None, :] + b_li[None, :], float("-inf"))
+    b_logD0 = b_F + b_m
+    b_mt = tl.maximum(tl.max(b_logD, axis=1), b_logD0)
+    return tl.exp(b_logD - b_mt[:, None]), tl.exp(b_logD0 - b_mt), b_mt
+
+
+@triton.jit
+def _normalize(b_num, b_s, b_mt, eps, NORMALIZE: tl.constexpr):
+    """h = num / (max(|s|, floor) + eps): floor exp(-m) for the exp cell, 1 for the sig cell (MATH.md §1-§2)."""
+    b_den = tl.maximum(tl.abs(b_s), tl.exp(-b_mt)) + eps
+    return b_num / b_den[:, None]
+
+
+@triton.jit
+def chunkwise_fused_fw_kernel(
+    q_ptr,  # (B, NH, S, DHQK) contiguous
+    k_ptr,  # (B, NH, S, DHQK)
+    v_ptr,  # (B, NH, S, DHHV)
+    i_ptr,  # (B, NH, S) input gate pre-activations, any float dtype
+    f_ptr,  # (B, NH, S) forget gate pre-activations
+    C0_ptr,  # (B, NH, DHQK, DHHV) initial state (read when HAS_STATE)
+    n0_ptr,  # (B, NH, DHQK)
+    m0_ptr,  # (B, NH)
+    h_ptr,  # (B, NH, S, DHHV) output, the inputs' dtype
+    CS_ptr,  # (B, NH, DHQK, DHHV) fp32 last state (written when STORE_LAST)
+    nS_ptr,  # (B, NH, DHQK) fp32
+    mS_ptr,  # (B, NH) fp32
+    S,
+    scale,
+    eps,
+    DHQK: tl.constexpr,
+    DHHV: tl.constexpr,
+    L: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    HAS_STATE: tl.constexpr,
+    STORE_LAST: tl.constexpr,
+    NORMALIZE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    o_l = tl.arange(0, L)
+    m_k, m_v = o_k < DHQK, o_v < DHHV
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_C0 = C0_ptr + i_bh * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :]
+    if HAS_STATE:
+        b_C = tl.load(p_C0, mask=m_kv, other=0.0).to(tl.float32)
+        b_n = tl.load(n0_ptr + i_bh * DHQK + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_m = tl.load(m0_ptr + i_bh).to(tl.float32)
+    else:
+        b_C = tl.zeros([BK, BV], dtype=tl.float32)
+        b_n = tl.zeros([BK], dtype=tl.float32)
+        b_m = tl.full([], 0.0, tl.float32)
+    q_ptr += i_bh * S * DHQK
+    k_ptr += i_bh * S * DHQK
+    v_ptr += i_bh * S * DHHV
+    h_ptr += i_bh * S * DHHV
+    for i_c in range(0, tl.cdiv(S, L)):
+        o_t = i_c * L + o_l
+        m_t = o_t < S
+        b_lf, b_li = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_t, m_t)
+        b_q = tl.load(q_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
+        b_k = tl.load(k_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
+        b_v = tl.load(v_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
+        # within the chunk: the parallel form, with the carried state as the initial-state column
+        b_D, b_D0, b_mt = _chunk_decay_matrix(b_lf, b_li, b_m, o_l)
+        b_P = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION) * scale * b_D  # [L, BK] @ [BK, L] -> [L, L]
+        b_num = tl.dot(b_P.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)  # [L, L] @ [L, BV] -> [L, BV]
+        b_qC = tl.dot(b_q.to(tl.float32), b_C, input_precision=DOT_PRECISION)  # [L, BK] @ [BK, BV] -> [L, BV]
+        b_qn = tl.sum(b_q.to(tl.float32) * b_n[None, :], axis=1)  # [L]
+        b_num += (b_D0 * scale)[:, None] * b_qC
+        b_s = tl.sum(b_P, axis=1) + b_D0 * scale * b_qn
+        b_h = _normalize(b_num, b_s, b_mt, eps, NORMALIZE)
+        tl.store(h_ptr + o_t[:, None] * DHHV + o_v[None, :], b_h.to(h_ptr.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
+        # carry the state across the chunk border
+        b_decay, b_w, b_m = _chunk_state_weights(b_lf, b_li, b_m)
+        b_kw = b_k.to(tl.float32) * b_w[:, None]  # [L, BK]
+        b_C = b_decay * b_C + tl.dot(tl.trans(b_kw).to(b_v.dtype), b_v, input_precision=DOT_PRECISION)  # [BK, L] @ [L, BV]
+        b_n = b_decay * b_n + tl.sum(b_kw, axis=0)
+    if STORE_LAST:
+        tl.store(CS_ptr + i_bh * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :], b_C, mask=m_kv)
+        if i_v == 0:
+            tl.store(nS_ptr + i_bh * DHQK + o_k, b_n, mask=m_k)
+            tl.store(mS_ptr + i_bh, b_m)

@@ -1,0 +1,194 @@
+# GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
+# template:        chunkwise_twopass_fw.py.j2
+# template hash:   a1caedbcc2e41d14
+# parameters:      cell=exp, state=input
+# regenerate with: mlstm-tune render   (or: python -m autotune render)
+"""Chunkwise mLSTM forward (exp cell), two passes:
+  1. chunkwise_states_kernel walks the chunk borders (the recurrence of MATH.md §4, in sub-chunks of LI tokens) and
+     writes the state before every output chunk of LO tokens (LO a multiple of LI) to memory (with STORE_BORDERS;
+     without, it only produces the last state, which is how the parallel launcher gets last states);
+     grid (cdiv(DHQK, BKS), cdiv(DHHV, BVS), B * NH).
+  2. chunkwise_output_kernel computes every output chunk in parallel from its stored state and its own tokens;
+     grid (cdiv(DHHV, BVO), cdiv(S, LO), B * NH), looping over DHQK in tiles of BKO.
+Stored C: the inputs' dtype (bf16 for bf16 inputs); n and m fp32.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _logsigmoid(x):
+    # log(sigmoid(x)) = min(x, 0) - log(1 + exp(-|x|)); the exponent is <= 0, so nothing overflows
+    return tl.minimum(x, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def _load_gates(i_ptr, f_ptr, o_t, m_t):
+    """Gate pre-activations of a chunk in fp32 -> (log forget gate, log input gate); 0 and -inf past S."""
+    b_i = tl.load(i_ptr + o_t, mask=m_t, other=0.0).to(tl.float32)
+    b_f = tl.load(f_ptr + o_t, mask=m_t, other=0.0).to(tl.float32)
+    b_lf = tl.where(m_t, _logsigmoid(b_f), 0.0)
+    b_li = tl.where(m_t, b_i, float("-inf"))
+    return b_lf, b_li
+
+
+@triton.jit
+def _chunk_state_weights(b_lf, b_li, b_m):
+    """How a chunk moves the state (C, n, m): C_new = decay * C + sum_j w_j k_j v_j^T; returns (decay, w, m_new).
+
+    g_j = (sum of lf after j in the chunk) + li_j is token j's log weight at the chunk end.
+    """
+    b_F = tl.cumsum(b_lf, axis=0)
+    b_Fend = tl.sum(b_lf, axis=0)
+    b_g = b_Fend - b_F + b_li
+    b_m_new = tl.maximum(b_Fend + b_m, tl.max(b_g, axis=0))
+    return tl.exp(b_Fend + b_m - b_m_new), tl.exp(b_g - b_m_new), b_m_new
+
+
+@triton.jit
+def _chunk_decay_matrix(b_lf, b_li, b_m, o_l):
+    """Within-chunk decay, MATH.md §3-§4: D[t, j] = exp(F_t - F_j + li_j - m_t) for j <= t, D0[t] = exp(F_t + m - m_t)
+    for the state before the chunk, m_t the row max. F is the chunk-local cumulative sum (no cancellation)."""
+    b_F = tl.cumsum(b_lf, axis=0)
+    b_logD = tl.where(o_l[:, None] >= o_l[None, :], b_F[:, None] - b_F[None, :] + b_li[None, :], float("-inf"))
+    b_logD0 = b_F + b_m
+    b_mt = tl.maximum(tl.max(b_logD, axis=1), b_logD0)
+    return tl.exp(b_logD - b_mt[:, None]), tl.exp(b_logD0 - b_mt), b_mt
+
+
+@triton.jit
+def _normalize(b_num, b_s, b_mt, eps, NORMALIZE: tl.constexpr):
+    """h = num / (max(|s|, floor) + eps): floor exp(-m) for the exp cell, 1 for the sig cell (MATH.md §1-§2)."""
+    b_den = tl.maximum(tl.abs(b_s), tl.exp(-b_mt)) + eps
+    return b_num / b_den[:, None]
+
+
+@triton.jit
+def chunkwise_states_kernel(
+    k_ptr,  # (B, NH, S, DHQK) contiguous
+    v_ptr,  # (B, NH, S, DHHV)
+    i_ptr,  # (B, NH, S)
+    f_ptr,  # (B, NH, S)
+    C0_ptr,  # (B, NH, DHQK, DHHV) initial state (read when HAS_STATE)
+    n0_ptr,  # (B, NH, DHQK)
+    m0_ptr,  # (B, NH)
+    Cb_ptr,  # (B, NH, NC, DHQK, DHHV) state before each output chunk
+    nb_ptr,  # (B, NH, NC, DHQK) fp32
+    mb_ptr,  # (B, NH, NC) fp32
+    CS_ptr,  # (B, NH, DHQK, DHHV) fp32 last state (written when STORE_LAST)
+    nS_ptr,  # (B, NH, DHQK) fp32
+    mS_ptr,  # (B, NH) fp32
+    S,
+    NC,
+    DHQK: tl.constexpr,
+    DHHV: tl.constexpr,
+    LI: tl.constexpr,
+    LO: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    HAS_STATE: tl.constexpr,
+    STORE_LAST: tl.constexpr,
+    STORE_BORDERS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    o_l = tl.arange(0, LI)
+    m_k, m_v = o_k < DHQK, o_v < DHHV
+    m_kv = m_k[:, None] & m_v[None, :]
+    o_kv = o_k[:, None] * DHHV + o_v[None, :]
+    if HAS_STATE:
+        b_C = tl.load(C0_ptr + i_bh * DHQK * DHHV + o_kv, mask=m_kv, other=0.0).to(tl.float32)
+        b_n = tl.load(n0_ptr + i_bh * DHQK + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_m = tl.load(m0_ptr + i_bh).to(tl.float32)
+    else:
+        b_C = tl.zeros([BK, BV], dtype=tl.float32)
+        b_n = tl.zeros([BK], dtype=tl.float32)
+        b_m = tl.full([], 0.0, tl.float32)
+    k_ptr += i_bh * S * DHQK
+    v_ptr += i_bh * S * DHHV
+    for i_c in range(0, NC):
+        if STORE_BORDERS:
+            i_bhc = i_bh * NC + i_c  # int64: the state buffer may hold more than 2^31 elements
+            tl.store(Cb_ptr + i_bhc * DHQK * DHHV + o_kv, b_C.to(Cb_ptr.dtype.element_ty), mask=m_kv)
+            if i_v == 0:
+                tl.store(nb_ptr + i_bhc * DHQK + o_k, b_n, mask=m_k)
+                if i_k == 0:
+                    tl.store(mb_ptr + i_bhc, b_m)
+        for i_s in range(0, LO // LI):
+            o_t = i_c * LO + i_s * LI + o_l
+            m_t = o_t < S
+            b_lf, b_li = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_t, m_t)
+            b_k = tl.load(k_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
+            b_v = tl.load(v_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
+            b_decay, b_w, b_m = _chunk_state_weights(b_lf, b_li, b_m)
+            b_kw = b_k.to(tl.float32) * b_w[:, None]  # [LI, BK]
+            b_kwT = tl.trans(b_kw).to(b_v.dtype)
+            b_C = b_decay * b_C + tl.dot(b_kwT, b_v, input_precision=DOT_PRECISION)  # [BK, LI] @ [LI, BV] -> [BK, BV]
+            b_n = b_decay * b_n + tl.sum(b_kw, axis=0)
+    if STORE_LAST:
+        tl.store(CS_ptr + i_bh * DHQK * DHHV + o_kv, b_C, mask=m_kv)
+        if i_v == 0:
+            tl.store(nS_ptr + i_bh * DHQK + o_k, b_n, mask=m_k)
+            if i_k == 0:
+                tl.store(mS_ptr + i_bh, b_m)
+
+
+@triton.jit
+def chunkwise_output_kernel(
+    q_ptr,  # (B, NH, S, DHQK) contiguous
+    k_ptr,  # (B, NH, S, DHQK)
+    v_ptr,  # (B, NH, S, DHHV)
+    i_ptr,  # (B, NH, S)
+    f_ptr,  # (B, NH, S)
+    Cb_ptr,  # (B, NH, NC, DHQK, DHHV) state before each chunk, from chunkwise_states_kernel
+    nb_ptr,  # (B, NH, NC, DHQK) fp32
+    mb_ptr,  # (B, NH, NC) fp32
+    h_ptr,  # (B, NH, S, DHHV) output, the inputs' dtype
+    S,
+    NC,
+    scale,
+    eps,
+    DHQK: tl.constexpr,
+    DHHV: tl.constexpr,
+    LO: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    NORMALIZE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    i_bhc = i_bh * NC + i_c
+    o_l = tl.arange(0, LO)
+    o_t = i_c * LO + o_l
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_t, m_v = o_t < S, o_v < DHHV
+    q_ptr += i_bh * S * DHQK
+    k_ptr += i_bh * S * DHQK
+    b_lf, b_li = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_t, m_t)
+    b_D, b_D0, b_mt = _chunk_decay_matrix(b_lf, b_li, tl.load(mb_ptr + i_bhc), o_l)
+    b_A = tl.zeros([LO, LO], dtype=tl.float32)
+    b_qC = tl.zeros([LO, BV], dtype=tl.float32)
+    b_qn = tl.zeros([LO], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(DHQK, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < DHQK
+        b_q = tl.load(q_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
+        b_k = tl.load(k_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
+        b_A += tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)  # [LO, BK] @ [BK, LO] -> [LO, LO]
+        p_C = Cb_ptr + i_bhc * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :]
+        b_C = tl.load(p_C, mask=m_k[:, None] & m_v[None, :], other=0.0)
+        b_qC += tl.dot(b_q, b_C.to(b_q.dtype), input_precision=DOT_PRECISION)  # [LO, BK] @ [BK, BV] -> [LO, BV]
+        b_n = tl.load(nb_ptr + i_bhc * DHQK + o_k, mask=m_k, other=0.0)
+        b_qn += tl.sum(b_q.to(tl.float32) * b_n[None, :], axis=1)
+    b_P = b_A * scale * b_D
+    b_v = tl.load(v_ptr + i_bh * S * DHHV + o_t[:, None] * DHHV + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
+                  other=0.0)
+    b_num = tl.dot(b_P.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)  # [LO, LO] @ [LO, BV] -> [LO, BV]
+    b_num += (b_D0 * scale)[:, None] * b_qC
+    b_s = tl.sum(b_P, axis=1) + b_D0 * scale * b_qn
+    b_h = _normalize(b_num, b_s, b_mt, eps, NORMALIZE)
+    p_h = h_ptr + i_bh * S * DHHV + o_t[:, None] * DHHV + o_v[None, :]
+    tl.store(p_h, b_h.to(h_ptr.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])

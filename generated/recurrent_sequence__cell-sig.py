@@ -1,0 +1,86 @@
+# GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
+# template:        recurrent_sequence.py.j2
+# template hash:   d11b3f6741771e72
+# parameters:      cell=sig
+# regenerate with: mlstm-tune render   (or: python -m autotune render)
+"""mLSTM over a whole sequence in one launch (sig cell), MATH.md §1-§2 step by step: one program per (value
+tile, batch x head) keeps its columns of C, and all of n and m, on chip for all S tokens. For inference (prefill of
+a remainder shorter than a chunk, or short prompts): the work per token is tiny, so S steps run back to back.
+Grid: (cdiv(DHHV, BV), B * NH); BK is DHQK padded to a power of two.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _logsigmoid(x):
+    # log(sigmoid(x)) = min(x, 0) - log(1 + exp(-|x|)); the exponent is <= 0, so nothing overflows
+    return tl.minimum(x, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def recurrent_sequence_kernel(
+    q_ptr,  # (B, NH, S, DHQK) contiguous
+    k_ptr,  # (B, NH, S, DHQK)
+    v_ptr,  # (B, NH, S, DHHV)
+    i_ptr,  # (B, NH, S)
+    f_ptr,  # (B, NH, S)
+    C0_ptr,  # (B, NH, DHQK, DHHV) initial state (read when HAS_STATE)
+    n0_ptr,  # (B, NH, DHQK)
+    m0_ptr,  # (B, NH)
+    h_ptr,  # (B, NH, S, DHHV) output
+    CS_ptr,  # (B, NH, DHQK, DHHV) last state (written when STORE_LAST), any float dtype
+    nS_ptr,  # (B, NH, DHQK)
+    mS_ptr,  # (B, NH)
+    S,
+    scale,
+    eps,
+    DHQK: tl.constexpr,
+    DHHV: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    HAS_STATE: tl.constexpr,
+    STORE_LAST: tl.constexpr,
+    NORMALIZE: tl.constexpr,
+):
+    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < DHQK, o_v < DHHV
+    m_kv = m_k[:, None] & m_v[None, :]
+    o_kv = i_bh * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :]
+    if HAS_STATE:
+        b_C = tl.load(C0_ptr + o_kv, mask=m_kv, other=0.0).to(tl.float32)
+        b_n = tl.load(n0_ptr + i_bh * DHQK + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_m = tl.full([], 0.0, tl.float32)  # the sig cell has no max state
+    else:
+        b_C = tl.zeros([BK, BV], dtype=tl.float32)
+        b_n = tl.zeros([BK], dtype=tl.float32)
+        b_m = tl.full([], 0.0, tl.float32)
+    q_ptr += i_bh * S * DHQK
+    k_ptr += i_bh * S * DHQK
+    v_ptr += i_bh * S * DHHV
+    h_ptr += i_bh * S * DHHV
+    for t in range(0, S):
+        b_i = tl.load(i_ptr + i_bh * S + t).to(tl.float32)
+        b_lf = _logsigmoid(tl.load(f_ptr + i_bh * S + t).to(tl.float32))
+        b_decay = tl.exp(b_lf)
+        b_w = tl.exp(_logsigmoid(b_i))
+        b_q = tl.load(q_ptr + t * DHQK + o_k, mask=m_k, other=0.0).to(tl.float32) * scale
+        b_k = tl.load(k_ptr + t * DHQK + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_v = tl.load(v_ptr + t * DHHV + o_v, mask=m_v, other=0.0).to(tl.float32)
+        b_C = b_decay * b_C + b_w * b_k[:, None] * b_v[None, :]
+        b_n = b_decay * b_n + b_w * b_k
+        b_num = tl.sum(b_C * b_q[:, None], axis=0)
+        b_qn = tl.sum(b_n * b_q, axis=0)
+        if NORMALIZE:
+            b_h = b_num / (tl.maximum(tl.abs(b_qn), 1.0) + eps)
+        else:
+            b_h = b_num
+        tl.store(h_ptr + t * DHHV + o_v, b_h.to(h_ptr.dtype.element_ty), mask=m_v)
+    if STORE_LAST:
+        tl.store(CS_ptr + o_kv, b_C.to(CS_ptr.dtype.element_ty), mask=m_kv)
+        if i_v == 0:
+            tl.store(nS_ptr + i_bh * DHQK + o_k, b_n.to(nS_ptr.dtype.element_ty), mask=m_k)
+            tl.store(mS_ptr + i_bh, b_m.to(mS_ptr.dtype.element_ty))

@@ -1,0 +1,95 @@
+# GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
+# template:        recurrent_step.py.j2
+# template hash:   c8ce992e309dd3c7
+# parameters:      cell=exp
+# regenerate with: mlstm-tune render   (or: python -m autotune render)
+"""mLSTM step (exp cell): one token, MATH.md §5. One program per (value tile, batch x head); DHQK in tiles of BK.
+
+Each program reads and writes only its own columns of C, so C can be updated in place. n and m are shared by all
+value tiles of a head: every program reads the old ones, so with INPLACE the last program of a head to arrive (an
+atomic counter per head, which it resets to 0) writes the new n and m. Nothing is allocated per call, and the
+launch is CUDA-graph safe once the counter buffer exists.
+Grid: (NV = cdiv(DHHV, BV), B * NH).
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _logsigmoid(x):
+    # log(sigmoid(x)) = min(x, 0) - log(1 + exp(-|x|)); the exponent is <= 0, so nothing overflows
+    return tl.minimum(x, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def recurrent_step_kernel(
+    q_ptr,  # (B, NH, DHQK) contiguous
+    k_ptr,  # (B, NH, DHQK)
+    v_ptr,  # (B, NH, DHHV)
+    i_ptr,  # (B, NH) gate pre-activations
+    f_ptr,  # (B, NH)
+    C_ptr,  # (B, NH, DHQK, DHHV) state in
+    n_ptr,  # (B, NH, DHQK)
+    m_ptr,  # (B, NH)
+    Cout_ptr,  # (B, NH, DHQK, DHHV) state out (== C_ptr when INPLACE)
+    nout_ptr,  # (B, NH, DHQK)
+    mout_ptr,  # (B, NH)
+    h_ptr,  # (B, NH, DHHV) output
+    count_ptr,  # (B * NH,) int32 arrival counters, all 0 between calls (INPLACE only)
+    scale,
+    eps,
+    DHQK: tl.constexpr,
+    DHHV: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    NV: tl.constexpr,
+    INPLACE: tl.constexpr,
+    NORMALIZE: tl.constexpr,
+):
+    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < DHHV
+    b_i = tl.load(i_ptr + i_bh).to(tl.float32)
+    b_lf = _logsigmoid(tl.load(f_ptr + i_bh).to(tl.float32))
+    b_m = tl.load(m_ptr + i_bh).to(tl.float32)
+    b_m_new = tl.maximum(b_lf + b_m, b_i)
+    b_decay = tl.exp(b_lf + b_m - b_m_new)
+    b_w = tl.exp(b_i - b_m_new)
+    b_v = tl.load(v_ptr + i_bh * DHHV + o_v, mask=m_v, other=0.0).to(tl.float32)
+    b_num = tl.zeros([BV], dtype=tl.float32)
+    b_s = tl.zeros([BK], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(DHQK, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < DHQK
+        b_q = tl.load(q_ptr + i_bh * DHQK + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_k = tl.load(k_ptr + i_bh * DHQK + o_k, mask=m_k, other=0.0).to(tl.float32)
+        o_kv = i_bh * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :]
+        m_kv = m_k[:, None] & m_v[None, :]
+        b_C = b_decay * tl.load(C_ptr + o_kv, mask=m_kv, other=0.0).to(tl.float32) + b_w * b_k[:, None] * b_v[None, :]
+        tl.store(Cout_ptr + o_kv, b_C.to(Cout_ptr.dtype.element_ty), mask=m_kv)
+        b_num += tl.sum(b_C * b_q[:, None], axis=0)
+        b_n = b_decay * tl.load(n_ptr + i_bh * DHQK + o_k, mask=m_k, other=0.0).to(tl.float32) + b_w * b_k
+        b_s += b_n * b_q
+        if not INPLACE:
+            if i_v == 0:
+                tl.store(nout_ptr + i_bh * DHQK + o_k, b_n.to(nout_ptr.dtype.element_ty), mask=m_k)
+    b_qn = tl.sum(b_s, axis=0) * scale
+    b_num = b_num * scale
+    b_h = b_num / (tl.maximum(tl.abs(b_qn), tl.exp(-b_m_new)) + eps)
+    tl.store(h_ptr + i_bh * DHHV + o_v, b_h.to(h_ptr.dtype.element_ty), mask=m_v)
+    if INPLACE:
+        # every program of this head has consumed the old n and m (b_qn, b_m_new above); the last one writes
+        tl.debug_barrier()
+        if tl.atomic_add(count_ptr + i_bh, 1) == NV - 1:
+            for i_k in range(0, tl.cdiv(DHQK, BK)):
+                o_k = i_k * BK + tl.arange(0, BK)
+                m_k = o_k < DHQK
+                b_k = tl.load(k_ptr + i_bh * DHQK + o_k, mask=m_k, other=0.0).to(tl.float32)
+                b_n = b_decay * tl.load(n_ptr + i_bh * DHQK + o_k, mask=m_k, other=0.0).to(tl.float32) + b_w * b_k
+                tl.store(nout_ptr + i_bh * DHQK + o_k, b_n.to(nout_ptr.dtype.element_ty), mask=m_k)
+            tl.store(mout_ptr + i_bh, b_m_new.to(mout_ptr.dtype.element_ty))
+            tl.atomic_xchg(count_ptr + i_bh, 0)
+    else:
+        if i_v == 0:
+            tl.store(mout_ptr + i_bh, b_m_new.to(mout_ptr.dtype.element_ty))
