@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_fused_fw.py.j2
-# template hash:   50fa7483563067c8
+# template hash:   ea486ae04c76b6af
 # parameters:      cell=exp, state=float32
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (exp cell), fused single pass: one program per (value tile, batch x head) walks the
@@ -124,11 +124,13 @@ def chunkwise_fused_fw_kernel(
         b_num += (b_D0 * scale)[:, None] * b_qC
         b_s = tl.sum(b_P, axis=1) + b_D0 * scale * b_qn
         b_h = _normalize(b_num, b_s, b_mt, eps, NORMALIZE)
-        tl.store(h_ptr + o_t[:, None] * DHHV + o_v[None, :], b_h.to(h_ptr.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
+        p_h = h_ptr + o_t[:, None] * DHHV + o_v[None, :]
+        tl.store(p_h, b_h.to(h_ptr.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
         # carry the state across the chunk border
         b_decay, b_w, b_m = _chunk_state_weights(b_lf, b_li, b_m)
         b_kw = b_k.to(tl.float32) * b_w[:, None]  # [L, BK]
-        b_C = b_decay * b_C + tl.dot(tl.trans(b_kw).to(b_v.dtype), b_v, input_precision=DOT_PRECISION)  # [BK, L] @ [L, BV]
+        b_kwT = tl.trans(b_kw).to(b_v.dtype)
+        b_C = b_decay * b_C + tl.dot(b_kwT, b_v, input_precision=DOT_PRECISION)  # [BK, L] @ [L, BV] -> [BK, BV]
         b_n = b_decay * b_n + tl.sum(b_kw, axis=0)
     if STORE_LAST:
         tl.store(CS_ptr + i_bh * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :], b_C, mask=m_kv)

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_twopass_fw.py.j2
-# template hash:   a1caedbcc2e41d14
+# template hash:   e0257ddf36f446ae
 # parameters:      cell=sig, state=float32
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (sig cell), two passes:
@@ -187,8 +187,8 @@ def chunkwise_output_kernel(
         b_n = tl.load(nb_ptr + i_bhc * DHQK + o_k, mask=m_k, other=0.0)
         b_qn += tl.sum(b_q.to(tl.float32) * b_n[None, :], axis=1)
     b_P = b_A * scale * b_D
-    b_v = tl.load(v_ptr + i_bh * S * DHHV + o_t[:, None] * DHHV + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
-                  other=0.0)
+    p_v = v_ptr + i_bh * S * DHHV + o_t[:, None] * DHHV + o_v[None, :]
+    b_v = tl.load(p_v, mask=m_t[:, None] & m_v[None, :], other=0.0)
     b_num = tl.dot(b_P.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)  # [LO, LO] @ [LO, BV] -> [LO, BV]
     b_num += (b_D0 * scale)[:, None] * b_qC
     b_s = tl.sum(b_P, axis=1) + b_D0 * scale * b_qn

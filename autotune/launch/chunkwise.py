@@ -60,8 +60,9 @@ def last_state(k, v, i, f, C0=None, n0=None, m0=None, *, cell: str, config: dict
     C0, n0, m0, has_state = state_args(C0, n0, m0, k)
     last = last_state_buffers(B, NH, DHQK, DHHV, k.device, True)
     dummy = torch.empty(1, dtype=torch.float32, device=k.device)
-    _launch_states(load_variant(variant), k, v, i, f, C0, n0, m0, has_state, (dummy, dummy, dummy), last, S=S,
-                   NC=cdiv(S, config["LI"]), config=config, store_borders=False, prec=dot_precision(k.dtype))  # fmt: skip
+    module, no_borders = load_variant(variant), (dummy, dummy, dummy)
+    _launch_states(module, k, v, i, f, C0, n0, m0, has_state, no_borders, last, S=S, NC=cdiv(S, config["LI"]),
+                   config=config, store_borders=False, prec=dot_precision(k.dtype))  # fmt: skip
     return last[0], last[1], last[2].reshape(B, NH, 1)
 
 

@@ -3,8 +3,8 @@
     mlstm_recurrent_step__native       step interface: (q, k, v, i, f, c, n, m, eps) -> (h, (c, n, m))
     mlstm_recurrent_sequence__native   sequence interface; loops the step kernel over S (any S >= 1)
 
-C and n are kept in ``dtype_state`` (float32 by default; float64 when an input is float64), m in at least fp32. With ``inplace=True``
-the step kernel writes the new state into the caller's c, n, m buffers and returns them.
+C and n are kept in ``dtype_state`` (float32 by default; float64 when an input is float64), m in at least fp32.
+With ``inplace=True`` the step kernel writes the new state into the caller's c, n, m buffers and returns them.
 """
 
 from __future__ import annotations
