@@ -10,7 +10,7 @@ from helpers import GRAD_LIMIT_FP64, LIMITS, SHAPES, conditioning_limits
 from autotune.reference import mlstm_recurrent, random_inputs
 from autotune.torch import get_available_mlstm_kernels, get_mlstm_kernel, get_mlstm_sequence_kernel, registry
 
-SEQUENCE_KERNELS = get_available_mlstm_kernels()
+SEQUENCE_KERNELS = [n for n in get_available_mlstm_kernels() if "--native" in n]
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32}
 
 

@@ -11,7 +11,7 @@ import torch
 from ..load import load_variant
 from ..torch.checks import MLSTMInputError
 from ..variants import Variant, find
-from .common import cdiv, contiguous, dot_precision, last_state_buffers, next_pow2, require_pow2, state_args
+from .common import cdiv, contiguous, dot_precision, empty, last_state_buffers, next_pow2, require_pow2, state_args
 
 FUSED = "chunkwise_fused_fw.py.j2"
 TWOPASS = "chunkwise_twopass_fw.py.j2"
@@ -76,7 +76,7 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
     check_config(variant, config)
     q, k, v, i, f = contiguous(q, k, v, i, f)
     C0, n0, m0, has_state = state_args(C0, n0, m0, q)
-    h = torch.empty(B, NH, S, DHHV, dtype=q.dtype, device=q.device)
+    h = empty(B, NH, S, DHHV, dtype=q.dtype, device=q.device)
     last = last_state_buffers(B, NH, DHQK, DHHV, q.device, return_last_states)
     module = load_variant(variant)
     prec = dot_precision(q.dtype)
@@ -91,9 +91,9 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
         NC = cdiv(S, config["LO"])
         state_dtype = torch.float32 if variant.params["state"] == "float32" else q.dtype
         buffers = (
-            torch.empty(B, NH, NC, DHQK, DHHV, dtype=state_dtype, device=q.device),
-            torch.empty(B, NH, NC, DHQK, dtype=torch.float32, device=q.device),
-            torch.empty(B, NH, NC, dtype=torch.float32, device=q.device),
+            empty(B, NH, NC, DHQK, DHHV, dtype=state_dtype, device=q.device),
+            empty(B, NH, NC, DHQK, dtype=torch.float32, device=q.device),
+            empty(B, NH, NC, dtype=torch.float32, device=q.device),
         )
         _launch_states(module, k, v, i, f, C0, n0, m0, has_state, buffers, last, S=S, NC=NC, config=config,
                        store_borders=True, prec=prec)  # fmt: skip

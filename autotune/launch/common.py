@@ -10,6 +10,20 @@ import torch
 from ..torch.checks import MLSTMInputError
 
 
+def poisoning() -> bool:
+    """MLSTM_AUTOTUNE_POISON=1 fills every buffer a kernel must write with NaN before the launch, so that an
+    element a kernel forgets to write fails the check instead of passing on stale memory (used by the tests)."""
+    return os.environ.get("MLSTM_AUTOTUNE_POISON", "0") not in ("", "0")
+
+
+def empty(*shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """torch.empty for kernel outputs: NaN-filled when poisoning() is on."""
+    out = torch.empty(*shape, dtype=dtype, device=device)
+    if poisoning() and out.is_floating_point():
+        out.fill_(float("nan"))
+    return out
+
+
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -50,7 +64,7 @@ def last_state_buffers(B, NH, DHQK, DHHV, device, store: bool):
     if not store:
         dummy = torch.empty(1, dtype=torch.float32, device=device)
         return dummy, dummy, dummy
-    C = torch.empty(B, NH, DHQK, DHHV, dtype=torch.float32, device=device)
-    n = torch.empty(B, NH, DHQK, dtype=torch.float32, device=device)
-    m = torch.empty(B, NH, dtype=torch.float32, device=device)
+    C = empty(B, NH, DHQK, DHHV, dtype=torch.float32, device=device)
+    n = empty(B, NH, DHQK, dtype=torch.float32, device=device)
+    m = empty(B, NH, dtype=torch.float32, device=device)
     return C, n, m

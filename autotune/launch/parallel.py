@@ -3,13 +3,11 @@ kernel (autotune.launch.chunkwise.last_state): the parallel form itself never ho
 
 from __future__ import annotations
 
-import torch
-
 from ..load import load_variant
 from ..torch.checks import MLSTMInputError
 from ..variants import Variant
 from .chunkwise import last_state
-from .common import cdiv, contiguous, dot_precision, next_pow2, require_pow2, state_args
+from .common import cdiv, contiguous, dot_precision, empty, next_pow2, require_pow2, state_args
 
 
 def default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
@@ -32,7 +30,7 @@ def parallel_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, c
     check_config(variant, config)
     q, k, v, i, f = contiguous(q, k, v, i, f)
     C0c, n0c, m0c, has_state = state_args(C0, n0, m0, q)
-    h = torch.empty(B, NH, S, DHHV, dtype=q.dtype, device=q.device)
+    h = empty(B, NH, S, DHHV, dtype=q.dtype, device=q.device)
     grid = (cdiv(DHHV, config["BV"]), cdiv(S, config["BQ"]), B * NH)
     load_variant(variant).parallel_fw_kernel[grid](
         q, k, v, i, f, C0c, n0c, m0c, h, S, scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV, BQ=config["BQ"],

@@ -6,7 +6,7 @@ import torch
 
 from ..load import load_variant
 from ..variants import Variant
-from .common import cdiv, contiguous, next_pow2, require_pow2, state_args
+from .common import cdiv, contiguous, empty, next_pow2, require_pow2, state_args
 
 _COUNTERS: dict[tuple, torch.Tensor] = {}
 
@@ -40,7 +40,7 @@ def step_fw(q, k, v, i, f, C, n, m, *, variant: Variant, config: dict | None = N
     require_pow2(config, "BK", "BV")
     inplace = out[0] is C
     q, k, v, i, f = contiguous(q, k, v, i, f)
-    h = torch.empty(B, NH, DHHV, dtype=q.dtype, device=q.device)
+    h = empty(B, NH, DHHV, dtype=q.dtype, device=q.device)
     m = h if m is None else m  # the sig cell reads no m: any pointer will do, and nothing is allocated
     Cout, nout, mout = out[0], out[1], out[2] if out[2] is not None else m
     NV = cdiv(DHHV, config["BV"])
@@ -63,12 +63,12 @@ def sequence_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, c
     require_pow2(config, "BV")
     q, k, v, i, f = contiguous(q, k, v, i, f)
     C0, n0, m0, has_state = state_args(C0, n0, m0, q)
-    h = torch.empty(B, NH, S, DHHV, dtype=q.dtype, device=q.device)
+    h = empty(B, NH, S, DHHV, dtype=q.dtype, device=q.device)
     if return_last_states:
         m_dtype = torch.promote_types(state_dtype, torch.float32)
-        last = (torch.empty(B, NH, DHQK, DHHV, dtype=state_dtype, device=q.device),
-                torch.empty(B, NH, DHQK, dtype=state_dtype, device=q.device),
-                torch.empty(B, NH, dtype=m_dtype, device=q.device))  # fmt: skip
+        last = (empty(B, NH, DHQK, DHHV, dtype=state_dtype, device=q.device),
+                empty(B, NH, DHQK, dtype=state_dtype, device=q.device),
+                empty(B, NH, dtype=m_dtype, device=q.device))  # fmt: skip
     else:
         dummy = torch.empty(1, dtype=torch.float32, device=q.device)
         last = (dummy, dummy, dummy)

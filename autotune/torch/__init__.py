@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import registry as _registry
+from . import triton_kernels as _triton_kernels  # noqa: F401  (registers the generated-kernel entries)
 from .checks import MLSTMInputError
 
 __all__ = [

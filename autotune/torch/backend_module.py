@@ -29,6 +29,8 @@ ChunkwiseKernelType = Literal[
     "chunkwise--triton_limit_chunk",
     "chunkwise--triton_xl_chunk",
     "chunkwise--triton_xl_chunk_siging",
+    "chunkwise--triton_fused",
+    "chunkwise--triton_fused_siging",
     "parallel--native_autograd",
     "parallel--native_custbw",
     "parallel--native_stablef_autograd",
@@ -36,6 +38,7 @@ ChunkwiseKernelType = Literal[
     "parallel--triton_limit_headdim",
     "parallel--native_siging_autograd",
     "parallel--native_siging_custbw",
+    "parallel--triton_siging",
 ]
 SequenceKernelType = Literal["native_sequence__native", "native_sequence__triton"]
 StepKernelType = Literal["native", "triton"]

@@ -90,6 +90,25 @@ def chunkwise_forward(q, k, v, i, f, C0, n0, m0, *, chunk_size, cell="exp", norm
     return torch.cat(hs, dim=2), last, (Cb, nb, mb)
 
 
+def chunkwise_backward(q, k, v, i, f, Cb, nb, mb, dh, dC, dn, dm, *, chunk_size, cell="exp", normalize=True,
+                       eps=1e-6):  # fmt: skip
+    """Exact gradients (MATH.md §6) given the states before every chunk (Cb, nb, mb from chunkwise_forward): chunk by
+    chunk in reverse, the parallel backward of the chunk with the end-state gradient of the chunk after it.
+    Returns dq, dk, dv, di, df, dC0, dn0, dm0."""
+    S, L = q.shape[2], chunk_size
+    opts = dict(cell=cell, normalize=normalize, eps=eps, stable_fgate=True)
+    grads = [torch.empty_like(x) for x in (q, k, v, i, f)]
+    for c in reversed(range(Cb.shape[2])):
+        sl = slice(c * L, min(c * L + L, S))
+        dq, dk, dv, di, df, dC, dn, dm = parallel_backward(
+            q[:, :, sl], k[:, :, sl], v[:, :, sl], i[:, :, sl], f[:, :, sl], Cb[:, :, c], nb[:, :, c],
+            mb[:, :, c], dh[:, :, sl], dC, dn, dm, **opts,
+        )  # fmt: skip
+        for g, d in zip(grads, (dq, dk, dv, di, df)):
+            g[:, :, sl] = d
+    return (*grads, dC, dn, dm)
+
+
 class _ChunkwiseFn(torch.autograd.Function):
     """Chunkwise forward with the exact backward: per chunk, in reverse, parallel_backward with the end-state
     gradient of the chunk after it. Inputs are in the compute dtype; C0/n0/m0 are tensors."""
@@ -101,23 +120,14 @@ class _ChunkwiseFn(torch.autograd.Function):
         )
         ctx.save_for_backward(q, k, v, i, f, Cb, nb, mb)
         ctx.chunk_size = chunk_size
-        ctx.opts = dict(cell=cell, normalize=normalize, eps=eps, stable_fgate=True)
+        ctx.opts = dict(cell=cell, normalize=normalize, eps=eps)
         return h, C, n, m
 
     @staticmethod
     def backward(ctx, dh, dC, dn, dm):
         q, k, v, i, f, Cb, nb, mb = ctx.saved_tensors
-        S, L = q.shape[2], ctx.chunk_size
-        grads = [torch.empty_like(x) for x in (q, k, v, i, f)]
-        for c in reversed(range(Cb.shape[2])):
-            sl = slice(c * L, min(c * L + L, S))
-            dq, dk, dv, di, df, dC, dn, dm = parallel_backward(
-                q[:, :, sl], k[:, :, sl], v[:, :, sl], i[:, :, sl], f[:, :, sl], Cb[:, :, c], nb[:, :, c],
-                mb[:, :, c], dh[:, :, sl], dC, dn, dm, **ctx.opts,
-            )  # fmt: skip
-            for g, d in zip(grads, (dq, dk, dv, di, df)):
-                g[:, :, sl] = d
-        return (*grads, dC, dn, dm, None, None, None, None)
+        grads = chunkwise_backward(q, k, v, i, f, Cb, nb, mb, dh, dC, dn, dm, chunk_size=ctx.chunk_size, **ctx.opts)
+        return (*grads, None, None, None, None)
 
 
 def _chunkwise_kernel(q, k, v, i, f, c_initial, n_initial, m_initial, return_last_states, eps, chunk_size, *,

@@ -1,0 +1,294 @@
+"""Registry entries served by the generated Triton kernels.
+
+Forward passes run the generated kernels (autotune.launch) with each variant's default launch configuration; until
+the generated backward kernels land, gradients come from the exact native backward (MATH.md §6): the backward
+recomputes the chunk-border states in fp32 and runs ``native.chunkwise.chunkwise_backward``. So every entry is
+exact for any loss, and training speed is the native backward's for now.
+
+Rules beyond those of every kernel (autotune.torch.checks): tensors must be on a CUDA device (or Triton's
+interpreter must be on, TRITON_INTERPRET=1); float64 inputs run the native kernels (Triton's dots are not
+fp64); ``chunk_size`` must be a power of two >= 16. Under torch.autocast, q, k, v are cast to
+``autocast_kernel_dtype`` first, as upstream does.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+
+import torch
+
+from ..launch import chunkwise as launch_chunkwise
+from ..launch import parallel as launch_parallel
+from ..launch import recurrent as launch_recurrent
+from ..launch.common import empty
+from ..variants import find
+from . import registry
+from .checks import MLSTMInputError, check_cell, check_chunk_size, check_eps, check_sequence_inputs, check_step_inputs
+from .native.chunkwise import chunkwise_backward, chunkwise_forward
+from .native.recurrent import mlstm_recurrent_sequence__native, mlstm_recurrent_step__native
+
+_BACKWARD_CHUNK = 64  # chunk size of the native backward; exact for any value
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _check_device(q: torch.Tensor) -> None:
+    if q.device.type != "cuda" and not _interpreting():
+        raise MLSTMInputError(
+            f"Triton kernels need CUDA tensors, got {q.device} (set TRITON_INTERPRET=1 to run them in Triton's "
+            "CPU interpreter, or use a native kernel)"
+        )
+
+
+def _check_pow2_chunk(chunk_size) -> None:
+    check_chunk_size(chunk_size)
+    if chunk_size < 16 or chunk_size & (chunk_size - 1):
+        raise MLSTMInputError(f"chunk_size must be a power of two >= 16 for Triton kernels, got {chunk_size}")
+
+
+def _autocast(q, k, v, dtype: torch.dtype):
+    if torch.is_autocast_enabled(q.device.type):
+        return q.to(dtype), k.to(dtype), v.to(dtype)
+    return q, k, v
+
+
+class _GeneratedForwardExactBackward(torch.autograd.Function):
+    """Forward: ``run`` (a generated-kernel launcher). Backward: the exact native chunkwise backward in fp32."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, i, f, C0, n0, m0, run, cell: str, normalize: bool, eps: float, with_last: bool):
+        h, last = run(q, k, v, i, f, C0, n0, m0, return_last_states=with_last)
+        ctx.save_for_backward(q, k, v, i, f, C0, n0, m0)
+        ctx.opts = dict(cell=cell, normalize=normalize, eps=eps)
+        ctx.with_last = with_last
+        return (h, *last) if with_last else h
+
+    @staticmethod
+    def backward(ctx, dh, *dlast):
+        q, k, v, i, f, C0, n0, m0 = ctx.saved_tensors
+        B, NH, S, DHQK = q.shape
+        DHHV = v.shape[-1]
+        x = [t.float() for t in (q, k, v, i, f)]
+        kw = dict(dtype=torch.float32, device=q.device)
+        C0f = C0.float() if C0 is not None else torch.zeros(B, NH, DHQK, DHHV, **kw)
+        n0f = n0.float() if n0 is not None else torch.zeros(B, NH, DHQK, **kw)
+        m0f = m0.float().reshape(B, NH, 1) if m0 is not None else torch.zeros(B, NH, 1, **kw)
+        if not ctx.with_last:
+            dlast = (torch.zeros_like(C0f), torch.zeros_like(n0f), torch.zeros_like(m0f))
+        dC, dn, dm = (d.float() if d is not None else torch.zeros_like(z) for d, z in zip(dlast, (C0f, n0f, m0f)))
+        _, _, borders = chunkwise_forward(*x, C0f, n0f, m0f, chunk_size=_BACKWARD_CHUNK, **ctx.opts)
+        grads = chunkwise_backward(*x, *borders, dh.float(), dC, dn, dm.reshape(B, NH, 1), chunk_size=_BACKWARD_CHUNK,
+                                   **ctx.opts)  # fmt: skip
+        inputs = (q, k, v, i, f, C0, n0, m0)
+        out = [g.to(t.dtype).reshape(t.shape) if t is not None else None for g, t in zip(grads, inputs)]
+        return (*out, None, None, None, None, None)
+
+
+def _sequence_entry(run_factory, native_fallback, *, cell: str, default_chunk: int, uses_chunk: bool):
+    """A sequence-interface function: validate, pick the path (native for fp64), launch through the Function."""
+
+    def kernel(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        i: torch.Tensor,
+        f: torch.Tensor,
+        c_initial: torch.Tensor | None = None,
+        n_initial: torch.Tensor | None = None,
+        m_initial: torch.Tensor | None = None,
+        return_last_states: bool = False,
+        eps: float = 1e-6,
+        autocast_kernel_dtype: torch.dtype = torch.bfloat16,
+        chunk_size: int = default_chunk,
+        normalize: bool = True,
+        **kwargs,
+    ):
+        check_cell(cell, normalize)
+        check_eps(eps)
+        if cell == "sig":
+            m_initial = None
+        check_sequence_inputs(q, k, v, i, f, c_initial, n_initial, m_initial, cell=cell)
+        if uses_chunk:
+            _check_pow2_chunk(chunk_size)
+        else:
+            check_chunk_size(chunk_size)
+        if q.dtype == torch.float64:
+            states = (c_initial, n_initial, m_initial)
+            return native_fallback(q, k, v, i, f, *states, return_last_states=return_last_states, eps=eps,
+                                   chunk_size=chunk_size, normalize=normalize)  # fmt: skip
+        _check_device(q)
+        q, k, v = _autocast(q, k, v, autocast_kernel_dtype)
+        run = run_factory(chunk_size=chunk_size, eps=eps, normalize=normalize)
+        out = _GeneratedForwardExactBackward.apply(
+            q, k, v, i, f, c_initial, n_initial, m_initial, run, cell, normalize, float(eps), return_last_states
+        )
+        if not return_last_states:
+            return out
+        h, C, n, m = out
+        return h, ((C, n, m) if cell == "exp" else (C, n))
+
+    return kernel
+
+
+def _chunkwise_run(template: str, cell: str, state: str, *, equal_chunks: bool):
+    variant = find(template, cell=cell, state=state)
+
+    def factory(*, chunk_size: int, eps: float, normalize: bool):
+        def run(q, k, v, i, f, C0, n0, m0, *, return_last_states):
+            DHQK, DHHV = q.shape[-1], v.shape[-1]
+            config = launch_chunkwise.default_config(variant, DHQK, DHHV)
+            if template == launch_chunkwise.FUSED:
+                config["L"] = chunk_size
+            else:
+                config["LO"] = chunk_size
+                config["LI"] = chunk_size if equal_chunks else min(chunk_size, 64)
+            return launch_chunkwise.chunkwise_fw(
+                q, k, v, i, f, C0, n0, m0, variant=variant, config=config, eps=eps, normalize=normalize,
+                return_last_states=return_last_states,
+            )  # fmt: skip
+
+        return run
+
+    return factory
+
+
+def _parallel_run(cell: str):
+    variant = find("parallel_fw.py.j2", cell=cell)
+
+    def factory(*, chunk_size: int, eps: float, normalize: bool):
+        return partial(launch_parallel.parallel_fw, variant=variant, eps=eps, normalize=normalize)
+
+    return factory
+
+
+def _sequence_run(cell: str):
+    variant = find("recurrent_sequence.py.j2", cell=cell)
+
+    def factory(*, chunk_size: int, eps: float, normalize: bool):
+        return partial(launch_recurrent.sequence_fw, variant=variant, eps=eps, normalize=normalize)
+
+    return factory
+
+
+def _native_chunkwise(cell: str):
+    from .native.chunkwise import _chunkwise_kernel
+
+    def fallback(q, k, v, i, f, c, n, m, *, return_last_states, eps, chunk_size, normalize):
+        return _chunkwise_kernel(q, k, v, i, f, c, n, m, return_last_states, eps, chunk_size, cell=cell,
+                                 normalize=normalize, custom_backward=True)  # fmt: skip
+
+    return fallback
+
+
+def _register() -> None:
+    chunkwise = {
+        # upstream names: the two-pass structure of upstream's TFLA kernels
+        "triton_xl_chunk": ("exp", launch_chunkwise.TWOPASS, False, 128),
+        "triton_limit_chunk": ("exp", launch_chunkwise.TWOPASS, True, 64),
+        "triton_xl_chunk_siging": ("sig", launch_chunkwise.TWOPASS, False, 128),
+        # our own: the fused single pass that keeps the state on chip
+        "triton_fused": ("exp", launch_chunkwise.FUSED, True, 64),
+        "triton_fused_siging": ("sig", launch_chunkwise.FUSED, True, 64),
+    }
+    for name, (cell, template, equal, default_chunk) in chunkwise.items():
+        run = _chunkwise_run(template, cell, "float32", equal_chunks=equal)
+        registry.register_kernel("chunkwise", name, _sequence_entry(
+            run, _native_chunkwise(cell), cell=cell, default_chunk=default_chunk, uses_chunk=True))  # fmt: skip
+    for name, cell in (("triton_limit_headdim", "exp"), ("triton_siging", "sig")):
+        registry.register_kernel("parallel", name, _sequence_entry(
+            _parallel_run(cell), _native_chunkwise(cell), cell=cell, default_chunk=64, uses_chunk=False))  # fmt: skip
+    registry.register_step_kernel("triton", mlstm_recurrent_step__triton)
+    registry.register_sequence_kernel("native_sequence__triton", mlstm_recurrent_sequence__triton)
+
+
+def mlstm_recurrent_step__triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    i: torch.Tensor,
+    f: torch.Tensor,
+    c: torch.Tensor | None,
+    n: torch.Tensor | None,
+    m: torch.Tensor | None,
+    eps: float = 1e-6,
+    dtype_state: torch.dtype = torch.float32,
+    inplace: bool = False,
+    cell: str = "exp",
+    normalize: bool = True,
+    **kwargs,
+):
+    """One mLSTM step in one launch of a generated kernel; the step interface of the native step kernel.
+    ``inplace=True`` updates the caller's c, n, m (contiguous; C and n in dtype_state or wider) without allocating.
+    With autograd recording (inputs that require grad), or float64 inputs, it runs the native step kernel."""
+    check_cell(cell, normalize)
+    check_eps(eps)
+    check_step_inputs(q, k, v, i, f, c, n, m if cell == "exp" else None, cell=cell)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, i, f, c, n, m))
+    if needs_grad or q.dtype == torch.float64 or (c is not None and c.dtype == torch.float64):
+        return mlstm_recurrent_step__native(q, k, v, i, f, c, n, m, eps=eps, dtype_state=dtype_state, inplace=inplace,
+                                            cell=cell, normalize=normalize)  # fmt: skip
+    _check_device(q)
+    B, NH, DHQK = q.shape
+    DHHV = v.shape[-1]
+    variant = find("recurrent_step.py.j2", cell=cell)
+    if c is None:
+        if inplace:
+            raise MLSTMInputError("inplace=True needs the state buffers c, n, m")
+        kw = dict(dtype=dtype_state, device=q.device)
+        c, n = torch.zeros(B, NH, DHQK, DHHV, **kw), torch.zeros(B, NH, DHQK, **kw)
+        m = torch.zeros(B, NH, 1, dtype=torch.float32, device=q.device) if cell == "exp" else None
+    if inplace:
+        for name, buf in (("c", c), ("n", n), ("m", m)):
+            if buf is not None and not buf.is_contiguous():
+                raise MLSTMInputError(f"inplace=True needs contiguous state buffers; {name} is not")
+        out = (c, n, m)
+    else:
+        m_dtype = torch.promote_types(dtype_state, torch.float32)
+        out = (empty(B, NH, DHQK, DHHV, dtype=dtype_state, device=q.device),
+               empty(B, NH, DHQK, dtype=dtype_state, device=q.device),
+               empty(B, NH, 1, dtype=m_dtype, device=q.device) if cell == "exp" else m)  # fmt: skip
+    h = launch_recurrent.step_fw(q, k, v, i, f, c, n, m, variant=variant, eps=eps, normalize=normalize, out=out)
+    return h, out
+
+
+def mlstm_recurrent_sequence__triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    i: torch.Tensor,
+    f: torch.Tensor,
+    c_initial: torch.Tensor | None = None,
+    n_initial: torch.Tensor | None = None,
+    m_initial: torch.Tensor | None = None,
+    return_last_states: bool = False,
+    eps: float = 1e-6,
+    dtype_state: torch.dtype = torch.float32,
+    cell: str = "exp",
+    normalize: bool = True,
+    **kwargs,
+):
+    """The recurrence over a whole sequence in one launch (any S >= 1), states on chip; the interface of the native
+    sequence kernel. With autograd recording, or float64 inputs, it runs the native sequence kernel."""
+    check_cell(cell, normalize)
+    check_eps(eps)
+    if cell == "sig":
+        m_initial = None
+    check_sequence_inputs(q, k, v, i, f, c_initial, n_initial, m_initial, cell=cell)
+    tensors = (q, k, v, i, f, c_initial, n_initial, m_initial)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if needs_grad or q.dtype == torch.float64 or (c_initial is not None and c_initial.dtype == torch.float64):
+        return mlstm_recurrent_sequence__native(*tensors, return_last_states=return_last_states, eps=eps,
+                                                dtype_state=dtype_state, cell=cell, normalize=normalize)  # fmt: skip
+    _check_device(q)
+    variant = find("recurrent_sequence.py.j2", cell=cell)
+    h, last = launch_recurrent.sequence_fw(*tensors, variant=variant, eps=eps, normalize=normalize,
+                                           return_last_states=return_last_states, state_dtype=dtype_state)  # fmt: skip
+    if not return_last_states:
+        return h
+    return h, (last if cell == "exp" else last[:2])
+
+
+_register()
