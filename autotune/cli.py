@@ -1,8 +1,10 @@
 """The ``mlstm-tune`` command (also ``python -m autotune``).
 
 Subcommands so far:
-    kernels   list the registered kernels (sequence, step, sequence-loop), one per line
-    paths     print where templates/, generated/ and tuning_db/ are read from
+    kernels        list the registered kernels (sequence, step, sequence-loop), one per line
+    paths          print where templates/, generated/ and tuning_db/ are read from
+    render         regenerate generated/ from templates/ (--check: only report what is stale)
+    compile-check  compile every generated kernel for a GPU target (default sm_90) without a GPU
 """
 
 from __future__ import annotations
@@ -36,12 +38,53 @@ def _cmd_paths(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_render(args: argparse.Namespace) -> int:
+    from . import render
+
+    if args.check:
+        stale = render.stale_files()
+        for name in stale:
+            print(f"stale: generated/{name}")
+        print("generated/ is up to date" if not stale else f"{len(stale)} file(s) out of date: run `mlstm-tune render`")
+        return 1 if stale else 0
+    changed = render.render()
+    for name in changed:
+        print(f"wrote generated/{name}")
+    print(f"{len(changed)} file(s) changed")
+    return 0
+
+
+def _cmd_compile_check(args: argparse.Namespace) -> int:
+    import os
+
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        print("compile-check needs real Triton kernels: unset TRITON_INTERPRET", file=sys.stderr)
+        return 2
+    from .compile_check import check
+
+    rows = check(arch=args.arch)
+    failed = [r for r in rows if not r["ok"]]
+    for r in rows:
+        status = "ok  " if r["ok"] else "FAIL"
+        detail = f"shared={r['shared']}" if r["ok"] else r["error"]
+        print(f"{status} {r['variant']}.{r['kernel']} {r['dtype']} DHQK={r['DHQK']} DHHV={r['DHHV']} "
+              f"{r['seconds']}s {detail}")  # fmt: skip
+    print(f"{len(rows) - len(failed)}/{len(rows)} kernels compiled for sm_{args.arch}")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlstm-tune", description="mLSTM kernel autotuner.")
     parser.add_argument("--version", action="version", version=f"mlstm-autotune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("kernels", help="list the registered kernels").set_defaults(func=_cmd_kernels)
     sub.add_parser("paths", help="print where the data folders are read from").set_defaults(func=_cmd_paths)
+    p = sub.add_parser("render", help="regenerate generated/ from templates/")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if generated/ is out of date")
+    p.set_defaults(func=_cmd_render)
+    p = sub.add_parser("compile-check", help="compile every generated kernel for a GPU target, no GPU needed")
+    p.add_argument("--arch", type=int, default=90, help="compute capability as an int, e.g. 90 for sm_90 (H100/H200)")
+    p.set_defaults(func=_cmd_compile_check)
     return parser
 
 

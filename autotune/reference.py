@@ -200,9 +200,11 @@ def random_inputs(
     device: str | torch.device = "cpu",
     with_states: bool = False,
     generator: torch.Generator | None = None,
+    max_outlier: float = 20.0,
 ) -> dict[str, torch.Tensor]:
-    """Inputs that exercise the stabiliser (MATH.md §7): ĩ ~ N(0, 3) with a few outliers up to ±20, f̃ spread from
-    strongly forgetting (-6) to nearly remembering (+8); never zeros. Returns keyword arguments for any kernel."""
+    """Inputs that exercise the stabiliser (MATH.md §7): ĩ ~ N(0, 3) with a few outliers of magnitude
+    max_outlier/2 .. max_outlier (default 20), f̃ spread from strongly forgetting (-6) to nearly remembering (+8);
+    never zeros. Returns keyword arguments for any kernel."""
     gate_dtype = gate_dtype or dtype
 
     def randn(*shape, std=1.0):
@@ -218,7 +220,8 @@ def random_inputs(
     n_outliers = max(1, (B * NH * S) // 50)
     idx = torch.randint(0, B * NH * S, (n_outliers,), generator=generator)
     signs = torch.where(torch.rand(n_outliers, generator=generator) < 0.5, -1.0, 1.0).double()
-    x["i"].view(-1)[idx] = signs * (10.0 + 10.0 * torch.rand(n_outliers, generator=generator, dtype=torch.float64))
+    magnitude = max_outlier / 2 * (1.0 + torch.rand(n_outliers, generator=generator, dtype=torch.float64))
+    x["i"].view(-1)[idx] = signs * magnitude
     if with_states:
         x["c_initial"] = randn(B, NH, DHQK, DHHV)
         x["n_initial"] = randn(B, NH, DHQK)

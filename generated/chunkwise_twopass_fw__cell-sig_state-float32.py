@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_twopass_fw.py.j2
-# template hash:   e0257ddf36f446ae
+# template hash:   7c8d33d7bd67ac2f
 # parameters:      cell=sig, state=float32
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (sig cell), two passes:
@@ -35,24 +35,31 @@ def _load_gates(i_ptr, f_ptr, o_t, m_t):
 
 @triton.jit
 def _chunk_state_weights(b_lf, b_li, b_m):
-    """How a chunk moves the state (C, n, m): C_new = decay * C + sum_j w_j k_j v_j^T; returns (decay, w, m_new).
+    """How a chunk moves the state (C, n, m): C_new = decay * C + scale * sum_j w_j k_j v_j^T.
 
-    g_j = (sum of lf after j in the chunk) + li_j is token j's log weight at the chunk end.
+    g_j = (sum of lf after j in the chunk) + li_j is token j's log weight at the chunk end. The weights w_j are
+    relative to the chunk's largest (so the largest is 1): in the low-precision dot they cannot all underflow
+    (fp16 flushes below 6e-8); scale = exp(g_max - m_new) is applied in fp32. Returns (decay, w, scale, m_new).
     """
-    b_F = tl.cumsum(b_lf, axis=0)
+    # every lf <= 0: sums of them never cancel, differences of two long sums would (so: a reverse cumsum)
     b_Fend = tl.sum(b_lf, axis=0)
-    b_g = b_Fend - b_F + b_li
+    b_g = (tl.cumsum(b_lf, axis=0, reverse=True) - b_lf) + b_li
+    b_g_max = tl.maximum(tl.max(b_g, axis=0), -1e30)  # finite even for a chunk past S (all g = -inf)
     b_m_new = b_m
-    return tl.exp(b_Fend + b_m - b_m_new), tl.exp(b_g - b_m_new), b_m_new
+    return tl.exp(b_Fend + b_m - b_m_new), tl.exp(b_g - b_g_max), tl.exp(b_g_max - b_m_new), b_m_new
 
 
 @triton.jit
 def _chunk_decay_matrix(b_lf, b_li, b_m, o_l):
     """Within-chunk decay, MATH.md §3-§4: D[t, j] = exp(F_t - F_j + li_j - m_t) for j <= t, D0[t] = exp(F_t + m - m_t)
-    for the state before the chunk, m_t the row max. F is the chunk-local cumulative sum (no cancellation)."""
-    b_F = tl.cumsum(b_lf, axis=0)
-    b_logD = tl.where(o_l[:, None] >= o_l[None, :], b_F[:, None] - b_F[None, :] + b_li[None, :], float("-inf"))
-    b_logD0 = b_F + b_m
+    for the state before the chunk, m_t the row max, F the chunk-local cumulative sum of lf.
+
+    F_t - F_j is summed segment by segment (a cumulative sum down the columns of the strictly lower triangle): as a
+    difference of two prefix sums it would cancel when the gates forget strongly (measured: 1e-5 relative error in
+    the states of a 64-token chunk in fp32, against 7e-8 for the segment sums)."""
+    b_seg = tl.cumsum(tl.where(o_l[:, None] > o_l[None, :], b_lf[:, None], 0.0), axis=0)  # [L, L]
+    b_logD = tl.where(o_l[:, None] >= o_l[None, :], b_seg + b_li[None, :], float("-inf"))
+    b_logD0 = tl.cumsum(b_lf, axis=0) + b_m
     b_mt = tl.zeros_like(b_logD0)
     return tl.exp(b_logD - b_mt[:, None]), tl.exp(b_logD0 - b_mt), b_mt
 
@@ -126,11 +133,11 @@ def chunkwise_states_kernel(
             b_lf, b_li = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_t, m_t)
             b_k = tl.load(k_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
             b_v = tl.load(v_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
-            b_decay, b_w, b_m = _chunk_state_weights(b_lf, b_li, b_m)
+            b_decay, b_w, b_scale, b_m = _chunk_state_weights(b_lf, b_li, b_m)
             b_kw = b_k.to(tl.float32) * b_w[:, None]  # [LI, BK]
             b_kwT = tl.trans(b_kw).to(b_v.dtype)
-            b_C = b_decay * b_C + tl.dot(b_kwT, b_v, input_precision=DOT_PRECISION)  # [BK, LI] @ [LI, BV] -> [BK, BV]
-            b_n = b_decay * b_n + tl.sum(b_kw, axis=0)
+            b_C = b_decay * b_C + b_scale * tl.dot(b_kwT, b_v, input_precision=DOT_PRECISION)  # [BK, LI] @ [LI, BV]
+            b_n = b_decay * b_n + b_scale * tl.sum(b_kw, axis=0)
     if STORE_LAST:
         tl.store(CS_ptr + i_bh * DHQK * DHHV + o_kv, b_C, mask=m_kv)
         if i_v == 0:

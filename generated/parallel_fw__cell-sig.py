@@ -1,15 +1,16 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        parallel_fw.py.j2
-# template hash:   8cb87b02058605bb
+# template hash:   539a36f28fb0c285
 # parameters:      cell=sig
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Parallel mLSTM forward (sig cell), tiled like flash attention (MATH.md §3).
 
 One program per (value tile, query tile, batch x head) walks the key tiles from the diagonal back to the first and
 keeps a running max state, rescaling its accumulators as the max grows; the initial-state column comes last.
-F_t - F_j is never formed from two long cumulative sums: it is F_t within the query tile, plus the sum of the gate
-logs between the tiles (accumulated tile by tile while walking back), plus a within-tile suffix of the key tile.
-Grid: (cdiv(DHHV, BV), cdiv(S, BQ), B * NH); BQ a multiple of BKV; DHQK in tiles of BK.
+F_t - F_j is only ever formed by adding partial sums of the gate logs (all <= 0, so nothing cancels): for a key tile
+inside the query tile, by a cumulative sum down the columns of the masked [BQ, BKV] matrix; for a key tile before
+it, as (F_t within the query tile) + (the tiles in between, accumulated while walking back) + (a suffix within
+the key tile). Grid: (cdiv(DHHV, BV), cdiv(S, BQ), B * NH); BQ a multiple of BKV; DHQK in tiles of BK.
 """
 
 import triton
@@ -58,10 +59,8 @@ def parallel_fw_kernel(
     f_ptr += i_bh * S
     b_lfq = tl.where(m_q, _logsigmoid(tl.load(f_ptr + o_q, mask=m_q, other=0.0).to(tl.float32)), 0.0)
     b_Fq = tl.cumsum(b_lfq, axis=0)  # F_t - F_{t0-1}
-    n_kv = tl.cdiv(tl.minimum(t0 + BQ, S), BKV)  # key tiles 0 .. n_kv-1 (the last ones overlap the query tile)
-    # G = F_{t0-1} - F_{j1-1} for the key tile [j0, j1) being processed; for the last one it is minus the gate logs
-    # from t0 to j1-1 (inside the query tile); walking back it grows by one tile sum per step.
-    b_G = -tl.sum(tl.where(o_q < n_kv * BKV, b_lfq, 0.0), axis=0)
+    n_kv = tl.cdiv(tl.minimum(t0 + BQ, S), BKV)  # key tiles 0 .. n_kv-1 (the last ones lie inside the query tile)
+    b_G = tl.full([], 0.0, tl.float32)  # F_{t0-1} - F_{j1-1} for a key tile [j0, j1) before t0
     b_num = tl.zeros([BQ, BV], dtype=tl.float32)
     b_s = tl.zeros([BQ], dtype=tl.float32)
     b_mt = tl.zeros([BQ], dtype=tl.float32)  # the sig cell has no max state
@@ -72,11 +71,15 @@ def parallel_fw_kernel(
         b_lfk = tl.where(m_j, _logsigmoid(tl.load(f_ptr + o_j, mask=m_j, other=0.0).to(tl.float32)), 0.0)
         b_ik = tl.load(i_ptr + o_j, mask=m_j, other=0.0).to(tl.float32)
         b_ik = _logsigmoid(b_ik)
-        b_Fk = tl.cumsum(b_lfk, axis=0)
-        b_Fk_end = tl.sum(b_lfk, axis=0)
-        # log D[t, j] = (F_t - F_{t0-1}) + G + (sum of lf over (j, j1)) + li_j
-        b_logD = b_Fq[:, None] + b_G + (b_Fk_end - b_Fk)[None, :] + b_ik[None, :]
-        b_logD = tl.where((o_q[:, None] >= o_j[None, :]) & m_j[None, :], b_logD, float("-inf"))
+        if j0 >= t0:
+            # inside the query tile: F_t - F_j = sum of lf_s over j < s <= t, down the columns
+            b_seg = tl.cumsum(tl.where(o_q[:, None] > o_j[None, :], b_lfq[:, None], 0.0), axis=0)  # [BQ, BKV]
+        else:
+            # before it: (F_t - F_{t0-1}) + (F_{t0-1} - F_{j1-1}) + (sum of lf over j < s < j1)
+            b_suffix = tl.cumsum(b_lfk, axis=0, reverse=True) - b_lfk
+            b_seg = b_Fq[:, None] + b_G + b_suffix[None, :]
+            b_G += tl.sum(b_lfk, axis=0)
+        b_logD = tl.where((o_q[:, None] >= o_j[None, :]) & m_j[None, :], b_seg + b_ik[None, :], float("-inf"))
         b_A = tl.zeros([BQ, BKV], dtype=tl.float32)
         for i_k in range(0, tl.cdiv(DHQK, BK)):
             o_k = i_k * BK + tl.arange(0, BK)
@@ -88,7 +91,6 @@ def parallel_fw_kernel(
         b_v = tl.load(v_ptr + o_j[:, None] * DHHV + o_v[None, :], mask=m_j[:, None] & m_v[None, :], other=0.0)
         b_num += tl.dot(b_P.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)  # [BQ, BKV] @ [BKV, BV] -> [BQ, BV]
         b_s += tl.sum(b_P, axis=1)
-        b_G += b_Fk_end
     # the initial-state column: log D0[t] = F_t + m0, with F_t = (F_t - F_{t0-1}) + G now that G = F_{t0-1}
     b_logD0 = b_Fq + b_G
     if HAS_STATE:

@@ -1,6 +1,6 @@
 """Launchers of the chunkwise forward variants: the fused single pass, and the two passes (states, then outputs).
 
-Inputs are assumed validated (autotune.torch.checks); the launchers check launch configurations, make inputs
+Inputs are assumed validated (autotune.checks); the launchers check launch configurations, make inputs
 contiguous, allocate outputs and launch.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from ..checks import MLSTMInputError
 from ..load import load_variant
-from ..torch.checks import MLSTMInputError
 from ..variants import Variant, find
 from .common import cdiv, contiguous, dot_precision, empty, last_state_buffers, next_pow2, require_pow2, state_args
 

@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from ..torch.checks import MLSTMInputError
+from ..checks import MLSTMInputError
 
 
 def poisoning() -> bool:

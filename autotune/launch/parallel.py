@@ -3,8 +3,8 @@ kernel (autotune.launch.chunkwise.last_state): the parallel form itself never ho
 
 from __future__ import annotations
 
+from ..checks import MLSTMInputError
 from ..load import load_variant
-from ..torch.checks import MLSTMInputError
 from ..variants import Variant
 from .chunkwise import last_state
 from .common import cdiv, contiguous, dot_precision, empty, next_pow2, require_pow2, state_args

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..checks import MLSTMInputError
 from . import registry as _registry
 from . import triton_kernels as _triton_kernels  # noqa: F401  (registers the generated-kernel entries)
-from .checks import MLSTMInputError
 
 __all__ = [
     "MLSTMInputError",

@@ -20,8 +20,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..checks import check_sequence_inputs
 from . import registry
-from .checks import check_sequence_inputs
 
 ChunkwiseKernelType = Literal[
     "chunkwise--native_autograd",

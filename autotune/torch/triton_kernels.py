@@ -5,7 +5,7 @@ the generated backward kernels land, gradients come from the exact native backwa
 recomputes the chunk-border states in fp32 and runs ``native.chunkwise.chunkwise_backward``. So every entry is
 exact for any loss, and training speed is the native backward's for now.
 
-Rules beyond those of every kernel (autotune.torch.checks): tensors must be on a CUDA device (or Triton's
+Rules beyond those of every kernel (autotune.checks): tensors must be on a CUDA device (or Triton's
 interpreter must be on, TRITON_INTERPRET=1); float64 inputs run the native kernels (Triton's dots are not
 fp64); ``chunk_size`` must be a power of two >= 16. Under torch.autocast, q, k, v are cast to
 ``autocast_kernel_dtype`` first, as upstream does.
@@ -18,13 +18,13 @@ from functools import partial
 
 import torch
 
+from ..checks import MLSTMInputError, check_cell, check_chunk_size, check_eps, check_sequence_inputs, check_step_inputs
 from ..launch import chunkwise as launch_chunkwise
 from ..launch import parallel as launch_parallel
 from ..launch import recurrent as launch_recurrent
 from ..launch.common import empty
 from ..variants import find
 from . import registry
-from .checks import MLSTMInputError, check_cell, check_chunk_size, check_eps, check_sequence_inputs, check_step_inputs
 from .native.chunkwise import chunkwise_backward, chunkwise_forward
 from .native.recurrent import mlstm_recurrent_sequence__native, mlstm_recurrent_step__native
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..checks import Dims, check_cell, check_eps, check_sequence_inputs, compute_dtype
+from ...checks import Dims, check_cell, check_eps, check_sequence_inputs, compute_dtype
 
 
 @dataclass

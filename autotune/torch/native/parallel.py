@@ -17,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..checks import check_chunk_size
+from ...checks import check_chunk_size
 from .common import pack_output, prepare_sequence
 
 

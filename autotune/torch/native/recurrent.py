@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..checks import MLSTMInputError, check_cell, check_eps, check_sequence_inputs, check_step_inputs, compute_dtype
+from ...checks import MLSTMInputError, check_cell, check_eps, check_sequence_inputs, check_step_inputs, compute_dtype
 
 
 def _state_dtype(dtype_state: torch.dtype, *tensors) -> torch.dtype:

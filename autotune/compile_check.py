@@ -1,0 +1,113 @@
+"""Compile every generated kernel for a GPU target without a GPU (Triton's ahead-of-time path), at each variant's
+default launch configuration: catches what the interpreter cannot (type errors, layouts, shared-memory overflow).
+
+The argument types come from a real launch that is recorded instead of run: the launcher is called on small
+CPU tensors with the kernel replaced by a recorder, so the check compiles exactly what a launch would.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+
+from .load import load_variant
+from .variants import VARIANTS, Variant
+
+_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int32: "i32"}
+
+
+class _Recorder:
+    def __init__(self, fn):
+        self.fn, self.calls = fn, []
+
+    def __getitem__(self, grid):
+        def record(*args, **kwargs):
+            self.calls.append((args, kwargs))
+
+        return record
+
+
+@contextmanager
+def _recording(module):
+    names = [n for n, obj in vars(module).items() if isinstance(obj, triton.runtime.jit.JITFunction)]
+    originals = {n: getattr(module, n) for n in names}
+    recorders = {n: _Recorder(fn) for n, fn in originals.items()}
+    for n, r in recorders.items():
+        setattr(module, n, r)
+    try:
+        yield recorders
+    finally:
+        for n, fn in originals.items():
+            setattr(module, n, fn)
+
+
+def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int):
+    """Call the variant's launcher once on small CPU inputs (nothing runs: the kernels are recorders)."""
+    from .launch import chunkwise, parallel, recurrent
+    from .reference import random_inputs
+
+    x = random_inputs(1, 2, 40, DHQK, DHHV, dtype=dtype, gate_dtype=torch.float32, with_states=True)
+    args = [x[n] for n in "qkvif"]
+    states = [x["c_initial"].float(), x["n_initial"].float(), x["m_initial"].float()]
+    if variant.family == "chunkwise_fw":
+        chunkwise.chunkwise_fw(*args, *states, variant=variant, return_last_states=True)
+    elif variant.family == "parallel_fw":
+        parallel.parallel_fw(*args, *states, variant=variant, return_last_states=False)
+    elif variant.family == "sequence_fw":
+        recurrent.sequence_fw(*args, *states, variant=variant, return_last_states=True)
+    elif variant.family == "step_fw":
+        q, k, v, i, f = (a[:, :, 0] for a in args)
+        C, n, m = (s.clone().contiguous() for s in states)
+        recurrent.step_fw(q, k, v, i, f, C, n, m, variant=variant, out=(C, n, m))
+
+
+def _compile(fn, args, kwargs, target: GPUTarget):
+    signature, constexprs = {}, {}
+    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+    values = dict(zip([p.name for p in fn.params], args)) | kwargs
+    for p in fn.params:
+        value = values[p.name]
+        if p.is_constexpr:
+            signature[p.name], constexprs[p.name] = "constexpr", value
+        elif isinstance(value, torch.Tensor):
+            signature[p.name] = "*" + _TYPES[value.dtype]
+        elif isinstance(value, bool):
+            signature[p.name] = "i1"
+        elif isinstance(value, int):
+            signature[p.name] = "i32"
+        else:
+            signature[p.name] = "fp32"
+    src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+    return triton.compile(src, target=target, options=options)
+
+
+def check(arch: int = 90, dtypes=(torch.bfloat16, torch.float32), head_dims=((64, 64), (256, 512))) -> list[dict]:
+    """Compile every kernel of every variant; one row per compile: variant, kernel, dtype, dims, seconds, shared
+    memory bytes, registers spilled (when the backend reports them), or the error."""
+    target = GPUTarget("cuda", arch, 32)
+    rows = []
+    for variant in VARIANTS:
+        module = load_variant(variant)
+        for dtype in dtypes:
+            for DHQK, DHHV in head_dims:
+                with _recording(module) as recorders:
+                    _launch_small(variant, dtype, DHQK, DHHV)
+                for name, rec in recorders.items():
+                    for args, kwargs in rec.calls:
+                        row = dict(variant=variant.name, kernel=name, dtype=str(dtype).removeprefix("torch."),
+                                   DHQK=DHQK, DHHV=DHHV)  # fmt: skip
+                        start = time.perf_counter()
+                        try:
+                            compiled = _compile(rec.fn, args, dict(kwargs), target)
+                            row.update(
+                                ok=True, shared=compiled.metadata.shared, spills=getattr(compiled, "n_spills", None)
+                            )
+                        except Exception as err:  # noqa: BLE001 - every failure is reported, none stops the check
+                            row.update(ok=False, error=f"{type(err).__name__}: {str(err)[:500]}")
+                        row["seconds"] = round(time.perf_counter() - start, 2)
+                        rows.append(row)
+    return rows

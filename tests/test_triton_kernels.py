@@ -1,0 +1,133 @@
+"""Every generated Triton variant against the float64 oracle, under Triton's interpreter on the CPU (fp32 and fp16:
+the interpreter mis-computes bf16 dots, MATH.md §7), on the §7 shape list; outputs and last states. Outputs are
+NaN-poisoned before each launch (MLSTM_AUTOTUNE_POISON=1), so an element a kernel forgets fails the check.
+On a machine with a GPU the same tests run the compiled kernels on the GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import MAX_OUTLIER, SHAPES, conditioning_limits
+
+from autotune.launch import chunkwise, parallel, recurrent
+from autotune.reference import mlstm_recurrent, random_inputs
+from autotune.variants import VARIANTS
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+# small tiles keep the interpreter quick and make the S = 130 and 500 shapes span many chunks (S >= 2 x chunk)
+CONFIGS = {
+    "chunkwise_fused_fw.py.j2": {"L": 16, "BV": 16, "num_warps": 4, "num_stages": 1},
+    "chunkwise_twopass_fw.py.j2": {
+        "LI": 16,
+        "LO": 32,
+        "BKS": 16,
+        "BVS": 32,
+        "BKO": 32,
+        "BVO": 16,
+        "num_warps_states": 4,
+        "num_warps_out": 4,
+        "num_stages": 1,
+    },  # fmt: skip
+    "parallel_fw.py.j2": {"BQ": 32, "BKV": 16, "BK": 32, "BV": 16, "num_warps": 4, "num_stages": 1},
+    "recurrent_sequence.py.j2": {"BV": 16, "num_warps": 4},
+    "recurrent_step.py.j2": {"BK": 16, "BV": 16, "num_warps": 4},
+}
+SEQUENCE_VARIANTS = [v for v in VARIANTS if v.family in ("chunkwise_fw", "parallel_fw", "sequence_fw")]
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    monkeypatch.setenv("MLSTM_AUTOTUNE_POISON", "1")
+
+
+def _states(x: dict, cell: str):
+    if "c_initial" not in x:
+        return (None, None, None)
+    return (x["c_initial"], x["n_initial"], x["m_initial"] if cell == "exp" else None)
+
+
+def _run_sequence(variant, x: dict, cell: str):
+    launcher = {"chunkwise_fw": chunkwise.chunkwise_fw, "parallel_fw": parallel.parallel_fw,
+                "sequence_fw": recurrent.sequence_fw}[variant.family]  # fmt: skip
+    args = [x[n].to(DEVICE) for n in "qkvif"]
+    states = [s.to(DEVICE) if s is not None else None for s in _states(x, cell)]
+    return launcher(*args, *states, variant=variant, config=CONFIGS[variant.template], return_last_states=True)
+
+
+def _oracle(x: dict, cell: str):
+    h, states = mlstm_recurrent(**{k: v.double() for k, v in x.items()}, cell=cell, return_last_states=True)
+    return {"h": h, "C": states[0], "n": states[1]} | ({"m": states[2]} if cell == "exp" else {})
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("with_states", [False, True], ids=["nostate", "state"])
+@pytest.mark.parametrize("shape", SHAPES, ids=[s.id for s in SHAPES])
+@pytest.mark.parametrize("variant", SEQUENCE_VARIANTS, ids=[v.name for v in SEQUENCE_VARIANTS])
+def test_sequence_variant_matches_oracle(variant, shape, with_states, dtype, check):
+    cell = variant.params["cell"]
+    x = random_inputs(
+        *shape.dims(),
+        dtype=dtype,
+        gate_dtype=torch.float32,
+        with_states=with_states,
+        max_outlier=MAX_OUTLIER.get(dtype, 20.0),
+    )
+    if cell == "sig":
+        x.pop("m_initial", None)
+    h, last = _run_sequence(variant, x, cell)
+    assert h.dtype == dtype
+    outputs = {"h": h, "C": last[0], "n": last[1]} | ({"m": last[2]} if cell == "exp" else {})
+    reference = _oracle(x, cell)
+    limits = conditioning_limits(dtype, lambda x64: _oracle(x64, cell), x)
+    check(target=f"{variant.name} {CONFIGS[variant.template]}", baseline="reference.mlstm_recurrent(fp64)",
+          dims=shape.dims(), dtype=dtype, pairs={k: (outputs[k], reference[k]) for k in reference},
+          limit=limits)  # fmt: skip
+
+
+STEP_VARIANTS = [v for v in VARIANTS if v.family == "step_fw"]
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["new-state", "inplace"])
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("shape", SHAPES[1:4], ids=[s.id for s in SHAPES[1:4]])
+@pytest.mark.parametrize("variant", STEP_VARIANTS, ids=[v.name for v in STEP_VARIANTS])
+def test_step_variant_token_by_token(variant, shape, dtype, inplace, check):
+    """The step kernel over a sequence, token by token with the state fed back (or updated in place)."""
+    cell = variant.params["cell"]
+    x = random_inputs(
+        *shape.dims(), dtype=dtype, gate_dtype=torch.float32, with_states=True, max_outlier=MAX_OUTLIER.get(dtype, 20.0)
+    )
+    if cell == "sig":
+        x.pop("m_initial")
+    B, NH, S, DHQK, DHHV = shape.dims()
+    # clones: the in-place kernel must not touch the initial state the oracle reads
+    C = x["c_initial"].float().to(DEVICE).clone()
+    n = x["n_initial"].float().to(DEVICE).clone()
+    m = x["m_initial"].float().reshape(B, NH).to(DEVICE).clone() if cell == "exp" else None
+    hs = []
+    for t in range(S):
+        q, k, v, i, f = (x[name][:, :, t].to(DEVICE) for name in "qkvif")
+        out = (C, n, m) if inplace else (torch.empty_like(C), torch.empty_like(n), torch.empty_like(m) if m is not None
+                                         else None)  # fmt: skip
+        hs.append(recurrent.step_fw(q, k, v, i, f, C, n, m, variant=variant, config=CONFIGS[variant.template],
+                                    out=out))  # fmt: skip
+        C, n, m = out
+    reference = _oracle(x, cell)
+    outputs = {"h": torch.stack(hs, 2), "C": C, "n": n} | ({"m": m.reshape(B, NH, 1)} if cell == "exp" else {})
+    limits = conditioning_limits(dtype, lambda x64: _oracle(x64, cell), x)
+    check(target=f"{variant.name} x{S} ({'in place' if inplace else 'new state'})",
+          baseline="reference.mlstm_recurrent(fp64)", dims=shape.dims(), dtype=dtype,
+          pairs={k: (outputs[k], reference[k]) for k in reference}, limit=limits)  # fmt: skip
+
+
+def test_inplace_step_leaves_counters_at_zero():
+    """The in-place step's per-head arrival counters are reset by the kernel, ready for the next call."""
+    variant = next(v for v in STEP_VARIANTS if v.params["cell"] == "exp")
+    x = random_inputs(2, 3, 1, 16, 40, dtype=torch.float32, with_states=True)
+    C, n = x["c_initial"].to(DEVICE).contiguous(), x["n_initial"].to(DEVICE).contiguous()
+    m = x["m_initial"].reshape(2, 3).to(DEVICE).contiguous()
+    q, k, v, i, f = (x[name][:, :, 0].to(DEVICE) for name in "qkvif")
+    recurrent.step_fw(q, k, v, i, f, C, n, m, variant=variant, config=CONFIGS[variant.template], out=(C, n, m))
+    counters = recurrent._arrival_counters(6, torch.device(DEVICE))
+    assert counters.tolist() == [0] * 6
