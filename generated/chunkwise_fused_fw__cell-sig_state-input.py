@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_fused_fw.py.j2
-# template hash:   db01938a8cef2df7
+# template hash:   59525b66c31a6584
 # parameters:      cell=sig, state=input
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (sig cell), fused single pass: one program per (value tile, batch x head) walks the
@@ -129,7 +129,9 @@ def chunkwise_fused_fw_kernel(
         b_D, b_D0, b_mt = _chunk_decay_matrix(b_lf, b_li, b_m, o_l)
         b_P = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION) * scale * b_D  # [L, BK] @ [BK, L] -> [L, L]
         b_num = tl.dot(b_P.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)  # [L, L] @ [L, BV] -> [L, BV]
-        b_qC = tl.dot(b_q, b_C.to(b_q.dtype), input_precision=DOT_PRECISION)  # [L, BK] @ [BK, BV] -> [L, BV]
+        # (C^T q^T)^T: the register-resident state is the A operand. As the B operand (q @ C) Triton 3.6 gave
+        # config-dependent wrong results on an H200 in bf16 (rel. error 1.6 at L=64, BV=32; tests/gpu/logs/probes.log)
+        b_qC = tl.trans(tl.dot(tl.trans(b_C.to(b_q.dtype)), tl.trans(b_q), input_precision=DOT_PRECISION))  # [BV, L]
         b_qn = tl.sum(b_q.to(tl.float32) * b_n[None, :], axis=1)  # [L]
         b_num += (b_D0 * scale)[:, None] * b_qC
         b_s = tl.sum(b_P, axis=1) + b_D0 * scale * b_qn
