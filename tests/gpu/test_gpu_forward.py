@@ -146,3 +146,39 @@ def test_more_than_2_31_elements(variant, check):
                                                      "C": (last[0][:, head : head + 1], last1[0])},
               limit=1e-6)  # fmt: skip
         del alone, h1, last1
+
+
+@pytest.mark.parametrize("variant", STEP_VARIANTS, ids=[v.name for v in STEP_VARIANTS])
+def test_inplace_step_replays_from_a_cuda_graph(variant, check):
+    """Capture one in-place step in a CUDA graph and replay it token by token (new inputs copied into the captured
+    buffers): it must allocate nothing during capture and give the eager results."""
+    B, NH, S, DHQK, DHHV = 4, 8, 16, 256, 512
+    cell = variant.params["cell"]
+    x = _inputs((B, NH, S, DHQK, DHHV), torch.bfloat16, cell)
+
+    def fresh():
+        m = x["m_initial"].float().reshape(B, NH).clone() if cell == "exp" else None
+        return x["c_initial"].float().clone(), x["n_initial"].float().clone(), m
+
+    C, n, m = fresh()
+    eager = [recurrent.step_fw(*(x[k][:, :, t] for k in "qkvif"), C, n, m, variant=variant, out=(C, n, m))
+             for t in range(S)]  # fmt: skip
+    Cg, ng, mg = fresh()
+    static = [x[k][:, :, 0].clone() for k in "qkvif"]
+    warm = fresh()  # compiles the in-place kernel and allocates the arrival counters before the capture
+    recurrent.step_fw(*static, *warm, variant=variant, out=warm)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        h_static = recurrent.step_fw(*static, Cg, ng, mg, variant=variant, out=(Cg, ng, mg))
+    replayed = []
+    for t in range(S):
+        for buf, k in zip(static, "qkvif"):
+            buf.copy_(x[k][:, :, t])
+        graph.replay()
+        replayed.append(h_static.clone())
+    torch.cuda.synchronize()
+    pairs = {"h": (torch.stack(replayed, 2), torch.stack(eager, 2)), "C": (Cg, C), "n": (ng, n)}
+    if cell == "exp":
+        pairs["m"] = (mg, m)
+    check(target=f"{variant.name} in place, CUDA graph replay x{S}", baseline="the same kernel, eager",
+          dims=(B, NH, S, DHQK, DHHV), dtype=torch.bfloat16, pairs=pairs, limit=1e-6)  # fmt: skip
