@@ -1,0 +1,223 @@
+"""The tuning database (autotune.db) and the dispatcher (autotune.dispatch), without a GPU."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import warnings
+from pathlib import Path
+
+import pytest
+
+from autotune import db as tdb
+from autotune.dispatch import Dispatcher, Request
+
+GPU, CAP = "NVIDIA H200", (9, 0)
+
+
+def key(S=8192, BNH=64, structure="chunkwise_fused_fw", dtype="bfloat16", op="chunkwise:exp", DHQK=256, DHHV=512):
+    return tdb.Key(op, "fw", dtype, DHQK, DHHV, S, BNH, structure)
+
+
+def entry(k: tdb.Key, variant="chunkwise_fused_fw__cell-exp_state-input", p50=1.0, **config):
+    return tdb.Entry(k, variant, config or {"L": 64}, {"p50_ms": p50, "gpu": GPU})
+
+
+def req(S=8192, BNH=64, structures=(), op="chunkwise:exp", dtype="bfloat16"):
+    return Request(op, "fw", dtype, 256, 512, S, BNH, structures)
+
+
+def default():
+    return "built-in-variant", {"L": 16}
+
+
+# ---------------------------------------------------------------------------------------------- the database file
+
+
+def test_round_trip_and_file_name(tmp_path: Path):
+    path = tmp_path / tdb.file_name(GPU)
+    assert path.name == "NVIDIA_H200.json"
+    assert tdb.upsert(path, GPU, CAP, [entry(key()), entry(key(S=2048), p50=0.5)]) == 2
+    db = tdb.read(path)
+    assert db.gpu == GPU and db.capability == CAP and len(db.entries) == 2
+    assert db.entries[key(S=2048)].provenance["p50_ms"] == 0.5
+    assert tdb.problems(json.loads(path.read_text())) == []
+
+
+def test_faster_entry_wins_unless_replace(tmp_path: Path):
+    path = tmp_path / "db.json"
+    tdb.upsert(path, GPU, CAP, [entry(key(), variant="a", p50=1.0)])
+    assert tdb.upsert(path, GPU, CAP, [entry(key(), variant="b", p50=2.0)]) == 0
+    assert tdb.read(path).entries[key()].variant == "a"
+    assert tdb.upsert(path, GPU, CAP, [entry(key(), variant="c", p50=0.5)]) == 1
+    assert tdb.read(path).entries[key()].variant == "c"
+    tdb.upsert(path, GPU, CAP, [entry(key(), variant="d", p50=9.0)], replace=True)
+    assert tdb.read(path).entries[key()].variant == "d"
+
+
+def test_entries_of_another_gpu_are_refused(tmp_path: Path):
+    path = tmp_path / "db.json"
+    tdb.upsert(path, GPU, CAP, [entry(key())])
+    with pytest.raises(ValueError, match="H200"):
+        tdb.upsert(path, "NVIDIA H100", CAP, [entry(key())])
+
+
+@pytest.mark.parametrize(
+    "content,reason",
+    [
+        ("{", "unreadable"),
+        ('{"schema_version": 1, "gpu": "NVIDIA H200", "capability": [9, 0], "entries": [', "unreadable"),
+        ('{"schema_version": 99, "gpu": "x", "capability": [9, 0], "entries": []}', "newer"),
+        ('{"schema_version": 1, "gpu": "x", "capability": [9, 0], "entries": [{"key": {"op": 1}}]}', "key"),
+        ("[1, 2]", "top level"),
+        ('{"gpu": "x"}', "schema_version"),
+        (b"\xff\xfe\x00garbage", "unreadable"),
+    ],
+    ids=["truncated-brace", "truncated-list", "future-schema", "bad-entry", "not-an-object", "no-version", "binary"],
+)
+def test_bad_files_warn_once_and_are_skipped(tmp_path: Path, content, reason):
+    path = tmp_path / "NVIDIA_H200.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert tdb.read(path) is None
+    assert len(caught) == 1 and issubclass(caught[0].category, tdb.TuningDBWarning)
+    assert reason in str(caught[0].message)
+
+
+def test_a_corrupt_file_is_moved_aside_not_lost(tmp_path: Path):
+    path = tmp_path / "db.json"
+    path.write_text("{ half a file")
+    with pytest.warns(tdb.TuningDBWarning, match="moved"):
+        tdb.upsert(path, GPU, CAP, [entry(key())])
+    assert (tmp_path / "db.json.corrupt").read_text() == "{ half a file"
+    assert len(tdb.read(path).entries) == 1
+
+
+def _writer(path: str, worker: int, n: int) -> None:
+    for i in range(n):
+        tdb.upsert(Path(path), GPU, CAP, [entry(key(S=2 ** (i % 8 + 6), BNH=worker * 1000 + i))])
+
+
+def test_concurrent_writers_lose_nothing(tmp_path: Path):
+    path = tmp_path / "db.json"
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_writer, args=(str(path), w, 25)) for w in (1, 2, 3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert len(tdb.read(path).entries) == 75
+
+
+def test_merge_takes_the_faster_entries(tmp_path: Path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    tdb.upsert(a, GPU, CAP, [entry(key(), variant="slow", p50=2.0), entry(key(S=1024), variant="only-a")])
+    tdb.upsert(b, GPU, CAP, [entry(key(), variant="fast", p50=1.0), entry(key(S=4096), variant="only-b")])
+    assert tdb.merge(a, b) == 2
+    merged = tdb.read(a).entries
+    assert {k.S: e.variant for k, e in merged.items()} == {8192: "fast", 1024: "only-a", 4096: "only-b"}
+
+
+@pytest.mark.parametrize("n,expected", [(1, 1), (2, 2), (3, 4), (64, 64), (65, 128), (8192, 8192), (8193, 16384)])
+def test_bucket(n, expected):
+    assert tdb.bucket(n) == expected
+
+
+# ------------------------------------------------------------------------------------------------- the dispatcher
+
+
+def _dispatcher(tmp_path: Path, user=(), packaged=(), gpu=GPU, cap=CAP) -> Dispatcher:
+    (tmp_path / "user").mkdir(exist_ok=True)
+    (tmp_path / "pkg").mkdir(exist_ok=True)
+    if user:
+        tdb.upsert(tmp_path / "user" / tdb.file_name(gpu), gpu, cap, user)
+    if packaged:
+        tdb.upsert(tmp_path / "pkg" / tdb.file_name(gpu), gpu, cap, packaged)
+    return Dispatcher(packaged=tmp_path / "pkg", user=tmp_path / "user")
+
+
+def test_rung_default(tmp_path: Path):
+    choice = _dispatcher(tmp_path).choose(req(), GPU, CAP, default)
+    assert (choice.variant, choice.config, choice.rung, choice.source) == ("built-in-variant", {"L": 16}, "default",
+                                                                           "built-in")  # fmt: skip
+
+
+def test_rung_exact_prefers_user_database(tmp_path: Path):
+    d = _dispatcher(tmp_path, user=[entry(key(), variant="user")], packaged=[entry(key(), variant="pkg")])
+    choice = d.choose(req(), GPU, CAP, default)
+    assert (choice.variant, choice.rung) == ("user", "exact") and "user" in choice.source
+
+
+def test_exact_in_packaged_beats_nearest_in_user(tmp_path: Path):
+    d = _dispatcher(tmp_path, user=[entry(key(S=1024), variant="user-near")], packaged=[entry(key(), variant="pkg")])
+    assert d.choose(req(), GPU, CAP, default).variant == "pkg"
+
+
+def test_rung_nearest_is_deterministic(tmp_path: Path):
+    # S=8192 requested; 4096 and 16384 are equally far in log2: the smaller S wins
+    d = _dispatcher(tmp_path, packaged=[entry(key(S=16384), variant="big"), entry(key(S=4096), variant="small"),
+                                        entry(key(S=65536), variant="far")])  # fmt: skip
+    choice = d.choose(req(), GPU, CAP, default)
+    assert (choice.variant, choice.rung) == ("small", "nearest")
+
+
+def test_exact_picks_the_fastest_structure_when_any_is_allowed(tmp_path: Path):
+    d = _dispatcher(
+        tmp_path,
+        packaged=[
+            entry(key(structure="chunkwise_twopass_fw"), variant="two", p50=2.0),
+            entry(key(structure="chunkwise_fused_fw"), variant="one", p50=1.0),
+        ],
+    )
+    assert d.choose(req(), GPU, CAP, default).variant == "one"
+    d.reset()
+    assert d.choose(req(structures=("chunkwise_twopass_fw",)), GPU, CAP, default).variant == "two"
+
+
+def test_other_keys_do_not_answer(tmp_path: Path):
+    d = _dispatcher(tmp_path, packaged=[entry(key(dtype="float32")), entry(key(op="chunkwise:sig")),
+                                        entry(key(DHQK=128))])  # fmt: skip
+    assert d.choose(req(), GPU, CAP, default).rung == "default"
+
+
+def test_rung_same_architecture(tmp_path: Path):
+    d = _dispatcher(tmp_path, packaged=[entry(key(), variant="h100")], gpu="NVIDIA H100 80GB HBM3", cap=(9, 0))
+    choice = d.choose(req(), GPU, CAP, default)
+    assert (choice.variant, choice.rung) == ("h100", "same-arch")
+    assert d.choose(req(), "NVIDIA A100", (8, 0), default).rung == "default"
+
+
+def test_override_from_environment(tmp_path: Path, monkeypatch):
+    force = {"chunkwise:exp": {"variant": "forced", "config": {"L": 32}}}
+    monkeypatch.setenv("MLSTM_AUTOTUNE_FORCE", json.dumps(force))
+    d = _dispatcher(tmp_path, packaged=[entry(key(), variant="pkg")])
+    choice = d.choose(req(), GPU, CAP, default)
+    assert (choice.variant, choice.config, choice.rung) == ("forced", {"L": 32}, "override")
+    assert d.choose(req(op="parallel:exp"), GPU, CAP, default).rung == "default"  # other ops are not forced
+
+
+def test_bad_override_warns_and_is_ignored(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("MLSTM_AUTOTUNE_FORCE", "{not json")
+    d = _dispatcher(tmp_path)
+    with pytest.warns(UserWarning, match="MLSTM_AUTOTUNE_FORCE"):
+        assert d.choose(req(), GPU, CAP, default).rung == "default"
+
+
+def test_later_calls_do_not_read_files(tmp_path: Path):
+    d = _dispatcher(tmp_path, packaged=[entry(key(), variant="pkg")])
+    first = d.choose(req(), GPU, CAP, default)
+    for p in (tmp_path / "pkg").iterdir():
+        p.unlink()  # a later call must not look at the files again
+    assert d.choose(req(), GPU, CAP, default) is first
+    d.reset()
+    assert d.choose(req(), GPU, CAP, default).rung == "default"
+
+
+def test_corrupt_database_never_breaks_a_lookup(tmp_path: Path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "NVIDIA_H200.json").write_text('{"schema_version": 1, "gpu": "NVIDIA H200", "entr')
+    d = Dispatcher(packaged=tmp_path / "pkg", user=tmp_path / "none")
+    with pytest.warns(tdb.TuningDBWarning):
+        assert d.choose(req(), GPU, CAP, default).rung == "default"
