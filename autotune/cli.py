@@ -4,6 +4,7 @@ Subcommands so far:
     kernels        list the registered kernels (sequence, step, sequence-loop), one per line
     paths          print where templates/, generated/ and tuning_db/ are read from
     render         regenerate generated/ from templates/ (--check: only report what is stale)
+    show           which generated variant and launch configuration a call would run (and why), and its source
     compile-check  compile every generated kernel for a GPU target (default sm_90) without a GPU
 """
 
@@ -73,6 +74,40 @@ def _cmd_compile_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_show(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import paths
+    from .torch import triton_kernels
+
+    if args.gpu:
+        gpu, capability = args.gpu, tuple(int(c) for c in args.capability.split("."))
+    elif torch.cuda.is_available():
+        gpu, capability = torch.cuda.get_device_name(), torch.cuda.get_device_capability()
+    else:
+        gpu, capability = "cpu-interpreter", (0, 0)
+    try:
+        dtype = getattr(torch, args.dtype)
+        request, choice = triton_kernels.explain(
+            args.kernel, dtype=dtype, B=args.B, NH=args.NH, S=args.S, DHQK=args.DHQK, DHHV=args.DHHV,
+            chunk_size=args.chunk_size, gpu=gpu, capability=capability,
+        )  # fmt: skip
+    except (ValueError, AttributeError) as err:
+        print(f"mlstm-tune show: {err}", file=sys.stderr)
+        return 2
+    source = paths.generated_dir() / f"{choice.variant}.py"
+    print(f"kernel:    {args.kernel}")
+    print(f"request:   {request}")
+    print(f"gpu:       {gpu} (compute capability {capability[0]}.{capability[1]})")
+    print(f"answered:  rung {choice.rung}, from {choice.source}")
+    print(f"variant:   {choice.variant}  ({source})")
+    print(f"config:    {choice.config}")
+    if not args.no_source:
+        print("-" * 100)
+        print(source.read_text(), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlstm-tune", description="mLSTM kernel autotuner.")
     parser.add_argument("--version", action="version", version=f"mlstm-autotune {__version__}")
@@ -82,6 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("render", help="regenerate generated/ from templates/")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 if generated/ is out of date")
     p.set_defaults(func=_cmd_render)
+    p = sub.add_parser("show", help="which generated variant and launch configuration a call would run, and its source")
+    p.add_argument("--kernel", default="chunkwise--triton_auto", help="a Triton entry of the registry")
+    for dim, default in (("B", 8), ("NH", 8), ("S", 8192), ("DHQK", 256), ("DHHV", 512), ("chunk-size", 64)):
+        p.add_argument(f"--{dim}", dest=dim.replace("-", "_"), type=int, default=default)
+    p.add_argument("--dtype", default="bfloat16", help="the inputs' dtype: bfloat16, float16, float32")
+    p.add_argument("--gpu", help="GPU model as torch names it (default: this machine's GPU, or the interpreter)")
+    p.add_argument("--capability", default="9.0", help="with --gpu: its compute capability, e.g. 9.0")
+    p.add_argument("--no-source", action="store_true", help="do not print the generated source")
+    p.set_defaults(func=_cmd_show)
     p = sub.add_parser("compile-check", help="compile every generated kernel for a GPU target, no GPU needed")
     p.add_argument("--arch", type=int, default=90, help="compute capability as an int, e.g. 90 for sm_90 (H100/H200)")
     p.set_defaults(func=_cmd_compile_check)

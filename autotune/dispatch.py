@@ -83,9 +83,14 @@ class Dispatcher:
         self._cache: dict[tuple, Choice] = {}
         self._dbs: list[tdb.TuningDB] | None = None
         self._override: dict | None = None
+        # callers' own memo of finished answers, keyed by whatever identifies a call for them cheaply (raw dtype,
+        # device, shape); cleared with everything else by reset()
+        self.memo: dict = {}
 
     def reset(self) -> None:
-        """Forget loaded databases, overrides and answers (after a tuning run wrote new entries)."""
+        """Forget loaded databases, overrides and answers (after a tuning run wrote new entries). Environment
+        variables (MLSTM_AUTOTUNE_FORCE, MLSTM_AUTOTUNE_DB, MLSTM_AUTOTUNE_DISPATCH) are read again after it."""
+        self.memo.clear()
         self._cache.clear()
         self._dbs = None
         self._override = None
@@ -111,13 +116,24 @@ class Dispatcher:
                     warnings.warn(f"mlstm-autotune: ignoring MLSTM_AUTOTUNE_FORCE ({err})", stacklevel=3)
         return self._override
 
-    def choose(self, req: Request, gpu: str, capability: tuple[int, int], default: Callable[[], tuple[str, dict]]):
-        """The variant and configuration for ``req`` on ``gpu``; ``default()`` gives the built-in answer."""
+    def choose(self, req: Request, gpu: str, capability: tuple[int, int], default: Callable[[], tuple[str, dict]],
+               validate: Callable[[Choice], None] | None = None) -> Choice:  # fmt: skip
+        """The variant and configuration for ``req`` on ``gpu``; ``default()`` gives the built-in answer. ``validate``
+        (raising ValueError or KeyError) checks a database answer once; one that fails is replaced by the default
+        with a warning. The answer is memoised: later calls with the same request are one dictionary hit."""
         memo = (gpu, req)
         hit = self._cache.get(memo)
         if hit is not None:
             return hit
         choice = self._resolve(req, gpu, tuple(capability), default)
+        if validate is not None and choice.rung != "default":
+            try:
+                validate(choice)
+            except (KeyError, ValueError) as err:
+                warnings.warn(f"mlstm-autotune: ignoring the {choice.rung} choice from {choice.source} for {req} "
+                              f"({err}); using the built-in default", stacklevel=3)  # fmt: skip
+                variant, config = default()
+                choice = Choice(variant, dict(config), "default", "built-in (the tuned entry was invalid)")
         log.debug("%s %s -> %s %s (rung %s, from %s)", gpu, req, choice.variant, choice.config, choice.rung,
                   choice.source)  # fmt: skip
         self._cache[memo] = choice

@@ -62,11 +62,14 @@ VARIANTS: list[Variant] = [
 ]
 
 
+_BY_NAME = {v.name: v for v in VARIANTS}
+
+
 def by_name(name: str) -> Variant:
-    for v in VARIANTS:
-        if v.name == name:
-            return v
-    raise KeyError(f"unknown variant {name!r}; known: {', '.join(v.name for v in VARIANTS)}")
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"unknown variant {name!r}; known: {', '.join(_BY_NAME)}") from None
 
 
 def find(template: str, **params) -> Variant:

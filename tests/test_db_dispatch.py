@@ -221,3 +221,24 @@ def test_corrupt_database_never_breaks_a_lookup(tmp_path: Path):
     d = Dispatcher(packaged=tmp_path / "pkg", user=tmp_path / "none")
     with pytest.warns(tdb.TuningDBWarning):
         assert d.choose(req(), GPU, CAP, default).rung == "default"
+
+
+def test_show_names_the_rung_and_prints_the_source(tmp_path: Path):
+    import os
+    import subprocess
+    import sys
+
+    tdb.upsert(tmp_path / tdb.file_name(GPU), GPU, CAP, [tdb.Entry(
+        tdb.Key("chunkwise:exp", "fw", "bfloat16", 256, 512, 8192, 64, "chunkwise_fused_fw"),
+        "chunkwise_fused_fw__cell-exp_state-input", {"L": 64, "BV": 32, "num_warps": 8, "num_stages": 2},
+        {"p50_ms": 1.0})])  # fmt: skip
+    env = dict(os.environ, MLSTM_AUTOTUNE_DB=str(tmp_path))
+    cmd = [sys.executable, "-m", "autotune", "show", "--gpu", GPU, "--capability", "9.0", "--B", "8", "--NH", "8",
+           "--S", "8000", "--DHQK", "256", "--DHHV", "512"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "rung exact" in out.stdout and "chunkwise_fused_fw__cell-exp_state-input" in out.stdout
+    assert "'num_stages': 2" in out.stdout and "def chunkwise_fused_fw_kernel(" in out.stdout
+    other = subprocess.run(cmd[:5] + ["NVIDIA A100-SXM4-80GB", "--capability", "8.0", "--no-source"],
+                           capture_output=True, text=True, env=env)  # fmt: skip
+    assert other.returncode == 0 and "rung default" in other.stdout and "def " not in other.stdout

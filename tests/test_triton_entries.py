@@ -111,3 +111,78 @@ def test_entry_without_gpu_or_interpreter_says_so(monkeypatch):
     x = _inputs("chunkwise--triton_fused", torch.float32)
     with pytest.raises(MLSTMInputError, match="CUDA"):
         get_mlstm_kernel("chunkwise--triton_fused")(**x)
+
+
+@pytest.fixture
+def user_db(tmp_path, monkeypatch):
+    """A fresh user database directory for the process-wide dispatcher."""
+    from autotune.dispatch import dispatcher
+
+    monkeypatch.setenv("MLSTM_AUTOTUNE_DB", str(tmp_path))
+    dispatcher().reset()
+    yield tmp_path
+    dispatcher().reset()
+
+
+def _record_launches(monkeypatch):
+    from autotune.launch import chunkwise as launch_chunkwise
+
+    calls, real = [], launch_chunkwise.chunkwise_fw
+
+    def recording(*args, **kwargs):
+        calls.append((kwargs["variant"].name, dict(kwargs["config"])))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(launch_chunkwise, "chunkwise_fw", recording)
+    return calls
+
+
+def _tuned_entry(variant: str, config: dict, S=65, BNH=2):
+    from autotune import db as tdb
+
+    key = tdb.Key("chunkwise:exp", "fw", "float32", 32, 32, tdb.bucket(S), tdb.bucket(BNH), variant.split("__")[0])
+    return tdb.Entry(key, variant, config, {"p50_ms": 1.0})
+
+
+def test_entries_follow_the_tuning_database(user_db, monkeypatch, check):
+    from autotune import db as tdb
+
+    chosen = {"L": 32, "BV": 16, "num_warps": 4, "num_stages": 1}
+    tdb.upsert(user_db / tdb.file_name("cpu-interpreter"), "cpu-interpreter", (0, 0),
+               [_tuned_entry("chunkwise_fused_fw__cell-exp_state-input", chosen)])  # fmt: skip
+    calls = _record_launches(monkeypatch)
+    x = _inputs("chunkwise--triton_auto", torch.float32)
+    h = get_mlstm_kernel("chunkwise--triton_auto")(**x, chunk_size=16)
+    assert calls == [("chunkwise_fused_fw__cell-exp_state-input", chosen)]
+    # a named two-pass entry ignores the fused winner and keeps to its structure (its default here)
+    get_mlstm_kernel("chunkwise--triton_xl_chunk")(**x, chunk_size=16)
+    assert calls[-1][0].startswith("chunkwise_twopass_fw") and calls[-1][1]["LO"] == 16
+    ref = _oracle(x, "exp")
+    check(target="chunkwise--triton_auto (database choice)", baseline="reference.mlstm_recurrent(fp64)",
+          dims=SHAPE.dims(), dtype=torch.float32, pairs={"h": (h, ref["h"])},
+          limit=conditioning_limits(torch.float32, lambda x64: {"h": _oracle(x64, "exp")["h"]}, x))  # fmt: skip
+
+
+def test_a_bad_database_entry_falls_back_to_the_default(user_db, monkeypatch):
+    from autotune import db as tdb
+
+    bad = {"L": 24, "BV": 16, "num_warps": 4, "num_stages": 1}  # 24 is not a power of two
+    tdb.upsert(user_db / tdb.file_name("cpu-interpreter"), "cpu-interpreter", (0, 0),
+               [_tuned_entry("chunkwise_fused_fw__cell-exp_state-input", bad)])  # fmt: skip
+    calls = _record_launches(monkeypatch)
+    x = _inputs("chunkwise--triton_auto", torch.float32)
+    with pytest.warns(UserWarning, match="built-in default"):
+        h = get_mlstm_kernel("chunkwise--triton_auto")(**x, chunk_size=16)
+    assert bool(torch.isfinite(h).all()) and calls[-1][1] != bad
+
+
+def test_dispatch_can_be_switched_off(user_db, monkeypatch):
+    from autotune import db as tdb
+
+    tdb.upsert(user_db / tdb.file_name("cpu-interpreter"), "cpu-interpreter", (0, 0),
+               [_tuned_entry("chunkwise_fused_fw__cell-exp_state-input", {"L": 32, "BV": 16, "num_warps": 4,
+                                                                           "num_stages": 1})])  # fmt: skip
+    monkeypatch.setenv("MLSTM_AUTOTUNE_DISPATCH", "0")
+    calls = _record_launches(monkeypatch)
+    get_mlstm_kernel("chunkwise--triton_auto")(**_inputs("chunkwise--triton_auto", torch.float32), chunk_size=16)
+    assert calls[-1][0].startswith("chunkwise_twopass_fw")

@@ -31,6 +31,8 @@ ChunkwiseKernelType = Literal[
     "chunkwise--triton_xl_chunk_siging",
     "chunkwise--triton_fused",
     "chunkwise--triton_fused_siging",
+    "chunkwise--triton_auto",
+    "chunkwise--triton_auto_siging",
     "parallel--native_autograd",
     "parallel--native_custbw",
     "parallel--native_stablef_autograd",

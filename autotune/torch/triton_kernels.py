@@ -1,6 +1,9 @@
 """Registry entries served by the generated Triton kernels.
 
-Forward passes run the generated kernels (autotune.launch) with each variant's default launch configuration; until
+Forward passes run the generated kernels (autotune.launch) with the variant and launch configuration the dispatcher
+picks (autotune.dispatch: the tuning database for this GPU and shape, else the structure's default, in which
+``chunk_size`` sets the chunk; MLSTM_AUTOTUNE_DISPATCH=0 always takes the default). A named entry keeps to its
+structure (``triton_xl_chunk``: two passes; ``triton_fused``: one pass); ``triton_auto`` takes any. Until
 the generated backward kernels land, gradients come from the exact native backward (MATH.md §6): the backward
 recomputes the chunk-border states in fp32 and runs ``native.chunkwise.chunkwise_backward``. So every entry is
 exact for any loss, and training speed is the native backward's for now.
@@ -18,12 +21,14 @@ from functools import partial
 
 import torch
 
+from .. import db as tdb
 from ..checks import MLSTMInputError, check_cell, check_chunk_size, check_eps, check_sequence_inputs, check_step_inputs
+from ..dispatch import Request, dispatcher
 from ..launch import chunkwise as launch_chunkwise
 from ..launch import parallel as launch_parallel
 from ..launch import recurrent as launch_recurrent
 from ..launch.common import empty
-from ..variants import find
+from ..variants import by_name, find
 from . import registry
 from .native.chunkwise import chunkwise_backward, chunkwise_forward
 from .native.recurrent import mlstm_recurrent_sequence__native, mlstm_recurrent_step__native
@@ -47,6 +52,55 @@ def _check_pow2_chunk(chunk_size) -> None:
     check_chunk_size(chunk_size)
     if chunk_size < 16 or chunk_size & (chunk_size - 1):
         raise MLSTMInputError(f"chunk_size must be a power of two >= 16 for Triton kernels, got {chunk_size}")
+
+
+_GPU_IDENTITY: dict = {}
+_CHECKERS = {
+    "chunkwise_fw": launch_chunkwise.check_config,
+    "parallel_fw": launch_parallel.check_config,
+    "sequence_fw": lambda variant, config: launch_recurrent.require_pow2(config, "BV"),
+    "step_fw": lambda variant, config: launch_recurrent.require_pow2(config, "BK", "BV"),
+}
+
+
+def _gpu_identity(device: torch.device) -> tuple[str, tuple[int, int]]:
+    """(GPU model, compute capability) of a device, cached; the interpreter is its own "GPU"."""
+    if device.type != "cuda":
+        return "cpu-interpreter", (0, 0)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    hit = _GPU_IDENTITY.get(index)
+    if hit is None:
+        hit = _GPU_IDENTITY[index] = (torch.cuda.get_device_name(index), torch.cuda.get_device_capability(index))
+    return hit
+
+
+def _pick(op: str, structures: tuple[str, ...], q: torch.Tensor, DHHV: int, S: int, BNH: int, default):
+    """The (variant, config) for a call: the dispatcher's validated answer, memoised per (op, dtype, device, shape)
+    so that a repeated call costs one dictionary hit (`python -m autotune.bench_dispatch`)."""
+    memo = dispatcher().memo
+    key = (op, structures, q.dtype, q.device, q.shape[-1], DHHV, S, BNH)
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = _pick_uncached(op, structures, q, DHHV, S, BNH, default)
+    return hit
+
+
+def _pick_uncached(op, structures, q, DHHV, S, BNH, default):
+    if os.environ.get("MLSTM_AUTOTUNE_DISPATCH", "1") == "0":
+        name, config = default()
+        return by_name(name), config
+    request = Request(op, "fw", str(q.dtype).removeprefix("torch."), q.shape[-1], DHHV, tdb.bucket(S), tdb.bucket(BNH),
+                      structures)  # fmt: skip
+    gpu, capability = _gpu_identity(q.device)
+    choice = dispatcher().choose(request, gpu, capability, default, validate=partial(_validate, structures))
+    return by_name(choice.variant), choice.config
+
+
+def _validate(structures: tuple[str, ...], choice) -> None:
+    variant = by_name(choice.variant)
+    if structures and variant.template.removesuffix(".py.j2") not in structures:
+        raise ValueError(f"{variant.name} is not of the structures {structures}")
+    _CHECKERS[variant.family](variant, choice.config)
 
 
 def _autocast(q, k, v, dtype: torch.dtype):
@@ -133,18 +187,47 @@ def _sequence_entry(run_factory, native_fallback, *, cell: str, default_chunk: i
     return kernel
 
 
-def _chunkwise_run(template: str, cell: str, state: str, *, equal_chunks: bool):
-    variant = find(template, cell=cell, state=state)
+def _chunkwise_default(template: str, cell: str, equal_chunks: bool, chunk_size: int, DHQK: int, DHHV: int):
+    """The built-in (variant, config) of a chunkwise entry: its structure's default, chunk_size as the chunk."""
+    variant = find(template, cell=cell, state="float32")
+    config = launch_chunkwise.default_config(variant, DHQK, DHHV)
+    if template == launch_chunkwise.FUSED:
+        config["L"] = chunk_size
+    else:
+        config["LO"] = chunk_size
+        config["LI"] = chunk_size if equal_chunks else min(chunk_size, 64)
+    return variant.name, config
 
+
+def _family_default(template: str, cell: str, default_config, DHQK: int, DHHV: int):
+    variant = find(template, cell=cell)
+    return variant.name, default_config(variant, DHQK, DHHV)
+
+
+# kernel name -> (op, allowed structures, default(chunk_size, DHQK, DHHV) -> (variant name, config)); filled by
+# _register, read by explain() (``mlstm-tune show``)
+_ENTRIES: dict[str, tuple] = {}
+
+
+def explain(name: str, *, dtype: torch.dtype, B: int, NH: int, S: int, DHQK: int, DHHV: int, chunk_size: int = 64,
+            gpu: str, capability: tuple[int, int]):  # fmt: skip
+    """What a call of the Triton entry ``name`` with these shapes would run on ``gpu``: (Request, Choice)."""
+    if name not in _ENTRIES:
+        raise ValueError(f"{name!r} is not served by generated kernels; these are: {', '.join(_ENTRIES)}")
+    op, structures, default = _ENTRIES[name]
+    request = Request(op, "fw", str(dtype).removeprefix("torch."), DHQK, DHHV, tdb.bucket(S), tdb.bucket(B * NH),
+                      structures)  # fmt: skip
+    return request, dispatcher().choose(request, gpu, capability, partial(default, chunk_size, DHQK, DHHV))
+
+
+def _chunkwise_run(structures: tuple[str, ...], default_template: str, cell: str, *, equal_chunks: bool):
     def factory(*, chunk_size: int, eps: float, normalize: bool):
         def run(q, k, v, i, f, C0, n0, m0, *, return_last_states):
-            DHQK, DHHV = q.shape[-1], v.shape[-1]
-            config = launch_chunkwise.default_config(variant, DHQK, DHHV)
-            if template == launch_chunkwise.FUSED:
-                config["L"] = chunk_size
-            else:
-                config["LO"] = chunk_size
-                config["LI"] = chunk_size if equal_chunks else min(chunk_size, 64)
+            B, NH, S, DHQK = q.shape
+            DHHV = v.shape[-1]
+
+            default = partial(_chunkwise_default, default_template, cell, equal_chunks, chunk_size, DHQK, DHHV)
+            variant, config = _pick(f"chunkwise:{cell}", structures, q, DHHV, S, B * NH, default)
             return launch_chunkwise.chunkwise_fw(
                 q, k, v, i, f, C0, n0, m0, variant=variant, config=config, eps=eps, normalize=normalize,
                 return_last_states=return_last_states,
@@ -155,20 +238,20 @@ def _chunkwise_run(template: str, cell: str, state: str, *, equal_chunks: bool):
     return factory
 
 
-def _parallel_run(cell: str):
-    variant = find("parallel_fw.py.j2", cell=cell)
+def _family_run(form: str, template: str, cell: str, launcher, default_config):
+    """Run factory of a one-structure family (parallel, sequence): dispatched variant and config."""
 
     def factory(*, chunk_size: int, eps: float, normalize: bool):
-        return partial(launch_parallel.parallel_fw, variant=variant, eps=eps, normalize=normalize)
+        def run(q, k, v, i, f, C0, n0, m0, *, return_last_states, **kwargs):
+            B, NH, S, DHQK = q.shape
+            DHHV = v.shape[-1]
 
-    return factory
+            default = partial(_family_default, template, cell, default_config, DHQK, DHHV)
+            variant, config = _pick(f"{form}:{cell}", (template.removesuffix(".py.j2"),), q, DHHV, S, B * NH, default)
+            return launcher(q, k, v, i, f, C0, n0, m0, variant=variant, config=config, eps=eps, normalize=normalize,
+                            return_last_states=return_last_states, **kwargs)  # fmt: skip
 
-
-def _sequence_run(cell: str):
-    variant = find("recurrent_sequence.py.j2", cell=cell)
-
-    def factory(*, chunk_size: int, eps: float, normalize: bool):
-        return partial(launch_recurrent.sequence_fw, variant=variant, eps=eps, normalize=normalize)
+        return run
 
     return factory
 
@@ -184,22 +267,34 @@ def _native_chunkwise(cell: str):
 
 
 def _register() -> None:
+    two, one = launch_chunkwise.TWOPASS, launch_chunkwise.FUSED
+    both = (two.removesuffix(".py.j2"), one.removesuffix(".py.j2"))
     chunkwise = {
+        # name: (cell, allowed structures, default structure, equal inter/intra chunks, default chunk_size)
         # upstream names: the two-pass structure of upstream's TFLA kernels
-        "triton_xl_chunk": ("exp", launch_chunkwise.TWOPASS, False, 128),
-        "triton_limit_chunk": ("exp", launch_chunkwise.TWOPASS, True, 64),
-        "triton_xl_chunk_siging": ("sig", launch_chunkwise.TWOPASS, False, 128),
-        # our own: the fused single pass that keeps the state on chip
-        "triton_fused": ("exp", launch_chunkwise.FUSED, True, 64),
-        "triton_fused_siging": ("sig", launch_chunkwise.FUSED, True, 64),
+        "triton_xl_chunk": ("exp", both[:1], two, False, 128),
+        "triton_limit_chunk": ("exp", both[:1], two, True, 64),
+        "triton_xl_chunk_siging": ("sig", both[:1], two, False, 128),
+        # our own: the fused single pass that keeps the state on chip, and the best structure per shape
+        "triton_fused": ("exp", both[1:], one, True, 64),
+        "triton_fused_siging": ("sig", both[1:], one, True, 64),
+        "triton_auto": ("exp", both, two, False, 64),
+        "triton_auto_siging": ("sig", both, two, False, 64),
     }
-    for name, (cell, template, equal, default_chunk) in chunkwise.items():
-        run = _chunkwise_run(template, cell, "float32", equal_chunks=equal)
+    for name, (cell, structures, default, equal, default_chunk) in chunkwise.items():
+        run = _chunkwise_run(structures, default, cell, equal_chunks=equal)
+        _ENTRIES[f"chunkwise--{name}"] = (f"chunkwise:{cell}", structures,
+                                          partial(_chunkwise_default, default, cell, equal))  # fmt: skip
         registry.register_kernel("chunkwise", name, _sequence_entry(
             run, _native_chunkwise(cell), cell=cell, default_chunk=default_chunk, uses_chunk=True))  # fmt: skip
     for name, cell in (("triton_limit_headdim", "exp"), ("triton_siging", "sig")):
+        run = _family_run("parallel", "parallel_fw.py.j2", cell, launch_parallel.parallel_fw,
+                          launch_parallel.default_config)  # fmt: skip
+        _ENTRIES[f"parallel--{name}"] = (f"parallel:{cell}", ("parallel_fw",), lambda chunk, DHQK, DHHV, cell=cell:
+                                         _family_default("parallel_fw.py.j2", cell, launch_parallel.default_config,
+                                                         DHQK, DHHV))  # fmt: skip
         registry.register_kernel("parallel", name, _sequence_entry(
-            _parallel_run(cell), _native_chunkwise(cell), cell=cell, default_chunk=64, uses_chunk=False))  # fmt: skip
+            run, _native_chunkwise(cell), cell=cell, default_chunk=64, uses_chunk=False))  # fmt: skip
     registry.register_step_kernel("triton", mlstm_recurrent_step__triton)
     registry.register_sequence_kernel("native_sequence__triton", mlstm_recurrent_sequence__triton)
 
@@ -233,7 +328,9 @@ def mlstm_recurrent_step__triton(
     _check_device(q)
     B, NH, DHQK = q.shape
     DHHV = v.shape[-1]
-    variant = find("recurrent_step.py.j2", cell=cell)
+
+    default = partial(_family_default, "recurrent_step.py.j2", cell, launch_recurrent.step_default_config, DHQK, DHHV)
+    variant, config = _pick(f"step:{cell}", ("recurrent_step",), q, DHHV, 1, B * NH, default)
     if c is None:
         if inplace:
             raise MLSTMInputError("inplace=True needs the state buffers c, n, m")
@@ -250,7 +347,8 @@ def mlstm_recurrent_step__triton(
         out = (empty(B, NH, DHQK, DHHV, dtype=dtype_state, device=q.device),
                empty(B, NH, DHQK, dtype=dtype_state, device=q.device),
                empty(B, NH, 1, dtype=m_dtype, device=q.device) if cell == "exp" else m)  # fmt: skip
-    h = launch_recurrent.step_fw(q, k, v, i, f, c, n, m, variant=variant, eps=eps, normalize=normalize, out=out)
+    h = launch_recurrent.step_fw(q, k, v, i, f, c, n, m, variant=variant, config=config, eps=eps, normalize=normalize,
+                                 out=out)  # fmt: skip
     return h, out
 
 
@@ -283,9 +381,10 @@ def mlstm_recurrent_sequence__triton(
         return mlstm_recurrent_sequence__native(*tensors, return_last_states=return_last_states, eps=eps,
                                                 dtype_state=dtype_state, cell=cell, normalize=normalize)  # fmt: skip
     _check_device(q)
-    variant = find("recurrent_sequence.py.j2", cell=cell)
-    h, last = launch_recurrent.sequence_fw(*tensors, variant=variant, eps=eps, normalize=normalize,
-                                           return_last_states=return_last_states, state_dtype=dtype_state)  # fmt: skip
+    factory = _family_run("sequence", "recurrent_sequence.py.j2", cell, launch_recurrent.sequence_fw,
+                          launch_recurrent.sequence_default_config)  # fmt: skip
+    run = factory(chunk_size=64, eps=eps, normalize=normalize)
+    h, last = run(*tensors, return_last_states=return_last_states, state_dtype=dtype_state)
     if not return_last_states:
         return h
     return h, (last if cell == "exp" else last[:2])
