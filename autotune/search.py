@@ -1,0 +1,195 @@
+"""Optuna studies over the space of ``autotune.space``: one study per (GPU, op, direction, dtype, head dims, shape
+bucket), in a journal file, so a run that is cut off continues where it stopped and several processes (one per GPU)
+can work on one study.
+
+Trial 0 is always the variant's built-in default configuration, so the winner is never slower than the default.
+Sampling is seeded TPE. A point the validity predicate rejects is recorded as PRUNED with the reason; a point whose
+evaluation fails (wrong result, crash, timeout) is recorded as FAIL with the reason, and the study goes on. A point
+that was already evaluated in this study (an earlier run, or TPE proposing it again) is not evaluated again.
+
+The evaluation is injected: ``evaluate(variant, config) -> Outcome``. ``autotune.measure`` provides the real one
+(correctness gate, then timing, in a worker process that may die); tests replay recorded timings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from . import space
+from .variants import Variant, by_name
+
+
+@dataclass
+class Outcome:
+    """What evaluating one point gave: ok with timings (ms), or a failure with its reason."""
+
+    ok: bool
+    p50_ms: float = float("inf")
+    p20_ms: float = float("inf")
+    p80_ms: float = float("inf")
+    error: float | None = None  # relative error against the reference (the correctness gate)
+    reason: str = ""
+
+
+@dataclass
+class StudyResult:
+    best_variant: str
+    best_config: dict
+    best: Outcome
+    default: Outcome
+    trials: int  # trials in the study after this run
+    evaluated: int  # evaluations made by this run
+    pruned: list[str] = field(default_factory=list)  # reasons of the points pruned by this run
+    failed: list[str] = field(default_factory=list)
+
+
+def study_name(gpu: str, op: str, direction: str, dtype: str, DHQK: int, DHHV: int, S: int, BNH: int) -> str:
+    return f"{gpu}|{op}|{direction}|{dtype}|DHQK{DHQK}|DHHV{DHHV}|S{S}|BNH{BNH}"
+
+
+def open_study(storage_file: Path, name: str, seed: int = 0) -> optuna.Study:
+    storage_file = Path(storage_file)
+    storage_file.parent.mkdir(parents=True, exist_ok=True)
+    storage = JournalStorage(JournalFileBackend(str(storage_file)))
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=8)
+    return optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="minimize",
+                               load_if_exists=True)  # fmt: skip
+
+
+def _point_key(variant: str, config: dict) -> str:
+    return json.dumps({"variant": variant, "config": config}, sort_keys=True)
+
+
+def _suggest(trial: optuna.Trial, candidates: list[Variant]) -> tuple[Variant, dict]:
+    variant = by_name(trial.suggest_categorical("variant", [v.name for v in candidates]))
+    stem = variant.template.removesuffix(".py.j2")
+    config = {p: trial.suggest_categorical(f"{stem}.{p}", list(choices))
+              for p, choices in space.PARAMS[variant.template].items()}  # fmt: skip
+    return variant, config
+
+
+def _enqueue_default(study: optuna.Study, variant: Variant, config: dict) -> None:
+    stem = variant.template.removesuffix(".py.j2")
+    params = {"variant": variant.name} | {f"{stem}.{p}": v for p, v in config.items()}
+    study.enqueue_trial(params, user_attrs={"default": True})
+
+
+def run_study(
+    study: optuna.Study,
+    candidates: list[Variant],
+    default: tuple[Variant, dict],
+    evaluate: Callable[[Variant, dict], Outcome],
+    *,
+    DHQK: int,
+    DHHV: int,
+    dtype_bytes: int,
+    limits: space.Limits = space.H100_LIMITS,
+    trials: int = 30,
+    time_budget_s: float | None = None,
+    progress: Callable[[dict], None] | None = None,
+) -> StudyResult:
+    """Run ``study`` until it holds ``trials`` trials or ``time_budget_s`` is spent; return the winner."""
+    start = time.monotonic()
+    if not study.trials:
+        _enqueue_default(study, *default)
+    _close_abandoned(study)
+    seen = {t.user_attrs["point"]: t for t in study.trials if "point" in t.user_attrs and t.state.is_finished()
+            and not t.user_attrs.get("interrupted")}  # fmt: skip
+    evaluated, pruned, failed = 0, [], []
+    while len(study.trials) < trials or not any(t.user_attrs.get("default") and t.state.is_finished()
+                                                for t in study.trials):  # fmt: skip
+        if time_budget_s is not None and time.monotonic() - start > time_budget_s and study.best_trials:
+            break
+        trial = study.ask()
+        trial.set_user_attr("worker", _WORKER)
+        variant, config = _suggest(trial, candidates)
+        point = _point_key(variant.name, config)
+        trial.set_user_attr("point", point)
+        previous = seen.get(point)
+        if previous is not None:  # asked again: reuse the earlier outcome instead of measuring twice
+            for k, val in previous.user_attrs.items():
+                if k not in ("point", "default"):
+                    trial.set_user_attr(k, val)
+            trial.set_user_attr("repeat_of", previous.number)
+            study.tell(trial, previous.value if previous.state == TrialState.COMPLETE else None,
+                       state=previous.state if previous.state != TrialState.COMPLETE else None)  # fmt: skip
+            continue
+        reason = space.invalid(variant, config, DHQK, DHHV, dtype_bytes, limits)
+        if reason:
+            trial.set_user_attr("invalid", reason)
+            study.tell(trial, state=TrialState.PRUNED)
+            pruned.append(reason)
+        else:
+            outcome = evaluate(variant, config)
+            evaluated += 1
+            for k in ("p20_ms", "p80_ms", "error", "reason"):
+                trial.set_user_attr(k, getattr(outcome, k))
+            if outcome.ok:
+                study.tell(trial, outcome.p50_ms)
+            else:
+                study.tell(trial, state=TrialState.FAIL)
+                failed.append(f"{variant.name} {config}: {outcome.reason}")
+        seen[point] = study.trials[trial.number]
+        if progress is not None:
+            done = len(study.trials)
+            elapsed = time.monotonic() - start
+            best = study.best_value if any(t.state == TrialState.COMPLETE for t in study.trials) else None
+            progress({"trial": done, "of": trials, "best_ms": best, "elapsed_s": elapsed,
+                      "eta_s": elapsed / max(1, evaluated + len(pruned)) * max(0, trials - done)})  # fmt: skip
+    return _result(study, evaluated, pruned, failed)
+
+
+_WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(worker: str) -> bool:
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname():
+        return True  # another machine's worker: assume it is still at work
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return int(pid) != os.getpid()  # this process's own RUNNING trial is from an earlier, aborted run
+
+
+def _close_abandoned(study: optuna.Study) -> None:
+    """Trials left RUNNING by a process of this host that is gone (a run cut off) are closed as FAIL and marked
+    interrupted, so that their point is measured again instead of being taken as a failure."""
+    for t in study.trials:
+        if t.state == TrialState.RUNNING and not _alive(t.user_attrs.get("worker", ":0")):
+            study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+            study.tell(t.number, state=TrialState.FAIL)
+
+
+def _outcome(trial: optuna.trial.FrozenTrial) -> Outcome:
+    ok = trial.state == TrialState.COMPLETE
+    a = trial.user_attrs
+    inf = float("inf")
+    return Outcome(ok, trial.value if ok else inf, a.get("p20_ms", inf), a.get("p80_ms", inf), a.get("error"),
+                   a.get("reason", a.get("invalid", "")))  # fmt: skip
+
+
+def _result(study: optuna.Study, evaluated: int, pruned: list[str], failed: list[str]) -> StudyResult:
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    default_trial = next(t for t in study.trials if t.user_attrs.get("default"))
+    if not complete:
+        raise RuntimeError(f"no point of study {study.study_name} ran correctly (the default: "
+                           f"{_outcome(default_trial).reason or default_trial.state.name})")  # fmt: skip
+    best = min(complete, key=lambda t: (t.value, t.number))
+    point = json.loads(best.user_attrs["point"])
+    return StudyResult(point["variant"], point["config"], _outcome(best), _outcome(default_trial), len(study.trials),
+                       evaluated, pruned, failed)  # fmt: skip

@@ -1,0 +1,131 @@
+"""The search space per kernel family, as data, and the one validity predicate.
+
+A point of the space is (structural variant, launch configuration). Every variant's default configuration
+(autotune.launch.*.default_config) is a point of its space. ``SPACES[(form, cell)]`` lists the variants a
+form may use and, per template, the choices of each launch parameter. ``invalid(variant, config, dims, limits)``
+returns why a point cannot run (or None): divisibility, tiles larger than the padded head dims, and estimates of
+shared memory and registers against the device's limits. Invalid points are pruned and recorded by the search,
+never silently clamped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .launch.common import next_pow2
+from .variants import VARIANTS, Variant
+
+TILES = (16, 32, 64, 128)
+WARPS = (2, 4, 8)
+STAGES = (1, 2, 3)
+
+PARAMS: dict[str, dict[str, tuple]] = {
+    "chunkwise_fused_fw.py.j2": {"L": (16, 32, 64, 128), "BV": TILES, "num_warps": WARPS, "num_stages": STAGES},
+    "chunkwise_twopass_fw.py.j2": {
+        "LI": (16, 32, 64, 128),
+        "LO": (16, 32, 64, 128, 256),
+        "BKS": TILES,
+        "BVS": TILES,
+        "BKO": TILES,
+        "BVO": TILES,
+        "num_warps_states": (4, 8),
+        "num_warps_out": (4, 8),
+        "num_stages": STAGES,
+    },  # fmt: skip
+    "parallel_fw.py.j2": {
+        "BQ": (16, 32, 64, 128),
+        "BKV": (16, 32, 64, 128),
+        "BK": (16, 32, 64, 128, 256),
+        "BV": TILES,
+        "num_warps": WARPS,
+        "num_stages": STAGES,
+    },  # fmt: skip
+    "recurrent_step.py.j2": {"BK": (16, 32, 64, 128), "BV": (16, 32, 64, 128), "num_warps": (1, 2, 4, 8)},
+    "recurrent_sequence.py.j2": {"BV": (16, 32, 64), "num_warps": (1, 2, 4, 8)},
+}
+FORMS = {"chunkwise": "chunkwise_fw", "parallel": "parallel_fw", "step": "step_fw", "sequence": "sequence_fw"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a device allows one program: shared memory in bytes, 32-bit registers per thread."""
+
+    shared_bytes: int = 227 * 1024  # H100/H200: 227 KB opt-in per block
+    registers_per_thread: int = 255
+
+
+H100_LIMITS = Limits()  # also the H200's
+
+
+def variants_of(form: str, cell: str) -> list[Variant]:
+    """The structural variants the search may choose for a form and cell, in catalogue order."""
+    family = FORMS[form]
+    return [v for v in VARIANTS if v.family == family and v.params.get("cell") == cell]
+
+
+def _elems_per_thread(n: int, warps: int) -> float:
+    return n / (warps * 32)
+
+
+def invalid(variant: Variant, config: dict, DHQK: int, DHHV: int, dtype_bytes: int, limits: Limits) -> str | None:
+    """Why (variant, config) cannot run for these head dims on this device, or None if it can."""
+    t = variant.template
+    missing = set(PARAMS[t]) - set(config)
+    if missing:
+        return f"missing launch parameters {sorted(missing)}"
+    BKfull, BVfull = next_pow2(DHQK), next_pow2(DHHV)
+    st = config.get("num_stages", 1)
+    if t == "chunkwise_fused_fw.py.j2":
+        L, BV, w = config["L"], config["BV"], config["num_warps"]
+        if BV > BVfull:
+            return f"BV={BV} wider than DHHV padded ({BVfull})"
+        # the state C [BK, BV] fp32 lives in registers, with the q k^T and decay tiles [L, L]
+        regs = _elems_per_thread(BKfull * BV + 2 * L * L + L * BV, w)
+        if regs > 0.8 * limits.registers_per_thread:
+            return f"~{regs:.0f} fp32 values per thread in registers (C {BKfull}x{BV}, L={L}, {w} warps)"
+        smem = st * (2 * L * BKfull + L * BV) * dtype_bytes + BKfull * BV * 4
+        if smem > limits.shared_bytes:
+            return f"~{smem} B of shared memory > {limits.shared_bytes}"
+        return None
+    if t == "chunkwise_twopass_fw.py.j2":
+        if config["LO"] % config["LI"]:
+            return f"LO={config['LO']} not a multiple of LI={config['LI']}"
+        if config["BKS"] > BKfull or config["BKO"] > BKfull:
+            return f"a key tile wider than DHQK padded ({BKfull})"
+        if config["BVS"] > BVfull or config["BVO"] > BVfull:
+            return f"a value tile wider than DHHV padded ({BVfull})"
+        regs = _elems_per_thread(config["BKS"] * config["BVS"], config["num_warps_states"])
+        if regs > 0.8 * limits.registers_per_thread:
+            return f"~{regs:.0f} state values per thread in the states kernel"
+        LO = config["LO"]
+        regs = _elems_per_thread(2 * LO * LO + LO * config["BVO"], config["num_warps_out"])
+        if regs > 0.8 * limits.registers_per_thread:
+            return f"~{regs:.0f} values per thread in the output kernel (LO={LO})"
+        smem = st * (2 * LO * config["BKO"] + config["BKO"] * config["BVO"]) * dtype_bytes + LO * config["BVO"] * 2
+        if smem > limits.shared_bytes:
+            return f"~{smem} B of shared memory > {limits.shared_bytes}"
+        return None
+    if t == "parallel_fw.py.j2":
+        if config["BQ"] % config["BKV"]:
+            return f"BQ={config['BQ']} not a multiple of BKV={config['BKV']}"
+        if config["BK"] > BKfull or config["BV"] > BVfull:
+            return "a tile wider than the padded head dims"
+        regs = _elems_per_thread(3 * config["BQ"] * config["BKV"] + config["BQ"] * config["BV"], config["num_warps"])
+        if regs > 0.8 * limits.registers_per_thread:
+            return f"~{regs:.0f} values per thread (BQ={config['BQ']}, BKV={config['BKV']})"
+        smem = st * (config["BQ"] + config["BKV"]) * config["BK"] * dtype_bytes + config["BKV"] * config["BV"] * 2
+        if smem > limits.shared_bytes:
+            return f"~{smem} B of shared memory > {limits.shared_bytes}"
+        return None
+    if t == "recurrent_step.py.j2":
+        if config["BK"] > BKfull or config["BV"] > BVfull:
+            return "a tile wider than the padded head dims"
+        return None
+    if t == "recurrent_sequence.py.j2":
+        if config["BV"] > BVfull:
+            return f"BV={config['BV']} wider than DHHV padded ({BVfull})"
+        regs = _elems_per_thread(BKfull * config["BV"], config["num_warps"])
+        if regs > 0.8 * limits.registers_per_thread:
+            return f"~{regs:.0f} state values per thread (C {BKfull}x{config['BV']})"
+        return None
+    return f"no search space for {t}"

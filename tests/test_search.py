@@ -1,0 +1,150 @@
+"""The search (autotune.search) on replayed timings: no GPU, no kernel runs. A recorded table gives each point's
+time; the tests check the search finds the known optimum, never returns something slower than the default,
+resumes a killed run without measuring a point twice, and records crashes and invalid points and goes on."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from autotune import search, space
+from autotune.launch import chunkwise as launch_chunkwise
+from autotune.search import Outcome
+from autotune.variants import Variant
+
+DHQK, DHHV = 256, 512
+CANDIDATES = space.variants_of("chunkwise", "exp")
+DEFAULT_VARIANT = next(v for v in CANDIDATES if v.template == launch_chunkwise.TWOPASS)
+DEFAULT = (DEFAULT_VARIANT, launch_chunkwise.default_config(DEFAULT_VARIANT, DHQK, DHHV))
+OPTIMUM = ("chunkwise_fused_fw__cell-exp_state-input", {"L": 64, "BV": 64, "num_warps": 8, "num_stages": 2})
+
+
+def replayed_ms(variant: Variant, config: dict) -> float:
+    """A recorded 'timing' per point: deterministic, 1.0 .. 3.0 ms; the default 1.5 ms; one known optimum 0.5 ms."""
+    if (variant.name, config) == OPTIMUM:
+        return 0.5
+    if (variant, config) == DEFAULT:
+        return 1.5
+    digest = hashlib.sha256(f"{variant.name}{sorted(config.items())}".encode()).digest()
+    return 1.0 + 2.0 * digest[0] / 255
+
+
+class Replay:
+    def __init__(self, crash_when=lambda v, c: False, stop_after: int | None = None):
+        self.calls: list[tuple[str, str]] = []
+        self.crash_when, self.stop_after = crash_when, stop_after
+
+    def __call__(self, variant: Variant, config: dict) -> Outcome:
+        if self.stop_after is not None and len(self.calls) >= self.stop_after:
+            raise KeyboardInterrupt("the tuning run is cut off")
+        self.calls.append((variant.name, repr(sorted(config.items()))))
+        if self.crash_when(variant, config):
+            return Outcome(ok=False, reason="worker died: exit code -6 (SIGABRT in the compiler)")
+        ms = replayed_ms(variant, config)
+        return Outcome(ok=True, p50_ms=ms, p20_ms=ms * 0.98, p80_ms=ms * 1.02, error=1e-3)
+
+
+def run(study, evaluate, trials=40, **kw):
+    return search.run_study(study, CANDIDATES, DEFAULT, evaluate, DHQK=DHQK, DHHV=DHHV, dtype_bytes=2, trials=trials,
+                            **kw)  # fmt: skip
+
+
+def study_in(tmp_path: Path, name="s", seed=0):
+    return search.open_study(tmp_path / "journal.log", name, seed=seed)
+
+
+def narrowed_space(monkeypatch):
+    """A space small enough that 40 trials must find the single optimum."""
+    monkeypatch.setitem(space.PARAMS, "chunkwise_fused_fw.py.j2",
+                        {"L": (32, 64), "BV": (32, 64), "num_warps": (4, 8), "num_stages": (1, 2)})  # fmt: skip
+
+
+def test_default_is_trial_zero(tmp_path: Path):
+    study = study_in(tmp_path)
+    run(study, Replay(), trials=3)
+    first = study.trials[0]
+    assert first.user_attrs.get("default") and first.value == 1.5
+
+
+def test_finds_the_known_optimum(tmp_path: Path, monkeypatch):
+    narrowed_space(monkeypatch)
+    result = run(study_in(tmp_path), Replay(), trials=60)
+    assert (result.best_variant, result.best_config) == OPTIMUM
+    assert result.best.p50_ms == 0.5 and result.default.p50_ms == 1.5
+
+
+def test_never_slower_than_the_default(tmp_path: Path, monkeypatch):
+    # every point but the default is slower: the default must win
+    monkeypatch.setattr(__import__(__name__), "replayed_ms", lambda v, c: 1.5 if (v, c) == DEFAULT else 9.0)
+    result = run(study_in(tmp_path), Replay(), trials=15)
+    assert (result.best_variant, result.best_config) == (DEFAULT[0].name, DEFAULT[1])
+    assert result.best.p50_ms <= result.default.p50_ms
+
+
+def test_a_killed_run_resumes_without_measuring_twice(tmp_path: Path):
+    cut = Replay(stop_after=6)
+    with pytest.raises(KeyboardInterrupt):
+        run(study_in(tmp_path), cut, trials=25)
+    resumed = Replay()
+    result = run(study_in(tmp_path), resumed, trials=25)  # same journal file: the same study
+    measured_twice = set(cut.calls) & set(resumed.calls)
+    assert not measured_twice, f"points measured again after the resume: {measured_twice}"
+    study = study_in(tmp_path)
+    assert len(study.trials) >= 25 and result.trials == len(study.trials)
+    interrupted = [t for t in study.trials if t.user_attrs.get("interrupted")]
+    assert len(interrupted) == 1 and interrupted[0].state == TrialState.FAIL
+
+
+def test_a_crashing_candidate_is_recorded_and_the_study_goes_on(tmp_path: Path):
+    crashes = Replay(crash_when=lambda v, c: v.template == launch_chunkwise.FUSED and c["num_warps"] == 8)
+    study = study_in(tmp_path)
+    result = run(study, crashes, trials=30)
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert failed and all("SIGABRT" in t.user_attrs["reason"] for t in failed)
+    assert result.failed and len(study.trials) >= 30
+    assert (
+        result.best.ok and result.best_config.get("num_warps") != 8 or result.best_variant.startswith("chunkwise_two")
+    )
+
+
+def test_invalid_points_are_pruned_with_their_reason(tmp_path: Path, monkeypatch):
+    # a space where every fused point needs too many registers: those are pruned, never evaluated
+    monkeypatch.setitem(space.PARAMS, "chunkwise_fused_fw.py.j2",
+                        {"L": (128,), "BV": (128,), "num_warps": (2,), "num_stages": (1,)})  # fmt: skip
+    replay = Replay()
+    study = study_in(tmp_path)
+    run(study, replay, trials=20)
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    fused = [t for t in pruned if t.params["variant"].startswith("chunkwise_fused")]
+    assert fused and all("registers" in t.user_attrs["invalid"] for t in fused)
+    assert all(t.user_attrs["invalid"] for t in pruned)  # every pruned point says why
+    assert not any(name.startswith("chunkwise_fused") for name, _ in replay.calls)
+
+
+def test_seeded_runs_agree(tmp_path: Path):
+    a = run(study_in(tmp_path / "a", seed=3), Replay(), trials=20)
+    b = run(study_in(tmp_path / "b", seed=3), Replay(), trials=20)
+    assert (a.best_variant, a.best_config) == (b.best_variant, b.best_config)
+
+
+def test_time_budget_stops_early_but_keeps_the_default(tmp_path: Path):
+    result = run(study_in(tmp_path), Replay(), trials=500, time_budget_s=0.0)
+    assert result.trials < 500 and result.default.ok
+
+
+@pytest.mark.parametrize("form,cell", [("chunkwise", "exp"), ("chunkwise", "sig"), ("parallel", "exp"),
+                                       ("step", "exp"), ("sequence", "sig")])  # fmt: skip
+@pytest.mark.parametrize("dims", [(16, 16), (48, 96), (256, 512), (128, 128)])
+def test_every_default_configuration_is_a_valid_point(form, cell, dims):
+    from autotune.launch import parallel, recurrent
+
+    defaults = {"chunkwise": launch_chunkwise.default_config, "parallel": parallel.default_config,
+                "step": recurrent.step_default_config, "sequence": recurrent.sequence_default_config}  # fmt: skip
+    for variant in space.variants_of(form, cell):
+        config = defaults[form](variant, *dims)
+        assert space.invalid(variant, config, *dims, dtype_bytes=2, limits=space.H100_LIMITS) is None
+        for param, value in config.items():
+            assert value in space.PARAMS[variant.template][param], (variant.name, param, value)
