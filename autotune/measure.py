@@ -1,0 +1,192 @@
+"""Measure one candidate (variant, launch configuration): a correctness gate against the reference, then timing on
+the real shape, inside a worker process that may die.
+
+    evaluate_here(job)   gate + timing in this process (what the worker runs)
+    IsolatedRunner       a persistent worker process; a candidate that crashes it (Triton's LLVM can abort the whole
+                         process, seen on an H200) or runs past the time limit is recorded as failed, a new worker
+                         starts, and the search goes on
+
+Gate: a small instance of the same variant (B=1, NH=2, S = 2 x 128 + 7, the real head dims) against the float64
+oracle (native chunkwise in fp64; for the step kernel, the native step), relative error <= 2e-2 for 16-bit inputs,
+1e-4 for fp32. Timing on the real shape: warm-up, then the median and p20/p80 of many launches (CUDA events through
+``triton.testing.do_bench``), rotating among input sets that together exceed the L2 cache; inputs are random,
+never zeros. Without a GPU, kernels run under Triton's interpreter and are timed with a wall clock: such numbers
+are labelled "interpreter" and say nothing about GPU speed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .search import Outcome
+
+L2_BYTES = 60 * 2**20  # the H200's L2 is 60 MB (GPU.md); inputs rotate over more than twice that
+GATE_LIMITS = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 2e-2}
+
+
+@dataclass(frozen=True)
+class Job:
+    variant: str
+    config: dict
+    B: int
+    NH: int
+    S: int
+    DHQK: int
+    DHHV: int
+    dtype: str  # "bfloat16" ...
+    device: str  # "cuda" or "cpu" (interpreter)
+    reps_ms: float = 200.0  # timing budget per candidate on a GPU
+
+
+def _inputs(job: Job, B: int, NH: int, S: int, seed: int):
+    from .reference import random_inputs
+
+    dtype = getattr(torch, job.dtype)
+    gen = torch.Generator().manual_seed(seed)
+    x = random_inputs(B, NH, S, job.DHQK, job.DHHV, dtype=dtype, gate_dtype=torch.float32, generator=gen,
+                      max_outlier=8.0 if dtype == torch.float16 else 20.0)  # fmt: skip
+    return {k: v.to(job.device) for k, v in x.items()}
+
+
+def _runner(job: Job):
+    """A function running the candidate on inputs x: returns h (and for the step kernel, the step output)."""
+    from .launch import chunkwise, parallel, recurrent
+    from .variants import by_name
+
+    variant = by_name(job.variant)
+    if variant.family == "step_fw":
+
+        def step(x):
+            C = torch.zeros(x["q"].shape[0], x["q"].shape[1], job.DHQK, job.DHHV, device=job.device)
+            n = torch.zeros(x["q"].shape[0], x["q"].shape[1], job.DHQK, device=job.device)
+            m = torch.zeros(x["q"].shape[0], x["q"].shape[1], device=job.device)
+            args = [x[k][:, :, 0] for k in "qkvif"]
+            return recurrent.step_fw(*args, C, n, m, variant=variant, config=job.config, out=(C, n, m))[:, :, None]
+
+        return step
+    launch = {"chunkwise_fw": chunkwise.chunkwise_fw, "parallel_fw": parallel.parallel_fw,
+              "sequence_fw": recurrent.sequence_fw}[variant.family]  # fmt: skip
+    return lambda x: launch(*(x[k] for k in "qkvif"), variant=variant, config=job.config)[0]
+
+
+def _oracle_h(job: Job, x: dict) -> torch.Tensor:
+    from .torch.native.chunkwise import chunkwise_forward
+    from .variants import by_name
+
+    x64 = [x[k].double() for k in "qkvif"]
+    if by_name(job.variant).family == "step_fw":
+        x64 = [t[:, :, :1] for t in x64]
+    B, NH = x64[0].shape[:2]
+    z = dict(dtype=torch.float64, device=job.device)
+    zeros = (torch.zeros(B, NH, job.DHQK, job.DHHV, **z), torch.zeros(B, NH, job.DHQK, **z), torch.zeros(B, NH, 1, **z))
+    return chunkwise_forward(*x64, *zeros, chunk_size=64, cell=by_name(job.variant).params["cell"])[0]
+
+
+def gate(job: Job) -> float:
+    """Relative error of the candidate on a small instance against the fp64 oracle."""
+    x = _inputs(job, 1, 2, 2 * 128 + 7, seed=1)
+    h = _runner(job)(x)
+    ref = _oracle_h(job, x)
+    if not bool(torch.isfinite(h).all()):
+        return float("inf")
+    return ((h.double() - ref).norm() / ref.norm()).item()
+
+
+def time_candidate(job: Job) -> tuple[float, float, float]:
+    """(p50, p20, p80) in ms on the real shape."""
+    run = _runner(job)
+    one = _inputs(job, job.B, job.NH, job.S, seed=2)
+    per_set = sum(t.numel() * t.element_size() for t in one.values())
+    sets = [one] + [_inputs(job, job.B, job.NH, job.S, seed=3 + n) for n in range(min(7, 2 * L2_BYTES // per_set))]
+    cycle = itertools.cycle(sets)
+    if job.device == "cuda":
+        import triton.testing
+
+        p50, p20, p80 = triton.testing.do_bench(lambda: run(next(cycle)), warmup=25, rep=job.reps_ms,
+                                                quantiles=[0.5, 0.2, 0.8])  # fmt: skip
+        return p50, p20, p80
+    run(next(cycle))  # interpreter: one warm-up, then a few wall-clock runs
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        run(next(cycle))
+        times.append((time.perf_counter() - start) * 1e3)
+    q = statistics.quantiles(times, n=5) if len(times) > 1 else times * 4
+    return statistics.median(times), q[0], q[-1]
+
+
+def evaluate_here(job: Job) -> Outcome:
+    dtype = getattr(torch, job.dtype)
+    try:
+        err = gate(job)
+    except Exception as exc:  # noqa: BLE001 - a candidate that fails to build or launch is a result, not a crash
+        return Outcome(ok=False, reason=f"gate: {type(exc).__name__}: {str(exc)[:300]}")
+    if not err <= GATE_LIMITS[dtype]:
+        return Outcome(ok=False, error=err, reason=f"wrong result: relative error {err:.3g} > {GATE_LIMITS[dtype]:g}")
+    try:
+        p50, p20, p80 = time_candidate(job)
+    except Exception as exc:  # noqa: BLE001
+        return Outcome(ok=False, error=err, reason=f"timing: {type(exc).__name__}: {str(exc)[:300]}")
+    return Outcome(ok=True, p50_ms=p50, p20_ms=p20, p80_ms=p80, error=err)
+
+
+def _worker(conn, env: dict, evaluate=evaluate_here) -> None:
+    os.environ.update(env)
+    while True:
+        job = conn.recv()
+        if job is None:
+            return
+        conn.send(asdict(evaluate(Job(**job))))
+
+
+class IsolatedRunner:
+    """Evaluates jobs in a persistent child process (spawned, so CUDA starts fresh); restarts it after a crash or a
+    time-out and reports that job as failed."""
+
+    def __init__(self, timeout_s: float = 300.0, env: dict | None = None, evaluate=evaluate_here):
+        """``evaluate`` (a module-level function, importable by the child) runs a Job in the child."""
+        self.timeout_s, self.env, self.evaluate_fn = timeout_s, dict(env or {}), evaluate
+        self._ctx = multiprocessing.get_context("spawn")
+        self._proc = self._conn = None
+
+    def _start(self) -> None:
+        parent, child = self._ctx.Pipe()
+        self._proc = self._ctx.Process(target=_worker, args=(child, self.env, self.evaluate_fn), daemon=True)
+        self._proc.start()
+        self._conn = parent
+
+    def evaluate(self, job: Job) -> Outcome:
+        if self._proc is None or not self._proc.is_alive():
+            self._start()
+        try:
+            self._conn.send(asdict(job))
+            if self._conn.poll(self.timeout_s):
+                return Outcome(**self._conn.recv())
+            reason = f"timed out after {self.timeout_s:g} s"
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            reason = "the worker process died"
+        self._proc.join(1)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+        reason += f" (exit code {self._proc.exitcode})"
+        self._proc = None
+        return Outcome(ok=False, reason=reason)
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.is_alive():
+            try:
+                self._conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+            self._proc.join(5)
+            if self._proc.is_alive():
+                self._proc.kill()
+        self._proc = None

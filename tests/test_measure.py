@@ -1,0 +1,93 @@
+"""autotune.measure: the correctness gate and timing of one candidate (interpreter on the CPU), and the worker
+process that may die without taking the search with it."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from autotune import measure
+from autotune.measure import IsolatedRunner, Job
+from autotune.search import Outcome
+
+DEVICE = "cuda" if __import__("torch").cuda.is_available() else "cpu"
+
+
+@pytest.mark.parametrize(
+    "variant,config",
+    [
+        ("chunkwise_twopass_fw__cell-exp_state-float32", {"LI": 16, "LO": 32, "BKS": 16, "BVS": 16, "BKO": 16,
+                                                          "BVO": 16, "num_warps_states": 4, "num_warps_out": 4,
+                                                          "num_stages": 1}),
+        ("chunkwise_fused_fw__cell-sig_state-input", {"L": 32, "BV": 16, "num_warps": 4, "num_stages": 1}),
+        ("parallel_fw__cell-exp", {"BQ": 32, "BKV": 16, "BK": 16, "BV": 16, "num_warps": 4, "num_stages": 1}),
+        ("recurrent_sequence__cell-exp", {"BV": 16, "num_warps": 4}),
+        ("recurrent_step__cell-exp", {"BK": 16, "BV": 16, "num_warps": 4}),
+    ],
+)  # fmt: skip
+def test_evaluate_passes_the_gate_and_times(variant, config):
+    out = measure.evaluate_here(Job(variant, config, B=1, NH=2, S=40, DHQK=16, DHHV=24, dtype="float32",
+                                    device=DEVICE))  # fmt: skip
+    assert out.ok, out.reason
+    assert out.error is not None and out.error <= 1e-4
+    assert 0 < out.p20_ms <= out.p50_ms <= out.p80_ms < float("inf")
+
+
+def test_a_wrong_kernel_fails_the_gate(monkeypatch):
+    real = measure._runner
+
+    def off_by_a_bit(job):
+        run = real(job)
+        return lambda x: run(x) * 1.01  # a 1% error: what a miscompile or a race looks like
+
+    monkeypatch.setattr(measure, "_runner", off_by_a_bit)
+    out = measure.evaluate_here(Job("parallel_fw__cell-exp", {"BQ": 32, "BKV": 16, "BK": 16, "BV": 16,
+                                                              "num_warps": 4, "num_stages": 1},
+                                    B=1, NH=2, S=40, DHQK=16, DHHV=16, dtype="float32", device=DEVICE))  # fmt: skip
+    assert not out.ok and "wrong result" in out.reason and out.error > 1e-4
+
+
+def test_a_launch_error_is_an_outcome_not_an_exception():
+    out = measure.evaluate_here(Job("parallel_fw__cell-exp", {"BQ": 24, "BKV": 16, "BK": 16, "BV": 16,
+                                                              "num_warps": 4, "num_stages": 1},
+                                    B=1, NH=2, S=40, DHQK=16, DHHV=16, dtype="float32", device=DEVICE))  # fmt: skip
+    assert not out.ok and "BQ" in out.reason
+
+
+# worker functions for IsolatedRunner: module level, so the spawned child can import them
+
+
+def crashing_worker(job: Job) -> Outcome:
+    if job.variant == "crash":
+        os.abort()  # what Triton's LLVM does to the process on some inputs
+    if job.variant == "hang":
+        time.sleep(60)
+    return Outcome(ok=True, p50_ms=1.0, p20_ms=0.9, p80_ms=1.1, error=0.0)
+
+
+def _job(name: str) -> Job:
+    return Job(name, {}, 1, 1, 1, 16, 16, "float32", "cpu")
+
+
+def test_a_crashing_candidate_does_not_kill_the_runner():
+    runner = IsolatedRunner(timeout_s=30, evaluate=crashing_worker)
+    try:
+        assert runner.evaluate(_job("fine")).ok
+        crashed = runner.evaluate(_job("crash"))
+        assert not crashed.ok and "died" in crashed.reason and "exit code" in crashed.reason
+        assert runner.evaluate(_job("fine")).ok  # a new worker took over
+    finally:
+        runner.close()
+
+
+def test_a_hanging_candidate_times_out():
+    runner = IsolatedRunner(timeout_s=3, evaluate=crashing_worker)
+    try:
+        start = time.monotonic()
+        out = runner.evaluate(_job("hang"))
+        assert not out.ok and "timed out" in out.reason and time.monotonic() - start < 20
+        assert runner.evaluate(_job("fine")).ok
+    finally:
+        runner.close()
