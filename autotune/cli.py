@@ -3,6 +3,7 @@
 Subcommands so far:
     kernels        list the registered kernels (sequence, step, sequence-loop), one per line
     paths          print where templates/, generated/ and tuning_db/ are read from
+    tune           search the fastest correct variant per shape on this GPU and write the tuning database
     render         regenerate generated/ from templates/ (--check: only report what is stale)
     show           which generated variant and launch configuration a call would run (and why), and its source
     compile-check  compile every generated kernel for a GPU target (default sm_90) without a GPU
@@ -108,6 +109,12 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from .tune import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlstm-tune", description="mLSTM kernel autotuner.")
     parser.add_argument("--version", action="version", version=f"mlstm-autotune {__version__}")
@@ -117,6 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("render", help="regenerate generated/ from templates/")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 if generated/ is out of date")
     p.set_defaults(func=_cmd_render)
+    from .tune import PRESETS
+
+    p = sub.add_parser("tune", help="search the fastest correct variant per shape on this GPU; write the database")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="shapes to tune (default: quick)")
+    p.add_argument("--shapes", metavar="FILE", help='JSON list of {"op", "B", "NH", "S", "DHQK", "DHHV", "dtype"}')
+    p.add_argument("--trials", type=int, default=24, help="trials per shape, the default configuration included")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="stop a shape's study after this")
+    p.add_argument("--devices", help="GPU indices, e.g. 0,1: one worker process per GPU on the same studies")
+    p.add_argument("--db", metavar="DIR", help="database directory to write (default: MLSTM_AUTOTUNE_DB or the cache)")
+    p.add_argument("--storage", metavar="FILE", help="Optuna journal file (default: DIR/studies.journal)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_tune)
     p = sub.add_parser("show", help="which generated variant and launch configuration a call would run, and its source")
     p.add_argument("--kernel", default="chunkwise--triton_auto", help="a Triton entry of the registry")
     for dim, default in (("B", 8), ("NH", 8), ("S", 8192), ("DHQK", 256), ("DHHV", 512), ("chunk-size", 64)):

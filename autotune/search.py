@@ -3,6 +3,8 @@ bucket), in a journal file, so a run that is cut off continues where it stopped 
 can work on one study.
 
 Trial 0 is always the variant's built-in default configuration, so the winner is never slower than the default.
+A run stops when ``trials`` points are settled (measured or pruned, earlier runs included) or after ``trials`` asks
+of its own, or when ``time_budget_s`` is spent (the default is always measured first).
 Sampling is seeded TPE. A point the validity predicate rejects is recorded as PRUNED with the reason; a point whose
 evaluation fails (wrong result, crash, timeout) is recorded as FAIL with the reason, and the study goes on. A point
 that was already evaluated in this study (an earlier run, or TPE proposing it again) is not evaluated again.
@@ -101,16 +103,21 @@ def run_study(
 ) -> StudyResult:
     """Run ``study`` until it holds ``trials`` trials or ``time_budget_s`` is spent; return the winner."""
     start = time.monotonic()
-    if not study.trials:
-        _enqueue_default(study, *default)
     _close_abandoned(study)
-    seen = {t.user_attrs["point"]: t for t in study.trials if "point" in t.user_attrs and t.state.is_finished()
-            and not t.user_attrs.get("interrupted")}  # fmt: skip
-    evaluated, pruned, failed = 0, [], []
-    while len(study.trials) < trials or not any(t.user_attrs.get("default") and t.state.is_finished()
-                                                for t in study.trials):  # fmt: skip
+    if not any(t.user_attrs.get("default") and t.state == TrialState.COMPLETE for t in study.trials):
+        _enqueue_default(study, *default)  # first run, or the default failed before (e.g. a broken environment)
+    # points measured or pruned before are not measured again; failures of earlier runs are retried once per run
+    seen = {t.user_attrs["point"]: t for t in study.trials if "point" in t.user_attrs
+            and t.state in (TrialState.COMPLETE, TrialState.PRUNED)}  # fmt: skip
+    evaluated, pruned, failed, asked = 0, [], [], 0
+
+    def settled() -> int:
+        return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+
+    while asked == 0 or (settled() < trials and asked < trials):
         if time_budget_s is not None and time.monotonic() - start > time_budget_s and study.best_trials:
             break
+        asked += 1
         trial = study.ask()
         trial.set_user_attr("worker", _WORKER)
         variant, config = _suggest(trial, candidates)

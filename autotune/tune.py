@@ -1,0 +1,220 @@
+"""``mlstm-tune tune``: search the variant space for each requested shape on the GPU in hand and write the winners,
+with provenance, to the user tuning database (MLSTM_AUTOTUNE_DB).
+
+One Optuna study per (GPU, op, direction, dtype, head dims, shape bucket), kept in a journal file (``--storage``;
+default: studies.journal in the user database directory), so a cut-off run continues where it stopped. With
+``--devices 0,1`` one process per GPU works on the same studies. Without a GPU the search runs for real under
+Triton's interpreter on a tiny shape; its entries are filed under the GPU name "cpu-interpreter" and its timings
+say nothing about GPU speed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import multiprocessing
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import db as tdb
+from . import search, space
+from .variants import by_name
+
+# op -> (structures searched, the default structure's template)
+_DEFAULTS = {"chunkwise": "chunkwise_twopass_fw.py.j2", "parallel": "parallel_fw.py.j2",
+             "sequence": "recurrent_sequence.py.j2", "step": "recurrent_step.py.j2"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Shape:
+    op: str  # "chunkwise:exp", ...
+    B: int
+    NH: int
+    S: int
+    DHQK: int
+    DHHV: int
+    dtype: str = "bfloat16"
+
+    @classmethod
+    def parse(cls, d: dict) -> Shape:
+        try:
+            shape = cls(str(d["op"]), int(d["B"]), int(d["NH"]), int(d["S"]), int(d["DHQK"]), int(d["DHHV"]),
+                        str(d.get("dtype", "bfloat16")))  # fmt: skip
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"bad shape {d!r}: needs op, B, NH, S, DHQK, DHHV (and optionally dtype): {err}") from None
+        form, _, cell = shape.op.partition(":")
+        if form not in space.FORMS or cell not in ("exp", "sig"):
+            raise ValueError(f"bad op {shape.op!r}: use <form>:<cell>, form in {list(space.FORMS)}, cell exp|sig")
+        if shape.dtype not in ("bfloat16", "float16", "float32"):
+            raise ValueError(f"bad dtype {shape.dtype!r}: bfloat16, float16 or float32")
+        if min(shape.B, shape.NH, shape.S, shape.DHQK, shape.DHHV) < 1:
+            raise ValueError(f"bad shape {d!r}: every size must be >= 1")
+        return shape
+
+
+def _tokens(S: int, total: int = 65536) -> int:
+    return max(1, total // S)
+
+
+PRESETS: dict[str, list[Shape]] = {
+    # one realistic shape, small enough to finish within 10 minutes on an H200
+    "quick": [Shape("chunkwise:exp", 4, 8, 8192, 256, 512)],
+    # the xLSTM 7B head layout (NH=8, DHQK=256, DHHV=512) at 65,536 tokens per batch
+    "xlstm-7b": [Shape("chunkwise:exp", _tokens(S), 8, S, 256, 512) for S in (2048, 8192, 32768)],
+    # heads of 128 (NH=32), as in the benchmark of the design notes
+    "head128": [Shape("chunkwise:exp", _tokens(S), 32, S, 128, 128) for S in (2048, 8192, 32768)],
+    "step-7b": [Shape("step:exp", B, 8, 1, 256, 512) for B in (1, 16, 128, 512)],
+}
+# without a GPU: a tiny shape the interpreter can search in seconds per trial
+INTERPRETER_PRESET = [Shape("chunkwise:exp", 1, 2, 64, 16, 16, "float32")]
+
+
+def _gpu() -> tuple[str, tuple[int, int], str]:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(), tuple(torch.cuda.get_device_capability()), "cuda"
+    return "cpu-interpreter", (0, 0), "cpu"
+
+
+def _progress(label: str):
+    tty = sys.stdout.isatty()
+
+    def show(p: dict) -> None:
+        best = f"{p['best_ms']:.4g} ms" if p["best_ms"] is not None else "-"
+        line = (f"  {label} trial {p['trial']}/{p['of']}  best {best}  elapsed {p['elapsed_s']:.0f} s  "
+                f"ETA {p['eta_s']:.0f} s")  # fmt: skip
+        print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
+
+    return show
+
+
+def tune_shape(shape: Shape, *, trials: int, time_budget_s: float | None, storage: Path, seed: int, device: str,
+               gpu: str, capability: tuple[int, int], runner_timeout_s: float = 300.0,
+               runner_env: dict | None = None) -> dict:  # fmt: skip
+    """Run (or continue) the study of one shape and return its database entry (as JSON) and a summary."""
+    from .launch import chunkwise, parallel, recurrent
+    from .measure import IsolatedRunner, Job
+    from .variants import find
+
+    form, _, cell = shape.op.partition(":")
+    template = _DEFAULTS[form]
+    default_variant = find(template, cell=cell, state="float32") if form == "chunkwise" else find(template, cell=cell)
+    default_config = {"chunkwise": chunkwise.default_config, "parallel": parallel.default_config,
+                      "sequence": recurrent.sequence_default_config,
+                      "step": recurrent.step_default_config}[form](default_variant, shape.DHQK, shape.DHHV)  # fmt: skip
+    S_bucket, BNH_bucket = tdb.bucket(shape.S), tdb.bucket(shape.B * shape.NH)
+    key = tdb.Key(shape.op, "fw", shape.dtype, shape.DHQK, shape.DHHV, S_bucket, BNH_bucket, "")
+    name = search.study_name(gpu, key.op, key.direction, key.dtype, key.DHQK, key.DHHV, key.S, key.BNH)
+    study = search.open_study(storage, name, seed=seed)
+    runner = IsolatedRunner(timeout_s=runner_timeout_s, env=runner_env)
+
+    def evaluate(variant, config):
+        return runner.evaluate(Job(variant.name, config, shape.B, shape.NH, shape.S, shape.DHQK, shape.DHHV,
+                                   shape.dtype, device))  # fmt: skip
+
+    dtype_bytes = torch.empty(0, dtype=getattr(torch, shape.dtype)).element_size()
+    try:
+        result = search.run_study(
+            study, space.variants_of(form, cell), (default_variant, default_config), evaluate, DHQK=shape.DHQK,
+            DHHV=shape.DHHV, dtype_bytes=dtype_bytes, trials=trials, time_budget_s=time_budget_s,
+            progress=_progress(f"{shape.op} B={shape.B} NH={shape.NH} S={shape.S} {shape.DHQK}/{shape.DHHV}"),
+        )  # fmt: skip
+    finally:
+        runner.close()
+    print()
+    winner = by_name(result.best_variant)
+    key = dataclasses.replace(key, structure=winner.template.removesuffix(".py.j2"))
+    import triton
+
+    provenance = {
+        "gpu": gpu, "capability": list(capability), "torch": torch.__version__, "triton": triton.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "p50_ms": result.best.p50_ms, "p20_ms": result.best.p20_ms, "p80_ms": result.best.p80_ms,
+        "default_ms": result.default.p50_ms, "error_vs_reference": result.best.error,
+        "shape": [shape.B, shape.NH, shape.S, shape.DHQK, shape.DHHV], "trials": result.trials,
+        "timing": "gpu" if device == "cuda" else "interpreter (wall clock, not a GPU speed)",
+    }  # fmt: skip
+    entry = tdb.Entry(key, result.best_variant, result.best_config, provenance)
+    return {"entry": entry, "result": result}
+
+
+def _tune_all(shapes, args, device_index: int | None) -> list[dict]:
+    if device_index is not None and torch.cuda.is_available():
+        torch.cuda.set_device(device_index)  # the worker process runs with CUDA_VISIBLE_DEVICES=device_index
+    gpu, capability, device = _gpu()
+    out_dir = Path(args.db) if args.db else tdb.user_dir()
+    path = out_dir / tdb.file_name(gpu)
+    rows = []
+    for shape in shapes:
+        env = {"CUDA_VISIBLE_DEVICES": str(device_index)} if device_index is not None else None
+        done = tune_shape(shape, trials=args.trials, time_budget_s=args.time_budget, storage=args.storage,
+                          seed=args.seed, device=device, gpu=gpu, capability=capability, runner_env=env)  # fmt: skip
+        tdb.upsert(path, gpu, capability, [done["entry"]])
+        r = done["result"]
+        rows.append({"shape": shape, "variant": r.best_variant, "config": r.best_config, "p50_ms": r.best.p50_ms,
+                     "default_ms": r.default.p50_ms, "trials": r.trials, "pruned": len(r.pruned),
+                     "failed": len(r.failed), "db": str(path)})  # fmt: skip
+    return rows
+
+
+def _device_worker(shapes, args, device_index):
+    _tune_all(shapes, args, device_index)
+
+
+def run(args) -> int:
+    """Entry point of ``mlstm-tune tune`` (arguments from autotune.cli)."""
+    on_gpu = torch.cuda.is_available()
+    try:
+        if args.shapes:
+            shapes = [Shape.parse(d) for d in json.loads(Path(args.shapes).read_text())]
+        elif on_gpu:
+            shapes = PRESETS[args.preset]
+        else:
+            shapes = INTERPRETER_PRESET
+    except (OSError, ValueError) as err:
+        print(f"mlstm-tune tune: {err}", file=sys.stderr)
+        return 2
+    if not on_gpu:
+        os.environ["TRITON_INTERPRET"] = "1"  # inherited by the worker processes that build and run the kernels
+        print("no GPU: tuning under Triton's interpreter on a tiny shape (entries filed under 'cpu-interpreter'; "
+              "the timings say nothing about GPU speed)")  # fmt: skip
+    db_dir = Path(args.db) if args.db else tdb.user_dir()
+    args.storage = Path(args.storage) if args.storage else db_dir / "studies.journal"
+    devices = [int(d) for d in args.devices.split(",")] if args.devices else [None]
+    start = time.monotonic()
+    if len(devices) > 1 and on_gpu:
+        # one process per GPU on the same studies (the journal file is shared); this process reports at the end
+        ctx = multiprocessing.get_context("spawn")
+        procs = [ctx.Process(target=_device_worker, args=(shapes, args, d)) for d in devices]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        rows = _tune_all(shapes, argparse_copy(args, trials=0), devices[0])
+    else:
+        try:
+            rows = _tune_all(shapes, args, devices[0])
+        except RuntimeError as err:  # no candidate of a shape ran correctly
+            print(f"\nmlstm-tune tune: {err}", file=sys.stderr)
+            return 1
+    print(f"\n{'op':14s} {'B':>4s} {'NH':>3s} {'S':>6s} {'DHQK':>5s} {'DHHV':>5s} {'dtype':9s} {'tuned ms':>9s} "
+          f"{'default ms':>10s} {'speed-up':>8s}  winner")  # fmt: skip
+    for r in rows:
+        s = r["shape"]
+        speedup = r["default_ms"] / r["p50_ms"] if r["p50_ms"] > 0 else float("nan")
+        print(f"{s.op:14s} {s.B:4d} {s.NH:3d} {s.S:6d} {s.DHQK:5d} {s.DHHV:5d} {s.dtype:9s} {r['p50_ms']:9.4g} "
+              f"{r['default_ms']:10.4g} {speedup:7.2f}x  {r['variant']} {r['config']}")  # fmt: skip
+    print(f"wrote {len(rows)} entr{'y' if len(rows) == 1 else 'ies'} to {rows[0]['db'] if rows else '-'} "
+          f"in {time.monotonic() - start:.0f} s")  # fmt: skip
+    return 0
+
+
+def argparse_copy(args, **changes):
+    import argparse
+
+    return argparse.Namespace(**{**vars(args), **changes})

@@ -1,0 +1,50 @@
+"""`mlstm-tune tune` end to end on this machine: without a GPU it runs a real (small) search under Triton's
+interpreter, writes a labelled database entry with provenance, resumes from its journal, and `show` then answers
+from that entry."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path of the command (the GPU path: gpu/)")
+
+
+def run(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "autotune", *args], capture_output=True, text=True, env=env,
+                          timeout=900)  # fmt: skip
+
+
+def test_tune_quick_on_the_cpu_writes_a_labelled_entry_and_resumes(tmp_path: Path):
+    env = dict(os.environ, MLSTM_AUTOTUNE_DB=str(tmp_path))
+    first = run("tune", "--preset", "quick", "--trials", "6", env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "interpreter" in first.stdout and "wrote 1 entry" in first.stdout
+    data = json.loads((tmp_path / "cpu-interpreter.json").read_text())
+    (entry,) = data["entries"]
+    prov = entry["provenance"]
+    assert prov["timing"].startswith("interpreter") and prov["p50_ms"] <= prov["default_ms"]
+    assert prov["error_vs_reference"] <= 1e-4 and prov["torch"] == torch.__version__
+    assert entry["key"]["op"] == "chunkwise:exp" and entry["key"]["dtype"] == "float32"
+    journal = tmp_path / "studies.journal"
+    size = journal.stat().st_size
+    again = run("tune", "--preset", "quick", "--trials", "6", env=env)  # everything settled: nothing is measured
+    assert again.returncode == 0, again.stderr
+    assert "Using an existing study" in again.stderr
+    shown = run("show", "--gpu", "cpu-interpreter", "--capability", "0.0", "--B", "1", "--NH", "2", "--S", "64",
+                "--DHQK", "16", "--DHHV", "16", "--dtype", "float32", "--no-source", env=env)  # fmt: skip
+    assert shown.returncode == 0 and "rung exact" in shown.stdout and entry["variant"] in shown.stdout
+    assert journal.stat().st_size >= size
+
+
+def test_bad_shapes_file_is_a_clear_error(tmp_path: Path):
+    shapes = tmp_path / "shapes.json"
+    shapes.write_text(json.dumps([{"op": "chunkwise:relu", "B": 1, "NH": 1, "S": 8, "DHQK": 16, "DHHV": 16}]))
+    out = run("tune", "--shapes", str(shapes), env=dict(os.environ, MLSTM_AUTOTUNE_DB=str(tmp_path)))
+    assert out.returncode == 2 and "bad op" in out.stderr
