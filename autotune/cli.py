@@ -5,6 +5,7 @@ Subcommands so far:
     paths          print where templates/, generated/ and tuning_db/ are read from
     tune           search the fastest correct variant per shape on this GPU and write the tuning database
     render         regenerate generated/ from templates/ (--check: only report what is stale)
+    db             list, validate, merge, import and export tuning databases
     show           which generated variant and launch configuration a call would run (and why), and its source
     compile-check  compile every generated kernel for a GPU target (default sm_90) without a GPU
 """
@@ -115,6 +116,61 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _cmd_db(args: argparse.Namespace) -> int:
+    import json
+    import shutil
+    from pathlib import Path
+
+    from . import db as tdb
+    from . import paths
+
+    folders = {"user": tdb.user_dir(), "packaged": paths.tuning_db_dir()}
+    if args.action == "list":
+        for where, folder in folders.items():
+            for path in sorted(Path(folder).glob("*.json")):
+                found = tdb.read(path)
+                status = f"{len(found.entries)} entries, {found.gpu}" if found else "UNUSABLE (see the warning)"
+                print(f"{where:9s} {path}: {status}")
+                for key, e in sorted(found.entries.items()) if found and args.verbose else ():
+                    print(f"          {key} -> {e.variant} {e.config} p50 {e.provenance.get('p50_ms')} ms")
+        return 0
+    if args.action == "validate":
+        bad = 0
+        for path in args.files or [p for f in folders.values() for p in sorted(Path(f).glob("*.json"))]:
+            try:
+                found = tdb.problems(json.loads(Path(path).read_text()))
+            except (OSError, ValueError) as err:
+                found = [str(err)]
+            print(f"{'ok ' if not found else 'BAD'} {path}{': ' + '; '.join(found) if found else ''}")
+            bad += bool(found)
+        return 1 if bad else 0
+    if args.action in ("merge", "import"):
+        if len(args.files) != (2 if args.action == "merge" else 1):
+            print(f"mlstm-tune db {args.action}: wrong number of files", file=sys.stderr)
+            return 2
+        src = Path(args.files[-1])
+        found = tdb.read(src)
+        if found is None:
+            print(f"mlstm-tune db {args.action}: {src} is not a usable tuning database", file=sys.stderr)
+            return 1
+        dst = Path(args.files[0]) if args.action == "merge" else tdb.user_dir() / tdb.file_name(found.gpu)
+        taken = tdb.upsert(dst, found.gpu, found.capability, found.entries.values())
+        print(f"{taken} entr{'y' if taken == 1 else 'ies'} of {src} taken into {dst}")
+        return 0
+    if args.action == "export":
+        if len(args.files) != 1:
+            print("mlstm-tune db export: give the destination folder", file=sys.stderr)
+            return 2
+        out = Path(args.files[0])
+        out.mkdir(parents=True, exist_ok=True)
+        for path in sorted(tdb.user_dir().glob("*.json")):
+            if tdb.read(path) is not None:
+                shutil.copy2(path, out / path.name)
+                print(f"exported {path} -> {out / path.name}")
+        return 0
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlstm-tune", description="mLSTM kernel autotuner.")
     parser.add_argument("--version", action="version", version=f"mlstm-autotune {__version__}")
@@ -136,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", metavar="FILE", help="Optuna journal file (default: DIR/studies.journal)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_tune)
+    p = sub.add_parser("db", help="tuning databases: list, validate, merge A B, import FILE, export DIR")
+    p.add_argument("action", choices=["list", "validate", "merge", "import", "export"])
+    p.add_argument("files", nargs="*")
+    p.add_argument("-v", "--verbose", action="store_true", help="list: print every entry")
+    p.set_defaults(func=_cmd_db)
     p = sub.add_parser("show", help="which generated variant and launch configuration a call would run, and its source")
     p.add_argument("--kernel", default="chunkwise--triton_auto", help="a Triton entry of the registry")
     for dim, default in (("B", 8), ("NH", 8), ("S", 8192), ("DHQK", 256), ("DHHV", 512), ("chunk-size", 64)):
