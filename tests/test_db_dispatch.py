@@ -242,3 +242,29 @@ def test_show_names_the_rung_and_prints_the_source(tmp_path: Path):
     other = subprocess.run(cmd[:5] + ["NVIDIA A100-SXM4-80GB", "--capability", "8.0", "--no-source"],
                            capture_output=True, text=True, env=env)  # fmt: skip
     assert other.returncode == 0 and "rung default" in other.stdout and "def " not in other.stdout
+
+
+def test_db_command(tmp_path: Path):
+    import os
+    import subprocess
+    import sys
+
+    def db(*args):
+        env = dict(os.environ, MLSTM_AUTOTUNE_DB=str(tmp_path / "user"))
+        return subprocess.run([sys.executable, "-m", "autotune", "db", *args], capture_output=True, text=True, env=env)
+
+    src = tmp_path / "from_elsewhere.json"
+    tdb.upsert(src, GPU, CAP, [entry(key(), variant="x")])
+    assert db("validate", str(src)).returncode == 0
+    imported = db("import", str(src))
+    assert imported.returncode == 0 and "1 entry" in imported.stdout
+    assert tdb.read(tmp_path / "user" / "NVIDIA_H200.json").entries[key()].variant == "x"
+    listed = db("list", "-v")
+    assert listed.returncode == 0 and "1 entries, NVIDIA H200" in listed.stdout and "-> x" in listed.stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema_version": 9, "gpu": "g", "capability": [9, 0], "entries": []}')
+    out = db("validate", str(bad))
+    assert out.returncode == 1 and "newer" in out.stdout
+    assert db("import", str(bad)).returncode == 1
+    exported = db("export", str(tmp_path / "out"))
+    assert exported.returncode == 0 and (tmp_path / "out" / "NVIDIA_H200.json").exists()
