@@ -5,6 +5,7 @@ Subcommands so far:
     paths          print where templates/, generated/ and tuning_db/ are read from
     tune           search the fastest correct variant per shape on this GPU and write the tuning database
     render         regenerate generated/ from templates/ (--check: only report what is stale)
+    report         markdown table and PNG plot of tuned against default times from a database
     db             list, validate, merge, import and export tuning databases
     show           which generated variant and launch configuration a call would run (and why), and its source
     compile-check  compile every generated kernel for a GPU target (default sm_90) without a GPU
@@ -171,6 +172,28 @@ def _cmd_db(args: argparse.Namespace) -> int:
     return 2
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import db as tdb
+    from .report import report
+
+    files = [Path(args.db)] if args.db else sorted(tdb.user_dir().glob("*.json"))
+    if not files:
+        print(f"mlstm-tune report: no tuning database in {tdb.user_dir()} (run `mlstm-tune tune`, or pass --db FILE)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    for path in files:
+        try:
+            md, png, text = report(path, Path(args.out))
+        except ValueError as err:
+            print(f"mlstm-tune report: {err}", file=sys.stderr)
+            return 1
+        print(text)
+        print(f"wrote {md} and {png}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlstm-tune", description="mLSTM kernel autotuner.")
     parser.add_argument("--version", action="version", version=f"mlstm-autotune {__version__}")
@@ -192,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", metavar="FILE", help="Optuna journal file (default: DIR/studies.journal)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_tune)
+    p = sub.add_parser("report", help="markdown table and PNG plot of tuned against default times from a database")
+    p.add_argument("--db", metavar="FILE", help="a database file (default: every file of the user database)")
+    p.add_argument("--out", default=".", metavar="DIR", help="where to write <GPU>-report.md and .png")
+    p.set_defaults(func=_cmd_report)
     p = sub.add_parser("db", help="tuning databases: list, validate, merge A B, import FILE, export DIR")
     p.add_argument("action", choices=["list", "validate", "merge", "import", "export"])
     p.add_argument("files", nargs="*")

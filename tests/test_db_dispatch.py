@@ -268,3 +268,36 @@ def test_db_command(tmp_path: Path):
     assert db("import", str(bad)).returncode == 1
     exported = db("export", str(tmp_path / "out"))
     assert exported.returncode == 0 and (tmp_path / "out" / "NVIDIA_H200.json").exists()
+
+
+def test_report_writes_a_table_and_a_png(tmp_path: Path):
+    import struct
+    import zlib
+
+    import numpy as np
+
+    from autotune.report import BLUE, GREY, report
+
+    path = tmp_path / "db.json"
+    e1 = entry(key(), variant="fast", p50=1.0)
+    e1.provenance.update(default_ms=2.0, p20_ms=0.9, p80_ms=1.1, error_vs_reference=1e-3, shape=[8, 8, 8192, 256, 512])
+    e2 = entry(key(S=2048), variant="same", p50=3.0)
+    e2.provenance.update(default_ms=3.0, p20_ms=2.9, p80_ms=3.1, error_vs_reference=2e-3, shape=[32, 8, 2048, 256, 512])
+    tdb.upsert(path, GPU, CAP, [e1, e2])
+    md, png, text = report(path, tmp_path / "out")
+    assert md.read_text() == text
+    assert "| 2.00x |" in text and "| 1.00x |" in text and "`fast`" in text and "8, 8, 8192, 256, 512" in text
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    w, h = struct.unpack(">II", data[16:24])
+    idat = data.index(b"IDAT")
+    (length,) = struct.unpack(">I", data[idat - 4 : idat])
+    raw = np.frombuffer(zlib.decompress(data[idat + 4 : idat + 4 + length]), dtype=np.uint8).reshape(h, 1 + 3 * w)
+    pixels = raw[:, 1:].reshape(h, w, 3)
+    blue = (pixels == BLUE).all(-1).sum(-1)  # blue pixels per image row
+    grey = (pixels == GREY).all(-1).sum(-1)
+    # bars share one ms scale: S=2048 has tuned = default = 3.0 ms (the longest bars, equal); S=8192 has tuned
+    # 1.0 ms and default 2.0 ms, so its grey bar is twice its blue bar and its blue bar a third of the longest
+    longest, short_blue, short_grey = blue.max(), blue[blue > 0].min(), grey[grey > 0].min()
+    assert grey.max() == longest
+    assert abs(short_grey - 2 * short_blue) <= 2 and abs(3 * short_blue - longest) <= 3
