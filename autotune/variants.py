@@ -54,6 +54,10 @@ VARIANTS: list[Variant] = [
     *_grid("chunkwise_fw", "chunkwise_twopass_fw.py.j2", cell=CELLS, state=STATE_DTYPES),
     # chunkwise forward, (b): one pass that carries (C, n, m) on chip across chunks and writes no per-chunk states.
     *_grid("chunkwise_fw", "chunkwise_fused_fw.py.j2", cell=CELLS, state=STATE_DTYPES),
+    # chunkwise backward, exact (MATH.md §6): a reverse recurrence over chunk borders, then the chunks in parallel,
+    # either one program per chunk computing dq, dk, dv and the gate gradients together ("fused"), or programs per
+    # DHQK / DHHV tile that each recompute q k^T and the gate matrix ("split").
+    *_grid("chunkwise_bw", "chunkwise_bw.py.j2", cell=CELLS, kernels=["fused", "split"]),
     # parallel forward: flash-attention-like tiling over queries and keys, online max state.
     *_grid("parallel_fw", "parallel_fw.py.j2", cell=CELLS),
     # recurrent inference: one step (in place when asked), and a whole sequence in one launch.

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_fused_fw.py.j2
-# template hash:   59525b66c31a6584
+# template hash:   39924387f1befd11
 # parameters:      cell=exp, state=input
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (exp cell), fused single pass: one program per (value tile, batch x head) walks the
@@ -83,6 +83,8 @@ def chunkwise_fused_fw_kernel(
     CS_ptr,  # (B, NH, DHQK, DHHV) fp32 last state (written when STORE_LAST)
     nS_ptr,  # (B, NH, DHQK) fp32
     mS_ptr,  # (B, NH) fp32
+    s_ptr,  # (B, NH, S) fp32 out (STORE_STATS): the normaliser's argument s_t, for the backward
+    mt_ptr,  # (B, NH, S) fp32 out (STORE_STATS): the max state m_t
     S,
     scale,
     eps,
@@ -94,6 +96,7 @@ def chunkwise_fused_fw_kernel(
     HAS_STATE: tl.constexpr,
     STORE_LAST: tl.constexpr,
     NORMALIZE: tl.constexpr,
+    STORE_STATS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
@@ -135,6 +138,9 @@ def chunkwise_fused_fw_kernel(
         b_h = _normalize(b_num, b_s, b_mt, eps, NORMALIZE)
         p_h = h_ptr + o_t[:, None] * DHHV + o_v[None, :]
         tl.store(p_h, b_h.to(h_ptr.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
+        if STORE_STATS and i_v == 0:
+            tl.store(s_ptr + i_bh * S + o_t, b_s, mask=m_t)
+            tl.store(mt_ptr + i_bh * S + o_t, b_mt, mask=m_t)
         # carry the state across the chunk border
         b_decay, b_w, b_scale, b_m = _chunk_state_weights(b_lf, b_li, b_m)
         b_kw = b_k.to(tl.float32) * b_w[:, None]  # [L, BK]

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_twopass_fw.py.j2
-# template hash:   7c8d33d7bd67ac2f
+# template hash:   ab226db8377ffd7c
 # parameters:      cell=exp, state=float32
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (exp cell), two passes:
@@ -154,6 +154,8 @@ def chunkwise_output_kernel(
     nb_ptr,  # (B, NH, NC, DHQK) fp32
     mb_ptr,  # (B, NH, NC) fp32
     h_ptr,  # (B, NH, S, DHHV) output, the inputs' dtype
+    s_ptr,  # (B, NH, S) fp32 out (STORE_STATS): the normaliser's argument s_t, for the backward
+    mt_ptr,  # (B, NH, S) fp32 out (STORE_STATS): the max state m_t
     S,
     NC,
     scale,
@@ -164,6 +166,7 @@ def chunkwise_output_kernel(
     BK: tl.constexpr,
     BV: tl.constexpr,
     NORMALIZE: tl.constexpr,
+    STORE_STATS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
@@ -199,3 +202,6 @@ def chunkwise_output_kernel(
     b_h = _normalize(b_num, b_s, b_mt, eps, NORMALIZE)
     p_h = h_ptr + i_bh * S * DHHV + o_t[:, None] * DHHV + o_v[None, :]
     tl.store(p_h, b_h.to(h_ptr.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
+    if STORE_STATS and i_v == 0:
+        tl.store(s_ptr + i_bh * S + o_t, b_s, mask=m_t)
+        tl.store(mt_ptr + i_bh * S + o_t, b_mt, mask=m_t)

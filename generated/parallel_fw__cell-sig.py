@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        parallel_fw.py.j2
-# template hash:   539a36f28fb0c285
+# template hash:   e35edc3bdd003d3f
 # parameters:      cell=sig
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Parallel mLSTM forward (sig cell), tiled like flash attention (MATH.md §3).
@@ -34,6 +34,8 @@ def parallel_fw_kernel(
     n0_ptr,  # (B, NH, DHQK)
     m0_ptr,  # (B, NH)
     h_ptr,  # (B, NH, S, DHHV) output, the inputs' dtype
+    s_ptr,  # (B, NH, S) fp32 out (STORE_STATS): the normaliser's argument s_t, for the backward
+    mt_ptr,  # (B, NH, S) fp32 out (STORE_STATS): the max state m_t
     S,
     scale,
     eps,
@@ -45,6 +47,7 @@ def parallel_fw_kernel(
     BV: tl.constexpr,
     HAS_STATE: tl.constexpr,
     NORMALIZE: tl.constexpr,
+    STORE_STATS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     i_v, i_q, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
@@ -114,3 +117,6 @@ def parallel_fw_kernel(
         b_h = b_num
     p_h = h_ptr + i_bh * S * DHHV + o_q[:, None] * DHHV + o_v[None, :]
     tl.store(p_h, b_h.to(h_ptr.dtype.element_ty), mask=m_q[:, None] & m_v[None, :])
+    if STORE_STATS and i_v == 0:
+        tl.store(s_ptr + i_bh * S + o_q, b_s, mask=m_q)
+        tl.store(mt_ptr + i_bh * S + o_q, b_mt, mask=m_q)

@@ -11,7 +11,17 @@ import torch
 from ..checks import MLSTMInputError
 from ..load import load_variant
 from ..variants import Variant, find
-from .common import cdiv, contiguous, dot_precision, empty, last_state_buffers, next_pow2, require_pow2, state_args
+from .common import (
+    cdiv,
+    contiguous,
+    dot_precision,
+    empty,
+    last_state_buffers,
+    next_pow2,
+    require_pow2,
+    state_args,
+    stats_buffers,
+)
 
 FUSED = "chunkwise_fused_fw.py.j2"
 TWOPASS = "chunkwise_twopass_fw.py.j2"
@@ -67,9 +77,12 @@ def last_state(k, v, i, f, C0=None, n0=None, m0=None, *, cell: str, config: dict
 
 
 def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, config: dict | None = None,
-                 eps: float = 1e-6, normalize: bool = True, return_last_states: bool = False):  # fmt: skip
+                 eps: float = 1e-6, normalize: bool = True, return_last_states: bool = False,
+                 saved: dict | None = None):  # fmt: skip
     """q, k (B, NH, S, DHQK); v (B, NH, S, DHHV); i, f (B, NH, S); optional C0, n0, m0. Returns h (B, NH, S, DHHV) in
-    q's dtype and the fp32 last state (C, n, m), or None unless return_last_states."""
+    q's dtype and the fp32 last state (C, n, m), or None unless return_last_states. With a dict ``saved``, the
+    launcher also keeps what the backward needs in it: the per-token statistics "s" and "mt", and for the two-pass
+    structure the states before every chunk ("Cb", "nb", of chunks of "L" = LO tokens)."""
     B, NH, S, DHQK = q.shape
     DHHV = v.shape[-1]
     config = dict(config or default_config(variant, DHQK, DHHV))
@@ -80,12 +93,14 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
     last = last_state_buffers(B, NH, DHQK, DHHV, q.device, return_last_states)
     module = load_variant(variant)
     prec = dot_precision(q.dtype)
+    stats = stats_buffers(B, NH, S, q.device, saved)
     if variant.template == FUSED:
         grid = (cdiv(DHHV, config["BV"]), B * NH)
         module.chunkwise_fused_fw_kernel[grid](
-            q, k, v, i, f, C0, n0, m0, h, *last, S, scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV, L=config["L"],
-            BK=next_pow2(DHQK), BV=config["BV"], HAS_STATE=has_state, STORE_LAST=return_last_states,
-            NORMALIZE=normalize, DOT_PRECISION=prec, num_warps=config["num_warps"], num_stages=config["num_stages"],
+            q, k, v, i, f, C0, n0, m0, h, *last, *stats, S, scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV,
+            L=config["L"], BK=next_pow2(DHQK), BV=config["BV"], HAS_STATE=has_state, STORE_LAST=return_last_states,
+            NORMALIZE=normalize, STORE_STATS=saved is not None, DOT_PRECISION=prec, num_warps=config["num_warps"],
+            num_stages=config["num_stages"],
         )  # fmt: skip
     elif variant.template == TWOPASS:
         NC = cdiv(S, config["LO"])
@@ -99,10 +114,13 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
                        store_borders=True, prec=prec)  # fmt: skip
         grid = (cdiv(DHHV, config["BVO"]), NC, B * NH)
         module.chunkwise_output_kernel[grid](
-            q, k, v, i, f, *buffers, h, S, NC, scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV, LO=config["LO"],
-            BK=config["BKO"], BV=config["BVO"], NORMALIZE=normalize, DOT_PRECISION=prec,
+            q, k, v, i, f, *buffers, h, *stats, S, NC, scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV,
+            LO=config["LO"], BK=config["BKO"], BV=config["BVO"], NORMALIZE=normalize, STORE_STATS=saved is not None,
+            DOT_PRECISION=prec,
             num_warps=config["num_warps_out"], num_stages=config["num_stages"],
         )  # fmt: skip
+        if saved is not None:
+            saved.update(Cb=buffers[0], nb=buffers[1], L=config["LO"])
     else:
         raise MLSTMInputError(f"{variant.name} is not a chunkwise forward variant")
     if not return_last_states:

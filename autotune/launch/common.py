@@ -68,3 +68,14 @@ def last_state_buffers(B, NH, DHQK, DHHV, device, store: bool):
     n = empty(B, NH, DHQK, dtype=torch.float32, device=device)
     m = empty(B, NH, dtype=torch.float32, device=device)
     return C, n, m
+
+
+def stats_buffers(B, NH, S, device, saved: dict | None):
+    """The per-token statistics a forward keeps for the backward: s (the normaliser's argument) and m (the max
+    state), fp32 (B, NH, S) each, entered into ``saved``; 1-element dummies when ``saved`` is None."""
+    if saved is None:
+        dummy = torch.empty(1, dtype=torch.float32, device=device)
+        return dummy, dummy
+    saved["s"] = empty(B, NH, S, dtype=torch.float32, device=device)
+    saved["mt"] = empty(B, NH, S, dtype=torch.float32, device=device)
+    return saved["s"], saved["mt"]

@@ -7,7 +7,7 @@ from ..checks import MLSTMInputError
 from ..load import load_variant
 from ..variants import Variant
 from .chunkwise import last_state
-from .common import cdiv, contiguous, dot_precision, empty, next_pow2, require_pow2, state_args
+from .common import cdiv, contiguous, dot_precision, empty, next_pow2, require_pow2, state_args, stats_buffers
 
 
 def default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
@@ -22,8 +22,10 @@ def check_config(variant: Variant, config: dict) -> None:
 
 
 def parallel_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, config: dict | None = None,
-                eps: float = 1e-6, normalize: bool = True, return_last_states: bool = False):  # fmt: skip
-    """Shapes as chunkwise_fw; returns h in q's dtype and the fp32 last state (C, n, m) or None."""
+                eps: float = 1e-6, normalize: bool = True, return_last_states: bool = False,
+                saved: dict | None = None):  # fmt: skip
+    """Shapes as chunkwise_fw; returns h in q's dtype and the fp32 last state (C, n, m) or None. With a dict
+    ``saved``, also the per-token statistics the backward needs (autotune.launch.common.stats_buffers)."""
     B, NH, S, DHQK = q.shape
     DHHV = v.shape[-1]
     config = dict(config or default_config(variant, DHQK, DHHV))
@@ -31,11 +33,13 @@ def parallel_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, c
     q, k, v, i, f = contiguous(q, k, v, i, f)
     C0c, n0c, m0c, has_state = state_args(C0, n0, m0, q)
     h = empty(B, NH, S, DHHV, dtype=q.dtype, device=q.device)
+    stats = stats_buffers(B, NH, S, q.device, saved)
     grid = (cdiv(DHHV, config["BV"]), cdiv(S, config["BQ"]), B * NH)
     load_variant(variant).parallel_fw_kernel[grid](
-        q, k, v, i, f, C0c, n0c, m0c, h, S, scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV, BQ=config["BQ"],
+        q, k, v, i, f, C0c, n0c, m0c, h, *stats, S, scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV, BQ=config["BQ"],
         BKV=config["BKV"], BK=config["BK"], BV=config["BV"], HAS_STATE=has_state, NORMALIZE=normalize,
-        DOT_PRECISION=dot_precision(q.dtype), num_warps=config["num_warps"], num_stages=config["num_stages"],
+        STORE_STATS=saved is not None, DOT_PRECISION=dot_precision(q.dtype), num_warps=config["num_warps"],
+        num_stages=config["num_stages"],
     )  # fmt: skip
     if not return_last_states:
         return h, None

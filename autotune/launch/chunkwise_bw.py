@@ -1,0 +1,151 @@
+"""Launcher of the generated chunkwise backward (templates/chunkwise_bw.py.j2): exact gradients, MATH.md §6.
+
+How the gradient splits (checked in float64 against native.chunkwise.chunkwise_backward before any kernel was
+written; the kernels follow the same steps). Within chunk c of L tokens, with the state (C_c, n_c, m_c) before it
+and the gradient (dC_{c+1}, dn_{c+1}) of the state after it:
+
+* The max state enters h only through eps: in unstabilised terms h_t = num*_t / (max(|s*_t|, 1) + eps e^{m_t}).
+  Its gradient is G_t = -eps (dh_t . h_t) / den_t per token, and it reaches the gates along the running max
+  m_t = max(lf_t + m_{t-1}, i_t): R_t = G_t + [m_{t+1} came from m_t] R_{t+1}, then i_t gets R_t where m_t = i_t and
+  lf_t gets it where m_t = lf_t + m_{t-1}; m0 gets R_0 where the first max came from m0. The chain starts from
+  dm_S - <C_S, dC_S> - <n_S, dn_S> (the last state's max, with the state it scales held fixed).
+* Everything else is the gradient at fixed m: the parallel form within the chunk with the state before it as the
+  initial-state column and the state after it as the last row. So
+    dC_c  = decay_c dC_{c+1} + scale sum_t D0_t q_t dnum_t^T       (dnum = dh / den; n likewise with ds)
+    dq    = (dP * D * scale) k + scale D0 (dnum C_c^T + ds n_c^T)
+    dk    = (dP * D * scale)^T q + w (v dC_{c+1}^T + dn_{c+1})
+    dv    = P^T dnum + w (k dC_{c+1})
+  with dP = dnum v^T + ds, P = (q k^T) * scale * D, w_j the weight of token j in the state after the chunk; and the
+  gate gradients are sums over dlogD = dP * P (see _gate_grads in the template).
+* dm0 = R-chain share + <C_0, dC_0> + <n_0, dn_0>.
+
+The states before every chunk are either recomputed here by the forward's recurrence kernel ("states":
+"recompute") or the ones the two-pass forward kept ("reuse"; then L is the forward's LO).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..checks import MLSTMInputError
+from ..load import load_variant
+from ..variants import Variant, find
+from .chunkwise import TWOPASS, _launch_states
+from .common import cdiv, contiguous, dot_precision, empty, next_pow2, require_pow2
+
+TEMPLATE = "chunkwise_bw.py.j2"
+STATES = ("recompute", "reuse")
+
+
+def default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
+    BK, BV = min(64, next_pow2(DHQK)), min(64, next_pow2(DHHV))
+    return {"L": 64, "BK": BK, "BV": BV, "BKS": BK, "BVS": BV, "num_warps": 4, "num_warps_state": 4,
+            "num_stages": 1, "states": "recompute"}  # fmt: skip
+
+
+def check_config(variant: Variant, config: dict) -> None:
+    require_pow2(config, "L", "BK", "BV", "BKS", "BVS")
+    if config.get("states", "recompute") not in STATES:
+        raise MLSTMInputError(f"states must be one of {STATES}, got {config.get('states')!r}")
+
+
+def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, variant: Variant, config: dict,
+                 eps: float = 1e-6, normalize: bool = True, borders: tuple | None = None):  # fmt: skip
+    """Gradients of the chunkwise (or parallel) forward. q, k, v, i, f, C0, n0, m0 as the forward got them; h, s, mt
+    what it saved (s, mt from ``saved``); dh the cotangent of h; dC, dn, dm those of the last state (None when it
+    was not used) and ``last`` = (C_S, n_S) the last state itself (needed then). ``borders`` = (Cb, nb) when
+    config["states"] == "reuse" (the two-pass forward's states at chunks of config["L"]).
+    Returns dq, dk, dv (q's dtype), di, df (fp32), dC0, dn0, dm0 (fp32; None without an initial state)."""
+    B, NH, S, DHQK = q.shape
+    DHHV = v.shape[-1]
+    check_config(variant, config)
+    cell = variant.params["cell"]
+    L = config["L"]
+    NC = cdiv(S, L)
+    dev = q.device
+    q, k, v, i, f, h, dh = contiguous(q, k, v, i, f, h, dh)
+    has_state = C0 is not None
+    has_last = dC is not None
+    prec = dot_precision(q.dtype)
+    module = load_variant(variant)
+    f32 = dict(dtype=torch.float32, device=dev)
+    dummy = torch.zeros(1, **f32)
+    if has_state:
+        m0 = m0 if m0 is not None else torch.zeros(B, NH, **f32)
+        C0, n0, m0 = contiguous(C0, n0, m0.reshape(B, NH))
+
+    # 1. per token: r = 1 / den, ds, G
+    r, ds, G = (empty(B, NH, S, **f32) for _ in range(3))
+    BT = 64
+    module.chunkwise_bw_prep_kernel[(cdiv(S, BT), B * NH)](
+        h, dh, s, mt, r, ds, G, S, eps, DHHV=DHHV, BT=BT, BV=min(64, next_pow2(DHHV)), NORMALIZE=normalize
+    )
+
+    # 2. reverse recurrence: gradient of the state after every chunk, and the max state's chain
+    if has_last:
+        dC, dn = contiguous(dC.float(), dn.float())
+        T = (
+            dm.reshape(B, NH).float() - (last[0] * dC).sum((-2, -1)) - (last[1] * dn).sum(-1)
+            if cell == "exp"
+            else dummy
+        )
+    else:
+        dC = dn = T = dummy
+    dCa = empty(B, NH, NC, DHQK, DHHV, **f32)
+    dna = empty(B, NH, NC, DHQK, **f32)
+    R = empty(B, NH, S, **f32) if cell == "exp" else dummy
+    dC0 = empty(B, NH, DHQK, DHHV, **f32) if has_state else dummy
+    dn0 = empty(B, NH, DHQK, **f32) if has_state else dummy
+    Rm0 = empty(B, NH, **f32) if cell == "exp" else dummy
+    grid = (cdiv(DHQK, config["BKS"]), cdiv(DHHV, config["BVS"]), B * NH)
+    module.chunkwise_bw_dstate_kernel[grid](
+        q, dh, i, f, mt, m0 if has_state else dummy, r, ds, G, dC, dn, T, dCa, dna, R, dC0, dn0, Rm0, S, NC,
+        scale=DHQK**-0.5, DHQK=DHQK, DHHV=DHHV, L=L, BK=config["BKS"], BV=config["BVS"], HAS_STATE=has_state,
+        HAS_LAST_GRAD=has_last, DOT_PRECISION=prec, num_warps=config["num_warps_state"],
+    )  # fmt: skip
+
+    # 3. the states before every chunk
+    if config.get("states", "recompute") == "reuse":
+        if borders is None:
+            raise MLSTMInputError("states='reuse' needs the forward's border states")
+        Cb, nb = borders
+    else:
+        Cb = empty(B, NH, NC, DHQK, DHHV, **f32)
+        nb = empty(B, NH, NC, DHQK, **f32)
+        mb = empty(B, NH, NC, **f32)
+        states = load_variant(find(TWOPASS, cell=cell, state="float32"))
+        state_config = {"LI": min(L, 64), "LO": L, "BKS": config["BKS"], "BVS": config["BVS"],
+                        "num_warps_states": config["num_warps_state"], "num_stages": 1}  # fmt: skip
+        C0a, n0a, m0a = (C0, n0, m0) if has_state else (dummy, dummy, dummy)
+        _launch_states(states, k, v, i, f, C0a, n0a, m0a, has_state, (Cb, nb, mb), (dummy, dummy, dummy), S=S, NC=NC,
+                       config=state_config, store_borders=True, prec=prec)  # fmt: skip
+
+    # 4. within every chunk: dq, dk, dv, di, df
+    dq, dk = empty(*q.shape, dtype=q.dtype, device=dev), empty(*k.shape, dtype=k.dtype, device=dev)
+    dv = empty(*v.shape, dtype=v.dtype, device=dev)
+    di, df = empty(B, NH, S, **f32), empty(B, NH, S, **f32)
+    common = dict(scale=DHQK**-0.5, DHQK=DHQK, DHHV=DHHV, L=L, BK=config["BK"], BV=config["BV"], HAS_STATE=has_state,
+                  DOT_PRECISION=prec, num_warps=config["num_warps"], num_stages=config["num_stages"])  # fmt: skip
+    m0a = m0 if has_state else dummy
+    if variant.params["kernels"] == "fused":
+        module.chunkwise_bw_chunk_kernel[(NC, B * NH)](
+            q, k, v, i, f, dh, mt, m0a, r, ds, R, Cb, nb, dCa, dna, dq, dk, dv, di, df, S, NC, **common
+        )
+    else:  # split: dq/dk programs per DHQK tile, dv programs per DHHV tile, then the gate gradients per chunk
+        NKT = cdiv(DHQK, config["BK"])
+        part = empty(NKT, 2, B, NH, S, **f32)
+        partX = empty(NKT, B, NH, NC, **f32)
+        module.chunkwise_bw_dqk_kernel[(NKT, NC, B * NH)](
+            q, k, v, i, f, dh, mt, m0a, r, ds, Cb, nb, dCa, dna, dq, dk, part, partX, S, NC, **common
+        )
+        module.chunkwise_bw_dv_kernel[(cdiv(DHHV, config["BV"]), NC, B * NH)](
+            q, k, i, f, dh, mt, m0a, r, ds, dCa, dv, S, NC, **common
+        )
+        module.chunkwise_bw_gates_kernel[(NC, B * NH)](
+            q, k, v, i, f, dh, mt, m0a, r, ds, R, part, partX, di, df, S, NC, NKT, **common
+        )
+
+    dm0 = None
+    if has_state and cell == "exp":
+        dm0 = ((C0.float() * dC0).sum((-2, -1)) + (n0.float() * dn0).sum(-1) + Rm0).reshape(B, NH, 1)
+    return dq, dk, dv, di, df, (dC0 if has_state else None), (dn0 if has_state else None), dm0  # dm0: exp cell only

@@ -1,0 +1,444 @@
+# GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
+# template:        chunkwise_bw.py.j2
+# template hash:   ff903793192d3a27
+# parameters:      cell=exp, kernels=fused
+# regenerate with: mlstm-tune render   (or: python -m autotune render)
+"""Chunkwise mLSTM backward (exp cell), exact (MATH.md §6), "fused" within-chunk kernels.
+
+The forward saves, per token, s_t (the normaliser's argument, n_t^T q_t / sqrt(d) in stabilised units) and m_t (the
+max state; 0 for the sig cell), besides h. The backward of chunks of L tokens is then (the derivation is in
+autotune/launch/chunkwise_bw.py):
+  1. chunkwise_bw_prep_kernel, per token: delta = dh . h, r = 1/den, ds (the gradient of s), G = -eps delta / den
+     (the gradient of m_t: it enters h only through eps);
+     grid (cdiv(S, BT), B * NH).
+  2. chunkwise_bw_dstate_kernel, the reverse recurrence over chunk borders: dC_c = decay_c dC_{c+1} +
+     scale sum_t D0_t q_t (r_t dh_t)^T (n likewise), storing the gradient of the state after every chunk. Program
+     (0, 0) of each head also runs the max state's reverse chain R_t = G_t + [m_{t+1} came from m_t] R_{t+1};
+     grid (cdiv(DHQK, BK), cdiv(DHHV, BV), B * NH).
+  3. chunkwise_bw_chunk_kernel, every chunk in parallel: q k^T and the gate matrix once, then dq, dk, dv and the
+     gate gradients di, df of the chunk's tokens in one program; grid (NC, B * NH), DHQK and DHHV in tiles.
+Gate gradients never subtract two long cumulative sums: within a chunk they are sums over the masked [L, L]
+matrix of dlogD = dP * P and reverse sums of non-cancelling terms. Every dot takes the inputs' dtype (tensor cores
+for bf16/fp16) and accumulates in fp32; states and their gradients are fp32.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _logsigmoid(x):
+    # log(sigmoid(x)) = min(x, 0) - log(1 + exp(-|x|)); the exponent is <= 0, so nothing overflows
+    return tl.minimum(x, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def _load_gates(i_ptr, f_ptr, o_t, m_t):
+    """Gate pre-activations of a chunk in fp32 -> (log forget gate, log input gate); 0 and -inf past S."""
+    b_i = tl.load(i_ptr + o_t, mask=m_t, other=0.0).to(tl.float32)
+    b_f = tl.load(f_ptr + o_t, mask=m_t, other=0.0).to(tl.float32)
+    b_lf = tl.where(m_t, _logsigmoid(b_f), 0.0)
+    b_li = tl.where(m_t, b_i, float("-inf"))
+    return b_lf, b_li
+
+
+@triton.jit
+def _chunk_state_weights(b_lf, b_li, b_m):
+    """How a chunk moves the state (C, n, m): C_new = decay * C + scale * sum_j w_j k_j v_j^T.
+
+    g_j = (sum of lf after j in the chunk) + li_j is token j's log weight at the chunk end. The weights w_j are
+    relative to the chunk's largest (so the largest is 1): in the low-precision dot they cannot all underflow
+    (fp16 flushes below 6e-8); scale = exp(g_max - m_new) is applied in fp32. Returns (decay, w, scale, m_new).
+    """
+    # every lf <= 0: sums of them never cancel, differences of two long sums would (so: a reverse cumsum)
+    b_Fend = tl.sum(b_lf, axis=0)
+    b_g = (tl.cumsum(b_lf, axis=0, reverse=True) - b_lf) + b_li
+    b_g_max = tl.maximum(tl.max(b_g, axis=0), -1e30)  # finite even for a chunk past S (all g = -inf)
+    b_m_new = tl.maximum(b_Fend + b_m, b_g_max)
+    return tl.exp(b_Fend + b_m - b_m_new), tl.exp(b_g - b_g_max), tl.exp(b_g_max - b_m_new), b_m_new
+
+
+@triton.jit
+def _chunk_decay_matrix(b_lf, b_li, b_m, o_l):
+    """Within-chunk decay, MATH.md §3-§4: D[t, j] = exp(F_t - F_j + li_j - m_t) for j <= t, D0[t] = exp(F_t + m - m_t)
+    for the state before the chunk, m_t the row max, F the chunk-local cumulative sum of lf.
+
+    F_t - F_j is summed segment by segment (a cumulative sum down the columns of the strictly lower triangle): as a
+    difference of two prefix sums it would cancel when the gates forget strongly (measured: 1e-5 relative error in
+    the states of a 64-token chunk in fp32, against 7e-8 for the segment sums)."""
+    b_seg = tl.cumsum(tl.where(o_l[:, None] > o_l[None, :], b_lf[:, None], 0.0), axis=0)  # [L, L]
+    b_logD = tl.where(o_l[:, None] >= o_l[None, :], b_seg + b_li[None, :], float("-inf"))
+    b_logD0 = tl.cumsum(b_lf, axis=0) + b_m
+    b_mt = tl.maximum(tl.max(b_logD, axis=1), b_logD0)
+    return tl.exp(b_logD - b_mt[:, None]), tl.exp(b_logD0 - b_mt), b_mt
+
+
+@triton.jit
+def _normalize(b_num, b_s, b_mt, eps, NORMALIZE: tl.constexpr):
+    """h = num / (max(|s|, floor) + eps): floor exp(-m) for the exp cell, 1 for the sig cell (MATH.md §1-§2)."""
+    b_den = tl.maximum(tl.abs(b_s), tl.exp(-b_mt)) + eps
+    return b_num / b_den[:, None]
+
+
+@triton.jit
+def chunkwise_bw_prep_kernel(
+    h_ptr,  # (B, NH, S, DHHV) forward output
+    dh_ptr,  # (B, NH, S, DHHV) its cotangent
+    s_ptr,  # (B, NH, S) fp32 forward statistics: the normaliser's argument
+    mt_ptr,  # (B, NH, S) fp32 the max state (exp cell)
+    r_ptr,  # (B, NH, S) fp32 out: 1 / den
+    ds_ptr,  # (B, NH, S) fp32 out: the gradient of s
+    G_ptr,  # (B, NH, S) fp32 out: the gradient of the max state m_t (exp cell)
+    S,
+    eps,
+    DHHV: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+    NORMALIZE: tl.constexpr,
+):
+    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    o_t = i_t * BT + tl.arange(0, BT)
+    m_t = o_t < S
+    b_delta = tl.zeros([BT], dtype=tl.float32)
+    for i_v in range(0, tl.cdiv(DHHV, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        o_tv = i_bh * S * DHHV + o_t[:, None] * DHHV + o_v[None, :]
+        m_tv = m_t[:, None] & (o_v < DHHV)[None, :]
+        b_h = tl.load(h_ptr + o_tv, mask=m_tv, other=0.0).to(tl.float32)
+        b_dh = tl.load(dh_ptr + o_tv, mask=m_tv, other=0.0).to(tl.float32)
+        b_delta += tl.sum(b_h * b_dh, axis=1)
+    b_s = tl.load(s_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
+    b_floor = tl.exp(-tl.load(mt_ptr + i_bh * S + o_t, mask=m_t, other=0.0))
+    b_den = tl.maximum(tl.abs(b_s), b_floor) + eps
+    b_ds = tl.where(tl.abs(b_s) >= b_floor, -b_delta / b_den, 0.0)
+    tl.store(G_ptr + i_bh * S + o_t, -eps * b_delta / b_den, mask=m_t)
+    b_ds = tl.where(b_s > 0, b_ds, tl.where(b_s < 0, -b_ds, 0.0))  # times sign(s)
+    tl.store(r_ptr + i_bh * S + o_t, 1.0 / b_den, mask=m_t)
+    tl.store(ds_ptr + i_bh * S + o_t, b_ds, mask=m_t)
+
+
+@triton.jit
+def _border_m(mt_ptr, m0_ptr, i_bh, i_c, S, L: tl.constexpr, HAS_STATE: tl.constexpr):
+    """(m before chunk i_c, m after it): the saved max state of the token before the chunk and of its last token;
+    m0 (or 0) before the first chunk."""
+    t_prev = i_c * L - 1
+    if HAS_STATE:
+        m_first = tl.load(m0_ptr + i_bh).to(tl.float32)
+    else:
+        m_first = 0.0
+    b_mc = tl.load(mt_ptr + i_bh * S + tl.maximum(t_prev, 0))
+    b_mc = tl.where(t_prev >= 0, b_mc, m_first)
+    b_mn = tl.load(mt_ptr + i_bh * S + tl.minimum(i_c * L + L, S) - 1)
+    return b_mc, b_mn
+
+
+@triton.jit
+def _compose_affine(a1, b1, a2, b2):
+    """x -> a1 x + b1 followed by x -> a2 x + b2."""
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def chunkwise_bw_dstate_kernel(
+    q_ptr,  # (B, NH, S, DHQK)
+    dh_ptr,  # (B, NH, S, DHHV)
+    i_ptr,  # (B, NH, S)
+    f_ptr,  # (B, NH, S)
+    mt_ptr,  # (B, NH, S) fp32 forward max state (exp cell)
+    m0_ptr,  # (B, NH) initial max state (read when HAS_STATE)
+    r_ptr,  # (B, NH, S) fp32 from the prep kernel
+    ds_ptr,  # (B, NH, S) fp32
+    G_ptr,  # (B, NH, S) fp32
+    dCS_ptr,  # (B, NH, DHQK, DHHV) cotangent of the last state (read when HAS_LAST_GRAD)
+    dnS_ptr,  # (B, NH, DHQK)
+    T_ptr,  # (B, NH) fp32: dm_S - <C_S, dC_S> - <n_S, dn_S>, the max-state chain's start (exp, HAS_LAST_GRAD)
+    dCa_ptr,  # (B, NH, NC, DHQK, DHHV) fp32 out: gradient of the state after each chunk
+    dna_ptr,  # (B, NH, NC, DHQK) fp32 out
+    R_ptr,  # (B, NH, S) fp32 out: the max-state chain R_t (exp cell)
+    dC0_ptr,  # (B, NH, DHQK, DHHV) fp32 out: gradient of the initial state (written when HAS_STATE)
+    dn0_ptr,  # (B, NH, DHQK) fp32 out
+    Rm0_ptr,  # (B, NH) fp32 out: the max-state chain's share of dm0 (exp cell)
+    S,
+    NC,
+    scale,
+    DHQK: tl.constexpr,
+    DHHV: tl.constexpr,
+    L: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    HAS_STATE: tl.constexpr,
+    HAS_LAST_GRAD: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    o_l = tl.arange(0, L)
+    m_k, m_v = o_k < DHQK, o_v < DHHV
+    m_kv = m_k[:, None] & m_v[None, :]
+    o_kv = o_k[:, None] * DHHV + o_v[None, :]
+    if HAS_LAST_GRAD:
+        b_dC = tl.load(dCS_ptr + i_bh * DHQK * DHHV + o_kv, mask=m_kv, other=0.0).to(tl.float32)
+        b_dn = tl.load(dnS_ptr + i_bh * DHQK + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_carry = tl.load(T_ptr + i_bh)
+    else:
+        b_dC = tl.zeros([BK, BV], dtype=tl.float32)
+        b_dn = tl.zeros([BK], dtype=tl.float32)
+        b_carry = tl.full([], 0.0, tl.float32)
+    chain = (i_k == 0) & (i_v == 0)  # one program per head runs the max state's chain
+    q_ptr += i_bh * S * DHQK
+    dh_ptr += i_bh * S * DHHV
+    for it in range(0, NC):
+        i_c = NC - 1 - it
+        i_bhc = i_bh * NC + i_c
+        tl.store(dCa_ptr + i_bhc * DHQK * DHHV + o_kv, b_dC, mask=m_kv)
+        if i_v == 0:
+            tl.store(dna_ptr + i_bhc * DHQK + o_k, b_dn, mask=m_k)
+        o_t = i_c * L + o_l
+        m_t = o_t < S
+        b_lf, b_li = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_t, m_t)
+        b_mc, b_mn = _border_m(mt_ptr, m0_ptr, i_bh, i_c, S, L, HAS_STATE)
+        b_mt = tl.load(mt_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
+        # the state before the chunk reaches output t with weight D0_t and the state after the chunk with decay
+        b_D0 = tl.where(m_t, tl.exp(tl.cumsum(b_lf, axis=0) + b_mc - b_mt), 0.0)
+        b_decay = tl.exp(tl.sum(b_lf, axis=0) + b_mc - b_mn)
+        b_r = tl.load(r_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
+        b_ds = tl.load(ds_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
+        b_q = tl.load(q_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
+        b_dh = tl.load(dh_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
+        b_qw = b_q.to(tl.float32) * (b_D0 * scale)[:, None]  # [L, BK]
+        b_dnum = b_dh.to(tl.float32) * b_r[:, None]  # [L, BV]
+        b_local = tl.dot(tl.trans(b_qw.to(b_q.dtype)), b_dnum.to(b_dh.dtype), input_precision=DOT_PRECISION)
+        b_dC = b_decay * b_dC + b_local  # [BK, L] @ [L, BV] -> [BK, BV]
+        b_dn = b_decay * b_dn + tl.sum(b_qw * b_ds[:, None], axis=0)
+        if chain:
+            # R_t = G_t + a_t R_{t+1}, a_t = [m_{t+1} came from m_t], walked from the chunk's last token back: a
+            # forward scan over reversed positions p of the affine maps x -> a x + G, started from the carry
+            o_p = i_c * L + (L - 1 - o_l)  # token at reversed position p
+            m_p = o_p < S
+            b_G = tl.load(G_ptr + i_bh * S + o_p, mask=m_p, other=0.0)
+            o_n = o_p + 1  # the token after
+            lf_n, li_n = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_n, o_n < S)
+            m_here = tl.load(mt_ptr + i_bh * S + o_p, mask=m_p, other=0.0)
+            b_a = tl.where((o_l == 0) | (o_n >= S), 1.0, tl.where(li_n <= lf_n + m_here, 1.0, 0.0))
+            b_A, b_B = tl.associative_scan((b_a, b_G), 0, _compose_affine)
+            b_R = b_A * b_carry + b_B
+            tl.store(R_ptr + i_bh * S + o_p, b_R, mask=m_p)
+            # the chain passes to the previous chunk if the first token's max came from the state before it
+            R_first = tl.sum(tl.where(o_l == L - 1, b_R, 0.0), axis=0)
+            lf_f, li_f = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, i_c * L + o_l, o_l == 0)
+            won = tl.sum(tl.where(o_l == 0, tl.where(li_f <= lf_f + b_mc, 1.0, 0.0), 0.0), axis=0)
+            b_carry = won * R_first
+    if HAS_STATE:
+        tl.store(dC0_ptr + i_bh * DHQK * DHHV + o_kv, b_dC, mask=m_kv)
+        if i_v == 0:
+            tl.store(dn0_ptr + i_bh * DHQK + o_k, b_dn, mask=m_k)
+    if chain:
+        tl.store(Rm0_ptr + i_bh, b_carry)
+
+
+@triton.jit
+def _chunk_setup(i_ptr, f_ptr, mt_ptr, m0_ptr, r_ptr, ds_ptr, i_bh, i_c, S, L: tl.constexpr, HAS_STATE: tl.constexpr):
+    """Per-token quantities of chunk i_c: gates, D [L, L] and D0 [L] (relative to the forward's max state), the
+    transition weights w [L] and decay of the state across the chunk, r = 1/den, ds, and the validity mask."""
+    o_l = tl.arange(0, L)
+    o_t = i_c * L + o_l
+    m_t = o_t < S
+    b_lf, b_li = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_t, m_t)
+    b_mc, b_mn = _border_m(mt_ptr, m0_ptr, i_bh, i_c, S, L, HAS_STATE)
+    b_mt = tl.load(mt_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
+    # segment sums F_t - F_j, as in the forward (no difference of prefix sums)
+    b_seg = tl.cumsum(tl.where(o_l[:, None] > o_l[None, :], b_lf[:, None], 0.0), axis=0)
+    b_D = tl.where(o_l[:, None] >= o_l[None, :], tl.exp(b_seg + b_li[None, :] - b_mt[:, None]), 0.0)
+    b_D = tl.where(m_t[:, None], b_D, 0.0)
+    b_D0 = tl.where(m_t, tl.exp(tl.cumsum(b_lf, axis=0) + b_mc - b_mt), 0.0)
+    b_g = tl.cumsum(b_lf, axis=0, reverse=True) - b_lf + b_li
+    b_w = tl.where(m_t, tl.exp(b_g - b_mn), 0.0)
+    b_decay = tl.exp(tl.sum(b_lf, axis=0) + b_mc - b_mn)
+    b_r = tl.load(r_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
+    b_ds = tl.load(ds_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
+    return o_t, m_t, b_lf, b_li, b_mc, b_D, b_D0, b_w, b_decay, b_r, b_ds
+
+
+@triton.jit
+def _chunk_qk(q_ptr, k_ptr, o_t, m_t, DHQK: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
+              DOT_PRECISION: tl.constexpr):
+    """A = q k^T [L, L] of the chunk, over all of DHQK in tiles."""
+    b_A = tl.zeros([L, L], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(DHQK, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_tk = m_t[:, None] & (o_k < DHQK)[None, :]
+        b_q = tl.load(q_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_tk, other=0.0)
+        b_k = tl.load(k_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_tk, other=0.0)
+        b_A += tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)  # [L, BK] @ [BK, L]
+    return b_A
+
+
+@triton.jit
+def _chunk_dP(v_ptr, dh_ptr, o_t, m_t, b_r, b_ds, DHHV: tl.constexpr, L: tl.constexpr, BV: tl.constexpr,
+              DOT_PRECISION: tl.constexpr):
+    """dP = dnum v^T + ds [L, L] (dnum = r dh), over all of DHHV in tiles."""
+    b_dP = tl.zeros([L, L], dtype=tl.float32) + b_ds[:, None]
+    for i_v in range(0, tl.cdiv(DHHV, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_tv = m_t[:, None] & (o_v < DHHV)[None, :]
+        b_v = tl.load(v_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_tv, other=0.0)
+        b_dh = tl.load(dh_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_tv, other=0.0)
+        b_dnum = (b_dh.to(tl.float32) * b_r[:, None]).to(b_v.dtype)
+        b_dP += tl.dot(b_dnum, tl.trans(b_v), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, L]
+    return b_dP
+
+
+@triton.jit
+def _state_terms(q_ptr, k_ptr, v_ptr, dh_ptr, Cb_ptr, nb_ptr, dCa_ptr, dna_ptr, i_bhc, o_t, m_t, o_k, b_r, b_ds,
+                 b_D0, b_w, scale, DHQK: tl.constexpr, DHHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
+                 BV: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """For one DHQK tile o_k: the state parts of dq and dk,
+        dq_inter = scale D0 (dnum C^T + ds n^T)      (the state before the chunk, read by every output),
+        dk_trans = w (v dC_after^T + dn_after)       (the chunk's tokens, written into the state after it),
+    and the tile's share of <C, dC_after> + <n, dn_after>."""
+    m_k = o_k < DHQK
+    b_dqi = tl.zeros([L, BK], dtype=tl.float32)
+    b_dkt = tl.zeros([L, BK], dtype=tl.float32)
+    b_X = tl.full([], 0.0, tl.float32)
+    for i_v in range(0, tl.cdiv(DHHV, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < DHHV
+        m_tv = m_t[:, None] & m_v[None, :]
+        b_v = tl.load(v_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_tv, other=0.0)
+        b_dh = tl.load(dh_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_tv, other=0.0)
+        b_dnum = (b_dh.to(tl.float32) * b_r[:, None]).to(b_v.dtype)
+        o_kv = i_bhc * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :]
+        m_kv = m_k[:, None] & m_v[None, :]
+        b_C = tl.load(Cb_ptr + o_kv, mask=m_kv, other=0.0).to(tl.float32)
+        b_dCa = tl.load(dCa_ptr + o_kv, mask=m_kv, other=0.0)
+        b_X += tl.sum(b_C * b_dCa)
+        b_dqi += tl.dot(b_dnum, tl.trans(b_C.to(b_v.dtype)), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, BK]
+        b_dkt += tl.dot(b_v, tl.trans(b_dCa.to(b_v.dtype)), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, BK]
+    b_n = tl.load(nb_ptr + i_bhc * DHQK + o_k, mask=m_k, other=0.0)
+    b_dna = tl.load(dna_ptr + i_bhc * DHQK + o_k, mask=m_k, other=0.0)
+    b_X += tl.sum(b_n * b_dna)
+    b_dqi = (scale * b_D0)[:, None] * (b_dqi + b_ds[:, None] * b_n[None, :])
+    b_dkt = b_w[:, None] * (b_dkt + b_dna[None, :])
+    return b_dqi, b_dkt, b_X
+
+
+@triton.jit
+def _dv_tile(k_ptr, dh_ptr, dCa_ptr, i_bhc, o_t, m_t, o_v, b_P, b_r, b_w, DHQK: tl.constexpr, DHHV: tl.constexpr,
+             BK: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """dv for one DHHV tile o_v: P^T dnum + w (k dC_after)."""
+    m_v = o_v < DHHV
+    m_tv = m_t[:, None] & m_v[None, :]
+    b_dh = tl.load(dh_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_tv, other=0.0)
+    b_dnum = (b_dh.to(tl.float32) * b_r[:, None]).to(b_dh.dtype)
+    b_dv = tl.dot(tl.trans(b_P.to(b_dh.dtype)), b_dnum, input_precision=DOT_PRECISION)  # [L, L] @ [L, BV]
+    b_kdC = tl.zeros_like(b_dv)
+    for i_k in range(0, tl.cdiv(DHQK, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < DHQK
+        b_k = tl.load(k_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
+        b_dCa = tl.load(dCa_ptr + i_bhc * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :],
+                        mask=m_k[:, None] & m_v[None, :], other=0.0)
+        b_kdC += tl.dot(b_k, b_dCa.to(b_k.dtype), input_precision=DOT_PRECISION)  # [L, BK] @ [BK, BV]
+    return b_dv + b_w[:, None] * b_kdC
+
+
+@triton.jit
+def _gate_grads(i_ptr, f_ptr, mt_ptr, R_ptr, i_bh, o_t, m_t, b_lf, b_li, b_mc, b_E, b_u, b_dD0, b_X, S,
+                L: tl.constexpr):
+    """di, df of the chunk's tokens (MATH.md §6). b_E = dP * P is the gradient of log D[t, j] within the chunk,
+    b_u_j = k_j . dk_trans_j that of the state after the chunk's log weight of token j, b_dD0_t = q_t . dq_inter_t that
+    of log D0[t], b_X that of the decay of the state across the chunk. log D[t, j] = F_t - F_j + li_j and
+    log D0[t] = F_t + m, so
+        dli_j = sum_t E[t, j] + u_j,
+        dlf_s = sum_{t >= s, j < s} E[t, j] + sum_{j < s} u_j + sum_{t >= s} dD0_t + X,
+    plus the max state's chain R (exp cell), which reaches i_t where m_t = i_t and lf_t where m_t = lf_t + m_{t-1}."""
+    o_l = tl.arange(0, L)
+    b_before = tl.cumsum(b_E, axis=1) - b_E  # [t, s]: sum_{j < s} E[t, j]
+    b_dlf = tl.sum(tl.where(o_l[:, None] >= o_l[None, :], b_before, 0.0), axis=0)
+    b_dlf += (tl.cumsum(b_u, axis=0) - b_u) + tl.cumsum(b_dD0, axis=0, reverse=True) + b_X
+    b_dli = tl.sum(b_E, axis=0) + b_u
+    b_mp = tl.load(mt_ptr + i_bh * S + o_t - 1, mask=m_t & (o_l > 0), other=0.0)
+    b_mp = tl.where(o_l == 0, b_mc, b_mp)
+    forget_won = b_li <= b_lf + b_mp
+    b_R = tl.load(R_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
+    b_dli += tl.where(forget_won, 0.0, b_R)
+    b_dlf += tl.where(forget_won, b_R, 0.0)
+    b_di = b_dli
+    b_df = b_dlf * tl.sigmoid(-tl.load(f_ptr + i_bh * S + o_t, mask=m_t, other=0.0).to(tl.float32))
+    return b_di, b_df
+
+
+@triton.jit
+def chunkwise_bw_chunk_kernel(
+    q_ptr,  # (B, NH, S, DHQK)
+    k_ptr,  # (B, NH, S, DHQK)
+    v_ptr,  # (B, NH, S, DHHV)
+    i_ptr,  # (B, NH, S)
+    f_ptr,  # (B, NH, S)
+    dh_ptr,  # (B, NH, S, DHHV)
+    mt_ptr,  # (B, NH, S) fp32 forward max state
+    m0_ptr,  # (B, NH)
+    r_ptr,  # (B, NH, S) fp32
+    ds_ptr,  # (B, NH, S) fp32
+    R_ptr,  # (B, NH, S) fp32 max-state chain (exp cell)
+    Cb_ptr,  # (B, NH, NC, DHQK, DHHV) state before each chunk
+    nb_ptr,  # (B, NH, NC, DHQK) fp32
+    dCa_ptr,  # (B, NH, NC, DHQK, DHHV) fp32 gradient of the state after each chunk
+    dna_ptr,  # (B, NH, NC, DHQK) fp32
+    dq_ptr,  # (B, NH, S, DHQK) out
+    dk_ptr,  # (B, NH, S, DHQK) out
+    dv_ptr,  # (B, NH, S, DHHV) out
+    di_ptr,  # (B, NH, S) fp32 out
+    df_ptr,  # (B, NH, S) fp32 out
+    S,
+    NC,
+    scale,
+    DHQK: tl.constexpr,
+    DHHV: tl.constexpr,
+    L: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    HAS_STATE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    i_c, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_bhc = i_bh * NC + i_c
+    o_t, m_t, b_lf, b_li, b_mc, b_D, b_D0, b_w, b_decay, b_r, b_ds = _chunk_setup(
+        i_ptr, f_ptr, mt_ptr, m0_ptr, r_ptr, ds_ptr, i_bh, i_c, S, L, HAS_STATE)
+    q_ptr += i_bh * S * DHQK
+    k_ptr += i_bh * S * DHQK
+    v_ptr += i_bh * S * DHHV
+    dh_ptr += i_bh * S * DHHV
+    b_A = _chunk_qk(q_ptr, k_ptr, o_t, m_t, DHQK, L, BK, DOT_PRECISION)
+    b_dP = _chunk_dP(v_ptr, dh_ptr, o_t, m_t, b_r, b_ds, DHHV, L, BV, DOT_PRECISION)
+    b_P = b_A * scale * b_D
+    b_dA = b_dP * scale * b_D
+    b_u = tl.zeros([L], dtype=tl.float32)
+    b_dD0 = tl.zeros([L], dtype=tl.float32)
+    b_X = tl.full([], 0.0, tl.float32)
+    for i_k in range(0, tl.cdiv(DHQK, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_tk = m_t[:, None] & (o_k < DHQK)[None, :]
+        b_q = tl.load(q_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_tk, other=0.0)
+        b_k = tl.load(k_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_tk, other=0.0)
+        b_dqi, b_dkt, b_Xk = _state_terms(q_ptr, k_ptr, v_ptr, dh_ptr, Cb_ptr, nb_ptr, dCa_ptr, dna_ptr, i_bhc, o_t,
+                                          m_t, o_k, b_r, b_ds, b_D0, b_w, scale, DHQK, DHHV, L, BK, BV,
+                                          DOT_PRECISION)
+        b_X += b_Xk
+        b_dD0 += tl.sum(b_q.to(tl.float32) * b_dqi, axis=1)
+        b_u += tl.sum(b_k.to(tl.float32) * b_dkt, axis=1)
+        b_dq = tl.dot(b_dA.to(b_k.dtype), b_k, input_precision=DOT_PRECISION) + b_dqi  # [L, L] @ [L, BK]
+        b_dk = tl.dot(tl.trans(b_dA.to(b_q.dtype)), b_q, input_precision=DOT_PRECISION) + b_dkt
+        o_tk = i_bh * S * DHQK + o_t[:, None] * DHQK + o_k[None, :]
+        tl.store(dq_ptr + o_tk, b_dq.to(dq_ptr.dtype.element_ty), mask=m_tk)
+        tl.store(dk_ptr + o_tk, b_dk.to(dk_ptr.dtype.element_ty), mask=m_tk)
+    for i_v in range(0, tl.cdiv(DHHV, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        b_dv = _dv_tile(k_ptr, dh_ptr, dCa_ptr, i_bhc, o_t, m_t, o_v, b_P, b_r, b_w, DHQK, DHHV, BK, DOT_PRECISION)
+        p_dv = dv_ptr + i_bh * S * DHHV + o_t[:, None] * DHHV + o_v[None, :]
+        tl.store(p_dv, b_dv.to(dv_ptr.dtype.element_ty), mask=m_t[:, None] & (o_v < DHHV)[None, :])
+    b_di, b_df = _gate_grads(i_ptr, f_ptr, mt_ptr, R_ptr, i_bh, o_t, m_t, b_lf, b_li, b_mc, b_dP * b_P, b_u, b_dD0,
+                             b_decay * b_X, S, L)
+    tl.store(di_ptr + i_bh * S + o_t, b_di, mask=m_t)
+    tl.store(df_ptr + i_bh * S + o_t, b_df, mask=m_t)
