@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   ff903793192d3a27
+# template hash:   53dabd6358d2609e
 # parameters:      cell=exp, kernels=fused
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (exp cell), exact (MATH.md §6), "fused" within-chunk kernels.
@@ -118,18 +118,12 @@ def chunkwise_bw_prep_kernel(
 
 
 @triton.jit
-def _border_m(mt_ptr, m0_ptr, i_bh, i_c, S, L: tl.constexpr, HAS_STATE: tl.constexpr):
-    """(m before chunk i_c, m after it): the saved max state of the token before the chunk and of its last token;
-    m0 (or 0) before the first chunk."""
-    t_prev = i_c * L - 1
-    if HAS_STATE:
-        m_first = tl.load(m0_ptr + i_bh).to(tl.float32)
-    else:
-        m_first = 0.0
-    b_mc = tl.load(mt_ptr + i_bh * S + tl.maximum(t_prev, 0))
-    b_mc = tl.where(t_prev >= 0, b_mc, m_first)
-    b_mn = tl.load(mt_ptr + i_bh * S + tl.minimum(i_c * L + L, S) - 1)
-    return b_mc, b_mn
+def _border_m(mb_ptr, mS_ptr, i_bh, i_c, NC):
+    """(m before chunk i_c, m after it), in the frames of the states the backward pairs them with: the states before
+    every chunk (mb, from the same recurrence as those states) and the last state (mS) after the last chunk."""
+    b_mc = tl.load(mb_ptr + i_bh * NC + i_c)
+    b_mn = tl.load(mb_ptr + i_bh * NC + tl.minimum(i_c + 1, NC - 1))
+    return b_mc, tl.where(i_c + 1 < NC, b_mn, tl.load(mS_ptr + i_bh))
 
 
 @triton.jit
@@ -145,7 +139,8 @@ def chunkwise_bw_dstate_kernel(
     i_ptr,  # (B, NH, S)
     f_ptr,  # (B, NH, S)
     mt_ptr,  # (B, NH, S) fp32 forward max state (exp cell)
-    m0_ptr,  # (B, NH) initial max state (read when HAS_STATE)
+    mb_ptr,  # (B, NH, NC) fp32 max state before each chunk (exp cell)
+    mS_ptr,  # (B, NH) fp32 max state after the last chunk (exp cell)
     r_ptr,  # (B, NH, S) fp32 from the prep kernel
     ds_ptr,  # (B, NH, S) fp32
     G_ptr,  # (B, NH, S) fp32
@@ -197,7 +192,7 @@ def chunkwise_bw_dstate_kernel(
         o_t = i_c * L + o_l
         m_t = o_t < S
         b_lf, b_li = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_t, m_t)
-        b_mc, b_mn = _border_m(mt_ptr, m0_ptr, i_bh, i_c, S, L, HAS_STATE)
+        b_mc, b_mn = _border_m(mb_ptr, mS_ptr, i_bh, i_c, NC)
         b_mt = tl.load(mt_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
         # the state before the chunk reaches output t with weight D0_t and the state after the chunk with decay
         b_D0 = tl.where(m_t, tl.exp(tl.cumsum(b_lf, axis=0) + b_mc - b_mt), 0.0)
@@ -238,14 +233,14 @@ def chunkwise_bw_dstate_kernel(
 
 
 @triton.jit
-def _chunk_setup(i_ptr, f_ptr, mt_ptr, m0_ptr, r_ptr, ds_ptr, i_bh, i_c, S, L: tl.constexpr, HAS_STATE: tl.constexpr):
+def _chunk_setup(i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S, NC, L: tl.constexpr):
     """Per-token quantities of chunk i_c: gates, D [L, L] and D0 [L] (relative to the forward's max state), the
     transition weights w [L] and decay of the state across the chunk, r = 1/den, ds, and the validity mask."""
     o_l = tl.arange(0, L)
     o_t = i_c * L + o_l
     m_t = o_t < S
     b_lf, b_li = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_t, m_t)
-    b_mc, b_mn = _border_m(mt_ptr, m0_ptr, i_bh, i_c, S, L, HAS_STATE)
+    b_mc, b_mn = _border_m(mb_ptr, mS_ptr, i_bh, i_c, NC)
     b_mt = tl.load(mt_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
     # segment sums F_t - F_j, as in the forward (no difference of prefix sums)
     b_seg = tl.cumsum(tl.where(o_l[:, None] > o_l[None, :], b_lf[:, None], 0.0), axis=0)
@@ -378,7 +373,8 @@ def chunkwise_bw_chunk_kernel(
     f_ptr,  # (B, NH, S)
     dh_ptr,  # (B, NH, S, DHHV)
     mt_ptr,  # (B, NH, S) fp32 forward max state
-    m0_ptr,  # (B, NH)
+    mb_ptr,  # (B, NH, NC) fp32 max state before each chunk (exp cell)
+    mS_ptr,  # (B, NH) fp32 max state after the last chunk (exp cell)
     r_ptr,  # (B, NH, S) fp32
     ds_ptr,  # (B, NH, S) fp32
     R_ptr,  # (B, NH, S) fp32 max-state chain (exp cell)
@@ -399,13 +395,12 @@ def chunkwise_bw_chunk_kernel(
     L: tl.constexpr,
     BK: tl.constexpr,
     BV: tl.constexpr,
-    HAS_STATE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     i_c, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_bhc = i_bh * NC + i_c
     o_t, m_t, b_lf, b_li, b_mc, b_D, b_D0, b_w, b_decay, b_r, b_ds = _chunk_setup(
-        i_ptr, f_ptr, mt_ptr, m0_ptr, r_ptr, ds_ptr, i_bh, i_c, S, L, HAS_STATE)
+        i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S, NC, L)
     q_ptr += i_bh * S * DHQK
     k_ptr += i_bh * S * DHQK
     v_ptr += i_bh * S * DHHV

@@ -82,7 +82,7 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
     """q, k (B, NH, S, DHQK); v (B, NH, S, DHHV); i, f (B, NH, S); optional C0, n0, m0. Returns h (B, NH, S, DHHV) in
     q's dtype and the fp32 last state (C, n, m), or None unless return_last_states. With a dict ``saved``, the
     launcher also keeps what the backward needs in it: the per-token statistics "s" and "mt", and for the two-pass
-    structure the states before every chunk ("Cb", "nb", of chunks of "L" = LO tokens)."""
+    structure the states before every chunk ("Cb", "nb", "mb", of chunks of "L" = LO tokens)."""
     B, NH, S, DHQK = q.shape
     DHHV = v.shape[-1]
     config = dict(config or default_config(variant, DHQK, DHHV))
@@ -120,7 +120,7 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
             num_warps=config["num_warps_out"], num_stages=config["num_stages"],
         )  # fmt: skip
         if saved is not None:
-            saved.update(Cb=buffers[0], nb=buffers[1], L=config["LO"])
+            saved.update(Cb=buffers[0], nb=buffers[1], mb=buffers[2], L=config["LO"])
     else:
         raise MLSTMInputError(f"{variant.name} is not a chunkwise forward variant")
     if not return_last_states:

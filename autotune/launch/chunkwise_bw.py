@@ -49,12 +49,18 @@ def check_config(variant: Variant, config: dict) -> None:
         raise MLSTMInputError(f"states must be one of {STATES}, got {config.get('states')!r}")
 
 
+def _dot(a: torch.Tensor, b: torch.Tensor, dims: int) -> torch.Tensor:
+    """sum(a * b) over the last ``dims`` dims, in float64."""
+    return (a.double() * b.double()).sum(tuple(range(-dims, 0)))
+
+
 def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, variant: Variant, config: dict,
                  eps: float = 1e-6, normalize: bool = True, borders: tuple | None = None):  # fmt: skip
     """Gradients of the chunkwise (or parallel) forward. q, k, v, i, f, C0, n0, m0 as the forward got them; h, s, mt
     what it saved (s, mt from ``saved``); dh the cotangent of h; dC, dn, dm those of the last state (None when it
-    was not used) and ``last`` = (C_S, n_S) the last state itself (needed then). ``borders`` = (Cb, nb) when
-    config["states"] == "reuse" (the two-pass forward's states at chunks of config["L"]).
+    was not used) and ``last`` = (C_S, n_S, m_S) the last state itself (needed then; m_S may be None for the sig
+    cell). ``borders`` = (Cb, nb, mb) when config["states"] == "reuse" (the two-pass forward's states at chunks of
+    config["L"]).
     Returns dq, dk, dv (q's dtype), di, df (fp32), dC0, dn0, dm0 (fp32; None without an initial state)."""
     B, NH, S, DHQK = q.shape
     DHHV = v.shape[-1]
@@ -81,34 +87,11 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
         h, dh, s, mt, r, ds, G, S, eps, DHHV=DHHV, BT=BT, BV=min(64, next_pow2(DHHV)), NORMALIZE=normalize
     )
 
-    # 2. reverse recurrence: gradient of the state after every chunk, and the max state's chain
-    if has_last:
-        dC, dn = contiguous(dC.float(), dn.float())
-        T = (
-            dm.reshape(B, NH).float() - (last[0] * dC).sum((-2, -1)) - (last[1] * dn).sum(-1)
-            if cell == "exp"
-            else dummy
-        )
-    else:
-        dC = dn = T = dummy
-    dCa = empty(B, NH, NC, DHQK, DHHV, **f32)
-    dna = empty(B, NH, NC, DHQK, **f32)
-    R = empty(B, NH, S, **f32) if cell == "exp" else dummy
-    dC0 = empty(B, NH, DHQK, DHHV, **f32) if has_state else dummy
-    dn0 = empty(B, NH, DHQK, **f32) if has_state else dummy
-    Rm0 = empty(B, NH, **f32) if cell == "exp" else dummy
-    grid = (cdiv(DHQK, config["BKS"]), cdiv(DHHV, config["BVS"]), B * NH)
-    module.chunkwise_bw_dstate_kernel[grid](
-        q, dh, i, f, mt, m0 if has_state else dummy, r, ds, G, dC, dn, T, dCa, dna, R, dC0, dn0, Rm0, S, NC,
-        scale=DHQK**-0.5, DHQK=DHQK, DHHV=DHHV, L=L, BK=config["BKS"], BV=config["BVS"], HAS_STATE=has_state,
-        HAS_LAST_GRAD=has_last, DOT_PRECISION=prec, num_warps=config["num_warps_state"],
-    )  # fmt: skip
-
-    # 3. the states before every chunk
+    # 2. the states before every chunk (and the max states of their frames)
     if config.get("states", "recompute") == "reuse":
         if borders is None:
             raise MLSTMInputError("states='reuse' needs the forward's border states")
-        Cb, nb = borders
+        Cb, nb, mb = borders
     else:
         Cb = empty(B, NH, NC, DHQK, DHHV, **f32)
         nb = empty(B, NH, NC, DHQK, **f32)
@@ -120,32 +103,56 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
         _launch_states(states, k, v, i, f, C0a, n0a, m0a, has_state, (Cb, nb, mb), (dummy, dummy, dummy), S=S, NC=NC,
                        config=state_config, store_borders=True, prec=prec)  # fmt: skip
 
+    # 3. reverse recurrence: gradient of the state after every chunk, and the max state's chain
+    if has_last:
+        dC, dn = contiguous(dC.float(), dn.float())
+        # in float64: the chain's start and dm0 below are differences of state-sized dot products
+        T = (
+            (dm.reshape(B, NH).double() - _dot(last[0], dC, 2) - _dot(last[1], dn, 1)).float()
+            if cell == "exp"
+            else dummy
+        )
+    else:
+        dC = dn = T = dummy
+    dCa = empty(B, NH, NC, DHQK, DHHV, **f32)
+    dna = empty(B, NH, NC, DHQK, **f32)
+    R = empty(B, NH, S, **f32) if cell == "exp" else dummy
+    dC0 = empty(B, NH, DHQK, DHHV, **f32) if has_state else dummy
+    dn0 = empty(B, NH, DHQK, **f32) if has_state else dummy
+    Rm0 = empty(B, NH, **f32) if cell == "exp" else dummy
+    mS = last[2].reshape(B, NH).float().contiguous() if has_last and cell == "exp" else mt[:, :, -1].contiguous()
+    grid = (cdiv(DHQK, config["BKS"]), cdiv(DHHV, config["BVS"]), B * NH)
+    module.chunkwise_bw_dstate_kernel[grid](
+        q, dh, i, f, mt, mb, mS, r, ds, G, dC, dn, T, dCa, dna, R, dC0, dn0, Rm0, S, NC,
+        scale=DHQK**-0.5, DHQK=DHQK, DHHV=DHHV, L=L, BK=config["BKS"], BV=config["BVS"], HAS_STATE=has_state,
+        HAS_LAST_GRAD=has_last, DOT_PRECISION=prec, num_warps=config["num_warps_state"],
+    )  # fmt: skip
+
     # 4. within every chunk: dq, dk, dv, di, df
     dq, dk = empty(*q.shape, dtype=q.dtype, device=dev), empty(*k.shape, dtype=k.dtype, device=dev)
     dv = empty(*v.shape, dtype=v.dtype, device=dev)
     di, df = empty(B, NH, S, **f32), empty(B, NH, S, **f32)
-    common = dict(scale=DHQK**-0.5, DHQK=DHQK, DHHV=DHHV, L=L, BK=config["BK"], BV=config["BV"], HAS_STATE=has_state,
-                  DOT_PRECISION=prec, num_warps=config["num_warps"], num_stages=config["num_stages"])  # fmt: skip
-    m0a = m0 if has_state else dummy
+    common = dict(scale=DHQK**-0.5, DHQK=DHQK, DHHV=DHHV, L=L, BK=config["BK"], BV=config["BV"], DOT_PRECISION=prec,
+                  num_warps=config["num_warps"], num_stages=config["num_stages"])  # fmt: skip
     if variant.params["kernels"] == "fused":
         module.chunkwise_bw_chunk_kernel[(NC, B * NH)](
-            q, k, v, i, f, dh, mt, m0a, r, ds, R, Cb, nb, dCa, dna, dq, dk, dv, di, df, S, NC, **common
+            q, k, v, i, f, dh, mt, mb, mS, r, ds, R, Cb, nb, dCa, dna, dq, dk, dv, di, df, S, NC, **common
         )
     else:  # split: dq/dk programs per DHQK tile, dv programs per DHHV tile, then the gate gradients per chunk
         NKT = cdiv(DHQK, config["BK"])
         part = empty(NKT, 2, B, NH, S, **f32)
         partX = empty(NKT, B, NH, NC, **f32)
         module.chunkwise_bw_dqk_kernel[(NKT, NC, B * NH)](
-            q, k, v, i, f, dh, mt, m0a, r, ds, Cb, nb, dCa, dna, dq, dk, part, partX, S, NC, **common
+            q, k, v, i, f, dh, mt, mb, mS, r, ds, Cb, nb, dCa, dna, dq, dk, part, partX, S, NC, **common
         )
         module.chunkwise_bw_dv_kernel[(cdiv(DHHV, config["BV"]), NC, B * NH)](
-            q, k, i, f, dh, mt, m0a, r, ds, dCa, dv, S, NC, **common
+            q, k, i, f, dh, mt, mb, mS, r, ds, dCa, dv, S, NC, **common
         )
         module.chunkwise_bw_gates_kernel[(NC, B * NH)](
-            q, k, v, i, f, dh, mt, m0a, r, ds, R, part, partX, di, df, S, NC, NKT, **common
+            q, k, v, i, f, dh, mt, mb, mS, r, ds, R, part, partX, di, df, S, NC, NKT, **common
         )
 
     dm0 = None
     if has_state and cell == "exp":
-        dm0 = ((C0.float() * dC0).sum((-2, -1)) + (n0.float() * dn0).sum(-1) + Rm0).reshape(B, NH, 1)
+        dm0 = (_dot(C0, dC0, 2) + _dot(n0, dn0, 1) + Rm0.double()).float().reshape(B, NH, 1)
     return dq, dk, dv, di, df, (dC0 if has_state else None), (dn0 if has_state else None), dm0  # dm0: exp cell only

@@ -3,10 +3,12 @@
 Forward passes run the generated kernels (autotune.launch) with the variant and launch configuration the dispatcher
 picks (autotune.dispatch: the tuning database for this GPU and shape, else the structure's default, in which
 ``chunk_size`` sets the chunk; MLSTM_AUTOTUNE_DISPATCH=0 always takes the default). A named entry keeps to its
-structure (``triton_xl_chunk``: two passes; ``triton_fused``: one pass); ``triton_auto`` takes any. Until
-the generated backward kernels land, gradients come from the exact native backward (MATH.md §6): the backward
-recomputes the chunk-border states in fp32 and runs ``native.chunkwise.chunkwise_backward``. So every entry is
-exact for any loss, and training speed is the native backward's for now.
+structure (``triton_xl_chunk``: two passes; ``triton_fused``: one pass); ``triton_auto`` takes any. Gradients
+come from the generated exact backward (templates/chunkwise_bw.py.j2, MATH.md §6), picked by the dispatcher under
+direction "fwbw" (default: the fused within-chunk kernel, chunks of 64, states recomputed): when an input needs a
+gradient, the forward also keeps the per-token statistics (s, m) the backward needs, and with a two-pass forward
+the states before every chunk, which a backward configured with ``states="reuse"`` takes instead of recomputing.
+Parallel entries use the same backward (the parallel and chunkwise forms compute the same function).
 
 Rules beyond those of every kernel (autotune.checks): tensors must be on a CUDA device (or Triton's
 interpreter must be on, TRITON_INTERPRET=1); float64 inputs run the native kernels (Triton's dots are not
@@ -25,15 +27,15 @@ from .. import db as tdb
 from ..checks import MLSTMInputError, check_cell, check_chunk_size, check_eps, check_sequence_inputs, check_step_inputs
 from ..dispatch import Request, dispatcher
 from ..launch import chunkwise as launch_chunkwise
+from ..launch import chunkwise_bw as launch_chunkwise_bw
 from ..launch import parallel as launch_parallel
 from ..launch import recurrent as launch_recurrent
 from ..launch.common import empty
 from ..variants import by_name, find
 from . import registry
-from .native.chunkwise import chunkwise_backward, chunkwise_forward
 from .native.recurrent import mlstm_recurrent_sequence__native, mlstm_recurrent_step__native
 
-_BACKWARD_CHUNK = 64  # chunk size of the native backward; exact for any value
+_REUSE_MAX_L = 128  # a backward reuses the forward's chunk states only for chunks up to this long
 
 
 def _interpreting() -> bool:
@@ -57,6 +59,7 @@ def _check_pow2_chunk(chunk_size) -> None:
 _GPU_IDENTITY: dict = {}
 _CHECKERS = {
     "chunkwise_fw": launch_chunkwise.check_config,
+    "chunkwise_bw": launch_chunkwise_bw.check_config,
     "parallel_fw": launch_parallel.check_config,
     "sequence_fw": lambda variant, config: launch_recurrent.require_pow2(config, "BV"),
     "step_fw": lambda variant, config: launch_recurrent.require_pow2(config, "BK", "BV"),
@@ -74,23 +77,24 @@ def _gpu_identity(device: torch.device) -> tuple[str, tuple[int, int]]:
     return hit
 
 
-def _pick(op: str, structures: tuple[str, ...], q: torch.Tensor, DHHV: int, S: int, BNH: int, default):
+def _pick(op: str, structures: tuple[str, ...], q: torch.Tensor, DHHV: int, S: int, BNH: int, default,
+          direction: str = "fw"):  # fmt: skip
     """The (variant, config) for a call: the dispatcher's validated answer, memoised per (op, dtype, device, shape)
     so that a repeated call costs one dictionary hit (`python -m autotune.bench_dispatch`)."""
     memo = dispatcher().memo
-    key = (op, structures, q.dtype, q.device, q.shape[-1], DHHV, S, BNH)
+    key = (op, direction, structures, q.dtype, q.device, q.shape[-1], DHHV, S, BNH)
     hit = memo.get(key)
     if hit is None:
-        hit = memo[key] = _pick_uncached(op, structures, q, DHHV, S, BNH, default)
+        hit = memo[key] = _pick_uncached(op, structures, q, DHHV, S, BNH, default, direction)
     return hit
 
 
-def _pick_uncached(op, structures, q, DHHV, S, BNH, default):
+def _pick_uncached(op, structures, q, DHHV, S, BNH, default, direction):
     if os.environ.get("MLSTM_AUTOTUNE_DISPATCH", "1") == "0":
         name, config = default()
         return by_name(name), config
-    request = Request(op, "fw", str(q.dtype).removeprefix("torch."), q.shape[-1], DHHV, tdb.bucket(S), tdb.bucket(BNH),
-                      structures)  # fmt: skip
+    request = Request(op, direction, str(q.dtype).removeprefix("torch."), q.shape[-1], DHHV, tdb.bucket(S),
+                      tdb.bucket(BNH), structures)  # fmt: skip
     gpu, capability = _gpu_identity(q.device)
     choice = dispatcher().choose(request, gpu, capability, default, validate=partial(_validate, structures))
     return by_name(choice.variant), choice.config
@@ -109,36 +113,70 @@ def _autocast(q, k, v, dtype: torch.dtype):
     return q, k, v
 
 
-class _GeneratedForwardExactBackward(torch.autograd.Function):
-    """Forward: ``run`` (a generated-kernel launcher). Backward: the exact native chunkwise backward in fp32."""
+def _backward_default(cell: str, DHQK: int, DHHV: int):
+    variant = find(launch_chunkwise_bw.TEMPLATE, cell=cell, kernels="fused")
+    return variant.name, launch_chunkwise_bw.default_config(variant, DHQK, DHHV)
+
+
+def _run_backward(saved: dict, dh, dlast, *, cell: str, normalize: bool, eps: float):
+    """The generated backward for what a forward saved: variant and config from the dispatcher (direction "fwbw")."""
+    q, v = saved["q"], saved["v"]
+    B, NH, S, DHQK = q.shape
+    DHHV = v.shape[-1]
+    default = partial(_backward_default, cell, DHQK, DHHV)
+    variant, config = _pick(f"chunkwise:{cell}", ("chunkwise_bw",), q, DHHV, S, B * NH, default, direction="fwbw")
+    config = dict(config)
+    borders = None
+    if config.get("states") == "reuse" and saved.get("Cb") is not None and saved["L"] <= _REUSE_MAX_L:
+        borders, config["L"] = (saved["Cb"], saved["nb"], saved["mb"]), saved["L"]
+    else:
+        config["states"] = "recompute"
+    dC, dn, dm = dlast if dlast is not None else (None, None, None)
+    return launch_chunkwise_bw.chunkwise_bw(
+        q, saved["k"], v, saved["i"], saved["f"], saved["C0"], saved["n0"], saved["m0"], saved["h"], saved["s"],
+        saved["mt"], dh, dC, dn, dm, saved["last"], variant=variant, config=config, eps=eps, normalize=normalize,
+        borders=borders,
+    )  # fmt: skip
+
+
+_SAVED = ("q", "k", "v", "i", "f", "C0", "n0", "m0", "h", "s", "mt", "Cb", "nb", "mb", "C_S", "n_S", "m_S")
+
+
+class _GeneratedFunction(torch.autograd.Function):
+    """Forward: ``run`` (a generated-kernel launcher). Backward: the generated exact backward (_run_backward).
+
+    One class for every entry; non-tensor arguments are plain Python values, and no scalar is wrapped in a tensor
+    (both matter to torch.compile). The forward keeps per-token statistics only when a gradient is needed."""
 
     @staticmethod
-    def forward(ctx, q, k, v, i, f, C0, n0, m0, run, cell: str, normalize: bool, eps: float, with_last: bool):
-        h, last = run(q, k, v, i, f, C0, n0, m0, return_last_states=with_last)
-        ctx.save_for_backward(q, k, v, i, f, C0, n0, m0)
+    def forward(ctx, q, k, v, i, f, C0, n0, m0, run, cell: str, normalize: bool, eps: float, with_last: bool,
+                needs_grad: bool):  # fmt: skip
+        saved = {} if needs_grad else None
+        h, last = run(q, k, v, i, f, C0, n0, m0, return_last_states=with_last, saved=saved)
+        if needs_grad:
+            ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h, saved["s"], saved["mt"], saved.get("Cb"),
+                                  saved.get("nb"), saved.get("mb"), *(last if with_last else (None,) * 3))  # fmt: skip
+            ctx.chunk = saved.get("L", 0)
         ctx.opts = dict(cell=cell, normalize=normalize, eps=eps)
         ctx.with_last = with_last
         return (h, *last) if with_last else h
 
     @staticmethod
     def backward(ctx, dh, *dlast):
-        q, k, v, i, f, C0, n0, m0 = ctx.saved_tensors
-        B, NH, S, DHQK = q.shape
-        DHHV = v.shape[-1]
-        x = [t.float() for t in (q, k, v, i, f)]
-        kw = dict(dtype=torch.float32, device=q.device)
-        C0f = C0.float() if C0 is not None else torch.zeros(B, NH, DHQK, DHHV, **kw)
-        n0f = n0.float() if n0 is not None else torch.zeros(B, NH, DHQK, **kw)
-        m0f = m0.float().reshape(B, NH, 1) if m0 is not None else torch.zeros(B, NH, 1, **kw)
-        if not ctx.with_last:
-            dlast = (torch.zeros_like(C0f), torch.zeros_like(n0f), torch.zeros_like(m0f))
-        dC, dn, dm = (d.float() if d is not None else torch.zeros_like(z) for d, z in zip(dlast, (C0f, n0f, m0f)))
-        _, _, borders = chunkwise_forward(*x, C0f, n0f, m0f, chunk_size=_BACKWARD_CHUNK, **ctx.opts)
-        grads = chunkwise_backward(*x, *borders, dh.float(), dC, dn, dm.reshape(B, NH, 1), chunk_size=_BACKWARD_CHUNK,
-                                   **ctx.opts)  # fmt: skip
-        inputs = (q, k, v, i, f, C0, n0, m0)
-        out = [g.to(t.dtype).reshape(t.shape) if t is not None else None for g, t in zip(grads, inputs)]
-        return (*out, None, None, None, None, None)
+        saved = dict(zip(_SAVED, ctx.saved_tensors))
+        saved["L"], saved["last"] = ctx.chunk, (saved["C_S"], saved["n_S"], saved["m_S"])
+        if ctx.with_last and all(d is None for d in dlast):
+            dlast = None
+        elif ctx.with_last:
+            like = (saved["C_S"], saved["n_S"], saved["C_S"].new_zeros(saved["C_S"].shape[:2] + (1,)))
+            dlast = tuple(d if d is not None else torch.zeros_like(z) for d, z in zip(dlast, like))
+        else:
+            dlast = None
+        grads = _run_backward(saved, dh.contiguous(), dlast, **ctx.opts)
+        inputs = (saved[n] for n in ("q", "k", "v", "i", "f", "C0", "n0", "m0"))
+        out = [g.to(t.dtype).reshape(t.shape) if (t is not None and g is not None) else None
+               for g, t in zip(grads, inputs)]  # fmt: skip
+        return (*out, None, None, None, None, None, None)
 
 
 def _sequence_entry(run_factory, native_fallback, *, cell: str, default_chunk: int, uses_chunk: bool):
@@ -176,9 +214,9 @@ def _sequence_entry(run_factory, native_fallback, *, cell: str, default_chunk: i
         _check_device(q)
         q, k, v = _autocast(q, k, v, autocast_kernel_dtype)
         run = run_factory(chunk_size=chunk_size, eps=eps, normalize=normalize)
-        out = _GeneratedForwardExactBackward.apply(
-            q, k, v, i, f, c_initial, n_initial, m_initial, run, cell, normalize, float(eps), return_last_states
-        )
+        tensors = (q, k, v, i, f, c_initial, n_initial, m_initial)
+        needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+        out = _GeneratedFunction.apply(*tensors, run, cell, normalize, float(eps), return_last_states, needs_grad)
         if not return_last_states:
             return out
         h, C, n, m = out
@@ -222,7 +260,7 @@ def explain(name: str, *, dtype: torch.dtype, B: int, NH: int, S: int, DHQK: int
 
 def _chunkwise_run(structures: tuple[str, ...], default_template: str, cell: str, *, equal_chunks: bool):
     def factory(*, chunk_size: int, eps: float, normalize: bool):
-        def run(q, k, v, i, f, C0, n0, m0, *, return_last_states):
+        def run(q, k, v, i, f, C0, n0, m0, *, return_last_states, saved=None):
             B, NH, S, DHQK = q.shape
             DHHV = v.shape[-1]
 
@@ -230,7 +268,7 @@ def _chunkwise_run(structures: tuple[str, ...], default_template: str, cell: str
             variant, config = _pick(f"chunkwise:{cell}", structures, q, DHHV, S, B * NH, default)
             return launch_chunkwise.chunkwise_fw(
                 q, k, v, i, f, C0, n0, m0, variant=variant, config=config, eps=eps, normalize=normalize,
-                return_last_states=return_last_states,
+                return_last_states=return_last_states, saved=saved,
             )  # fmt: skip
 
         return run

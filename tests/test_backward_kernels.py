@@ -1,0 +1,243 @@
+"""The generated chunkwise backward (templates/chunkwise_bw.py.j2) against autograd through the float64 recurrent
+oracle (MATH.md §6-§7): a random linear loss on h and on the last states, every input's gradient, fresh random
+inputs, outputs poisoned with NaN before the kernels run. On the CPU this runs under Triton's interpreter, in fp32
+(and fp16 on a few shapes).
+
+Limits: MATH.md's, widened where the problem is ill-conditioned. Besides the input-rounding estimate of
+helpers.conditioning_limits, an fp32 check allows 10x the error of the same exact gradient formulas evaluated by
+the native PyTorch backward in fp32 (itself checked to 1e-10 in fp64 by test_native_kernels), and 10x the error of
+the kernels' own decomposition evaluated in PyTorch fp32 (tests/backward_decomposition.py; checked here to equal
+the native backward in fp64). Examples: with |s_t| >= floor the output is invariant to scaling q_t, so for S=1 dq is
+of order eps and is the difference of two O(1) terms, in any fp32 evaluation (measured: 4e-2 relative); and dm0,
+see backward_decomposition.py (measured: 5e-4 relative in fp32 where the initial state dominates)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from backward_decomposition import decomposed_backward
+from helpers import CONDITION_FACTOR, GRAD_LIMIT_FP64, MAX_OUTLIER, SHAPES, Shape, conditioning_limits, rel_err
+
+from autotune.launch import chunkwise as launch_fw
+from autotune.launch import chunkwise_bw as launch_bw
+from autotune.launch import parallel as launch_parallel
+from autotune.reference import mlstm_recurrent, random_inputs
+from autotune.torch.native.chunkwise import _chunkwise_kernel
+from autotune.variants import VARIANTS, find
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+BACKWARD = [v for v in VARIANTS if v.family == "chunkwise_bw"]
+NAMES = ("q", "k", "v", "i", "f", "c_initial", "n_initial", "m_initial")
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    monkeypatch.setenv("MLSTM_AUTOTUNE_POISON", "1")
+
+
+def _inputs(shape: Shape, cell: str, with_states: bool, dtype=torch.float32):
+    x = random_inputs(*shape.dims(), dtype=dtype, with_states=with_states, max_outlier=MAX_OUTLIER.get(dtype, 20.0))
+    if cell == "sig":
+        x.pop("m_initial", None)
+    return {k: v.to(DEVICE) for k, v in x.items()}
+
+
+def _weights(shape: Shape, cell: str, with_last: bool):
+    B, NH, S, DHQK, DHHV = shape.dims()
+    w = {"h": torch.randn(B, NH, S, DHHV, dtype=torch.float64)}
+    if with_last:
+        w.update(C=torch.randn(B, NH, DHQK, DHHV, dtype=torch.float64), n=torch.randn(B, NH, DHQK, dtype=torch.float64))
+        if cell == "exp":
+            w["m"] = torch.randn(B, NH, 1, dtype=torch.float64)
+    return w
+
+
+def _oracle_grads(cell: str, weights: dict):
+    """x (float64) -> gradients of sum(out * weight) over h and the last states, by autograd through the oracle."""
+
+    def grads(x64):
+        x64 = {k: v.double().cpu().requires_grad_(True) for k, v in x64.items()}
+        h, states = mlstm_recurrent(**x64, cell=cell, return_last_states=True)
+        outs = dict(zip(("h", "C", "n", "m"), (h, *states)))
+        loss = sum((outs[k] * w).sum() for k, w in weights.items())
+        return {f"d{k}": g for k, g in zip(x64, torch.autograd.grad(loss, list(x64.values())))}
+
+    return grads
+
+
+def _run(x: dict, weights: dict, *, cell: str, forward: str, fw_config: dict, bw_variant, bw_config: dict):
+    """Generated forward (keeping what the backward needs), then the generated backward."""
+    args = [x.get(n) for n in NAMES]
+    B, NH = x["q"].shape[:2]
+    saved = {}
+    with_last = "C" in weights
+    if forward == "parallel":
+        variant = find("parallel_fw.py.j2", cell=cell)
+        h, last = launch_parallel.parallel_fw(*args, variant=variant, config=fw_config, return_last_states=with_last,
+                                              saved=saved)  # fmt: skip
+    else:
+        variant = find(forward, cell=cell, state="float32")
+        h, last = launch_fw.chunkwise_fw(*args, variant=variant, config=fw_config, return_last_states=with_last,
+                                         saved=saved)  # fmt: skip
+    dh = weights["h"].to(x["q"].dtype).to(DEVICE)
+    dlast = [None, None, None]
+    if with_last:
+        m = weights["m"].float() if cell == "exp" else torch.zeros(B, NH, 1)
+        dlast = [weights["C"].float().to(DEVICE), weights["n"].float().to(DEVICE), m.to(DEVICE)]
+    borders = (saved["Cb"], saved["nb"], saved["mb"]) if "Cb" in saved else None
+    grads = launch_bw.chunkwise_bw(
+        *args, h, saved["s"], saved["mt"], dh, *dlast, last if with_last else None, variant=bw_variant,
+        config=bw_config, borders=borders,
+    )  # fmt: skip
+    return {f"d{n}": g for n, g in zip(NAMES, grads) if n in x}
+
+
+def _native_fp32_grads(x: dict, weights: dict, cell: str, normalize: bool = True):
+    """The exact gradient formulas in PyTorch fp32 (native chunkwise backward): the rounding baseline."""
+    x32 = {k: v.detach().float().cpu().requires_grad_(True) for k, v in x.items()}
+    h, states = _chunkwise_kernel(*(x32.get(n) for n in NAMES), True, 1e-6, 16, cell=cell, normalize=normalize,
+                                  custom_backward=True)  # fmt: skip
+    outs = dict(zip(("h", "C", "n", "m"), (h, *states)))
+    loss = sum((outs[k].double() * w).sum() for k, w in weights.items())
+    return {f"d{k}": g for k, g in zip(x32, torch.autograd.grad(loss, list(x32.values())))}
+
+
+def _decomposed(x: dict, weights: dict, cell: str, dtype, normalize: bool = True):
+    """The kernels' decomposition in PyTorch (tests/backward_decomposition.py) in ``dtype``, with chunks of 16."""
+    xd = {k: v.detach().cpu().to(dtype) for k, v in x.items()}
+    B, NH, S, DHQK = xd["q"].shape
+    DHHV = xd["v"].shape[-1]
+    zeros = torch.zeros(B, NH, DHQK, DHHV, dtype=dtype), torch.zeros(B, NH, DHQK, dtype=dtype)
+    states = (xd.get("c_initial", zeros[0]), xd.get("n_initial", zeros[1]),
+              xd.get("m_initial", torch.zeros(B, NH, 1, dtype=dtype)))  # fmt: skip
+    last = [weights[n].to(dtype) if n in weights else z for n, z in zip("Cnm", (*zeros, states[2] * 0))]
+    grads = decomposed_backward(*(xd[n] for n in "qkvif"), *states, weights["h"].to(dtype), *last, L=16, cell=cell,
+                                normalize=normalize)  # fmt: skip
+    return {f"d{n}": g for n, g in zip(NAMES, grads) if n in x}
+
+
+def _limits(dtype, oracle, x, weights, cell, ref, normalize=True):
+    limits = conditioning_limits(dtype, oracle, x)
+    if dtype == torch.float32:
+        for baseline in (_native_fp32_grads(x, weights, cell, normalize),
+                         _decomposed(x, weights, cell, torch.float32, normalize)):  # fmt: skip
+            limits = {k: max(v, CONDITION_FACTOR * rel_err(baseline[k], ref[k])) for k, v in limits.items()}
+    return limits
+
+
+def _check(check, x, weights, cell, *, target, dims, dtype=torch.float32, **run):
+    got = _run(x, weights, cell=cell, **run)
+    oracle = _oracle_grads(cell, weights)
+    ref = oracle(x)
+    check(target=target, baseline="autograd through reference.mlstm_recurrent(fp64)", dims=dims, dtype=dtype,
+          pairs={k: (got[k], ref[k]) for k in ref}, limit=_limits(dtype, oracle, x, weights, cell, ref))  # fmt: skip
+
+
+def _bw_config(variant, DHQK, DHHV, L, states="recompute", tile=32):
+    config = launch_bw.default_config(variant, DHQK, DHHV)
+    config.update(L=L, states=states, BK=tile, BV=tile, BKS=tile, BVS=tile)
+    return config
+
+
+@pytest.mark.parametrize("case", ["plain", "states"])
+@pytest.mark.parametrize("cell", ["exp", "sig"])
+@pytest.mark.parametrize("shape", SHAPES[1:], ids=[s.id for s in SHAPES[1:]])
+def test_decomposition_is_exact_in_fp64(shape, cell, case):
+    """The algorithm the kernels implement, in float64, equals autograd through the oracle to 1e-10."""
+    x = _inputs(shape, cell, case == "states")
+    weights = _weights(shape, cell, case == "states")
+    ref = _oracle_grads(cell, weights)(x)
+    got = _decomposed(x, weights, cell, torch.float64)
+    errors = {k: rel_err(got[k], ref[k]) for k in ref}
+    assert all(e <= GRAD_LIMIT_FP64 for e in errors.values()), errors
+
+
+@pytest.mark.parametrize("case", ["plain", "states"])
+@pytest.mark.parametrize("shape", SHAPES, ids=[s.id for s in SHAPES])
+@pytest.mark.parametrize("variant", BACKWARD, ids=[v.name for v in BACKWARD])
+def test_backward_matches_oracle(variant, shape, case, check):
+    """Every backward variant on the MATH.md §7 shapes: two-pass forward with inter chunks (16) < intra chunks (32),
+    backward chunks of 16 with recomputed states; "plain": no initial state, loss on h only; "states": initial
+    states and a loss on the last states too."""
+    cell = variant.params["cell"]
+    with_states = case == "states"
+    x = _inputs(shape, cell, with_states)
+    fw_config = dict(launch_fw.default_config(find(launch_fw.TWOPASS, cell=cell, state="float32"), 1, 1), LI=16,
+                     LO=32, BKS=32, BVS=32, BKO=32, BVO=32)  # fmt: skip
+    _check(check, x, _weights(shape, cell, with_states), cell, target=f"{variant.name} L16", dims=shape.dims(),
+           forward=launch_fw.TWOPASS, fw_config=fw_config, bw_variant=variant,
+           bw_config=_bw_config(variant, shape.DHQK, shape.DHHV, 16))  # fmt: skip
+
+
+@pytest.mark.parametrize("states", ["recompute", "reuse"])
+@pytest.mark.parametrize("L", [16, 32, 64, 128, 256])
+@pytest.mark.parametrize("kernels", ["fused", "split"])
+def test_backward_chunk_sizes(kernels, L, states, check):
+    """Chunks of 16 ... 256 with S >= 2 x chunk + a partial chunk; the forward's inter chunks (16) < its intra chunks
+    (L); "reuse" takes the forward's states before every chunk instead of recomputing them."""
+    variant = find(launch_bw.TEMPLATE, cell="exp", kernels=kernels)
+    shape = Shape(1, 2, 2 * L + 5, 16, 32)
+    x = _inputs(shape, "exp", True)
+    fw_config = dict(launch_fw.default_config(find(launch_fw.TWOPASS, cell="exp", state="float32"), 16, 32), LI=16,
+                     LO=L)  # fmt: skip
+    _check(check, x, _weights(shape, "exp", True), "exp", target=f"{variant.name} L{L} {states}", dims=shape.dims(),
+           forward=launch_fw.TWOPASS, fw_config=fw_config, bw_variant=variant,
+           bw_config=_bw_config(variant, 16, 32, L, states, tile=16))  # fmt: skip
+
+
+@pytest.mark.parametrize("forward", [launch_fw.FUSED, "parallel"])
+@pytest.mark.parametrize("cell", ["exp", "sig"])
+def test_backward_after_other_forwards(forward, cell, check):
+    """The statistics of the fused single-pass and of the parallel forward serve the backward as well."""
+    shape = SHAPES[4]  # S=130, DHQK=192, DHHV=64
+    x = _inputs(shape, cell, True)
+    if forward == "parallel":
+        fw_config = launch_parallel.default_config(None, shape.DHQK, shape.DHHV)
+    else:
+        fw_config = dict(launch_fw.default_config(find(forward, cell=cell, state="float32"), shape.DHQK, shape.DHHV),
+                         L=32)  # fmt: skip
+    variant = find(launch_bw.TEMPLATE, cell=cell, kernels="fused")
+    _check(check, x, _weights(shape, cell, True), cell, target=f"{variant.name} after {forward}", dims=shape.dims(),
+           forward=forward, fw_config=fw_config, bw_variant=variant,
+           bw_config=_bw_config(variant, shape.DHQK, shape.DHHV, 32))  # fmt: skip
+
+
+@pytest.mark.parametrize("kernels", ["fused", "split"])
+@pytest.mark.parametrize("shape", SHAPES[2:4], ids=[s.id for s in SHAPES[2:4]])
+def test_backward_fp16(shape, kernels, check):
+    """16-bit inputs: tensor-core dots in fp16 with fp32 accumulation, limit 2e-2 (bf16 is checked on the GPU)."""
+    variant = find(launch_bw.TEMPLATE, cell="exp", kernels=kernels)
+    x = _inputs(shape, "exp", True, dtype=torch.float16)
+    fw_config = dict(launch_fw.default_config(find(launch_fw.TWOPASS, cell="exp", state="float32"), 1, 1), LI=16,
+                     LO=32, BKS=32, BVS=32, BKO=32, BVO=32)  # fmt: skip
+    _check(check, x, _weights(shape, "exp", True), "exp", target=f"{variant.name} fp16", dims=shape.dims(),
+           dtype=torch.float16, forward=launch_fw.TWOPASS, fw_config=fw_config, bw_variant=variant,
+           bw_config=_bw_config(variant, shape.DHQK, shape.DHHV, 32))  # fmt: skip
+
+
+def test_sig_without_normalizer(check):
+    """The sig cell with normalize=False: h = C^T q, no denominator."""
+    shape = SHAPES[3]
+    variant = find(launch_bw.TEMPLATE, cell="sig", kernels="fused")
+    x = _inputs(shape, "sig", True)
+    weights = _weights(shape, "sig", True)
+    fw_variant = find(launch_fw.TWOPASS, cell="sig", state="float32")
+    saved = {}
+    args = [x.get(n) for n in NAMES]
+    h, last = launch_fw.chunkwise_fw(*args, variant=fw_variant, normalize=False, return_last_states=True, saved=saved)
+    dl = (weights["C"].float(), weights["n"].float(), torch.zeros(1, 2, 1))
+    config = _bw_config(variant, 32, 32, 16)
+    grads = launch_bw.chunkwise_bw(*args, h, saved["s"], saved["mt"], weights["h"].float(), *dl, last,
+                                   variant=variant, config=config, normalize=False)  # fmt: skip
+
+    def oracle(x64):
+        x64 = {k: v.double().cpu().requires_grad_(True) for k, v in x64.items()}
+        out, (C, n) = mlstm_recurrent(**x64, cell="sig", normalize=False, return_last_states=True)
+        loss = (out * weights["h"]).sum() + (C * weights["C"]).sum() + (n * weights["n"]).sum()
+        return {f"d{k}": g for k, g in zip(x64, torch.autograd.grad(loss, list(x64.values())))}
+
+    ref = oracle(x)
+    got = {f"d{n}": g for n, g in zip(NAMES, grads) if n in x}
+    check(target=f"{variant.name} normalize=False", baseline="autograd through reference.mlstm_recurrent(fp64)",
+          dims=shape.dims(), dtype=torch.float32, pairs={k: (got[k], ref[k]) for k in ref},
+          limit=_limits(torch.float32, oracle, x, weights, "sig", ref, normalize=False))  # fmt: skip
