@@ -2,7 +2,8 @@
 
 Key: (GPU model, op, direction, dtype, DHQK, DHHV, S bucket, B*NH bucket) and the allowed structures. Fallback ladder,
 first answer wins:
-    override   MLSTM_AUTOTUNE_FORCE='{"chunkwise:exp": {"variant": "<module name>", "config": {...}}}'
+    override   MLSTM_AUTOTUNE_FORCE='{"chunkwise:exp": {"variant": "<module name>", "config": {...}}}' for the
+               forward; the key "chunkwise:exp/fwbw" forces the backward of a training step
     exact      an entry for this GPU model with the same buckets (user database first, then the packaged one)
     nearest    an entry for this GPU model with the same op/direction/dtype/head dims, nearest buckets in log2
                distance (ties: the smaller S, then the smaller B*NH)
@@ -140,7 +141,8 @@ class Dispatcher:
         return choice
 
     def _resolve(self, req, gpu, capability, default) -> Choice:
-        forced = self._overrides().get(req.op)
+        key = req.op if req.direction == "fw" else f"{req.op}/{req.direction}"  # e.g. "chunkwise:exp/fwbw"
+        forced = self._overrides().get(key)
         if isinstance(forced, dict) and isinstance(forced.get("variant"), str):
             return Choice(forced["variant"], dict(forced.get("config", {})), "override", "MLSTM_AUTOTUNE_FORCE")
         dbs = self._databases()

@@ -1,0 +1,141 @@
+"""GPU checks of the generated backward (marked gpu; skipped without a GPU): every backward variant in bf16 and fp32
+at the realistic head layouts, with recomputed and reused states, and the registry entries' gradients at forward
+chunk sizes 64 ... 512.
+
+The oracle is the float64 native exact backward on the GPU (the CPU tests hold it to 1e-10 against autograd through
+the float64 recurrent definition). Limits: MATH.md §7 (bf16 2e-2); fp32 takes the larger of 1e-5 and 10x the error
+of the native backward evaluated in fp32 (see tests/test_backward_kernels.py for why).
+Run on an H200 (log under tests/gpu/logs/):  python -m pytest -v -s -m gpu tests/gpu/test_gpu_backward.py
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import CONDITION_FACTOR, LIMITS, rel_err
+
+from autotune.launch import chunkwise as launch_fw
+from autotune.launch import chunkwise_bw as launch_bw
+from autotune.reference import random_inputs
+from autotune.torch import get_mlstm_kernel
+from autotune.torch.native.chunkwise import _chunkwise_kernel
+from autotune.variants import VARIANTS, find
+
+pytestmark = pytest.mark.gpu
+
+BACKWARD = [v for v in VARIANTS if v.family == "chunkwise_bw"]
+NAMES = ("q", "k", "v", "i", "f", "c_initial", "n_initial", "m_initial")
+SHAPES = [(1, 8, 2048, 256, 512), (2, 32, 2048, 128, 128), (2, 3, 1000, 96, 192)]
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def _id(shape):
+    return "B{}-NH{}-S{}-DQK{}-DV{}".format(*shape)
+
+
+def _inputs(shape, dtype, cell):
+    x = random_inputs(*shape, dtype=dtype, gate_dtype=torch.float32, with_states=True, device="cuda")
+    if cell == "sig":
+        x.pop("m_initial")
+    return x
+
+
+def _weights(x, cell):
+    B, NH, S, DHQK = x["q"].shape
+    DHHV = x["v"].shape[-1]
+    kw = dict(device="cuda", dtype=torch.float32)
+    w = {"h": torch.randn(B, NH, S, DHHV, **kw), "C": torch.randn(B, NH, DHQK, DHHV, **kw),
+         "n": torch.randn(B, NH, DHQK, **kw)}  # fmt: skip
+    if cell == "exp":
+        w["m"] = torch.randn(B, NH, 1, **kw)
+    return w
+
+
+def _native_grads(x, weights, cell, dtype):
+    """Exact native chunkwise backward in ``dtype`` (float64: the oracle)."""
+    xd = {k: v.detach().to(dtype).requires_grad_(True) for k, v in x.items()}
+    h, states = _chunkwise_kernel(*(xd.get(n) for n in NAMES), True, 1e-6, 64, cell=cell, normalize=True,
+                                  custom_backward=True)  # fmt: skip
+    outs = dict(zip(("h", "C", "n", "m"), (h, *states)))
+    loss = sum((outs[k].double() * w.double()).sum() for k, w in weights.items())
+    return {f"d{k}": g for k, g in zip(xd, torch.autograd.grad(loss, list(xd.values())))}
+
+
+def _limits(dtype, x, weights, cell, ref):
+    limits = dict.fromkeys(ref, LIMITS[dtype])
+    if dtype == torch.float32:
+        native = _native_grads(x, weights, cell, torch.float32)
+        limits = {k: max(v, CONDITION_FACTOR * rel_err(native[k], ref[k])) for k, v in limits.items()}
+    return limits
+
+
+@pytest.mark.parametrize("states", ["recompute", "reuse"])
+@pytest.mark.parametrize("L", [64, 128])
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("shape", SHAPES, ids=[_id(s) for s in SHAPES])
+@pytest.mark.parametrize("variant", BACKWARD, ids=[v.name for v in BACKWARD])
+def test_backward_variant(variant, shape, dtype, L, states, check):
+    cell = variant.params["cell"]
+    x = _inputs(shape, dtype, cell)
+    weights = _weights(x, cell)
+    fw_variant = find(launch_fw.TWOPASS, cell=cell, state="float32")
+    fw_config = dict(launch_fw.default_config(fw_variant, shape[3], shape[4]), LI=64, LO=L)
+    saved = {}
+    args = [x.get(n) for n in NAMES]
+    h, last = launch_fw.chunkwise_fw(*args, variant=fw_variant, config=fw_config, return_last_states=True,
+                                     saved=saved)  # fmt: skip
+    config = dict(launch_bw.default_config(variant, shape[3], shape[4]), L=L, states=states)
+    dlast = (weights["C"], weights["n"], weights.get("m", torch.zeros(shape[0], shape[1], 1, device="cuda")))
+    grads = launch_bw.chunkwise_bw(*args, h, saved["s"], saved["mt"], weights["h"].to(dtype), *dlast, last,
+                                   variant=variant, config=config,
+                                   borders=(saved["Cb"], saved["nb"], saved["mb"]))  # fmt: skip
+    got = {f"d{n}": g for n, g in zip(NAMES, grads) if n in x}
+    ref = _native_grads(x, weights, cell, torch.float64)
+    limits = _limits(dtype, x, weights, cell, ref)
+    check(target=f"{variant.name} L{L} {states}", baseline="native exact backward (fp64, GPU)", dims=shape,
+          dtype=dtype, pairs={k: (got[k], ref[k]) for k in ref}, limit=limits)  # fmt: skip
+
+
+ENTRIES = ["chunkwise--triton_xl_chunk", "chunkwise--triton_fused", "chunkwise--triton_auto",
+           "parallel--triton_limit_headdim", "chunkwise--triton_xl_chunk_siging"]  # fmt: skip
+
+
+@pytest.mark.parametrize("chunk_size", [64, 128, 256, 512])
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("name", ENTRIES)
+def test_entry_gradients(name, dtype, chunk_size, check):
+    """The registry entries under autograd (dispatched forward and backward), for a plain linear loss."""
+    cell = "sig" if name.endswith("siging") else "exp"
+    if name.startswith("parallel") and chunk_size != 64:
+        pytest.skip("the parallel form has no chunk size")
+    shape = SHAPES[0]
+    x = _inputs(shape, dtype, cell)
+    weights = _weights(x, cell)
+    xk = {k: v.clone().requires_grad_(True) for k, v in x.items()}
+    h, states = get_mlstm_kernel(name)(**xk, return_last_states=True, chunk_size=chunk_size)
+    outs = dict(zip(("h", "C", "n", "m"), (h, *states)))
+    loss = sum((outs[k].float() * w).sum() for k, w in weights.items())
+    got = dict(zip((f"d{k}" for k in xk), torch.autograd.grad(loss, list(xk.values()))))
+    ref = _native_grads(x, weights, cell, torch.float64)
+    limits = _limits(dtype, x, weights, cell, ref)
+    check(target=f"{name} chunk_size={chunk_size}", baseline="native exact backward (fp64, GPU)", dims=shape,
+          dtype=dtype, pairs={k: (got[k], ref[k]) for k in ref}, limit=limits)  # fmt: skip
+
+
+def test_entry_under_torch_compile():
+    """A training step through a Triton entry compiles with torch.compile (graph breaks allowed) and gives the
+    eager gradients."""
+    x = _inputs((1, 4, 512, 64, 64), torch.bfloat16, "exp")
+    kernel = get_mlstm_kernel("chunkwise--triton_xl_chunk")
+
+    def step(q, k, v, i, f):
+        return kernel(q, k, v, i, f, chunk_size=64).float().square().mean()
+
+    def grads(fn):
+        xk = [x[n].clone().requires_grad_(True) for n in "qkvif"]
+        fn(*xk).backward()
+        return [t.grad for t in xk]
+
+    eager, compiled = grads(step), grads(torch.compile(step))
+    for e, c in zip(eager, compiled):
+        assert rel_err(c, e) < 1e-3
