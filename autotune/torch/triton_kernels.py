@@ -7,7 +7,8 @@ structure (``triton_xl_chunk``: two passes; ``triton_fused``: one pass); ``trito
 come from the generated exact backward (templates/chunkwise_bw.py.j2, MATH.md §6), picked by the dispatcher under
 direction "fwbw" (default: the fused within-chunk kernel, chunks of 64, states recomputed): when an input needs a
 gradient, the forward also keeps the per-token statistics (s, m) the backward needs, and with a two-pass forward
-the states before every chunk, which a backward configured with ``states="reuse"`` takes instead of recomputing.
+the states before every chunk, which a backward configured with ``states="reuse"`` takes instead of recomputing
+when its chunk size L equals the forward's (else it recomputes them at its own L).
 Parallel entries use the same backward (the parallel and chunkwise forms compute the same function).
 
 Rules beyond those of every kernel (autotune.checks): tensors must be on a CUDA device (or Triton's
@@ -34,8 +35,6 @@ from ..launch.common import empty
 from ..variants import by_name, find
 from . import registry
 from .native.recurrent import mlstm_recurrent_sequence__native, mlstm_recurrent_step__native
-
-_REUSE_MAX_L = 128  # a backward reuses the forward's chunk states only for chunks up to this long
 
 
 def _interpreting() -> bool:
@@ -127,8 +126,8 @@ def _run_backward(saved: dict, dh, dlast, *, cell: str, normalize: bool, eps: fl
     variant, config = _pick(f"chunkwise:{cell}", ("chunkwise_bw",), q, DHHV, S, B * NH, default, direction="fwbw")
     config = dict(config)
     borders = None
-    if config.get("states") == "reuse" and saved.get("Cb") is not None and saved["L"] <= _REUSE_MAX_L:
-        borders, config["L"] = (saved["Cb"], saved["nb"], saved["mb"]), saved["L"]
+    if config.get("states") == "reuse" and saved.get("Cb") is not None and saved["L"] == config["L"]:
+        borders = (saved["Cb"], saved["nb"], saved["mb"])
     else:
         config["states"] = "recompute"
     dC, dn, dm = dlast if dlast is not None else (None, None, None)

@@ -69,9 +69,13 @@ def _limits(dtype, x, weights, cell, ref):
     return limits
 
 
-@pytest.mark.parametrize("states", ["recompute", "reuse"])
-@pytest.mark.parametrize("L", [64, 128])
-@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+# (L, states, dtype): chunks of 64 recomputed in both dtypes; reused states and chunks of 128 in bf16 (in fp32 the
+# fused kernel at L=128 needs 288 KiB of shared memory, more than an H200 has: a configuration the tuner prunes)
+CASES = [(64, "recompute", torch.bfloat16), (64, "recompute", torch.float32), (64, "reuse", torch.bfloat16),
+         (128, "recompute", torch.bfloat16)]  # fmt: skip
+
+
+@pytest.mark.parametrize("L,states,dtype", CASES, ids=[f"L{c[0]}-{c[1]}-{str(c[2])[6:]}" for c in CASES])
 @pytest.mark.parametrize("shape", SHAPES, ids=[_id(s) for s in SHAPES])
 @pytest.mark.parametrize("variant", BACKWARD, ids=[v.name for v in BACKWARD])
 def test_backward_variant(variant, shape, dtype, L, states, check):
@@ -100,14 +104,16 @@ ENTRIES = ["chunkwise--triton_xl_chunk", "chunkwise--triton_fused", "chunkwise--
            "parallel--triton_limit_headdim", "chunkwise--triton_xl_chunk_siging"]  # fmt: skip
 
 
-@pytest.mark.parametrize("chunk_size", [64, 128, 256, 512])
-@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-@pytest.mark.parametrize("name", ENTRIES)
+ENTRY_CASES = [(n, d, 64) for n in ENTRIES for d in ("bf16", "fp32")] + [
+    ("chunkwise--triton_xl_chunk", "bf16", c) for c in (128, 256, 512)]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,dtype,chunk_size", ENTRY_CASES, ids=["-".join(map(str, c)) for c in ENTRY_CASES])
 def test_entry_gradients(name, dtype, chunk_size, check):
-    """The registry entries under autograd (dispatched forward and backward), for a plain linear loss."""
+    """The registry entries under autograd (dispatched forward and backward), for a plain linear loss; the forward's
+    chunk size 64 ... 512 (the backward keeps its own)."""
     cell = "sig" if name.endswith("siging") else "exp"
-    if name.startswith("parallel") and chunk_size != 64:
-        pytest.skip("the parallel form has no chunk size")
+    dtype = DTYPES[dtype]
     shape = SHAPES[0]
     x = _inputs(shape, dtype, cell)
     weights = _weights(x, cell)
