@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   53dabd6358d2609e
+# template hash:   7e9203281b585f4d
 # parameters:      cell=exp, kernels=fused
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (exp cell), exact (MATH.md §6), "fused" within-chunk kernels.
@@ -202,8 +202,8 @@ def chunkwise_bw_dstate_kernel(
         b_q = tl.load(q_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
         b_dh = tl.load(dh_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
         b_qw = b_q.to(tl.float32) * (b_D0 * scale)[:, None]  # [L, BK]
-        b_dnum = b_dh.to(tl.float32) * b_r[:, None]  # [L, BV]
-        b_local = tl.dot(tl.trans(b_qw.to(b_q.dtype)), b_dnum.to(b_dh.dtype), input_precision=DOT_PRECISION)
+        # dnum = r dh: r goes with q, so that dh enters the dot exactly
+        b_local = tl.dot(tl.trans((b_qw * b_r[:, None]).to(b_q.dtype)), b_dh, input_precision=DOT_PRECISION)
         b_dC = b_decay * b_dC + b_local  # [BK, L] @ [L, BV] -> [BK, BV]
         b_dn = b_decay * b_dn + tl.sum(b_qw * b_ds[:, None], axis=0)
         if chain:
@@ -273,15 +273,16 @@ def _chunk_qk(q_ptr, k_ptr, o_t, m_t, DHQK: tl.constexpr, L: tl.constexpr, BK: t
 def _chunk_dP(v_ptr, dh_ptr, o_t, m_t, b_r, b_ds, DHHV: tl.constexpr, L: tl.constexpr, BV: tl.constexpr,
               DOT_PRECISION: tl.constexpr):
     """dP = dnum v^T + ds [L, L] (dnum = r dh), over all of DHHV in tiles."""
-    b_dP = tl.zeros([L, L], dtype=tl.float32) + b_ds[:, None]
+    b_dP = tl.zeros([L, L], dtype=tl.float32)
     for i_v in range(0, tl.cdiv(DHHV, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_tv = m_t[:, None] & (o_v < DHHV)[None, :]
         b_v = tl.load(v_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_tv, other=0.0)
         b_dh = tl.load(dh_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_tv, other=0.0)
-        b_dnum = (b_dh.to(tl.float32) * b_r[:, None]).to(b_v.dtype)
-        b_dP += tl.dot(b_dnum, tl.trans(b_v), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, L]
-    return b_dP
+        b_dP += tl.dot(b_dh, tl.trans(b_v), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, L]
+    # r factored out of the dot: dh and v enter it exactly (no rounding of dnum to 16 bits), and dnum v^T + ds,
+    # which nearly cancels where the output is invariant to scaling q, is formed in fp32
+    return b_dP * b_r[:, None] + b_ds[:, None]
 
 
 @triton.jit
@@ -302,18 +303,17 @@ def _state_terms(q_ptr, k_ptr, v_ptr, dh_ptr, Cb_ptr, nb_ptr, dCa_ptr, dna_ptr, 
         m_tv = m_t[:, None] & m_v[None, :]
         b_v = tl.load(v_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_tv, other=0.0)
         b_dh = tl.load(dh_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_tv, other=0.0)
-        b_dnum = (b_dh.to(tl.float32) * b_r[:, None]).to(b_v.dtype)
         o_kv = i_bhc * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :]
         m_kv = m_k[:, None] & m_v[None, :]
         b_C = tl.load(Cb_ptr + o_kv, mask=m_kv, other=0.0).to(tl.float32)
         b_dCa = tl.load(dCa_ptr + o_kv, mask=m_kv, other=0.0)
         b_X += tl.sum(b_C * b_dCa)
-        b_dqi += tl.dot(b_dnum, tl.trans(b_C.to(b_v.dtype)), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, BK]
+        b_dqi += tl.dot(b_dh, tl.trans(b_C.to(b_v.dtype)), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, BK]
         b_dkt += tl.dot(b_v, tl.trans(b_dCa.to(b_v.dtype)), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, BK]
     b_n = tl.load(nb_ptr + i_bhc * DHQK + o_k, mask=m_k, other=0.0)
     b_dna = tl.load(dna_ptr + i_bhc * DHQK + o_k, mask=m_k, other=0.0)
     b_X += tl.sum(b_n * b_dna)
-    b_dqi = (scale * b_D0)[:, None] * (b_dqi + b_ds[:, None] * b_n[None, :])
+    b_dqi = (scale * b_D0)[:, None] * (b_r[:, None] * b_dqi + b_ds[:, None] * b_n[None, :])  # r: dnum = r dh
     b_dkt = b_w[:, None] * (b_dkt + b_dna[None, :])
     return b_dqi, b_dkt, b_X
 
@@ -325,8 +325,8 @@ def _dv_tile(k_ptr, dh_ptr, dCa_ptr, i_bhc, o_t, m_t, o_v, b_P, b_r, b_w, DHQK: 
     m_v = o_v < DHHV
     m_tv = m_t[:, None] & m_v[None, :]
     b_dh = tl.load(dh_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_tv, other=0.0)
-    b_dnum = (b_dh.to(tl.float32) * b_r[:, None]).to(b_dh.dtype)
-    b_dv = tl.dot(tl.trans(b_P.to(b_dh.dtype)), b_dnum, input_precision=DOT_PRECISION)  # [L, L] @ [L, BV]
+    # P^T dnum = (P r)^T dh, r the per-row 1/den: one rounding to 16 bits instead of two
+    b_dv = tl.dot(tl.trans((b_P * b_r[:, None]).to(b_dh.dtype)), b_dh, input_precision=DOT_PRECISION)  # [L, BV]
     b_kdC = tl.zeros_like(b_dv)
     for i_k in range(0, tl.cdiv(DHQK, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
