@@ -8,10 +8,13 @@ the real shape, inside a worker process that may die.
 
 Gate: a small instance of the same variant (B=1, NH=2, S = 2 x 128 + 7, the real head dims) against the float64
 oracle (native chunkwise in fp64; for the step kernel, the native step), relative error <= 2e-2 for 16-bit inputs,
-1e-4 for fp32. Timing on the real shape: warm-up, then the median and p20/p80 of many launches (CUDA events through
-``triton.testing.do_bench``), rotating among input sets that together exceed the L2 cache; inputs are random,
-never zeros. Without a GPU, kernels run under Triton's interpreter and are timed with a wall clock: such numbers
-are labelled "interpreter" and say nothing about GPU speed.
+1e-4 for fp32. A backward variant (direction "fwbw") is gated on every gradient (dq, dk, dv, di, df) of a random
+linear loss against the exact native backward in fp64, and timed as forward + backward (the forward: the two-pass
+default with outer chunks of the backward's L, so that ``states="reuse"`` can take its states). Timing on the real
+shape: warm-up, then the median and p20/p80 of many launches (CUDA events through ``triton.testing.do_bench``),
+rotating among input sets that together exceed the L2 cache; inputs are random, never zeros. Without a GPU, kernels
+run under Triton's interpreter and are timed with a wall clock: such numbers are labelled "interpreter" and say
+nothing about GPU speed.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from .search import Outcome
 
 L2_BYTES = 60 * 2**20  # the H200's L2 is 60 MB (GPU.md); inputs rotate over more than twice that
 GATE_LIMITS = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 2e-2}
+# gradients in 16 bits: their error depends on the input draw, identically for every configuration (measured on an
+# H200: tests/gpu/logs/2026-11-29_H200_diagnose_bf16_backward.log); the gate is there to catch wrong kernels
+BACKWARD_GATE_LIMITS = {torch.float32: 1e-4, torch.float16: 5e-2, torch.bfloat16: 5e-2}
 
 
 @dataclass(frozen=True)
@@ -52,15 +58,32 @@ def _inputs(job: Job, B: int, NH: int, S: int, seed: int):
     gen = torch.Generator().manual_seed(seed)
     x = random_inputs(B, NH, S, job.DHQK, job.DHHV, dtype=dtype, gate_dtype=torch.float32, generator=gen,
                       max_outlier=8.0 if dtype == torch.float16 else 20.0)  # fmt: skip
+    x["dh"] = torch.randn(B, NH, S, job.DHHV, generator=gen).to(dtype)  # the cotangent of h, for backward variants
     return {k: v.to(job.device) for k, v in x.items()}
 
 
 def _runner(job: Job):
-    """A function running the candidate on inputs x: returns h (and for the step kernel, the step output)."""
-    from .launch import chunkwise, parallel, recurrent
-    from .variants import by_name
+    """A function running the candidate on inputs x: returns h (for the step kernel, the step output; for a backward
+    variant, the gradients dq, dk, dv, di, df of forward + backward)."""
+    from .launch import chunkwise, chunkwise_bw, parallel, recurrent
+    from .variants import by_name, find
 
     variant = by_name(job.variant)
+    if variant.family == "chunkwise_bw":
+        fw_variant = find(chunkwise.TWOPASS, cell=variant.params["cell"], state="float32")
+        L = job.config["L"]
+        fw_config = dict(chunkwise.default_config(fw_variant, job.DHQK, job.DHHV), LI=min(64, L), LO=L)
+
+        def fwbw(x):
+            args, saved = [x[k] for k in "qkvif"], {}
+            h, _ = chunkwise.chunkwise_fw(*args, variant=fw_variant, config=fw_config, saved=saved)
+            grads = chunkwise_bw.chunkwise_bw(
+                *args, None, None, None, h, saved["s"], saved["mt"], x["dh"], None, None, None, None,
+                variant=variant, config=job.config, borders=(saved["Cb"], saved["nb"], saved["mb"]),
+            )  # fmt: skip
+            return grads[:5]
+
+        return fwbw
     if variant.family == "step_fw":
 
         def step(x):
@@ -76,27 +99,37 @@ def _runner(job: Job):
     return lambda x: launch(*(x[k] for k in "qkvif"), variant=variant, config=job.config)[0]
 
 
-def _oracle_h(job: Job, x: dict) -> torch.Tensor:
-    from .torch.native.chunkwise import chunkwise_forward
+def _oracle(job: Job, x: dict) -> tuple[torch.Tensor, ...]:
+    """What the candidate must compute, in float64: h, or for a backward variant (dq, dk, dv, di, df)."""
+    from .torch.native.chunkwise import chunkwise_backward, chunkwise_forward
     from .variants import by_name
 
+    variant = by_name(job.variant)
     x64 = [x[k].double() for k in "qkvif"]
-    if by_name(job.variant).family == "step_fw":
+    if variant.family == "step_fw":
         x64 = [t[:, :, :1] for t in x64]
     B, NH = x64[0].shape[:2]
     z = dict(dtype=torch.float64, device=job.device)
     zeros = (torch.zeros(B, NH, job.DHQK, job.DHHV, **z), torch.zeros(B, NH, job.DHQK, **z), torch.zeros(B, NH, 1, **z))
-    return chunkwise_forward(*x64, *zeros, chunk_size=64, cell=by_name(job.variant).params["cell"])[0]
+    cell = variant.params["cell"]
+    h, _, borders = chunkwise_forward(*x64, *zeros, chunk_size=64, cell=cell)
+    if variant.family != "chunkwise_bw":
+        return (h,)
+    grads = chunkwise_backward(*x64, *borders, x["dh"].double(), *zeros, chunk_size=64, cell=cell)
+    return tuple(grads[:5])
 
 
 def gate(job: Job) -> float:
-    """Relative error of the candidate on a small instance against the fp64 oracle."""
+    """Largest relative error of the candidate's outputs on a small instance against the fp64 oracle."""
     x = _inputs(job, 1, 2, 2 * 128 + 7, seed=1)
-    h = _runner(job)(x)
-    ref = _oracle_h(job, x)
-    if not bool(torch.isfinite(h).all()):
-        return float("inf")
-    return ((h.double() - ref).norm() / ref.norm()).item()
+    out = _runner(job)(x)
+    out = out if isinstance(out, tuple) else (out,)
+    worst = 0.0
+    for got, ref in zip(out, _oracle(job, x), strict=True):
+        if not bool(torch.isfinite(got).all()):
+            return float("inf")
+        worst = max(worst, ((got.double() - ref).norm() / ref.norm()).item())
+    return worst
 
 
 def time_candidate(job: Job) -> tuple[float, float, float]:
@@ -128,8 +161,11 @@ def evaluate_here(job: Job) -> Outcome:
         err = gate(job)
     except Exception as exc:  # noqa: BLE001 - a candidate that fails to build or launch is a result, not a crash
         return Outcome(ok=False, reason=f"gate: {type(exc).__name__}: {str(exc)[:300]}")
-    if not err <= GATE_LIMITS[dtype]:
-        return Outcome(ok=False, error=err, reason=f"wrong result: relative error {err:.3g} > {GATE_LIMITS[dtype]:g}")
+    from .variants import by_name
+
+    limit = (BACKWARD_GATE_LIMITS if by_name(job.variant).family == "chunkwise_bw" else GATE_LIMITS)[dtype]
+    if not err <= limit:
+        return Outcome(ok=False, error=err, reason=f"wrong result: relative error {err:.3g} > {limit:g}")
     try:
         p50, p20, p80 = time_candidate(job)
     except Exception as exc:  # noqa: BLE001

@@ -40,10 +40,23 @@ PARAMS: dict[str, dict[str, tuple]] = {
         "num_warps": WARPS,
         "num_stages": STAGES,
     },  # fmt: skip
+    "chunkwise_bw.py.j2": {
+        "L": (32, 64, 128),
+        "BK": TILES,
+        "BV": TILES,
+        "BKS": TILES,
+        "BVS": TILES,
+        "num_warps": (4, 8),
+        "num_warps_state": (4, 8),
+        "num_stages": (1, 2),
+        "states": ("recompute", "reuse"),
+    },  # fmt: skip
     "recurrent_step.py.j2": {"BK": (16, 32, 64, 128), "BV": (16, 32, 64, 128), "num_warps": (1, 2, 4, 8)},
     "recurrent_sequence.py.j2": {"BV": (16, 32, 64), "num_warps": (1, 2, 4, 8)},
 }
 FORMS = {"chunkwise": "chunkwise_fw", "parallel": "parallel_fw", "step": "step_fw", "sequence": "sequence_fw"}
+# the backward of a training step (direction "fwbw"): the variants searched per form
+BACKWARD_FORMS = {"chunkwise": "chunkwise_bw"}
 
 
 @dataclass(frozen=True)
@@ -57,9 +70,10 @@ class Limits:
 H100_LIMITS = Limits()  # also the H200's
 
 
-def variants_of(form: str, cell: str) -> list[Variant]:
-    """The structural variants the search may choose for a form and cell, in catalogue order."""
-    family = FORMS[form]
+def variants_of(form: str, cell: str, direction: str = "fw") -> list[Variant]:
+    """The structural variants the search may choose for a form and cell, in catalogue order; for direction "fwbw"
+    the backward variants (the forward keeps its own "fw" choice)."""
+    family = FORMS[form] if direction == "fw" else BACKWARD_FORMS[form]
     return [v for v in VARIANTS if v.family == family and v.params.get("cell") == cell]
 
 
@@ -116,6 +130,22 @@ def invalid(variant: Variant, config: dict, DHQK: int, DHHV: int, dtype_bytes: i
         smem = st * (config["BQ"] + config["BKV"]) * config["BK"] * dtype_bytes + config["BKV"] * config["BV"] * 2
         if smem > limits.shared_bytes:
             return f"~{smem} B of shared memory > {limits.shared_bytes}"
+        return None
+    if t == "chunkwise_bw.py.j2":
+        L = config["L"]
+        if max(config["BK"], config["BKS"]) > BKfull or max(config["BV"], config["BVS"]) > BVfull:
+            return "a tile wider than the padded head dims"
+        regs = _elems_per_thread(config["BKS"] * config["BVS"] + L * (config["BKS"] + config["BVS"]),
+                                 config["num_warps_state"])  # fmt: skip
+        if regs > 0.8 * limits.registers_per_thread:
+            return f"~{regs:.0f} values per thread in the state-gradient kernel"
+        # the within-chunk kernels hold several [L, L] fp32 matrices: past the registers they spill (slow, which the
+        # timing shows) but run; shared memory is the hard limit
+        # fitted to the compiler's figures for the fused kernel (bf16 L=64: 40 KiB; fp32 L=128: 288 KiB, which does
+        # not fit an H200, measured): about L^2 (4 x dtype bytes + 2) bytes per pipeline stage
+        smem = config["num_stages"] * L * L * (4 * dtype_bytes + 2)
+        if smem > limits.shared_bytes:
+            return f"~{smem} B of shared memory > {limits.shared_bytes} (L={L})"
         return None
     if t == "recurrent_step.py.j2":
         if config["BK"] > BKfull or config["BV"] > BVfull:

@@ -40,17 +40,23 @@ class Shape:
     DHQK: int
     DHHV: int
     dtype: str = "bfloat16"
+    direction: str = "fw"  # "fwbw": tune the backward of a training step
 
     @classmethod
     def parse(cls, d: dict) -> Shape:
         try:
             shape = cls(str(d["op"]), int(d["B"]), int(d["NH"]), int(d["S"]), int(d["DHQK"]), int(d["DHHV"]),
-                        str(d.get("dtype", "bfloat16")))  # fmt: skip
+                        str(d.get("dtype", "bfloat16")), str(d.get("direction", "fw")))  # fmt: skip
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"bad shape {d!r}: needs op, B, NH, S, DHQK, DHHV (and optionally dtype): {err}") from None
+            raise ValueError(
+                f"bad shape {d!r}: needs op, B, NH, S, DHQK, DHHV (optionally dtype, direction): {err}"
+            ) from None
         form, _, cell = shape.op.partition(":")
         if form not in space.FORMS or cell not in ("exp", "sig"):
             raise ValueError(f"bad op {shape.op!r}: use <form>:<cell>, form in {list(space.FORMS)}, cell exp|sig")
+        if shape.direction not in ("fw", "fwbw") or (shape.direction == "fwbw" and form not in space.BACKWARD_FORMS):
+            raise ValueError(f"bad direction {shape.direction!r} for {shape.op}: fw, or fwbw for "
+                             f"{', '.join(space.BACKWARD_FORMS)}")  # fmt: skip
         if shape.dtype not in ("bfloat16", "float16", "float32"):
             raise ValueError(f"bad dtype {shape.dtype!r}: bfloat16, float16 or float32")
         if min(shape.B, shape.NH, shape.S, shape.DHQK, shape.DHHV) < 1:
@@ -70,6 +76,9 @@ PRESETS: dict[str, list[Shape]] = {
     # heads of 128 (NH=32), as in the benchmark of the design notes
     "head128": [Shape("chunkwise:exp", _tokens(S), 32, S, 128, 128) for S in (2048, 8192, 32768)],
     "step-7b": [Shape("step:exp", B, 8, 1, 256, 512) for B in (1, 16, 128, 512)],
+    # the backward of a training step, for the two head layouts at 65,536 tokens
+    "train-7b": [Shape("chunkwise:exp", _tokens(S), 8, S, 256, 512, direction="fwbw") for S in (2048, 8192)],
+    "train-head128": [Shape("chunkwise:exp", _tokens(S), 32, S, 128, 128, direction="fwbw") for S in (2048, 8192)],
 }
 # without a GPU: a tiny shape the interpreter can search in seconds per trial
 INTERPRETER_PRESET = [Shape("chunkwise:exp", 1, 2, 64, 16, 16, "float32")]
@@ -97,18 +106,25 @@ def tune_shape(shape: Shape, *, trials: int, time_budget_s: float | None, storag
                gpu: str, capability: tuple[int, int], runner_timeout_s: float = 300.0,
                runner_env: dict | None = None) -> dict:  # fmt: skip
     """Run (or continue) the study of one shape and return its database entry (as JSON) and a summary."""
-    from .launch import chunkwise, parallel, recurrent
+    from .launch import chunkwise, chunkwise_bw, parallel, recurrent
     from .measure import IsolatedRunner, Job
     from .variants import find
 
     form, _, cell = shape.op.partition(":")
-    template = _DEFAULTS[form]
-    default_variant = find(template, cell=cell, state="float32") if form == "chunkwise" else find(template, cell=cell)
-    default_config = {"chunkwise": chunkwise.default_config, "parallel": parallel.default_config,
-                      "sequence": recurrent.sequence_default_config,
-                      "step": recurrent.step_default_config}[form](default_variant, shape.DHQK, shape.DHHV)  # fmt: skip
+    if shape.direction == "fwbw":
+        default_variant = find(chunkwise_bw.TEMPLATE, cell=cell, kernels="fused")
+        default_config = chunkwise_bw.default_config(default_variant, shape.DHQK, shape.DHHV)
+    else:
+        template = _DEFAULTS[form]
+        default_variant = (
+            find(template, cell=cell, state="float32") if form == "chunkwise" else find(template, cell=cell)
+        )
+        configure = {"chunkwise": chunkwise.default_config, "parallel": parallel.default_config,
+                     "sequence": recurrent.sequence_default_config,
+                     "step": recurrent.step_default_config}[form]  # fmt: skip
+        default_config = configure(default_variant, shape.DHQK, shape.DHHV)
     S_bucket, BNH_bucket = tdb.bucket(shape.S), tdb.bucket(shape.B * shape.NH)
-    key = tdb.Key(shape.op, "fw", shape.dtype, shape.DHQK, shape.DHHV, S_bucket, BNH_bucket, "")
+    key = tdb.Key(shape.op, shape.direction, shape.dtype, shape.DHQK, shape.DHHV, S_bucket, BNH_bucket, "")
     name = search.study_name(gpu, key.op, key.direction, key.dtype, key.DHQK, key.DHHV, key.S, key.BNH)
     study = search.open_study(storage, name, seed=seed)
     runner = IsolatedRunner(timeout_s=runner_timeout_s, env=runner_env)
@@ -120,9 +136,11 @@ def tune_shape(shape: Shape, *, trials: int, time_budget_s: float | None, storag
     dtype_bytes = torch.empty(0, dtype=getattr(torch, shape.dtype)).element_size()
     try:
         result = search.run_study(
-            study, space.variants_of(form, cell), (default_variant, default_config), evaluate, DHQK=shape.DHQK,
+            study, space.variants_of(form, cell, shape.direction), (default_variant, default_config), evaluate,
+            DHQK=shape.DHQK,
             DHHV=shape.DHHV, dtype_bytes=dtype_bytes, trials=trials, time_budget_s=time_budget_s,
-            progress=_progress(f"{shape.op} B={shape.B} NH={shape.NH} S={shape.S} {shape.DHQK}/{shape.DHHV}"),
+            progress=_progress(f"{shape.op} {shape.direction} B={shape.B} NH={shape.NH} S={shape.S} "
+                               f"{shape.DHQK}/{shape.DHHV}"),
         )  # fmt: skip
     finally:
         runner.close()
@@ -202,13 +220,13 @@ def run(args) -> int:
         except RuntimeError as err:  # no candidate of a shape ran correctly
             print(f"\nmlstm-tune tune: {err}", file=sys.stderr)
             return 1
-    print(f"\n{'op':14s} {'B':>4s} {'NH':>3s} {'S':>6s} {'DHQK':>5s} {'DHHV':>5s} {'dtype':9s} {'tuned ms':>9s} "
-          f"{'default ms':>10s} {'speed-up':>8s}  winner")  # fmt: skip
+    print(f"\n{'op':14s} {'dir':4s} {'B':>4s} {'NH':>3s} {'S':>6s} {'DHQK':>5s} {'DHHV':>5s} {'dtype':9s} "
+          f"{'tuned ms':>9s} {'default ms':>10s} {'speed-up':>8s}  winner")  # fmt: skip
     for r in rows:
         s = r["shape"]
         speedup = r["default_ms"] / r["p50_ms"] if r["p50_ms"] > 0 else float("nan")
-        print(f"{s.op:14s} {s.B:4d} {s.NH:3d} {s.S:6d} {s.DHQK:5d} {s.DHHV:5d} {s.dtype:9s} {r['p50_ms']:9.4g} "
-              f"{r['default_ms']:10.4g} {speedup:7.2f}x  {r['variant']} {r['config']}")  # fmt: skip
+        print(f"{s.op:14s} {s.direction:4s} {s.B:4d} {s.NH:3d} {s.S:6d} {s.DHQK:5d} {s.DHHV:5d} {s.dtype:9s} "
+              f"{r['p50_ms']:9.4g} {r['default_ms']:10.4g} {speedup:7.2f}x  {r['variant']} {r['config']}")  # fmt: skip
     print(f"wrote {len(rows)} entr{'y' if len(rows) == 1 else 'ies'} to {rows[0]['db'] if rows else '-'} "
           f"in {time.monotonic() - start:.0f} s")  # fmt: skip
     return 0
