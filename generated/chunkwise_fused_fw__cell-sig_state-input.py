@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_fused_fw.py.j2
-# template hash:   39924387f1befd11
+# template hash:   b321008a3c111d33
 # parameters:      cell=sig, state=input
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (sig cell), fused single pass: one program per (value tile, batch x head) walks the
@@ -88,6 +88,9 @@ def chunkwise_fused_fw_kernel(
     mS_ptr,  # (B, NH) fp32
     s_ptr,  # (B, NH, S) fp32 out (STORE_STATS): the normaliser's argument s_t, for the backward
     mt_ptr,  # (B, NH, S) fp32 out (STORE_STATS): the max state m_t
+    Cb_ptr,  # (B, NH, NC, DHQK, DHHV) fp32 out (STORE_BORDERS): the state before every chunk, for the backward
+    nb_ptr,  # (B, NH, NC, DHQK) fp32 out (STORE_BORDERS)
+    mb_ptr,  # (B, NH, NC) fp32 out (STORE_BORDERS)
     S,
     scale,
     eps,
@@ -100,6 +103,7 @@ def chunkwise_fused_fw_kernel(
     STORE_LAST: tl.constexpr,
     NORMALIZE: tl.constexpr,
     STORE_STATS: tl.constexpr,
+    STORE_BORDERS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
@@ -121,7 +125,14 @@ def chunkwise_fused_fw_kernel(
     k_ptr += i_bh * S * DHQK
     v_ptr += i_bh * S * DHHV
     h_ptr += i_bh * S * DHHV
-    for i_c in range(0, tl.cdiv(S, L)):
+    NC = tl.cdiv(S, L)
+    for i_c in range(0, NC):
+        if STORE_BORDERS:
+            i_bhc = i_bh * NC + i_c
+            tl.store(Cb_ptr + i_bhc * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :], b_C, mask=m_kv)
+            if i_v == 0:
+                tl.store(nb_ptr + i_bhc * DHQK + o_k, b_n, mask=m_k)
+                tl.store(mb_ptr + i_bhc, b_m)
         o_t = i_c * L + o_l
         m_t = o_t < S
         b_lf, b_li = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_t, m_t)

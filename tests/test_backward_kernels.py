@@ -69,7 +69,7 @@ def _run(x: dict, weights: dict, *, cell: str, forward: str, fw_config: dict, bw
     """Generated forward (keeping what the backward needs), then the generated backward."""
     args = [x.get(n) for n in NAMES]
     B, NH = x["q"].shape[:2]
-    saved = {}
+    saved = {"borders_at": bw_config["L"]} if bw_config.get("states") == "reuse" else {}
     with_last = "C" in weights
     if forward == "parallel":
         variant = find("parallel_fw.py.j2", cell=cell)
@@ -185,10 +185,12 @@ def test_backward_chunk_sizes(kernels, L, states, check):
            bw_config=_bw_config(variant, 16, 32, L, states, tile=16))  # fmt: skip
 
 
-@pytest.mark.parametrize("forward", [launch_fw.FUSED, "parallel"])
+@pytest.mark.parametrize("forward,states", [(launch_fw.FUSED, "recompute"), (launch_fw.FUSED, "reuse"),
+                                            ("parallel", "recompute")])  # fmt: skip
 @pytest.mark.parametrize("cell", ["exp", "sig"])
-def test_backward_after_other_forwards(forward, cell, check):
-    """The statistics of the fused single-pass and of the parallel forward serve the backward as well."""
+def test_backward_after_other_forwards(forward, states, cell, check):
+    """The statistics of the fused single-pass and of the parallel forward serve the backward as well; the fused
+    forward keeps its states for a backward that reuses them."""
     shape = SHAPES[4]  # S=130, DHQK=192, DHHV=64
     x = _inputs(shape, cell, True)
     if forward == "parallel":
@@ -197,9 +199,9 @@ def test_backward_after_other_forwards(forward, cell, check):
         fw_config = dict(launch_fw.default_config(find(forward, cell=cell, state="float32"), shape.DHQK, shape.DHHV),
                          L=32)  # fmt: skip
     variant = find(launch_bw.TEMPLATE, cell=cell, kernels="fused")
-    _check(check, x, _weights(shape, cell, True), cell, target=f"{variant.name} after {forward}", dims=shape.dims(),
-           forward=forward, fw_config=fw_config, bw_variant=variant,
-           bw_config=_bw_config(variant, shape.DHQK, shape.DHHV, 32))  # fmt: skip
+    _check(check, x, _weights(shape, cell, True), cell, target=f"{variant.name} after {forward} {states}",
+           dims=shape.dims(), forward=forward, fw_config=fw_config, bw_variant=variant,
+           bw_config=_bw_config(variant, shape.DHQK, shape.DHHV, 32, states))  # fmt: skip
 
 
 @pytest.mark.parametrize("kernels", ["fused", "split"])
@@ -241,3 +243,45 @@ def test_sig_without_normalizer(check):
     check(target=f"{variant.name} normalize=False", baseline="autograd through reference.mlstm_recurrent(fp64)",
           dims=shape.dims(), dtype=torch.float32, pairs={k: (got[k], ref[k]) for k in ref},
           limit=_limits(torch.float32, oracle, x, weights, "sig", ref, normalize=False))  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["chunkwise--triton_fused", "chunkwise--triton_xl_chunk"])
+def test_entry_with_a_forced_reusing_backward(name, monkeypatch, check):
+    """Through the registry with MLSTM_AUTOTUNE_FORCE on the "fwbw" key: a split backward reusing the forward's states
+    (the fused forward keeps them because the backward asks at the forward)."""
+    import json
+
+    from autotune.dispatch import dispatcher
+    from autotune.torch import get_mlstm_kernel
+
+    variant = find(launch_bw.TEMPLATE, cell="exp", kernels="split")
+    config = _bw_config(variant, 32, 32, 16, "reuse", tile=16)
+    monkeypatch.setenv("MLSTM_AUTOTUNE_FORCE", json.dumps({"chunkwise:exp/fwbw": {"variant": variant.name,
+                                                                                  "config": config}}))  # fmt: skip
+    dispatcher().reset()
+    used = []
+
+    def spy(*args, **kwargs):
+        used.append((kwargs["variant"].name, kwargs["config"]["states"], kwargs["borders"] is not None))
+        return real(*args, **kwargs)
+
+    real = launch_bw.chunkwise_bw
+    monkeypatch.setattr(launch_bw, "chunkwise_bw", spy)
+    try:
+        shape = SHAPES[3]
+        x = _inputs(shape, "exp", True)
+        weights = _weights(shape, "exp", True)
+        xk = {k: v.clone().requires_grad_(True) for k, v in x.items()}
+        h, states = get_mlstm_kernel(name)(**xk, return_last_states=True, chunk_size=16)
+        outs = dict(zip(("h", "C", "n", "m"), (h, *states)))
+        loss = sum((outs[k].double() * w.to(outs[k].device)).sum() for k, w in weights.items())
+        got = dict(zip((f"d{k}" for k in xk), torch.autograd.grad(loss, list(xk.values()))))
+    finally:
+        monkeypatch.delenv("MLSTM_AUTOTUNE_FORCE")
+        dispatcher().reset()
+    assert used == [(variant.name, "reuse", True)]
+    oracle = _oracle_grads("exp", weights)
+    ref = oracle(x)
+    check(target=f"{name} with a forced reusing split backward", baseline="autograd through the oracle (fp64)",
+          dims=shape.dims(), dtype=torch.float32, pairs={k: (got[k], ref[k]) for k in ref},
+          limit=_limits(torch.float32, oracle, x, weights, "exp", ref))  # fmt: skip

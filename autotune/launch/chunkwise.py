@@ -81,8 +81,9 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
                  saved: dict | None = None):  # fmt: skip
     """q, k (B, NH, S, DHQK); v (B, NH, S, DHHV); i, f (B, NH, S); optional C0, n0, m0. Returns h (B, NH, S, DHHV) in
     q's dtype and the fp32 last state (C, n, m), or None unless return_last_states. With a dict ``saved``, the
-    launcher also keeps what the backward needs in it: the per-token statistics "s" and "mt", and for the two-pass
-    structure the states before every chunk ("Cb", "nb", "mb", of chunks of "L" = LO tokens)."""
+    launcher also keeps what the backward needs in it: the per-token statistics "s" and "mt", and the states before
+    every chunk ("Cb", "nb", "mb", of chunks of "L" tokens): always for the two-pass structure (L = LO), and for the
+    fused one when ``saved["borders_at"]`` equals its chunk size L (a backward that will reuse them)."""
     B, NH, S, DHQK = q.shape
     DHHV = v.shape[-1]
     config = dict(config or default_config(variant, DHQK, DHHV))
@@ -95,13 +96,23 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
     prec = dot_precision(q.dtype)
     stats = stats_buffers(B, NH, S, q.device, saved)
     if variant.template == FUSED:
+        # the fused pass keeps no states unless a backward asked to reuse them at this chunk size
+        keep = saved is not None and saved.get("borders_at") == config["L"]
+        NC = cdiv(S, config["L"]) if keep else 1
+        borders = (
+            empty(B, NH, NC, DHQK, DHHV, dtype=torch.float32, device=q.device) if keep else stats[0],
+            empty(B, NH, NC, DHQK, dtype=torch.float32, device=q.device) if keep else stats[0],
+            empty(B, NH, NC, dtype=torch.float32, device=q.device) if keep else stats[0],
+        )
         grid = (cdiv(DHHV, config["BV"]), B * NH)
         module.chunkwise_fused_fw_kernel[grid](
-            q, k, v, i, f, C0, n0, m0, h, *last, *stats, S, scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV,
+            q, k, v, i, f, C0, n0, m0, h, *last, *stats, *borders, S, scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV,
             L=config["L"], BK=next_pow2(DHQK), BV=config["BV"], HAS_STATE=has_state, STORE_LAST=return_last_states,
-            NORMALIZE=normalize, STORE_STATS=saved is not None, DOT_PRECISION=prec, num_warps=config["num_warps"],
-            num_stages=config["num_stages"],
+            NORMALIZE=normalize, STORE_STATS=saved is not None, STORE_BORDERS=keep, DOT_PRECISION=prec,
+            num_warps=config["num_warps"], num_stages=config["num_stages"],
         )  # fmt: skip
+        if keep:
+            saved.update(Cb=borders[0], nb=borders[1], mb=borders[2], L=config["L"])
     elif variant.template == TWOPASS:
         NC = cdiv(S, config["LO"])
         state_dtype = torch.float32 if variant.params["state"] == "float32" else q.dtype

@@ -117,24 +117,28 @@ def _backward_default(cell: str, DHQK: int, DHHV: int):
     return variant.name, launch_chunkwise_bw.default_config(variant, DHQK, DHHV)
 
 
-def _run_backward(saved: dict, dh, dlast, *, cell: str, normalize: bool, eps: float):
-    """The generated backward for what a forward saved: variant and config from the dispatcher (direction "fwbw")."""
-    q, v = saved["q"], saved["v"]
+def _backward_plan(q: torch.Tensor, v: torch.Tensor, cell: str):
+    """The backward (variant, config) for a training step on these shapes: the dispatcher, direction "fwbw"."""
     B, NH, S, DHQK = q.shape
     DHHV = v.shape[-1]
     default = partial(_backward_default, cell, DHQK, DHHV)
-    variant, config = _pick(f"chunkwise:{cell}", ("chunkwise_bw",), q, DHHV, S, B * NH, default, direction="fwbw")
+    return _pick(f"chunkwise:{cell}", ("chunkwise_bw",), q, DHHV, S, B * NH, default, direction="fwbw")
+
+
+def _run_backward(saved: dict, dh, dlast, plan, *, cell: str, normalize: bool, eps: float):
+    """The generated backward for what a forward saved, with the (variant, config) chosen at the forward."""
+    variant, config = plan
     config = dict(config)
     borders = None
     if config.get("states") == "reuse" and saved.get("Cb") is not None and saved["L"] == config["L"]:
         borders = (saved["Cb"], saved["nb"], saved["mb"])
     else:
-        config["states"] = "recompute"
+        config["states"] = "recompute"  # e.g. a parallel forward, or a two-pass one with another chunk size
     dC, dn, dm = dlast if dlast is not None else (None, None, None)
     return launch_chunkwise_bw.chunkwise_bw(
-        q, saved["k"], v, saved["i"], saved["f"], saved["C0"], saved["n0"], saved["m0"], saved["h"], saved["s"],
-        saved["mt"], dh, dC, dn, dm, saved["last"], variant=variant, config=config, eps=eps, normalize=normalize,
-        borders=borders,
+        saved["q"], saved["k"], saved["v"], saved["i"], saved["f"], saved["C0"], saved["n0"], saved["m0"], saved["h"],
+        saved["s"], saved["mt"], dh, dC, dn, dm, saved["last"], variant=variant, config=config, eps=eps,
+        normalize=normalize, borders=borders,
     )  # fmt: skip
 
 
@@ -151,6 +155,10 @@ class _GeneratedFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, i, f, C0, n0, m0, run, cell: str, normalize: bool, eps: float, with_last: bool,
                 needs_grad: bool):  # fmt: skip
         saved = {} if needs_grad else None
+        if needs_grad:
+            ctx.plan = _backward_plan(q, v, cell)
+            if ctx.plan[1].get("states") == "reuse":
+                saved["borders_at"] = ctx.plan[1]["L"]  # a fused forward then keeps its states for the backward
         h, last = run(q, k, v, i, f, C0, n0, m0, return_last_states=with_last, saved=saved)
         if needs_grad:
             ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h, saved["s"], saved["mt"], saved.get("Cb"),
@@ -171,7 +179,7 @@ class _GeneratedFunction(torch.autograd.Function):
             dlast = tuple(d if d is not None else torch.zeros_like(z) for d, z in zip(dlast, like))
         else:
             dlast = None
-        grads = _run_backward(saved, dh.contiguous(), dlast, **ctx.opts)
+        grads = _run_backward(saved, dh.contiguous(), dlast, ctx.plan, **ctx.opts)
         inputs = (saved[n] for n in ("q", "k", "v", "i", "f", "C0", "n0", "m0"))
         out = [g.to(t.dtype).reshape(t.shape) if (t is not None and g is not None) else None
                for g, t in zip(grads, inputs)]  # fmt: skip
