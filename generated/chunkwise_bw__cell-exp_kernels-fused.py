@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   7e9203281b585f4d
+# template hash:   691257ba1a9cb540
 # parameters:      cell=exp, kernels=fused
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (exp cell), exact (MATH.md §6), "fused" within-chunk kernels.
@@ -89,6 +89,7 @@ def chunkwise_bw_prep_kernel(
     r_ptr,  # (B, NH, S) fp32 out: 1 / den
     ds_ptr,  # (B, NH, S) fp32 out: the gradient of s
     G_ptr,  # (B, NH, S) fp32 out: the gradient of the max state m_t (exp cell)
+    Fl_ptr,  # (B, NH, S) fp32 out: -floor dfloor, the floor's part of the gradient of m_t (exp cell)
     S,
     eps,
     DHHV: tl.constexpr,
@@ -112,6 +113,7 @@ def chunkwise_bw_prep_kernel(
     b_den = tl.maximum(tl.abs(b_s), b_floor) + eps
     b_ds = tl.where(tl.abs(b_s) >= b_floor, -b_delta / b_den, 0.0)
     tl.store(G_ptr + i_bh * S + o_t, -eps * b_delta / b_den, mask=m_t)
+    tl.store(Fl_ptr + i_bh * S + o_t, tl.where(tl.abs(b_s) >= b_floor, 0.0, b_floor * b_delta / b_den), mask=m_t)
     b_ds = tl.where(b_s > 0, b_ds, tl.where(b_s < 0, -b_ds, 0.0))  # times sign(s)
     tl.store(r_ptr + i_bh * S + o_t, 1.0 / b_den, mask=m_t)
     tl.store(ds_ptr + i_bh * S + o_t, b_ds, mask=m_t)
@@ -152,7 +154,6 @@ def chunkwise_bw_dstate_kernel(
     R_ptr,  # (B, NH, S) fp32 out: the max-state chain R_t (exp cell)
     dC0_ptr,  # (B, NH, DHQK, DHHV) fp32 out: gradient of the initial state (written when HAS_STATE)
     dn0_ptr,  # (B, NH, DHQK) fp32 out
-    Rm0_ptr,  # (B, NH) fp32 out: the max-state chain's share of dm0 (exp cell)
     S,
     NC,
     scale,
@@ -228,8 +229,6 @@ def chunkwise_bw_dstate_kernel(
         tl.store(dC0_ptr + i_bh * DHQK * DHHV + o_kv, b_dC, mask=m_kv)
         if i_v == 0:
             tl.store(dn0_ptr + i_bh * DHQK + o_k, b_dn, mask=m_k)
-    if chain:
-        tl.store(Rm0_ptr + i_bh, b_carry)
 
 
 @triton.jit
@@ -339,15 +338,21 @@ def _dv_tile(k_ptr, dh_ptr, dCa_ptr, i_bhc, o_t, m_t, o_v, b_P, b_r, b_w, DHQK: 
 
 
 @triton.jit
-def _gate_grads(i_ptr, f_ptr, mt_ptr, R_ptr, i_bh, o_t, m_t, b_lf, b_li, b_mc, b_E, b_u, b_dD0, b_X, S,
-                L: tl.constexpr):
+def _gate_grads(i_ptr, f_ptr, mt_ptr, R_ptr, Fl_ptr, dm_ptr, i_bh, i_bhc, o_t, m_t, b_lf, b_li, b_mc, b_E, b_u, b_dD0,
+                b_X, S, L: tl.constexpr):
     """di, df of the chunk's tokens (MATH.md §6). b_E = dP * P is the gradient of log D[t, j] within the chunk,
     b_u_j = k_j . dk_trans_j that of the state after the chunk's log weight of token j, b_dD0_t = q_t . dq_inter_t that
     of log D0[t], b_X that of the decay of the state across the chunk. log D[t, j] = F_t - F_j + li_j and
     log D0[t] = F_t + m, so
         dli_j = sum_t E[t, j] + u_j,
         dlf_s = sum_{t >= s, j < s} E[t, j] + sum_{j < s} u_j + sum_{t >= s} dD0_t + X,
-    plus the max state's chain R (exp cell), which reaches i_t where m_t = i_t and lf_t where m_t = lf_t + m_{t-1}."""
+    plus the max state's chain R (exp cell), which reaches i_t where m_t = i_t and lf_t where m_t = lf_t + m_{t-1}.
+
+    Exp cell, for dm0: the gradient of the max state before the chunk is dm_c = Y_c + a_c dm_{c+1}, routed as in the
+    native backward: rows whose max came from the state before the chunk ("alive") give -sum_j E[t, j] + Fl_t,
+    the others dD0_t; the last row adds -sum_j u_j and passes dm_{c+1} on if alive, else adds X. (Y_c, a_c) go to
+    dm_ptr; the launcher chains them. (<C0, dC0> + <n0, dn0> + chain is the same value, but its two dot products
+    nearly cancel where the state dominates the outputs: 5e-4 relative error in fp32 against 6e-6.)"""
     o_l = tl.arange(0, L)
     b_before = tl.cumsum(b_E, axis=1) - b_E  # [t, s]: sum_{j < s} E[t, j]
     b_dlf = tl.sum(tl.where(o_l[:, None] >= o_l[None, :], b_before, 0.0), axis=0)
@@ -360,6 +365,14 @@ def _gate_grads(i_ptr, f_ptr, mt_ptr, R_ptr, i_bh, o_t, m_t, b_lf, b_li, b_mc, b
     b_dli += tl.where(forget_won, 0.0, b_R)
     b_dlf += tl.where(forget_won, b_R, 0.0)
     b_di = b_dli
+    alive = (tl.cumsum(tl.where(forget_won | (o_t >= S), 0, 1), axis=0) == 0) & m_t
+    n_valid = tl.minimum(S - (o_t - o_l), L)  # o_t - o_l: the chunk's first token
+    last_alive = tl.sum(tl.where((o_l == n_valid - 1) & alive, 1.0, 0.0), axis=0)
+    b_Fl = tl.load(Fl_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
+    b_Y = tl.sum(tl.where(alive, b_Fl - tl.sum(b_E, axis=1), tl.where(m_t, b_dD0, 0.0)), axis=0)
+    b_Y += tl.where(last_alive > 0, -tl.sum(b_u, axis=0), b_X)
+    tl.store(dm_ptr + 2 * i_bhc, b_Y)
+    tl.store(dm_ptr + 2 * i_bhc + 1, last_alive)
     b_df = b_dlf * tl.sigmoid(-tl.load(f_ptr + i_bh * S + o_t, mask=m_t, other=0.0).to(tl.float32))
     return b_di, b_df
 
@@ -378,6 +391,8 @@ def chunkwise_bw_chunk_kernel(
     r_ptr,  # (B, NH, S) fp32
     ds_ptr,  # (B, NH, S) fp32
     R_ptr,  # (B, NH, S) fp32 max-state chain (exp cell)
+    Fl_ptr,  # (B, NH, S) fp32 the floor's part of the gradient of m_t (exp cell)
+    dm_ptr,  # (B, NH, NC, 2) fp32 out: (Y_c, a_c) of the max state's gradient, dm_c = Y_c + a_c dm_{c+1} (exp)
     Cb_ptr,  # (B, NH, NC, DHQK, DHHV) state before each chunk
     nb_ptr,  # (B, NH, NC, DHQK) fp32
     dCa_ptr,  # (B, NH, NC, DHQK, DHHV) fp32 gradient of the state after each chunk
@@ -433,7 +448,7 @@ def chunkwise_bw_chunk_kernel(
         b_dv = _dv_tile(k_ptr, dh_ptr, dCa_ptr, i_bhc, o_t, m_t, o_v, b_P, b_r, b_w, DHQK, DHHV, BK, DOT_PRECISION)
         p_dv = dv_ptr + i_bh * S * DHHV + o_t[:, None] * DHHV + o_v[None, :]
         tl.store(p_dv, b_dv.to(dv_ptr.dtype.element_ty), mask=m_t[:, None] & (o_v < DHHV)[None, :])
-    b_di, b_df = _gate_grads(i_ptr, f_ptr, mt_ptr, R_ptr, i_bh, o_t, m_t, b_lf, b_li, b_mc, b_dP * b_P, b_u, b_dD0,
-                             b_decay * b_X, S, L)
+    b_di, b_df = _gate_grads(i_ptr, f_ptr, mt_ptr, R_ptr, Fl_ptr, dm_ptr, i_bh, i_bhc, o_t, m_t, b_lf, b_li, b_mc,
+                             b_dP * b_P, b_u, b_dD0, b_decay * b_X, S, L)
     tl.store(di_ptr + i_bh * S + o_t, b_di, mask=m_t)
     tl.store(df_ptr + i_bh * S + o_t, b_df, mask=m_t)

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   7e9203281b585f4d
+# template hash:   691257ba1a9cb540
 # parameters:      cell=sig, kernels=fused
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (sig cell), exact (MATH.md §6), "fused" within-chunk kernels.
@@ -92,6 +92,7 @@ def chunkwise_bw_prep_kernel(
     r_ptr,  # (B, NH, S) fp32 out: 1 / den
     ds_ptr,  # (B, NH, S) fp32 out: the gradient of s
     G_ptr,  # (B, NH, S) fp32 out: the gradient of the max state m_t (exp cell)
+    Fl_ptr,  # (B, NH, S) fp32 out: -floor dfloor, the floor's part of the gradient of m_t (exp cell)
     S,
     eps,
     DHHV: tl.constexpr,
@@ -151,7 +152,6 @@ def chunkwise_bw_dstate_kernel(
     R_ptr,  # (B, NH, S) fp32 out: the max-state chain R_t (exp cell)
     dC0_ptr,  # (B, NH, DHQK, DHHV) fp32 out: gradient of the initial state (written when HAS_STATE)
     dn0_ptr,  # (B, NH, DHQK) fp32 out
-    Rm0_ptr,  # (B, NH) fp32 out: the max-state chain's share of dm0 (exp cell)
     S,
     NC,
     scale,
@@ -315,15 +315,21 @@ def _dv_tile(k_ptr, dh_ptr, dCa_ptr, i_bhc, o_t, m_t, o_v, b_P, b_r, b_w, DHQK: 
 
 
 @triton.jit
-def _gate_grads(i_ptr, f_ptr, mt_ptr, R_ptr, i_bh, o_t, m_t, b_lf, b_li, b_mc, b_E, b_u, b_dD0, b_X, S,
-                L: tl.constexpr):
+def _gate_grads(i_ptr, f_ptr, mt_ptr, R_ptr, Fl_ptr, dm_ptr, i_bh, i_bhc, o_t, m_t, b_lf, b_li, b_mc, b_E, b_u, b_dD0,
+                b_X, S, L: tl.constexpr):
     """di, df of the chunk's tokens (MATH.md §6). b_E = dP * P is the gradient of log D[t, j] within the chunk,
     b_u_j = k_j . dk_trans_j that of the state after the chunk's log weight of token j, b_dD0_t = q_t . dq_inter_t that
     of log D0[t], b_X that of the decay of the state across the chunk. log D[t, j] = F_t - F_j + li_j and
     log D0[t] = F_t + m, so
         dli_j = sum_t E[t, j] + u_j,
         dlf_s = sum_{t >= s, j < s} E[t, j] + sum_{j < s} u_j + sum_{t >= s} dD0_t + X,
-    plus the max state's chain R (exp cell), which reaches i_t where m_t = i_t and lf_t where m_t = lf_t + m_{t-1}."""
+    plus the max state's chain R (exp cell), which reaches i_t where m_t = i_t and lf_t where m_t = lf_t + m_{t-1}.
+
+    Exp cell, for dm0: the gradient of the max state before the chunk is dm_c = Y_c + a_c dm_{c+1}, routed as in the
+    native backward: rows whose max came from the state before the chunk ("alive") give -sum_j E[t, j] + Fl_t,
+    the others dD0_t; the last row adds -sum_j u_j and passes dm_{c+1} on if alive, else adds X. (Y_c, a_c) go to
+    dm_ptr; the launcher chains them. (<C0, dC0> + <n0, dn0> + chain is the same value, but its two dot products
+    nearly cancel where the state dominates the outputs: 5e-4 relative error in fp32 against 6e-6.)"""
     o_l = tl.arange(0, L)
     b_before = tl.cumsum(b_E, axis=1) - b_E  # [t, s]: sum_{j < s} E[t, j]
     b_dlf = tl.sum(tl.where(o_l[:, None] >= o_l[None, :], b_before, 0.0), axis=0)
@@ -348,6 +354,8 @@ def chunkwise_bw_chunk_kernel(
     r_ptr,  # (B, NH, S) fp32
     ds_ptr,  # (B, NH, S) fp32
     R_ptr,  # (B, NH, S) fp32 max-state chain (exp cell)
+    Fl_ptr,  # (B, NH, S) fp32 the floor's part of the gradient of m_t (exp cell)
+    dm_ptr,  # (B, NH, NC, 2) fp32 out: (Y_c, a_c) of the max state's gradient, dm_c = Y_c + a_c dm_{c+1} (exp)
     Cb_ptr,  # (B, NH, NC, DHQK, DHHV) state before each chunk
     nb_ptr,  # (B, NH, NC, DHQK) fp32
     dCa_ptr,  # (B, NH, NC, DHQK, DHHV) fp32 gradient of the state after each chunk
@@ -403,7 +411,7 @@ def chunkwise_bw_chunk_kernel(
         b_dv = _dv_tile(k_ptr, dh_ptr, dCa_ptr, i_bhc, o_t, m_t, o_v, b_P, b_r, b_w, DHQK, DHHV, BK, DOT_PRECISION)
         p_dv = dv_ptr + i_bh * S * DHHV + o_t[:, None] * DHHV + o_v[None, :]
         tl.store(p_dv, b_dv.to(dv_ptr.dtype.element_ty), mask=m_t[:, None] & (o_v < DHHV)[None, :])
-    b_di, b_df = _gate_grads(i_ptr, f_ptr, mt_ptr, R_ptr, i_bh, o_t, m_t, b_lf, b_li, b_mc, b_dP * b_P, b_u, b_dD0,
-                             b_decay * b_X, S, L)
+    b_di, b_df = _gate_grads(i_ptr, f_ptr, mt_ptr, R_ptr, Fl_ptr, dm_ptr, i_bh, i_bhc, o_t, m_t, b_lf, b_li, b_mc,
+                             b_dP * b_P, b_u, b_dD0, b_decay * b_X, S, L)
     tl.store(di_ptr + i_bh * S + o_t, b_di, mask=m_t)
     tl.store(df_ptr + i_bh * S + o_t, b_df, mask=m_t)

@@ -8,8 +8,7 @@ helpers.conditioning_limits, an fp32 check allows 10x the error of the same exac
 the native PyTorch backward in fp32 (itself checked to 1e-10 in fp64 by test_native_kernels), and 10x the error of
 the kernels' own decomposition evaluated in PyTorch fp32 (tests/backward_decomposition.py; checked here to equal
 the native backward in fp64). Examples: with |s_t| >= floor the output is invariant to scaling q_t, so for S=1 dq is
-of order eps and is the difference of two O(1) terms, in any fp32 evaluation (measured: 4e-2 relative); and dm0,
-see backward_decomposition.py (measured: 5e-4 relative in fp32 where the initial state dominates)."""
+of order eps and is the difference of two O(1) terms, in any fp32 evaluation (measured: 4e-2 relative)."""
 
 from __future__ import annotations
 

@@ -81,10 +81,10 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
         C0, n0, m0 = contiguous(C0, n0, m0.reshape(B, NH))
 
     # 1. per token: r = 1 / den, ds, G
-    r, ds, G = (empty(B, NH, S, **f32) for _ in range(3))
+    r, ds, G, Fl = (empty(B, NH, S, **f32) for _ in range(4))
     BT = 64
     module.chunkwise_bw_prep_kernel[(cdiv(S, BT), B * NH)](
-        h, dh, s, mt, r, ds, G, S, eps, DHHV=DHHV, BT=BT, BV=min(64, next_pow2(DHHV)), NORMALIZE=normalize
+        h, dh, s, mt, r, ds, G, Fl, S, eps, DHHV=DHHV, BT=BT, BV=min(64, next_pow2(DHHV)), NORMALIZE=normalize
     )
 
     # 2. the states before every chunk (and the max states of their frames)
@@ -119,11 +119,10 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
     R = empty(B, NH, S, **f32) if cell == "exp" else dummy
     dC0 = empty(B, NH, DHQK, DHHV, **f32) if has_state else dummy
     dn0 = empty(B, NH, DHQK, **f32) if has_state else dummy
-    Rm0 = empty(B, NH, **f32) if cell == "exp" else dummy
     mS = last[2].reshape(B, NH).float().contiguous() if has_last and cell == "exp" else mt[:, :, -1].contiguous()
     grid = (cdiv(DHQK, config["BKS"]), cdiv(DHHV, config["BVS"]), B * NH)
     module.chunkwise_bw_dstate_kernel[grid](
-        q, dh, i, f, mt, mb, mS, r, ds, G, dC, dn, T, dCa, dna, R, dC0, dn0, Rm0, S, NC,
+        q, dh, i, f, mt, mb, mS, r, ds, G, dC, dn, T, dCa, dna, R, dC0, dn0, S, NC,
         scale=DHQK**-0.5, DHQK=DHQK, DHHV=DHHV, L=L, BK=config["BKS"], BV=config["BVS"], HAS_STATE=has_state,
         HAS_LAST_GRAD=has_last, DOT_PRECISION=prec, num_warps=config["num_warps_state"],
     )  # fmt: skip
@@ -132,11 +131,12 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
     dq, dk = empty(*q.shape, dtype=q.dtype, device=dev), empty(*k.shape, dtype=k.dtype, device=dev)
     dv = empty(*v.shape, dtype=v.dtype, device=dev)
     di, df = empty(B, NH, S, **f32), empty(B, NH, S, **f32)
+    Ya = empty(B, NH, NC, 2, **f32) if cell == "exp" else dummy  # (Y_c, a_c): dm_c = Y_c + a_c dm_{c+1}
     common = dict(scale=DHQK**-0.5, DHQK=DHQK, DHHV=DHHV, L=L, BK=config["BK"], BV=config["BV"], DOT_PRECISION=prec,
                   num_warps=config["num_warps"], num_stages=config["num_stages"])  # fmt: skip
     if variant.params["kernels"] == "fused":
         module.chunkwise_bw_chunk_kernel[(NC, B * NH)](
-            q, k, v, i, f, dh, mt, mb, mS, r, ds, R, Cb, nb, dCa, dna, dq, dk, dv, di, df, S, NC, **common
+            q, k, v, i, f, dh, mt, mb, mS, r, ds, R, Fl, Ya, Cb, nb, dCa, dna, dq, dk, dv, di, df, S, NC, **common
         )
     else:  # split: dq/dk programs per DHQK tile, dv programs per DHHV tile, then the gate gradients per chunk
         NKT = cdiv(DHQK, config["BK"])
@@ -149,10 +149,14 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
             q, k, i, f, dh, mt, mb, mS, r, ds, dCa, dv, S, NC, **common
         )
         module.chunkwise_bw_gates_kernel[(NC, B * NH)](
-            q, k, v, i, f, dh, mt, mb, mS, r, ds, R, part, partX, di, df, S, NC, NKT, **common
+            q, k, v, i, f, dh, mt, mb, mS, r, ds, R, Fl, Ya, part, partX, di, df, S, NC, NKT, **common
         )
 
     dm0 = None
     if has_state and cell == "exp":
-        dm0 = (_dot(C0, dC0, 2) + _dot(n0, dn0, 1) + Rm0.double()).float().reshape(B, NH, 1)
+        # dm_0 = Y_0 + a_0 (Y_1 + a_1 (... (Y_{NC-1} + a_{NC-1} dm_S))), in float64
+        Y, a = Ya[..., 0].double(), Ya[..., 1].double()
+        reach = torch.cumprod(torch.cat([torch.ones_like(a[..., :1]), a[..., :-1]], -1), -1)  # prod of a before c
+        dm_S = dm.reshape(B, NH).double() if has_last else torch.zeros_like(Y[..., 0])
+        dm0 = ((reach * Y).sum(-1) + reach[..., -1] * a[..., -1] * dm_S).float().reshape(B, NH, 1)
     return dq, dk, dv, di, df, (dC0 if has_state else None), (dn0 if has_state else None), dm0  # dm0: exp cell only
