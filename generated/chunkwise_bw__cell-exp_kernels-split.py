@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   691257ba1a9cb540
+# template hash:   dd7f508cee9c05a1
 # parameters:      cell=exp, kernels=split
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (exp cell), exact (MATH.md §6), "split" within-chunk kernels.
@@ -8,8 +8,8 @@
 The forward saves, per token, s_t (the normaliser's argument, n_t^T q_t / sqrt(d) in stabilised units) and m_t (the
 max state; 0 for the sig cell), besides h. The backward of chunks of L tokens is then (the derivation is in
 autotune/launch/chunkwise_bw.py):
-  1. chunkwise_bw_prep_kernel, per token: delta = dh . h, r = 1/den, ds (the gradient of s), G = -eps delta / den
-     (the gradient of m_t: it enters h only through eps);
+  1. bw_prep_kernel (templates/_bw.py.j2), per token: delta = dh . h, r = 1/den, ds (the gradient of s),
+     G = -eps delta / den (the gradient of m_t: it enters h only through eps);
      grid (cdiv(S, BT), B * NH).
   2. chunkwise_bw_dstate_kernel, the reverse recurrence over chunk borders: dC_c = decay_c dC_{c+1} +
      scale sum_t D0_t q_t (r_t dh_t)^T (n likewise), storing the gradient of the state after every chunk. Program
@@ -83,7 +83,7 @@ def _normalize(b_num, b_s, b_mt, eps, NORMALIZE: tl.constexpr):
 
 
 @triton.jit
-def chunkwise_bw_prep_kernel(
+def bw_prep_kernel(
     h_ptr,  # (B, NH, S, DHHV) forward output
     dh_ptr,  # (B, NH, S, DHHV) its cotangent
     s_ptr,  # (B, NH, S) fp32 forward statistics: the normaliser's argument
@@ -122,18 +122,71 @@ def chunkwise_bw_prep_kernel(
 
 
 @triton.jit
+def _compose_affine(a1, b1, a2, b2):
+    """x -> a1 x + b1 followed by x -> a2 x + b2."""
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _chain_tile(i_ptr, f_ptr, mt_ptr, G_ptr, R_ptr, i_bh, t0, S, m_before, b_carry, L: tl.constexpr):
+    """The max state's chain over tokens t0 .. t0 + L - 1 (those < S), walked back from the last:
+    R_t = G_t + a_t R_{t+1}, a_t = [m_{t+1} came from m_t], with R of the token after the tile replaced by the carry
+    (already multiplied by its a). A forward scan over reversed positions of the affine maps x -> a x + G. Stores R;
+    returns the carry into the token before t0: R_{t0} where m_{t0} came from m_before (the max state before t0)."""
+    o_l = tl.arange(0, L)
+    o_p = t0 + (L - 1 - o_l)  # token at reversed position p
+    m_p = o_p < S
+    b_G = tl.load(G_ptr + i_bh * S + o_p, mask=m_p, other=0.0)
+    o_n = o_p + 1  # the token after
+    lf_n, li_n = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_n, o_n < S)
+    m_here = tl.load(mt_ptr + i_bh * S + o_p, mask=m_p, other=0.0)
+    b_a = tl.where((o_l == 0) | (o_n >= S), 1.0, tl.where(li_n <= lf_n + m_here, 1.0, 0.0))
+    b_A, b_B = tl.associative_scan((b_a, b_G), 0, _compose_affine)
+    b_R = b_A * b_carry + b_B
+    tl.store(R_ptr + i_bh * S + o_p, b_R, mask=m_p)
+    R_first = tl.sum(tl.where(o_l == L - 1, b_R, 0.0), axis=0)
+    lf_f, li_f = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, t0 + o_l, o_l == 0)
+    won = tl.sum(tl.where(o_l == 0, tl.where(li_f <= lf_f + m_before, 1.0, 0.0), 0.0), axis=0)
+    return won * R_first
+
+
+@triton.jit
+def _qk_block(q_ptr, k_ptr, o_t, m_t, o_j, m_j, DHQK: tl.constexpr, LT: tl.constexpr, LJ: tl.constexpr,
+              BK: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """A = q k^T [LT, LJ] for query rows o_t and key rows o_j, over all of DHQK in tiles."""
+    b_A = tl.zeros([LT, LJ], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(DHQK, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < DHQK
+        b_q = tl.load(q_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
+        b_k = tl.load(k_ptr + o_j[:, None] * DHQK + o_k[None, :], mask=m_j[:, None] & m_k[None, :], other=0.0)
+        b_A += tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)  # [LT, BK] @ [BK, LJ]
+    return b_A
+
+
+@triton.jit
+def _dP_block(v_ptr, dh_ptr, o_t, m_t, o_j, m_j, b_r, b_ds, DHHV: tl.constexpr, LT: tl.constexpr, LJ: tl.constexpr,
+              BV: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """dP = dnum v^T + ds [LT, LJ] (dnum = r dh) for query rows o_t and key rows o_j, over all of DHHV in tiles."""
+    b_dP = tl.zeros([LT, LJ], dtype=tl.float32)
+    for i_v in range(0, tl.cdiv(DHHV, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < DHHV
+        b_v = tl.load(v_ptr + o_j[:, None] * DHHV + o_v[None, :], mask=m_j[:, None] & m_v[None, :], other=0.0)
+        b_dh = tl.load(dh_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
+        b_dP += tl.dot(b_dh, tl.trans(b_v), input_precision=DOT_PRECISION)  # [LT, BV] @ [BV, LJ]
+    # r factored out of the dot: dh and v enter it exactly (no rounding of dnum to 16 bits), and dnum v^T + ds,
+    # which nearly cancels where the output is invariant to scaling q, is formed in fp32
+    return b_dP * b_r[:, None] + b_ds[:, None]
+
+
+@triton.jit
 def _border_m(mb_ptr, mS_ptr, i_bh, i_c, NC):
     """(m before chunk i_c, m after it), in the frames of the states the backward pairs them with: the states before
     every chunk (mb, from the same recurrence as those states) and the last state (mS) after the last chunk."""
     b_mc = tl.load(mb_ptr + i_bh * NC + i_c)
     b_mn = tl.load(mb_ptr + i_bh * NC + tl.minimum(i_c + 1, NC - 1))
     return b_mc, tl.where(i_c + 1 < NC, b_mn, tl.load(mS_ptr + i_bh))
-
-
-@triton.jit
-def _compose_affine(a1, b1, a2, b2):
-    """x -> a1 x + b1 followed by x -> a2 x + b2."""
-    return a1 * a2, a2 * b1 + b2
 
 
 @triton.jit
@@ -210,23 +263,7 @@ def chunkwise_bw_dstate_kernel(
         b_dC = b_decay * b_dC + b_local  # [BK, L] @ [L, BV] -> [BK, BV]
         b_dn = b_decay * b_dn + tl.sum(b_qw * b_ds[:, None], axis=0)
         if chain:
-            # R_t = G_t + a_t R_{t+1}, a_t = [m_{t+1} came from m_t], walked from the chunk's last token back: a
-            # forward scan over reversed positions p of the affine maps x -> a x + G, started from the carry
-            o_p = i_c * L + (L - 1 - o_l)  # token at reversed position p
-            m_p = o_p < S
-            b_G = tl.load(G_ptr + i_bh * S + o_p, mask=m_p, other=0.0)
-            o_n = o_p + 1  # the token after
-            lf_n, li_n = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_n, o_n < S)
-            m_here = tl.load(mt_ptr + i_bh * S + o_p, mask=m_p, other=0.0)
-            b_a = tl.where((o_l == 0) | (o_n >= S), 1.0, tl.where(li_n <= lf_n + m_here, 1.0, 0.0))
-            b_A, b_B = tl.associative_scan((b_a, b_G), 0, _compose_affine)
-            b_R = b_A * b_carry + b_B
-            tl.store(R_ptr + i_bh * S + o_p, b_R, mask=m_p)
-            # the chain passes to the previous chunk if the first token's max came from the state before it
-            R_first = tl.sum(tl.where(o_l == L - 1, b_R, 0.0), axis=0)
-            lf_f, li_f = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, i_c * L + o_l, o_l == 0)
-            won = tl.sum(tl.where(o_l == 0, tl.where(li_f <= lf_f + b_mc, 1.0, 0.0), 0.0), axis=0)
-            b_carry = won * R_first
+            b_carry = _chain_tile(i_ptr, f_ptr, mt_ptr, G_ptr, R_ptr, i_bh, i_c * L, S, b_mc, b_carry, L)
     if HAS_STATE:
         tl.store(dC0_ptr + i_bh * DHQK * DHHV + o_kv, b_dC, mask=m_kv)
         if i_v == 0:
@@ -254,36 +291,6 @@ def _chunk_setup(i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c,
     b_r = tl.load(r_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
     b_ds = tl.load(ds_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
     return o_t, m_t, b_lf, b_li, b_mc, b_D, b_D0, b_w, b_decay, b_r, b_ds
-
-
-@triton.jit
-def _chunk_qk(q_ptr, k_ptr, o_t, m_t, DHQK: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
-              DOT_PRECISION: tl.constexpr):
-    """A = q k^T [L, L] of the chunk, over all of DHQK in tiles."""
-    b_A = tl.zeros([L, L], dtype=tl.float32)
-    for i_k in range(0, tl.cdiv(DHQK, BK)):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m_tk = m_t[:, None] & (o_k < DHQK)[None, :]
-        b_q = tl.load(q_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_tk, other=0.0)
-        b_k = tl.load(k_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_tk, other=0.0)
-        b_A += tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)  # [L, BK] @ [BK, L]
-    return b_A
-
-
-@triton.jit
-def _chunk_dP(v_ptr, dh_ptr, o_t, m_t, b_r, b_ds, DHHV: tl.constexpr, L: tl.constexpr, BV: tl.constexpr,
-              DOT_PRECISION: tl.constexpr):
-    """dP = dnum v^T + ds [L, L] (dnum = r dh), over all of DHHV in tiles."""
-    b_dP = tl.zeros([L, L], dtype=tl.float32)
-    for i_v in range(0, tl.cdiv(DHHV, BV)):
-        o_v = i_v * BV + tl.arange(0, BV)
-        m_tv = m_t[:, None] & (o_v < DHHV)[None, :]
-        b_v = tl.load(v_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_tv, other=0.0)
-        b_dh = tl.load(dh_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_tv, other=0.0)
-        b_dP += tl.dot(b_dh, tl.trans(b_v), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, L]
-    # r factored out of the dot: dh and v enter it exactly (no rounding of dnum to 16 bits), and dnum v^T + ds,
-    # which nearly cancels where the output is invariant to scaling q, is formed in fp32
-    return b_dP * b_r[:, None] + b_ds[:, None]
 
 
 @triton.jit
@@ -419,7 +426,7 @@ def chunkwise_bw_dqk_kernel(
     k_ptr += i_bh * S * DHQK
     v_ptr += i_bh * S * DHHV
     dh_ptr += i_bh * S * DHHV
-    b_dA = _chunk_dP(v_ptr, dh_ptr, o_t, m_t, b_r, b_ds, DHHV, L, BV, DOT_PRECISION) * scale * b_D
+    b_dA = _dP_block(v_ptr, dh_ptr, o_t, m_t, o_t, m_t, b_r, b_ds, DHHV, L, L, BV, DOT_PRECISION) * scale * b_D
     o_k = i_k * BK + tl.arange(0, BK)
     m_tk = m_t[:, None] & (o_k < DHQK)[None, :]
     b_q = tl.load(q_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_tk, other=0.0)
@@ -465,7 +472,8 @@ def chunkwise_bw_dv_kernel(
     i_bhc = i_bh * NC + i_c
     o_t, m_t, b_lf, b_li, b_mc, b_D, b_D0, b_w, b_decay, b_r, b_ds = _chunk_setup(
         i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S, NC, L)
-    b_P = _chunk_qk(q_ptr + i_bh * S * DHQK, k_ptr + i_bh * S * DHQK, o_t, m_t, DHQK, L, BK, DOT_PRECISION)
+    b_P = _qk_block(q_ptr + i_bh * S * DHQK, k_ptr + i_bh * S * DHQK, o_t, m_t, o_t, m_t, DHQK, L, L, BK,
+                    DOT_PRECISION)
     b_P = b_P * scale * b_D
     o_v = i_v * BV + tl.arange(0, BV)
     b_dv = _dv_tile(k_ptr + i_bh * S * DHQK, dh_ptr + i_bh * S * DHHV, dCa_ptr, i_bhc, o_t, m_t, o_v, b_P, b_r, b_w,
@@ -510,10 +518,11 @@ def chunkwise_bw_gates_kernel(
     i_bhc = i_bh * NC + i_c
     o_t, m_t, b_lf, b_li, b_mc, b_D, b_D0, b_w, b_decay, b_r, b_ds = _chunk_setup(
         i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S, NC, L)
-    b_P = _chunk_qk(q_ptr + i_bh * S * DHQK, k_ptr + i_bh * S * DHQK, o_t, m_t, DHQK, L, BK, DOT_PRECISION)
+    b_P = _qk_block(q_ptr + i_bh * S * DHQK, k_ptr + i_bh * S * DHQK, o_t, m_t, o_t, m_t, DHQK, L, L, BK,
+                    DOT_PRECISION)
     b_P = b_P * scale * b_D
-    b_dP = _chunk_dP(v_ptr + i_bh * S * DHHV, dh_ptr + i_bh * S * DHHV, o_t, m_t, b_r, b_ds, DHHV, L, BV,
-                     DOT_PRECISION)
+    b_dP = _dP_block(v_ptr + i_bh * S * DHHV, dh_ptr + i_bh * S * DHHV, o_t, m_t, o_t, m_t, b_r, b_ds, DHHV, L, L,
+                     BV, DOT_PRECISION)
     b_dD0 = tl.zeros([L], dtype=tl.float32)
     b_u = tl.zeros([L], dtype=tl.float32)
     b_X = tl.full([], 0.0, tl.float32)

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   691257ba1a9cb540
+# template hash:   dd7f508cee9c05a1
 # parameters:      cell=sig, kernels=split
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (sig cell), exact (MATH.md §6), "split" within-chunk kernels.
@@ -8,8 +8,8 @@
 The forward saves, per token, s_t (the normaliser's argument, n_t^T q_t / sqrt(d) in stabilised units) and m_t (the
 max state; 0 for the sig cell), besides h. The backward of chunks of L tokens is then (the derivation is in
 autotune/launch/chunkwise_bw.py):
-  1. chunkwise_bw_prep_kernel, per token: delta = dh . h, r = 1/den, ds (the gradient of s), G = -eps delta / den
-     (the gradient of m_t: it enters h only through eps);
+  1. bw_prep_kernel (templates/_bw.py.j2), per token: delta = dh . h, r = 1/den, ds (the gradient of s),
+     G = -eps delta / den (the gradient of m_t: it enters h only through eps);
      grid (cdiv(S, BT), B * NH).
   2. chunkwise_bw_dstate_kernel, the reverse recurrence over chunk borders: dC_c = decay_c dC_{c+1} +
      scale sum_t D0_t q_t (r_t dh_t)^T (n likewise), storing the gradient of the state after every chunk. Program
@@ -86,7 +86,7 @@ def _normalize(b_num, b_s, b_mt, eps, NORMALIZE: tl.constexpr):
 
 
 @triton.jit
-def chunkwise_bw_prep_kernel(
+def bw_prep_kernel(
     h_ptr,  # (B, NH, S, DHHV) forward output
     dh_ptr,  # (B, NH, S, DHHV) its cotangent
     s_ptr,  # (B, NH, S) fp32 forward statistics: the normaliser's argument
@@ -123,6 +123,36 @@ def chunkwise_bw_prep_kernel(
     b_ds = tl.where(b_s > 0, b_ds, tl.where(b_s < 0, -b_ds, 0.0))  # times sign(s)
     tl.store(r_ptr + i_bh * S + o_t, 1.0 / b_den, mask=m_t)
     tl.store(ds_ptr + i_bh * S + o_t, b_ds, mask=m_t)
+
+
+@triton.jit
+def _qk_block(q_ptr, k_ptr, o_t, m_t, o_j, m_j, DHQK: tl.constexpr, LT: tl.constexpr, LJ: tl.constexpr,
+              BK: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """A = q k^T [LT, LJ] for query rows o_t and key rows o_j, over all of DHQK in tiles."""
+    b_A = tl.zeros([LT, LJ], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(DHQK, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < DHQK
+        b_q = tl.load(q_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
+        b_k = tl.load(k_ptr + o_j[:, None] * DHQK + o_k[None, :], mask=m_j[:, None] & m_k[None, :], other=0.0)
+        b_A += tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)  # [LT, BK] @ [BK, LJ]
+    return b_A
+
+
+@triton.jit
+def _dP_block(v_ptr, dh_ptr, o_t, m_t, o_j, m_j, b_r, b_ds, DHHV: tl.constexpr, LT: tl.constexpr, LJ: tl.constexpr,
+              BV: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """dP = dnum v^T + ds [LT, LJ] (dnum = r dh) for query rows o_t and key rows o_j, over all of DHHV in tiles."""
+    b_dP = tl.zeros([LT, LJ], dtype=tl.float32)
+    for i_v in range(0, tl.cdiv(DHHV, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < DHHV
+        b_v = tl.load(v_ptr + o_j[:, None] * DHHV + o_v[None, :], mask=m_j[:, None] & m_v[None, :], other=0.0)
+        b_dh = tl.load(dh_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
+        b_dP += tl.dot(b_dh, tl.trans(b_v), input_precision=DOT_PRECISION)  # [LT, BV] @ [BV, LJ]
+    # r factored out of the dot: dh and v enter it exactly (no rounding of dnum to 16 bits), and dnum v^T + ds,
+    # which nearly cancels where the output is invariant to scaling q, is formed in fp32
+    return b_dP * b_r[:, None] + b_ds[:, None]
 
 
 @triton.jit
@@ -231,36 +261,6 @@ def _chunk_setup(i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c,
     b_r = tl.load(r_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
     b_ds = tl.load(ds_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
     return o_t, m_t, b_lf, b_li, b_mc, b_D, b_D0, b_w, b_decay, b_r, b_ds
-
-
-@triton.jit
-def _chunk_qk(q_ptr, k_ptr, o_t, m_t, DHQK: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
-              DOT_PRECISION: tl.constexpr):
-    """A = q k^T [L, L] of the chunk, over all of DHQK in tiles."""
-    b_A = tl.zeros([L, L], dtype=tl.float32)
-    for i_k in range(0, tl.cdiv(DHQK, BK)):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m_tk = m_t[:, None] & (o_k < DHQK)[None, :]
-        b_q = tl.load(q_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_tk, other=0.0)
-        b_k = tl.load(k_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_tk, other=0.0)
-        b_A += tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)  # [L, BK] @ [BK, L]
-    return b_A
-
-
-@triton.jit
-def _chunk_dP(v_ptr, dh_ptr, o_t, m_t, b_r, b_ds, DHHV: tl.constexpr, L: tl.constexpr, BV: tl.constexpr,
-              DOT_PRECISION: tl.constexpr):
-    """dP = dnum v^T + ds [L, L] (dnum = r dh), over all of DHHV in tiles."""
-    b_dP = tl.zeros([L, L], dtype=tl.float32)
-    for i_v in range(0, tl.cdiv(DHHV, BV)):
-        o_v = i_v * BV + tl.arange(0, BV)
-        m_tv = m_t[:, None] & (o_v < DHHV)[None, :]
-        b_v = tl.load(v_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_tv, other=0.0)
-        b_dh = tl.load(dh_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_tv, other=0.0)
-        b_dP += tl.dot(b_dh, tl.trans(b_v), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, L]
-    # r factored out of the dot: dh and v enter it exactly (no rounding of dnum to 16 bits), and dnum v^T + ds,
-    # which nearly cancels where the output is invariant to scaling q, is formed in fp32
-    return b_dP * b_r[:, None] + b_ds[:, None]
 
 
 @triton.jit
@@ -382,7 +382,7 @@ def chunkwise_bw_dqk_kernel(
     k_ptr += i_bh * S * DHQK
     v_ptr += i_bh * S * DHHV
     dh_ptr += i_bh * S * DHHV
-    b_dA = _chunk_dP(v_ptr, dh_ptr, o_t, m_t, b_r, b_ds, DHHV, L, BV, DOT_PRECISION) * scale * b_D
+    b_dA = _dP_block(v_ptr, dh_ptr, o_t, m_t, o_t, m_t, b_r, b_ds, DHHV, L, L, BV, DOT_PRECISION) * scale * b_D
     o_k = i_k * BK + tl.arange(0, BK)
     m_tk = m_t[:, None] & (o_k < DHQK)[None, :]
     b_q = tl.load(q_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_tk, other=0.0)
@@ -428,7 +428,8 @@ def chunkwise_bw_dv_kernel(
     i_bhc = i_bh * NC + i_c
     o_t, m_t, b_lf, b_li, b_mc, b_D, b_D0, b_w, b_decay, b_r, b_ds = _chunk_setup(
         i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S, NC, L)
-    b_P = _chunk_qk(q_ptr + i_bh * S * DHQK, k_ptr + i_bh * S * DHQK, o_t, m_t, DHQK, L, BK, DOT_PRECISION)
+    b_P = _qk_block(q_ptr + i_bh * S * DHQK, k_ptr + i_bh * S * DHQK, o_t, m_t, o_t, m_t, DHQK, L, L, BK,
+                    DOT_PRECISION)
     b_P = b_P * scale * b_D
     o_v = i_v * BV + tl.arange(0, BV)
     b_dv = _dv_tile(k_ptr + i_bh * S * DHQK, dh_ptr + i_bh * S * DHHV, dCa_ptr, i_bhc, o_t, m_t, o_v, b_P, b_r, b_w,
@@ -473,10 +474,11 @@ def chunkwise_bw_gates_kernel(
     i_bhc = i_bh * NC + i_c
     o_t, m_t, b_lf, b_li, b_mc, b_D, b_D0, b_w, b_decay, b_r, b_ds = _chunk_setup(
         i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S, NC, L)
-    b_P = _chunk_qk(q_ptr + i_bh * S * DHQK, k_ptr + i_bh * S * DHQK, o_t, m_t, DHQK, L, BK, DOT_PRECISION)
+    b_P = _qk_block(q_ptr + i_bh * S * DHQK, k_ptr + i_bh * S * DHQK, o_t, m_t, o_t, m_t, DHQK, L, L, BK,
+                    DOT_PRECISION)
     b_P = b_P * scale * b_D
-    b_dP = _chunk_dP(v_ptr + i_bh * S * DHHV, dh_ptr + i_bh * S * DHHV, o_t, m_t, b_r, b_ds, DHHV, L, BV,
-                     DOT_PRECISION)
+    b_dP = _dP_block(v_ptr + i_bh * S * DHHV, dh_ptr + i_bh * S * DHHV, o_t, m_t, o_t, m_t, b_r, b_ds, DHHV, L, L,
+                     BV, DOT_PRECISION)
     b_dD0 = tl.zeros([L], dtype=tl.float32)
     b_u = tl.zeros([L], dtype=tl.float32)
     b_X = tl.full([], 0.0, tl.float32)

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        recurrent_step.py.j2
-# template hash:   c25e7a07d32214f7
+# template hash:   f957082762d1733d
 # parameters:      cell=exp
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """mLSTM step (exp cell): one token, MATH.md §5. One program per (value tile, batch x head); DHQK in tiles of BK.

@@ -83,7 +83,7 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
     # 1. per token: r = 1 / den, ds, G
     r, ds, G, Fl = (empty(B, NH, S, **f32) for _ in range(4))
     BT = 64
-    module.chunkwise_bw_prep_kernel[(cdiv(S, BT), B * NH)](
+    module.bw_prep_kernel[(cdiv(S, BT), B * NH)](
         h, dh, s, mt, r, ds, G, Fl, S, eps, DHHV=DHHV, BT=BT, BV=min(64, next_pow2(DHHV)), NORMALIZE=normalize
     )
 
