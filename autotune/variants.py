@@ -58,6 +58,8 @@ VARIANTS: list[Variant] = [
     # either one program per chunk computing dq, dk, dv and the gate gradients together ("fused"), or programs per
     # DHQK / DHHV tile that each recompute q k^T and the gate matrix ("split").
     *_grid("chunkwise_bw", "chunkwise_bw.py.j2", cell=CELLS, kernels=["fused", "split"]),
+    # parallel backward, exact: flash-attention-like tiles over queries and keys, no chunk states.
+    *_grid("parallel_bw", "parallel_bw.py.j2", cell=CELLS),
     # parallel forward: flash-attention-like tiling over queries and keys, online max state.
     *_grid("parallel_fw", "parallel_fw.py.j2", cell=CELLS),
     # recurrent inference: one step (in place when asked), and a whole sequence in one launch.

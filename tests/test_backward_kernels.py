@@ -20,12 +20,13 @@ from helpers import CONDITION_FACTOR, GRAD_LIMIT_FP64, MAX_OUTLIER, SHAPES, Shap
 from autotune.launch import chunkwise as launch_fw
 from autotune.launch import chunkwise_bw as launch_bw
 from autotune.launch import parallel as launch_parallel
+from autotune.launch import parallel_bw as launch_pbw
 from autotune.reference import mlstm_recurrent, random_inputs
 from autotune.torch.native.chunkwise import _chunkwise_kernel
 from autotune.variants import VARIANTS, find
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-BACKWARD = [v for v in VARIANTS if v.family == "chunkwise_bw"]
+BACKWARD = [v for v in VARIANTS if v.family in ("chunkwise_bw", "parallel_bw")]
 NAMES = ("q", "k", "v", "i", "f", "c_initial", "n_initial", "m_initial")
 
 
@@ -84,7 +85,8 @@ def _run(x: dict, weights: dict, *, cell: str, forward: str, fw_config: dict, bw
         m = weights["m"].float() if cell == "exp" else torch.zeros(B, NH, 1)
         dlast = [weights["C"].float().to(DEVICE), weights["n"].float().to(DEVICE), m.to(DEVICE)]
     borders = (saved["Cb"], saved["nb"], saved["mb"]) if "Cb" in saved else None
-    grads = launch_bw.chunkwise_bw(
+    launcher = launch_bw.chunkwise_bw if bw_variant.family == "chunkwise_bw" else launch_pbw.parallel_bw
+    grads = launcher(
         *args, h, saved["s"], saved["mt"], dh, *dlast, last if with_last else None, variant=bw_variant,
         config=bw_config, borders=borders,
     )  # fmt: skip
@@ -133,6 +135,9 @@ def _check(check, x, weights, cell, *, target, dims, dtype=torch.float32, **run)
 
 
 def _bw_config(variant, DHQK, DHHV, L, states="recompute", tile=32):
+    """A backward configuration with chunks (chunkwise) or query/key tiles (parallel) of L tokens."""
+    if variant.family == "parallel_bw":
+        return dict(launch_pbw.default_config(variant, DHQK, DHHV), BT=L, BK=tile, BV=tile)
     config = launch_bw.default_config(variant, DHQK, DHHV)
     config.update(L=L, states=states, BK=tile, BV=tile, BKS=tile, BVS=tile)
     return config
@@ -156,16 +161,18 @@ def test_decomposition_is_exact_in_fp64(shape, cell, case):
 @pytest.mark.parametrize("variant", BACKWARD, ids=[v.name for v in BACKWARD])
 def test_backward_matches_oracle(variant, shape, case, check):
     """Every backward variant on the MATH.md §7 shapes: two-pass forward with inter chunks (16) < intra chunks (32),
-    backward chunks of 16 with recomputed states; "plain": no initial state, loss on h only; "states": initial
-    states and a loss on the last states too."""
+    backward chunks of 16 with recomputed states (the parallel backward: tiles of 64, several per sequence from
+    S=65 on; the interpreter is slow on many small tiles); "plain": no initial state, loss on h only; "states":
+    initial states and a loss on the last states too."""
     cell = variant.params["cell"]
     with_states = case == "states"
     x = _inputs(shape, cell, with_states)
     fw_config = dict(launch_fw.default_config(find(launch_fw.TWOPASS, cell=cell, state="float32"), 1, 1), LI=16,
                      LO=32, BKS=32, BVS=32, BKO=32, BVO=32)  # fmt: skip
-    _check(check, x, _weights(shape, cell, with_states), cell, target=f"{variant.name} L16", dims=shape.dims(),
+    L = 16 if variant.family == "chunkwise_bw" else 64
+    _check(check, x, _weights(shape, cell, with_states), cell, target=f"{variant.name} L{L}", dims=shape.dims(),
            forward=launch_fw.TWOPASS, fw_config=fw_config, bw_variant=variant,
-           bw_config=_bw_config(variant, shape.DHQK, shape.DHHV, 16))  # fmt: skip
+           bw_config=_bw_config(variant, shape.DHQK, shape.DHHV, L))  # fmt: skip
 
 
 @pytest.mark.parametrize("states", ["recompute", "reuse"])
@@ -185,7 +192,7 @@ def test_backward_chunk_sizes(kernels, L, states, check):
 
 
 @pytest.mark.parametrize("forward,states", [(launch_fw.FUSED, "recompute"), (launch_fw.FUSED, "reuse"),
-                                            ("parallel", "recompute")])  # fmt: skip
+                                            ("parallel", "recompute"), ("parallel", "parallel")])  # fmt: skip
 @pytest.mark.parametrize("cell", ["exp", "sig"])
 def test_backward_after_other_forwards(forward, states, cell, check):
     """The statistics of the fused single-pass and of the parallel forward serve the backward as well; the fused
@@ -197,17 +204,23 @@ def test_backward_after_other_forwards(forward, states, cell, check):
     else:
         fw_config = dict(launch_fw.default_config(find(forward, cell=cell, state="float32"), shape.DHQK, shape.DHHV),
                          L=32)  # fmt: skip
-    variant = find(launch_bw.TEMPLATE, cell=cell, kernels="fused")
+    if states == "parallel":  # the parallel backward
+        variant, states = find(launch_pbw.TEMPLATE, cell=cell), "recompute"
+    else:
+        variant = find(launch_bw.TEMPLATE, cell=cell, kernels="fused")
     _check(check, x, _weights(shape, cell, True), cell, target=f"{variant.name} after {forward} {states}",
            dims=shape.dims(), forward=forward, fw_config=fw_config, bw_variant=variant,
            bw_config=_bw_config(variant, shape.DHQK, shape.DHHV, 32, states))  # fmt: skip
 
 
-@pytest.mark.parametrize("kernels", ["fused", "split"])
+@pytest.mark.parametrize("kernels", ["fused", "split", "parallel"])
 @pytest.mark.parametrize("shape", SHAPES[2:4], ids=[s.id for s in SHAPES[2:4]])
 def test_backward_fp16(shape, kernels, check):
     """16-bit inputs: tensor-core dots in fp16 with fp32 accumulation, limit 2e-2 (bf16 is checked on the GPU)."""
-    variant = find(launch_bw.TEMPLATE, cell="exp", kernels=kernels)
+    if kernels == "parallel":
+        variant = find(launch_pbw.TEMPLATE, cell="exp")
+    else:
+        variant = find(launch_bw.TEMPLATE, cell="exp", kernels=kernels)
     x = _inputs(shape, "exp", True, dtype=torch.float16)
     fw_config = dict(launch_fw.default_config(find(launch_fw.TWOPASS, cell="exp", state="float32"), 1, 1), LI=16,
                      LO=32, BKS=32, BVS=32, BKO=32, BVO=32)  # fmt: skip
