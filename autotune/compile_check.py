@@ -47,7 +47,7 @@ def _recording(module):
 
 def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int):
     """Call the variant's launcher once on small CPU inputs (nothing runs: the kernels are recorders)."""
-    from .launch import chunkwise, chunkwise_bw, parallel, recurrent
+    from .launch import chunkwise, chunkwise_bw, parallel, parallel_bw, recurrent
     from .reference import random_inputs
 
     x = random_inputs(1, 2, 40, DHQK, DHHV, dtype=dtype, gate_dtype=torch.float32, with_states=True)
@@ -72,6 +72,14 @@ def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int):
         dlast = (torch.zeros_like(states[0]), torch.zeros_like(states[1]), torch.zeros_like(states[2]))
         chunkwise_bw.chunkwise_bw(*args, *states, h, *stats, h, *dlast, tuple(states), variant=variant, config=config,
                                   borders=borders)  # fmt: skip
+    elif variant.family == "parallel_bw":
+        B, NH, S = args[0].shape[:3]
+        f32 = dict(dtype=torch.float32)
+        h = torch.zeros_like(args[2])
+        dlast = (torch.zeros_like(states[0]), torch.zeros_like(states[1]), torch.zeros_like(states[2]))
+        parallel_bw.parallel_bw(*args, *states, h, torch.zeros(B, NH, S, **f32), torch.zeros(B, NH, S, **f32), h,
+                                *dlast, tuple(states), variant=variant,
+                                config=parallel_bw.default_config(variant, DHQK, DHHV))  # fmt: skip
     elif variant.family == "step_fw":
         q, k, v, i, f = (a[:, :, 0] for a in args)
         C, n, m = (s.clone().contiguous() for s in states)

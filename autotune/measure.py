@@ -35,6 +35,7 @@ GATE_LIMITS = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 2e-2}
 # gradients in 16 bits: their error depends on the input draw, identically for every configuration (measured on an
 # H200: tests/gpu/logs/2026-11-29_H200_diagnose_bf16_backward.log); the gate is there to catch wrong kernels
 BACKWARD_GATE_LIMITS = {torch.float32: 1e-4, torch.float16: 5e-2, torch.bfloat16: 5e-2}
+BACKWARD_FAMILIES = ("chunkwise_bw", "parallel_bw")
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,22 @@ def _inputs(job: Job, B: int, NH: int, S: int, seed: int):
 def _runner(job: Job):
     """A function running the candidate on inputs x: returns h (for the step kernel, the step output; for a backward
     variant, the gradients dq, dk, dv, di, df of forward + backward)."""
-    from .launch import chunkwise, chunkwise_bw, parallel, recurrent
+    from .launch import chunkwise, chunkwise_bw, parallel, parallel_bw, recurrent
     from .variants import by_name, find
 
     variant = by_name(job.variant)
+    if variant.family == "parallel_bw":
+        fw_variant = find("parallel_fw.py.j2", cell=variant.params["cell"])
+        fw_config = parallel.default_config(fw_variant, job.DHQK, job.DHHV)
+
+        def fwbw_parallel(x):
+            args, saved = [x[k] for k in "qkvif"], {}
+            h, _ = parallel.parallel_fw(*args, variant=fw_variant, config=fw_config, saved=saved)
+            grads = parallel_bw.parallel_bw(*args, None, None, None, h, saved["s"], saved["mt"], x["dh"], None, None,
+                                            None, None, variant=variant, config=job.config)  # fmt: skip
+            return grads[:5]
+
+        return fwbw_parallel
     if variant.family == "chunkwise_bw":
         fw_variant = find(chunkwise.TWOPASS, cell=variant.params["cell"], state="float32")
         L = job.config["L"]
@@ -113,7 +126,7 @@ def _oracle(job: Job, x: dict) -> tuple[torch.Tensor, ...]:
     zeros = (torch.zeros(B, NH, job.DHQK, job.DHHV, **z), torch.zeros(B, NH, job.DHQK, **z), torch.zeros(B, NH, 1, **z))
     cell = variant.params["cell"]
     h, _, borders = chunkwise_forward(*x64, *zeros, chunk_size=64, cell=cell)
-    if variant.family != "chunkwise_bw":
+    if variant.family not in BACKWARD_FAMILIES:
         return (h,)
     grads = chunkwise_backward(*x64, *borders, x["dh"].double(), *zeros, chunk_size=64, cell=cell)
     return tuple(grads[:5])
@@ -163,7 +176,7 @@ def evaluate_here(job: Job) -> Outcome:
         return Outcome(ok=False, reason=f"gate: {type(exc).__name__}: {str(exc)[:300]}")
     from .variants import by_name
 
-    limit = (BACKWARD_GATE_LIMITS if by_name(job.variant).family == "chunkwise_bw" else GATE_LIMITS)[dtype]
+    limit = (BACKWARD_GATE_LIMITS if by_name(job.variant).family in BACKWARD_FAMILIES else GATE_LIMITS)[dtype]
     if not err <= limit:
         return Outcome(ok=False, error=err, reason=f"wrong result: relative error {err:.3g} > {limit:g}")
     try:

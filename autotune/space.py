@@ -51,12 +51,13 @@ PARAMS: dict[str, dict[str, tuple]] = {
         "num_stages": (1, 2),
         "states": ("recompute", "reuse"),
     },  # fmt: skip
+    "parallel_bw.py.j2": {"BT": (16, 32, 64, 128), "BK": TILES, "BV": TILES, "num_warps": (4, 8), "num_stages": (1, 2)},
     "recurrent_step.py.j2": {"BK": (16, 32, 64, 128), "BV": (16, 32, 64, 128), "num_warps": (1, 2, 4, 8)},
     "recurrent_sequence.py.j2": {"BV": (16, 32, 64), "num_warps": (1, 2, 4, 8)},
 }
 FORMS = {"chunkwise": "chunkwise_fw", "parallel": "parallel_fw", "step": "step_fw", "sequence": "sequence_fw"}
 # the backward of a training step (direction "fwbw"): the variants searched per form
-BACKWARD_FORMS = {"chunkwise": "chunkwise_bw"}
+BACKWARD_FORMS = {"chunkwise": "chunkwise_bw", "parallel": "parallel_bw"}
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,14 @@ def invalid(variant: Variant, config: dict, DHQK: int, DHHV: int, dtype_bytes: i
         smem = config["num_stages"] * L * L * (4 * dtype_bytes + 2)
         if smem > limits.shared_bytes:
             return f"~{smem} B of shared memory > {limits.shared_bytes} (L={L})"
+        return None
+    if t == "parallel_bw.py.j2":
+        if config["BK"] > BKfull or config["BV"] > BVfull:
+            return "a tile wider than the padded head dims"
+        BT = config["BT"]
+        smem = config["num_stages"] * BT * BT * (4 * dtype_bytes + 2)  # as for the chunkwise backward's [L, L] blocks
+        if smem > limits.shared_bytes:
+            return f"~{smem} B of shared memory > {limits.shared_bytes} (BT={BT})"
         return None
     if t == "recurrent_step.py.j2":
         if config["BK"] > BKfull or config["BV"] > BVfull:

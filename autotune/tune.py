@@ -106,12 +106,15 @@ def tune_shape(shape: Shape, *, trials: int, time_budget_s: float | None, storag
                gpu: str, capability: tuple[int, int], runner_timeout_s: float = 300.0,
                runner_env: dict | None = None) -> dict:  # fmt: skip
     """Run (or continue) the study of one shape and return its database entry (as JSON) and a summary."""
-    from .launch import chunkwise, chunkwise_bw, parallel, recurrent
+    from .launch import chunkwise, chunkwise_bw, parallel, parallel_bw, recurrent
     from .measure import IsolatedRunner, Job
     from .variants import find
 
     form, _, cell = shape.op.partition(":")
-    if shape.direction == "fwbw":
+    if shape.direction == "fwbw" and form == "parallel":
+        default_variant = find(parallel_bw.TEMPLATE, cell=cell)
+        default_config = parallel_bw.default_config(default_variant, shape.DHQK, shape.DHHV)
+    elif shape.direction == "fwbw":
         default_variant = find(chunkwise_bw.TEMPLATE, cell=cell, kernels="fused")
         default_config = chunkwise_bw.default_config(default_variant, shape.DHQK, shape.DHHV)
     else:

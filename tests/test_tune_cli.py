@@ -50,30 +50,32 @@ def test_bad_shapes_file_is_a_clear_error(tmp_path: Path):
     assert out.returncode == 2 and "bad op" in out.stderr
 
 
-def test_tune_fwbw_writes_a_backward_entry_the_training_step_uses(tmp_path: Path):
+@pytest.mark.parametrize("form,entry", [("chunkwise", "chunkwise--triton_auto"),
+                                        ("parallel", "parallel--triton_limit_headdim")])  # fmt: skip
+def test_tune_fwbw_writes_a_backward_entry_the_training_step_uses(form, entry, tmp_path: Path):
     """direction "fwbw": the search runs over the backward variants (gated on every gradient), the entry is keyed
     "fwbw", and a training step through a Triton entry then takes its backward from it."""
     shapes = tmp_path / "shapes.json"
-    shapes.write_text(json.dumps([{"op": "chunkwise:exp", "B": 1, "NH": 2, "S": 64, "DHQK": 32, "DHHV": 32,
+    shapes.write_text(json.dumps([{"op": f"{form}:exp", "B": 1, "NH": 2, "S": 64, "DHQK": 32, "DHHV": 32,
                                    "dtype": "float32", "direction": "fwbw"}]))  # fmt: skip
     env = dict(os.environ, MLSTM_AUTOTUNE_DB=str(tmp_path))
     out = run("tune", "--shapes", str(shapes), "--trials", "5", env=env)
     assert out.returncode == 0, out.stdout + out.stderr
-    (entry,) = json.loads((tmp_path / "cpu-interpreter.json").read_text())["entries"]
-    assert entry["key"]["direction"] == "fwbw" and entry["variant"].startswith("chunkwise_bw__cell-exp")
-    assert entry["provenance"]["error_vs_reference"] <= 1e-4
+    (tuned,) = json.loads((tmp_path / "cpu-interpreter.json").read_text())["entries"]
+    assert tuned["key"]["direction"] == "fwbw" and tuned["variant"].startswith(f"{form}_bw__cell-exp")
+    assert tuned["provenance"]["error_vs_reference"] <= 1e-4
     code = (
         "import logging, torch; from autotune.torch import get_mlstm_kernel; from autotune.reference import "
         "random_inputs; logging.basicConfig(level=logging.DEBUG); "
         "x = {k: v.float().requires_grad_() for k, v in random_inputs(1, 2, 64, 32, 32).items()}; "
-        "get_mlstm_kernel('chunkwise--triton_auto')(**x).sum().backward()"
+        f"get_mlstm_kernel('{entry}')(**x).sum().backward()"
     )
     step = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert step.returncode == 0, step.stderr[-2000:]
-    assert f"{entry['variant']}" in step.stderr and "rung exact" in step.stderr
+    assert f"{tuned['variant']}" in step.stderr and "rung exact" in step.stderr
 
 
-def test_fwbw_only_for_chunkwise(tmp_path: Path):
+def test_fwbw_not_for_inference_forms(tmp_path: Path):
     shapes = tmp_path / "shapes.json"
     shapes.write_text(json.dumps([{"op": "step:exp", "B": 1, "NH": 1, "S": 1, "DHQK": 16, "DHHV": 16,
                                    "direction": "fwbw"}]))  # fmt: skip

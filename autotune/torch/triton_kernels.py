@@ -9,7 +9,8 @@ direction "fwbw" (default: the fused within-chunk kernel, chunks of 64, states r
 gradient, the forward also keeps the per-token statistics (s, m) the backward needs, and with a two-pass forward
 the states before every chunk, which a backward configured with ``states="reuse"`` takes instead of recomputing
 when its chunk size L equals the forward's (else it recomputes them at its own L).
-Parallel entries use the same backward (the parallel and chunkwise forms compute the same function).
+Parallel entries default to the generated parallel backward (templates/parallel_bw.py.j2); their "fwbw" entries may
+also name a chunkwise backward (the two forms compute the same function).
 
 Rules beyond those of every kernel (autotune.checks): tensors must be on a CUDA device (or Triton's
 interpreter must be on, TRITON_INTERPRET=1); float64 inputs run the native kernels (Triton's dots are not
@@ -30,6 +31,7 @@ from ..dispatch import Request, dispatcher
 from ..launch import chunkwise as launch_chunkwise
 from ..launch import chunkwise_bw as launch_chunkwise_bw
 from ..launch import parallel as launch_parallel
+from ..launch import parallel_bw as launch_parallel_bw
 from ..launch import recurrent as launch_recurrent
 from ..launch.common import empty
 from ..variants import by_name, find
@@ -59,6 +61,7 @@ _GPU_IDENTITY: dict = {}
 _CHECKERS = {
     "chunkwise_fw": launch_chunkwise.check_config,
     "chunkwise_bw": launch_chunkwise_bw.check_config,
+    "parallel_bw": launch_parallel_bw.check_config,
     "parallel_fw": launch_parallel.check_config,
     "sequence_fw": lambda variant, config: launch_recurrent.require_pow2(config, "BV"),
     "step_fw": lambda variant, config: launch_recurrent.require_pow2(config, "BK", "BV"),
@@ -112,17 +115,24 @@ def _autocast(q, k, v, dtype: torch.dtype):
     return q, k, v
 
 
-def _backward_default(cell: str, DHQK: int, DHHV: int):
-    variant = find(launch_chunkwise_bw.TEMPLATE, cell=cell, kernels="fused")
-    return variant.name, launch_chunkwise_bw.default_config(variant, DHQK, DHHV)
+# form -> (structures its backward may take, the default backward template)
+_BACKWARDS = {"chunkwise": (("chunkwise_bw",), launch_chunkwise_bw),
+              "parallel": (("parallel_bw", "chunkwise_bw"), launch_parallel_bw)}  # fmt: skip
 
 
-def _backward_plan(q: torch.Tensor, v: torch.Tensor, cell: str):
+def _backward_default(form: str, cell: str, DHQK: int, DHHV: int):
+    launcher = _BACKWARDS[form][1]
+    params = {"kernels": "fused"} if launcher is launch_chunkwise_bw else {}
+    variant = find(launcher.TEMPLATE, cell=cell, **params)
+    return variant.name, launcher.default_config(variant, DHQK, DHHV)
+
+
+def _backward_plan(q: torch.Tensor, v: torch.Tensor, form: str, cell: str):
     """The backward (variant, config) for a training step on these shapes: the dispatcher, direction "fwbw"."""
     B, NH, S, DHQK = q.shape
     DHHV = v.shape[-1]
-    default = partial(_backward_default, cell, DHQK, DHHV)
-    return _pick(f"chunkwise:{cell}", ("chunkwise_bw",), q, DHHV, S, B * NH, default, direction="fwbw")
+    default = partial(_backward_default, form, cell, DHQK, DHHV)
+    return _pick(f"{form}:{cell}", _BACKWARDS[form][0], q, DHHV, S, B * NH, default, direction="fwbw")
 
 
 def _run_backward(saved: dict, dh, dlast, plan, *, cell: str, normalize: bool, eps: float):
@@ -130,12 +140,16 @@ def _run_backward(saved: dict, dh, dlast, plan, *, cell: str, normalize: bool, e
     variant, config = plan
     config = dict(config)
     borders = None
-    if config.get("states") == "reuse" and saved.get("Cb") is not None and saved["L"] == config["L"]:
-        borders = (saved["Cb"], saved["nb"], saved["mb"])
+    if variant.family == "parallel_bw":
+        launcher = launch_parallel_bw.parallel_bw
     else:
-        config["states"] = "recompute"  # e.g. a parallel forward, or a two-pass one with another chunk size
+        launcher = launch_chunkwise_bw.chunkwise_bw
+        if config.get("states") == "reuse" and saved.get("Cb") is not None and saved["L"] == config["L"]:
+            borders = (saved["Cb"], saved["nb"], saved["mb"])
+        else:
+            config["states"] = "recompute"  # e.g. a parallel forward, or a two-pass one with another chunk size
     dC, dn, dm = dlast if dlast is not None else (None, None, None)
-    return launch_chunkwise_bw.chunkwise_bw(
+    return launcher(
         saved["q"], saved["k"], saved["v"], saved["i"], saved["f"], saved["C0"], saved["n0"], saved["m0"], saved["h"],
         saved["s"], saved["mt"], dh, dC, dn, dm, saved["last"], variant=variant, config=config, eps=eps,
         normalize=normalize, borders=borders,
@@ -152,11 +166,11 @@ class _GeneratedFunction(torch.autograd.Function):
     (both matter to torch.compile). The forward keeps per-token statistics only when a gradient is needed."""
 
     @staticmethod
-    def forward(ctx, q, k, v, i, f, C0, n0, m0, run, cell: str, normalize: bool, eps: float, with_last: bool,
-                needs_grad: bool):  # fmt: skip
+    def forward(ctx, q, k, v, i, f, C0, n0, m0, run, form: str, cell: str, normalize: bool, eps: float,
+                with_last: bool, needs_grad: bool):  # fmt: skip
         saved = {} if needs_grad else None
         if needs_grad:
-            ctx.plan = _backward_plan(q, v, cell)
+            ctx.plan = _backward_plan(q, v, form, cell)
             if ctx.plan[1].get("states") == "reuse":
                 saved["borders_at"] = ctx.plan[1]["L"]  # a fused forward then keeps its states for the backward
         h, last = run(q, k, v, i, f, C0, n0, m0, return_last_states=with_last, saved=saved)
@@ -183,10 +197,10 @@ class _GeneratedFunction(torch.autograd.Function):
         inputs = (saved[n] for n in ("q", "k", "v", "i", "f", "C0", "n0", "m0"))
         out = [g.to(t.dtype).reshape(t.shape) if (t is not None and g is not None) else None
                for g, t in zip(grads, inputs)]  # fmt: skip
-        return (*out, None, None, None, None, None, None)
+        return (*out, None, None, None, None, None, None, None)
 
 
-def _sequence_entry(run_factory, native_fallback, *, cell: str, default_chunk: int, uses_chunk: bool):
+def _sequence_entry(run_factory, native_fallback, *, form: str, cell: str, default_chunk: int, uses_chunk: bool):
     """A sequence-interface function: validate, pick the path (native for fp64), launch through the Function."""
 
     def kernel(
@@ -223,7 +237,8 @@ def _sequence_entry(run_factory, native_fallback, *, cell: str, default_chunk: i
         run = run_factory(chunk_size=chunk_size, eps=eps, normalize=normalize)
         tensors = (q, k, v, i, f, c_initial, n_initial, m_initial)
         needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-        out = _GeneratedFunction.apply(*tensors, run, cell, normalize, float(eps), return_last_states, needs_grad)
+        out = _GeneratedFunction.apply(*tensors, run, form, cell, normalize, float(eps), return_last_states,
+                                       needs_grad)  # fmt: skip
         if not return_last_states:
             return out
         h, C, n, m = out
@@ -331,7 +346,8 @@ def _register() -> None:
         _ENTRIES[f"chunkwise--{name}"] = (f"chunkwise:{cell}", structures,
                                           partial(_chunkwise_default, default, cell, equal))  # fmt: skip
         registry.register_kernel("chunkwise", name, _sequence_entry(
-            run, _native_chunkwise(cell), cell=cell, default_chunk=default_chunk, uses_chunk=True))  # fmt: skip
+            run, _native_chunkwise(cell), form="chunkwise", cell=cell, default_chunk=default_chunk,
+            uses_chunk=True))  # fmt: skip
     for name, cell in (("triton_limit_headdim", "exp"), ("triton_siging", "sig")):
         run = _family_run("parallel", "parallel_fw.py.j2", cell, launch_parallel.parallel_fw,
                           launch_parallel.default_config)  # fmt: skip
@@ -339,7 +355,7 @@ def _register() -> None:
                                          _family_default("parallel_fw.py.j2", cell, launch_parallel.default_config,
                                                          DHQK, DHHV))  # fmt: skip
         registry.register_kernel("parallel", name, _sequence_entry(
-            run, _native_chunkwise(cell), cell=cell, default_chunk=64, uses_chunk=False))  # fmt: skip
+            run, _native_chunkwise(cell), form="parallel", cell=cell, default_chunk=64, uses_chunk=False))  # fmt: skip
     registry.register_step_kernel("triton", mlstm_recurrent_step__triton)
     registry.register_sequence_kernel("native_sequence__triton", mlstm_recurrent_sequence__triton)
 

@@ -16,6 +16,7 @@ from helpers import CONDITION_FACTOR, LIMITS, UNIT_ROUNDOFF, rel_err
 
 from autotune.launch import chunkwise as launch_fw
 from autotune.launch import chunkwise_bw as launch_bw
+from autotune.launch import parallel_bw as launch_pbw
 from autotune.reference import random_inputs
 from autotune.torch import get_mlstm_kernel
 from autotune.torch.native.chunkwise import _chunkwise_kernel
@@ -23,7 +24,7 @@ from autotune.variants import VARIANTS, find
 
 pytestmark = pytest.mark.gpu
 
-BACKWARD = [v for v in VARIANTS if v.family == "chunkwise_bw"]
+BACKWARD = [v for v in VARIANTS if v.family in ("chunkwise_bw", "parallel_bw")]
 NAMES = ("q", "k", "v", "i", "f", "c_initial", "n_initial", "m_initial")
 SHAPES = [(1, 8, 2048, 256, 512), (2, 32, 2048, 128, 128), (2, 3, 1000, 96, 192)]
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -98,9 +99,15 @@ def test_backward_variant(variant, shape, dtype, L, states, check):
     args = [x.get(n) for n in NAMES]
     h, last = launch_fw.chunkwise_fw(*args, variant=fw_variant, config=fw_config, return_last_states=True,
                                      saved=saved)  # fmt: skip
-    config = dict(launch_bw.default_config(variant, shape[3], shape[4]), L=L, states=states)
+    if variant.family == "parallel_bw":  # query/key tiles of L; no chunk states to reuse
+        if states == "reuse":
+            pytest.skip("the parallel backward has no chunk states")
+        config, launcher = dict(launch_pbw.default_config(variant, shape[3], shape[4]), BT=L), launch_pbw.parallel_bw
+    else:
+        config, launcher = dict(launch_bw.default_config(variant, shape[3], shape[4]), L=L, states=states), \
+            launch_bw.chunkwise_bw  # fmt: skip
     dlast = (weights["C"], weights["n"], weights.get("m", torch.zeros(shape[0], shape[1], 1, device="cuda")))
-    grads = launch_bw.chunkwise_bw(*args, h, saved["s"], saved["mt"], weights["h"].to(dtype), *dlast, last,
+    grads = launcher(*args, h, saved["s"], saved["mt"], weights["h"].to(dtype), *dlast, last,
                                    variant=variant, config=config,
                                    borders=(saved["Cb"], saved["nb"], saved["mb"]))  # fmt: skip
     got = {f"d{n}": g for n, g in zip(NAMES, grads) if n in x}
