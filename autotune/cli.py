@@ -9,6 +9,7 @@ Subcommands so far:
     db             list, validate, merge, import and export tuning databases
     show           which generated variant and launch configuration a call would run (and why), and its source
     compile-check  compile every generated kernel for a GPU target (default sm_90) without a GPU
+    bench          ours against upstream mlstm_kernels, FLA and SDPA on the same inputs (JSON, markdown, PNG)
 """
 
 from __future__ import annotations
@@ -233,10 +234,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--capability", default="9.0", help="with --gpu: its compute capability, e.g. 9.0")
     p.add_argument("--no-source", action="store_true", help="do not print the generated source")
     p.set_defaults(func=_cmd_show)
+    p = sub.add_parser("bench", help="ours (tuned and default) against upstream mlstm_kernels, FLA and SDPA")
+    p.add_argument("--out", default="tuning_db/reports", help="folder for <GPU>-bench.json/.md/.png")
+    p.add_argument("--only", choices=("chunkwise", "step"), default=None, help="only these rows")
+    p.add_argument("--reps-ms", type=float, default=200.0, help="timing budget per measurement (do_bench rep)")
+    p.add_argument("--smoke", action="store_true", help="tiny shapes; without a GPU, under Triton's interpreter")
+    p.set_defaults(func=_cmd_bench)
     p = sub.add_parser("compile-check", help="compile every generated kernel for a GPU target, no GPU needed")
     p.add_argument("--arch", type=int, default=90, help="compute capability as an int, e.g. 90 for sm_90 (H100/H200)")
     p.set_defaults(func=_cmd_compile_check)
     return parser
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    return bench.run(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,277 @@
+"""``mlstm-tune bench``: our kernels against the alternatives, side by side on the same inputs, in one run.
+
+Rows (issue 6): the chunkwise form, forward ("fw") and forward+backward ("fwbw"), at 65,536 tokens with
+S in {2048, 8192, 32768} on the head layouts NH=8 DHQK=256 DHHV=512 and NH=32 DHQK=DHHV=128; the step kernel
+at B in {1, 16, 128, 512} on NH=8 256/512 with an fp32 state. Columns, where they can be measured:
+    ours_ms             chunkwise--triton_auto / the Triton step kernel, as dispatched from the tuning database
+    default_ms          the same with every structure's built-in default (MLSTM_AUTOTUNE_DISPATCH=0)
+    upstream_ms         mlstm_kernels' chunkwise--triton_xl_chunk (chunk 128) / its Triton step kernel
+    upstream_limit_ms   mlstm_kernels' chunkwise--triton_limit_chunk (chunk 64)
+    fla_ms              FLA's chunk_simple_gla, forward only (a simpler cell: no input gate, no normaliser)
+    sdpa_ms             torch's scaled_dot_product_attention, causal (only where DHQK == DHHV)
+Comparison libraries are optional imports: a missing one, or a call that fails, is reported in the row's
+"notes", never fatal. Timing: triton.testing.do_bench (warm-up, then the median), inputs of 65,536 tokens (far
+beyond the 60 MB L2), bf16, never zeros. Without a GPU, ``--smoke`` runs the same code on tiny shapes under
+Triton's interpreter: wall-clock numbers that say nothing about speed, labelled as such.
+Output: <out>/<GPU>-bench.json (the rows), -bench.md (a table with ratios) and -bench.png (a plot).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import db as tdb
+from .report import _text, write_png
+
+TOKENS = 65536
+LAYOUTS = ((8, 256, 512), (32, 128, 128))
+COLUMNS = ("ours_ms", "default_ms", "upstream_ms", "upstream_limit_ms", "fla_ms", "sdpa_ms")
+
+
+@dataclass(frozen=True)
+class Row:
+    op: str  # "chunkwise" | "step"
+    pass_: str  # "fw" | "fwbw"
+    B: int
+    NH: int
+    S: int
+    DHQK: int
+    DHHV: int
+
+
+def rows(smoke: bool) -> list[Row]:
+    if smoke:
+        return [Row("chunkwise", p, 1, 2, 64, 16, 16) for p in ("fw", "fwbw")] + [Row("step", "fw", 2, 2, 1, 16, 16)]
+    out = [Row("chunkwise", p, TOKENS // S, NH, S, K, V) for NH, K, V in LAYOUTS for S in (2048, 8192, 32768)
+           for p in ("fw", "fwbw")]  # fmt: skip
+    return out + [Row("step", "fw", B, 8, 1, 256, 512) for B in (1, 16, 128, 512)]
+
+
+def _timer(device: str, reps_ms: float):
+    if device == "cuda":
+        import triton.testing
+
+        return lambda fn: triton.testing.do_bench(fn, warmup=25, rep=reps_ms, return_mode="median")
+
+    def wall(fn):  # interpreter: one warm-up, then one timed call
+        fn()
+        start = time.perf_counter()
+        fn()
+        return (time.perf_counter() - start) * 1e3
+
+    return wall
+
+
+def _inputs(row: Row, device: str, dtype: torch.dtype):
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    B, NH, S, K, V = row.B, row.NH, row.S, row.DHQK, row.DHHV
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen) * scale).to(device)
+
+    x = {"q": rnd(B, NH, S, K).to(dtype), "k": rnd(B, NH, S, K).to(dtype), "v": rnd(B, NH, S, V).to(dtype),
+         "i": rnd(B, NH, S, scale=2.0), "f": rnd(B, NH, S, scale=2.0) + 3.0}  # fmt: skip
+    return x
+
+
+def _sequence_call(kernel, x: dict, pass_: str, **kw):
+    """fw: one call without autograd; fwbw: forward and backward of sum(h * w)."""
+    if pass_ == "fw":
+
+        def fw():
+            with torch.no_grad():
+                kernel(**x, **kw)
+
+        return fw
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in x.items()}
+    w = None
+
+    def fwbw():
+        nonlocal w
+        h = kernel(**leaves, **kw)
+        h = h[0] if isinstance(h, tuple) else h
+        if w is None:
+            w = torch.randn_like(h)
+        torch.autograd.backward(h, w)
+
+    return fwbw
+
+
+def _ours(row: Row, x: dict, dispatch: bool):
+    from .dispatch import dispatcher
+    from .torch import get_mlstm_kernel, get_mlstm_step_kernel
+
+    os.environ["MLSTM_AUTOTUNE_DISPATCH"] = "1" if dispatch else "0"
+    dispatcher().reset()
+    if row.op == "step":
+        kernel = get_mlstm_step_kernel("triton")
+        state = _step_state(row, x)
+        args = [x[n][:, :, 0] for n in "qkv"] + [x[n][:, :, :1] for n in "if"]
+        return lambda: kernel(*args, *state, inplace=True)
+    return _sequence_call(get_mlstm_kernel("chunkwise--triton_auto"), x, row.pass_, chunk_size=64)
+
+
+def _step_state(row: Row, x: dict):
+    kw = dict(device=x["q"].device, dtype=torch.float32)
+    return (torch.zeros(row.B, row.NH, row.DHQK, row.DHHV, **kw), torch.zeros(row.B, row.NH, row.DHQK, **kw),
+            torch.zeros(row.B, row.NH, 1, **kw))  # fmt: skip
+
+
+def _upstream(row: Row, x: dict, name: str):
+    from mlstm_kernels.torch import get_mlstm_kernel, get_mlstm_step_kernel  # optional
+
+    if row.op == "step":
+        if name != "chunkwise--triton_xl_chunk":
+            raise RuntimeError("no such column for the step kernel")
+        kernel = get_mlstm_step_kernel("triton")
+        state = _step_state(row, x)
+        args = [x[n][:, :, 0] for n in "qkv"] + [x[n][:, :, :1] for n in "if"]
+        return lambda: kernel(*args, *state)
+    chunk = 128 if name.endswith("xl_chunk") else 64
+    return _sequence_call(get_mlstm_kernel(name), x, row.pass_, chunk_size=chunk)
+
+
+def _fla(row: Row, x: dict):
+    if row.op == "step" or row.pass_ != "fw":
+        raise RuntimeError("FLA is compared on the chunkwise forward only (its backward does not run on Hopper)")
+    from fla.ops.simple_gla import chunk_simple_gla  # optional
+
+    q, k, v = (x[n].transpose(1, 2).contiguous() for n in "qkv")  # FLA's layout: (B, S, NH, D)
+    g = torch.nn.functional.logsigmoid(x["f"]).transpose(1, 2).contiguous()
+
+    def fw():
+        with torch.no_grad():
+            chunk_simple_gla(q, k, v, g)
+
+    return fw
+
+
+def _sdpa(row: Row, x: dict):
+    if row.op == "step" or row.DHQK != row.DHHV:
+        raise RuntimeError("SDPA needs DHQK == DHHV (and a sequence)")
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def kernel(q, k, v, i, f):
+        return sdpa(q, k, v, is_causal=True)
+
+    return _sequence_call(kernel, x, row.pass_)
+
+
+def measure(row: Row, device: str, reps_ms: float) -> dict:
+    timer = _timer(device, reps_ms)
+    x = _inputs(row, device, torch.bfloat16 if device == "cuda" else torch.float32)
+    out = {"op": row.op, "pass": row.pass_, "B": row.B, "NH": row.NH, "S": row.S, "DHQK": row.DHQK,
+           "DHHV": row.DHHV, "notes": {}}  # fmt: skip
+    makers = {
+        "ours_ms": lambda: _ours(row, x, dispatch=True),
+        "default_ms": lambda: _ours(row, x, dispatch=False),
+        "upstream_ms": lambda: _upstream(row, x, "chunkwise--triton_xl_chunk"),
+        "upstream_limit_ms": lambda: _upstream(row, x, "chunkwise--triton_limit_chunk"),
+        "fla_ms": lambda: _fla(row, x),
+        "sdpa_ms": lambda: _sdpa(row, x),
+    }
+    saved_env = os.environ.get("MLSTM_AUTOTUNE_DISPATCH")
+    try:
+        for column, make in makers.items():
+            if row.op == "step" and column in ("upstream_limit_ms", "fla_ms", "sdpa_ms"):
+                out["notes"][column] = "no step kernel to compare"
+                continue
+            try:
+                out[column] = float(timer(make()))
+            except ImportError as err:
+                out["notes"][column] = f"not installed ({err.name})"
+            except Exception as err:  # noqa: BLE001 - a comparison that fails is reported, not fatal
+                out["notes"][column] = f"{type(err).__name__}: {str(err)[:200]}"
+            finally:
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+    finally:
+        if saved_env is None:
+            os.environ.pop("MLSTM_AUTOTUNE_DISPATCH", None)
+        else:
+            os.environ["MLSTM_AUTOTUNE_DISPATCH"] = saved_env
+    return out
+
+
+def markdown(gpu: str, table: list[dict], timing: str) -> str:
+    lines = [f"Benchmark on {gpu} ({timing}); times in ms; ratios: the other's time / ours", "",
+             "| op | pass | B | NH | S | DHQK/DHHV | ours | default | upstream xl_chunk | upstream limit_chunk | FLA "
+             "simple_gla | SDPA | vs upstream | vs FLA |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+
+    def ms(r, c):
+        return f"{r[c]:.3f}" if r.get(c) is not None else "-"
+
+    def ratio(r, c):
+        return f"{r[c] / r['ours_ms']:.2f}x" if r.get(c) and r.get("ours_ms") else "-"
+
+    for r in table:
+        cells = " | ".join(ms(r, c) for c in COLUMNS)
+        lines.append(f"| {r['op']} | {r['pass']} | {r['B']} | {r['NH']} | {r['S']} | {r['DHQK']}/{r['DHHV']} | {cells} "
+                     f"| {ratio(r, 'upstream_ms')} | {ratio(r, 'fla_ms')} |")  # fmt: skip
+    notes = sorted({f"{c}: {n}" for r in table for c, n in r["notes"].items()})
+    if notes:
+        lines += ["", "Not measured:"] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+_COLOURS = ((40, 100, 200), (170, 170, 170), (200, 80, 60), (230, 160, 60), (60, 160, 90), (140, 90, 170))
+
+
+def plot(table: list[dict]) -> np.ndarray:
+    """One group of bars per row, one bar per column (ours blue, default grey, upstream red/orange, FLA green, SDPA
+    purple), each group on its own scale (its longest bar full width), numbered like the table rows."""
+    bar, gap, left, width = 8, 14, 70, 520
+    height = max(1, len(table)) * (len(COLUMNS) * bar + gap) + gap
+    img = np.full((height, left + width + 20, 3), 255, dtype=np.uint8)
+    for n, r in enumerate(table):
+        y = gap + n * (len(COLUMNS) * bar + gap)
+        _text(img, 6, y + bar, f"#{n + 1}")
+        longest = max([r.get(c) or 0 for c in COLUMNS] + [1e-9])
+        for k, c in enumerate(COLUMNS):
+            length = int(width * (r.get(c) or 0) / longest)
+            img[y + k * bar : y + (k + 1) * bar - 1, left : left + length] = _COLOURS[k]
+    return img
+
+
+def run(args) -> int:
+    """Entry point of ``mlstm-tune bench``."""
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu and not args.smoke:
+        print("mlstm-tune bench: no GPU; use --smoke for the interpreted dry run on tiny shapes", flush=True)
+        return 2
+    if not on_gpu:
+        os.environ["TRITON_INTERPRET"] = "1"
+    device = "cuda" if on_gpu else "cpu"
+    gpu = torch.cuda.get_device_name() if on_gpu else "cpu-interpreter"
+    timing = (
+        "GPU, median of triton.testing.do_bench"
+        if on_gpu
+        else "Triton interpreter, wall clock: says nothing about speed"
+    )
+    table = []
+    selected = [r for r in rows(args.smoke) if args.only in (None, r.op)]
+    for n, row in enumerate(selected, 1):
+        start = time.perf_counter()
+        table.append(measure(row, device, args.reps_ms))
+        r = table[-1]
+        print(f"[{n}/{len(selected)}] {row.op} {row.pass_} B={row.B} NH={row.NH} S={row.S} {row.DHQK}/{row.DHHV}: "
+              + ", ".join(f"{c[:-3]} {r[c]:.3f}" for c in COLUMNS if c in r)
+              + f" ({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = tdb.file_name(gpu).removesuffix(".json")
+    (out_dir / f"{stem}-bench.json").write_text(json.dumps(table, indent=1) + "\n")
+    text = markdown(gpu, table, timing) + f"\n![rows numbered as in the table]({stem}-bench.png)\n"
+    (out_dir / f"{stem}-bench.md").write_text(text)
+    write_png(out_dir / f"{stem}-bench.png", plot(table))
+    print(text)
+    print(f"wrote {out_dir / (stem + '-bench.json')}, .md and .png")
+    return 0
