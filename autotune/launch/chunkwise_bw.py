@@ -30,8 +30,9 @@ import torch
 from ..checks import MLSTMInputError
 from ..load import load_variant
 from ..variants import Variant, find
+from .bw_common import prepare
 from .chunkwise import TWOPASS, _launch_states
-from .common import cdiv, contiguous, dot_precision, empty, next_pow2, require_pow2
+from .common import cdiv, empty, next_pow2, require_pow2
 
 TEMPLATE = "chunkwise_bw.py.j2"
 STATES = ("recompute", "reuse")
@@ -49,11 +50,6 @@ def check_config(variant: Variant, config: dict) -> None:
         raise MLSTMInputError(f"states must be one of {STATES}, got {config.get('states')!r}")
 
 
-def _dot(a: torch.Tensor, b: torch.Tensor, dims: int) -> torch.Tensor:
-    """sum(a * b) over the last ``dims`` dims, in float64."""
-    return (a.double() * b.double()).sum(tuple(range(-dims, 0)))
-
-
 def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, variant: Variant, config: dict,
                  eps: float = 1e-6, normalize: bool = True, borders: tuple | None = None):  # fmt: skip
     """Gradients of the chunkwise (or parallel) forward. q, k, v, i, f, C0, n0, m0 as the forward got them; h, s, mt
@@ -69,23 +65,12 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
     L = config["L"]
     NC = cdiv(S, L)
     dev = q.device
-    q, k, v, i, f, h, dh = contiguous(q, k, v, i, f, h, dh)
-    has_state = C0 is not None
-    has_last = dC is not None
-    prec = dot_precision(q.dtype)
     module = load_variant(variant)
-    f32 = dict(dtype=torch.float32, device=dev)
-    dummy = torch.zeros(1, **f32)
-    if has_state:
-        m0 = m0 if m0 is not None else torch.zeros(B, NH, **f32)
-        C0, n0, m0 = contiguous(C0, n0, m0.reshape(B, NH))
-
-    # 1. per token: r = 1 / den, ds, G
-    r, ds, G, Fl = (empty(B, NH, S, **f32) for _ in range(4))
-    BT = 64
-    module.bw_prep_kernel[(cdiv(S, BT), B * NH)](
-        h, dh, s, mt, r, ds, G, Fl, S, eps, DHHV=DHHV, BT=BT, BV=min(64, next_pow2(DHHV)), NORMALIZE=normalize
-    )
+    # 1. inputs, and per token: r = 1 / den, ds, G, Fl
+    x = prepare(module, cell, q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, eps=eps, normalize=normalize)
+    q, k, v, i, f, h, dh, C0, n0, m0 = x.q, x.k, x.v, x.i, x.f, x.h, x.dh, x.C0, x.n0, x.m0
+    has_state, has_last, prec, f32, dummy = x.has_state, x.has_last, x.prec, x.f32, x.dummy
+    r, ds, G, Fl = x.r, x.ds, x.G, x.Fl
 
     # 2. the states before every chunk (and the max states of their frames)
     if config.get("states", "recompute") == "reuse":
@@ -99,21 +84,11 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
         states = load_variant(find(TWOPASS, cell=cell, state="float32"))
         state_config = {"LI": min(L, 64), "LO": L, "BKS": config["BKS"], "BVS": config["BVS"],
                         "num_warps_states": config["num_warps_state"], "num_stages": 1}  # fmt: skip
-        C0a, n0a, m0a = (C0, n0, m0) if has_state else (dummy, dummy, dummy)
-        _launch_states(states, k, v, i, f, C0a, n0a, m0a, has_state, (Cb, nb, mb), (dummy, dummy, dummy), S=S, NC=NC,
+        _launch_states(states, k, v, i, f, C0, n0, m0, has_state, (Cb, nb, mb), (dummy, dummy, dummy), S=S, NC=NC,
                        config=state_config, store_borders=True, prec=prec)  # fmt: skip
 
     # 3. reverse recurrence: gradient of the state after every chunk, and the max state's chain
-    if has_last:
-        dC, dn = contiguous(dC.float(), dn.float())
-        # in float64: the chain's start and dm0 below are differences of state-sized dot products
-        T = (
-            (dm.reshape(B, NH).double() - _dot(last[0], dC, 2) - _dot(last[1], dn, 1)).float()
-            if cell == "exp"
-            else dummy
-        )
-    else:
-        dC = dn = T = dummy
+    dC, dn, T = x.dC, x.dn, x.T
     dCa = empty(B, NH, NC, DHQK, DHHV, **f32)
     dna = empty(B, NH, NC, DHQK, **f32)
     R = empty(B, NH, S, **f32) if cell == "exp" else dummy

@@ -8,8 +8,8 @@ import torch
 
 from ..load import load_variant
 from ..variants import Variant
-from .chunkwise_bw import _dot
-from .common import cdiv, contiguous, dot_precision, empty, next_pow2, require_pow2
+from .bw_common import dot64, prepare
+from .common import cdiv, empty, next_pow2, require_pow2
 
 TEMPLATE = "parallel_bw.py.j2"
 
@@ -34,31 +34,15 @@ def parallel_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, va
     BT, BK, BV = config["BT"], config["BK"], config["BV"]
     NT, NKT = cdiv(S, BT), cdiv(DHQK, BK)
     dev = q.device
-    q, k, v, i, f, h, dh = contiguous(q, k, v, i, f, h, dh)
-    has_state, has_last = C0 is not None, dC is not None
-    prec = dot_precision(q.dtype)
     module = load_variant(variant)
-    f32 = dict(dtype=torch.float32, device=dev)
-    dummy = torch.zeros(1, **f32)
-    if has_state:
-        m0 = m0 if m0 is not None else torch.zeros(B, NH, **f32)
-        C0, n0, m0 = contiguous(C0, n0, m0.reshape(B, NH))
-    C0a, n0a, m0a = (C0, n0, m0) if has_state else (dummy, dummy, dummy)
+    x = prepare(module, cell, q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, eps=eps, normalize=normalize)
+    q, k, v, i, f, h, dh, C0a, n0a, m0a = x.q, x.k, x.v, x.i, x.f, x.h, x.dh, x.C0, x.n0, x.m0
+    has_state, has_last, f32, dummy, dC, dn, T = x.has_state, x.has_last, x.f32, x.dummy, x.dC, x.dn, x.T
+    r, ds, G, Fl = x.r, x.ds, x.G, x.Fl
     launch = dict(num_warps=config["num_warps"], num_stages=config["num_stages"])
-    tiles = dict(scale=DHQK**-0.5, DHQK=DHQK, DHHV=DHHV, BT=BT, BK=BK, BV=BV, DOT_PRECISION=prec, **launch)
-
-    r, ds, G, Fl = (empty(B, NH, S, **f32) for _ in range(4))
-    module.bw_prep_kernel[(cdiv(S, 64), B * NH)](
-        h, dh, s, mt, r, ds, G, Fl, S, eps, DHHV=DHHV, BT=64, BV=min(64, next_pow2(DHHV)), NORMALIZE=normalize
-    )
-    if has_last:
-        dC, dn = contiguous(dC.float(), dn.float())
-        mS = last[2].reshape(B, NH).float().contiguous() if cell == "exp" else dummy
-        dmS = dm.reshape(B, NH).float().contiguous() if cell == "exp" else dummy
-        T = (dm.reshape(B, NH).double() - _dot(last[0], dC, 2) - _dot(last[1], dn, 1)).float() if cell == "exp" \
-            else dummy  # fmt: skip
-    else:
-        dC = dn = mS = dmS = T = dummy
+    tiles = dict(scale=DHQK**-0.5, DHQK=DHQK, DHHV=DHHV, BT=BT, BK=BK, BV=BV, DOT_PRECISION=x.prec, **launch)
+    mS = last[2].reshape(B, NH).float().contiguous() if has_last and cell == "exp" else dummy
+    dmS = dm.reshape(B, NH).float().contiguous() if has_last and cell == "exp" else dummy
     R = empty(B, NH, S, **f32) if cell == "exp" else dummy
     if cell == "exp":
         module.parallel_bw_chain_kernel[(B * NH,)](i, f, mt, m0a, G, T, R, S, NT, BT=BT, HAS_STATE=has_state,
@@ -87,8 +71,8 @@ def parallel_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, va
         )
         if has_last:  # the last state's row against the initial state's column
             lf_sum = torch.nn.functional.logsigmoid(f.double()).sum(-1)
-            m_term = (m0.double() - last[2].reshape(B, NH).double()) if cell == "exp" else 0.0
-            X = (torch.exp(lf_sum + m_term) * (_dot(C0, dC, 2) + _dot(n0, dn, 1))).float()
+            m_term = (m0a.double() - last[2].reshape(B, NH).double()) if cell == "exp" else 0.0
+            X = (torch.exp(lf_sum + m_term) * (dot64(C0a, dC, 2) + dot64(n0a, dn, 1))).float()
     di, df = empty(B, NH, S, **f32), empty(B, NH, S, **f32)
     dm0 = torch.zeros(B, NH, **f32) if has_state and cell == "exp" else dummy
     module.parallel_bw_gates_kernel[(B * NH,)](
