@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   dd7f508cee9c05a1
+# template hash:   483d91f643a43a1d
 # parameters:      cell=exp, kernels=fused
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (exp cell), exact (MATH.md §6), "fused" within-chunk kernels.
@@ -109,11 +109,14 @@ def bw_prep_kernel(
         b_dh = tl.load(dh_ptr + o_tv, mask=m_tv, other=0.0).to(tl.float32)
         b_delta += tl.sum(b_h * b_dh, axis=1)
     b_s = tl.load(s_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
-    b_floor = tl.exp(-tl.load(mt_ptr + i_bh * S + o_t, mask=m_t, other=0.0))
+    b_mt = tl.load(mt_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
+    b_floor = tl.exp(-b_mt)
     b_den = tl.maximum(tl.abs(b_s), b_floor) + eps
     b_ds = tl.where(tl.abs(b_s) >= b_floor, -b_delta / b_den, 0.0)
     tl.store(G_ptr + i_bh * S + o_t, -eps * b_delta / b_den, mask=m_t)
-    tl.store(Fl_ptr + i_bh * S + o_t, tl.where(tl.abs(b_s) >= b_floor, 0.0, b_floor * b_delta / b_den), mask=m_t)
+    # floor delta / den with den = floor + eps, written so that floor = exp(-m) = inf (m < -88) gives 0, not inf/inf
+    b_Fl = tl.where(tl.abs(b_s) >= b_floor, 0.0, b_delta / (1.0 + eps * tl.exp(b_mt)))
+    tl.store(Fl_ptr + i_bh * S + o_t, b_Fl, mask=m_t)
     b_ds = tl.where(b_s > 0, b_ds, tl.where(b_s < 0, -b_ds, 0.0))  # times sign(s)
     tl.store(r_ptr + i_bh * S + o_t, 1.0 / b_den, mask=m_t)
     tl.store(ds_ptr + i_bh * S + o_t, b_ds, mask=m_t)

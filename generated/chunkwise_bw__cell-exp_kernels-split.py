@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   dd7f508cee9c05a1
+# template hash:   483d91f643a43a1d
 # parameters:      cell=exp, kernels=split
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (exp cell), exact (MATH.md §6), "split" within-chunk kernels.
@@ -111,11 +111,14 @@ def bw_prep_kernel(
         b_dh = tl.load(dh_ptr + o_tv, mask=m_tv, other=0.0).to(tl.float32)
         b_delta += tl.sum(b_h * b_dh, axis=1)
     b_s = tl.load(s_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
-    b_floor = tl.exp(-tl.load(mt_ptr + i_bh * S + o_t, mask=m_t, other=0.0))
+    b_mt = tl.load(mt_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
+    b_floor = tl.exp(-b_mt)
     b_den = tl.maximum(tl.abs(b_s), b_floor) + eps
     b_ds = tl.where(tl.abs(b_s) >= b_floor, -b_delta / b_den, 0.0)
     tl.store(G_ptr + i_bh * S + o_t, -eps * b_delta / b_den, mask=m_t)
-    tl.store(Fl_ptr + i_bh * S + o_t, tl.where(tl.abs(b_s) >= b_floor, 0.0, b_floor * b_delta / b_den), mask=m_t)
+    # floor delta / den with den = floor + eps, written so that floor = exp(-m) = inf (m < -88) gives 0, not inf/inf
+    b_Fl = tl.where(tl.abs(b_s) >= b_floor, 0.0, b_delta / (1.0 + eps * tl.exp(b_mt)))
+    tl.store(Fl_ptr + i_bh * S + o_t, b_Fl, mask=m_t)
     b_ds = tl.where(b_s > 0, b_ds, tl.where(b_s < 0, -b_ds, 0.0))  # times sign(s)
     tl.store(r_ptr + i_bh * S + o_t, 1.0 / b_den, mask=m_t)
     tl.store(ds_ptr + i_bh * S + o_t, b_ds, mask=m_t)
@@ -418,7 +421,7 @@ def chunkwise_bw_dqk_kernel(
     DOT_PRECISION: tl.constexpr,
 ):
     i_k, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    n_bh = tl.num_programs(2)
+    n_bh = tl.num_programs(2).to(tl.int64)
     i_bhc = i_bh * NC + i_c
     o_t, m_t, b_lf, b_li, b_mc, b_D, b_D0, b_w, b_decay, b_r, b_ds = _chunk_setup(
         i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S, NC, L)
@@ -514,7 +517,7 @@ def chunkwise_bw_gates_kernel(
     DOT_PRECISION: tl.constexpr,
 ):
     i_c, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    n_bh = tl.num_programs(1)
+    n_bh = tl.num_programs(1).to(tl.int64)
     i_bhc = i_bh * NC + i_c
     o_t, m_t, b_lf, b_li, b_mc, b_D, b_D0, b_w, b_decay, b_r, b_ds = _chunk_setup(
         i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S, NC, L)

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   dd7f508cee9c05a1
+# template hash:   483d91f643a43a1d
 # parameters:      cell=sig, kernels=fused
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (sig cell), exact (MATH.md §6), "fused" within-chunk kernels.

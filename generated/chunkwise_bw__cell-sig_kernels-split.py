@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   dd7f508cee9c05a1
+# template hash:   483d91f643a43a1d
 # parameters:      cell=sig, kernels=split
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (sig cell), exact (MATH.md §6), "split" within-chunk kernels.
@@ -374,7 +374,7 @@ def chunkwise_bw_dqk_kernel(
     DOT_PRECISION: tl.constexpr,
 ):
     i_k, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    n_bh = tl.num_programs(2)
+    n_bh = tl.num_programs(2).to(tl.int64)
     i_bhc = i_bh * NC + i_c
     o_t, m_t, b_lf, b_li, b_mc, b_D, b_D0, b_w, b_decay, b_r, b_ds = _chunk_setup(
         i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S, NC, L)
@@ -470,7 +470,7 @@ def chunkwise_bw_gates_kernel(
     DOT_PRECISION: tl.constexpr,
 ):
     i_c, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    n_bh = tl.num_programs(1)
+    n_bh = tl.num_programs(1).to(tl.int64)
     i_bhc = i_bh * NC + i_c
     o_t, m_t, b_lf, b_li, b_mc, b_D, b_D0, b_w, b_decay, b_r, b_ds = _chunk_setup(
         i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S, NC, L)

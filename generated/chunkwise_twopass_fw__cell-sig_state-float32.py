@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_twopass_fw.py.j2
-# template hash:   2e947ec1720f5e6d
+# template hash:   816b494cc446509b
 # parameters:      cell=sig, state=float32
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (sig cell), two passes:

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        parallel_bw.py.j2
-# template hash:   230e1192b51fb292
+# template hash:   96ae4dc76607e4cd
 # parameters:      cell=exp
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Parallel mLSTM backward (exp cell), exact (MATH.md §6), tiled like flash attention: no chunk states.
@@ -111,11 +111,14 @@ def bw_prep_kernel(
         b_dh = tl.load(dh_ptr + o_tv, mask=m_tv, other=0.0).to(tl.float32)
         b_delta += tl.sum(b_h * b_dh, axis=1)
     b_s = tl.load(s_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
-    b_floor = tl.exp(-tl.load(mt_ptr + i_bh * S + o_t, mask=m_t, other=0.0))
+    b_mt = tl.load(mt_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
+    b_floor = tl.exp(-b_mt)
     b_den = tl.maximum(tl.abs(b_s), b_floor) + eps
     b_ds = tl.where(tl.abs(b_s) >= b_floor, -b_delta / b_den, 0.0)
     tl.store(G_ptr + i_bh * S + o_t, -eps * b_delta / b_den, mask=m_t)
-    tl.store(Fl_ptr + i_bh * S + o_t, tl.where(tl.abs(b_s) >= b_floor, 0.0, b_floor * b_delta / b_den), mask=m_t)
+    # floor delta / den with den = floor + eps, written so that floor = exp(-m) = inf (m < -88) gives 0, not inf/inf
+    b_Fl = tl.where(tl.abs(b_s) >= b_floor, 0.0, b_delta / (1.0 + eps * tl.exp(b_mt)))
+    tl.store(Fl_ptr + i_bh * S + o_t, b_Fl, mask=m_t)
     b_ds = tl.where(b_s > 0, b_ds, tl.where(b_s < 0, -b_ds, 0.0))  # times sign(s)
     tl.store(r_ptr + i_bh * S + o_t, 1.0 / b_den, mask=m_t)
     tl.store(ds_ptr + i_bh * S + o_t, b_ds, mask=m_t)
@@ -275,7 +278,7 @@ def parallel_bw_dq_kernel(
     DOT_PRECISION: tl.constexpr,
 ):
     i_k, i_q, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    n_bh = tl.num_programs(2)
+    n_bh = tl.num_programs(2).to(tl.int64)
     t0 = i_q * BT
     o_q = t0 + tl.arange(0, BT)
     m_q = o_q < S
@@ -382,7 +385,7 @@ def parallel_bw_dk_kernel(
     DOT_PRECISION: tl.constexpr,
 ):
     i_k, i_j, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    n_bh = tl.num_programs(2)
+    n_bh = tl.num_programs(2).to(tl.int64)
     o_j = i_j * BT + tl.arange(0, BT)
     m_j = o_j < S
     o_k = i_k * BK + tl.arange(0, BK)
@@ -598,7 +601,7 @@ def parallel_bw_gates_kernel(
     HAS_LAST_GRAD: tl.constexpr,
 ):
     i_bh = tl.program_id(0).to(tl.int64)
-    n_bh = tl.num_programs(0)
+    n_bh = tl.num_programs(0).to(tl.int64)
     o_l = tl.arange(0, BT)
     o_T = tl.arange(0, NTP)
     b_X = tl.load(X_ptr + i_bh)
@@ -612,6 +615,7 @@ def parallel_bw_gates_kernel(
             b_dD0 += tl.load(partq_ptr + (i_k * n_bh + i_bh) * S + o_s, mask=m_s, other=0.0)
         tl.store(df_ptr + i_bh * S + o_s, tl.cumsum(b_dD0, axis=0, reverse=True) + b_carry + b_X, mask=m_s)
         b_carry += tl.sum(b_dD0, axis=0)
+    tl.debug_barrier()  # pass 2 reads what pass 1 stored (df) from other threads
     # pass 2, first tile first: everything else
     b_upre = tl.full([], 0.0, tl.float32)  # sum of u over the tiles before
     b_rowpref = tl.zeros([NTP], dtype=tl.float32)  # [T]: sum of the block sums of row tile T over column tiles < sigma

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        parallel_bw.py.j2
-# template hash:   230e1192b51fb292
+# template hash:   96ae4dc76607e4cd
 # parameters:      cell=sig
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Parallel mLSTM backward (sig cell), exact (MATH.md §6), tiled like flash attention: no chunk states.
@@ -220,7 +220,7 @@ def parallel_bw_dq_kernel(
     DOT_PRECISION: tl.constexpr,
 ):
     i_k, i_q, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    n_bh = tl.num_programs(2)
+    n_bh = tl.num_programs(2).to(tl.int64)
     t0 = i_q * BT
     o_q = t0 + tl.arange(0, BT)
     m_q = o_q < S
@@ -327,7 +327,7 @@ def parallel_bw_dk_kernel(
     DOT_PRECISION: tl.constexpr,
 ):
     i_k, i_j, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    n_bh = tl.num_programs(2)
+    n_bh = tl.num_programs(2).to(tl.int64)
     o_j = i_j * BT + tl.arange(0, BT)
     m_j = o_j < S
     o_k = i_k * BK + tl.arange(0, BK)
@@ -543,7 +543,7 @@ def parallel_bw_gates_kernel(
     HAS_LAST_GRAD: tl.constexpr,
 ):
     i_bh = tl.program_id(0).to(tl.int64)
-    n_bh = tl.num_programs(0)
+    n_bh = tl.num_programs(0).to(tl.int64)
     o_l = tl.arange(0, BT)
     o_T = tl.arange(0, NTP)
     b_X = tl.load(X_ptr + i_bh)
@@ -557,6 +557,7 @@ def parallel_bw_gates_kernel(
             b_dD0 += tl.load(partq_ptr + (i_k * n_bh + i_bh) * S + o_s, mask=m_s, other=0.0)
         tl.store(df_ptr + i_bh * S + o_s, tl.cumsum(b_dD0, axis=0, reverse=True) + b_carry + b_X, mask=m_s)
         b_carry += tl.sum(b_dD0, axis=0)
+    tl.debug_barrier()  # pass 2 reads what pass 1 stored (df) from other threads
     # pass 2, first tile first: everything else
     b_upre = tl.full([], 0.0, tl.float32)  # sum of u over the tiles before
     b_rowpref = tl.zeros([NTP], dtype=tl.float32)  # [T]: sum of the block sums of row tile T over column tiles < sigma

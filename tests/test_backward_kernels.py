@@ -297,3 +297,29 @@ def test_entry_with_a_forced_reusing_backward(name, monkeypatch, check):
     check(target=f"{name} with a forced reusing split backward", baseline="autograd through the oracle (fp64)",
           dims=shape.dims(), dtype=torch.float32, pairs={k: (got[k], ref[k]) for k in ref},
           limit=_limits(torch.float32, oracle, x, weights, "exp", ref))  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # the interpreter's numpy: floor = exp(100) = inf
+def test_prep_does_not_overflow_where_the_floor_does():
+    """m_t < -88 (input gates far below -88): floor = exp(-m) is inf in fp32. The floor's share of the max state's
+    gradient must stay finite (it was inf / inf = NaN in dm0 before)."""
+    shape = Shape(1, 1, 40, 16, 16)
+    x = _inputs(shape, "exp", True)
+    x["i"] = torch.full_like(x["i"], -100.0)
+    x["f"] = torch.full_like(x["f"], -6.0)
+    x["m_initial"] = torch.zeros_like(x["m_initial"])
+    weights = _weights(shape, "exp", True)
+    for variant in (find(launch_bw.TEMPLATE, cell="exp", kernels="fused"), find(launch_pbw.TEMPLATE, cell="exp")):
+        got = _run(x, weights, cell="exp", forward=launch_fw.TWOPASS,
+                   fw_config=launch_fw.default_config(find(launch_fw.TWOPASS, cell="exp", state="float32"), 16, 16),
+                   bw_variant=variant, bw_config=_bw_config(variant, 16, 16, 16, tile=16))  # fmt: skip
+        assert all(bool(torch.isfinite(g).all()) for g in got.values()), variant.name
+
+
+def test_too_many_heads_for_one_launch_is_a_clear_error():
+    from autotune.checks import MLSTMInputError
+    from autotune.launch.common import MAX_GRID_HEADS, check_heads
+
+    check_heads(1, MAX_GRID_HEADS)
+    with pytest.raises(MLSTMInputError, match="split the batch"):
+        check_heads(2, MAX_GRID_HEADS)

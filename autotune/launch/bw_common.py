@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import torch
 
+from ..checks import MLSTMInputError
 from .common import cdiv, contiguous, dot_precision, empty, next_pow2
 
 
@@ -22,6 +23,8 @@ def prepare(module, cell: str, q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, 
     state, C0/n0/m0 are 1-element dummies; without a last-state cotangent, dC/dn/T are."""
     B, NH, S, _ = q.shape
     DHHV = v.shape[-1]
+    if dC is not None and (dn is None or (cell == "exp" and (dm is None or last is None or last[2] is None))):
+        raise MLSTMInputError("a last-state cotangent needs all of dC, dn (and dm and the last state for the exp cell)")
     f32 = dict(dtype=torch.float32, device=q.device)
     dummy = torch.zeros(1, **f32)
     q, k, v, i, f, h, dh = contiguous(q, k, v, i, f, h, dh)

@@ -77,6 +77,12 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
         if borders is None:
             raise MLSTMInputError("states='reuse' needs the forward's border states")
         Cb, nb, mb = borders
+        if (
+            tuple(Cb.shape) != (B, NH, NC, DHQK, DHHV)
+            or tuple(nb.shape) != (B, NH, NC, DHQK)
+            or mb.numel() != B * NH * NC
+        ):
+            raise MLSTMInputError(f"the forward's border states are not of chunks of L={L} (Cb {tuple(Cb.shape)})")
     else:
         Cb = empty(B, NH, NC, DHQK, DHHV, **f32)
         nb = empty(B, NH, NC, DHQK, **f32)

@@ -79,3 +79,13 @@ def stats_buffers(B, NH, S, device, saved: dict | None):
     saved["s"] = empty(B, NH, S, dtype=torch.float32, device=device)
     saved["mt"] = empty(B, NH, S, dtype=torch.float32, device=device)
     return saved["s"], saved["mt"]
+
+
+MAX_GRID_HEADS = 65535  # CUDA's limit on a grid's y and z axes, where the launchers put B * NH
+
+
+def check_heads(B: int, NH: int) -> None:
+    """The generated kernels put one program row per (batch, head) on a grid axis that CUDA limits to 65,535."""
+    if B * NH > MAX_GRID_HEADS:
+        raise MLSTMInputError(f"B * NH = {B * NH} is more than the {MAX_GRID_HEADS} (batch, head) pairs one launch of "
+                              "a generated kernel takes: split the batch, or use a native kernel")  # fmt: skip

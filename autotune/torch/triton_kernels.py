@@ -33,7 +33,7 @@ from ..launch import chunkwise_bw as launch_chunkwise_bw
 from ..launch import parallel as launch_parallel
 from ..launch import parallel_bw as launch_parallel_bw
 from ..launch import recurrent as launch_recurrent
-from ..launch.common import empty
+from ..launch.common import check_heads, empty
 from ..variants import by_name, find
 from . import registry
 from .native.recurrent import mlstm_recurrent_sequence__native, mlstm_recurrent_step__native
@@ -233,6 +233,7 @@ def _sequence_entry(run_factory, native_fallback, *, form: str, cell: str, defau
             return native_fallback(q, k, v, i, f, *states, return_last_states=return_last_states, eps=eps,
                                    chunk_size=chunk_size, normalize=normalize)  # fmt: skip
         _check_device(q)
+        check_heads(q.shape[0], q.shape[1])
         q, k, v = _autocast(q, k, v, autocast_kernel_dtype)
         run = run_factory(chunk_size=chunk_size, eps=eps, normalize=normalize)
         tensors = (q, k, v, i, f, c_initial, n_initial, m_initial)
@@ -389,6 +390,7 @@ def mlstm_recurrent_step__triton(
     _check_device(q)
     B, NH, DHQK = q.shape
     DHHV = v.shape[-1]
+    check_heads(B, NH)
 
     default = partial(_family_default, "recurrent_step.py.j2", cell, launch_recurrent.step_default_config, DHQK, DHHV)
     variant, config = _pick(f"step:{cell}", ("recurrent_step",), q, DHHV, 1, B * NH, default)
@@ -442,6 +444,7 @@ def mlstm_recurrent_sequence__triton(
         return mlstm_recurrent_sequence__native(*tensors, return_last_states=return_last_states, eps=eps,
                                                 dtype_state=dtype_state, cell=cell, normalize=normalize)  # fmt: skip
     _check_device(q)
+    check_heads(q.shape[0], q.shape[1])
     factory = _family_run("sequence", "recurrent_sequence.py.j2", cell, launch_recurrent.sequence_fw,
                           launch_recurrent.sequence_default_config)  # fmt: skip
     run = factory(chunk_size=64, eps=eps, normalize=normalize)
