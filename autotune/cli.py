@@ -94,7 +94,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         dtype = getattr(torch, args.dtype)
         request, choice = triton_kernels.explain(
             args.kernel, dtype=dtype, B=args.B, NH=args.NH, S=args.S, DHQK=args.DHQK, DHHV=args.DHHV,
-            chunk_size=args.chunk_size, gpu=gpu, capability=capability,
+            chunk_size=args.chunk_size, gpu=gpu, capability=capability, direction=args.direction,
         )  # fmt: skip
     except (ValueError, AttributeError) as err:
         print(f"mlstm-tune show: {err}", file=sys.stderr)
@@ -232,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="bfloat16", help="the inputs' dtype: bfloat16, float16, float32")
     p.add_argument("--gpu", help="GPU model as torch names it (default: this machine's GPU, or the interpreter)")
     p.add_argument("--capability", default="9.0", help="with --gpu: its compute capability, e.g. 9.0")
+    p.add_argument("--direction", choices=("fw", "fwbw"), default="fw", help="fwbw: the backward of a training step")
     p.add_argument("--no-source", action="store_true", help="do not print the generated source")
     p.set_defaults(func=_cmd_show)
     p = sub.add_parser("bench", help="ours (tuned and default) against upstream mlstm_kernels, FLA and SDPA")

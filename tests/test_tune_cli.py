@@ -73,6 +73,10 @@ def test_tune_fwbw_writes_a_backward_entry_the_training_step_uses(form, entry, t
     step = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert step.returncode == 0, step.stderr[-2000:]
     assert f"{tuned['variant']}" in step.stderr and "rung exact" in step.stderr
+    shown = run("show", "--kernel", entry, "--direction", "fwbw", "--gpu", "cpu-interpreter", "--capability", "0.0",
+                "--B", "1", "--NH", "2", "--S", "64", "--DHQK", "32", "--DHHV", "32", "--dtype", "float32",
+                "--no-source", env=env)  # fmt: skip
+    assert shown.returncode == 0 and "rung exact" in shown.stdout and tuned["variant"] in shown.stdout
 
 
 def test_fwbw_not_for_inference_forms(tmp_path: Path):

@@ -271,12 +271,20 @@ _ENTRIES: dict[str, tuple] = {}
 
 
 def explain(name: str, *, dtype: torch.dtype, B: int, NH: int, S: int, DHQK: int, DHHV: int, chunk_size: int = 64,
-            gpu: str, capability: tuple[int, int]):  # fmt: skip
-    """What a call of the Triton entry ``name`` with these shapes would run on ``gpu``: (Request, Choice)."""
+            gpu: str, capability: tuple[int, int], direction: str = "fw"):  # fmt: skip
+    """What a call of the Triton entry ``name`` with these shapes would run on ``gpu``: (Request, Choice); with
+    direction "fwbw", the backward of a training step."""
     if name not in _ENTRIES:
         raise ValueError(f"{name!r} is not served by generated kernels; these are: {', '.join(_ENTRIES)}")
     op, structures, default = _ENTRIES[name]
-    request = Request(op, "fw", str(dtype).removeprefix("torch."), DHQK, DHHV, tdb.bucket(S), tdb.bucket(B * NH),
+    if direction == "fwbw":
+        form, _, cell = op.partition(":")
+        if form not in _BACKWARDS:
+            raise ValueError(f"{name!r} has no generated backward (inference only)")
+        structures, default = _BACKWARDS[form][0], lambda chunk, K, V: _backward_default(form, cell, K, V)
+    elif direction != "fw":
+        raise ValueError(f"direction must be fw or fwbw, got {direction!r}")
+    request = Request(op, direction, str(dtype).removeprefix("torch."), DHQK, DHHV, tdb.bucket(S), tdb.bucket(B * NH),
                       structures)  # fmt: skip
     return request, dispatcher().choose(request, gpu, capability, partial(default, chunk_size, DHQK, DHHV))
 
