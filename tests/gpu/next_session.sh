@@ -3,15 +3,16 @@
 # Usage on the device:  bash tests/gpu/next_session.sh PHASE   with PHASE one of
 #   backward-a   generated backward variants at the 7B layout and the registry entries (about 3 min warm)
 #   backward-b   the other head layouts (about 3 min warm)
-#   tune-quick   mlstm-tune tune --preset quick with a 9-minute budget (needs optuna: pip install from .whl/)
+#   tune-quick   mlstm-tune tune --preset quick with a 9-minute budget (needs optuna from .whl/)
 #   bench        mlstm-tune bench (needs mlstm_kernels and fla-core from .whl/ for the comparison columns)
 # Logs go to $OUT; commit them under tests/gpu/logs/ or tuning_db/reports/ with their command.
 set -u
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-if [ -d .whl ]; then pip install -q --no-index --find-links .whl --target /tmp/site optuna mlstm-kernels fla-core \
-  >/dev/null 2>&1 && export PYTHONPATH=/tmp/site:$PYTHONPATH; fi
+# the wheels of ../shared/tools/gpu_wheels.sh (carry [".whl"]), installed as that script says
+if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PYTHONPATH; fi
 case "${1:-}" in
   backward-a) timeout 540 python -m pytest -q -m gpu tests/gpu/test_gpu_backward.py -k "B1-NH8 or entry" \
                 -p no:cacheprovider --tb=line -rfE > "$OUT/gpu_backward_a.log" 2>&1; tail -3 "$OUT/gpu_backward_a.log" ;;
