@@ -1,5 +1,5 @@
 """The registry entries served by generated kernels, through the public API (interpreter on the CPU): outputs and
-last states against the oracle, exact gradients (native backward for now), pieces with states handed along."""
+last states against the oracle, exact gradients (the generated backward), pieces with states handed along."""
 
 from __future__ import annotations
 
