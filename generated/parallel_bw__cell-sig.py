@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        parallel_bw.py.j2
-# template hash:   96ae4dc76607e4cd
+# template hash:   bed49a2b385e0eca
 # parameters:      cell=sig
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Parallel mLSTM backward (sig cell), exact (MATH.md §6), tiled like flash attention: no chunk states.
@@ -289,7 +289,7 @@ def parallel_bw_dq_kernel(
 
 
 @triton.jit
-def _key_tile_walk_weights(i_ptr, f_ptr, i_bh, o_j, m_j, lf_k, li_k, b_G, mS_ptr, S):
+def _key_tile_walk_weights(i_bh, m_j, lf_k, li_k, b_G, mS_ptr):
     """w_j = exp(F_S - F_j + li_j - m_S): the weight of key token j in the last state, once b_G holds the gate logs
     of every tile after the key tile."""
     b_suffix = tl.cumsum(lf_k, axis=0, reverse=True) - lf_k
@@ -364,7 +364,7 @@ def parallel_bw_dk_kernel(
                 b_colafter += b_cols
     b_u = tl.zeros([BT], dtype=tl.float32)
     if HAS_LAST_GRAD:
-        b_w = _key_tile_walk_weights(i_ptr, f_ptr, i_bh, o_j, m_j, lf_k, li_k, b_G, mS_ptr, S)
+        b_w = _key_tile_walk_weights(i_bh, m_j, lf_k, li_k, b_G, mS_ptr)
         b_dkt = tl.zeros([BT, BK], dtype=tl.float32)
         for i_v in range(0, tl.cdiv(DHHV, BV)):
             o_v = i_v * BV + tl.arange(0, BV)
@@ -439,7 +439,7 @@ def parallel_bw_dv_kernel(
         # P^T dnum = (P r)^T dh, r the per-row 1/den
         b_dv += tl.dot(tl.trans((b_P * b_r[:, None]).to(b_dh.dtype)), b_dh, input_precision=DOT_PRECISION)
     if HAS_LAST_GRAD:
-        b_w = _key_tile_walk_weights(i_ptr, f_ptr, i_bh, o_j, m_j, lf_k, li_k, b_G, mS_ptr, S)
+        b_w = _key_tile_walk_weights(i_bh, m_j, lf_k, li_k, b_G, mS_ptr)
         b_kdC = tl.zeros([BT, BV], dtype=tl.float32)
         for i_k in range(0, tl.cdiv(DHQK, BK)):
             o_k = i_k * BK + tl.arange(0, BK)
