@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,23 +242,87 @@ def plot(table: list[dict]) -> np.ndarray:
     return img
 
 
+def shard(selected: list[Row], spec: str | None) -> list[Row]:
+    """The rows of shard "I/N" (I from 0): rows alternate in pairs so that each shard gets forward and
+    forward+backward rows, e.g. for N=2 rows 0, 3, 4, 7, 8, ... and 1, 2, 5, 6, ...."""
+    if spec is None:
+        return selected
+    try:
+        index, count = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard wants I/N with integers, e.g. 0/2, not {spec!r}") from None
+    if not 0 <= index < count:
+        raise ValueError(f"--shard {spec}: I must be in 0..N-1")
+    return [r for n, r in enumerate(selected) if (n + n // 2) % count == index]
+
+
+def write(out_dir: Path, gpu: str, table: list[dict], timing: str, quiet: bool = False) -> None:
+    """<GPU>-bench.json, .md and .png under out_dir (rewritten after every row, so a cut-off run keeps its rows)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = tdb.file_name(gpu).removesuffix(".json")
+    tmp = out_dir / f".{stem}-bench.json.tmp"
+    tmp.write_text(json.dumps(table, indent=1) + "\n")
+    os.replace(tmp, out_dir / f"{stem}-bench.json")
+    text = markdown(gpu, table, timing) + f"\n![rows numbered as in the table]({stem}-bench.png)\n"
+    (out_dir / f"{stem}-bench.md").write_text(text)
+    write_png(out_dir / f"{stem}-bench.png", plot(table))
+    if not quiet:
+        print(text)
+        print(f"wrote {out_dir / (stem + '-bench.json')}, .md and .png")
+
+
+def _order(r: dict) -> tuple:
+    """Table order of a row: the order of rows(smoke=False), unknown rows last."""
+    key = Row(r["op"], r["pass"], r["B"], r["NH"], r["S"], r["DHQK"], r["DHHV"])
+    known = rows(False)
+    return (known.index(key) if key in known else len(known),)
+
+
+def combine(files: list[str], out: str) -> int:
+    """Entry point of ``mlstm-tune bench --combine``: the rows of several runs (e.g. shards on several GPUs of one
+    model) as one table."""
+    table, gpus = [], set()
+    for name in files:
+        path = Path(name)
+        try:
+            part = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            print(f"mlstm-tune bench: cannot read {path}: {err}", file=sys.stderr)
+            return 2
+        table += part
+        gpus.add(path.name.removesuffix("-bench.json"))
+    if len(gpus) != 1:
+        print(f"mlstm-tune bench: --combine wants runs of one GPU model, got {sorted(gpus)}", file=sys.stderr)
+        return 2
+    (stem,) = gpus
+    gpu = stem.replace("_", " ")
+    timing = "Triton interpreter, wall clock: says nothing about speed" if stem == "cpu-interpreter" else _GPU_TIMING
+    write(Path(out), gpu, sorted(table, key=_order), timing)
+    return 0
+
+
+_GPU_TIMING = "GPU, median of triton.testing.do_bench"
+
+
 def run(args) -> int:
     """Entry point of ``mlstm-tune bench``."""
+    if args.combine:
+        return combine(args.combine, args.out)
     on_gpu = torch.cuda.is_available()
     if not on_gpu and not args.smoke:
         print("mlstm-tune bench: no GPU; use --smoke for the interpreted dry run on tiny shapes", flush=True)
+        return 2
+    try:
+        selected = shard([r for r in rows(args.smoke) if args.only in (None, r.op)], args.shard)
+    except ValueError as err:
+        print(f"mlstm-tune bench: {err}", file=sys.stderr)
         return 2
     if not on_gpu:
         os.environ["TRITON_INTERPRET"] = "1"
     device = "cuda" if on_gpu else "cpu"
     gpu = torch.cuda.get_device_name() if on_gpu else "cpu-interpreter"
-    timing = (
-        "GPU, median of triton.testing.do_bench"
-        if on_gpu
-        else "Triton interpreter, wall clock: says nothing about speed"
-    )
+    timing = _GPU_TIMING if on_gpu else "Triton interpreter, wall clock: says nothing about speed"
     table = []
-    selected = [r for r in rows(args.smoke) if args.only in (None, r.op)]
     for n, row in enumerate(selected, 1):
         start = time.perf_counter()
         table.append(measure(row, device, args.reps_ms))
@@ -265,13 +330,5 @@ def run(args) -> int:
         print(f"[{n}/{len(selected)}] {row.op} {row.pass_} B={row.B} NH={row.NH} S={row.S} {row.DHQK}/{row.DHHV}: "
               + ", ".join(f"{c[:-3]} {r[c]:.3f}" for c in COLUMNS if c in r)
               + f" ({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = tdb.file_name(gpu).removesuffix(".json")
-    (out_dir / f"{stem}-bench.json").write_text(json.dumps(table, indent=1) + "\n")
-    text = markdown(gpu, table, timing) + f"\n![rows numbered as in the table]({stem}-bench.png)\n"
-    (out_dir / f"{stem}-bench.md").write_text(text)
-    write_png(out_dir / f"{stem}-bench.png", plot(table))
-    print(text)
-    print(f"wrote {out_dir / (stem + '-bench.json')}, .md and .png")
+        write(Path(args.out), gpu, table, timing, quiet=n < len(selected))
     return 0

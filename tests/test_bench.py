@@ -38,3 +38,37 @@ def test_smoke_bench_writes_rows_table_and_plot(tmp_path: Path):
 def test_bench_without_gpu_needs_smoke(tmp_path: Path):
     out = _bench("--out", str(tmp_path), cwd=tmp_path)
     assert out.returncode == 2 and "--smoke" in out.stdout
+
+
+def test_shards_cover_every_row_once_and_mix_passes():
+    from autotune.bench import rows, shard
+
+    full = rows(False)
+    parts = [shard(full, f"{i}/2") for i in range(2)]
+    assert sorted(map(repr, parts[0] + parts[1])) == sorted(map(repr, full))
+    for part in parts:  # each GPU gets forward and forward+backward rows, so the shards take similar time
+        assert {r.pass_ for r in part if r.op == "chunkwise"} == {"fw", "fwbw"}
+    with pytest.raises(ValueError):
+        shard(full, "2/2")
+    with pytest.raises(ValueError):
+        shard(full, "one of two")
+
+
+def test_combine_orders_rows_of_several_shards_as_one_table(tmp_path: Path):
+    from autotune.bench import rows
+
+    full = rows(False)
+    made = [{"op": r.op, "pass": r.pass_, "B": r.B, "NH": r.NH, "S": r.S, "DHQK": r.DHQK, "DHHV": r.DHHV,
+             "ours_ms": 1.0 + n, "upstream_ms": 3.0 + n, "notes": {}} for n, r in enumerate(full)]  # fmt: skip
+    for i, part in enumerate((made[1::2], made[0::2])):
+        (tmp_path / f"s{i}").mkdir()
+        (tmp_path / f"s{i}" / "NVIDIA_H200-bench.json").write_text(json.dumps(part))
+    out = _bench("--combine", *(str(tmp_path / f"s{i}" / "NVIDIA_H200-bench.json") for i in (0, 1)), "--out",
+                 str(tmp_path / "all"), cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads((tmp_path / "all" / "NVIDIA_H200-bench.json").read_text()) == made
+    assert "Benchmark on NVIDIA H200 (GPU" in (tmp_path / "all" / "NVIDIA_H200-bench.md").read_text()
+    other = tmp_path / "A100-bench.json"
+    other.write_text("[]")
+    out = _bench("--combine", str(tmp_path / "s0" / "NVIDIA_H200-bench.json"), str(other), cwd=tmp_path)
+    assert out.returncode == 2 and "one GPU model" in out.stderr

@@ -3,8 +3,11 @@
 # Usage on the device:  bash tests/gpu/next_session.sh PHASE   with PHASE one of
 #   backward-a   generated backward variants at the 7B layout and the registry entries (about 3 min warm)
 #   backward-b   the other head layouts (about 3 min warm)
-#   tune-quick   mlstm-tune tune --preset quick with a 9-minute budget (needs optuna from .whl/)
-#   bench        mlstm-tune bench (needs mlstm_kernels and fla-core from .whl/ for the comparison columns)
+#   backward-x2  both at once on a machine of 2 GPUs (kind nvidia-h200-x2), pytest-xdist from .whl/ if carried
+#   tune-quick   mlstm-tune tune --preset quick (needs optuna from .whl/); on 2 GPUs it then goes on with
+#                --devices 0,1 on the same study (the resume path, with one worker per GPU)
+#   bench        mlstm-tune bench (needs mlstm_kernels and fla-core from .whl/ for the comparison columns);
+#                on 2 GPUs one shard per GPU (--shard), then --combine
 # Logs go to $OUT; commit them under tests/gpu/logs/ or tuning_db/reports/ with their command.
 set -u
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
@@ -18,8 +21,31 @@ case "${1:-}" in
                 -p no:cacheprovider --tb=line -rfE > "$OUT/gpu_backward_a.log" 2>&1; tail -3 "$OUT/gpu_backward_a.log" ;;
   backward-b) timeout 540 python -m pytest -q -m gpu tests/gpu/test_gpu_backward.py -k "not B1-NH8 and not entry" \
                 -p no:cacheprovider --tb=line -rfE > "$OUT/gpu_backward_b.log" 2>&1; tail -3 "$OUT/gpu_backward_b.log" ;;
-  tune-quick) MLSTM_AUTOTUNE_DB=$OUT/db timeout 580 python -m autotune tune --preset quick --time-budget 500 \
-                > "$OUT/tune_quick.log" 2>&1; tail -8 "$OUT/tune_quick.log" ;;
-  bench)      timeout 580 python -m autotune bench --out "$OUT" > "$OUT/bench.log" 2>&1; tail -30 "$OUT/bench.log" ;;
-  *) echo "usage: bash tests/gpu/next_session.sh backward-a|backward-b|tune-quick|bench"; exit 2 ;;
+  backward-x2)
+    xd=""; python -c "import xdist" 2>/dev/null && xd="-n 6"  # compiling is CPU-bound: 6 workers per GPU
+    CUDA_VISIBLE_DEVICES=0 timeout 540 python -m pytest -q -m gpu tests/gpu/test_gpu_backward.py $xd \
+      -k "B1-NH8 or entry" -p no:cacheprovider --tb=line -rfE > "$OUT/gpu_backward_a.log" 2>&1 &
+    CUDA_VISIBLE_DEVICES=1 timeout 540 python -m pytest -q -m gpu tests/gpu/test_gpu_backward.py $xd \
+      -k "not B1-NH8 and not entry" -p no:cacheprovider --tb=line -rfE > "$OUT/gpu_backward_b.log" 2>&1 &
+    wait; tail -3 "$OUT"/gpu_backward_*.log ;;
+  tune-quick)
+    start=$(date +%s)
+    timeout 400 python -m autotune tune --preset quick --db "$OUT/db" --time-budget 300 > "$OUT/tune_quick.log" 2>&1
+    echo "exit $? after $(( $(date +%s) - start )) s" >> "$OUT/tune_quick.log"; tail -8 "$OUT/tune_quick.log"
+    if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
+      timeout 170 python -m autotune tune --preset quick --db "$OUT/db" --devices 0,1 --trials 48 --time-budget 100 \
+        > "$OUT/tune_quick_devices.log" 2>&1; echo "exit $?" >> "$OUT/tune_quick_devices.log"
+      tail -8 "$OUT/tune_quick_devices.log"
+    fi
+    python -m autotune report --db "$OUT"/db/*.json --out "$OUT" > /dev/null 2>&1 ;;
+  bench)
+    if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
+      for g in 0 1; do CUDA_VISIBLE_DEVICES=$g timeout 570 python -m autotune bench --shard $g/2 --out "$OUT/bench$g" \
+        > "$OUT/bench$g.log" 2>&1 & done; wait
+      python -m autotune bench --combine "$OUT"/bench0/*-bench.json "$OUT"/bench1/*-bench.json --out "$OUT" > "$OUT/bench.log"
+    else
+      timeout 580 python -m autotune bench --out "$OUT" > "$OUT/bench.log" 2>&1
+    fi
+    tail -30 "$OUT/bench.log" ;;
+  *) echo "usage: bash tests/gpu/next_session.sh backward-a|backward-b|backward-x2|tune-quick|bench"; exit 2 ;;
 esac
