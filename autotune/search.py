@@ -114,7 +114,8 @@ def run_study(
     def settled() -> int:
         return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
 
-    while asked == 0 or (settled() < trials and asked < trials):
+    # trials=0 only reads the study (the summary after --devices workers); otherwise at least the default is asked
+    while trials > 0 and (asked == 0 or (settled() < trials and asked < trials)):
         if time_budget_s is not None and time.monotonic() - start > time_budget_s and study.best_trials:
             break
         asked += 1

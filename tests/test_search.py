@@ -98,6 +98,15 @@ def test_a_killed_run_resumes_without_measuring_twice(tmp_path: Path):
     assert len(interrupted) == 1 and interrupted[0].state == TrialState.FAIL
 
 
+def test_zero_trials_reads_the_study_without_measuring(tmp_path: Path):
+    # the summary after the --devices workers: the winner of what they measured, no further trial
+    first = run(study_in(tmp_path), Replay(), trials=8)
+    again = Replay()
+    summary = run(study_in(tmp_path), again, trials=0)
+    assert again.calls == [] and summary.trials == first.trials
+    assert (summary.best_variant, summary.best_config) == (first.best_variant, first.best_config)
+
+
 def test_a_crashing_candidate_is_recorded_and_the_study_goes_on(tmp_path: Path):
     crashes = Replay(crash_when=lambda v, c: v.template == launch_chunkwise.FUSED and c["num_warps"] == 8)
     study = study_in(tmp_path)
