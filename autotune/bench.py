@@ -165,6 +165,29 @@ def _sdpa(row: Row, x: dict):
     return _sequence_call(kernel, x, row.pass_)
 
 
+# the step kernel is also timed replayed from a CUDA graph (as serving stacks run it; GPU.md's latency targets)
+GRAPHED = {"ours_ms": "ours_graph_ms", "upstream_ms": "upstream_graph_ms"}
+
+
+def _graphed(fn):
+    """fn captured once in a CUDA graph (after warm-up calls on a side stream); returns the replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def step_bytes(r: dict) -> int:
+    """Bytes an in-place step must move at least: the fp32 state (C, n, m) read and written."""
+    return 2 * 4 * r["B"] * r["NH"] * (r["DHQK"] * r["DHHV"] + r["DHQK"] + 1)
+
+
 def measure(row: Row, device: str, reps_ms: float) -> dict:
     timer = _timer(device, reps_ms)
     x = _inputs(row, device, torch.bfloat16 if device == "cuda" else torch.float32)
@@ -185,7 +208,10 @@ def measure(row: Row, device: str, reps_ms: float) -> dict:
                 out["notes"][column] = "no step kernel to compare"
                 continue
             try:
-                out[column] = float(timer(make()))
+                fn = make()
+                out[column] = float(timer(fn))
+                if row.op == "step" and device == "cuda" and column in GRAPHED:
+                    out[GRAPHED[column]] = float(timer(_graphed(fn)))
             except ImportError as err:
                 out["notes"][column] = f"not installed ({err.name})"
             except Exception as err:  # noqa: BLE001 - a comparison that fails is reported, not fatal
@@ -217,6 +243,16 @@ def markdown(gpu: str, table: list[dict], timing: str) -> str:
         cells = " | ".join(ms(r, c) for c in COLUMNS)
         lines.append(f"| {r['op']} | {r['pass']} | {r['B']} | {r['NH']} | {r['S']} | {r['DHQK']}/{r['DHHV']} | {cells} "
                      f"| {ratio(r, 'upstream_ms')} | {ratio(r, 'fla_ms')} |")  # fmt: skip
+    graphed = [r for r in table if r["op"] == "step" and r.get("ours_graph_ms")]
+    if graphed:
+        lines += ["", "Step kernel, eager and replayed from a CUDA graph; bandwidth = the fp32 state read and written "
+                  "once / the graph time", "", "| B | NH | DHQK/DHHV | ours eager | ours graph | upstream eager | "
+                  "upstream graph | ours GB/s | vs upstream (graph) |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in graphed:
+            cells = " | ".join(ms(r, c) for c in ("ours_ms", "ours_graph_ms", "upstream_ms", "upstream_graph_ms"))
+            gbs = step_bytes(r) / (r["ours_graph_ms"] * 1e-3) / 1e9
+            vs = f"{r['upstream_graph_ms'] / r['ours_graph_ms']:.2f}x" if r.get("upstream_graph_ms") else "-"
+            lines.append(f"| {r['B']} | {r['NH']} | {r['DHQK']}/{r['DHHV']} | {cells} | {gbs:.0f} | {vs} |")
     notes = sorted({f"{c}: {n}" for r in table for c, n in r["notes"].items()})
     if notes:
         lines += ["", "Not measured:"] + [f"- {n}" for n in notes]

@@ -8,6 +8,7 @@
 #                --devices 0,1 on the same study (the resume path, with one worker per GPU)
 #   bench        mlstm-tune bench (needs mlstm_kernels and fla-core from .whl/ for the comparison columns);
 #                on 2 GPUs one shard per GPU (--shard), then --combine
+#   profile      tests/gpu/profile_forward.py per layout, and the step rows of the bench (2 GPUs)
 # Logs go to $OUT; commit them under tests/gpu/logs/ or tuning_db/reports/ with their command.
 set -u
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
@@ -47,5 +48,12 @@ case "${1:-}" in
       timeout 580 python -m autotune bench --out "$OUT" > "$OUT/bench.log" 2>&1
     fi
     tail -30 "$OUT/bench.log" ;;
+  profile)  # two GPUs: the forward's kernels at the 7B layout on GPU 0; head 128, then the step bench, on GPU 1
+    CUDA_VISIBLE_DEVICES=0 timeout 540 python tests/gpu/profile_forward.py --layout 7b --out "$OUT/profile_7b" \
+      --budget-s 470 > "$OUT/profile_7b.log" 2>&1 &
+    CUDA_VISIBLE_DEVICES=1 bash -c "timeout 330 python tests/gpu/profile_forward.py --layout head128 \
+      --out '$OUT/profile_head128' --budget-s 270 > '$OUT/profile_head128.log' 2>&1;
+      timeout 200 python -m autotune bench --only step --out '$OUT/step' > '$OUT/bench_step.log' 2>&1" &
+    wait; tail -12 "$OUT"/profile_*.log; tail -12 "$OUT/bench_step.log" ;;
   *) echo "usage: bash tests/gpu/next_session.sh backward-a|backward-b|backward-x2|tune-quick|bench"; exit 2 ;;
 esac

@@ -1,0 +1,219 @@
+"""Where the chunkwise forward's time goes on a GPU: each kernel of the two-pass structure timed alone over a small
+sweep of launch configurations, plus experimental edits of the generated source that remove one cost at a time,
+and the fused single pass. A diagnosis for the notes (tuning_db/reports/NOTES.md), not a test.
+
+    python tests/gpu/profile_forward.py --out DIR      (on a GPU; writes DIR/profile_forward.json and prints a table)
+    TRITON_INTERPRET=1 python tests/gpu/profile_forward.py --smoke   (the same code on tiny shapes on the CPU)
+
+Experiments (each a copy of the generated module with one edit, checked against the unedited kernel first where
+the edit keeps the function; "bound" edits change the result and are only timed):
+    out:prefix-diff   the output kernel's decay matrix from a difference of prefix sums instead of segment sums
+    out:no-decay      (bound) no decay matrix at all: the cost of the gating arithmetic
+    states:scale-v    the states kernel weights v instead of k: no transposed fp32 copy of k
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import itertools
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import triton.testing
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from autotune import paths  # noqa: E402
+from autotune.launch import chunkwise as launch  # noqa: E402
+from autotune.launch.common import cdiv, dot_precision, last_state_buffers, state_args, stats_buffers  # noqa: E402
+from autotune.load import load_variant  # noqa: E402
+from autotune.variants import find  # noqa: E402
+
+LAYOUTS = {"7b": (32, 8, 2048, 256, 512), "head128": (32, 32, 2048, 128, 128)}  # 65,536 tokens each
+DEVICE = "cuda"
+
+EDITS = {
+    "out:prefix-diff": [(
+        "    b_seg = tl.cumsum(tl.where(o_l[:, None] > o_l[None, :], b_lf[:, None], 0.0), axis=0)  # [L, L]\n"
+        "    b_logD = tl.where(o_l[:, None] >= o_l[None, :], b_seg + b_li[None, :], float(\"-inf\"))\n"
+        "    b_logD0 = tl.cumsum(b_lf, axis=0) + b_m\n",
+        "    b_F = tl.cumsum(b_lf, axis=0)\n"
+        "    b_logD = tl.where(o_l[:, None] >= o_l[None, :], b_F[:, None] - b_F[None, :] + b_li[None, :], float(\"-inf\"))\n"
+        "    b_logD0 = b_F + b_m\n")],
+    "out:no-decay": [(
+        "    b_D, b_D0, b_mt = _chunk_decay_matrix(b_lf, b_li, tl.load(mb_ptr + i_bhc), o_l)\n",
+        "    b_mt = b_lf + b_li\n    b_D0 = b_mt\n    b_D = 1.0\n")],
+    "states:scale-v": [(
+        "            b_kw = b_k.to(tl.float32) * b_w[:, None]  # [LI, BK]\n"
+        "            b_kwT = tl.trans(b_kw).to(b_v.dtype)\n"
+        "            b_C = b_decay * b_C + b_scale * tl.dot(b_kwT, b_v, input_precision=DOT_PRECISION)",
+        "            b_vw = (b_v.to(tl.float32) * b_w[:, None]).to(b_v.dtype)\n"
+        "            b_kw = b_k.to(tl.float32) * b_w[:, None]\n"
+        "            b_C = b_decay * b_C + b_scale * tl.dot(tl.trans(b_k), b_vw, input_precision=DOT_PRECISION)")],
+}
+
+
+def edited_module(variant, name: str, workdir: Path):
+    source = (paths.generated_dir() / f"{variant.name}.py").read_text()
+    for old, new in EDITS[name]:
+        assert old in source, f"edit {name}: the generated source changed"
+        source = source.replace(old, new)
+    path = workdir / f"{variant.name}__{name.replace(':', '_').replace('-', '_')}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def inputs(layout):
+    B, NH, S, K, V = layout
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+
+    def rnd(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, device=DEVICE) * scale
+
+    return dict(q=rnd(B, NH, S, K).bfloat16(), k=rnd(B, NH, S, K).bfloat16(), v=rnd(B, NH, S, V).bfloat16(),
+                i=rnd(B, NH, S, scale=2.0), f=rnd(B, NH, S, scale=2.0) + 3.0)  # fmt: skip
+
+
+def states_call(module, x, cfg, buffers):
+    B, NH, S, K = x["k"].shape
+    V = x["v"].shape[-1]
+    C0, n0, m0, has_state = state_args(None, None, None, x["k"])
+    last = last_state_buffers(B, NH, K, V, x["k"].device, False)
+    grid = (cdiv(K, cfg["BKS"]), cdiv(V, cfg["BVS"]), B * NH)
+    return lambda: module.chunkwise_states_kernel[grid](
+        x["k"], x["v"], x["i"], x["f"], C0, n0, m0, *buffers, *last, S, cdiv(S, cfg["LO"]), DHQK=K, DHHV=V,
+        LI=cfg["LI"], LO=cfg["LO"], BK=cfg["BKS"], BV=cfg["BVS"], HAS_STATE=has_state, STORE_LAST=False,
+        STORE_BORDERS=True, DOT_PRECISION=dot_precision(torch.bfloat16), num_warps=cfg["num_warps_states"],
+        num_stages=cfg["num_stages"])  # fmt: skip
+
+
+def output_call(module, x, cfg, buffers, h):
+    B, NH, S, K = x["q"].shape
+    V = x["v"].shape[-1]
+    stats = stats_buffers(B, NH, S, x["q"].device, None)
+    grid = (cdiv(V, cfg["BVO"]), cdiv(S, cfg["LO"]), B * NH)
+    return lambda: module.chunkwise_output_kernel[grid](
+        x["q"], x["k"], x["v"], x["i"], x["f"], *buffers, h, *stats, S, cdiv(S, cfg["LO"]), scale=K**-0.5, eps=1e-6,
+        DHQK=K, DHHV=V, LO=cfg["LO"], BK=cfg["BKO"], BV=cfg["BVO"], NORMALIZE=True, STORE_STATS=False,
+        DOT_PRECISION=dot_precision(torch.bfloat16), num_warps=cfg["num_warps_out"], num_stages=cfg["num_stages"])
+
+
+def time_ms(fn) -> float | str:
+    try:
+        fn()
+        if DEVICE == "cpu":  # the interpreter: one wall-clock call, says nothing about speed
+            t = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t) * 1e3
+        torch.cuda.synchronize()
+        return triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median")
+    except Exception as err:  # noqa: BLE001 - a configuration that does not compile is recorded
+        return f"{type(err).__name__}: {str(err)[:120]}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=".")
+    ap.add_argument("--budget-s", type=float, default=500)
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1")
+    ap.add_argument("--layout", choices=sorted(LAYOUTS), help="only this head layout (e.g. one per GPU)")
+    args = ap.parse_args()
+    global DEVICE, LAYOUTS
+    if args.smoke:
+        DEVICE, LAYOUTS = "cpu", {"7b": (1, 1, 256, 64, 128), "head128": (1, 2, 256, 32, 32)}
+    if args.layout:
+        LAYOUTS = {args.layout: LAYOUTS[args.layout]}
+    start = time.monotonic()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp())
+    variant = find(launch.TWOPASS, cell="exp", state="input")
+    base = load_variant(variant)
+    rows = []
+
+    def record(**row):
+        rows.append(row)
+        (out / "profile_forward.json").write_text(json.dumps(rows, indent=1))
+        print(json.dumps(row), flush=True)
+
+    for lname, layout in LAYOUTS.items():
+        B, NH, S, K, V = layout
+        x = inputs(layout)
+        cfg0 = launch.default_config(variant, K, V)
+        # correctness of the edited modules that keep the function: h against the unedited kernels
+        for LO in (64, 128):
+            NC = cdiv(S, LO)
+            buffers = (torch.empty(B, NH, NC, K, V, dtype=torch.bfloat16, device=DEVICE),
+                       torch.empty(B, NH, NC, K, device=DEVICE), torch.empty(B, NH, NC, device=DEVICE))  # fmt: skip
+            h = torch.empty(B, NH, S, V, dtype=torch.bfloat16, device=DEVICE)
+            cfg = dict(cfg0, LO=LO, LI=64)
+            states_call(base, x, cfg, buffers)()
+            output_call(base, x, cfg, buffers, h)()
+            ref = h.float().clone()
+            for name in ("out:prefix-diff", "states:scale-v"):
+                mod = edited_module(variant, name, work)
+                states_call(mod if name.startswith("states") else base, x, cfg, buffers)()
+                output_call(mod if name.startswith("out") else base, x, cfg, buffers, h)()
+                err = ((h.float() - ref).norm() / ref.norm()).item()
+                record(layout=lname, kind="check", what=name, LO=LO, rel_err_vs_base=err)
+            # the states kernel: a sweep
+            for (BKS, BVS), w, st in itertools.product(((32, 64), (64, 64), (64, 128), (128, 64), (32, 128)), (4, 8),
+                                                       (1, 3)):  # fmt: skip
+                if time.monotonic() - start > args.budget_s:
+                    break
+                if BKS > K or BVS > V:
+                    continue
+                c = dict(cfg, BKS=BKS, BVS=BVS, num_warps_states=w, num_stages=st)
+                record(layout=lname, kind="states", LO=LO, BKS=BKS, BVS=BVS, warps=w, stages=st,
+                       ms=time_ms(states_call(base, x, c, buffers)))  # fmt: skip
+            states_call(base, x, cfg, buffers)()
+            for (BKO, BVO), w, st in itertools.product(((64, 64), (128, 64), (64, 128), (32, 64)), (4, 8), (1, 2, 3)):
+                if time.monotonic() - start > args.budget_s:
+                    break
+                if BKO > K or BVO > V:
+                    continue
+                c = dict(cfg, BKO=BKO, BVO=BVO, num_warps_out=w, num_stages=st)
+                record(layout=lname, kind="output", LO=LO, BKO=BKO, BVO=BVO, warps=w, stages=st,
+                       ms=time_ms(output_call(base, x, c, buffers, h)))  # fmt: skip
+            # the edits, at the default tiles and at 8 warps / 2 stages
+            for name in EDITS:
+                mod = edited_module(variant, name, work)
+                for w, st in ((4, 1), (8, 2)):
+                    c = dict(cfg, num_warps_states=w, num_warps_out=w, num_stages=st)
+                    call = states_call(mod, x, c, buffers) if name.startswith("states") else \
+                        output_call(mod, x, c, buffers, h)  # fmt: skip
+                    record(layout=lname, kind="edit", what=name, LO=LO, warps=w, stages=st, ms=time_ms(call))
+            del buffers, h
+            torch.cuda.empty_cache()
+        # the fused single pass (no state traffic), a few points
+        fused = find(launch.FUSED, cell="exp", state="input")
+        for L, BV, w, st in itertools.product((64, 128), (16, 32, 64), (4, 8), (1, 2)):
+            if time.monotonic() - start > args.budget_s:
+                break
+            args_ = [x[n] for n in ("q", "k", "v", "i", "f")]
+            cfg = {"L": L, "BV": BV, "num_warps": w, "num_stages": st}
+            record(layout=lname, kind="fused", L=L, BV=BV, warps=w, stages=st,
+                   ms=time_ms(lambda: launch.chunkwise_fw(*args_, variant=fused, config=cfg)))  # fmt: skip
+        del x
+        torch.cuda.empty_cache()
+    # summary: the best of each kind per layout
+    print("\nlayout   kind     best ms  point")
+    for lname in LAYOUTS:
+        for kind in ("states", "output", "fused", "edit"):
+            got = [r for r in rows if r["layout"] == lname and r["kind"] == kind and isinstance(r.get("ms"), float)]
+            if got:
+                best = min(got, key=lambda r: r["ms"])
+                point = {k: v for k, v in best.items() if k not in ("layout", "kind", "ms")}
+                print(f"{lname:8s} {kind:8s} {best['ms']:7.3f}  {point}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
