@@ -119,13 +119,13 @@ def time_ms(fn) -> float | str:
 
 
 def main() -> int:
+    global DEVICE, LAYOUTS
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
     ap.add_argument("--budget-s", type=float, default=500)
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1")
     ap.add_argument("--layout", choices=sorted(LAYOUTS), help="only this head layout (e.g. one per GPU)")
     args = ap.parse_args()
-    global DEVICE, LAYOUTS
     if args.smoke:
         DEVICE, LAYOUTS = "cpu", {"7b": (1, 1, 256, 64, 128), "head128": (1, 2, 256, 32, 32)}
     if args.layout:
