@@ -349,7 +349,9 @@ def run(args) -> int:
         print("mlstm-tune bench: no GPU; use --smoke for the interpreted dry run on tiny shapes", flush=True)
         return 2
     try:
-        selected = shard([r for r in rows(args.smoke) if args.only in (None, r.op)], args.shard)
+        chosen = [r for r in rows(args.smoke) if args.only in (None, r.op) and getattr(args, "pass_", None) in
+                  (None, r.pass_)]  # fmt: skip
+        selected = shard(chosen, args.shard)
     except ValueError as err:
         print(f"mlstm-tune bench: {err}", file=sys.stderr)
         return 2

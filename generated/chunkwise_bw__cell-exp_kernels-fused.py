@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   483d91f643a43a1d
+# template hash:   2ca2e79a0fcfaa45
 # parameters:      cell=exp, kernels=fused
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (exp cell), exact (MATH.md §6), "fused" within-chunk kernels.
@@ -59,16 +59,22 @@ def _chunk_state_weights(b_lf, b_li, b_m):
 
 
 @triton.jit
-def _chunk_decay_matrix(b_lf, b_li, b_m, o_l):
+def _chunk_decay_matrix(b_lf, b_li, b_m, o_l, SEGMENT_SUMS: tl.constexpr):
     """Within-chunk decay, MATH.md §3-§4: D[t, j] = exp(F_t - F_j + li_j - m_t) for j <= t, D0[t] = exp(F_t + m - m_t)
     for the state before the chunk, m_t the row max, F the chunk-local cumulative sum of lf.
 
-    F_t - F_j is summed segment by segment (a cumulative sum down the columns of the strictly lower triangle): as a
-    difference of two prefix sums it would cancel when the gates forget strongly (measured: 1e-5 relative error in
-    the states of a 64-token chunk in fp32, against 7e-8 for the segment sums)."""
-    b_seg = tl.cumsum(tl.where(o_l[:, None] > o_l[None, :], b_lf[:, None], 0.0), axis=0)  # [L, L]
+    SEGMENT_SUMS (fp32 inputs): F_t - F_j is summed segment by segment (a cumulative sum down the columns of the
+    strictly lower triangle): as a difference of two prefix sums it would cancel when the gates forget strongly
+    (measured: 1e-5 relative error in the states of a 64-token chunk in fp32, against 7e-8 for the segment sums).
+    Otherwise (16-bit inputs, whose own rounding is 4e-3 or 5e-4) the difference of prefix sums: the [L, L] scan
+    cost about 40% of the decay matrix's time on an H200 (tuning_db/reports/NOTES.md)."""
+    b_F = tl.cumsum(b_lf, axis=0)
+    if SEGMENT_SUMS:
+        b_seg = tl.cumsum(tl.where(o_l[:, None] > o_l[None, :], b_lf[:, None], 0.0), axis=0)  # [L, L]
+    else:
+        b_seg = b_F[:, None] - b_F[None, :]
     b_logD = tl.where(o_l[:, None] >= o_l[None, :], b_seg + b_li[None, :], float("-inf"))
-    b_logD0 = tl.cumsum(b_lf, axis=0) + b_m
+    b_logD0 = b_F + b_m
     b_mt = tl.maximum(tl.max(b_logD, axis=1), b_logD0)
     return tl.exp(b_logD - b_mt[:, None]), tl.exp(b_logD0 - b_mt), b_mt
 

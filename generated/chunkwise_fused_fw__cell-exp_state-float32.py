@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_fused_fw.py.j2
-# template hash:   2ef18369296532cb
+# template hash:   f7bc4f3c5756dfda
 # parameters:      cell=exp, state=float32
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (exp cell), fused single pass: one program per (value tile, batch x head) walks the
@@ -48,16 +48,22 @@ def _chunk_state_weights(b_lf, b_li, b_m):
 
 
 @triton.jit
-def _chunk_decay_matrix(b_lf, b_li, b_m, o_l):
+def _chunk_decay_matrix(b_lf, b_li, b_m, o_l, SEGMENT_SUMS: tl.constexpr):
     """Within-chunk decay, MATH.md §3-§4: D[t, j] = exp(F_t - F_j + li_j - m_t) for j <= t, D0[t] = exp(F_t + m - m_t)
     for the state before the chunk, m_t the row max, F the chunk-local cumulative sum of lf.
 
-    F_t - F_j is summed segment by segment (a cumulative sum down the columns of the strictly lower triangle): as a
-    difference of two prefix sums it would cancel when the gates forget strongly (measured: 1e-5 relative error in
-    the states of a 64-token chunk in fp32, against 7e-8 for the segment sums)."""
-    b_seg = tl.cumsum(tl.where(o_l[:, None] > o_l[None, :], b_lf[:, None], 0.0), axis=0)  # [L, L]
+    SEGMENT_SUMS (fp32 inputs): F_t - F_j is summed segment by segment (a cumulative sum down the columns of the
+    strictly lower triangle): as a difference of two prefix sums it would cancel when the gates forget strongly
+    (measured: 1e-5 relative error in the states of a 64-token chunk in fp32, against 7e-8 for the segment sums).
+    Otherwise (16-bit inputs, whose own rounding is 4e-3 or 5e-4) the difference of prefix sums: the [L, L] scan
+    cost about 40% of the decay matrix's time on an H200 (tuning_db/reports/NOTES.md)."""
+    b_F = tl.cumsum(b_lf, axis=0)
+    if SEGMENT_SUMS:
+        b_seg = tl.cumsum(tl.where(o_l[:, None] > o_l[None, :], b_lf[:, None], 0.0), axis=0)  # [L, L]
+    else:
+        b_seg = b_F[:, None] - b_F[None, :]
     b_logD = tl.where(o_l[:, None] >= o_l[None, :], b_seg + b_li[None, :], float("-inf"))
-    b_logD0 = tl.cumsum(b_lf, axis=0) + b_m
+    b_logD0 = b_F + b_m
     b_mt = tl.maximum(tl.max(b_logD, axis=1), b_logD0)
     return tl.exp(b_logD - b_mt[:, None]), tl.exp(b_logD0 - b_mt), b_mt
 
@@ -102,6 +108,7 @@ def chunkwise_fused_fw_kernel(
     STORE_STATS: tl.constexpr,
     STORE_BORDERS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    SEGMENT_SUMS: tl.constexpr,
 ):
     i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     o_k = tl.arange(0, BK)
@@ -137,7 +144,7 @@ def chunkwise_fused_fw_kernel(
         b_k = tl.load(k_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
         b_v = tl.load(v_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
         # within the chunk: the parallel form, with the carried state as the initial-state column
-        b_D, b_D0, b_mt = _chunk_decay_matrix(b_lf, b_li, b_m, o_l)
+        b_D, b_D0, b_mt = _chunk_decay_matrix(b_lf, b_li, b_m, o_l, SEGMENT_SUMS)
         b_P = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION) * scale * b_D  # [L, BK] @ [BK, L] -> [L, L]
         b_num = tl.dot(b_P.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)  # [L, L] @ [L, BV] -> [L, BV]
         b_qC = tl.dot(b_q.to(tl.float32), b_C, input_precision=DOT_PRECISION)  # [L, BK] @ [BK, BV] -> [L, BV]

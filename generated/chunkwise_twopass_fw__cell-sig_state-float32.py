@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_twopass_fw.py.j2
-# template hash:   816b494cc446509b
+# template hash:   1d4538ce8bf4590c
 # parameters:      cell=sig, state=float32
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (sig cell), two passes:
@@ -8,8 +8,12 @@
      writes the state before every output chunk of LO tokens (LO a multiple of LI) to memory (with STORE_BORDERS;
      without, it only produces the last state, which is how the parallel launcher gets last states);
      grid (cdiv(DHQK, BKS), cdiv(DHHV, BVS), B * NH).
-  2. chunkwise_output_kernel computes every output chunk in parallel from its stored state and its own tokens;
-     grid (cdiv(DHHV, BVO), cdiv(S, LO), B * NH), looping over DHQK in tiles of BKO.
+  2. The outputs of every chunk in parallel from its stored state and its own tokens, looping over DHQK in tiles of
+     BKO, in one of two kernels (the launch parameter "out_values"):
+     "tiles": chunkwise_output_kernel, one program per value tile, grid (cdiv(DHHV, BVO), cdiv(S, LO), B * NH);
+       each program forms q k^T and the gate matrix of its chunk again.
+     "loop": chunkwise_output_loop_kernel, one program per chunk, grid (cdiv(S, LO), B * NH): q k^T and the gate
+       matrix are formed once, then the program loops over the value tiles (q is read again per tile, from L2).
 Stored C: fp32; n and m fp32.
 """
 
@@ -50,16 +54,22 @@ def _chunk_state_weights(b_lf, b_li, b_m):
 
 
 @triton.jit
-def _chunk_decay_matrix(b_lf, b_li, b_m, o_l):
+def _chunk_decay_matrix(b_lf, b_li, b_m, o_l, SEGMENT_SUMS: tl.constexpr):
     """Within-chunk decay, MATH.md §3-§4: D[t, j] = exp(F_t - F_j + li_j - m_t) for j <= t, D0[t] = exp(F_t + m - m_t)
     for the state before the chunk, m_t the row max, F the chunk-local cumulative sum of lf.
 
-    F_t - F_j is summed segment by segment (a cumulative sum down the columns of the strictly lower triangle): as a
-    difference of two prefix sums it would cancel when the gates forget strongly (measured: 1e-5 relative error in
-    the states of a 64-token chunk in fp32, against 7e-8 for the segment sums)."""
-    b_seg = tl.cumsum(tl.where(o_l[:, None] > o_l[None, :], b_lf[:, None], 0.0), axis=0)  # [L, L]
+    SEGMENT_SUMS (fp32 inputs): F_t - F_j is summed segment by segment (a cumulative sum down the columns of the
+    strictly lower triangle): as a difference of two prefix sums it would cancel when the gates forget strongly
+    (measured: 1e-5 relative error in the states of a 64-token chunk in fp32, against 7e-8 for the segment sums).
+    Otherwise (16-bit inputs, whose own rounding is 4e-3 or 5e-4) the difference of prefix sums: the [L, L] scan
+    cost about 40% of the decay matrix's time on an H200 (tuning_db/reports/NOTES.md)."""
+    b_F = tl.cumsum(b_lf, axis=0)
+    if SEGMENT_SUMS:
+        b_seg = tl.cumsum(tl.where(o_l[:, None] > o_l[None, :], b_lf[:, None], 0.0), axis=0)  # [L, L]
+    else:
+        b_seg = b_F[:, None] - b_F[None, :]
     b_logD = tl.where(o_l[:, None] >= o_l[None, :], b_seg + b_li[None, :], float("-inf"))
-    b_logD0 = tl.cumsum(b_lf, axis=0) + b_m
+    b_logD0 = b_F + b_m
     b_mt = tl.zeros_like(b_logD0)
     return tl.exp(b_logD - b_mt[:, None]), tl.exp(b_logD0 - b_mt), b_mt
 
@@ -171,6 +181,7 @@ def chunkwise_output_kernel(
     NORMALIZE: tl.constexpr,
     STORE_STATS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    SEGMENT_SUMS: tl.constexpr,
 ):
     i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_bhc = i_bh * NC + i_c
@@ -181,7 +192,7 @@ def chunkwise_output_kernel(
     q_ptr += i_bh * S * DHQK
     k_ptr += i_bh * S * DHQK
     b_lf, b_li = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_t, m_t)
-    b_D, b_D0, b_mt = _chunk_decay_matrix(b_lf, b_li, tl.load(mb_ptr + i_bhc), o_l)
+    b_D, b_D0, b_mt = _chunk_decay_matrix(b_lf, b_li, tl.load(mb_ptr + i_bhc), o_l, SEGMENT_SUMS)
     b_A = tl.zeros([LO, LO], dtype=tl.float32)
     b_qC = tl.zeros([LO, BV], dtype=tl.float32)
     b_qn = tl.zeros([LO], dtype=tl.float32)
@@ -206,5 +217,79 @@ def chunkwise_output_kernel(
     p_h = h_ptr + i_bh * S * DHHV + o_t[:, None] * DHHV + o_v[None, :]
     tl.store(p_h, b_h.to(h_ptr.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
     if STORE_STATS and i_v == 0:
+        tl.store(s_ptr + i_bh * S + o_t, b_s, mask=m_t)
+        tl.store(mt_ptr + i_bh * S + o_t, b_mt, mask=m_t)
+
+
+@triton.jit
+def chunkwise_output_loop_kernel(
+    q_ptr,  # (B, NH, S, DHQK) contiguous
+    k_ptr,  # (B, NH, S, DHQK)
+    v_ptr,  # (B, NH, S, DHHV)
+    i_ptr,  # (B, NH, S)
+    f_ptr,  # (B, NH, S)
+    Cb_ptr,  # (B, NH, NC, DHQK, DHHV) state before each chunk, from chunkwise_states_kernel
+    nb_ptr,  # (B, NH, NC, DHQK) fp32
+    mb_ptr,  # (B, NH, NC) fp32
+    h_ptr,  # (B, NH, S, DHHV) output, the inputs' dtype
+    s_ptr,  # (B, NH, S) fp32 out (STORE_STATS): the normaliser's argument s_t, for the backward
+    mt_ptr,  # (B, NH, S) fp32 out (STORE_STATS): the max state m_t
+    S,
+    NC,
+    scale,
+    eps,
+    DHQK: tl.constexpr,
+    DHHV: tl.constexpr,
+    LO: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    NORMALIZE: tl.constexpr,
+    STORE_STATS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    SEGMENT_SUMS: tl.constexpr,
+):
+    i_c, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_bhc = i_bh * NC + i_c
+    o_l = tl.arange(0, LO)
+    o_t = i_c * LO + o_l
+    m_t = o_t < S
+    q_ptr += i_bh * S * DHQK
+    k_ptr += i_bh * S * DHQK
+    b_lf, b_li = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_t, m_t)
+    b_D, b_D0, b_mt = _chunk_decay_matrix(b_lf, b_li, tl.load(mb_ptr + i_bhc), o_l, SEGMENT_SUMS)
+    # pass 1 over DHQK: q k^T and q n, once for all value tiles
+    b_A = tl.zeros([LO, LO], dtype=tl.float32)
+    b_qn = tl.zeros([LO], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(DHQK, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < DHQK
+        b_q = tl.load(q_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
+        b_k = tl.load(k_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
+        b_A += tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)  # [LO, BK] @ [BK, LO] -> [LO, LO]
+        b_n = tl.load(nb_ptr + i_bhc * DHQK + o_k, mask=m_k, other=0.0)
+        b_qn += tl.sum(b_q.to(tl.float32) * b_n[None, :], axis=1)
+    b_P = b_A * scale * b_D
+    b_s = tl.sum(b_P, axis=1) + b_D0 * scale * b_qn
+    b_Pv = b_P.to(v_ptr.dtype.element_ty)
+    b_D0s = b_D0 * scale
+    # pass 2, per value tile: the state's part q C (q again, from L2) and the chunk's own part P v
+    for i_v in range(0, tl.cdiv(DHHV, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < DHHV
+        b_qC = tl.zeros([LO, BV], dtype=tl.float32)
+        for i_k in range(0, tl.cdiv(DHQK, BK)):
+            o_k = i_k * BK + tl.arange(0, BK)
+            m_k = o_k < DHQK
+            b_q = tl.load(q_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
+            p_C = Cb_ptr + i_bhc * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :]
+            b_C = tl.load(p_C, mask=m_k[:, None] & m_v[None, :], other=0.0)
+            b_qC += tl.dot(b_q.to(tl.float32), b_C, input_precision=DOT_PRECISION)  # [LO, BK] @ [BK, BV]
+        p_v = v_ptr + i_bh * S * DHHV + o_t[:, None] * DHHV + o_v[None, :]
+        b_v = tl.load(p_v, mask=m_t[:, None] & m_v[None, :], other=0.0)
+        b_num = tl.dot(b_Pv, b_v, input_precision=DOT_PRECISION) + b_D0s[:, None] * b_qC  # [LO, LO] @ [LO, BV]
+        b_h = _normalize(b_num, b_s, b_mt, eps, NORMALIZE)
+        p_h = h_ptr + i_bh * S * DHHV + o_t[:, None] * DHHV + o_v[None, :]
+        tl.store(p_h, b_h.to(h_ptr.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
+    if STORE_STATS:
         tl.store(s_ptr + i_bh * S + o_t, b_s, mask=m_t)
         tl.store(mt_ptr + i_bh * S + o_t, b_mt, mask=m_t)

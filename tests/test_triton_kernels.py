@@ -36,6 +36,18 @@ CONFIGS = {
 SEQUENCE_VARIANTS = [v for v in VARIANTS if v.family in ("chunkwise_fw", "parallel_fw", "sequence_fw")]
 
 
+def _configs(variant) -> list[dict]:
+    """The test configuration; for the two-pass structure, once with each output kernel."""
+    config = CONFIGS[variant.template]
+    if variant.template == chunkwise.TWOPASS:
+        return [dict(config, out_values=o) for o in chunkwise.OUT_VALUES]
+    return [config]
+
+
+SEQUENCE_CASES = [(v, c) for v in SEQUENCE_VARIANTS for c in _configs(v)]
+SEQUENCE_IDS = [v.name + (f"-{c['out_values']}" if "out_values" in c else "") for v, c in SEQUENCE_CASES]
+
+
 @pytest.fixture(autouse=True)
 def _poison(monkeypatch):
     monkeypatch.setenv("MLSTM_AUTOTUNE_POISON", "1")
@@ -47,12 +59,12 @@ def _states(x: dict, cell: str):
     return (x["c_initial"], x["n_initial"], x["m_initial"] if cell == "exp" else None)
 
 
-def _run_sequence(variant, x: dict, cell: str):
+def _run_sequence(variant, config: dict, x: dict, cell: str):
     launcher = {"chunkwise_fw": chunkwise.chunkwise_fw, "parallel_fw": parallel.parallel_fw,
                 "sequence_fw": recurrent.sequence_fw}[variant.family]  # fmt: skip
     args = [x[n].to(DEVICE) for n in "qkvif"]
     states = [s.to(DEVICE) if s is not None else None for s in _states(x, cell)]
-    return launcher(*args, *states, variant=variant, config=CONFIGS[variant.template], return_last_states=True)
+    return launcher(*args, *states, variant=variant, config=config, return_last_states=True)
 
 
 def _oracle(x: dict, cell: str):
@@ -63,8 +75,8 @@ def _oracle(x: dict, cell: str):
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("with_states", [False, True], ids=["nostate", "state"])
 @pytest.mark.parametrize("shape", SHAPES, ids=[s.id for s in SHAPES])
-@pytest.mark.parametrize("variant", SEQUENCE_VARIANTS, ids=[v.name for v in SEQUENCE_VARIANTS])
-def test_sequence_variant_matches_oracle(variant, shape, with_states, dtype, check):
+@pytest.mark.parametrize("variant,config", SEQUENCE_CASES, ids=SEQUENCE_IDS)
+def test_sequence_variant_matches_oracle(variant, config, shape, with_states, dtype, check):
     cell = variant.params["cell"]
     x = random_inputs(
         *shape.dims(),
@@ -75,12 +87,12 @@ def test_sequence_variant_matches_oracle(variant, shape, with_states, dtype, che
     )
     if cell == "sig":
         x.pop("m_initial", None)
-    h, last = _run_sequence(variant, x, cell)
+    h, last = _run_sequence(variant, config, x, cell)
     assert h.dtype == dtype
     outputs = {"h": h, "C": last[0], "n": last[1]} | ({"m": last[2]} if cell == "exp" else {})
     reference = _oracle(x, cell)
     limits = conditioning_limits(dtype, lambda x64: _oracle(x64, cell), x)
-    check(target=f"{variant.name} {CONFIGS[variant.template]}", baseline="reference.mlstm_recurrent(fp64)",
+    check(target=f"{variant.name} {config}", baseline="reference.mlstm_recurrent(fp64)",
           dims=shape.dims(), dtype=dtype, pairs={k: (outputs[k], reference[k]) for k in reference},
           limit=limits)  # fmt: skip
 

@@ -25,6 +25,8 @@ from .common import (
 
 FUSED = "chunkwise_fused_fw.py.j2"
 TWOPASS = "chunkwise_twopass_fw.py.j2"
+# the two-pass output kernels: one program per value tile, or one per chunk looping over the value tiles
+OUT_VALUES = ("tiles", "loop")
 
 
 def default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
@@ -34,8 +36,12 @@ def default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
         # the whole of DHQK x BV of C lives in registers: narrower value tiles for wider keys
         BV = 64 if BK <= 128 else (32 if BK <= 256 else 16)
         return {"L": 64 if BK <= 256 else 32, "BV": min(BV, BVmax), "num_warps": 4, "num_stages": 1}
-    return {"LI": 64, "LO": 64, "BKS": min(64, BK), "BVS": min(64, BVmax), "BKO": min(64, BK), "BVO": min(64, BVmax),
-            "num_warps_states": 4, "num_warps_out": 4, "num_stages": 1}  # fmt: skip
+    # the best two-pass point of a sweep on an H200 (tuning_db/reports/NOTES.md): wide value tiles, 4 warps, software
+    # pipelining (2 stages, not the measured 3: 3 would need ~210 KB of shared memory for fp32 inputs), and one
+    # program per chunk for the outputs, so q k^T and the gate matrix are formed once per chunk
+    return {"LI": 64, "LO": 64, "BKS": min(64, BK), "BVS": min(128, BVmax), "BKO": min(64, BK),
+            "BVO": min(128, BVmax), "num_warps_states": 4, "num_warps_out": 4, "num_stages": 2,
+            "out_values": "loop"}  # fmt: skip
 
 
 def check_config(variant: Variant, config: dict) -> None:
@@ -43,6 +49,8 @@ def check_config(variant: Variant, config: dict) -> None:
         require_pow2(config, "L", "BV")
     else:
         require_pow2(config, "LI", "LO", "BKS", "BVS", "BKO", "BVO")
+        if config.get("out_values", "tiles") not in OUT_VALUES:
+            raise MLSTMInputError(f"out_values must be one of {OUT_VALUES}, not {config['out_values']!r}")
         if config["LO"] % config["LI"]:
             raise MLSTMInputError(f"LO ({config['LO']}) must be a multiple of LI ({config['LI']})")
 
@@ -109,6 +117,7 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
             q, k, v, i, f, C0, n0, m0, h, *last, *stats, *borders, S, scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV,
             L=config["L"], BK=next_pow2(DHQK), BV=config["BV"], HAS_STATE=has_state, STORE_LAST=return_last_states,
             NORMALIZE=normalize, STORE_STATS=saved is not None, STORE_BORDERS=keep, DOT_PRECISION=prec,
+            SEGMENT_SUMS=q.dtype == torch.float32,
             num_warps=config["num_warps"], num_stages=config["num_stages"],
         )  # fmt: skip
         if keep:
@@ -123,11 +132,15 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
         )
         _launch_states(module, k, v, i, f, C0, n0, m0, has_state, buffers, last, S=S, NC=NC, config=config,
                        store_borders=True, prec=prec)  # fmt: skip
-        grid = (cdiv(DHHV, config["BVO"]), NC, B * NH)
-        module.chunkwise_output_kernel[grid](
+        # entries tuned before "out_values" existed ran the per-value-tile kernel
+        if config.get("out_values", "tiles") == "loop":
+            kernel, grid = module.chunkwise_output_loop_kernel, (NC, B * NH)
+        else:
+            kernel, grid = module.chunkwise_output_kernel, (cdiv(DHHV, config["BVO"]), NC, B * NH)
+        kernel[grid](
             q, k, v, i, f, *buffers, h, *stats, S, NC, scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV,
             LO=config["LO"], BK=config["BKO"], BV=config["BVO"], NORMALIZE=normalize, STORE_STATS=saved is not None,
-            DOT_PRECISION=prec,
+            DOT_PRECISION=prec, SEGMENT_SUMS=q.dtype == torch.float32,
             num_warps=config["num_warps_out"], num_stages=config["num_stages"],
         )  # fmt: skip
         if saved is not None:

@@ -55,5 +55,13 @@ case "${1:-}" in
       --out '$OUT/profile_head128' --budget-s 270 > '$OUT/profile_head128.log' 2>&1;
       true || timeout 200 python -m autotune bench --only step --out '$OUT/step' > '$OUT/bench_step.log' 2>&1" &
     wait; tail -12 "$OUT"/profile_*.log; tail -12 "$OUT/bench_step.log" ;;
+  loop)  # the per-chunk output kernel: GPU 0 the chunkwise forward rows of the bench; GPU 1 the output sweep, then
+         # the two-pass forward tests in bf16
+    CUDA_VISIBLE_DEVICES=0 timeout 400 python -m autotune bench --only chunkwise --pass fw --out "$OUT/bench_fw" \
+      > "$OUT/bench_fw.log" 2>&1 &
+    CUDA_VISIBLE_DEVICES=1 bash -c "timeout 220 python tests/gpu/profile_forward.py --sweep loop --budget-s 180 \
+      --out '$OUT/loop' > '$OUT/profile_loop.log' 2>&1; timeout 170 python -m pytest -q -m gpu \
+      tests/gpu/test_gpu_forward.py -k 'twopass and bf16' -p no:cacheprovider --tb=line -rfE > '$OUT/gpu_twopass.log' 2>&1" &
+    wait; tail -n 12 "$OUT/profile_loop.log"; tail -n 3 "$OUT/gpu_twopass.log"; tail -n 14 "$OUT/bench_fw.log" ;;
   *) echo "usage: bash tests/gpu/next_session.sh backward-a|backward-b|backward-x2|tune-quick|bench"; exit 2 ;;
 esac

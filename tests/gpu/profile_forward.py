@@ -98,11 +98,15 @@ def output_call(module, x, cfg, buffers, h):
     B, NH, S, K = x["q"].shape
     V = x["v"].shape[-1]
     stats = stats_buffers(B, NH, S, x["q"].device, None)
-    grid = (cdiv(V, cfg["BVO"]), cdiv(S, cfg["LO"]), B * NH)
-    return lambda: module.chunkwise_output_kernel[grid](
+    if cfg.get("out_values") == "loop":
+        kernel, grid = module.chunkwise_output_loop_kernel, (cdiv(S, cfg["LO"]), B * NH)
+    else:
+        kernel, grid = module.chunkwise_output_kernel, (cdiv(V, cfg["BVO"]), cdiv(S, cfg["LO"]), B * NH)
+    return lambda: kernel[grid](
         x["q"], x["k"], x["v"], x["i"], x["f"], *buffers, h, *stats, S, cdiv(S, cfg["LO"]), scale=K**-0.5, eps=1e-6,
         DHQK=K, DHHV=V, LO=cfg["LO"], BK=cfg["BKO"], BV=cfg["BVO"], NORMALIZE=True, STORE_STATS=False,
-        DOT_PRECISION=dot_precision(torch.bfloat16), num_warps=cfg["num_warps_out"], num_stages=cfg["num_stages"])
+        DOT_PRECISION=dot_precision(torch.bfloat16), SEGMENT_SUMS=cfg.get("segment_sums", False),
+        num_warps=cfg["num_warps_out"], num_stages=cfg["num_stages"])
 
 
 def time_ms(fn) -> float | str:
@@ -118,6 +122,52 @@ def time_ms(fn) -> float | str:
         return f"{type(err).__name__}: {str(err)[:120]}"
 
 
+def loop_sweep(args, start: float, out: Path) -> int:
+    """The output kernels alone at LO=64: one program per value tile ("tiles", segment sums as before, and with the
+    difference of prefix sums) against one program per chunk looping over value tiles ("loop", prefix sums)."""
+    variant = find(launch.TWOPASS, cell="exp", state="input")
+    module = load_variant(variant)
+    rows = []
+    for lname, layout in LAYOUTS.items():
+        B, NH, S, K, V = layout
+        x = inputs(layout)
+        cfg = dict(launch.default_config(variant, K, V), LO=64, LI=64)
+        NC = cdiv(S, 64)
+        buffers = (torch.empty(B, NH, NC, K, V, dtype=torch.bfloat16, device=DEVICE),
+                   torch.empty(B, NH, NC, K, device=DEVICE), torch.empty(B, NH, NC, device=DEVICE))  # fmt: skip
+        h = torch.empty(B, NH, S, V, dtype=torch.bfloat16, device=DEVICE)
+        states_call(module, x, cfg, buffers)()
+        output_call(module, x, dict(cfg, out_values="tiles", segment_sums=True), buffers, h)()
+        ref = h.float().clone()
+        points = [("tiles", True, 64, 128, 4, 3), ("tiles", False, 64, 128, 4, 3)] + [
+            ("loop", False, bk, bv, w, st) for (bk, bv), w, st in itertools.product(
+                ((64, 128), (64, 64), (128, 64), (64, 256), (32, 128)), (4, 8), (1, 2, 3))]  # fmt: skip
+        for kind, seg, bk, bv, w, st in points:
+            if time.monotonic() - start > args.budget_s or bk > K or bv > V:
+                continue
+            c = dict(cfg, out_values=kind, segment_sums=seg, BKO=bk, BVO=bv, num_warps_out=w, num_stages=st)
+            call = output_call(module, x, c, buffers, h)
+            ms = time_ms(call)
+            err = ((h.float() - ref).norm() / ref.norm()).item() if isinstance(ms, float) else None
+            rows.append(dict(layout=lname, kind="output-" + kind, segment_sums=seg, BKO=bk, BVO=bv, warps=w,
+                             stages=st, ms=ms, rel_err_vs_tiles=err))  # fmt: skip
+            (out / "profile_output_loop.json").write_text(json.dumps(rows, indent=1))
+            print(json.dumps(rows[-1]), flush=True)
+        del x, buffers, h
+        torch.cuda.empty_cache()
+    print("\nlayout   kernel        segsum  best ms  point")
+    for lname in LAYOUTS:
+        for kind in ("output-tiles", "output-loop"):
+            for seg in (True, False):
+                got = [r for r in rows if r["layout"] == lname and r["kind"] == kind and r["segment_sums"] == seg
+                       and isinstance(r["ms"], float)]  # fmt: skip
+                if got:
+                    b = min(got, key=lambda r: r["ms"])
+                    print(f"{lname:8s} {kind:13s} {seg!s:6s} {b['ms']:7.3f}  BKO={b['BKO']} BVO={b['BVO']} "
+                          f"warps={b['warps']} stages={b['stages']} err={b['rel_err_vs_tiles']:.1e}")
+    return 0
+
+
 def main() -> int:
     global DEVICE, LAYOUTS
     ap = argparse.ArgumentParser()
@@ -125,14 +175,18 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=500)
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1")
     ap.add_argument("--layout", choices=sorted(LAYOUTS), help="only this head layout (e.g. one per GPU)")
+    ap.add_argument("--sweep", choices=("all", "loop"), default="all",
+                    help="loop: only the output kernels (per-tile and per-chunk loop) at LO=64, checked, then timed")
     args = ap.parse_args()
+    start = time.monotonic()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     if args.smoke:
         DEVICE, LAYOUTS = "cpu", {"7b": (1, 1, 256, 64, 128), "head128": (1, 2, 256, 32, 32)}
     if args.layout:
         LAYOUTS = {args.layout: LAYOUTS[args.layout]}
-    start = time.monotonic()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if args.sweep == "loop":
+        return loop_sweep(args, start, out)
     work = Path(tempfile.mkdtemp())
     variant = find(launch.TWOPASS, cell="exp", state="input")
     base = load_variant(variant)
