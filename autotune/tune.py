@@ -120,7 +120,7 @@ def tune_shape(shape: Shape, *, trials: int, time_budget_s: float | None, storag
     else:
         template = _DEFAULTS[form]
         default_variant = (
-            find(template, cell=cell, state="float32") if form == "chunkwise" else find(template, cell=cell)
+            find(template, cell=cell, state="input") if form == "chunkwise" else find(template, cell=cell)
         )
         configure = {"chunkwise": chunkwise.default_config, "parallel": parallel.default_config,
                      "sequence": recurrent.sequence_default_config,

@@ -249,8 +249,11 @@ def _sequence_entry(run_factory, native_fallback, *, form: str, cell: str, defau
 
 
 def _chunkwise_default(template: str, cell: str, equal_chunks: bool, chunk_size: int, DHQK: int, DHHV: int):
-    """The built-in (variant, config) of a chunkwise entry: its structure's default, chunk_size as the chunk."""
-    variant = find(template, cell=cell, state="float32")
+    """The built-in (variant, config) of a chunkwise entry: its structure's default, chunk_size as the chunk. States
+    are kept in the inputs' dtype: fp32 chunk states for bf16 inputs doubled the state traffic and ran the state's
+    part of the outputs as a tf32 product (tuning_db/reports/NOTES.md has the H200 measurements); the
+    recurrence itself always runs in fp32, only the stored copies are rounded."""
+    variant = find(template, cell=cell, state="input")
     config = launch_chunkwise.default_config(variant, DHQK, DHHV)
     if template == launch_chunkwise.FUSED:
         config["L"] = chunk_size
