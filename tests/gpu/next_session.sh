@@ -9,6 +9,9 @@
 #   bench        mlstm-tune bench (needs mlstm_kernels and fla-core from .whl/ for the comparison columns);
 #                on 2 GPUs one shard per GPU (--shard), then --combine
 #   profile      tests/gpu/profile_forward.py per layout, and the step rows of the bench (2 GPUs)
+#   loop         the chunkwise forward rows of the bench, the output-kernel sweep, the two-pass GPU tests (2 GPUs)
+#   profile-bw   tests/gpu/profile_backward.py, one layout per GPU
+#   tune-presets the shipped presets on 2 GPUs into $OUT/db; copy that to .tuning/ and carry it to resume
 # Logs go to $OUT; commit them under tests/gpu/logs/ or tuning_db/reports/ with their command.
 set -u
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
@@ -63,5 +66,19 @@ case "${1:-}" in
       --out '$OUT/loop' > '$OUT/profile_loop.log' 2>&1; timeout 170 python -m pytest -q -m gpu \
       tests/gpu/test_gpu_forward.py -k 'twopass and bf16' -p no:cacheprovider --tb=line -rfE > '$OUT/gpu_twopass.log' 2>&1" &
     wait; tail -n 12 "$OUT/profile_loop.log"; tail -n 3 "$OUT/gpu_twopass.log"; tail -n 14 "$OUT/bench_fw.log" ;;
-  *) echo "usage: bash tests/gpu/next_session.sh backward-a|backward-b|backward-x2|tune-quick|bench"; exit 2 ;;
+  profile-bw)  # a training step per kernel (torch.profiler) and with forced backward configurations; one layout per GPU
+    for g in 0 1; do L=$([ $g = 0 ] && echo 7b || echo head128)
+      CUDA_VISIBLE_DEVICES=$g timeout 560 python tests/gpu/profile_backward.py --layout $L --budget-s 450 \
+        --out "$OUT/profile_bw_$L" > "$OUT/profile_bw_$L.log" 2>&1 & done
+    wait; tail -n 40 "$OUT"/profile_bw_7b.log ;;
+  tune-presets)  # the shipped presets, both GPUs on each study; resumable: carry .tuning (the previous call's db/)
+    mkdir -p "$OUT/db"; [ -d .tuning ] && cp -r .tuning/. "$OUT/db/"
+    end=$(( $(date +%s) + 540 ))
+    for p in ${PRESETS:-xlstm-7b head128 step-7b train-7b train-head128}; do
+      left=$(( end - $(date +%s) )); [ $left -lt 60 ] && break
+      timeout $left python -m autotune tune --preset $p --devices 0,1 --db "$OUT/db" --trials 16 --time-budget 75 \
+        >> "$OUT/tune_presets.log" 2>&1
+    done
+    grep -v "trial" "$OUT/tune_presets.log" | tail -n 30 ;;
+  *) echo "usage: bash tests/gpu/next_session.sh PHASE (see the head of this file)"; exit 2 ;;
 esac

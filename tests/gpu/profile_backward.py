@@ -1,0 +1,174 @@
+"""Where a training step's time goes: forward+backward of ``chunkwise--triton_auto`` under torch.profiler, per GPU
+kernel, next to upstream's xl_chunk; then the step timed with a few backward configurations forced through
+MLSTM_AUTOTUNE_FORCE (chunk L, recomputed or reused states, state tiles, the split kernels, the parallel backward).
+A diagnosis for tuning_db/reports/NOTES.md, not a test.
+
+    python tests/gpu/profile_backward.py --out DIR [--layout 7b|head128] [--budget-s N]   (on a GPU)
+    TRITON_INTERPRET=1 python tests/gpu/profile_backward.py --smoke --out DIR           (tiny shapes, CPU)
+
+Writes DIR/profile_backward.json (rows written as they come) and prints a table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from autotune.dispatch import dispatcher  # noqa: E402
+from autotune.torch import get_mlstm_kernel  # noqa: E402
+
+LAYOUTS = {"7b": (32, 8, 2048, 256, 512), "head128": (32, 32, 2048, 128, 128)}  # 65,536 tokens each
+FUSED, SPLIT = "chunkwise_bw__cell-exp_kernels-fused", "chunkwise_bw__cell-exp_kernels-split"
+BASE = {"L": 64, "BK": 64, "BV": 64, "BKS": 64, "BVS": 64, "num_warps": 4, "num_warps_state": 4, "num_stages": 1,
+        "states": "recompute"}  # fmt: skip
+# (label, variant, config changes); None = the dispatcher's own answer
+CONFIGS = [
+    ("default", None, None),
+    ("fused L64 state tiles 64/128", FUSED, {"BVS": 128}),
+    ("fused L64 2 stages", FUSED, {"num_stages": 2}),
+    ("fused L64 reuse", FUSED, {"states": "reuse"}),
+    ("fused L128", FUSED, {"L": 128}),
+    ("fused L128 state tiles 64/128", FUSED, {"L": 128, "BVS": 128}),
+    ("split L64", SPLIT, {}),
+    ("split L64 value tiles 128", SPLIT, {"BV": 128}),
+]
+
+
+def inputs(layout, device):
+    B, NH, S, K, V = layout
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def rnd(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, device=device) * scale
+
+    dt = torch.bfloat16 if device == "cuda" else torch.float32
+    x = dict(q=rnd(B, NH, S, K).to(dt), k=rnd(B, NH, S, K).to(dt), v=rnd(B, NH, S, V).to(dt),
+             i=rnd(B, NH, S, scale=2.0), f=rnd(B, NH, S, scale=2.0) + 3.0)  # fmt: skip
+    return {n: t.requires_grad_(True) for n, t in x.items()}
+
+
+def step_fn(kernel, x, chunk_size):
+    w = None
+
+    def step():
+        nonlocal w
+        h = kernel(**x, chunk_size=chunk_size)
+        if w is None:
+            w = torch.randn_like(h)
+        torch.autograd.backward(h, w)
+
+    return step
+
+
+def timed(fn, device) -> float:
+    fn()
+    if device == "cpu":
+        t = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t) * 1e3
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=5, rep=100, return_mode="median")
+
+
+def kernels_of(fn, device) -> list[tuple[str, float]]:
+    """(kernel name, ms summed over one call) for the kernels of one call, largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activity = ProfilerActivity.CUDA if device == "cuda" else ProfilerActivity.CPU
+    fn()
+    with profile(activities=[activity]) as prof:
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    out = []
+    for e in prof.key_averages():
+        us = getattr(e, "self_device_time_total", None) if device == "cuda" else e.self_cpu_time_total
+        if us is None:
+            us = getattr(e, "self_cuda_time_total", 0.0)
+        if us > 0:
+            out.append((e.key[:90], us / 1e3))
+    return sorted(out, key=lambda kv: -kv[1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=".")
+    ap.add_argument("--layout", choices=sorted(LAYOUTS))
+    ap.add_argument("--budget-s", type=float, default=480)
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1")
+    args = ap.parse_args()
+    start = time.monotonic()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = "cpu" if args.smoke else "cuda"
+    layouts = {"tiny": (1, 2, 128, 32, 32)} if args.smoke else LAYOUTS
+    if args.layout and not args.smoke:
+        layouts = {args.layout: LAYOUTS[args.layout]}
+    chunk = 32 if args.smoke else 64
+    rows = []
+
+    def record(**row):
+        rows.append(row)
+        (out / "profile_backward.json").write_text(json.dumps(rows, indent=1))
+        print(json.dumps(row)[:400], flush=True)
+
+    ours = get_mlstm_kernel("chunkwise--triton_auto")
+    for lname, layout in layouts.items():
+        x = inputs(layout, device)
+        os.environ.pop("MLSTM_AUTOTUNE_FORCE", None)
+        dispatcher().reset()
+        record(layout=lname, what="ours kernels", kernels=kernels_of(step_fn(ours, x, chunk), device)[:14])
+        try:
+            from mlstm_kernels.torch import get_mlstm_kernel as upstream_kernel  # optional
+
+            up = step_fn(upstream_kernel("chunkwise--triton_xl_chunk"), x, 128)
+            record(layout=lname, what="upstream xl_chunk kernels", kernels=kernels_of(up, device)[:14],
+                   ms=timed(up, device))  # fmt: skip
+        except Exception as err:  # noqa: BLE001 - the comparison is optional
+            record(layout=lname, what="upstream xl_chunk", error=f"{type(err).__name__}: {str(err)[:200]}")
+        for label, variant, change in CONFIGS:
+            if time.monotonic() - start > args.budget_s:
+                record(layout=lname, what=label, error="budget spent")
+                continue
+            if variant is None:
+                os.environ.pop("MLSTM_AUTOTUNE_FORCE", None)
+            else:
+                config = dict(BASE, **change)
+                if args.smoke:
+                    config.update(L=min(config["L"], 32), BK=16, BV=16, BKS=16, BVS=16)
+                    if change.get("states") == "reuse":
+                        config["L"] = chunk
+                force = {"chunkwise:exp/fwbw": {"variant": variant, "config": config}}
+                os.environ["MLSTM_AUTOTUNE_FORCE"] = json.dumps(force)
+            dispatcher().reset()
+            try:
+                ms = timed(step_fn(ours, x, chunk), device)
+                record(layout=lname, what=label, ms=ms)
+            except Exception as err:  # noqa: BLE001 - a configuration that fails is recorded
+                record(layout=lname, what=label, error=f"{type(err).__name__}: {str(err)[:200]}")
+        os.environ.pop("MLSTM_AUTOTUNE_FORCE", None)
+        del x
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    print("\nlayout   fw+bw ms  configuration")
+    for r in rows:
+        if "ms" in r:
+            print(f"{r['layout']:8s} {r['ms']:8.3f}  {r['what']}")
+    for r in rows:
+        if "kernels" in r:
+            print(f"\n{r['layout']} {r['what']} (ms per call):")
+            for name, ms in r["kernels"][:8]:
+                print(f"  {ms:8.3f}  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
