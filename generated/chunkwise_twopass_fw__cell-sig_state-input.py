@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_twopass_fw.py.j2
-# template hash:   9f6af414e58284d7
+# template hash:   1d4538ce8bf4590c
 # parameters:      cell=sig, state=input
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (sig cell), two passes:
@@ -147,8 +147,7 @@ def chunkwise_states_kernel(
             b_kw = b_k.to(tl.float32) * b_w[:, None]  # [LI, BK]
             b_kwT = tl.trans(b_kw).to(b_v.dtype)
             b_C = b_decay * b_C + b_scale * tl.dot(b_kwT, b_v, input_precision=DOT_PRECISION)  # [BK, LI] @ [LI, BV]
-            if i_v == 0:  # only the programs of the first value tile store n: the others skip the reduction
-                b_n = b_decay * b_n + b_scale * tl.sum(b_kw, axis=0)
+            b_n = b_decay * b_n + b_scale * tl.sum(b_kw, axis=0)
     if STORE_LAST:
         tl.store(CS_ptr + i_bh * DHQK * DHHV + o_kv, b_C, mask=m_kv)
         if i_v == 0:
