@@ -72,3 +72,10 @@ def test_combine_orders_rows_of_several_shards_as_one_table(tmp_path: Path):
     other.write_text("[]")
     out = _bench("--combine", str(tmp_path / "s0" / "NVIDIA_H200-bench.json"), str(other), cwd=tmp_path)
     assert out.returncode == 2 and "one GPU model" in out.stderr
+
+
+def test_row_filters_select_the_op_and_pass(tmp_path: Path):
+    out = _bench("--smoke", "--only", "chunkwise", "--pass", "fw", "--out", str(tmp_path), cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = json.loads((tmp_path / "cpu-interpreter-bench.json").read_text())
+    assert [(r["op"], r["pass"]) for r in rows] == [("chunkwise", "fw")]
