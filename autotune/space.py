@@ -32,6 +32,7 @@ PARAMS: dict[str, dict[str, tuple]] = {
         "num_warps_out": (4, 8),
         "num_stages": STAGES,
         "out_values": ("tiles", "loop"),
+        "states_gates": ("inline", "pre"),
     },  # fmt: skip
     "parallel_fw.py.j2": {
         "BQ": (16, 32, 64, 128),

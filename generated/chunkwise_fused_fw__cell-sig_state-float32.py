@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_fused_fw.py.j2
-# template hash:   f7bc4f3c5756dfda
+# template hash:   4b13231d73bbea65
 # parameters:      cell=sig, state=float32
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (sig cell), fused single pass: one program per (value tile, batch x head) walks the
@@ -32,19 +32,34 @@ def _load_gates(i_ptr, f_ptr, o_t, m_t):
 
 
 @triton.jit
-def _chunk_state_weights(b_lf, b_li, b_m):
-    """How a chunk moves the state (C, n, m): C_new = decay * C + scale * sum_j w_j k_j v_j^T.
-
-    g_j = (sum of lf after j in the chunk) + li_j is token j's log weight at the chunk end. The weights w_j are
-    relative to the chunk's largest (so the largest is 1): in the low-precision dot they cannot all underflow
-    (fp16 flushes below 6e-8); scale = exp(g_max - m_new) is applied in fp32. Returns (decay, w, scale, m_new).
-    """
+def _chunk_log_weights(b_lf, b_li):
+    """A chunk's own log weights, independent of the state before it: (F_end, g, g_max) with F_end the sum of its lf
+    and g_j = (sum of lf after j in the chunk) + li_j token j's log weight at the chunk end."""
     # every lf <= 0: sums of them never cancel, differences of two long sums would (so: a reverse cumsum)
     b_Fend = tl.sum(b_lf, axis=0)
     b_g = (tl.cumsum(b_lf, axis=0, reverse=True) - b_lf) + b_li
     b_g_max = tl.maximum(tl.max(b_g, axis=0), -1e30)  # finite even for a chunk past S (all g = -inf)
+    return b_Fend, b_g, b_g_max
+
+
+@triton.jit
+def _chunk_transition(b_Fend, b_g_max, b_m):
+    """The max-state chain across one chunk (scalars): (decay, scale, m_new), see _chunk_state_weights."""
     b_m_new = b_m
-    return tl.exp(b_Fend + b_m - b_m_new), tl.exp(b_g - b_g_max), tl.exp(b_g_max - b_m_new), b_m_new
+    return tl.exp(b_Fend + b_m - b_m_new), tl.exp(b_g_max - b_m_new), b_m_new
+
+
+@triton.jit
+def _chunk_state_weights(b_lf, b_li, b_m):
+    """How a chunk moves the state (C, n, m): C_new = decay * C + scale * sum_j w_j k_j v_j^T.
+
+    The weights w_j = exp(g_j - g_max) are relative to the chunk's largest (so the largest is 1): in the
+    low-precision dot they cannot all underflow (fp16 flushes below 6e-8); scale = exp(g_max - m_new) is applied in
+    fp32. Returns (decay, w, scale, m_new).
+    """
+    b_Fend, b_g, b_g_max = _chunk_log_weights(b_lf, b_li)
+    b_decay, b_scale, b_m_new = _chunk_transition(b_Fend, b_g_max, b_m)
+    return b_decay, tl.exp(b_g - b_g_max), b_scale, b_m_new
 
 
 @triton.jit

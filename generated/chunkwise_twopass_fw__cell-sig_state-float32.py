@@ -1,13 +1,15 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_twopass_fw.py.j2
-# template hash:   1d4538ce8bf4590c
+# template hash:   536e641433bd2ef8
 # parameters:      cell=sig, state=float32
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (sig cell), two passes:
   1. chunkwise_states_kernel walks the chunk borders (the recurrence of MATH.md §4, in sub-chunks of LI tokens) and
      writes the state before every output chunk of LO tokens (LO a multiple of LI) to memory (with STORE_BORDERS;
      without, it only produces the last state, which is how the parallel launcher gets last states);
-     grid (cdiv(DHQK, BKS), cdiv(DHHV, BVS), B * NH).
+     grid (cdiv(DHQK, BKS), cdiv(DHHV, BVS), B * NH). With the launch parameter "states_gates": "pre",
+     chunk_gate_weights_kernel first computes every sub-chunk's own weights in parallel (PRE_GATES), and the
+     sequential loop keeps loads, one product and the scalar max-state chain; "inline" computes them in the loop.
   2. The outputs of every chunk in parallel from its stored state and its own tokens, looping over DHQK in tiles of
      BKO, in one of two kernels (the launch parameter "out_values"):
      "tiles": chunkwise_output_kernel, one program per value tile, grid (cdiv(DHHV, BVO), cdiv(S, LO), B * NH);
@@ -38,19 +40,34 @@ def _load_gates(i_ptr, f_ptr, o_t, m_t):
 
 
 @triton.jit
-def _chunk_state_weights(b_lf, b_li, b_m):
-    """How a chunk moves the state (C, n, m): C_new = decay * C + scale * sum_j w_j k_j v_j^T.
-
-    g_j = (sum of lf after j in the chunk) + li_j is token j's log weight at the chunk end. The weights w_j are
-    relative to the chunk's largest (so the largest is 1): in the low-precision dot they cannot all underflow
-    (fp16 flushes below 6e-8); scale = exp(g_max - m_new) is applied in fp32. Returns (decay, w, scale, m_new).
-    """
+def _chunk_log_weights(b_lf, b_li):
+    """A chunk's own log weights, independent of the state before it: (F_end, g, g_max) with F_end the sum of its lf
+    and g_j = (sum of lf after j in the chunk) + li_j token j's log weight at the chunk end."""
     # every lf <= 0: sums of them never cancel, differences of two long sums would (so: a reverse cumsum)
     b_Fend = tl.sum(b_lf, axis=0)
     b_g = (tl.cumsum(b_lf, axis=0, reverse=True) - b_lf) + b_li
     b_g_max = tl.maximum(tl.max(b_g, axis=0), -1e30)  # finite even for a chunk past S (all g = -inf)
+    return b_Fend, b_g, b_g_max
+
+
+@triton.jit
+def _chunk_transition(b_Fend, b_g_max, b_m):
+    """The max-state chain across one chunk (scalars): (decay, scale, m_new), see _chunk_state_weights."""
     b_m_new = b_m
-    return tl.exp(b_Fend + b_m - b_m_new), tl.exp(b_g - b_g_max), tl.exp(b_g_max - b_m_new), b_m_new
+    return tl.exp(b_Fend + b_m - b_m_new), tl.exp(b_g_max - b_m_new), b_m_new
+
+
+@triton.jit
+def _chunk_state_weights(b_lf, b_li, b_m):
+    """How a chunk moves the state (C, n, m): C_new = decay * C + scale * sum_j w_j k_j v_j^T.
+
+    The weights w_j = exp(g_j - g_max) are relative to the chunk's largest (so the largest is 1): in the
+    low-precision dot they cannot all underflow (fp16 flushes below 6e-8); scale = exp(g_max - m_new) is applied in
+    fp32. Returns (decay, w, scale, m_new).
+    """
+    b_Fend, b_g, b_g_max = _chunk_log_weights(b_lf, b_li)
+    b_decay, b_scale, b_m_new = _chunk_transition(b_Fend, b_g_max, b_m)
+    return b_decay, tl.exp(b_g - b_g_max), b_scale, b_m_new
 
 
 @triton.jit
@@ -85,6 +102,28 @@ def _normalize(b_num, b_s, b_mt, eps, NORMALIZE: tl.constexpr):
 
 
 @triton.jit
+def chunk_gate_weights_kernel(
+    i_ptr,  # (B, NH, S) gate pre-activations
+    f_ptr,  # (B, NH, S)
+    w_ptr,  # (B, NH, NCI * LI) fp32 out: each token's weight within its sub-chunk, exp(g_j - g_max); 0 past S
+    gw_ptr,  # (B, NH, NCI, 2) fp32 out: per sub-chunk F_end (sum of lf) and g_max
+    S,
+    NCI,
+    LI: tl.constexpr,
+):
+    """The part of every sub-chunk's transition that does not depend on the state before it, for all sub-chunks at
+    once (grid (NCI, B * NH)), so the states kernel's sequential loop keeps only the scalar max-state chain."""
+    i_c, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    o_t = i_c * LI + tl.arange(0, LI)
+    m_t = o_t < S
+    b_lf, b_li = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_t, m_t)
+    b_Fend, b_g, b_g_max = _chunk_log_weights(b_lf, b_li)
+    tl.store(w_ptr + i_bh * NCI * LI + o_t, tl.exp(b_g - b_g_max))
+    tl.store(gw_ptr + 2 * (i_bh * NCI + i_c), b_Fend)
+    tl.store(gw_ptr + 2 * (i_bh * NCI + i_c) + 1, b_g_max)
+
+
+@triton.jit
 def chunkwise_states_kernel(
     k_ptr,  # (B, NH, S, DHQK) contiguous
     v_ptr,  # (B, NH, S, DHHV)
@@ -99,6 +138,8 @@ def chunkwise_states_kernel(
     CS_ptr,  # (B, NH, DHQK, DHHV) fp32 last state (written when STORE_LAST)
     nS_ptr,  # (B, NH, DHQK) fp32
     mS_ptr,  # (B, NH) fp32
+    w_ptr,  # (B, NH, NCI * LI) fp32 per-token weights within their sub-chunk (read when PRE_GATES)
+    gw_ptr,  # (B, NH, NCI, 2) fp32 per sub-chunk: F_end, g_max (read when PRE_GATES)
     S,
     NC,
     DHQK: tl.constexpr,
@@ -111,6 +152,7 @@ def chunkwise_states_kernel(
     STORE_LAST: tl.constexpr,
     STORE_BORDERS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    PRE_GATES: tl.constexpr,
 ):
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_k = i_k * BK + tl.arange(0, BK)
@@ -140,14 +182,24 @@ def chunkwise_states_kernel(
         for i_s in range(0, LO // LI):
             o_t = i_c * LO + i_s * LI + o_l
             m_t = o_t < S
-            b_lf, b_li = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_t, m_t)
             b_k = tl.load(k_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
             b_v = tl.load(v_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
-            b_decay, b_w, b_scale, b_m = _chunk_state_weights(b_lf, b_li, b_m)
+            if PRE_GATES:  # the sub-chunk's weights from chunk_gate_weights_kernel: only the max-state chain here
+                i_ci = i_bh * NC * (LO // LI) + i_c * (LO // LI) + i_s
+                b_w = tl.load(w_ptr + i_bh * NC * LO + o_t)
+                b_decay, b_scale, b_m = _chunk_transition(tl.load(gw_ptr + 2 * i_ci), tl.load(gw_ptr + 2 * i_ci + 1),
+                                                          b_m)  # fmt: skip
+            else:
+                b_lf, b_li = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_t, m_t)
+                b_decay, b_w, b_scale, b_m = _chunk_state_weights(b_lf, b_li, b_m)
             b_kw = b_k.to(tl.float32) * b_w[:, None]  # [LI, BK]
             b_kwT = tl.trans(b_kw).to(b_v.dtype)
             b_C = b_decay * b_C + b_scale * tl.dot(b_kwT, b_v, input_precision=DOT_PRECISION)  # [BK, LI] @ [LI, BV]
-            b_n = b_decay * b_n + b_scale * tl.sum(b_kw, axis=0)
+            if PRE_GATES:
+                if i_v == 0:  # only the first value tile's programs store n: the others skip the reduction
+                    b_n = b_decay * b_n + b_scale * tl.sum(b_kw, axis=0)
+            else:
+                b_n = b_decay * b_n + b_scale * tl.sum(b_kw, axis=0)
     if STORE_LAST:
         tl.store(CS_ptr + i_bh * DHQK * DHHV + o_kv, b_C, mask=m_kv)
         if i_v == 0:

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        parallel_fw.py.j2
-# template hash:   04bd08a74c50fbef
+# template hash:   93c4596618b32567
 # parameters:      cell=sig
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Parallel mLSTM forward (sig cell), tiled like flash attention (MATH.md §3).

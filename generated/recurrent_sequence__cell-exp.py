@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        recurrent_sequence.py.j2
-# template hash:   b2ebb299d352c58f
+# template hash:   86c1eb75f7e3044b
 # parameters:      cell=exp
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """mLSTM over a whole sequence in one launch (exp cell), MATH.md §1-§2 step by step: one program per (value

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        recurrent_step.py.j2
-# template hash:   2927be99485184e5
+# template hash:   273ce1f306495589
 # parameters:      cell=sig
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """mLSTM step (sig cell): one token, MATH.md §5. One program per (value tile, batch x head); DHQK in tiles of BK.

@@ -37,15 +37,18 @@ SEQUENCE_VARIANTS = [v for v in VARIANTS if v.family in ("chunkwise_fw", "parall
 
 
 def _configs(variant) -> list[dict]:
-    """The test configuration; for the two-pass structure, once with each output kernel."""
+    """The test configuration; for the two-pass structure twice, covering both output kernels and both ways of
+    computing the states kernel's gates (per-value-tile outputs with gates in the loop; per-chunk outputs with the
+    gates computed first)."""
     config = CONFIGS[variant.template]
     if variant.template == chunkwise.TWOPASS:
-        return [dict(config, out_values=o) for o in chunkwise.OUT_VALUES]
+        return [dict(config, out_values=o, states_gates=g) for o, g in zip(chunkwise.OUT_VALUES, chunkwise.STATES_GATES)]
     return [config]
 
 
 SEQUENCE_CASES = [(v, c) for v in SEQUENCE_VARIANTS for c in _configs(v)]
-SEQUENCE_IDS = [v.name + (f"-{c['out_values']}" if "out_values" in c else "") for v, c in SEQUENCE_CASES]
+SEQUENCE_IDS = [v.name + (f"-{c['out_values']}-{c['states_gates']}" if "out_values" in c else "")
+                for v, c in SEQUENCE_CASES]  # fmt: skip
 
 
 @pytest.fixture(autouse=True)

@@ -27,6 +27,8 @@ FUSED = "chunkwise_fused_fw.py.j2"
 TWOPASS = "chunkwise_twopass_fw.py.j2"
 # the two-pass output kernels: one program per value tile, or one per chunk looping over the value tiles
 OUT_VALUES = ("tiles", "loop")
+# the states kernel's gates: computed in its sequential loop, or for all sub-chunks first by a parallel kernel
+STATES_GATES = ("inline", "pre")
 
 
 def default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
@@ -41,7 +43,7 @@ def default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
     # program per chunk for the outputs, so q k^T and the gate matrix are formed once per chunk
     return {"LI": 64, "LO": 64, "BKS": min(64, BK), "BVS": min(128, BVmax), "BKO": min(64, BK),
             "BVO": min(128, BVmax), "num_warps_states": 4, "num_warps_out": 4, "num_stages": 2,
-            "out_values": "loop"}  # fmt: skip
+            "out_values": "loop", "states_gates": "inline"}  # fmt: skip
 
 
 def check_config(variant: Variant, config: dict) -> None:
@@ -51,6 +53,8 @@ def check_config(variant: Variant, config: dict) -> None:
         require_pow2(config, "LI", "LO", "BKS", "BVS", "BKO", "BVO")
         if config.get("out_values", "tiles") not in OUT_VALUES:
             raise MLSTMInputError(f"out_values must be one of {OUT_VALUES}, not {config['out_values']!r}")
+        if config.get("states_gates", "inline") not in STATES_GATES:
+            raise MLSTMInputError(f"states_gates must be one of {STATES_GATES}, not {config['states_gates']!r}")
         if config["LO"] % config["LI"]:
             raise MLSTMInputError(f"LO ({config['LO']}) must be a multiple of LI ({config['LI']})")
 
@@ -58,11 +62,20 @@ def check_config(variant: Variant, config: dict) -> None:
 def _launch_states(module, k, v, i, f, C0, n0, m0, has_state, buffers, last, *, S, NC, config, store_borders, prec):
     B, NH, _, DHQK = k.shape
     DHHV = v.shape[-1]
+    LI, LO = config["LI"], config["LO"]
+    pre = config.get("states_gates", "inline") == "pre"
+    if pre:  # every sub-chunk's own weights first, in parallel: (B, NH, NC * LO) and (B, NH, NCI, 2)
+        NCI = NC * (LO // LI)
+        w = empty(B, NH, NCI * LI, dtype=torch.float32, device=k.device)
+        gw = empty(B, NH, NCI, 2, dtype=torch.float32, device=k.device)
+        module.chunk_gate_weights_kernel[(NCI, B * NH)](i, f, w, gw, S, NCI, LI=LI, num_warps=2)
+    else:
+        w = gw = buffers[2]  # not read
     grid = (cdiv(DHQK, config["BKS"]), cdiv(DHHV, config["BVS"]), B * NH)
     module.chunkwise_states_kernel[grid](
-        k, v, i, f, C0, n0, m0, *buffers, *last, S, NC, DHQK=DHQK, DHHV=DHHV, LI=config["LI"], LO=config["LO"],
+        k, v, i, f, C0, n0, m0, *buffers, *last, w, gw, S, NC, DHQK=DHQK, DHHV=DHHV, LI=LI, LO=LO,
         BK=config["BKS"], BV=config["BVS"], HAS_STATE=has_state, STORE_LAST=last[0].numel() > 1,
-        STORE_BORDERS=store_borders, DOT_PRECISION=prec, num_warps=config["num_warps_states"],
+        STORE_BORDERS=store_borders, DOT_PRECISION=prec, PRE_GATES=pre, num_warps=config["num_warps_states"],
         num_stages=config["num_stages"],
     )  # fmt: skip
 

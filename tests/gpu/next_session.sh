@@ -11,6 +11,7 @@
 #   profile      tests/gpu/profile_forward.py per layout, and the step rows of the bench (2 GPUs)
 #   loop         the chunkwise forward rows of the bench, the output-kernel sweep, the two-pass GPU tests (2 GPUs)
 #   profile-bw   tests/gpu/profile_backward.py, one layout per GPU
+#   states       profile_forward.py --sweep states (states_gates inline against pre), one layout per GPU
 #   tune-presets the shipped presets on 2 GPUs into $OUT/db; copy that to .tuning/ and carry it to resume
 # Logs go to $OUT; commit them under tests/gpu/logs/ or tuning_db/reports/ with their command.
 set -u
@@ -71,6 +72,11 @@ case "${1:-}" in
       CUDA_VISIBLE_DEVICES=$g timeout 560 python tests/gpu/profile_backward.py --layout $L --budget-s 450 \
         --out "$OUT/profile_bw_$L" > "$OUT/profile_bw_$L.log" 2>&1 & done
     wait; tail -n 40 "$OUT"/profile_bw_7b.log ;;
+  states)  # the states kernel: gates in its loop against gates computed first, one layout per GPU
+    for g in 0 1; do L=$([ $g = 0 ] && echo 7b || echo head128)
+      CUDA_VISIBLE_DEVICES=$g timeout 400 python tests/gpu/profile_forward.py --sweep states --layout $L \
+        --budget-s 330 --out "$OUT/states_$L" > "$OUT/states_$L.log" 2>&1 & done
+    wait; tail -n 5 "$OUT"/states_*.log ;;
   tune-presets)  # the shipped presets, both GPUs on each study; resumable: carry .tuning (the previous call's db/)
     mkdir -p "$OUT/db"; [ -d .tuning ] && cp -r .tuning/. "$OUT/db/"
     end=$(( $(date +%s) + 540 ))

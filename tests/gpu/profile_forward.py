@@ -7,7 +7,7 @@ and the fused single pass. A diagnosis for the notes (tuning_db/reports/NOTES.md
 
 Experiments (each a copy of the generated module with one edit, checked against the unedited kernel first where
 the edit keeps the function; "bound" edits change the result and are only timed):
-    out:prefix-diff   the output kernel's decay matrix from a difference of prefix sums instead of segment sums
+    (out:prefix-diff, the decay matrix from a difference of prefix sums, is now the kernels' SEGMENT_SUMS=False)
     out:no-decay      (bound) no decay matrix at all: the cost of the gating arithmetic
     states:scale-v    the states kernel weights v instead of k: no transposed fp32 copy of k
 """
@@ -37,15 +37,8 @@ LAYOUTS = {"7b": (32, 8, 2048, 256, 512), "head128": (32, 32, 2048, 128, 128)}  
 DEVICE = "cuda"
 
 EDITS = {
-    "out:prefix-diff": [(
-        "    b_seg = tl.cumsum(tl.where(o_l[:, None] > o_l[None, :], b_lf[:, None], 0.0), axis=0)  # [L, L]\n"
-        "    b_logD = tl.where(o_l[:, None] >= o_l[None, :], b_seg + b_li[None, :], float(\"-inf\"))\n"
-        "    b_logD0 = tl.cumsum(b_lf, axis=0) + b_m\n",
-        "    b_F = tl.cumsum(b_lf, axis=0)\n"
-        "    b_logD = tl.where(o_l[:, None] >= o_l[None, :], b_F[:, None] - b_F[None, :] + b_li[None, :], float(\"-inf\"))\n"
-        "    b_logD0 = b_F + b_m\n")],
     "out:no-decay": [(
-        "    b_D, b_D0, b_mt = _chunk_decay_matrix(b_lf, b_li, tl.load(mb_ptr + i_bhc), o_l)\n",
+        "    b_D, b_D0, b_mt = _chunk_decay_matrix(b_lf, b_li, tl.load(mb_ptr + i_bhc), o_l, SEGMENT_SUMS)\n",
         "    b_mt = b_lf + b_li\n    b_D0 = b_mt\n    b_D = 1.0\n")],
     "states:scale-v": [(
         "            b_kw = b_k.to(tl.float32) * b_w[:, None]  # [LI, BK]\n"
@@ -86,12 +79,9 @@ def states_call(module, x, cfg, buffers):
     V = x["v"].shape[-1]
     C0, n0, m0, has_state = state_args(None, None, None, x["k"])
     last = last_state_buffers(B, NH, K, V, x["k"].device, False)
-    grid = (cdiv(K, cfg["BKS"]), cdiv(V, cfg["BVS"]), B * NH)
-    return lambda: module.chunkwise_states_kernel[grid](
-        x["k"], x["v"], x["i"], x["f"], C0, n0, m0, *buffers, *last, S, cdiv(S, cfg["LO"]), DHQK=K, DHHV=V,
-        LI=cfg["LI"], LO=cfg["LO"], BK=cfg["BKS"], BV=cfg["BVS"], HAS_STATE=has_state, STORE_LAST=False,
-        STORE_BORDERS=True, DOT_PRECISION=dot_precision(torch.bfloat16), num_warps=cfg["num_warps_states"],
-        num_stages=cfg["num_stages"])  # fmt: skip
+    return lambda: launch._launch_states(module, x["k"], x["v"], x["i"], x["f"], C0, n0, m0, has_state, buffers, last,
+                                         S=S, NC=cdiv(S, cfg["LO"]), config=cfg, store_borders=True,
+                                         prec=dot_precision(torch.bfloat16))  # fmt: skip
 
 
 def output_call(module, x, cfg, buffers, h):
@@ -120,6 +110,46 @@ def time_ms(fn) -> float | str:
         return triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median")
     except Exception as err:  # noqa: BLE001 - a configuration that does not compile is recorded
         return f"{type(err).__name__}: {str(err)[:120]}"
+
+
+def states_sweep(args, start: float, out: Path) -> int:
+    """The states kernel alone at LO=64: states_gates "inline" against "pre" (the prep kernel included in the time),
+    over tiles, warps and stages; the stored states checked against the inline kernel at the default point."""
+    variant = find(launch.TWOPASS, cell="exp", state="input")
+    module = load_variant(variant)
+    rows = []
+    for lname, layout in LAYOUTS.items():
+        B, NH, S, K, V = layout
+        x = inputs(layout)
+        cfg = dict(launch.default_config(variant, K, V), LO=64, LI=64)
+        NC = cdiv(S, 64)
+        buffers = (torch.empty(B, NH, NC, K, V, dtype=torch.bfloat16, device=DEVICE),
+                   torch.empty(B, NH, NC, K, device=DEVICE), torch.empty(B, NH, NC, device=DEVICE))  # fmt: skip
+        states_call(module, x, dict(cfg, states_gates="inline"), buffers)()
+        ref = [b.float().clone() for b in buffers]
+        for gates, (bk, bv), w, st in itertools.product(("inline", "pre"), ((64, 128), (64, 64), (128, 64), (32, 128)),
+                                                        (4, 8), (1, 2, 3)):  # fmt: skip
+            if time.monotonic() - start > args.budget_s or bk > K or bv > V:
+                continue
+            c = dict(cfg, states_gates=gates, BKS=bk, BVS=bv, num_warps_states=w, num_stages=st)
+            ms = time_ms(states_call(module, x, c, buffers))
+            errs = [((b.float() - r).norm() / r.norm().clamp_min(1e-30)).item() for b, r in zip(buffers, ref)]
+            rows.append(dict(layout=lname, kind="states-" + gates, BKS=bk, BVS=bv, warps=w, stages=st, ms=ms,
+                             rel_err_C_n_m=errs))  # fmt: skip
+            (out / "profile_states.json").write_text(json.dumps(rows, indent=1))
+            print(json.dumps(rows[-1]), flush=True)
+        del x, buffers
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
+    print("\nlayout   kernel         best ms  point")
+    for lname in LAYOUTS:
+        for kind in ("states-inline", "states-pre"):
+            got = [r for r in rows if r["layout"] == lname and r["kind"] == kind and isinstance(r["ms"], float)]
+            if got:
+                b = min(got, key=lambda r: r["ms"])
+                print(f"{lname:8s} {kind:14s} {b['ms']:7.3f}  BKS={b['BKS']} BVS={b['BVS']} warps={b['warps']} "
+                      f"stages={b['stages']} err={max(b['rel_err_C_n_m']):.1e}")
+    return 0
 
 
 def loop_sweep(args, start: float, out: Path) -> int:
@@ -154,7 +184,8 @@ def loop_sweep(args, start: float, out: Path) -> int:
             (out / "profile_output_loop.json").write_text(json.dumps(rows, indent=1))
             print(json.dumps(rows[-1]), flush=True)
         del x, buffers, h
-        torch.cuda.empty_cache()
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
     print("\nlayout   kernel        segsum  best ms  point")
     for lname in LAYOUTS:
         for kind in ("output-tiles", "output-loop"):
@@ -175,8 +206,9 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=500)
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1")
     ap.add_argument("--layout", choices=sorted(LAYOUTS), help="only this head layout (e.g. one per GPU)")
-    ap.add_argument("--sweep", choices=("all", "loop"), default="all",
-                    help="loop: only the output kernels (per-tile and per-chunk loop) at LO=64, checked, then timed")
+    ap.add_argument("--sweep", choices=("all", "loop", "states"), default="all",
+                    help="loop: only the output kernels (per-tile and per-chunk loop) at LO=64; states: only the states "
+                    "kernel, gates in its loop against gates computed first; each checked, then timed")
     args = ap.parse_args()
     start = time.monotonic()
     out = Path(args.out)
@@ -187,6 +219,8 @@ def main() -> int:
         LAYOUTS = {args.layout: LAYOUTS[args.layout]}
     if args.sweep == "loop":
         return loop_sweep(args, start, out)
+    if args.sweep == "states":
+        return states_sweep(args, start, out)
     work = Path(tempfile.mkdtemp())
     variant = find(launch.TWOPASS, cell="exp", state="input")
     base = load_variant(variant)
@@ -211,7 +245,7 @@ def main() -> int:
             states_call(base, x, cfg, buffers)()
             output_call(base, x, cfg, buffers, h)()
             ref = h.float().clone()
-            for name in ("out:prefix-diff", "states:scale-v"):
+            for name in ("states:scale-v",):
                 mod = edited_module(variant, name, work)
                 states_call(mod if name.startswith("states") else base, x, cfg, buffers)()
                 output_call(mod if name.startswith("out") else base, x, cfg, buffers, h)()
