@@ -42,7 +42,8 @@ def _configs(variant) -> list[dict]:
     gates computed first)."""
     config = CONFIGS[variant.template]
     if variant.template == chunkwise.TWOPASS:
-        return [dict(config, out_values=o, states_gates=g) for o, g in zip(chunkwise.OUT_VALUES, chunkwise.STATES_GATES)]
+        pairs = zip(chunkwise.OUT_VALUES, chunkwise.STATES_GATES)
+        return [dict(config, out_values=o, states_gates=g) for o, g in pairs]
     return [config]
 
 

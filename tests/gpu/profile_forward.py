@@ -207,8 +207,8 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1")
     ap.add_argument("--layout", choices=sorted(LAYOUTS), help="only this head layout (e.g. one per GPU)")
     ap.add_argument("--sweep", choices=("all", "loop", "states"), default="all",
-                    help="loop: only the output kernels (per-tile and per-chunk loop) at LO=64; states: only the states "
-                    "kernel, gates in its loop against gates computed first; each checked, then timed")
+                    help="loop: only the output kernels (per-tile and per-chunk loop) at LO=64; states: only the "
+                    "states kernel, gates in its loop against gates computed first; each checked, then timed")
     args = ap.parse_args()
     start = time.monotonic()
     out = Path(args.out)
@@ -287,8 +287,8 @@ def main() -> int:
                 break
             args_ = [x[n] for n in ("q", "k", "v", "i", "f")]
             cfg = {"L": L, "BV": BV, "num_warps": w, "num_stages": st}
-            record(layout=lname, kind="fused", L=L, BV=BV, warps=w, stages=st,
-                   ms=time_ms(lambda: launch.chunkwise_fw(*args_, variant=fused, config=cfg)))  # fmt: skip
+            call = lambda a=args_, c=cfg, v=fused: launch.chunkwise_fw(*a, variant=v, config=c)  # noqa: E731
+            record(layout=lname, kind="fused", L=L, BV=BV, warps=w, stages=st, ms=time_ms(call))
         del x
         torch.cuda.empty_cache()
     # summary: the best of each kind per layout
