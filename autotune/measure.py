@@ -188,6 +188,7 @@ def evaluate_here(job: Job) -> Outcome:
 
 def _worker(conn, env: dict, evaluate=evaluate_here) -> None:
     os.environ.update(env)
+    conn.send("ready")  # imports are done (unpickling this function imported the module): jobs are timed from here
     while True:
         job = conn.recv()
         if job is None:
@@ -199,9 +200,13 @@ class IsolatedRunner:
     """Evaluates jobs in a persistent child process (spawned, so CUDA starts fresh); restarts it after a crash or a
     time-out and reports that job as failed."""
 
-    def __init__(self, timeout_s: float = 300.0, env: dict | None = None, evaluate=evaluate_here):
-        """``evaluate`` (a module-level function, importable by the child) runs a Job in the child."""
+    def __init__(self, timeout_s: float = 300.0, env: dict | None = None, evaluate=evaluate_here,
+                 startup_s: float = 120.0):  # fmt: skip
+        """``evaluate`` (a module-level function, importable by the child) runs a Job in the child. ``timeout_s``
+        limits each job; a (re)started worker first gets ``startup_s`` to import what it needs, so the job after a
+        crash is not charged for the restart."""
         self.timeout_s, self.env, self.evaluate_fn = timeout_s, dict(env or {}), evaluate
+        self.startup_s = startup_s
         self._ctx = multiprocessing.get_context("spawn")
         self._proc = self._conn = None
 
@@ -210,17 +215,19 @@ class IsolatedRunner:
         self._proc = self._ctx.Process(target=_worker, args=(child, self.env, self.evaluate_fn), daemon=True)
         self._proc.start()
         self._conn = parent
+        if not (parent.poll(self.startup_s) and parent.recv() == "ready"):
+            raise EOFError(f"the worker did not start within {self.startup_s:g} s")
 
     def evaluate(self, job: Job) -> Outcome:
-        if self._proc is None or not self._proc.is_alive():
-            self._start()
         try:
+            if self._proc is None or not self._proc.is_alive():
+                self._start()
             self._conn.send(asdict(job))
             if self._conn.poll(self.timeout_s):
                 return Outcome(**self._conn.recv())
             reason = f"timed out after {self.timeout_s:g} s"
-        except (EOFError, BrokenPipeError, ConnectionResetError):
-            reason = "the worker process died"
+        except (EOFError, BrokenPipeError, ConnectionResetError) as err:
+            reason = str(err) if "did not start" in str(err) else "the worker process died"
         self._proc.join(1)
         if self._proc.is_alive():
             self._proc.kill()
