@@ -112,6 +112,19 @@ def time_ms(fn) -> float | str:
         return f"{type(err).__name__}: {str(err)[:120]}"
 
 
+def state_buffers(B, NH, NC, K, V):
+    """Chunk states (bf16 C, fp32 n and m) of NC chunks."""
+    return (torch.empty(B, NH, NC, K, V, dtype=torch.bfloat16, device=DEVICE),
+            torch.empty(B, NH, NC, K, device=DEVICE), torch.empty(B, NH, NC, device=DEVICE))  # fmt: skip
+
+
+def lo64_setup(variant, layout):
+    """Inputs, the default configuration at LI = LO = 64, and state buffers for it."""
+    B, NH, S, K, V = layout
+    config = dict(launch.default_config(variant, K, V), LO=64, LI=64)
+    return inputs(layout), config, state_buffers(B, NH, cdiv(S, 64), K, V)
+
+
 def states_sweep(args, start: float, out: Path) -> int:
     """The states kernel alone at LO=64: states_gates "inline" against "pre" (the prep kernel included in the time),
     over tiles, warps and stages; the stored states checked against the inline kernel at the default point."""
@@ -120,11 +133,7 @@ def states_sweep(args, start: float, out: Path) -> int:
     rows = []
     for lname, layout in LAYOUTS.items():
         B, NH, S, K, V = layout
-        x = inputs(layout)
-        cfg = dict(launch.default_config(variant, K, V), LO=64, LI=64)
-        NC = cdiv(S, 64)
-        buffers = (torch.empty(B, NH, NC, K, V, dtype=torch.bfloat16, device=DEVICE),
-                   torch.empty(B, NH, NC, K, device=DEVICE), torch.empty(B, NH, NC, device=DEVICE))  # fmt: skip
+        x, cfg, buffers = lo64_setup(variant, layout)
         states_call(module, x, dict(cfg, states_gates="inline"), buffers)()
         ref = [b.float().clone() for b in buffers]
         for gates, (bk, bv), w, st in itertools.product(("inline", "pre"), ((64, 128), (64, 64), (128, 64), (32, 128)),
@@ -160,11 +169,7 @@ def loop_sweep(args, start: float, out: Path) -> int:
     rows = []
     for lname, layout in LAYOUTS.items():
         B, NH, S, K, V = layout
-        x = inputs(layout)
-        cfg = dict(launch.default_config(variant, K, V), LO=64, LI=64)
-        NC = cdiv(S, 64)
-        buffers = (torch.empty(B, NH, NC, K, V, dtype=torch.bfloat16, device=DEVICE),
-                   torch.empty(B, NH, NC, K, device=DEVICE), torch.empty(B, NH, NC, device=DEVICE))  # fmt: skip
+        x, cfg, buffers = lo64_setup(variant, layout)
         h = torch.empty(B, NH, S, V, dtype=torch.bfloat16, device=DEVICE)
         states_call(module, x, cfg, buffers)()
         output_call(module, x, dict(cfg, out_values="tiles", segment_sums=True), buffers, h)()
@@ -237,9 +242,7 @@ def main() -> int:
         cfg0 = launch.default_config(variant, K, V)
         # correctness of the edited modules that keep the function: h against the unedited kernels
         for LO in (64, 128):
-            NC = cdiv(S, LO)
-            buffers = (torch.empty(B, NH, NC, K, V, dtype=torch.bfloat16, device=DEVICE),
-                       torch.empty(B, NH, NC, K, device=DEVICE), torch.empty(B, NH, NC, device=DEVICE))  # fmt: skip
+            buffers = state_buffers(B, NH, cdiv(S, LO), K, V)
             h = torch.empty(B, NH, S, V, dtype=torch.bfloat16, device=DEVICE)
             cfg = dict(cfg0, LO=LO, LI=64)
             states_call(base, x, cfg, buffers)()
