@@ -52,6 +52,7 @@ PARAMS: dict[str, dict[str, tuple]] = {
         "num_warps_state": (4, 8),
         "num_stages": (1, 2),
         "states": ("recompute", "reuse"),
+        "state_buffers": ("float32", "input"),
     },  # fmt: skip
     "parallel_bw.py.j2": {"BT": (16, 32, 64, 128), "BK": TILES, "BV": TILES, "num_warps": (4, 8), "num_stages": (1, 2)},
     "recurrent_step.py.j2": {"BK": (16, 32, 64, 128), "BV": (16, 32, 64, 128), "num_warps": (1, 2, 4, 8)},

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   1cdff9382458bf3b
+# template hash:   8212bbf4f6162afc
 # parameters:      cell=sig, kernels=split
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (sig cell), exact (MATH.md §6), "split" within-chunk kernels.
@@ -200,7 +200,7 @@ def chunkwise_bw_dstate_kernel(
     dCS_ptr,  # (B, NH, DHQK, DHHV) cotangent of the last state (read when HAS_LAST_GRAD)
     dnS_ptr,  # (B, NH, DHQK)
     T_ptr,  # (B, NH) fp32: dm_S - <C_S, dC_S> - <n_S, dn_S>, the max-state chain's start (exp, HAS_LAST_GRAD)
-    dCa_ptr,  # (B, NH, NC, DHQK, DHHV) fp32 out: gradient of the state after each chunk
+    dCa_ptr,  # (B, NH, NC, DHQK, DHHV) out: gradient of the state after each chunk (fp32 or the inputs' dtype)
     dna_ptr,  # (B, NH, NC, DHQK) fp32 out
     R_ptr,  # (B, NH, S) fp32 out: the max-state chain R_t (exp cell)
     dC0_ptr,  # (B, NH, DHQK, DHHV) fp32 out: gradient of the initial state (written when HAS_STATE)
@@ -235,7 +235,7 @@ def chunkwise_bw_dstate_kernel(
     for it in range(0, NC):
         i_c = NC - 1 - it
         i_bhc = i_bh * NC + i_c
-        tl.store(dCa_ptr + i_bhc * DHQK * DHHV + o_kv, b_dC, mask=m_kv)
+        tl.store(dCa_ptr + i_bhc * DHQK * DHHV + o_kv, b_dC.to(dCa_ptr.dtype.element_ty), mask=m_kv)
         if i_v == 0:
             tl.store(dna_ptr + i_bhc * DHQK + o_k, b_dn, mask=m_k)
         o_t = i_c * L + o_l
@@ -305,7 +305,7 @@ def _state_terms(q_ptr, k_ptr, v_ptr, dh_ptr, Cb_ptr, nb_ptr, dCa_ptr, dna_ptr, 
         o_kv = i_bhc * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :]
         m_kv = m_k[:, None] & m_v[None, :]
         b_C = tl.load(Cb_ptr + o_kv, mask=m_kv, other=0.0).to(tl.float32)
-        b_dCa = tl.load(dCa_ptr + o_kv, mask=m_kv, other=0.0)
+        b_dCa = tl.load(dCa_ptr + o_kv, mask=m_kv, other=0.0).to(tl.float32)
         b_X += tl.sum(b_C * b_dCa)
         b_dqi += tl.dot(b_dh, tl.trans(b_C.to(b_v.dtype)), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, BK]
         b_dkt += tl.dot(b_v, tl.trans(b_dCa.to(b_v.dtype)), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, BK]
@@ -378,7 +378,7 @@ def chunkwise_bw_dqk_kernel(
     ds_ptr,  # (B, NH, S) fp32
     Cb_ptr,  # (B, NH, NC, DHQK, DHHV) state before each chunk
     nb_ptr,  # (B, NH, NC, DHQK) fp32
-    dCa_ptr,  # (B, NH, NC, DHQK, DHHV) fp32 gradient of the state after each chunk
+    dCa_ptr,  # (B, NH, NC, DHQK, DHHV) gradient of the state after each chunk (fp32 or the inputs' dtype)
     dna_ptr,  # (B, NH, NC, DHQK) fp32
     dq_ptr,  # (B, NH, S, DHQK) out
     dk_ptr,  # (B, NH, S, DHQK) out
@@ -433,7 +433,7 @@ def chunkwise_bw_dv_kernel(
     mS_ptr,  # (B, NH) fp32 max state after the last chunk (exp cell)
     r_ptr,  # (B, NH, S) fp32
     ds_ptr,  # (B, NH, S) fp32
-    dCa_ptr,  # (B, NH, NC, DHQK, DHHV) fp32 gradient of the state after each chunk
+    dCa_ptr,  # (B, NH, NC, DHQK, DHHV) gradient of the state after each chunk (fp32 or the inputs' dtype)
     dv_ptr,  # (B, NH, S, DHHV) out
     S,
     NC,

@@ -213,20 +213,24 @@ def test_backward_after_other_forwards(forward, states, cell, check):
            bw_config=_bw_config(variant, shape.DHQK, shape.DHHV, 32, states))  # fmt: skip
 
 
-@pytest.mark.parametrize("kernels", ["fused", "split", "parallel"])
+@pytest.mark.parametrize("kernels", ["fused", "split", "parallel", "fused-16bit-buffers", "split-16bit-buffers"])
 @pytest.mark.parametrize("shape", SHAPES[2:4], ids=[s.id for s in SHAPES[2:4]])
 def test_backward_fp16(shape, kernels, check):
-    """16-bit inputs: tensor-core dots in fp16 with fp32 accumulation, limit 2e-2 (bf16 is checked on the GPU)."""
+    """16-bit inputs: tensor-core dots in fp16 with fp32 accumulation, limit 2e-2 (bf16 is checked on the GPU); the
+    chunkwise kernels also with their per-chunk state buffers in fp16 (state_buffers="input")."""
     if kernels == "parallel":
         variant = find(launch_pbw.TEMPLATE, cell="exp")
     else:
-        variant = find(launch_bw.TEMPLATE, cell="exp", kernels=kernels)
+        variant = find(launch_bw.TEMPLATE, cell="exp", kernels=kernels.split("-")[0])
     x = _inputs(shape, "exp", True, dtype=torch.float16)
     fw_config = dict(launch_fw.default_config(find(launch_fw.TWOPASS, cell="exp", state="float32"), 1, 1), LI=16,
                      LO=32, BKS=32, BVS=32, BKO=32, BVO=32)  # fmt: skip
-    _check(check, x, _weights(shape, "exp", True), "exp", target=f"{variant.name} fp16", dims=shape.dims(),
-           dtype=torch.float16, forward=launch_fw.TWOPASS, fw_config=fw_config, bw_variant=variant,
-           bw_config=_bw_config(variant, shape.DHQK, shape.DHHV, 32))  # fmt: skip
+    bw_config = _bw_config(variant, shape.DHQK, shape.DHHV, 32)
+    if kernels.endswith("16bit-buffers"):
+        bw_config["state_buffers"] = "input"
+    _check(check, x, _weights(shape, "exp", True), "exp", target=f"{variant.name} fp16 {bw_config}",
+           dims=shape.dims(), dtype=torch.float16, forward=launch_fw.TWOPASS, fw_config=fw_config, bw_variant=variant,
+           bw_config=bw_config)  # fmt: skip
 
 
 def test_sig_without_normalizer(check):

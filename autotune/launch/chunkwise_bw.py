@@ -36,18 +36,23 @@ from .common import cdiv, empty, next_pow2, require_pow2
 
 TEMPLATE = "chunkwise_bw.py.j2"
 STATES = ("recompute", "reuse")
+# the per-chunk state buffers (recomputed C before, dC after each chunk): fp32, or the inputs' dtype (half the bytes
+# for 16-bit inputs; the recurrences themselves run in fp32 either way)
+STATE_BUFFERS = ("float32", "input")
 
 
 def default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
     BK, BV = min(64, next_pow2(DHQK)), min(64, next_pow2(DHHV))
     return {"L": 64, "BK": BK, "BV": BV, "BKS": BK, "BVS": BV, "num_warps": 4, "num_warps_state": 4,
-            "num_stages": 1, "states": "recompute"}  # fmt: skip
+            "num_stages": 1, "states": "recompute", "state_buffers": "float32"}  # fmt: skip
 
 
 def check_config(variant: Variant, config: dict) -> None:
     require_pow2(config, "L", "BK", "BV", "BKS", "BVS")
     if config.get("states", "recompute") not in STATES:
         raise MLSTMInputError(f"states must be one of {STATES}, got {config.get('states')!r}")
+    if config.get("state_buffers", "float32") not in STATE_BUFFERS:
+        raise MLSTMInputError(f"state_buffers must be one of {STATE_BUFFERS}, got {config.get('state_buffers')!r}")
 
 
 def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, variant: Variant, config: dict,
@@ -72,6 +77,7 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
     has_state, has_last, prec, f32, dummy = x.has_state, x.has_last, x.prec, x.f32, x.dummy
     r, ds, G, Fl = x.r, x.ds, x.G, x.Fl
 
+    buffers_dtype = q.dtype if config.get("state_buffers", "float32") == "input" else torch.float32
     # 2. the states before every chunk (and the max states of their frames)
     if config.get("states", "recompute") == "reuse":
         if borders is None:
@@ -84,7 +90,7 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
         ):
             raise MLSTMInputError(f"the forward's border states are not of chunks of L={L} (Cb {tuple(Cb.shape)})")
     else:
-        Cb = empty(B, NH, NC, DHQK, DHHV, **f32)
+        Cb = empty(B, NH, NC, DHQK, DHHV, dtype=buffers_dtype, device=dev)
         nb = empty(B, NH, NC, DHQK, **f32)
         mb = empty(B, NH, NC, **f32)
         states = load_variant(find(TWOPASS, cell=cell, state="float32"))
@@ -95,7 +101,7 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
 
     # 3. reverse recurrence: gradient of the state after every chunk, and the max state's chain
     dC, dn, T = x.dC, x.dn, x.T
-    dCa = empty(B, NH, NC, DHQK, DHHV, **f32)
+    dCa = empty(B, NH, NC, DHQK, DHHV, dtype=buffers_dtype, device=dev)
     dna = empty(B, NH, NC, DHQK, **f32)
     R = empty(B, NH, S, **f32) if cell == "exp" else dummy
     dC0 = empty(B, NH, DHQK, DHHV, **f32) if has_state else dummy

@@ -27,7 +27,7 @@ from autotune.torch import get_mlstm_kernel  # noqa: E402
 LAYOUTS = {"7b": (32, 8, 2048, 256, 512), "head128": (32, 32, 2048, 128, 128)}  # 65,536 tokens each
 FUSED, SPLIT = "chunkwise_bw__cell-exp_kernels-fused", "chunkwise_bw__cell-exp_kernels-split"
 BASE = {"L": 64, "BK": 64, "BV": 64, "BKS": 64, "BVS": 64, "num_warps": 4, "num_warps_state": 4, "num_stages": 1,
-        "states": "recompute"}  # fmt: skip
+        "states": "recompute", "state_buffers": "float32"}  # fmt: skip
 # (label, variant, config changes); None = the dispatcher's own answer
 CONFIGS = [
     ("default", None, None),
@@ -36,6 +36,9 @@ CONFIGS = [
     ("fused L64 reuse", FUSED, {"states": "reuse"}),
     ("fused L128", FUSED, {"L": 128}),
     ("fused L128 state tiles 64/128", FUSED, {"L": 128, "BVS": 128}),
+    ("fused L64 16-bit state buffers", FUSED, {"state_buffers": "input"}),
+    ("fused L128 16-bit state buffers", FUSED, {"L": 128, "state_buffers": "input"}),
+    ("fused L128 16-bit buffers, tiles 64/128", FUSED, {"L": 128, "state_buffers": "input", "BVS": 128}),
     ("split L64", SPLIT, {}),
     ("split L64 value tiles 128", SPLIT, {"BV": 128}),
 ]
