@@ -35,19 +35,21 @@ class Dims:
     DHHV: int
 
 
-def _require(cond: bool, message: str) -> None:
+def _require(cond: bool, message) -> None:
+    """Raise MLSTMInputError(message()) unless cond. The message is a callable so that the checks of a step (run
+    every token) build no strings when the inputs are fine: eager f-strings cost most of a step call's Python time."""
     if not cond:
-        raise MLSTMInputError(message)
+        raise MLSTMInputError(message() if callable(message) else message)
 
 
 def _check_tensor(name: str, t, rank: int) -> None:
-    _require(isinstance(t, torch.Tensor), f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    _require(t.dim() == rank, f"{name} must have {rank} dimensions, got shape {tuple(t.shape)}")
-    _require(t.dtype in FLOAT_DTYPES, f"{name} must be float16/bfloat16/float32/float64, got {t.dtype}")
+    _require(isinstance(t, torch.Tensor), lambda: f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    _require(t.dim() == rank, lambda: f"{name} must have {rank} dimensions, got shape {tuple(t.shape)}")
+    _require(t.dtype in FLOAT_DTYPES, lambda: f"{name} must be float16/bfloat16/float32/float64, got {t.dtype}")
 
 
 def _check_shape(name: str, t: torch.Tensor, expected: tuple[int, ...], what: str) -> None:
-    _require(tuple(t.shape) == expected, f"{name} must have shape {what} = {expected}, got {tuple(t.shape)}")
+    _require(tuple(t.shape) == expected, lambda: f"{name} must have shape {what} = {expected}, got {tuple(t.shape)}")
 
 
 def _check_same_device(named: dict[str, torch.Tensor | None]) -> None:
@@ -67,19 +69,19 @@ def _check_finite(named: dict[str, torch.Tensor | None]) -> None:
 
 
 def check_cell(cell: str, normalize: bool = True) -> None:
-    _require(cell in CELLS, f"cell must be one of {CELLS}, got {cell!r}")
-    _require(isinstance(normalize, bool), f"normalize must be a bool, got {normalize!r}")
+    _require(cell in CELLS, lambda: f"cell must be one of {CELLS}, got {cell!r}")
+    _require(isinstance(normalize, bool), lambda: f"normalize must be a bool, got {normalize!r}")
 
 
 def check_eps(eps) -> None:
     ok = isinstance(eps, (int, float)) and not isinstance(eps, bool) and math.isfinite(eps) and eps >= 0
-    _require(ok, f"eps must be a finite float >= 0, got {eps!r}")
+    _require(ok, lambda: f"eps must be a finite float >= 0, got {eps!r}")
 
 
 def check_chunk_size(chunk_size) -> None:
     _require(
         isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size >= 1,
-        f"chunk_size must be an int >= 1, got {chunk_size!r}",
+        lambda: f"chunk_size must be an int >= 1, got {chunk_size!r}",
     )
 
 
@@ -89,45 +91,51 @@ def _check_states(c, n, m, B, NH, DHQK, DHHV, cell: str, names=("c_initial", "n_
         given = [x is not None for x in (c, n, m)]
         _require(
             all(given) or not any(given),
-            f"the exp cell needs {c_name}, {n_name} and {m_name} together or none of them; "
-            f"got {', '.join(nm for nm, g in zip(names, given) if g)}",
+            lambda: (
+                f"the exp cell needs {c_name}, {n_name} and {m_name} together or none of them; "
+                f"got {', '.join(nm for nm, g in zip(names, given) if g)}"
+            ),
         )
     else:
-        _require((c is None) == (n is None), f"the sig cell needs {c_name} and {n_name} together or neither of them")
+        _require(
+            (c is None) == (n is None), lambda: f"the sig cell needs {c_name} and {n_name} together or neither of them"
+        )
     if c is not None:
         _check_tensor(c_name, c, 4)
         _check_shape(c_name, c, (B, NH, DHQK, DHHV), "(B, NH, DHQK, DHHV)")
         _check_tensor(n_name, n, 3)
         _check_shape(n_name, n, (B, NH, DHQK), "(B, NH, DHQK)")
-        _require(c.dtype == n.dtype, f"{c_name} and {n_name} must share a dtype, got {c.dtype} and {n.dtype}")
+        _require(c.dtype == n.dtype, lambda: f"{c_name} and {n_name} must share a dtype, got {c.dtype} and {n.dtype}")
     if m is not None and cell == "exp":
-        _require(isinstance(m, torch.Tensor), f"{m_name} must be a torch.Tensor, got {type(m).__name__}")
+        _require(isinstance(m, torch.Tensor), lambda: f"{m_name} must be a torch.Tensor, got {type(m).__name__}")
         _require(
             tuple(m.shape) in ((B, NH, 1), (B, NH)),
-            f"{m_name} must have shape (B, NH, 1) = {(B, NH, 1)}, got {tuple(m.shape)}",
+            lambda: f"{m_name} must have shape (B, NH, 1) = {(B, NH, 1)}, got {tuple(m.shape)}",
         )
-        _require(m.dtype in FLOAT_DTYPES, f"{m_name} must be a floating tensor, got {m.dtype}")
+        _require(m.dtype in FLOAT_DTYPES, lambda: f"{m_name} must be a floating tensor, got {m.dtype}")
 
 
 def check_sequence_inputs(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=None, *, cell: str = "exp") -> Dims:
     """Validate the inputs of a chunkwise/parallel/sequence kernel; return the problem dimensions."""
     _check_tensor("q", q, 4)
     B, NH, S, DHQK = q.shape
-    _require(S >= 1, f"the sequence length S must be >= 1, got q of shape {tuple(q.shape)}")
-    _require(DHQK >= 1, f"DHQK must be >= 1, got q of shape {tuple(q.shape)}")
+    _require(S >= 1, lambda: f"the sequence length S must be >= 1, got q of shape {tuple(q.shape)}")
+    _require(DHQK >= 1, lambda: f"DHQK must be >= 1, got q of shape {tuple(q.shape)}")
     _check_tensor("k", k, 4)
     _check_shape("k", k, (B, NH, S, DHQK), "(B, NH, S, DHQK) like q")
     _check_tensor("v", v, 4)
     _require(
         tuple(v.shape[:3]) == (B, NH, S) and v.shape[3] >= 1,
-        f"v must have shape (B, NH, S, DHHV) with (B, NH, S) = {(B, NH, S)} as in q, got {tuple(v.shape)}",
+        lambda: f"v must have shape (B, NH, S, DHHV) with (B, NH, S) = {(B, NH, S)} as in q, got {tuple(v.shape)}",
     )
     DHHV = v.shape[3]
-    _require(q.dtype == k.dtype == v.dtype, f"q, k, v must share a dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    _require(
+        q.dtype == k.dtype == v.dtype, lambda: f"q, k, v must share a dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}"
+    )
     for name, g in (("i", i), ("f", f)):
         _check_tensor(name, g, 3)
         _check_shape(name, g, (B, NH, S), "(B, NH, S)")
-    _require(i.dtype == f.dtype, f"i and f must share a dtype, got i {i.dtype}, f {f.dtype}")
+    _require(i.dtype == f.dtype, lambda: f"i and f must share a dtype, got i {i.dtype}, f {f.dtype}")
     _check_states(c_initial, n_initial, m_initial, B, NH, DHQK, DHHV, cell)
     named = dict(q=q, k=k, v=v, i=i, f=f, c_initial=c_initial, n_initial=n_initial, m_initial=m_initial)
     _check_same_device(named)
@@ -139,24 +147,27 @@ def check_step_inputs(q, k, v, i, f, c, n, m, *, cell: str = "exp") -> Dims:
     """Validate the inputs of a step kernel: q, k (B, NH, DHQK); v (B, NH, DHHV); i, f (B, NH, 1) or (B, NH)."""
     _check_tensor("q", q, 3)
     B, NH, DHQK = q.shape
-    _require(DHQK >= 1, f"DHQK must be >= 1, got q of shape {tuple(q.shape)}")
+    _require(DHQK >= 1, lambda: f"DHQK must be >= 1, got q of shape {tuple(q.shape)}")
     _check_tensor("k", k, 3)
     _check_shape("k", k, (B, NH, DHQK), "(B, NH, DHQK) like q")
     _check_tensor("v", v, 3)
     _require(
         tuple(v.shape[:2]) == (B, NH) and v.shape[2] >= 1,
-        f"v must have shape (B, NH, DHHV) with (B, NH) = {(B, NH)} and DHHV >= 1, got {tuple(v.shape)}",
+        lambda: f"v must have shape (B, NH, DHHV) with (B, NH) = {(B, NH)} and DHHV >= 1, got {tuple(v.shape)}",
     )
     DHHV = v.shape[2]
-    _require(q.dtype == k.dtype == v.dtype, f"q, k, v must share a dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    _require(
+        q.dtype == k.dtype == v.dtype, lambda: f"q, k, v must share a dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}"
+    )
     for name, g in (("i", i), ("f", f)):
-        _require(isinstance(g, torch.Tensor), f"{name} must be a torch.Tensor, got {type(g).__name__}")
+        _require(isinstance(g, torch.Tensor), lambda name=name, g=g: f"{name} must be a torch.Tensor, got "
+                 f"{type(g).__name__}")  # fmt: skip
         _require(
             tuple(g.shape) in ((B, NH, 1), (B, NH)),
-            f"{name} must have shape (B, NH, 1) = {(B, NH, 1)}, got {tuple(g.shape)}",
+            lambda name=name, g=g: f"{name} must have shape (B, NH, 1) = {(B, NH, 1)}, got {tuple(g.shape)}",
         )
-        _require(g.dtype in FLOAT_DTYPES, f"{name} must be a floating tensor, got {g.dtype}")
-    _require(i.dtype == f.dtype, f"i and f must share a dtype, got i {i.dtype}, f {f.dtype}")
+        _require(g.dtype in FLOAT_DTYPES, lambda name=name, g=g: f"{name} must be a floating tensor, got {g.dtype}")
+    _require(i.dtype == f.dtype, lambda: f"i and f must share a dtype, got i {i.dtype}, f {f.dtype}")
     _check_states(c, n, m, B, NH, DHQK, DHHV, cell, names=("c", "n", "m"))
     named = dict(q=q, k=k, v=v, i=i, f=f, c=c, n=n, m=m)
     _check_same_device(named)
