@@ -53,11 +53,16 @@ def _check_shape(name: str, t: torch.Tensor, expected: tuple[int, ...], what: st
 
 
 def _check_same_device(named: dict[str, torch.Tensor | None]) -> None:
-    present = {k: t for k, t in named.items() if t is not None}
-    devices = {str(t.device) for t in present.values()}
-    if len(devices) > 1:
-        listing = ", ".join(f"{k} on {t.device}" for k, t in present.items())
-        raise MLSTMInputError(f"all inputs must be on one device, got {listing}")
+    first = None
+    for t in named.values():
+        if t is None:
+            continue
+        if first is None:
+            first = t.device
+        elif t.device != first:
+            present = {k: t for k, t in named.items() if t is not None}
+            listing = ", ".join(f"{k} on {t.device}" for k, t in present.items())
+            raise MLSTMInputError(f"all inputs must be on one device, got {listing}")
 
 
 def _check_finite(named: dict[str, torch.Tensor | None]) -> None:
