@@ -22,7 +22,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -307,11 +307,9 @@ def write(out_dir: Path, gpu: str, table: list[dict], timing: str, quiet: bool =
         print(f"wrote {out_dir / (stem + '-bench.json')}, .md and .png")
 
 
-def _order(r: dict) -> tuple:
-    """Table order of a row: the order of rows(smoke=False), unknown rows last."""
-    key = Row(r["op"], r["pass"], r["B"], r["NH"], r["S"], r["DHQK"], r["DHHV"])
-    known = rows(False)
-    return (known.index(key) if key in known else len(known),)
+_ROW_KEYS = ("op", "pass", "B", "NH", "S", "DHQK", "DHHV")
+_GPU_TIMING = "GPU, median of triton.testing.do_bench"
+_INTERPRETER_TIMING = "Triton interpreter, wall clock: says nothing about speed"
 
 
 def combine(files: list[str], out: str) -> int:
@@ -325,6 +323,10 @@ def combine(files: list[str], out: str) -> int:
         except (OSError, ValueError) as err:
             print(f"mlstm-tune bench: cannot read {path}: {err}", file=sys.stderr)
             return 2
+        if not isinstance(part, list) or not all(isinstance(r, dict) and set(_ROW_KEYS) <= set(r) for r in part):
+            print(f"mlstm-tune bench: {path} is not a bench table (a list of rows with keys {_ROW_KEYS})",
+                  file=sys.stderr)  # fmt: skip
+            return 2
         table += part
         gpus.add(path.name.removesuffix("-bench.json"))
     if len(gpus) != 1:
@@ -332,12 +334,15 @@ def combine(files: list[str], out: str) -> int:
         return 2
     (stem,) = gpus
     gpu = stem.replace("_", " ")
-    timing = "Triton interpreter, wall clock: says nothing about speed" if stem == "cpu-interpreter" else _GPU_TIMING
-    write(Path(out), gpu, sorted(table, key=_order), timing)
+    timing = _INTERPRETER_TIMING if stem == "cpu-interpreter" else _GPU_TIMING
+    known = [tuple(asdict(r).values()) for r in rows(False)]  # table order; rows of other shapes last
+
+    def order(r: dict) -> int:
+        key = tuple(r[k] for k in _ROW_KEYS)
+        return known.index(key) if key in known else len(known)
+
+    write(Path(out), gpu, sorted(table, key=order), timing)
     return 0
-
-
-_GPU_TIMING = "GPU, median of triton.testing.do_bench"
 
 
 def run(args) -> int:
@@ -359,7 +364,7 @@ def run(args) -> int:
         os.environ["TRITON_INTERPRET"] = "1"
     device = "cuda" if on_gpu else "cpu"
     gpu = torch.cuda.get_device_name() if on_gpu else "cpu-interpreter"
-    timing = _GPU_TIMING if on_gpu else "Triton interpreter, wall clock: says nothing about speed"
+    timing = _GPU_TIMING if on_gpu else _INTERPRETER_TIMING
     table = []
     for n, row in enumerate(selected, 1):
         start = time.perf_counter()

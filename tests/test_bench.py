@@ -72,6 +72,11 @@ def test_combine_orders_rows_of_several_shards_as_one_table(tmp_path: Path):
     other.write_text("[]")
     out = _bench("--combine", str(tmp_path / "s0" / "NVIDIA_H200-bench.json"), str(other), cwd=tmp_path)
     assert out.returncode == 2 and "one GPU model" in out.stderr
+    broken = tmp_path / "x" / "NVIDIA_H200-bench.json"
+    broken.parent.mkdir()
+    broken.write_text('{"op": "chunkwise"}')  # JSON, but not a table of rows
+    out = _bench("--combine", str(tmp_path / "s0" / "NVIDIA_H200-bench.json"), str(broken), cwd=tmp_path)
+    assert out.returncode == 2 and "not a bench table" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_row_filters_select_the_op_and_pass(tmp_path: Path):
