@@ -83,7 +83,8 @@ def _runner(job: Job):
 
         return fwbw_parallel
     if variant.family == "chunkwise_bw":
-        fw_variant = find(chunkwise.TWOPASS, cell=variant.params["cell"], state="float32")
+        # the forward a training step runs by default (the entries' built-in choice: states in the inputs' dtype)
+        fw_variant = find(chunkwise.TWOPASS, cell=variant.params["cell"], state="input")
         L = job.config["L"]
         fw_config = dict(chunkwise.default_config(fw_variant, job.DHQK, job.DHHV), LI=min(64, L), LO=L)
 
