@@ -55,8 +55,9 @@ def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int):
     states = [x["c_initial"].float(), x["n_initial"].float(), x["m_initial"].float()]
     if variant.family == "chunkwise_fw":
         chunkwise.chunkwise_fw(*args, *states, variant=variant, return_last_states=True)
-        if variant.template == chunkwise.TWOPASS:  # the other output kernel, and the gates computed first
-            config = dict(chunkwise.default_config(variant, DHQK, DHHV), out_values="tiles", states_gates="pre")
+        if variant.template == chunkwise.TWOPASS:  # the other output kernel, gates computed first, v weighted
+            config = dict(chunkwise.default_config(variant, DHQK, DHHV), out_values="tiles", states_gates="pre",
+                          states_weighting="v")  # fmt: skip
             chunkwise.chunkwise_fw(*args, *states, variant=variant, config=config, return_last_states=True)
     elif variant.family == "parallel_fw":
         parallel.parallel_fw(*args, *states, variant=variant, return_last_states=False)

@@ -24,7 +24,7 @@ PARAMS: dict[str, dict[str, tuple]] = {
     "chunkwise_twopass_fw.py.j2": {
         "LI": (16, 32, 64, 128),
         "LO": (16, 32, 64, 128, 256),
-        "BKS": TILES,
+        "BKS": TILES + (256,),  # one program over the whole of a 256-wide key: k and v read once per value tile
         "BVS": TILES,
         "BKO": TILES,
         "BVO": TILES,
@@ -33,6 +33,7 @@ PARAMS: dict[str, dict[str, tuple]] = {
         "num_stages": STAGES,
         "out_values": ("tiles", "loop"),
         "states_gates": ("inline", "pre"),
+        "states_weighting": ("k", "v"),
     },  # fmt: skip
     "parallel_fw.py.j2": {
         "BQ": (16, 32, 64, 128),
@@ -46,13 +47,14 @@ PARAMS: dict[str, dict[str, tuple]] = {
         "L": (32, 64, 128),
         "BK": TILES,
         "BV": TILES,
-        "BKS": TILES,
+        "BKS": TILES + (256,),  # one program over the whole of a 256-wide key: k and v read once per value tile
         "BVS": TILES,
         "num_warps": (4, 8),
         "num_warps_state": (4, 8),
         "num_stages": (1, 2),
         "states": ("recompute", "reuse"),
         "state_buffers": ("float32", "input"),
+        "states_weighting": ("k", "v"),
     },  # fmt: skip
     "parallel_bw.py.j2": {"BT": (16, 32, 64, 128), "BK": TILES, "BV": TILES, "num_warps": (4, 8), "num_stages": (1, 2)},
     "recurrent_step.py.j2": {"BK": (16, 32, 64, 128), "BV": (16, 32, 64, 128), "num_warps": (1, 2, 4, 8)},

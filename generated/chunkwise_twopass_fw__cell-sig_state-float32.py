@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_twopass_fw.py.j2
-# template hash:   536e641433bd2ef8
+# template hash:   ab3cac024326ced3
 # parameters:      cell=sig, state=float32
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (sig cell), two passes:
@@ -10,6 +10,8 @@
      grid (cdiv(DHQK, BKS), cdiv(DHHV, BVS), B * NH). With the launch parameter "states_gates": "pre",
      chunk_gate_weights_kernel first computes every sub-chunk's own weights in parallel (PRE_GATES), and the
      sequential loop keeps loads, one product and the scalar max-state chain; "inline" computes them in the loop.
+     The launch parameter "states_weighting": "k" weights k by the tokens' weights and transposes it in registers;
+     "v" (WEIGHT_V) loads k^T as such and weights v, and only the first value tile's programs reduce n.
   2. The outputs of every chunk in parallel from its stored state and its own tokens, looping over DHQK in tiles of
      BKO, in one of two kernels (the launch parameter "out_values"):
      "tiles": chunkwise_output_kernel, one program per value tile, grid (cdiv(DHHV, BVO), cdiv(S, LO), B * NH);
@@ -25,8 +27,12 @@ import triton.language as tl
 
 @triton.jit
 def _logsigmoid(x):
-    # log(sigmoid(x)) = min(x, 0) - log(1 + exp(-|x|)); the exponent is <= 0, so nothing overflows
-    return tl.minimum(x, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(x)))
+    # log(sigmoid(x)) = min(x, 0) - log1p(exp(-|x|)); the exponent is <= 0, so nothing overflows. log1p(y) as
+    # log(u) * y / (u - 1) with u = 1 + y (exact to a few ulps, Goldberg 1991): log(1 + y) alone loses the digits of
+    # y below the epsilon, so a forget gate near 1 (logsigmoid ~ -exp(-x)) came out 1e-3 off relatively in fp32
+    y = tl.exp(-tl.abs(x))
+    u = 1.0 + y
+    return tl.minimum(x, 0.0) - tl.where(u == 1.0, y, tl.log(u) * (y / tl.where(u == 1.0, 1.0, u - 1.0)))
 
 
 @triton.jit
@@ -153,6 +159,7 @@ def chunkwise_states_kernel(
     STORE_BORDERS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     PRE_GATES: tl.constexpr,
+    WEIGHT_V: tl.constexpr,
 ):
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_k = i_k * BK + tl.arange(0, BK)
@@ -182,7 +189,6 @@ def chunkwise_states_kernel(
         for i_s in range(0, LO // LI):
             o_t = i_c * LO + i_s * LI + o_l
             m_t = o_t < S
-            b_k = tl.load(k_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
             b_v = tl.load(v_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
             if PRE_GATES:  # the sub-chunk's weights from chunk_gate_weights_kernel: only the max-state chain here
                 i_ci = i_bh * NC * (LO // LI) + i_c * (LO // LI) + i_s
@@ -192,14 +198,24 @@ def chunkwise_states_kernel(
             else:
                 b_lf, b_li = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_t, m_t)
                 b_decay, b_w, b_scale, b_m = _chunk_state_weights(b_lf, b_li, b_m)
-            b_kw = b_k.to(tl.float32) * b_w[:, None]  # [LI, BK]
-            b_kwT = tl.trans(b_kw).to(b_v.dtype)
-            b_C = b_decay * b_C + b_scale * tl.dot(b_kwT, b_v, input_precision=DOT_PRECISION)  # [BK, LI] @ [LI, BV]
-            if PRE_GATES:
+            if WEIGHT_V:  # k^T loaded as such, the weights on v: no transposed fp32 copy of k in registers
+                b_kT = tl.load(k_ptr + o_t[None, :] * DHQK + o_k[:, None], mask=m_k[:, None] & m_t[None, :],
+                               other=0.0)  # [BK, LI]
+                b_vw = (b_v.to(tl.float32) * b_w[:, None]).to(b_v.dtype)  # [LI, BV]
+                b_C = b_decay * b_C + b_scale * tl.dot(b_kT, b_vw, input_precision=DOT_PRECISION)
                 if i_v == 0:  # only the first value tile's programs store n: the others skip the reduction
-                    b_n = b_decay * b_n + b_scale * tl.sum(b_kw, axis=0)
+                    b_n = b_decay * b_n + b_scale * tl.sum(b_kT.to(tl.float32) * b_w[None, :], axis=1)
             else:
-                b_n = b_decay * b_n + b_scale * tl.sum(b_kw, axis=0)
+                b_k = tl.load(k_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
+                              other=0.0)
+                b_kw = b_k.to(tl.float32) * b_w[:, None]  # [LI, BK]
+                b_kwT = tl.trans(b_kw).to(b_v.dtype)
+                b_C = b_decay * b_C + b_scale * tl.dot(b_kwT, b_v, input_precision=DOT_PRECISION)  # [BK, LI] @ [LI, BV]
+                if PRE_GATES:
+                    if i_v == 0:  # only the first value tile's programs store n: the others skip the reduction
+                        b_n = b_decay * b_n + b_scale * tl.sum(b_kw, axis=0)
+                else:
+                    b_n = b_decay * b_n + b_scale * tl.sum(b_kw, axis=0)
     if STORE_LAST:
         tl.store(CS_ptr + i_bh * DHQK * DHHV + o_kv, b_C, mask=m_kv)
         if i_v == 0:

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        recurrent_step.py.j2
-# template hash:   273ce1f306495589
+# template hash:   fde3bf325f72f9d6
 # parameters:      cell=sig
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """mLSTM step (sig cell): one token, MATH.md §5. One program per (value tile, batch x head); DHQK in tiles of BK.
@@ -18,8 +18,12 @@ import triton.language as tl
 
 @triton.jit
 def _logsigmoid(x):
-    # log(sigmoid(x)) = min(x, 0) - log(1 + exp(-|x|)); the exponent is <= 0, so nothing overflows
-    return tl.minimum(x, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(x)))
+    # log(sigmoid(x)) = min(x, 0) - log1p(exp(-|x|)); the exponent is <= 0, so nothing overflows. log1p(y) as
+    # log(u) * y / (u - 1) with u = 1 + y (exact to a few ulps, Goldberg 1991): log(1 + y) alone loses the digits of
+    # y below the epsilon, so a forget gate near 1 (logsigmoid ~ -exp(-x)) came out 1e-3 off relatively in fp32
+    y = tl.exp(-tl.abs(x))
+    u = 1.0 + y
+    return tl.minimum(x, 0.0) - tl.where(u == 1.0, y, tl.log(u) * (y / tl.where(u == 1.0, 1.0, u - 1.0)))
 
 
 @triton.jit

@@ -37,19 +37,21 @@ SEQUENCE_VARIANTS = [v for v in VARIANTS if v.family in ("chunkwise_fw", "parall
 
 
 def _configs(variant) -> list[dict]:
-    """The test configuration; for the two-pass structure twice, covering both output kernels and both ways of
-    computing the states kernel's gates (per-value-tile outputs with gates in the loop; per-chunk outputs with the
-    gates computed first)."""
+    """The test configuration; for the two-pass structure four times: every pair of the states kernel's gates
+    (in its loop, or computed first) and product (k weighted, or v weighted), each product with both output kernels
+    (one program per value tile, one per chunk)."""
     config = CONFIGS[variant.template]
     if variant.template == chunkwise.TWOPASS:
-        pairs = zip(chunkwise.OUT_VALUES, chunkwise.STATES_GATES)
-        return [dict(config, out_values=o, states_gates=g) for o, g in pairs]
+        points = (("tiles", "inline", "k"), ("loop", "pre", "k"), ("tiles", "pre", "v"), ("loop", "inline", "v"))
+        return [dict(config, out_values=o, states_gates=g, states_weighting=w) for o, g, w in points]
     return [config]
 
 
 SEQUENCE_CASES = [(v, c) for v in SEQUENCE_VARIANTS for c in _configs(v)]
-SEQUENCE_IDS = [v.name + (f"-{c['out_values']}-{c['states_gates']}" if "out_values" in c else "")
-                for v, c in SEQUENCE_CASES]  # fmt: skip
+SEQUENCE_IDS = [
+    v.name + (f"-{c['out_values']}-{c['states_gates']}-{c['states_weighting']}" if "out_values" in c else "")
+    for v, c in SEQUENCE_CASES
+]
 
 
 @pytest.fixture(autouse=True)

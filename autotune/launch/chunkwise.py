@@ -29,6 +29,9 @@ TWOPASS = "chunkwise_twopass_fw.py.j2"
 OUT_VALUES = ("tiles", "loop")
 # the states kernel's gates: computed in its sequential loop, or for all sub-chunks first by a parallel kernel
 STATES_GATES = ("inline", "pre")
+# the states kernel's product: k weighted by the tokens' weights and transposed in registers, or k^T loaded as such
+# and v weighted ("v": only the first value tile's programs reduce n)
+STATES_WEIGHTING = ("k", "v")
 
 
 def default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
@@ -43,7 +46,7 @@ def default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
     # program per chunk for the outputs, so q k^T and the gate matrix are formed once per chunk
     return {"LI": 64, "LO": 64, "BKS": min(64, BK), "BVS": min(128, BVmax), "BKO": min(64, BK),
             "BVO": min(128, BVmax), "num_warps_states": 4, "num_warps_out": 4, "num_stages": 2,
-            "out_values": "loop", "states_gates": "inline"}  # fmt: skip
+            "out_values": "loop", "states_gates": "inline", "states_weighting": "k"}  # fmt: skip
 
 
 def check_config(variant: Variant, config: dict) -> None:
@@ -55,6 +58,9 @@ def check_config(variant: Variant, config: dict) -> None:
             raise MLSTMInputError(f"out_values must be one of {OUT_VALUES}, not {config['out_values']!r}")
         if config.get("states_gates", "inline") not in STATES_GATES:
             raise MLSTMInputError(f"states_gates must be one of {STATES_GATES}, not {config['states_gates']!r}")
+        if config.get("states_weighting", "k") not in STATES_WEIGHTING:
+            raise MLSTMInputError(
+                f"states_weighting must be one of {STATES_WEIGHTING}, not {config['states_weighting']!r}")
         if config["LO"] % config["LI"]:
             raise MLSTMInputError(f"LO ({config['LO']}) must be a multiple of LI ({config['LI']})")
 
@@ -75,7 +81,8 @@ def _launch_states(module, k, v, i, f, C0, n0, m0, has_state, buffers, last, *, 
     module.chunkwise_states_kernel[grid](
         k, v, i, f, C0, n0, m0, *buffers, *last, w, gw, S, NC, DHQK=DHQK, DHHV=DHHV, LI=LI, LO=LO,
         BK=config["BKS"], BV=config["BVS"], HAS_STATE=has_state, STORE_LAST=last[0].numel() > 1,
-        STORE_BORDERS=store_borders, DOT_PRECISION=prec, PRE_GATES=pre, num_warps=config["num_warps_states"],
+        STORE_BORDERS=store_borders, DOT_PRECISION=prec, PRE_GATES=pre,
+        WEIGHT_V=config.get("states_weighting", "k") == "v", num_warps=config["num_warps_states"],
         num_stages=config["num_stages"],
     )  # fmt: skip
 

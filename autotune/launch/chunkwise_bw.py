@@ -31,7 +31,7 @@ from ..checks import MLSTMInputError
 from ..load import load_variant
 from ..variants import Variant, find
 from .bw_common import prepare
-from .chunkwise import TWOPASS, _launch_states
+from .chunkwise import STATES_WEIGHTING, TWOPASS, _launch_states
 from .common import cdiv, empty, next_pow2, require_pow2
 
 TEMPLATE = "chunkwise_bw.py.j2"
@@ -44,7 +44,7 @@ STATE_BUFFERS = ("float32", "input")
 def default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
     BK, BV = min(64, next_pow2(DHQK)), min(64, next_pow2(DHHV))
     return {"L": 64, "BK": BK, "BV": BV, "BKS": BK, "BVS": BV, "num_warps": 4, "num_warps_state": 4,
-            "num_stages": 1, "states": "recompute", "state_buffers": "float32"}  # fmt: skip
+            "num_stages": 1, "states": "recompute", "state_buffers": "float32", "states_weighting": "k"}  # fmt: skip
 
 
 def check_config(variant: Variant, config: dict) -> None:
@@ -53,6 +53,9 @@ def check_config(variant: Variant, config: dict) -> None:
         raise MLSTMInputError(f"states must be one of {STATES}, got {config.get('states')!r}")
     if config.get("state_buffers", "float32") not in STATE_BUFFERS:
         raise MLSTMInputError(f"state_buffers must be one of {STATE_BUFFERS}, got {config.get('state_buffers')!r}")
+    if config.get("states_weighting", "k") not in STATES_WEIGHTING:
+        raise MLSTMInputError(
+            f"states_weighting must be one of {STATES_WEIGHTING}, got {config.get('states_weighting')!r}")
 
 
 def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, variant: Variant, config: dict,
@@ -95,7 +98,8 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
         mb = empty(B, NH, NC, **f32)
         states = load_variant(find(TWOPASS, cell=cell, state="float32"))
         state_config = {"LI": min(L, 64), "LO": L, "BKS": config["BKS"], "BVS": config["BVS"],
-                        "num_warps_states": config["num_warps_state"], "num_stages": 1}  # fmt: skip
+                        "num_warps_states": config["num_warps_state"], "num_stages": 1,
+                        "states_weighting": config.get("states_weighting", "k")}  # fmt: skip
         _launch_states(states, k, v, i, f, C0, n0, m0, has_state, (Cb, nb, mb), (dummy, dummy, dummy), S=S, NC=NC,
                        config=state_config, store_borders=True, prec=prec)  # fmt: skip
 

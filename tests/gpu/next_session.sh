@@ -11,7 +11,8 @@
 #   profile      tests/gpu/profile_forward.py per layout, and the step rows of the bench (2 GPUs)
 #   loop         the chunkwise forward rows of the bench, the output-kernel sweep, the two-pass GPU tests (2 GPUs)
 #   profile-bw   tests/gpu/profile_backward.py, one layout per GPU
-#   states       profile_forward.py --sweep states (states_gates inline against pre), one layout per GPU
+#   states       profile_forward.py --sweep states (gates inline/pre x weighting k/v), one layout per GPU
+#   bw-states    profile-bw at the 7B layout on GPU 0, the states sweep (both layouts) on GPU 1
 #   tune-presets the shipped presets on 2 GPUs into $OUT/db; copy that to .tuning/ and carry it to resume
 # Logs go to $OUT; commit them under tests/gpu/logs/ or tuning_db/reports/ with their command.
 set -u
@@ -77,6 +78,13 @@ case "${1:-}" in
       CUDA_VISIBLE_DEVICES=$g timeout 400 python tests/gpu/profile_forward.py --sweep states --layout $L \
         --budget-s 330 --out "$OUT/states_$L" > "$OUT/states_$L.log" 2>&1 & done
     wait; tail -n 5 "$OUT"/states_*.log ;;
+  bw-states)  # 2 GPUs: GPU 0 profile-bw at the 7B layout; GPU 1 the states sweep, 7B layout then head 128
+    CUDA_VISIBLE_DEVICES=0 timeout 560 python tests/gpu/profile_backward.py --layout 7b --budget-s 460 \
+      --out "$OUT/profile_bw_7b" > "$OUT/profile_bw_7b.log" 2>&1 &
+    CUDA_VISIBLE_DEVICES=1 bash -c "timeout 330 python tests/gpu/profile_forward.py --sweep states --layout 7b \
+      --budget-s 280 --out '$OUT/states_7b' > '$OUT/states_7b.log' 2>&1; timeout 220 python tests/gpu/profile_forward.py \
+      --sweep states --layout head128 --budget-s 180 --out '$OUT/states_head128' > '$OUT/states_head128.log' 2>&1" &
+    wait; tail -n 6 "$OUT"/states_*.log; tail -n 45 "$OUT"/profile_bw_7b.log ;;
   tune-presets)  # the shipped presets, both GPUs on each study; resumable: carry .tuning (the previous call's db/)
     mkdir -p "$OUT/db"; [ -d .tuning ] && cp -r .tuning/. "$OUT/db/"
     end=$(( $(date +%s) + 540 ))

@@ -27,7 +27,7 @@ from autotune.torch import get_mlstm_kernel  # noqa: E402
 LAYOUTS = {"7b": (32, 8, 2048, 256, 512), "head128": (32, 32, 2048, 128, 128)}  # 65,536 tokens each
 FUSED, SPLIT = "chunkwise_bw__cell-exp_kernels-fused", "chunkwise_bw__cell-exp_kernels-split"
 BASE = {"L": 64, "BK": 64, "BV": 64, "BKS": 64, "BVS": 64, "num_warps": 4, "num_warps_state": 4, "num_stages": 1,
-        "states": "recompute", "state_buffers": "float32"}  # fmt: skip
+        "states": "recompute", "state_buffers": "float32", "states_weighting": "k"}  # fmt: skip
 # (label, variant, config changes); None = the dispatcher's own answer
 CONFIGS = [
     ("default", None, None),
@@ -39,9 +39,18 @@ CONFIGS = [
     ("fused L64 16-bit state buffers", FUSED, {"state_buffers": "input"}),
     ("fused L128 16-bit state buffers", FUSED, {"L": 128, "state_buffers": "input"}),
     ("fused L128 16-bit buffers, tiles 64/128", FUSED, {"L": 128, "state_buffers": "input", "BVS": 128}),
+    ("fused L64 16-bit buffers, tiles 64/128, v weighted", FUSED,
+     {"state_buffers": "input", "BVS": 128, "states_weighting": "v"}),
+    ("fused L64 16-bit buffers, reuse", FUSED, {"state_buffers": "input", "states": "reuse"}),
+    ("fused L64 value tiles 128", FUSED, {"BV": 128}),
+    ("fused L64 key tiles 128", FUSED, {"BK": 128}),
+    ("fused L64 8 warps", FUSED, {"num_warps": 8}),
     ("split L64", SPLIT, {}),
     ("split L64 value tiles 128", SPLIT, {"BV": 128}),
 ]
+
+# the configurations also split by kernel
+PER_KERNEL = ("fused L64 16-bit state buffers", "fused L128 16-bit buffers, tiles 64/128")
 
 
 def inputs(layout, device):
@@ -155,6 +164,9 @@ def main() -> int:
             try:
                 ms = timed(step_fn(ours, x, chunk), device)
                 record(layout=lname, what=label, ms=ms)
+                if label in PER_KERNEL:
+                    record(layout=lname, what=label + " kernels", kernels=kernels_of(step_fn(ours, x, chunk),
+                                                                                     device)[:14])
             except Exception as err:  # noqa: BLE001 - a configuration that fails is recorded
                 record(layout=lname, what=label, error=f"{type(err).__name__}: {str(err)[:200]}")
         os.environ.pop("MLSTM_AUTOTUNE_FORCE", None)

@@ -126,37 +126,43 @@ def lo64_setup(variant, layout):
 
 
 def states_sweep(args, start: float, out: Path) -> int:
-    """The states kernel alone at LO=64: states_gates "inline" against "pre" (the prep kernel included in the time),
-    over tiles, warps and stages; the stored states checked against the inline kernel at the default point."""
+    """The states kernel alone at LO=64: states_gates "inline" against "pre" (the prep kernel included in the time)
+    and states_weighting "k" against "v", at each point of tiles, warps and stages (so a cut-off sweep still compares
+    all four at the points it reached); the stored states checked against the default kernel."""
     variant = find(launch.TWOPASS, cell="exp", state="input")
     module = load_variant(variant)
     rows = []
+    # 8 warps only for the big state tiles (they lost everywhere else, profile/..._profile_forward_7b.log)
+    tiles = [((64, 128), 4), ((64, 64), 4), ((128, 64), 4), ((256, 32), 4), ((256, 64), 4), ((256, 64), 8),
+             ((128, 128), 4), ((128, 128), 8)]  # fmt: skip
+    kinds = list(itertools.product(("inline", "pre"), ("k", "v")))
     for lname, layout in LAYOUTS.items():
         B, NH, S, K, V = layout
         x, cfg, buffers = lo64_setup(variant, layout)
-        states_call(module, x, dict(cfg, states_gates="inline"), buffers)()
+        states_call(module, x, dict(cfg, states_gates="inline", states_weighting="k"), buffers)()
         ref = [b.float().clone() for b in buffers]
-        for gates, (bk, bv), w, st in itertools.product(("inline", "pre"), ((64, 128), (64, 64), (128, 64), (32, 128)),
-                                                        (4, 8), (1, 2, 3)):  # fmt: skip
+        for ((bk, bv), w), st, (gates, weighting) in itertools.product(tiles, (1, 2, 3), kinds):
             if time.monotonic() - start > args.budget_s or bk > K or bv > V:
                 continue
-            c = dict(cfg, states_gates=gates, BKS=bk, BVS=bv, num_warps_states=w, num_stages=st)
+            c = dict(cfg, states_gates=gates, states_weighting=weighting, BKS=bk, BVS=bv, num_warps_states=w,
+                     num_stages=st)  # fmt: skip
             ms = time_ms(states_call(module, x, c, buffers))
             errs = [((b.float() - r).norm() / r.norm().clamp_min(1e-30)).item() for b, r in zip(buffers, ref)]
-            rows.append(dict(layout=lname, kind="states-" + gates, BKS=bk, BVS=bv, warps=w, stages=st, ms=ms,
-                             rel_err_C_n_m=errs))  # fmt: skip
+            rows.append(dict(layout=lname, kind=f"states-{gates}-{weighting}", BKS=bk, BVS=bv, warps=w, stages=st,
+                             ms=ms, rel_err_C_n_m=errs))  # fmt: skip
             (out / "profile_states.json").write_text(json.dumps(rows, indent=1))
             print(json.dumps(rows[-1]), flush=True)
         del x, buffers
         if DEVICE == "cuda":
             torch.cuda.empty_cache()
-    print("\nlayout   kernel         best ms  point")
+    print("\nlayout   kernel           best ms  point")
     for lname in LAYOUTS:
-        for kind in ("states-inline", "states-pre"):
+        for gates, weighting in kinds:
+            kind = f"states-{gates}-{weighting}"
             got = [r for r in rows if r["layout"] == lname and r["kind"] == kind and isinstance(r["ms"], float)]
             if got:
                 b = min(got, key=lambda r: r["ms"])
-                print(f"{lname:8s} {kind:14s} {b['ms']:7.3f}  BKS={b['BKS']} BVS={b['BVS']} warps={b['warps']} "
+                print(f"{lname:8s} {kind:16s} {b['ms']:7.3f}  BKS={b['BKS']} BVS={b['BVS']} warps={b['warps']} "
                       f"stages={b['stages']} err={max(b['rel_err_C_n_m']):.1e}")
     return 0
 
