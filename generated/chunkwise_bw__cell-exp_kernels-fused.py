@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   93d0b5f3a14fa68a
+# template hash:   87f741febb9916d0
 # parameters:      cell=exp, kernels=fused
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (exp cell), exact (MATH.md §6), "fused" within-chunk kernels.
@@ -281,13 +281,13 @@ def chunkwise_bw_dstate_kernel(
         b_decay = tl.exp(tl.sum(b_lf, axis=0) + b_mc - b_mn)
         b_r = tl.load(r_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
         b_ds = tl.load(ds_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
-        b_q = tl.load(q_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
+        # q^T loaded as such and the per-token weights on dh (dnum = r dh): no transposed copy in registers
+        b_qT = tl.load(q_ptr + o_t[None, :] * DHQK + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0.0)
         b_dh = tl.load(dh_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
-        b_qw = b_q.to(tl.float32) * (b_D0 * scale)[:, None]  # [L, BK]
-        # dnum = r dh: r goes with q, so that dh enters the dot exactly
-        b_local = tl.dot(tl.trans((b_qw * b_r[:, None]).to(b_q.dtype)), b_dh, input_precision=DOT_PRECISION)
-        b_dC = b_decay * b_dC + b_local  # [BK, L] @ [L, BV] -> [BK, BV]
-        b_dn = b_decay * b_dn + tl.sum(b_qw * b_ds[:, None], axis=0)
+        b_dhw = (b_dh.to(tl.float32) * (b_D0 * scale * b_r)[:, None]).to(b_dh.dtype)  # [L, BV]
+        b_dC = b_decay * b_dC + tl.dot(b_qT, b_dhw, input_precision=DOT_PRECISION)  # [BK, L] @ [L, BV] -> [BK, BV]
+        if i_v == 0:  # only these programs store dn
+            b_dn = b_decay * b_dn + tl.sum(b_qT.to(tl.float32) * (b_D0 * scale * b_ds)[None, :], axis=1)
         if chain:
             b_carry = _chain_tile(i_ptr, f_ptr, mt_ptr, G_ptr, R_ptr, i_bh, i_c * L, S, b_mc, b_carry, L)
     if HAS_STATE:
@@ -337,13 +337,14 @@ def _state_terms(q_ptr, k_ptr, v_ptr, dh_ptr, Cb_ptr, nb_ptr, dCa_ptr, dna_ptr, 
         m_tv = m_t[:, None] & m_v[None, :]
         b_v = tl.load(v_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_tv, other=0.0)
         b_dh = tl.load(dh_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_tv, other=0.0)
-        o_kv = i_bhc * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :]
-        m_kv = m_k[:, None] & m_v[None, :]
-        b_C = tl.load(Cb_ptr + o_kv, mask=m_kv, other=0.0).to(tl.float32)
-        b_dCa = tl.load(dCa_ptr + o_kv, mask=m_kv, other=0.0).to(tl.float32)
-        b_X += tl.sum(b_C * b_dCa)
-        b_dqi += tl.dot(b_dh, tl.trans(b_C.to(b_v.dtype)), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, BK]
-        b_dkt += tl.dot(b_v, tl.trans(b_dCa.to(b_v.dtype)), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, BK]
+        # C^T and dC_after^T [BV, BK] loaded as such: no transposes in registers
+        o_vk = i_bhc * DHQK * DHHV + o_v[:, None] + o_k[None, :] * DHHV
+        m_vk = m_v[:, None] & m_k[None, :]
+        b_CT = tl.load(Cb_ptr + o_vk, mask=m_vk, other=0.0)
+        b_dCaT = tl.load(dCa_ptr + o_vk, mask=m_vk, other=0.0)
+        b_X += tl.sum(b_CT.to(tl.float32) * b_dCaT.to(tl.float32))
+        b_dqi += tl.dot(b_dh, b_CT.to(b_v.dtype), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, BK]
+        b_dkt += tl.dot(b_v, b_dCaT.to(b_v.dtype), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, BK]
     b_n = tl.load(nb_ptr + i_bhc * DHQK + o_k, mask=m_k, other=0.0)
     b_dna = tl.load(dna_ptr + i_bhc * DHQK + o_k, mask=m_k, other=0.0)
     b_X += tl.sum(b_n * b_dna)
@@ -353,14 +354,14 @@ def _state_terms(q_ptr, k_ptr, v_ptr, dh_ptr, Cb_ptr, nb_ptr, dCa_ptr, dna_ptr, 
 
 
 @triton.jit
-def _dv_tile(k_ptr, dh_ptr, dCa_ptr, i_bhc, o_t, m_t, o_v, b_P, b_r, b_w, DHQK: tl.constexpr, DHHV: tl.constexpr,
+def _dv_tile(k_ptr, dh_ptr, dCa_ptr, i_bhc, o_t, m_t, o_v, b_PrT, b_w, DHQK: tl.constexpr, DHHV: tl.constexpr,
              BK: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """dv for one DHHV tile o_v: P^T dnum + w (k dC_after)."""
+    """dv for one DHHV tile o_v: P^T dnum + w (k dC_after), with b_PrT = (P r)^T in the inputs' dtype (r the per-row
+    1/den, so P^T dnum = (P r)^T dh: one rounding to 16 bits instead of two), formed once per chunk by the caller."""
     m_v = o_v < DHHV
     m_tv = m_t[:, None] & m_v[None, :]
     b_dh = tl.load(dh_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_tv, other=0.0)
-    # P^T dnum = (P r)^T dh, r the per-row 1/den: one rounding to 16 bits instead of two
-    b_dv = tl.dot(tl.trans((b_P * b_r[:, None]).to(b_dh.dtype)), b_dh, input_precision=DOT_PRECISION)  # [L, BV]
+    b_dv = tl.dot(b_PrT, b_dh, input_precision=DOT_PRECISION)  # [L, BV]
     b_kdC = tl.zeros_like(b_dv)
     for i_k in range(0, tl.cdiv(DHQK, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
@@ -462,6 +463,8 @@ def chunkwise_bw_chunk_kernel(
     b_u = tl.zeros([L], dtype=tl.float32)
     b_dD0 = tl.zeros([L], dtype=tl.float32)
     b_X = tl.full([], 0.0, tl.float32)
+    b_dA16 = b_dA.to(q_ptr.dtype.element_ty)
+    b_dAT = tl.trans(b_dA16)  # once per chunk, not per key tile
     for i_k in range(0, tl.cdiv(DHQK, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_tk = m_t[:, None] & (o_k < DHQK)[None, :]
@@ -473,14 +476,15 @@ def chunkwise_bw_chunk_kernel(
         b_X += b_Xk
         b_dD0 += tl.sum(b_q.to(tl.float32) * b_dqi, axis=1)
         b_u += tl.sum(b_k.to(tl.float32) * b_dkt, axis=1)
-        b_dq = tl.dot(b_dA.to(b_k.dtype), b_k, input_precision=DOT_PRECISION) + b_dqi  # [L, L] @ [L, BK]
-        b_dk = tl.dot(tl.trans(b_dA.to(b_q.dtype)), b_q, input_precision=DOT_PRECISION) + b_dkt
+        b_dq = tl.dot(b_dA16, b_k, input_precision=DOT_PRECISION) + b_dqi  # [L, L] @ [L, BK]
+        b_dk = tl.dot(b_dAT, b_q, input_precision=DOT_PRECISION) + b_dkt
         o_tk = i_bh * S * DHQK + o_t[:, None] * DHQK + o_k[None, :]
         tl.store(dq_ptr + o_tk, b_dq.to(dq_ptr.dtype.element_ty), mask=m_tk)
         tl.store(dk_ptr + o_tk, b_dk.to(dk_ptr.dtype.element_ty), mask=m_tk)
+    b_PrT = tl.trans((b_P * b_r[:, None]).to(q_ptr.dtype.element_ty))  # once per chunk, not per value tile
     for i_v in range(0, tl.cdiv(DHHV, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
-        b_dv = _dv_tile(k_ptr, dh_ptr, dCa_ptr, i_bhc, o_t, m_t, o_v, b_P, b_r, b_w, DHQK, DHHV, BK, DOT_PRECISION)
+        b_dv = _dv_tile(k_ptr, dh_ptr, dCa_ptr, i_bhc, o_t, m_t, o_v, b_PrT, b_w, DHQK, DHHV, BK, DOT_PRECISION)
         p_dv = dv_ptr + i_bh * S * DHHV + o_t[:, None] * DHHV + o_v[None, :]
         tl.store(p_dv, b_dv.to(dv_ptr.dtype.element_ty), mask=m_t[:, None] & (o_v < DHHV)[None, :])
     b_di, b_df = _gate_grads(i_ptr, f_ptr, mt_ptr, R_ptr, Fl_ptr, dm_ptr, i_bh, i_bhc, o_t, m_t, b_lf, b_li, b_mc,

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   93d0b5f3a14fa68a
+# template hash:   87f741febb9916d0
 # parameters:      cell=sig, kernels=split
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (sig cell), exact (MATH.md §6), "split" within-chunk kernels.
@@ -252,13 +252,13 @@ def chunkwise_bw_dstate_kernel(
         b_decay = tl.exp(tl.sum(b_lf, axis=0) + b_mc - b_mn)
         b_r = tl.load(r_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
         b_ds = tl.load(ds_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
-        b_q = tl.load(q_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
+        # q^T loaded as such and the per-token weights on dh (dnum = r dh): no transposed copy in registers
+        b_qT = tl.load(q_ptr + o_t[None, :] * DHQK + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0.0)
         b_dh = tl.load(dh_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
-        b_qw = b_q.to(tl.float32) * (b_D0 * scale)[:, None]  # [L, BK]
-        # dnum = r dh: r goes with q, so that dh enters the dot exactly
-        b_local = tl.dot(tl.trans((b_qw * b_r[:, None]).to(b_q.dtype)), b_dh, input_precision=DOT_PRECISION)
-        b_dC = b_decay * b_dC + b_local  # [BK, L] @ [L, BV] -> [BK, BV]
-        b_dn = b_decay * b_dn + tl.sum(b_qw * b_ds[:, None], axis=0)
+        b_dhw = (b_dh.to(tl.float32) * (b_D0 * scale * b_r)[:, None]).to(b_dh.dtype)  # [L, BV]
+        b_dC = b_decay * b_dC + tl.dot(b_qT, b_dhw, input_precision=DOT_PRECISION)  # [BK, L] @ [L, BV] -> [BK, BV]
+        if i_v == 0:  # only these programs store dn
+            b_dn = b_decay * b_dn + tl.sum(b_qT.to(tl.float32) * (b_D0 * scale * b_ds)[None, :], axis=1)
     if HAS_STATE:
         tl.store(dC0_ptr + i_bh * DHQK * DHHV + o_kv, b_dC, mask=m_kv)
         if i_v == 0:
@@ -306,13 +306,14 @@ def _state_terms(q_ptr, k_ptr, v_ptr, dh_ptr, Cb_ptr, nb_ptr, dCa_ptr, dna_ptr, 
         m_tv = m_t[:, None] & m_v[None, :]
         b_v = tl.load(v_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_tv, other=0.0)
         b_dh = tl.load(dh_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_tv, other=0.0)
-        o_kv = i_bhc * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :]
-        m_kv = m_k[:, None] & m_v[None, :]
-        b_C = tl.load(Cb_ptr + o_kv, mask=m_kv, other=0.0).to(tl.float32)
-        b_dCa = tl.load(dCa_ptr + o_kv, mask=m_kv, other=0.0).to(tl.float32)
-        b_X += tl.sum(b_C * b_dCa)
-        b_dqi += tl.dot(b_dh, tl.trans(b_C.to(b_v.dtype)), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, BK]
-        b_dkt += tl.dot(b_v, tl.trans(b_dCa.to(b_v.dtype)), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, BK]
+        # C^T and dC_after^T [BV, BK] loaded as such: no transposes in registers
+        o_vk = i_bhc * DHQK * DHHV + o_v[:, None] + o_k[None, :] * DHHV
+        m_vk = m_v[:, None] & m_k[None, :]
+        b_CT = tl.load(Cb_ptr + o_vk, mask=m_vk, other=0.0)
+        b_dCaT = tl.load(dCa_ptr + o_vk, mask=m_vk, other=0.0)
+        b_X += tl.sum(b_CT.to(tl.float32) * b_dCaT.to(tl.float32))
+        b_dqi += tl.dot(b_dh, b_CT.to(b_v.dtype), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, BK]
+        b_dkt += tl.dot(b_v, b_dCaT.to(b_v.dtype), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, BK]
     b_n = tl.load(nb_ptr + i_bhc * DHQK + o_k, mask=m_k, other=0.0)
     b_dna = tl.load(dna_ptr + i_bhc * DHQK + o_k, mask=m_k, other=0.0)
     b_X += tl.sum(b_n * b_dna)
@@ -322,14 +323,14 @@ def _state_terms(q_ptr, k_ptr, v_ptr, dh_ptr, Cb_ptr, nb_ptr, dCa_ptr, dna_ptr, 
 
 
 @triton.jit
-def _dv_tile(k_ptr, dh_ptr, dCa_ptr, i_bhc, o_t, m_t, o_v, b_P, b_r, b_w, DHQK: tl.constexpr, DHHV: tl.constexpr,
+def _dv_tile(k_ptr, dh_ptr, dCa_ptr, i_bhc, o_t, m_t, o_v, b_PrT, b_w, DHQK: tl.constexpr, DHHV: tl.constexpr,
              BK: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """dv for one DHHV tile o_v: P^T dnum + w (k dC_after)."""
+    """dv for one DHHV tile o_v: P^T dnum + w (k dC_after), with b_PrT = (P r)^T in the inputs' dtype (r the per-row
+    1/den, so P^T dnum = (P r)^T dh: one rounding to 16 bits instead of two), formed once per chunk by the caller."""
     m_v = o_v < DHHV
     m_tv = m_t[:, None] & m_v[None, :]
     b_dh = tl.load(dh_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_tv, other=0.0)
-    # P^T dnum = (P r)^T dh, r the per-row 1/den: one rounding to 16 bits instead of two
-    b_dv = tl.dot(tl.trans((b_P * b_r[:, None]).to(b_dh.dtype)), b_dh, input_precision=DOT_PRECISION)  # [L, BV]
+    b_dv = tl.dot(b_PrT, b_dh, input_precision=DOT_PRECISION)  # [L, BV]
     b_kdC = tl.zeros_like(b_dv)
     for i_k in range(0, tl.cdiv(DHQK, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
@@ -455,9 +456,9 @@ def chunkwise_bw_dv_kernel(
         i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S, NC, L)
     b_P = _qk_block(q_ptr + i_bh * S * DHQK, k_ptr + i_bh * S * DHQK, o_t, m_t, o_t, m_t, DHQK, L, L, BK,
                     DOT_PRECISION)
-    b_P = b_P * scale * b_D
+    b_PrT = tl.trans((b_P * scale * b_D * b_r[:, None]).to(q_ptr.dtype.element_ty))
     o_v = i_v * BV + tl.arange(0, BV)
-    b_dv = _dv_tile(k_ptr + i_bh * S * DHQK, dh_ptr + i_bh * S * DHHV, dCa_ptr, i_bhc, o_t, m_t, o_v, b_P, b_r, b_w,
+    b_dv = _dv_tile(k_ptr + i_bh * S * DHQK, dh_ptr + i_bh * S * DHHV, dCa_ptr, i_bhc, o_t, m_t, o_v, b_PrT, b_w,
                     DHQK, DHHV, BK, DOT_PRECISION)
     p_dv = dv_ptr + i_bh * S * DHHV + o_t[:, None] * DHHV + o_v[None, :]
     tl.store(p_dv, b_dv.to(dv_ptr.dtype.element_ty), mask=m_t[:, None] & (o_v < DHHV)[None, :])

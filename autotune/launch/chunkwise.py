@@ -41,12 +41,13 @@ def default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
         # the whole of DHQK x BV of C lives in registers: narrower value tiles for wider keys
         BV = 64 if BK <= 128 else (32 if BK <= 256 else 16)
         return {"L": 64 if BK <= 256 else 32, "BV": min(BV, BVmax), "num_warps": 4, "num_stages": 1}
-    # the best two-pass point of a sweep on an H200 (tuning_db/reports/NOTES.md): wide value tiles, 4 warps, software
-    # pipelining (2 stages, not the measured 3: 3 would need ~210 KB of shared memory for fp32 inputs), and one
-    # program per chunk for the outputs, so q k^T and the gate matrix are formed once per chunk
+    # the best two-pass point of sweeps on an H200 (tuning_db/reports/NOTES.md): wide value tiles, 4 warps, software
+    # pipelining (2 stages, not the measured 3: 3 would need ~210 KB of shared memory for fp32 inputs), one program
+    # per chunk for the outputs, so q k^T and the gate matrix are formed once per chunk, and a states kernel whose
+    # sequential loop keeps only loads, one product and the max-state chain (gates first, k^T loaded as such)
     return {"LI": 64, "LO": 64, "BKS": min(64, BK), "BVS": min(128, BVmax), "BKO": min(64, BK),
             "BVO": min(128, BVmax), "num_warps_states": 4, "num_warps_out": 4, "num_stages": 2,
-            "out_values": "loop", "states_gates": "inline", "states_weighting": "k"}  # fmt: skip
+            "out_values": "loop", "states_gates": "pre", "states_weighting": "v"}  # fmt: skip
 
 
 def check_config(variant: Variant, config: dict) -> None:

@@ -42,9 +42,12 @@ STATE_BUFFERS = ("float32", "input")
 
 
 def default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
+    # measured on an H200 (tuning_db/reports/NOTES.md): state tiles 64 x 128 and per-chunk buffers in the inputs'
+    # dtype (half the state traffic of fp32 for 16-bit inputs) beat 64 x 64 and fp32
     BK, BV = min(64, next_pow2(DHQK)), min(64, next_pow2(DHHV))
-    return {"L": 64, "BK": BK, "BV": BV, "BKS": BK, "BVS": BV, "num_warps": 4, "num_warps_state": 4,
-            "num_stages": 1, "states": "recompute", "state_buffers": "float32", "states_weighting": "k"}  # fmt: skip
+    return {"L": 64, "BK": BK, "BV": BV, "BKS": BK, "BVS": min(128, next_pow2(DHHV)), "num_warps": 4,
+            "num_warps_state": 4, "num_stages": 1, "states": "recompute", "state_buffers": "input",
+            "states_weighting": "v"}  # fmt: skip
 
 
 def check_config(variant: Variant, config: dict) -> None:
@@ -98,7 +101,7 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
         mb = empty(B, NH, NC, **f32)
         states = load_variant(find(TWOPASS, cell=cell, state="float32"))
         state_config = {"LI": min(L, 64), "LO": L, "BKS": config["BKS"], "BVS": config["BVS"],
-                        "num_warps_states": config["num_warps_state"], "num_stages": 1,
+                        "num_warps_states": config["num_warps_state"], "num_stages": 2, "states_gates": "pre",
                         "states_weighting": config.get("states_weighting", "k")}  # fmt: skip
         _launch_states(states, k, v, i, f, C0, n0, m0, has_state, (Cb, nb, mb), (dummy, dummy, dummy), S=S, NC=NC,
                        config=state_config, store_borders=True, prec=prec)  # fmt: skip

@@ -12,6 +12,7 @@
 #   loop         the chunkwise forward rows of the bench, the output-kernel sweep, the two-pass GPU tests (2 GPUs)
 #   profile-bw   tests/gpu/profile_backward.py, one layout per GPU
 #   states       profile_forward.py --sweep states (gates inline/pre x weighting k/v), one layout per GPU
+#   bw-check     profile-bw at both layouts on GPU 0; backward tests (7B, entries) and two-pass bf16 tests on GPU 1
 #   bw-states    profile-bw at the 7B layout on GPU 0, the states sweep (both layouts) on GPU 1
 #   tune-presets the shipped presets on 2 GPUs into $OUT/db; copy that to .tuning/ and carry it to resume
 # Logs go to $OUT; commit them under tests/gpu/logs/ or tuning_db/reports/ with their command.
@@ -85,6 +86,17 @@ case "${1:-}" in
       --budget-s 280 --out '$OUT/states_7b' > '$OUT/states_7b.log' 2>&1; timeout 220 python tests/gpu/profile_forward.py \
       --sweep states --layout head128 --budget-s 180 --out '$OUT/states_head128' > '$OUT/states_head128.log' 2>&1" &
     wait; tail -n 6 "$OUT"/states_*.log; tail -n 45 "$OUT"/profile_bw_7b.log ;;
+  bw-check)  # 2 GPUs: GPU 0 profile-bw at both layouts; GPU 1 the backward tests at the 7B layout and the entries,
+             # then the two-pass forward tests in bf16
+    CUDA_VISIBLE_DEVICES=0 bash -c "timeout 260 python tests/gpu/profile_backward.py --layout 7b --budget-s 200 \
+      --out '$OUT/profile_bw_7b' > '$OUT/profile_bw_7b.log' 2>&1; timeout 200 python tests/gpu/profile_backward.py \
+      --layout head128 --budget-s 150 --out '$OUT/profile_bw_head128' > '$OUT/profile_bw_head128.log' 2>&1" &
+    xd=""; python -c "import xdist" 2>/dev/null && xd="-n 8"
+    CUDA_VISIBLE_DEVICES=1 bash -c "timeout 330 python -m pytest -q -m gpu tests/gpu/test_gpu_backward.py $xd \
+      -k 'B1-NH8 or entry' -p no:cacheprovider --tb=line -rfE > '$OUT/gpu_backward_a.log' 2>&1; timeout 140 \
+      python -m pytest -q -m gpu tests/gpu/test_gpu_forward.py $xd -k 'twopass and bf16' -p no:cacheprovider \
+      --tb=line -rfE > '$OUT/gpu_twopass.log' 2>&1" &
+    wait; tail -n 3 "$OUT"/gpu_*.log; grep -A22 "fw+bw ms" "$OUT"/profile_bw_*.log ;;
   tune-presets)  # the shipped presets, both GPUs on each study; resumable: carry .tuning (the previous call's db/)
     mkdir -p "$OUT/db"; [ -d .tuning ] && cp -r .tuning/. "$OUT/db/"
     end=$(( $(date +%s) + 540 ))

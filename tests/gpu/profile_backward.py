@@ -26,31 +26,27 @@ from autotune.torch import get_mlstm_kernel  # noqa: E402
 
 LAYOUTS = {"7b": (32, 8, 2048, 256, 512), "head128": (32, 32, 2048, 128, 128)}  # 65,536 tokens each
 FUSED, SPLIT = "chunkwise_bw__cell-exp_kernels-fused", "chunkwise_bw__cell-exp_kernels-split"
-BASE = {"L": 64, "BK": 64, "BV": 64, "BKS": 64, "BVS": 64, "num_warps": 4, "num_warps_state": 4, "num_stages": 1,
-        "states": "recompute", "state_buffers": "float32", "states_weighting": "k"}  # fmt: skip
-# (label, variant, config changes); None = the dispatcher's own answer
+BASE = {"L": 64, "BK": 64, "BV": 64, "BKS": 64, "BVS": 128, "num_warps": 4, "num_warps_state": 4, "num_stages": 1,
+        "states": "recompute", "state_buffers": "input", "states_weighting": "v"}  # fmt: skip
+# (label, variant, config changes from BASE, the built-in default since 2026-11-30); None = the dispatcher's answer
 CONFIGS = [
     ("default", None, None),
-    ("fused L64 state tiles 64/128", FUSED, {"BVS": 128}),
-    ("fused L64 2 stages", FUSED, {"num_stages": 2}),
+    ("fused L64 (BASE)", FUSED, {}),
     ("fused L64 reuse", FUSED, {"states": "reuse"}),
+    ("fused L64 fp32 state buffers", FUSED, {"state_buffers": "float32"}),
+    ("fused L64 k weighted", FUSED, {"states_weighting": "k"}),
+    ("fused L64 state tiles 64/64", FUSED, {"BVS": 64}),
+    ("fused L64 2 stages", FUSED, {"num_stages": 2}),
     ("fused L128", FUSED, {"L": 128}),
-    ("fused L128 state tiles 64/128", FUSED, {"L": 128, "BVS": 128}),
-    ("fused L64 16-bit state buffers", FUSED, {"state_buffers": "input"}),
-    ("fused L128 16-bit state buffers", FUSED, {"L": 128, "state_buffers": "input"}),
-    ("fused L128 16-bit buffers, tiles 64/128", FUSED, {"L": 128, "state_buffers": "input", "BVS": 128}),
-    ("fused L64 16-bit buffers, tiles 64/128, v weighted", FUSED,
-     {"state_buffers": "input", "BVS": 128, "states_weighting": "v"}),
-    ("fused L64 16-bit buffers, reuse", FUSED, {"state_buffers": "input", "states": "reuse"}),
+    ("fused L128 2 stages", FUSED, {"L": 128, "num_stages": 2}),
+    ("fused L32", FUSED, {"L": 32}),
     ("fused L64 value tiles 128", FUSED, {"BV": 128}),
-    ("fused L64 key tiles 128", FUSED, {"BK": 128}),
-    ("fused L64 8 warps", FUSED, {"num_warps": 8}),
+    ("fused L64 key tiles 32", FUSED, {"BK": 32}),
     ("split L64", SPLIT, {}),
     ("split L64 value tiles 128", SPLIT, {"BV": 128}),
 ]
-
 # the configurations also split by kernel
-PER_KERNEL = ("fused L64 16-bit state buffers", "fused L128 16-bit buffers, tiles 64/128")
+PER_KERNEL = ("fused L64 reuse", "fused L128", "split L64")
 
 
 def inputs(layout, device):
