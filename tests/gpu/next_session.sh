@@ -99,10 +99,11 @@ case "${1:-}" in
     wait; tail -n 3 "$OUT"/gpu_*.log; grep -A22 "fw+bw ms" "$OUT"/profile_bw_*.log ;;
   tune-presets)  # the shipped presets, both GPUs on each study; resumable: carry .tuning (the previous call's db/)
     mkdir -p "$OUT/db"; [ -d .tuning ] && cp -r .tuning/. "$OUT/db/"
-    end=$(( $(date +%s) + 540 ))
-    for p in ${PRESETS:-xlstm-7b head128 step-7b train-7b train-head128}; do
-      left=$(( end - $(date +%s) )); [ $left -lt 60 ] && break
-      timeout $left python -m autotune tune --preset $p --devices 0,1 --db "$OUT/db" --trials 16 --time-budget 75 \
+    end=$(( $(date +%s) + ${BUDGET_S:-540} ))
+    for p in ${PRESETS:-xlstm-7b train-7b head128 train-head128 step-7b}; do
+      left=$(( end - $(date +%s) )); [ $left -lt 40 ] && break
+      timeout $left python -m autotune tune --preset $p --devices 0,1 --db "$OUT/db" --trials ${TRIALS:-16} \
+        --time-budget ${SHAPE_S:-75} \
         >> "$OUT/tune_presets.log" 2>&1
     done
     grep -v "trial" "$OUT/tune_presets.log" | tail -n 30 ;;
