@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from helpers import MAX_OUTLIER, SHAPES, conditioning_limits
 
 from autotune.launch import chunkwise, parallel, recurrent
+from autotune.load import load_variant
 from autotune.reference import mlstm_recurrent, random_inputs
 from autotune.variants import VARIANTS
 
@@ -149,3 +152,23 @@ def test_inplace_step_leaves_counters_at_zero():
     recurrent.step_fw(q, k, v, i, f, C, n, m, variant=variant, config=CONFIGS[variant.template], out=(C, n, m))
     counters = recurrent._arrival_counters(6, torch.device(DEVICE))
     assert counters.tolist() == [0] * 6
+
+
+_logsigmoid = load_variant(STEP_VARIANTS[0])._logsigmoid  # the gate helper every generated module shares
+
+
+@triton.jit
+def _logsigmoid_kernel(x_ptr, o_ptr, N: tl.constexpr):
+    o = tl.arange(0, N)
+    tl.store(o_ptr + o, _logsigmoid(tl.load(x_ptr + o)))
+
+
+def test_logsigmoid_keeps_the_digits_of_gates_near_one():
+    """log sigmoid(x) against float64 over [-87, 87] in fp32: for large x it is about -exp(-x), which log(1 + y)
+    rounds away (it returned 0 for x > 17); the helper's log1p keeps it to a few ulps."""
+    x = torch.linspace(-87.0, 87.0, 4096, dtype=torch.float32, device=DEVICE)
+    out = torch.empty_like(x)
+    _logsigmoid_kernel[(1,)](x, out, N=4096)
+    ref = torch.nn.functional.logsigmoid(x.double())
+    rel = ((out.double() - ref).abs() / ref.abs()).max().item()
+    assert rel < 1e-6, f"largest relative error {rel:.3g}"
