@@ -91,3 +91,24 @@ def test_a_hanging_candidate_times_out():
         assert runner.evaluate(_job("fine")).ok
     finally:
         runner.close()
+
+
+@pytest.mark.parametrize("S", [512, 1000, 2048, 4096, 8192, 32768, 65536 + 8])
+def test_the_gate_compiles_what_the_timing_runs(S):
+    """Triton specialises on each integer argument's divisibility by 16 (and on == 1): the gate's S and its chunk
+    counts must specialise as the real shape's do, for chunks of 32..256 tokens, and its last chunk must be ragged."""
+    G = measure.gate_length(S)
+    assert 256 < G < S and G <= 4096 + 16
+
+    def spec(n):
+        return (n % 16 == 0, n == 1)
+
+    assert spec(G) == spec(S)
+    for L in (32, 64, 128, 256):
+        if S % L == 0:  # the real chunk count: S / L
+            assert spec(-(-G // L)) == spec(S // L), (L, G)
+    assert any(G % L for L in (32, 64, 128, 256))  # a ragged last chunk
+
+
+def test_short_sequences_are_gated_on_several_chunks_and_a_ragged_end():
+    assert measure.gate_length(40) == measure.gate_length(511) == 2 * 128 + 7
