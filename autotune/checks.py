@@ -148,8 +148,36 @@ def check_sequence_inputs(q, k, v, i, f, c_initial=None, n_initial=None, m_initi
     return Dims(B, NH, S, DHQK, DHHV)
 
 
+# what step inputs that passed looked like: a decoding loop calls the step with the same kinds of tensors every token,
+# and the checks depend on nothing but each argument's type, shape, dtype and device (and the cell)
+_STEP_PASSED: dict[tuple, Dims] = {}
+
+
+def _step_signature(cell: str, args: tuple) -> tuple | None:
+    try:
+        return (cell,) + tuple(None if a is None else (type(a), a.shape, a.dtype, a.device) for a in args)
+    except AttributeError:  # not a tensor: the full checks say what is wrong
+        return None
+
+
 def check_step_inputs(q, k, v, i, f, c, n, m, *, cell: str = "exp") -> Dims:
-    """Validate the inputs of a step kernel: q, k (B, NH, DHQK); v (B, NH, DHHV); i, f (B, NH, 1) or (B, NH)."""
+    """Validate the inputs of a step kernel: q, k (B, NH, DHQK); v (B, NH, DHHV); i, f (B, NH, 1) or (B, NH).
+    Arguments of the same types, shapes, dtypes and devices as a set that passed before are not checked again
+    (a step call's Python time is what a small batch waits for); the finite check, when enabled, always runs."""
+    key = _step_signature(cell, (q, k, v, i, f, c, n, m))
+    dims = _STEP_PASSED.get(key) if key is not None else None
+    if dims is None:
+        dims = _check_step_inputs(q, k, v, i, f, c, n, m, cell=cell)
+        if key is not None:
+            if len(_STEP_PASSED) >= 256:
+                _STEP_PASSED.clear()
+            _STEP_PASSED[key] = dims
+    elif os.environ.get("MLSTM_AUTOTUNE_CHECK_FINITE", "0") not in ("", "0"):
+        _check_finite(dict(q=q, k=k, v=v, i=i, f=f, c=c, n=n, m=m))
+    return dims
+
+
+def _check_step_inputs(q, k, v, i, f, c, n, m, *, cell: str) -> Dims:
     _check_tensor("q", q, 3)
     B, NH, DHQK = q.shape
     _require(DHQK >= 1, lambda: f"DHQK must be >= 1, got q of shape {tuple(q.shape)}")

@@ -548,3 +548,24 @@ def test_numpy_is_not_silently_accepted():
     x = {k: np.asarray(t) for k, t in x.items()}
     with pytest.raises(MLSTMInputError, match=r"^q\b.*Tensor"):
         run(CHUNKWISE, x)
+
+
+def test_step_checks_skip_only_what_passed_before(monkeypatch):
+    """check_step_inputs remembers the signatures (type, shape, dtype, device) of inputs that passed; anything else
+    is checked in full, and the finite check still runs on a remembered signature."""
+    from autotune.checks import check_step_inputs
+
+    B, NH, K, V = 2, 3, 8, 12
+    good = [torch.randn(B, NH, K), torch.randn(B, NH, K), torch.randn(B, NH, V), torch.randn(B, NH, 1),
+            torch.randn(B, NH, 1), torch.zeros(B, NH, K, V), torch.zeros(B, NH, K), torch.zeros(B, NH, 1)]  # fmt: skip
+    assert check_step_inputs(*good).DHHV == V
+    assert check_step_inputs(*good).DHHV == V  # remembered
+    with pytest.raises(MLSTMInputError, match="k must have shape"):
+        check_step_inputs(good[0], torch.randn(B, NH, K + 1), *good[2:])
+    with pytest.raises(MLSTMInputError, match="must be a torch.Tensor"):
+        check_step_inputs(good[0].tolist(), *good[1:])
+    monkeypatch.setenv("MLSTM_AUTOTUNE_CHECK_FINITE", "1")
+    bad = [t.clone() for t in good]
+    bad[0][0, 0, 0] = float("nan")
+    with pytest.raises(MLSTMInputError, match="NaN"):
+        check_step_inputs(*bad)
