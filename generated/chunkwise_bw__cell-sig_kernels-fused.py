@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   87f741febb9916d0
+# template hash:   fe4991938f697066
 # parameters:      cell=sig, kernels=fused
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (sig cell), exact (MATH.md §6), "fused" within-chunk kernels.
@@ -18,8 +18,10 @@ autotune/launch/chunkwise_bw.py):
   3. chunkwise_bw_chunk_kernel, every chunk in parallel: q k^T and the gate matrix once, then dq, dk, dv and the
      gate gradients di, df of the chunk's tokens in one program; grid (NC, B * NH), DHQK and DHHV in tiles.
 Gate gradients never subtract two long cumulative sums: within a chunk they are sums over the masked [L, L]
-matrix of dlogD = dP * P and reverse sums of non-cancelling terms. Every dot takes the inputs' dtype (tensor cores
-for bf16/fp16) and accumulates in fp32; states and their gradients are fp32.
+matrix of dlogD = dP * P and reverse sums of non-cancelling terms. For 16-bit inputs (SEGMENT_SUMS off), two
+chunk-local ones: F_t - F_j as a difference of prefix sums and dlf's share of dlogD as a difference of two [L]
+scans, as the forward does (their rounding is far below the inputs'); fp32 inputs keep [L, L] segment sums. Every
+dot takes the inputs' dtype (tensor cores for bf16/fp16) and accumulates in fp32; the recurrences run in fp32.
 """
 
 import triton
@@ -264,17 +266,23 @@ def chunkwise_bw_dstate_kernel(
 
 
 @triton.jit
-def _chunk_setup(i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S, NC, L: tl.constexpr):
+def _chunk_setup(i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S, NC, L: tl.constexpr,
+                 SEGMENT_SUMS: tl.constexpr):
     """Per-token quantities of chunk i_c: gates, D [L, L] and D0 [L] (relative to the forward's max state), the
-    transition weights w [L] and decay of the state across the chunk, r = 1/den, ds, and the validity mask."""
+    transition weights w [L] and decay of the state across the chunk, r = 1/den, ds, and the validity mask.
+    F_t - F_j in D: summed segment by segment with SEGMENT_SUMS (fp32 inputs), else the difference of prefix sums,
+    as in the forward (_chunk_decay_matrix): no [L, L] scan."""
     o_l = tl.arange(0, L)
     o_t = i_c * L + o_l
     m_t = o_t < S
     b_lf, b_li = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_t, m_t)
     b_mc, b_mn = 0.0, 0.0
     b_mt = tl.zeros([L], dtype=tl.float32)
-    # segment sums F_t - F_j, as in the forward (no difference of prefix sums)
-    b_seg = tl.cumsum(tl.where(o_l[:, None] > o_l[None, :], b_lf[:, None], 0.0), axis=0)
+    if SEGMENT_SUMS:
+        b_seg = tl.cumsum(tl.where(o_l[:, None] > o_l[None, :], b_lf[:, None], 0.0), axis=0)
+    else:
+        b_F = tl.cumsum(b_lf, axis=0)
+        b_seg = b_F[:, None] - b_F[None, :]
     b_D = tl.where(o_l[:, None] >= o_l[None, :], tl.exp(b_seg + b_li[None, :] - b_mt[:, None]), 0.0)
     b_D = tl.where(m_t[:, None], b_D, 0.0)
     b_D0 = tl.where(m_t, tl.exp(tl.cumsum(b_lf, axis=0) + b_mc - b_mt), 0.0)
@@ -341,9 +349,28 @@ def _dv_tile(k_ptr, dh_ptr, dCa_ptr, i_bhc, o_t, m_t, o_v, b_PrT, b_w, DHQK: tl.
 
 
 @triton.jit
-def _gate_grads(i_ptr, f_ptr, mt_ptr, R_ptr, Fl_ptr, dm_ptr, i_bh, i_bhc, o_t, m_t, b_lf, b_li, b_mc, b_E, b_u, b_dD0,
-                b_X, S, L: tl.constexpr):
-    """di, df of the chunk's tokens (MATH.md §6). b_E = dP * P is the gradient of log D[t, j] within the chunk,
+def _gate_E_terms(b_E, L: tl.constexpr, SEGMENT_SUMS: tl.constexpr):
+    """The share of E = dP * P (the gradient of log D within the chunk) in the gate gradients, reduced to vectors as
+    soon as E is formed, so that no [L, L] fp32 matrix stays live through a kernel's loops: (dlf_E, col, row), with
+    col_j = sum_t E[t, j], row_t = sum_j E[t, j] and dlf_E_s = sum_{t >= s, j < s} E[t, j]. E is lower triangular,
+    so dlf_E_s is also sum_{j < s} col_j - sum_{t < s} row_t: two scans of [L] instead of one of [L, L], used unless
+    SEGMENT_SUMS (fp32 inputs, where that difference of sums could cancel)."""
+    b_col = tl.sum(b_E, axis=0)
+    b_row = tl.sum(b_E, axis=1)
+    if SEGMENT_SUMS:
+        o_l = tl.arange(0, L)
+        b_before = tl.cumsum(b_E, axis=1) - b_E  # [t, s]: sum_{j < s} E[t, j]
+        b_dlf = tl.sum(tl.where(o_l[:, None] >= o_l[None, :], b_before, 0.0), axis=0)
+    else:
+        b_dlf = (tl.cumsum(b_col, axis=0) - b_col) - (tl.cumsum(b_row, axis=0) - b_row)
+    return b_dlf, b_col, b_row
+
+
+@triton.jit
+def _gate_grads(i_ptr, f_ptr, mt_ptr, R_ptr, Fl_ptr, dm_ptr, i_bh, i_bhc, o_t, m_t, b_lf, b_li, b_mc, b_dlfE, b_colE,
+                b_rowE, b_u, b_dD0, b_X, S, L: tl.constexpr):
+    """di, df of the chunk's tokens (MATH.md §6). b_dlfE, b_colE, b_rowE: E's share (_gate_E_terms), where
+    E = dP * P is the gradient of log D[t, j] within the chunk,
     b_u_j = k_j . dk_trans_j that of the state after the chunk's log weight of token j, b_dD0_t = q_t . dq_inter_t that
     of log D0[t], b_X that of the decay of the state across the chunk. log D[t, j] = F_t - F_j + li_j and
     log D0[t] = F_t + m, so
@@ -357,10 +384,8 @@ def _gate_grads(i_ptr, f_ptr, mt_ptr, R_ptr, Fl_ptr, dm_ptr, i_bh, i_bhc, o_t, m
     dm_ptr; the launcher chains them. (<C0, dC0> + <n0, dn0> + chain is the same value, but its two dot products
     nearly cancel where the state dominates the outputs: 5e-4 relative error in fp32 against 6e-6.)"""
     o_l = tl.arange(0, L)
-    b_before = tl.cumsum(b_E, axis=1) - b_E  # [t, s]: sum_{j < s} E[t, j]
-    b_dlf = tl.sum(tl.where(o_l[:, None] >= o_l[None, :], b_before, 0.0), axis=0)
-    b_dlf += (tl.cumsum(b_u, axis=0) - b_u) + tl.cumsum(b_dD0, axis=0, reverse=True) + b_X
-    b_dli = tl.sum(b_E, axis=0) + b_u
+    b_dlf = b_dlfE + (tl.cumsum(b_u, axis=0) - b_u) + tl.cumsum(b_dD0, axis=0, reverse=True) + b_X
+    b_dli = b_colE + b_u
     b_di = b_dli * tl.sigmoid(-tl.load(i_ptr + i_bh * S + o_t, mask=m_t, other=0.0).to(tl.float32))
     b_df = b_dlf * tl.sigmoid(-tl.load(f_ptr + i_bh * S + o_t, mask=m_t, other=0.0).to(tl.float32))
     return b_di, b_df
@@ -400,11 +425,12 @@ def chunkwise_bw_chunk_kernel(
     BK: tl.constexpr,
     BV: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    SEGMENT_SUMS: tl.constexpr,
 ):
     i_c, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_bhc = i_bh * NC + i_c
     o_t, m_t, b_lf, b_li, b_mc, b_D, b_D0, b_w, b_decay, b_r, b_ds = _chunk_setup(
-        i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S, NC, L)
+        i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S, NC, L, SEGMENT_SUMS)
     q_ptr += i_bh * S * DHQK
     k_ptr += i_bh * S * DHQK
     v_ptr += i_bh * S * DHHV
@@ -412,12 +438,15 @@ def chunkwise_bw_chunk_kernel(
     b_A = _qk_block(q_ptr, k_ptr, o_t, m_t, o_t, m_t, DHQK, L, L, BK, DOT_PRECISION)
     b_dP = _dP_block(v_ptr, dh_ptr, o_t, m_t, o_t, m_t, b_r, b_ds, DHHV, L, L, BV, DOT_PRECISION)
     b_P = b_A * scale * b_D
-    b_dA = b_dP * scale * b_D
+    # everything the loops need from the [L, L] matrices, formed now, so that no fp32 [L, L] matrix stays live
+    # through them (register pressure): E's share of the gate gradients as vectors, and the 16-bit operands
+    b_dlfE, b_colE, b_rowE = _gate_E_terms(b_dP * b_P, L, SEGMENT_SUMS)
+    b_dA16 = (b_dP * scale * b_D).to(q_ptr.dtype.element_ty)
+    b_dAT = tl.trans(b_dA16)  # once per chunk, not per key tile
+    b_PrT = tl.trans((b_P * b_r[:, None]).to(q_ptr.dtype.element_ty))  # (P r)^T, once per chunk
     b_u = tl.zeros([L], dtype=tl.float32)
     b_dD0 = tl.zeros([L], dtype=tl.float32)
     b_X = tl.full([], 0.0, tl.float32)
-    b_dA16 = b_dA.to(q_ptr.dtype.element_ty)
-    b_dAT = tl.trans(b_dA16)  # once per chunk, not per key tile
     for i_k in range(0, tl.cdiv(DHQK, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_tk = m_t[:, None] & (o_k < DHQK)[None, :]
@@ -434,13 +463,12 @@ def chunkwise_bw_chunk_kernel(
         o_tk = i_bh * S * DHQK + o_t[:, None] * DHQK + o_k[None, :]
         tl.store(dq_ptr + o_tk, b_dq.to(dq_ptr.dtype.element_ty), mask=m_tk)
         tl.store(dk_ptr + o_tk, b_dk.to(dk_ptr.dtype.element_ty), mask=m_tk)
-    b_PrT = tl.trans((b_P * b_r[:, None]).to(q_ptr.dtype.element_ty))  # once per chunk, not per value tile
     for i_v in range(0, tl.cdiv(DHHV, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         b_dv = _dv_tile(k_ptr, dh_ptr, dCa_ptr, i_bhc, o_t, m_t, o_v, b_PrT, b_w, DHQK, DHHV, BK, DOT_PRECISION)
         p_dv = dv_ptr + i_bh * S * DHHV + o_t[:, None] * DHHV + o_v[None, :]
         tl.store(p_dv, b_dv.to(dv_ptr.dtype.element_ty), mask=m_t[:, None] & (o_v < DHHV)[None, :])
     b_di, b_df = _gate_grads(i_ptr, f_ptr, mt_ptr, R_ptr, Fl_ptr, dm_ptr, i_bh, i_bhc, o_t, m_t, b_lf, b_li, b_mc,
-                             b_dP * b_P, b_u, b_dD0, b_decay * b_X, S, L)
+                             b_dlfE, b_colE, b_rowE, b_u, b_dD0, b_decay * b_X, S, L)
     tl.store(di_ptr + i_bh * S + o_t, b_di, mask=m_t)
     tl.store(df_ptr + i_bh * S + o_t, b_df, mask=m_t)

@@ -126,8 +126,10 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
     dv = empty(*v.shape, dtype=v.dtype, device=dev)
     di, df = empty(B, NH, S, **f32), empty(B, NH, S, **f32)
     Ya = empty(B, NH, NC, 2, **f32) if cell == "exp" else dummy  # (Y_c, a_c): dm_c = Y_c + a_c dm_{c+1}
+    # F_t - F_j segment by segment for fp32 inputs; for 16-bit ones differences of prefix sums (no [L, L] scans)
     common = dict(scale=DHQK**-0.5, DHQK=DHQK, DHHV=DHHV, L=L, BK=config["BK"], BV=config["BV"], DOT_PRECISION=prec,
-                  num_warps=config["num_warps"], num_stages=config["num_stages"])  # fmt: skip
+                  SEGMENT_SUMS=q.dtype.itemsize >= 4, num_warps=config["num_warps"],
+                  num_stages=config["num_stages"])  # fmt: skip
     if variant.params["kernels"] == "fused":
         module.chunkwise_bw_chunk_kernel[(NC, B * NH)](
             q, k, v, i, f, dh, mt, mb, mS, r, ds, R, Fl, Ya, Cb, nb, dCa, dna, dq, dk, dv, di, df, S, NC, **common
