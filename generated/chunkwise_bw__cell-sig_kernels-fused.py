@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   fe4991938f697066
+# template hash:   fef411e81a6b75d2
 # parameters:      cell=sig, kernels=fused
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (sig cell), exact (MATH.md §6), "fused" within-chunk kernels.
@@ -383,7 +383,6 @@ def _gate_grads(i_ptr, f_ptr, mt_ptr, R_ptr, Fl_ptr, dm_ptr, i_bh, i_bhc, o_t, m
     the others dD0_t; the last row adds -sum_j u_j and passes dm_{c+1} on if alive, else adds X. (Y_c, a_c) go to
     dm_ptr; the launcher chains them. (<C0, dC0> + <n0, dn0> + chain is the same value, but its two dot products
     nearly cancel where the state dominates the outputs: 5e-4 relative error in fp32 against 6e-6.)"""
-    o_l = tl.arange(0, L)
     b_dlf = b_dlfE + (tl.cumsum(b_u, axis=0) - b_u) + tl.cumsum(b_dD0, axis=0, reverse=True) + b_X
     b_dli = b_colE + b_u
     b_di = b_dli * tl.sigmoid(-tl.load(i_ptr + i_bh * S + o_t, mask=m_t, other=0.0).to(tl.float32))
