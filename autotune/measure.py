@@ -184,21 +184,30 @@ def time_candidate(job: Job) -> tuple[float, float, float]:
 
 
 def evaluate_here(job: Job) -> Outcome:
+    """Gate, then timing; the outcome also says how long each took (wall clock, compiling included), which is where
+    a tuning run's time goes."""
     dtype = getattr(torch, job.dtype)
+    start = time.perf_counter()
     try:
         err = gate(job)
     except Exception as exc:  # noqa: BLE001 - a candidate that fails to build or launch is a result, not a crash
-        return Outcome(ok=False, reason=f"gate: {type(exc).__name__}: {str(exc)[:300]}")
+        return Outcome(ok=False, reason=f"gate: {type(exc).__name__}: {str(exc)[:300]}",
+                       gate_s=time.perf_counter() - start)  # fmt: skip
+    gate_s = time.perf_counter() - start
     from .variants import by_name
 
     limit = (BACKWARD_GATE_LIMITS if by_name(job.variant).family in BACKWARD_FAMILIES else GATE_LIMITS)[dtype]
     if not err <= limit:
-        return Outcome(ok=False, error=err, reason=f"wrong result: relative error {err:.3g} > {limit:g}")
+        return Outcome(ok=False, error=err, reason=f"wrong result: relative error {err:.3g} > {limit:g}",
+                       gate_s=gate_s)  # fmt: skip
+    start = time.perf_counter()
     try:
         p50, p20, p80 = time_candidate(job)
     except Exception as exc:  # noqa: BLE001
-        return Outcome(ok=False, error=err, reason=f"timing: {type(exc).__name__}: {str(exc)[:300]}")
-    return Outcome(ok=True, p50_ms=p50, p20_ms=p20, p80_ms=p80, error=err)
+        return Outcome(ok=False, error=err, reason=f"timing: {type(exc).__name__}: {str(exc)[:300]}", gate_s=gate_s,
+                       timing_s=time.perf_counter() - start)  # fmt: skip
+    return Outcome(ok=True, p50_ms=p50, p20_ms=p20, p80_ms=p80, error=err, gate_s=gate_s,
+                   timing_s=time.perf_counter() - start)  # fmt: skip
 
 
 def _worker(conn, env: dict, evaluate=evaluate_here) -> None:

@@ -43,6 +43,8 @@ class Outcome:
     p80_ms: float = float("inf")
     error: float | None = None  # relative error against the reference (the correctness gate)
     reason: str = ""
+    gate_s: float | None = None  # wall-clock seconds of the gate (compiling included) and of the timing
+    timing_s: float | None = None
 
 
 @dataclass
@@ -117,6 +119,7 @@ def run_study(
     seen = {t.user_attrs["point"]: t for t in study.trials if "point" in t.user_attrs
             and t.state in (TrialState.COMPLETE, TrialState.PRUNED)}  # fmt: skip
     evaluated, pruned, failed, asked = 0, [], [], 0
+    last_s = (None, None)  # the last evaluation's (gate, timing) seconds, for the progress line
 
     def settled() -> int:
         return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
@@ -148,8 +151,9 @@ def run_study(
         else:
             outcome = evaluate(variant, config)
             evaluated += 1
-            for k in ("p20_ms", "p80_ms", "error", "reason"):
+            for k in ("p20_ms", "p80_ms", "error", "reason", "gate_s", "timing_s"):
                 trial.set_user_attr(k, getattr(outcome, k))
+            last_s = (outcome.gate_s, outcome.timing_s)
             if outcome.ok:
                 study.tell(trial, outcome.p50_ms)
             else:
@@ -161,7 +165,8 @@ def run_study(
             elapsed = time.monotonic() - start
             best = study.best_value if any(t.state == TrialState.COMPLETE for t in study.trials) else None
             progress({"trial": done, "of": trials, "best_ms": best, "elapsed_s": elapsed,
-                      "eta_s": elapsed / max(1, evaluated + len(pruned)) * max(0, trials - done)})  # fmt: skip
+                      "eta_s": elapsed / max(1, evaluated + len(pruned)) * max(0, trials - done),
+                      "last_gate_s": last_s[0], "last_timing_s": last_s[1]})  # fmt: skip
     return _result(study, evaluated, pruned, failed)
 
 

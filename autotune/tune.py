@@ -97,6 +97,9 @@ def _progress(label: str):
         best = f"{p['best_ms']:.4g} ms" if p["best_ms"] is not None else "-"
         line = (f"  {label} trial {p['trial']}/{p['of']}  best {best}  elapsed {p['elapsed_s']:.0f} s  "
                 f"ETA {p['eta_s']:.0f} s")  # fmt: skip
+        if p.get("last_gate_s") is not None:  # where the last evaluation's time went (compiling is in the gate)
+            timing = f" + timing {p['last_timing_s']:.1f} s" if p.get("last_timing_s") is not None else ""
+            line += f"  (last: gate {p['last_gate_s']:.1f} s{timing})"
         print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
 
     return show

@@ -33,6 +33,7 @@ def test_evaluate_passes_the_gate_and_times(variant, config):
     assert out.ok, out.reason
     assert out.error is not None and out.error <= 1e-4
     assert 0 < out.p20_ms <= out.p50_ms <= out.p80_ms < float("inf")
+    assert out.gate_s > 0 and out.timing_s > 0  # where the time went, for the tuner's progress line
 
 
 def test_a_wrong_kernel_fails_the_gate(monkeypatch):
