@@ -2,7 +2,8 @@
 bucket), in a journal file, so a run that is cut off continues where it stopped and several processes (one per GPU)
 can work on one study.
 
-Trial 0 is always the variant's built-in default configuration, so the winner is never slower than the default.
+Trial 0 is always the variant's built-in default configuration, so the winner is never slower than the default;
+the next ones may be given starting points (the winners of neighbouring shapes).
 A run stops when ``trials`` points are settled (measured or pruned, earlier runs included) or after ``trials`` asks
 of its own, or when ``time_budget_s`` is spent (the default is always measured first).
 Sampling is seeded TPE. A point the validity predicate rejects is recorded as PRUNED with the reason; a point whose
@@ -90,10 +91,21 @@ def _suggest(trial: optuna.Trial, candidates: list[Variant]) -> tuple[Variant, d
     return variant, config
 
 
-def _enqueue_default(study: optuna.Study, variant: Variant, config: dict) -> None:
+def _enqueue(study: optuna.Study, variant: Variant, config: dict, mark: str) -> None:
     stem = variant.template.removesuffix(".py.j2")
     params = {"variant": variant.name} | {f"{stem}.{p}": v for p, v in config.items()}
-    study.enqueue_trial(params, user_attrs={"default": True})
+    study.enqueue_trial(params, user_attrs={mark: True})
+
+
+def _enqueue_default(study: optuna.Study, variant: Variant, config: dict) -> None:
+    _enqueue(study, variant, config, "default")
+
+
+def _is_point_of(variant: Variant, config: dict, candidates: list[Variant]) -> bool:
+    """Whether (variant, config) is a point of this search's space: a candidate variant and every launch parameter
+    of its template, each with one of its choices (a database entry from before a parameter existed is not)."""
+    choices = space.PARAMS.get(variant.template, {})
+    return variant in candidates and set(config) == set(choices) and all(config[p] in choices[p] for p in choices)
 
 
 def run_study(
@@ -109,8 +121,11 @@ def run_study(
     trials: int = 30,
     time_budget_s: float | None = None,
     progress: Callable[[dict], None] | None = None,
+    starts: list[tuple[Variant, dict]] = (),
 ) -> StudyResult:
-    """Run ``study`` until it holds ``trials`` trials or ``time_budget_s`` is spent; return the winner."""
+    """Run ``study`` until it holds ``trials`` trials or ``time_budget_s`` is spent; return the winner. ``starts``:
+    points measured right after the default (the winners of neighbouring shapes, autotune.tune.warm_starts) unless
+    this study has them already or they are not points of its space."""
     start = time.monotonic()
     _close_abandoned(study)
     if not any(t.user_attrs.get("default") and t.state == TrialState.COMPLETE for t in study.trials):
@@ -118,6 +133,13 @@ def run_study(
     # points measured or pruned before are not measured again; failures of earlier runs are retried once per run
     seen = {t.user_attrs["point"]: t for t in study.trials if "point" in t.user_attrs
             and t.state in (TrialState.COMPLETE, TrialState.PRUNED)}  # fmt: skip
+    # (a start left waiting by a run that was cut off may be queued twice: its second trial reuses the first outcome)
+    queued = {_point_key(default[0].name, default[1])}
+    for variant, config in starts:
+        point = _point_key(variant.name, config)
+        if point not in seen and point not in queued and _is_point_of(variant, config, candidates):
+            _enqueue(study, variant, config, "start")
+            queued.add(point)
     evaluated, pruned, failed, asked = 0, [], [], 0
     last_s = (None, None)  # the last evaluation's (gate, timing) seconds, for the progress line
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from . import db as tdb
-from . import search, space
-from .variants import by_name
+from . import paths, search, space
+from .variants import Variant, by_name
 
 # op -> (structures searched, the default structure's template)
 _DEFAULTS = {"chunkwise": "chunkwise_twopass_fw.py.j2", "parallel": "parallel_fw.py.j2",
@@ -105,10 +105,39 @@ def _progress(label: str):
     return show
 
 
+def warm_starts(key: tdb.Key, gpu: str, folders: list[Path], most: int = 3) -> list[tuple[Variant, dict]]:
+    """The winners for this GPU of the same op, direction, dtype and head dims at other shapes, nearest buckets of S
+    and B x NH first, from the database folders in order (each point once, at most ``most``): a good configuration
+    of one sequence length is a good first guess at the next, and measuring it early costs one trial."""
+    found = []
+    for folder in folders:
+        for db in tdb.read_all(folder):
+            if db.gpu != gpu:
+                continue
+            for k, e in db.entries.items():
+                same = (k.op, k.direction, k.dtype, k.DHQK, k.DHHV) == (key.op, key.direction, key.dtype, key.DHQK,
+                                                                       key.DHHV)  # fmt: skip
+                if same and (k.S, k.BNH) != (key.S, key.BNH):
+                    distance = abs(k.S.bit_length() - key.S.bit_length()) + abs(
+                        k.BNH.bit_length() - key.BNH.bit_length())  # fmt: skip
+                    found.append((distance, len(found), e))
+    points, out = set(), []
+    for _, _, e in sorted(found, key=lambda t: t[:2]):
+        point = json.dumps([e.variant, e.config], sort_keys=True)
+        if point not in points and len(out) < most:
+            try:
+                out.append((by_name(e.variant), dict(e.config)))
+            except KeyError:  # a variant this version no longer has
+                continue
+            points.add(point)
+    return out
+
+
 def tune_shape(shape: Shape, *, trials: int, time_budget_s: float | None, storage: Path, seed: int, device: str,
                gpu: str, capability: tuple[int, int], runner_timeout_s: float = 300.0,
-               runner_env: dict | None = None) -> dict:  # fmt: skip
-    """Run (or continue) the study of one shape and return its database entry (as JSON) and a summary."""
+               runner_env: dict | None = None, db_folders: list[Path] = ()) -> dict:  # fmt: skip
+    """Run (or continue) the study of one shape and return its database entry (as JSON) and a summary. The winners of
+    neighbouring shapes in ``db_folders`` are measured right after the default (``warm_starts``)."""
     from .launch import chunkwise, chunkwise_bw, parallel, parallel_bw, recurrent
     from .measure import IsolatedRunner, Job
     from .variants import find
@@ -147,6 +176,7 @@ def tune_shape(shape: Shape, *, trials: int, time_budget_s: float | None, storag
             DHHV=shape.DHHV, dtype_bytes=dtype_bytes, trials=trials, time_budget_s=time_budget_s,
             progress=_progress(f"{shape.op} {shape.direction} B={shape.B} NH={shape.NH} S={shape.S} "
                                f"{shape.DHQK}/{shape.DHHV}"),
+            starts=warm_starts(key, gpu, list(db_folders)),
         )  # fmt: skip
     finally:
         runner.close()
@@ -177,7 +207,8 @@ def _tune_all(shapes, args, device_index: int | None) -> list[dict]:
     for shape in shapes:
         env = {"CUDA_VISIBLE_DEVICES": str(device_index)} if device_index is not None else None
         done = tune_shape(shape, trials=args.trials, time_budget_s=args.time_budget, storage=args.storage,
-                          seed=args.seed, device=device, gpu=gpu, capability=capability, runner_env=env)  # fmt: skip
+                          seed=args.seed, device=device, gpu=gpu, capability=capability, runner_env=env,
+                          db_folders=[out_dir, paths.tuning_db_dir()])  # fmt: skip
         tdb.upsert(path, gpu, capability, [done["entry"]])
         r = done["result"]
         rows.append({"shape": shape, "variant": r.best_variant, "config": r.best_config, "p50_ms": r.best.p50_ms,

@@ -172,3 +172,23 @@ def test_every_default_configuration_is_a_valid_point(form, cell, dims):
         assert space.invalid(variant, config, *dims, dtype_bytes=2, limits=space.H100_LIMITS) is None
         for param, value in config.items():
             assert value in space.PARAMS[variant.template][param], (variant.name, param, value)
+
+
+def test_starting_points_are_measured_right_after_the_default(tmp_path: Path):
+    """Winners of neighbouring shapes given as starts are the trials after the default; a start that is the default,
+    or not a point of the space (a parameter missing, a value not among the choices), is not queued."""
+    fused = next(v for v in CANDIDATES if v.template == "chunkwise_fused_fw.py.j2")
+    good = (fused, {"L": 64, "BV": 32, "num_warps": 4, "num_stages": 2})
+    missing = (fused, {"L": 64, "BV": 32, "num_warps": 4})
+    off_grid = (fused, {"L": 64, "BV": 24, "num_warps": 4, "num_stages": 2})
+    replay = Replay()
+    study = study_in(tmp_path)
+    run(study, replay, trials=4, starts=[DEFAULT, good, missing, off_grid])
+    assert replay.calls[0] == (DEFAULT[0].name, repr(sorted(DEFAULT[1].items())))
+    assert replay.calls[1] == (good[0].name, repr(sorted(good[1].items())))
+    assert study.trials[1].user_attrs.get("start")
+    assert sum(bool(t.user_attrs.get("start")) for t in study.trials) == 1
+    # a resumed run does not queue a start that was measured already
+    again = Replay()
+    run(study, again, trials=6, starts=[good])
+    assert (good[0].name, repr(sorted(good[1].items()))) not in again.calls

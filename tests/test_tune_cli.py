@@ -85,3 +85,26 @@ def test_fwbw_not_for_inference_forms(tmp_path: Path):
                                    "direction": "fwbw"}]))  # fmt: skip
     out = run("tune", "--shapes", str(shapes), env=dict(os.environ, MLSTM_AUTOTUNE_DB=str(tmp_path)))
     assert out.returncode == 2 and "bad direction" in out.stderr
+
+
+def test_warm_starts_are_the_nearest_winners_of_the_same_kind(tmp_path: Path):
+    """tune.warm_starts: winners for this GPU of the same op, direction, dtype and head dims at other buckets,
+    nearest first, each point once; other GPUs, other head dims and the shape's own bucket are not starts."""
+    from autotune import db as tdb
+    from autotune import tune
+
+    def entry(S, BNH, BV, DHQK=256, op="chunkwise:exp"):
+        key = tdb.Key(op, "fw", "bfloat16", DHQK, 512, S, BNH, "chunkwise_fused_fw")
+        config = {"L": 64, "BV": BV, "num_warps": 4, "num_stages": 1}
+        return tdb.Entry(key, "chunkwise_fused_fw__cell-exp_state-input", config, {"p50_ms": 1.0})
+
+    mine, shipped = tmp_path / "mine", tmp_path / "shipped"
+    tdb.upsert(mine / "GPU_A.json", "GPU A", (9, 0), [entry(8192, 64, 16), entry(2048, 256, 32, DHQK=128),
+                                                      entry(4096, 128, 128)])  # fmt: skip
+    tdb.upsert(shipped / "GPU_A.json", "GPU A", (9, 0), [entry(32768, 16, 64), entry(8192, 64, 16)])
+    tdb.upsert(shipped / "GPU_B.json", "GPU B", (9, 0), [entry(8192, 64, 32)])
+    key = tdb.Key("chunkwise:exp", "fw", "bfloat16", 256, 512, 4096, 128, "")
+    starts = tune.warm_starts(key, "GPU A", [mine, shipped])
+    assert [c["BV"] for _, c in starts] == [16, 64]  # S=8192 (one bucket away, found twice), then S=32768
+    assert all(v.name == "chunkwise_fused_fw__cell-exp_state-input" for v, _ in starts)
+    assert tune.warm_starts(key, "GPU C", [mine, shipped]) == []
