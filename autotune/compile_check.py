@@ -88,6 +88,8 @@ def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int):
         q, k, v, i, f = (a[:, :, 0] for a in args)
         C, n, m = (s.clone().contiguous() for s in states)
         recurrent.step_fw(q, k, v, i, f, C, n, m, variant=variant, out=(C, n, m))
+        split = dict(recurrent.step_default_config(variant, DHQK, DHHV), k_tiles="programs")  # one program per tile
+        recurrent.step_fw(q, k, v, i, f, C, n, m, variant=variant, config=split, out=(C, n, m))
 
 
 def _compile(fn, args, kwargs, target: GPUTarget):

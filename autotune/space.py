@@ -57,7 +57,8 @@ PARAMS: dict[str, dict[str, tuple]] = {
         "states_weighting": ("k", "v"),
     },  # fmt: skip
     "parallel_bw.py.j2": {"BT": (16, 32, 64, 128), "BK": TILES, "BV": TILES, "num_warps": (4, 8), "num_stages": (1, 2)},
-    "recurrent_step.py.j2": {"BK": (16, 32, 64, 128), "BV": (16, 32, 64, 128), "num_warps": (1, 2, 4, 8)},
+    "recurrent_step.py.j2": {"BK": (16, 32, 64, 128), "BV": (16, 32, 64, 128), "num_warps": (1, 2, 4, 8),
+                             "k_tiles": ("loop", "programs")},  # fmt: skip
     "recurrent_sequence.py.j2": {"BV": (16, 32, 64), "num_warps": (1, 2, 4, 8)},
 }
 FORMS = {"chunkwise": "chunkwise_fw", "parallel": "parallel_fw", "step": "step_fw", "sequence": "sequence_fw"}

@@ -1,9 +1,11 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        recurrent_step.py.j2
-# template hash:   fde3bf325f72f9d6
+# template hash:   5908825b2a1fb09e
 # parameters:      cell=exp
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
-"""mLSTM step (exp cell): one token, MATH.md §5. One program per (value tile, batch x head); DHQK in tiles of BK.
+"""mLSTM step (exp cell): one token, MATH.md §5. recurrent_step_kernel: one program per (value tile, batch x
+head), DHQK in tiles of BK ("k_tiles": "loop"); recurrent_step_split_kernel: one program per [BK, BV] tile of C
+("k_tiles": "programs", below).
 
 Each program reads and writes only its own columns of C, so C can be updated in place. n and m are shared by all
 value tiles of a head: every program reads the old ones, so with INPLACE the last program of a head to arrive (an
@@ -97,3 +99,79 @@ def recurrent_step_kernel(
     else:
         if i_v == 0:
             tl.store(mout_ptr + i_bh, b_m_new.to(mout_ptr.dtype.element_ty))
+
+
+@triton.jit
+def recurrent_step_split_kernel(
+    q_ptr,  # (B, NH, DHQK) contiguous
+    k_ptr,  # (B, NH, DHQK)
+    v_ptr,  # (B, NH, DHHV)
+    i_ptr,  # (B, NH) gate pre-activations
+    f_ptr,  # (B, NH)
+    C_ptr,  # (B, NH, DHQK, DHHV) state in
+    n_ptr,  # (B, NH, DHQK)
+    m_ptr,  # (B, NH)
+    Cout_ptr,  # (B, NH, DHQK, DHHV) state out (== C_ptr when INPLACE)
+    nout_ptr,  # (B, NH, DHQK)
+    mout_ptr,  # (B, NH)
+    h_ptr,  # (B, NH, DHHV) output
+    count_ptr,  # (B * NH,) int32 arrival counters, all 0 between calls
+    part_ptr,  # (B * NH, NK, DHHV) fp32 scratch: each key tile's share of the numerator
+    parts_ptr,  # (B * NH, NK) fp32 scratch: each key tile's share of n . q
+    scale,
+    eps,
+    DHQK: tl.constexpr,
+    DHHV: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    NK: tl.constexpr,
+    NKP: tl.constexpr,  # NK padded to a power of two
+    NV: tl.constexpr,
+    INPLACE: tl.constexpr,
+    NORMALIZE: tl.constexpr,
+):
+    """The launch parameter "k_tiles": "programs": one program per [BK, BV] tile of C (grid (NK * NV, B * NH)), for
+    small batches, where one program per value tile walking DHQK leaves the GPU idle. Each program updates its tile,
+    stores its share of the numerator (and, in the first value tile, its slice of n and its share of n . q); the last
+    program of a head to arrive (the arrival counter) sums the shares in a fixed order (so h is deterministic),
+    normalises, writes h (and m), and resets the counter. Only the first value tile's programs read or write a slice
+    of n, and each program only its own tile of C, so INPLACE needs no further ordering; m is written last."""
+    i_kv, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_k, i_v = i_kv // NV, i_kv % NV
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < DHQK, o_v < DHHV
+    b_i = tl.load(i_ptr + i_bh).to(tl.float32)
+    b_lf = _logsigmoid(tl.load(f_ptr + i_bh).to(tl.float32))
+    b_m = tl.load(m_ptr + i_bh).to(tl.float32)
+    b_m_new = tl.maximum(b_lf + b_m, b_i)
+    b_decay = tl.exp(b_lf + b_m - b_m_new)
+    b_w = tl.exp(b_i - b_m_new)
+    b_q = tl.load(q_ptr + i_bh * DHQK + o_k, mask=m_k, other=0.0).to(tl.float32)
+    b_k = tl.load(k_ptr + i_bh * DHQK + o_k, mask=m_k, other=0.0).to(tl.float32)
+    b_v = tl.load(v_ptr + i_bh * DHHV + o_v, mask=m_v, other=0.0).to(tl.float32)
+    o_kv = i_bh * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :]
+    m_kv = m_k[:, None] & m_v[None, :]
+    b_C = b_decay * tl.load(C_ptr + o_kv, mask=m_kv, other=0.0).to(tl.float32) + b_w * b_k[:, None] * b_v[None, :]
+    tl.store(Cout_ptr + o_kv, b_C.to(Cout_ptr.dtype.element_ty), mask=m_kv)
+    tl.store(part_ptr + (i_bh * NK + i_k) * DHHV + o_v, tl.sum(b_C * b_q[:, None], axis=0), mask=m_v)
+    if i_v == 0:
+        b_n = b_decay * tl.load(n_ptr + i_bh * DHQK + o_k, mask=m_k, other=0.0).to(tl.float32) + b_w * b_k
+        tl.store(nout_ptr + i_bh * DHQK + o_k, b_n.to(nout_ptr.dtype.element_ty), mask=m_k)
+        tl.store(parts_ptr + i_bh * NK + i_k, tl.sum(b_n * b_q, axis=0))
+    tl.debug_barrier()  # this program's shares are stored before it counts itself in
+    if tl.atomic_add(count_ptr + i_bh, 1) == NK * NV - 1:
+        o_nk = tl.arange(0, NKP)
+        b_qn = tl.load(parts_ptr + i_bh * NK + o_nk, mask=o_nk < NK, other=0.0, cache_modifier=".cg")
+        b_qn = tl.sum(b_qn, axis=0) * scale
+        b_den = tl.maximum(tl.abs(b_qn), tl.exp(-b_m_new)) + eps
+        for j_v in range(0, NV):
+            o_hv = j_v * BV + tl.arange(0, BV)
+            m_hv = o_hv < DHHV
+            b_num = tl.zeros([BV], dtype=tl.float32)
+            for j_k in range(0, NK):  # in order: the same h whichever program came last
+                b_num += tl.load(part_ptr + (i_bh * NK + j_k) * DHHV + o_hv, mask=m_hv, other=0.0,
+                                 cache_modifier=".cg")  # fmt: skip
+            tl.store(h_ptr + i_bh * DHHV + o_hv, (b_num * scale / b_den).to(h_ptr.dtype.element_ty), mask=m_hv)
+        tl.store(mout_ptr + i_bh, b_m_new.to(mout_ptr.dtype.element_ty))
+        tl.atomic_xchg(count_ptr + i_bh, 0)

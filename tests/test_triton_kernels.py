@@ -109,12 +109,15 @@ def test_sequence_variant_matches_oracle(variant, config, shape, with_states, dt
 STEP_VARIANTS = [v for v in VARIANTS if v.family == "step_fw"]
 
 
+@pytest.mark.parametrize("k_tiles", recurrent.K_TILES)
 @pytest.mark.parametrize("inplace", [False, True], ids=["new-state", "inplace"])
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("shape", SHAPES[1:4], ids=[s.id for s in SHAPES[1:4]])
 @pytest.mark.parametrize("variant", STEP_VARIANTS, ids=[v.name for v in STEP_VARIANTS])
-def test_step_variant_token_by_token(variant, shape, dtype, inplace, check):
-    """The step kernel over a sequence, token by token with the state fed back (or updated in place)."""
+def test_step_variant_token_by_token(variant, shape, dtype, inplace, k_tiles, check):
+    """The step kernel over a sequence, token by token with the state fed back (or updated in place); its key tiles
+    walked by each value tile's program, or one program per tile of C with the shares combined by the last one."""
+    config = dict(CONFIGS[variant.template], k_tiles=k_tiles)
     cell = variant.params["cell"]
     x = random_inputs(
         *shape.dims(), dtype=dtype, gate_dtype=torch.float32, with_states=True, max_outlier=MAX_OUTLIER.get(dtype, 20.0)
@@ -131,26 +134,31 @@ def test_step_variant_token_by_token(variant, shape, dtype, inplace, check):
         q, k, v, i, f = (x[name][:, :, t].to(DEVICE) for name in "qkvif")
         out = (C, n, m) if inplace else (torch.empty_like(C), torch.empty_like(n), torch.empty_like(m) if m is not None
                                          else None)  # fmt: skip
-        hs.append(recurrent.step_fw(q, k, v, i, f, C, n, m, variant=variant, config=CONFIGS[variant.template],
-                                    out=out))  # fmt: skip
+        hs.append(recurrent.step_fw(q, k, v, i, f, C, n, m, variant=variant, config=config, out=out))
         C, n, m = out
     reference = _oracle(x, cell)
     outputs = {"h": torch.stack(hs, 2), "C": C, "n": n} | ({"m": m.reshape(B, NH, 1)} if cell == "exp" else {})
     limits = conditioning_limits(dtype, lambda x64: _oracle(x64, cell), x)
-    check(target=f"{variant.name} x{S} ({'in place' if inplace else 'new state'})",
+    check(target=f"{variant.name} {k_tiles} x{S} ({'in place' if inplace else 'new state'})",
           baseline="reference.mlstm_recurrent(fp64)", dims=shape.dims(), dtype=dtype,
           pairs={k: (outputs[k], reference[k]) for k in reference}, limit=limits)  # fmt: skip
 
 
-def test_inplace_step_leaves_counters_at_zero():
-    """The in-place step's per-head arrival counters are reset by the kernel, ready for the next call."""
+@pytest.mark.parametrize("k_tiles", recurrent.K_TILES)
+def test_inplace_step_leaves_counters_at_zero(k_tiles):
+    """The step's per-head arrival counters (the in-place step's, and the split step's in both modes) are reset by
+    the kernel, ready for the next call."""
     variant = next(v for v in STEP_VARIANTS if v.params["cell"] == "exp")
     x = random_inputs(2, 3, 1, 16, 40, dtype=torch.float32, with_states=True)
     C, n = x["c_initial"].to(DEVICE).contiguous(), x["n_initial"].to(DEVICE).contiguous()
     m = x["m_initial"].reshape(2, 3).to(DEVICE).contiguous()
     q, k, v, i, f = (x[name][:, :, 0].to(DEVICE) for name in "qkvif")
-    recurrent.step_fw(q, k, v, i, f, C, n, m, variant=variant, config=CONFIGS[variant.template], out=(C, n, m))
+    config = dict(CONFIGS[variant.template], k_tiles=k_tiles)
+    recurrent.step_fw(q, k, v, i, f, C, n, m, variant=variant, config=config, out=(C, n, m))
     counters = recurrent._arrival_counters(6, torch.device(DEVICE))
+    assert counters.tolist() == [0] * 6
+    new = (torch.empty_like(C), torch.empty_like(n), torch.empty_like(m))
+    recurrent.step_fw(q, k, v, i, f, C, n, m, variant=variant, config=config, out=new)
     assert counters.tolist() == [0] * 6
 
 

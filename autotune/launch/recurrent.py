@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..checks import MLSTMInputError
 from ..load import load_variant
 from ..variants import Variant
 from .common import cdiv, contiguous, empty, next_pow2, require_pow2, state_args
@@ -20,8 +21,23 @@ def _arrival_counters(n: int, device: torch.device) -> torch.Tensor:
     return _COUNTERS[key]
 
 
+_SCRATCH: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+# the step's key tiles: walked in sequence by each value tile's program, or one program per tile of C
+K_TILES = ("loop", "programs")
+
+
+def _split_scratch(n: int, NK: int, DHHV: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split step's per-key-tile shares (numerator, n . q), fp32; overwritten by every call, allocated once per
+    (device, B * NH, NK, DHHV), so a CUDA graph can replay the launch."""
+    key = (str(device), n, NK, DHHV)
+    if key not in _SCRATCH:
+        _SCRATCH[key] = (torch.empty(n, NK, DHHV, dtype=torch.float32, device=device),
+                         torch.empty(n, NK, dtype=torch.float32, device=device))  # fmt: skip
+    return _SCRATCH[key]
+
+
 def step_default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
-    return {"BK": min(64, next_pow2(DHQK)), "BV": min(64, next_pow2(DHHV)), "num_warps": 4}
+    return {"BK": min(64, next_pow2(DHQK)), "BV": min(64, next_pow2(DHHV)), "num_warps": 4, "k_tiles": "loop"}
 
 
 def sequence_default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
@@ -38,14 +54,26 @@ def step_fw(q, k, v, i, f, C, n, m, *, variant: Variant, config: dict | None = N
     DHHV = v.shape[-1]
     config = dict(config or step_default_config(variant, DHQK, DHHV))
     require_pow2(config, "BK", "BV")
+    if config.get("k_tiles", "loop") not in K_TILES:
+        raise MLSTMInputError(f"k_tiles must be one of {K_TILES}, not {config['k_tiles']!r}")
     inplace = out[0] is C
     q, k, v, i, f = contiguous(q, k, v, i, f)
     h = empty(B, NH, DHHV, dtype=q.dtype, device=q.device)
     m = h if m is None else m  # the sig cell reads no m: any pointer will do, and nothing is allocated
     Cout, nout, mout = out[0], out[1], out[2] if out[2] is not None else m
     NV = cdiv(DHHV, config["BV"])
+    module = load_variant(variant)
+    if config.get("k_tiles", "loop") == "programs":
+        NK = cdiv(DHQK, config["BK"])
+        part, parts = _split_scratch(B * NH, NK, DHHV, q.device)
+        module.recurrent_step_split_kernel[(NK * NV, B * NH)](
+            q, k, v, i, f, C, n, m, Cout, nout, mout, h, _arrival_counters(B * NH, q.device), part, parts,
+            scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV, BK=config["BK"], BV=config["BV"], NK=NK,
+            NKP=next_pow2(NK), NV=NV, INPLACE=inplace, NORMALIZE=normalize, num_warps=config["num_warps"],
+        )  # fmt: skip
+        return h
     counters = _arrival_counters(B * NH, q.device) if inplace else h
-    load_variant(variant).recurrent_step_kernel[(NV, B * NH)](
+    module.recurrent_step_kernel[(NV, B * NH)](
         q, k, v, i, f, C, n, m, Cout, nout, mout, h, counters, scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV,
         BK=config["BK"], BV=config["BV"], NV=NV, INPLACE=inplace, NORMALIZE=normalize, num_warps=config["num_warps"],
     )  # fmt: skip

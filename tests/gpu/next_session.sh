@@ -14,6 +14,7 @@
 #   states       profile_forward.py --sweep states (gates inline/pre x weighting k/v), one layout per GPU
 #   bw-check     profile-bw at both layouts on GPU 0; backward tests (7B, entries) and two-pass bf16 tests on GPU 1
 #   bw-states    profile-bw at the 7B layout on GPU 0, the states sweep (both layouts) on GPU 1
+#   step-split   the step rows of the bench with the split step kernel forced at a few tiles (GPU 0)
 #   tune-presets the shipped presets on 2 GPUs into $OUT/db; copy that to .tuning/ and carry it to resume
 # Logs go to $OUT; commit them under tests/gpu/logs/ or tuning_db/reports/ with their command.
 set -u
@@ -97,6 +98,13 @@ case "${1:-}" in
       python -m pytest -q -m gpu tests/gpu/test_gpu_forward.py $xd -k 'twopass and bf16' -p no:cacheprovider \
       --tb=line -rfE > '$OUT/gpu_twopass.log' 2>&1" &
     wait; tail -n 3 "$OUT"/gpu_*.log; grep -A22 "fw+bw ms" "$OUT"/profile_bw_*.log ;;
+  step-split)  # the step kernel with one program per tile of C ("k_tiles": "programs"), forced, at a few tiles; GPU 0
+    for t in "64 64" "32 64" "64 32" "32 32"; do set -- $t
+      force="{\"step:exp\": {\"variant\": \"recurrent_step__cell-exp\", \"config\": {\"BK\": $1, \"BV\": $2, \"num_warps\": 4, \"k_tiles\": \"programs\"}}}"
+      CUDA_VISIBLE_DEVICES=0 MLSTM_AUTOTUNE_FORCE="$force" timeout 150 python -m autotune bench --only step \
+        --out "$OUT/step_split_$1_$2" > "$OUT/step_split_$1_$2.log" 2>&1
+      echo "BK=$1 BV=$2"; grep -A6 "ours GB/s" "$OUT/step_split_$1_$2.log" | tail -4
+    done ;;
   tune-presets)  # the shipped presets, both GPUs on each study; resumable: carry .tuning (the previous call's db/)
     mkdir -p "$OUT/db"; [ -d .tuning ] && cp -r .tuning/. "$OUT/db/"
     end=$(( $(date +%s) + ${BUDGET_S:-540} ))
