@@ -60,8 +60,12 @@ class StudyResult:
     failed: list[str] = field(default_factory=list)
 
 
-def study_name(gpu: str, op: str, direction: str, dtype: str, DHQK: int, DHHV: int, S: int, BNH: int) -> str:
-    return f"{gpu}|{op}|{direction}|{dtype}|DHQK{DHQK}|DHHV{DHHV}|S{S}|BNH{BNH}"
+def study_name(gpu: str, op: str, direction: str, dtype: str, DHQK: int, DHHV: int, S: int, BNH: int,
+               code: str = "") -> str:  # fmt: skip
+    """The study of one shape bucket; ``code`` (autotune.tune.code_fingerprint) keeps studies measured with other
+    kernel code apart: their times do not compare with new ones, so a changed kernel starts a new study."""
+    name = f"{gpu}|{op}|{direction}|{dtype}|DHQK{DHQK}|DHHV{DHHV}|S{S}|BNH{BNH}"
+    return f"{name}|code-{code}" if code else name
 
 
 def open_study(storage_file: Path, name: str, seed: int = 0) -> optuna.Study:

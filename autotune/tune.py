@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import multiprocessing
 import os
@@ -105,6 +106,16 @@ def _progress(label: str):
     return show
 
 
+def code_fingerprint() -> str:
+    """8 hex digits of what decides a candidate's speed besides its configuration: the templates behind generated/
+    (their hashes in generated/MANIFEST.json) and the launchers (autotune/launch). Part of every study's name, so a
+    run after a kernel change starts new studies instead of comparing its times with old ones."""
+    digest = hashlib.sha256((paths.generated_dir() / "MANIFEST.json").read_bytes())
+    for source in sorted((Path(__file__).parent / "launch").glob("*.py")):
+        digest.update(source.name.encode() + source.read_bytes())
+    return digest.hexdigest()[:8]
+
+
 def warm_starts(key: tdb.Key, gpu: str, folders: list[Path], most: int = 3) -> list[tuple[Variant, dict]]:
     """The winners for this GPU of the same op, direction, dtype and head dims at other shapes, nearest buckets of S
     and B x NH first, from the database folders in order (each point once, at most ``most``): a good configuration
@@ -160,7 +171,8 @@ def tune_shape(shape: Shape, *, trials: int, time_budget_s: float | None, storag
         default_config = configure(default_variant, shape.DHQK, shape.DHHV)
     S_bucket, BNH_bucket = tdb.bucket(shape.S), tdb.bucket(shape.B * shape.NH)
     key = tdb.Key(shape.op, shape.direction, shape.dtype, shape.DHQK, shape.DHHV, S_bucket, BNH_bucket, "")
-    name = search.study_name(gpu, key.op, key.direction, key.dtype, key.DHQK, key.DHHV, key.S, key.BNH)
+    name = search.study_name(gpu, key.op, key.direction, key.dtype, key.DHQK, key.DHHV, key.S, key.BNH,
+                             code=code_fingerprint())  # fmt: skip
     study = search.open_study(storage, name, seed=seed)
     runner = IsolatedRunner(timeout_s=runner_timeout_s, env=runner_env)
 

@@ -108,3 +108,19 @@ def test_warm_starts_are_the_nearest_winners_of_the_same_kind(tmp_path: Path):
     assert [c["BV"] for _, c in starts] == [16, 64]  # S=8192 (one bucket away, found twice), then S=32768
     assert all(v.name == "chunkwise_fused_fw__cell-exp_state-input" for v, _ in starts)
     assert tune.warm_starts(key, "GPU C", [mine, shipped]) == []
+
+
+def test_a_kernel_change_starts_new_studies(tmp_path: Path, monkeypatch):
+    """Study names carry a fingerprint of the templates and launchers: times measured with other kernel code are
+    not resumed and compared with new ones."""
+    from autotune import paths, search, tune
+
+    before = tune.code_fingerprint()
+    assert before == tune.code_fingerprint() and len(before) == 8
+    (tmp_path / "MANIFEST.json").write_text('{"a.py": {"template_hash": "0123"}}')
+    monkeypatch.setattr(paths, "generated_dir", lambda: tmp_path)
+    after = tune.code_fingerprint()
+    assert after != before
+    names = {search.study_name("GPU", "chunkwise:exp", "fw", "bfloat16", 256, 512, 2048, 256, code=c)
+             for c in (before, after)}  # fmt: skip
+    assert len(names) == 2
