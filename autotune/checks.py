@@ -156,7 +156,7 @@ _STEP_PASSED: dict[tuple, Dims] = {}
 def _step_signature(cell: str, args: tuple) -> tuple | None:
     try:
         return (cell,) + tuple(None if a is None else (type(a), a.shape, a.dtype, a.device) for a in args)
-    except AttributeError:  # not a tensor: the full checks say what is wrong
+    except (AttributeError, TypeError):  # not a tensor, or unhashable (symbolic) sizes: the full checks run
         return None
 
 
@@ -165,7 +165,10 @@ def check_step_inputs(q, k, v, i, f, c, n, m, *, cell: str = "exp") -> Dims:
     Arguments of the same types, shapes, dtypes and devices as a set that passed before are not checked again
     (a step call's Python time is what a small batch waits for); the finite check, when enabled, always runs."""
     key = _step_signature(cell, (q, k, v, i, f, c, n, m))
-    dims = _STEP_PASSED.get(key) if key is not None else None
+    try:
+        dims = _STEP_PASSED.get(key) if key is not None else None
+    except TypeError:  # a signature that cannot be hashed
+        key = dims = None
     if dims is None:
         dims = _check_step_inputs(q, k, v, i, f, c, n, m, cell=cell)
         if key is not None:

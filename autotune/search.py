@@ -141,6 +141,8 @@ def run_study(
     queued = {_point_key(default[0].name, default[1])}
     for variant, config in starts:
         point = _point_key(variant.name, config)
+        if len(queued) > 3:  # the default and at most 3 starts
+            break
         if point not in seen and point not in queued and _is_point_of(variant, config, candidates):
             _enqueue(study, variant, config, "start")
             queued.add(point)

@@ -107,19 +107,26 @@ def _progress(label: str):
 
 
 def code_fingerprint() -> str:
-    """8 hex digits of what decides a candidate's speed besides its configuration: the templates behind generated/
-    (their hashes in generated/MANIFEST.json) and the launchers (autotune/launch). Part of every study's name, so a
-    run after a kernel change starts new studies instead of comparing its times with old ones."""
+    """8 hex digits of what decides a candidate's measured speed besides its configuration: the templates behind
+    generated/ (their hashes in generated/MANIFEST.json), the launchers (autotune/launch), the measurement
+    (autotune/measure.py) and the torch and Triton versions. Part of every study's name, so a run after any of them
+    changed starts new studies instead of comparing its times with old ones."""
+    import triton
+
     digest = hashlib.sha256((paths.generated_dir() / "MANIFEST.json").read_bytes())
-    for source in sorted((Path(__file__).parent / "launch").glob("*.py")):
+    here = Path(__file__).parent
+    for source in [here / "measure.py", *sorted((here / "launch").glob("*.py"))]:
         digest.update(source.name.encode() + source.read_bytes())
+    digest.update(f"torch {torch.__version__} triton {triton.__version__}".encode())
     return digest.hexdigest()[:8]
 
 
-def warm_starts(key: tdb.Key, gpu: str, folders: list[Path], most: int = 3) -> list[tuple[Variant, dict]]:
-    """The winners for this GPU of the same op, direction, dtype and head dims at other shapes, nearest buckets of S
-    and B x NH first, from the database folders in order (each point once, at most ``most``): a good configuration
-    of one sequence length is a good first guess at the next, and measuring it early costs one trial."""
+def warm_starts(key: tdb.Key, gpu: str, folders: list[Path], most: int = 6) -> list[tuple[Variant, dict]]:
+    """The winners for this GPU of the same op, direction, dtype and head dims, the shape's own bucket first (a
+    winner found with earlier kernels), then the nearest buckets of S and B x NH, from the database folders in order
+    (each point once, at most ``most``; run_study measures at most 3 that are points of its space): a good
+    configuration of one sequence length is a good first guess at the next, and measuring it early costs one
+    trial."""
     found = []
     for folder in folders:
         for db in tdb.read_all(folder):
@@ -128,7 +135,7 @@ def warm_starts(key: tdb.Key, gpu: str, folders: list[Path], most: int = 3) -> l
             for k, e in db.entries.items():
                 same = (k.op, k.direction, k.dtype, k.DHQK, k.DHHV) == (key.op, key.direction, key.dtype, key.DHQK,
                                                                        key.DHHV)  # fmt: skip
-                if same and (k.S, k.BNH) != (key.S, key.BNH):
+                if same:  # its own bucket too (distance 0): the winner under earlier kernels
                     distance = abs(k.S.bit_length() - key.S.bit_length()) + abs(
                         k.BNH.bit_length() - key.BNH.bit_length())  # fmt: skip
                     found.append((distance, len(found), e))

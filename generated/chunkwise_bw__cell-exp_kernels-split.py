@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   fef411e81a6b75d2
+# template hash:   a6bd475dacf4c588
 # parameters:      cell=exp, kernels=split
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (exp cell), exact (MATH.md §6), "split" within-chunk kernels.
@@ -285,11 +285,12 @@ def chunkwise_bw_dstate_kernel(
         b_decay = tl.exp(tl.sum(b_lf, axis=0) + b_mc - b_mn)
         b_r = tl.load(r_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
         b_ds = tl.load(ds_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
-        # q^T loaded as such and the per-token weights on dh (dnum = r dh): no transposed copy in registers
+        # q^T loaded as such (no transposed copy in registers), weighted per token; dnum = r dh: r goes with q, so
+        # that dh enters the dot exactly (a scaled dh in 16 bits could overflow under fp16 loss scaling)
         b_qT = tl.load(q_ptr + o_t[None, :] * DHQK + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0.0)
         b_dh = tl.load(dh_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
-        b_dhw = (b_dh.to(tl.float32) * (b_D0 * scale * b_r)[:, None]).to(b_dh.dtype)  # [L, BV]
-        b_dC = b_decay * b_dC + tl.dot(b_qT, b_dhw, input_precision=DOT_PRECISION)  # [BK, L] @ [L, BV] -> [BK, BV]
+        b_qwT = (b_qT.to(tl.float32) * (b_D0 * scale * b_r)[None, :]).to(b_dh.dtype)  # [BK, L]
+        b_dC = b_decay * b_dC + tl.dot(b_qwT, b_dh, input_precision=DOT_PRECISION)  # [BK, L] @ [L, BV] -> [BK, BV]
         if i_v == 0:  # only these programs store dn
             b_dn = b_decay * b_dn + tl.sum(b_qT.to(tl.float32) * (b_D0 * scale * b_ds)[None, :], axis=1)
         if chain:

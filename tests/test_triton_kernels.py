@@ -180,3 +180,17 @@ def test_logsigmoid_keeps_the_digits_of_gates_near_one():
     ref = torch.nn.functional.logsigmoid(x.double())
     rel = ((out.double() - ref).abs() / ref.abs()).max().item()
     assert rel < 1e-6, f"largest relative error {rel:.3g}"
+
+
+def test_split_step_scratch_grows_and_is_reused():
+    """The split step's scratch: views of one buffer per device that grows for a larger batch (older buffers kept
+    for CUDA graphs that hold them), and is reused, not reallocated, for smaller ones."""
+    dev = torch.device("meta")
+    part, parts = recurrent._split_scratch(2, 4, 24, dev)
+    assert part.shape == (2, 4, 24) and parts.shape == (2, 4)
+    part, parts = recurrent._split_scratch(8, 4, 24, dev)
+    assert part.shape == (8, 4, 24) and parts.shape == (8, 4)
+    held = recurrent._SCRATCH[str(dev)]
+    assert len(held) == 2 and held[-1][0].numel() == 8 * 4 * 24
+    recurrent._split_scratch(3, 4, 24, dev)
+    assert len(held) == 2  # fits: no new buffer

@@ -88,8 +88,8 @@ def test_fwbw_not_for_inference_forms(tmp_path: Path):
 
 
 def test_warm_starts_are_the_nearest_winners_of_the_same_kind(tmp_path: Path):
-    """tune.warm_starts: winners for this GPU of the same op, direction, dtype and head dims at other buckets,
-    nearest first, each point once; other GPUs, other head dims and the shape's own bucket are not starts."""
+    """tune.warm_starts: winners for this GPU of the same op, direction, dtype and head dims, the shape's own bucket
+    first, then the nearest, each point once; other GPUs and other head dims are not starts."""
     from autotune import db as tdb
     from autotune import tune
 
@@ -105,7 +105,8 @@ def test_warm_starts_are_the_nearest_winners_of_the_same_kind(tmp_path: Path):
     tdb.upsert(shipped / "GPU_B.json", "GPU B", (9, 0), [entry(8192, 64, 32)])
     key = tdb.Key("chunkwise:exp", "fw", "bfloat16", 256, 512, 4096, 128, "")
     starts = tune.warm_starts(key, "GPU A", [mine, shipped])
-    assert [c["BV"] for _, c in starts] == [16, 64]  # S=8192 (one bucket away, found twice), then S=32768
+    # its own bucket (S=4096), then S=8192 (one bucket away, found twice), then S=32768
+    assert [c["BV"] for _, c in starts] == [128, 16, 64]
     assert all(v.name == "chunkwise_fused_fw__cell-exp_state-input" for v, _ in starts)
     assert tune.warm_starts(key, "GPU C", [mine, shipped]) == []
 

@@ -13,27 +13,35 @@ _COUNTERS: dict[tuple, torch.Tensor] = {}
 
 
 def _arrival_counters(n: int, device: torch.device) -> torch.Tensor:
-    """Per-head int32 counters the in-place step kernel uses and resets; allocated once per (device, B * NH), so
-    steady-state calls allocate nothing (call once before capturing a CUDA graph)."""
+    """Per-head int32 counters that the in-place step kernel and the split step kernel use and reset; allocated once
+    per (device, B * NH), so steady-state calls allocate nothing (call once before capturing a CUDA graph). Shared by
+    every launch of that B * NH on the device: two such launches must not run at the same time (different streams,
+    or two CUDA graphs replayed concurrently)."""
     key = (str(device), n)
     if key not in _COUNTERS:
         _COUNTERS[key] = torch.zeros(n, dtype=torch.int32, device=device)
     return _COUNTERS[key]
 
 
-_SCRATCH: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+# the split step's scratch per device: the buffers handed out so far, the last the largest (older ones are kept:
+# a CUDA graph may hold their addresses)
+_SCRATCH: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 # the step's key tiles: walked in sequence by each value tile's program, or one program per tile of C
 K_TILES = ("loop", "programs")
 
 
 def _split_scratch(n: int, NK: int, DHHV: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The split step's per-key-tile shares (numerator, n . q), fp32; overwritten by every call, allocated once per
-    (device, B * NH, NK, DHHV), so a CUDA graph can replay the launch."""
-    key = (str(device), n, NK, DHHV)
-    if key not in _SCRATCH:
-        _SCRATCH[key] = (torch.empty(n, NK, DHHV, dtype=torch.float32, device=device),
-                         torch.empty(n, NK, dtype=torch.float32, device=device))  # fmt: skip
-    return _SCRATCH[key]
+    """The split step's per-key-tile shares (numerator (n, NK, DHHV), n . q (n, NK)), fp32, overwritten by every
+    call: views of one buffer per device, which grows (at least doubling) when a larger batch comes, so memory stays
+    within a few times the largest batch's need, and steady-state calls allocate nothing (CUDA-graph safe)."""
+    held = _SCRATCH.setdefault(str(device), [])
+    if not held or held[-1][0].numel() < n * NK * DHHV or held[-1][1].numel() < n * NK:
+        size = max(n * NK * DHHV, 2 * held[-1][0].numel()) if held else n * NK * DHHV
+        sizes = max(n * NK, 2 * held[-1][1].numel()) if held else n * NK
+        held.append((torch.empty(size, dtype=torch.float32, device=device),
+                     torch.empty(sizes, dtype=torch.float32, device=device)))  # fmt: skip
+    part, parts = held[-1]
+    return part[: n * NK * DHHV].view(n, NK, DHHV), parts[: n * NK].view(n, NK)
 
 
 def step_default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
