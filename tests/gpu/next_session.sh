@@ -98,7 +98,11 @@ case "${1:-}" in
       python -m pytest -q -m gpu tests/gpu/test_gpu_forward.py $xd -k 'twopass and bf16' -p no:cacheprovider \
       --tb=line -rfE > '$OUT/gpu_twopass.log' 2>&1" &
     wait; tail -n 3 "$OUT"/gpu_*.log; grep -A22 "fw+bw ms" "$OUT"/profile_bw_*.log ;;
-  step-split)  # the step kernel with one program per tile of C ("k_tiles": "programs"), forced, at a few tiles; GPU 0
+  step-split)  # the step kernel with one program per tile of C ("k_tiles": "programs"): first its oracle tests on the
+               # GPU (the interpreter runs programs one at a time, so only a GPU exercises the arrival protocol), then
+               # the bench's step rows with it forced at a few tiles; GPU 0
+    CUDA_VISIBLE_DEVICES=0 timeout 200 python -m pytest -q tests/test_triton_kernels.py -k "step or counters" \
+      -p no:cacheprovider --tb=line -rfE > "$OUT/gpu_step_tests.log" 2>&1; tail -n 3 "$OUT/gpu_step_tests.log"
     for t in "64 64" "32 64" "64 32" "32 32"; do set -- $t
       force="{\"step:exp\": {\"variant\": \"recurrent_step__cell-exp\", \"config\": {\"BK\": $1, \"BV\": $2, \"num_warps\": 4, \"k_tiles\": \"programs\"}}}"
       CUDA_VISIBLE_DEVICES=0 MLSTM_AUTOTUNE_FORCE="$force" timeout 150 python -m autotune bench --only step \
