@@ -14,6 +14,7 @@
 #   states       profile_forward.py --sweep states (gates inline/pre x weighting k/v), one layout per GPU
 #   bw-check     profile-bw at both layouts on GPU 0; backward tests (7B, entries) and two-pass bf16 tests on GPU 1
 #   bw-states    profile-bw at the 7B layout on GPU 0, the states sweep (both layouts) on GPU 1
+#   fw-stages    the forward rows with the default configuration forced at 3 and at 1 stage (2 GPUs)
 #   step-split   the step rows of the bench with the split step kernel forced at a few tiles (GPU 0)
 #   tune-presets the shipped presets on 2 GPUs into $OUT/db; copy that to .tuning/ and carry it to resume
 # Logs go to $OUT; commit them under tests/gpu/logs/ or tuning_db/reports/ with their command.
@@ -98,6 +99,14 @@ case "${1:-}" in
       python -m pytest -q -m gpu tests/gpu/test_gpu_forward.py $xd -k 'twopass and bf16' -p no:cacheprovider \
       --tb=line -rfE > '$OUT/gpu_twopass.log' 2>&1" &
     wait; tail -n 3 "$OUT"/gpu_*.log; grep -A22 "fw+bw ms" "$OUT"/profile_bw_*.log ;;
+  fw-stages)  # the chunkwise forward rows with the default two-pass configuration forced at 3 stages (GPU 0) and at 1
+              # stage (GPU 1); the bench's "default" column is the 2-stage default, measured in the same run
+    C='"LI":64,"LO":64,"BKS":64,"BVS":128,"BKO":64,"BVO":128,"num_warps_states":4,"num_warps_out":4,"out_values":"loop","states_gates":"pre","states_weighting":"v"'
+    for g in 0 1; do st=$([ $g = 0 ] && echo 3 || echo 1)
+      force="{\"chunkwise:exp\":{\"variant\":\"chunkwise_twopass_fw__cell-exp_state-input\",\"config\":{$C,\"num_stages\":$st}}}"
+      CUDA_VISIBLE_DEVICES=$g MLSTM_AUTOTUNE_FORCE="$force" timeout 200 python -m autotune bench --only chunkwise \
+        --pass fw --out "$OUT/stages$st" > "$OUT/stages$st.log" 2>&1 & done
+    wait; grep "| chunkwise" "$OUT"/stages*.log ;;
   step-split)  # the step kernel with one program per tile of C ("k_tiles": "programs"): first its oracle tests on the
                # GPU (the interpreter runs programs one at a time, so only a GPU exercises the arrival protocol), then
                # the bench's step rows with it forced at a few tiles; GPU 0
