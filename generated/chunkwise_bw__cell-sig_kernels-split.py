@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   a6bd475dacf4c588
+# template hash:   ab3d78c7b32d32ca
 # parameters:      cell=sig, kernels=split
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (sig cell), exact (MATH.md §6), "split" within-chunk kernels.
@@ -281,14 +281,14 @@ def _chunk_setup(i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c,
     b_lf, b_li = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_t, m_t)
     b_mc, b_mn = 0.0, 0.0
     b_mt = tl.zeros([L], dtype=tl.float32)
+    b_F = tl.cumsum(b_lf, axis=0)
     if SEGMENT_SUMS:
         b_seg = tl.cumsum(tl.where(o_l[:, None] > o_l[None, :], b_lf[:, None], 0.0), axis=0)
     else:
-        b_F = tl.cumsum(b_lf, axis=0)
         b_seg = b_F[:, None] - b_F[None, :]
     b_D = tl.where(o_l[:, None] >= o_l[None, :], tl.exp(b_seg + b_li[None, :] - b_mt[:, None]), 0.0)
     b_D = tl.where(m_t[:, None], b_D, 0.0)
-    b_D0 = tl.where(m_t, tl.exp(tl.cumsum(b_lf, axis=0) + b_mc - b_mt), 0.0)
+    b_D0 = tl.where(m_t, tl.exp(b_F + b_mc - b_mt), 0.0)
     b_g = tl.cumsum(b_lf, axis=0, reverse=True) - b_lf + b_li
     b_w = tl.where(m_t, tl.exp(b_g - b_mn), 0.0)
     b_decay = tl.exp(tl.sum(b_lf, axis=0) + b_mc - b_mn)

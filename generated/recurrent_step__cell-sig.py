@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        recurrent_step.py.j2
-# template hash:   5908825b2a1fb09e
+# template hash:   8f6a05eb5801a6b1
 # parameters:      cell=sig
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """mLSTM step (sig cell): one token, MATH.md §5. recurrent_step_kernel: one program per (value tile, batch x
@@ -26,6 +26,25 @@ def _logsigmoid(x):
     y = tl.exp(-tl.abs(x))
     u = 1.0 + y
     return tl.minimum(x, 0.0) - tl.where(u == 1.0, y, tl.log(u) * (y / tl.where(u == 1.0, 1.0, u - 1.0)))
+
+
+@triton.jit
+def _step_gates(i_ptr, f_ptr, m_ptr, i_bh):
+    """(decay of the old state, weight of the new token, new max state) of one head's step; the sig cell has no max
+    state (0 returned)."""
+    b_i = tl.load(i_ptr + i_bh).to(tl.float32)
+    b_lf = _logsigmoid(tl.load(f_ptr + i_bh).to(tl.float32))
+    return tl.exp(b_lf), tl.exp(_logsigmoid(b_i)), 0.0
+
+
+@triton.jit
+def _step_den(b_qn, b_m_new, eps, NORMALIZE: tl.constexpr):
+    """The denominator of h from q . n (scaled): max(|q . n|, floor) + eps, the floor exp(-m) for the exp cell and 1
+    for the sig cell (1 in all, without NORMALIZE, for the sig cell)."""
+    if NORMALIZE:
+        return tl.maximum(tl.abs(b_qn), 1.0) + eps
+    else:
+        return 1.0
 
 
 @triton.jit
@@ -56,10 +75,7 @@ def recurrent_step_kernel(
     i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < DHHV
-    b_i = tl.load(i_ptr + i_bh).to(tl.float32)
-    b_lf = _logsigmoid(tl.load(f_ptr + i_bh).to(tl.float32))
-    b_decay = tl.exp(b_lf)
-    b_w = tl.exp(_logsigmoid(b_i))
+    b_decay, b_w, b_m_new = _step_gates(i_ptr, f_ptr, m_ptr, i_bh)
     b_v = tl.load(v_ptr + i_bh * DHHV + o_v, mask=m_v, other=0.0).to(tl.float32)
     b_num = tl.zeros([BV], dtype=tl.float32)
     b_s = tl.zeros([BK], dtype=tl.float32)
@@ -80,10 +96,7 @@ def recurrent_step_kernel(
                 tl.store(nout_ptr + i_bh * DHQK + o_k, b_n.to(nout_ptr.dtype.element_ty), mask=m_k)
     b_qn = tl.sum(b_s, axis=0) * scale
     b_num = b_num * scale
-    if NORMALIZE:
-        b_h = b_num / (tl.maximum(tl.abs(b_qn), 1.0) + eps)
-    else:
-        b_h = b_num
+    b_h = b_num / _step_den(b_qn, b_m_new, eps, NORMALIZE)
     tl.store(h_ptr + i_bh * DHHV + o_v, b_h.to(h_ptr.dtype.element_ty), mask=m_v)
     if INPLACE:
         # every program of this head has consumed the old n and m (b_qn, b_m_new above); the last one writes
@@ -138,10 +151,7 @@ def recurrent_step_split_kernel(
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < DHQK, o_v < DHHV
-    b_i = tl.load(i_ptr + i_bh).to(tl.float32)
-    b_lf = _logsigmoid(tl.load(f_ptr + i_bh).to(tl.float32))
-    b_decay = tl.exp(b_lf)
-    b_w = tl.exp(_logsigmoid(b_i))
+    b_decay, b_w, b_m_new = _step_gates(i_ptr, f_ptr, m_ptr, i_bh)
     b_q = tl.load(q_ptr + i_bh * DHQK + o_k, mask=m_k, other=0.0).to(tl.float32)
     b_k = tl.load(k_ptr + i_bh * DHQK + o_k, mask=m_k, other=0.0).to(tl.float32)
     b_v = tl.load(v_ptr + i_bh * DHHV + o_v, mask=m_v, other=0.0).to(tl.float32)
@@ -159,10 +169,7 @@ def recurrent_step_split_kernel(
         o_nk = tl.arange(0, NKP)
         b_qn = tl.load(parts_ptr + i_bh * NK + o_nk, mask=o_nk < NK, other=0.0, cache_modifier=".cg")
         b_qn = tl.sum(b_qn, axis=0) * scale
-        if NORMALIZE:
-            b_den = tl.maximum(tl.abs(b_qn), 1.0) + eps
-        else:
-            b_den = 1.0
+        b_den = _step_den(b_qn, b_m_new, eps, NORMALIZE)
         for j_v in range(0, NV):
             o_hv = j_v * BV + tl.arange(0, BV)
             m_hv = o_hv < DHHV

@@ -194,3 +194,20 @@ def test_split_step_scratch_grows_and_is_reused():
     assert len(held) == 2 and held[-1][0].numel() == 8 * 4 * 24
     recurrent._split_scratch(3, 4, 24, dev)
     assert len(held) == 2  # fits: no new buffer
+
+
+def test_unknown_launch_choices_are_clear_errors():
+    """A configuration naming an option that does not exist (a hand-written MLSTM_AUTOTUNE_FORCE, say) is refused by
+    the launcher with the choices, before anything is launched."""
+    from autotune.checks import MLSTMInputError
+
+    x = random_inputs(1, 2, 8, 16, 16, dtype=torch.float32, with_states=True)
+    q, k, v, i, f = (x[n][:, :, 0].to(DEVICE) for n in "qkvif")
+    C, n, m = x["c_initial"].to(DEVICE), x["n_initial"].to(DEVICE), x["m_initial"].reshape(1, 2).to(DEVICE)
+    step = STEP_VARIANTS[0]
+    with pytest.raises(MLSTMInputError, match="k_tiles must be one of"):
+        recurrent.step_fw(q, k, v, i, f, C, n, m, variant=step, config=dict(CONFIGS[step.template], k_tiles="split"))
+    twopass = next(v for v in SEQUENCE_VARIANTS if v.template == chunkwise.TWOPASS)
+    bad = dict(CONFIGS[twopass.template], states_weighting="q")
+    with pytest.raises(MLSTMInputError, match="states_weighting must be one of"):
+        chunkwise.chunkwise_fw(*(x[n].to(DEVICE) for n in "qkvif"), variant=twopass, config=bad)

@@ -125,3 +125,14 @@ def test_a_kernel_change_starts_new_studies(tmp_path: Path, monkeypatch):
     names = {search.study_name("GPU", "chunkwise:exp", "fw", "bfloat16", 256, 512, 2048, 256, code=c)
              for c in (before, after)}  # fmt: skip
     assert len(names) == 2
+
+
+def test_warm_starts_skip_a_corrupt_database_file(tmp_path: Path):
+    """A truncated database file in a folder warm_starts reads gives a warning and no starts, never an error."""
+    from autotune import db as tdb
+    from autotune import tune
+
+    (tmp_path / "GPU_A.json").write_text('{"schema_version": 1, "gpu": "GPU A", "entr')
+    key = tdb.Key("chunkwise:exp", "fw", "bfloat16", 256, 512, 4096, 128, "")
+    with pytest.warns(tdb.TuningDBWarning):
+        assert tune.warm_starts(key, "GPU A", [tmp_path]) == []
