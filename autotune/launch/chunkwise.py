@@ -18,6 +18,7 @@ from .common import (
     empty,
     last_state_buffers,
     next_pow2,
+    require_choice,
     require_pow2,
     state_args,
     stats_buffers,
@@ -55,13 +56,9 @@ def check_config(variant: Variant, config: dict) -> None:
         require_pow2(config, "L", "BV")
     else:
         require_pow2(config, "LI", "LO", "BKS", "BVS", "BKO", "BVO")
-        if config.get("out_values", "tiles") not in OUT_VALUES:
-            raise MLSTMInputError(f"out_values must be one of {OUT_VALUES}, not {config['out_values']!r}")
-        if config.get("states_gates", "inline") not in STATES_GATES:
-            raise MLSTMInputError(f"states_gates must be one of {STATES_GATES}, not {config['states_gates']!r}")
-        if config.get("states_weighting", "k") not in STATES_WEIGHTING:
-            raise MLSTMInputError(
-                f"states_weighting must be one of {STATES_WEIGHTING}, not {config['states_weighting']!r}")
+        require_choice(config, "out_values", OUT_VALUES, "tiles")
+        require_choice(config, "states_gates", STATES_GATES, "inline")
+        require_choice(config, "states_weighting", STATES_WEIGHTING, "k")
         if config["LO"] % config["LI"]:
             raise MLSTMInputError(f"LO ({config['LO']}) must be a multiple of LI ({config['LI']})")
 

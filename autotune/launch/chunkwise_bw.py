@@ -32,7 +32,7 @@ from ..load import load_variant
 from ..variants import Variant, find
 from .bw_common import prepare
 from .chunkwise import STATES_WEIGHTING, TWOPASS, _launch_states
-from .common import cdiv, empty, next_pow2, require_pow2
+from .common import cdiv, empty, next_pow2, require_choice, require_pow2
 
 TEMPLATE = "chunkwise_bw.py.j2"
 STATES = ("recompute", "reuse")
@@ -52,13 +52,9 @@ def default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
 
 def check_config(variant: Variant, config: dict) -> None:
     require_pow2(config, "L", "BK", "BV", "BKS", "BVS")
-    if config.get("states", "recompute") not in STATES:
-        raise MLSTMInputError(f"states must be one of {STATES}, got {config.get('states')!r}")
-    if config.get("state_buffers", "float32") not in STATE_BUFFERS:
-        raise MLSTMInputError(f"state_buffers must be one of {STATE_BUFFERS}, got {config.get('state_buffers')!r}")
-    if config.get("states_weighting", "k") not in STATES_WEIGHTING:
-        raise MLSTMInputError(
-            f"states_weighting must be one of {STATES_WEIGHTING}, got {config.get('states_weighting')!r}")
+    require_choice(config, "states", STATES, "recompute")
+    require_choice(config, "state_buffers", STATE_BUFFERS, "float32")
+    require_choice(config, "states_weighting", STATES_WEIGHTING, "k")
 
 
 def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, variant: Variant, config: dict,

@@ -60,6 +60,14 @@ def require_pow2(config: dict, *names: str, minimum: int = 16) -> None:
             raise MLSTMInputError(f"launch parameter {name} must be a power of two >= {minimum}, got {value!r}")
 
 
+def require_choice(config: dict, name: str, choices: tuple, default) -> None:
+    """A categorical launch parameter (absent: ``default``, for entries tuned before it existed) must be one of
+    ``choices``."""
+    value = config.get(name, default)
+    if value not in choices:
+        raise MLSTMInputError(f"launch parameter {name} must be one of {choices}, got {value!r}")
+
+
 def last_state_buffers(B, NH, DHQK, DHHV, device, store: bool):
     if not store:
         dummy = torch.empty(1, dtype=torch.float32, device=device)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import MLSTMInputError
 from ..load import load_variant
 from ..variants import Variant
-from .common import cdiv, contiguous, empty, next_pow2, require_pow2, state_args
+from .common import cdiv, contiguous, empty, next_pow2, require_choice, require_pow2, state_args
 
 _COUNTERS: dict[tuple, torch.Tensor] = {}
 
@@ -62,8 +61,7 @@ def step_fw(q, k, v, i, f, C, n, m, *, variant: Variant, config: dict | None = N
     DHHV = v.shape[-1]
     config = dict(config or step_default_config(variant, DHQK, DHHV))
     require_pow2(config, "BK", "BV")
-    if config.get("k_tiles", "loop") not in K_TILES:
-        raise MLSTMInputError(f"k_tiles must be one of {K_TILES}, not {config['k_tiles']!r}")
+    require_choice(config, "k_tiles", K_TILES, "loop")
     inplace = out[0] is C
     q, k, v, i, f = contiguous(q, k, v, i, f)
     h = empty(B, NH, DHHV, dtype=q.dtype, device=q.device)
