@@ -101,10 +101,6 @@ def _enqueue(study: optuna.Study, variant: Variant, config: dict, mark: str) -> 
     study.enqueue_trial(params, user_attrs={mark: True})
 
 
-def _enqueue_default(study: optuna.Study, variant: Variant, config: dict) -> None:
-    _enqueue(study, variant, config, "default")
-
-
 def _is_point_of(variant: Variant, config: dict, candidates: list[Variant]) -> bool:
     """Whether (variant, config) is a point of this search's space: a candidate variant and every launch parameter
     of its template, each with one of its choices (a database entry from before a parameter existed is not)."""
@@ -133,7 +129,7 @@ def run_study(
     start = time.monotonic()
     _close_abandoned(study)
     if not any(t.user_attrs.get("default") and t.state == TrialState.COMPLETE for t in study.trials):
-        _enqueue_default(study, *default)  # first run, or the default failed before (e.g. a broken environment)
+        _enqueue(study, *default, "default")  # first run, or the default failed before (e.g. a broken environment)
     # points measured or pruned before are not measured again; failures of earlier runs are retried once per run
     seen = {t.user_attrs["point"]: t for t in study.trials if "point" in t.user_attrs
             and t.state in (TrialState.COMPLETE, TrialState.PRUNED)}  # fmt: skip
