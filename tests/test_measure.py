@@ -113,3 +113,25 @@ def test_the_gate_compiles_what_the_timing_runs(S):
 
 def test_short_sequences_are_gated_on_several_chunks_and_a_ragged_end():
     assert measure.gate_length(40) == measure.gate_length(511) == 2 * 128 + 7
+
+
+def test_timing_inputs_are_drawn_once_per_shape(monkeypatch):
+    """Drawing the real shape's inputs took most of a trial on the H200; a second candidate of the same shape reuses
+    them, a new shape replaces them (one shape's sets are kept, not every shape's)."""
+    drawn = []
+    real = measure._inputs
+
+    def counting(job, B, NH, S, seed):
+        drawn.append((S, seed))
+        return real(job, B, NH, S, seed)
+
+    monkeypatch.setattr(measure, "_inputs", counting)
+    monkeypatch.setattr(measure, "_TIMING_SETS", {})
+    job = Job("recurrent_step__cell-exp", {"BK": 16, "BV": 16, "num_warps": 4}, B=1, NH=2, S=40, DHQK=16, DHHV=24,
+              dtype="float32", device="cpu")  # fmt: skip
+    first = measure.timing_sets(job)
+    assert len(first) == 8 and len(drawn) == 8  # small sets: 8 of them rotate, together more than twice the L2
+    assert measure.timing_sets(Job(**{**job.__dict__, "config": {"BK": 8}})) is first and len(drawn) == 8
+    other = measure.timing_sets(Job(**{**job.__dict__, "S": 48}))
+    assert other is not first and drawn[-1][0] == 48 and len(measure._TIMING_SETS) == 1
+    assert all(set(s) >= set("qkvif") for s in other) and bool((first[0]["q"] != first[1]["q"]).any())
