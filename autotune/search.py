@@ -3,7 +3,8 @@ bucket), in a journal file, so a run that is cut off continues where it stopped 
 can work on one study.
 
 Trial 0 is always the variant's built-in default configuration, so the winner is never slower than the default;
-the next ones may be given starting points (the winners of neighbouring shapes).
+the next ones may be given starting points (the winners of neighbouring shapes), then come the default's valid
+one-parameter neighbours (up to half the trials), then TPE.
 A run stops when ``trials`` points are settled (measured or pruned, earlier runs included) or after ``trials`` asks
 of its own, or when ``time_budget_s`` is spent (the default is always measured first).
 Sampling is seeded TPE. A point the validity predicate rejects is recorded as PRUNED with the reason; a point whose
@@ -16,6 +17,7 @@ The evaluation is injected: ``evaluate(variant, config) -> Outcome``. ``autotune
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -101,6 +103,30 @@ def _enqueue(study: optuna.Study, variant: Variant, config: dict, mark: str) -> 
     study.enqueue_trial(params, user_attrs={mark: True})
 
 
+def neighbours(variant: Variant, config: dict) -> list[dict]:
+    """The configurations that differ from ``config`` in one launch parameter, nearest choices first and round-robin
+    over the parameters (every parameter's nearest alternative, then every parameter's next one, ...)."""
+    per_param = []
+    for p, choices in space.PARAMS[variant.template].items():
+        if config.get(p) not in choices:
+            continue
+        i = choices.index(config[p])
+        others = sorted((j for j in range(len(choices)) if j != i), key=lambda j: (abs(j - i), -j))
+        per_param.append([{**config, p: choices[j]} for j in others])
+    return [c for step in itertools.zip_longest(*per_param) for c in step if c is not None]
+
+
+def _waiting_points(study: optuna.Study) -> set[str]:
+    """The points of trials queued and not yet asked (by another worker on this study, or a run cut off)."""
+    points = set()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        params = t.system_attrs.get("fixed_params", t.params)
+        if "variant" in params:
+            config = {k.partition(".")[2]: v for k, v in params.items() if k != "variant"}
+            points.add(_point_key(params["variant"], config))
+    return points
+
+
 def _is_point_of(variant: Variant, config: dict, candidates: list[Variant]) -> bool:
     """Whether (variant, config) is a point of this search's space: a candidate variant and every launch parameter
     of its template, each with one of its choices (a database entry from before a parameter existed is not)."""
@@ -142,6 +168,19 @@ def run_study(
         if point not in seen and point not in queued and _is_point_of(variant, config, candidates):
             _enqueue(study, variant, config, "start")
             queued.add(point)
+    # then the default's valid one-parameter neighbours, at most half the trials: on a real GPU a trial costs
+    # seconds, and a few dozen trials rarely let TPE reach the one changed knob (a third pipeline stage, say) that wins
+    queued |= _waiting_points(study)
+    room = max(0, trials // 2 - len(queued))
+    for config in neighbours(*default):
+        if room <= 0:
+            break
+        point = _point_key(default[0].name, config)
+        if point not in seen and point not in queued and not space.invalid(default[0], config, DHQK, DHHV,
+                                                                            dtype_bytes, limits):  # fmt: skip
+            _enqueue(study, default[0], config, "neighbour")
+            queued.add(point)
+            room -= 1
     evaluated, pruned, failed, asked = 0, [], [], 0
     last_s = (None, None)  # the last evaluation's (gate, timing) seconds, for the progress line
 

@@ -192,3 +192,33 @@ def test_starting_points_are_measured_right_after_the_default(tmp_path: Path):
     again = Replay()
     run(study, again, trials=6, starts=[good])
     assert (good[0].name, repr(sorted(good[1].items()))) not in again.calls
+
+
+def test_neighbours_differ_in_one_parameter_nearest_choices_first():
+    variant, config = DEFAULT
+    near = search.neighbours(variant, config)
+    choices = space.PARAMS[variant.template]
+    expected = sum(len(c) - 1 for p, c in choices.items() if config[p] in c)
+    assert len(near) == expected and len({repr(sorted(c.items())) for c in near}) == expected
+    assert all(sum(c[p] != config[p] for p in config) == 1 for c in near)
+    first_round = near[: len(choices)]  # every parameter once, each its nearest other choice
+    assert {next(p for p in config if c[p] != config[p]) for c in first_round} == set(choices)
+    for c in first_round:
+        p = next(p for p in config if c[p] != config[p])
+        i, j = choices[p].index(config[p]), choices[p].index(c[p])
+        assert abs(i - j) == 1
+
+
+def test_a_one_knob_win_is_found_within_a_few_trials(tmp_path: Path, monkeypatch):
+    """The default's neighbours come right after it: a win one parameter away (a third pipeline stage) is measured
+    among the first trials, and neighbours the validity predicate rejects are not queued at all."""
+    variant, config = DEFAULT
+    better = {**config, "num_stages": 3}
+    table = lambda v, c: 0.9 if (v, c) == (variant, better) else (1.5 if (v, c) == DEFAULT else 2.0)  # noqa: E731
+    monkeypatch.setattr(__import__(__name__), "replayed_ms", table)
+    study = study_in(tmp_path)
+    result = run(study, Replay(), trials=30)
+    assert (result.best_variant, result.best_config) == (variant.name, better) and result.best.p50_ms == 0.9
+    marked = [t for t in study.trials if t.user_attrs.get("neighbour")]
+    assert 0 < len(marked) <= 15 and all(t.number <= len(marked) for t in marked)  # right after the default
+    assert not any(t.user_attrs.get("invalid") for t in marked)
