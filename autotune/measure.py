@@ -53,14 +53,16 @@ class Job:
     reps_ms: float = 200.0  # timing budget per candidate on a GPU
 
 
-def _inputs(job: Job, B: int, NH: int, S: int, seed: int):
+def _inputs(job: Job, B: int, NH: int, S: int, seed: int, on_device: bool = False):
+    """Random inputs (and a cotangent dh); drawn by the CPU's generator, or with ``on_device`` by the job's device's
+    (for the timing sets: the real shape)."""
     from .reference import random_inputs
 
     dtype = getattr(torch, job.dtype)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=job.device if on_device else "cpu").manual_seed(seed)
     x = random_inputs(B, NH, S, job.DHQK, job.DHHV, dtype=dtype, gate_dtype=torch.float32, generator=gen,
                       max_outlier=8.0 if dtype == torch.float16 else 20.0)  # fmt: skip
-    x["dh"] = torch.randn(B, NH, S, job.DHHV, generator=gen).to(dtype)  # the cotangent of h, for backward variants
+    x["dh"] = torch.randn(B, NH, S, job.DHHV, generator=gen, device=gen.device).to(dtype)  # the cotangent of h, for backward variants
     return {k: v.to(job.device) for k, v in x.items()}
 
 
@@ -166,16 +168,16 @@ _TIMING_SETS: dict[tuple, list[dict]] = {}
 
 def timing_sets(job: Job) -> list[dict]:
     """The input sets the timing rotates among, for the job's real shape. They are drawn once per shape and process
-    and kept (only the latest shape's) for the next candidate: drawing them (float64 on the CPU, then cast) took
-    about 20 s per candidate at the 7B layout's 65,536 tokens, most of a trial (measured on an H200,
-    tuning_db/reports/NOTES.md)."""
+    and kept (only the latest shape's) for the next candidate, and drawn on the job's device: drawing them per
+    candidate, in float64 on the CPU, took about 20 s of every trial at the 7B layout's 65,536 tokens (measured on an
+    H200, tuning_db/reports/NOTES.md)."""
     key = (job.B, job.NH, job.S, job.DHQK, job.DHHV, job.dtype, job.device)
     if key not in _TIMING_SETS:
         _TIMING_SETS.clear()  # one shape at a time: a 7B-layout set is about 1.6 GB
-        one = _inputs(job, job.B, job.NH, job.S, seed=2)
+        one = _inputs(job, job.B, job.NH, job.S, seed=2, on_device=True)
         per_set = sum(t.numel() * t.element_size() for t in one.values())
         extra = min(7, 2 * L2_BYTES // per_set)
-        _TIMING_SETS[key] = [one] + [_inputs(job, job.B, job.NH, job.S, seed=3 + n) for n in range(extra)]
+        _TIMING_SETS[key] = [one] + [_inputs(job, job.B, job.NH, job.S, seed=3 + n, on_device=True) for n in range(extra)]
     return _TIMING_SETS[key]
 
 

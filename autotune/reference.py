@@ -204,23 +204,25 @@ def random_inputs(
 ) -> dict[str, torch.Tensor]:
     """Inputs that exercise the stabiliser (MATH.md §7): ĩ ~ N(0, 3) with a few outliers of magnitude
     max_outlier/2 .. max_outlier (default 20), f̃ spread from strongly forgetting (-6) to nearly remembering (+8);
-    never zeros. Returns keyword arguments for any kernel."""
+    never zeros. Drawn on the generator's device (a CUDA generator draws a large shape in milliseconds, the CPU's
+    takes seconds). Returns keyword arguments for any kernel."""
     gate_dtype = gate_dtype or dtype
+    at = {"generator": generator, "device": generator.device if generator is not None else "cpu"}  # drawn there
 
     def randn(*shape, std=1.0):
-        return torch.randn(*shape, generator=generator, dtype=torch.float64) * std
+        return torch.randn(*shape, **at, dtype=torch.float64) * std
 
     x = {
         "q": randn(B, NH, S, DHQK),
         "k": randn(B, NH, S, DHQK),
         "v": randn(B, NH, S, DHHV),
         "i": randn(B, NH, S, std=3.0),
-        "f": torch.rand(B, NH, S, generator=generator, dtype=torch.float64) * 14.0 - 6.0,
+        "f": torch.rand(B, NH, S, **at, dtype=torch.float64) * 14.0 - 6.0,
     }
     n_outliers = max(1, (B * NH * S) // 50)
-    idx = torch.randint(0, B * NH * S, (n_outliers,), generator=generator)
-    signs = torch.where(torch.rand(n_outliers, generator=generator) < 0.5, -1.0, 1.0).double()
-    magnitude = max_outlier / 2 * (1.0 + torch.rand(n_outliers, generator=generator, dtype=torch.float64))
+    idx = torch.randint(0, B * NH * S, (n_outliers,), **at)
+    signs = torch.where(torch.rand(n_outliers, **at) < 0.5, -1.0, 1.0).double()
+    magnitude = max_outlier / 2 * (1.0 + torch.rand(n_outliers, **at, dtype=torch.float64))
     x["i"].view(-1)[idx] = signs * magnitude
     if with_states:
         x["c_initial"] = randn(B, NH, DHQK, DHHV)

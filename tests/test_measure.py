@@ -121,9 +121,10 @@ def test_timing_inputs_are_drawn_once_per_shape(monkeypatch):
     drawn = []
     real = measure._inputs
 
-    def counting(job, B, NH, S, seed):
+    def counting(job, B, NH, S, seed, on_device=False):
         drawn.append((S, seed))
-        return real(job, B, NH, S, seed)
+        assert on_device  # the real shape is drawn where it runs
+        return real(job, B, NH, S, seed, on_device)
 
     monkeypatch.setattr(measure, "_inputs", counting)
     monkeypatch.setattr(measure, "_TIMING_SETS", {})
