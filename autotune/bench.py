@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from . import db as tdb
+from .measure import graphed
 from .report import _text, write_png
 
 TOKENS = 65536
@@ -169,20 +170,6 @@ def _sdpa(row: Row, x: dict):
 GRAPHED = {"ours_ms": "ours_graph_ms", "upstream_ms": "upstream_graph_ms"}
 
 
-def _graphed(fn):
-    """fn captured once in a CUDA graph (after warm-up calls on a side stream); returns the replay."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
-
-
 def step_bytes(r: dict) -> int:
     """Bytes an in-place step must move at least: the fp32 state (C, n, m) read and written."""
     return 2 * 4 * r["B"] * r["NH"] * (r["DHQK"] * r["DHHV"] + r["DHQK"] + 1)
@@ -211,7 +198,7 @@ def measure(row: Row, device: str, reps_ms: float) -> dict:
                 fn = make()
                 out[column] = float(timer(fn))
                 if row.op == "step" and device == "cuda" and column in GRAPHED:
-                    out[GRAPHED[column]] = float(timer(_graphed(fn)))
+                    out[GRAPHED[column]] = float(timer(graphed(fn)))
             except ImportError as err:
                 out["notes"][column] = f"not installed ({err.name})"
             except Exception as err:  # noqa: BLE001 - a comparison that fails is reported, not fatal

@@ -136,3 +136,15 @@ def test_timing_inputs_are_drawn_once_per_shape(monkeypatch):
     other = measure.timing_sets(Job(**{**job.__dict__, "S": 48}))
     assert other is not first and drawn[-1][0] == 48 and len(measure._TIMING_SETS) == 1
     assert all(set(s) >= set("qkvif") for s in other) and bool((first[0]["q"] != first[1]["q"]).any())
+
+
+def test_the_timed_step_updates_one_state_in_place_and_the_gate_starts_from_zeros():
+    """Timing a step kernel with a fresh zero state per call timed three fills and allocations along with it (more
+    than the step itself at B = 1); the timed runner keeps one state and steps it, the gate's runs start from zeros."""
+    job = Job("recurrent_step__cell-exp", {"BK": 16, "BV": 16, "num_warps": 4}, B=1, NH=2, S=40, DHQK=16, DHHV=24,
+              dtype="float32", device="cpu")  # fmt: skip
+    x = measure._inputs(job, 1, 2, 40, seed=5)
+    gate_run, timed_run = measure._runner(job), measure._runner(job, timing=True)
+    assert bool((gate_run(x) == gate_run(x)).all())  # from zeros each time: the same output
+    first, second = timed_run(x).clone(), timed_run(x)
+    assert bool((first == gate_run(x)).all()) and not bool((second == first).all())  # the kept state moved on
