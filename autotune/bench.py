@@ -301,8 +301,9 @@ _INTERPRETER_TIMING = "Triton interpreter, wall clock: says nothing about speed"
 
 def combine(files: list[str], out: str) -> int:
     """Entry point of ``mlstm-tune bench --combine``: the rows of several runs (e.g. shards on several GPUs of one
-    model) as one table."""
-    table, gpus = [], set()
+    model) as one table. A row of a later file replaces an earlier file's row of the same shape (a rerun of some rows,
+    e.g. ``--only step`` after a new tuning of the step kernel); every row keeps its own run's baselines."""
+    table, gpus = {}, set()
     for name in files:
         path = Path(name)
         try:
@@ -314,7 +315,7 @@ def combine(files: list[str], out: str) -> int:
             print(f"mlstm-tune bench: {path} is not a bench table (a list of rows with keys {_ROW_KEYS})",
                   file=sys.stderr)  # fmt: skip
             return 2
-        table += part
+        table.update({tuple(r[k] for k in _ROW_KEYS): r for r in part})
         gpus.add(path.name.removesuffix("-bench.json"))
     if len(gpus) != 1:
         print(f"mlstm-tune bench: --combine wants runs of one GPU model, got {sorted(gpus)}", file=sys.stderr)
@@ -328,7 +329,7 @@ def combine(files: list[str], out: str) -> int:
         key = tuple(r[k] for k in _ROW_KEYS)
         return known.index(key) if key in known else len(known)
 
-    write(Path(out), gpu, sorted(table, key=order), timing)
+    write(Path(out), gpu, sorted(table.values(), key=order), timing)
     return 0
 
 

@@ -243,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="tiny shapes; without a GPU, under Triton's interpreter")
     p.add_argument("--shard", metavar="I/N", help="only shard I (from 0) of N, e.g. one per GPU: 0/2 and 1/2")
     p.add_argument("--combine", nargs="+", metavar="JSON", help="merge the <GPU>-bench.json of several runs "
-                   "(shards) into one table under --out; measures nothing")  # fmt: skip
+                   "(shards; a later file's row replaces an earlier one of the same shape) into one table under "
+                   "--out; measures nothing")  # fmt: skip
     p.set_defaults(func=_cmd_bench)
     p = sub.add_parser("compile-check", help="compile every generated kernel for a GPU target, no GPU needed")
     p.add_argument("--arch", type=int, default=90, help="compute capability as an int, e.g. 90 for sm_90 (H100/H200)")

@@ -68,6 +68,15 @@ def test_combine_orders_rows_of_several_shards_as_one_table(tmp_path: Path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert json.loads((tmp_path / "all" / "NVIDIA_H200-bench.json").read_text()) == made
     assert "Benchmark on NVIDIA H200 (GPU" in (tmp_path / "all" / "NVIDIA_H200-bench.md").read_text()
+    # a rerun of some rows (e.g. --only step) given last replaces those rows and keeps the others
+    rerun = tmp_path / "rerun" / "NVIDIA_H200-bench.json"
+    rerun.parent.mkdir()
+    rerun.write_text(json.dumps([{**made[-1], "ours_ms": 0.5}]))
+    out = _bench("--combine", str(tmp_path / "all" / "NVIDIA_H200-bench.json"), str(rerun), "--out",
+                 str(tmp_path / "again"), cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads((tmp_path / "again" / "NVIDIA_H200-bench.json").read_text()) == made[:-1] + [
+        {**made[-1], "ours_ms": 0.5}]
     other = tmp_path / "A100-bench.json"
     other.write_text("[]")
     out = _bench("--combine", str(tmp_path / "s0" / "NVIDIA_H200-bench.json"), str(other), cwd=tmp_path)
