@@ -93,3 +93,25 @@ def test_row_filters_select_the_op_and_pass(tmp_path: Path):
     assert out.returncode == 0, out.stdout + out.stderr
     rows = json.loads((tmp_path / "cpu-interpreter-bench.json").read_text())
     assert [(r["op"], r["pass"]) for r in rows] == [("chunkwise", "fw")]
+
+
+def test_forward_backward_rows_do_not_time_a_gradient_accumulation():
+    """The fwbw call computes every input's gradient and leaves .grad alone, as a training step after
+    zero_grad(set_to_none=True) does: accumulating into .grad added a bf16 add per input to the timed call."""
+    import torch
+
+    from autotune.bench import _sequence_call
+
+    seen = {}
+
+    def kernel(q, k, v, i, f):
+        seen.update(q=q, k=k, v=v, i=i, f=f)
+        return ((q * k).sum(-1, keepdim=True) + i[..., None] + f[..., None]) * v
+
+    x = {n: torch.randn(1, 2, 5, 3) for n in "qkv"} | {n: torch.randn(1, 2, 5) for n in "if"}
+    call = _sequence_call(kernel, x, "fwbw")
+    call()
+    call()
+    assert set(seen) == set("qkvif") and all(t.requires_grad and t.grad is None for t in seen.values())
+    with pytest.raises(RuntimeError):  # an input the kernel does not use has no gradient: an error, not a skip
+        _sequence_call(lambda q, k, v, i, f: q * 2, x, "fwbw")()
