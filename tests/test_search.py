@@ -222,3 +222,40 @@ def test_a_one_knob_win_is_found_within_a_few_trials(tmp_path: Path, monkeypatch
     marked = [t for t in study.trials if t.user_attrs.get("neighbour")]
     assert 0 < len(marked) <= 15 and all(t.number <= len(marked) for t in marked)  # right after the default
     assert not any(t.user_attrs.get("invalid") for t in marked)
+
+
+def test_the_local_search_combines_two_knobs_from_the_best_point(tmp_path: Path, monkeypatch):
+    """A second knob that only pays once the first is set (a 128-wide output key tile, slower alone, faster with
+    3 stages) is found by moving from the best point, not only around the default."""
+    variant, config = DEFAULT
+    one = {**config, "num_stages": 3}
+    both = {**one, "BKO": 128}
+    times = {repr(sorted(config.items())): 1.5, repr(sorted(one.items())): 1.2, repr(sorted(both.items())): 0.9,
+             repr(sorted({**config, "BKO": 128}.items())): 1.6}  # fmt: skip
+    table = lambda v, c: times.get(repr(sorted(c.items())), 2.0) if v == variant else 2.0  # noqa: E731
+    monkeypatch.setattr(__import__(__name__), "replayed_ms", table)
+    study = study_in(tmp_path)
+    result = run(study, Replay(), trials=30)
+    assert (result.best_variant, result.best_config) == (variant.name, both)
+    moves = [json_point(t) for t in study.trials if t.user_attrs.get("neighbour")]
+    assert moves.index(both) > moves.index(one)  # the second knob was tried from the first's point
+    assert not space.invalid(variant, both, DHQK, DHHV, 2, space.H100_LIMITS)
+
+
+def test_the_local_search_stops_at_a_local_optimum(tmp_path: Path, monkeypatch):
+    """When the default beats all its neighbours, the local search measures each valid neighbour once and hands the
+    remaining trials to TPE."""
+    monkeypatch.setattr(__import__(__name__), "replayed_ms", lambda v, c: 1.5 if (v, c) == DEFAULT else 9.0)
+    study = study_in(tmp_path)
+    run(study, Replay(), trials=200)
+    moves = [json_point(t) for t in study.trials if t.user_attrs.get("neighbour")]
+    valid = [c for c in search.neighbours(*DEFAULT) if not space.invalid(DEFAULT[0], c, DHQK, DHHV, 2,
+                                                                         space.H100_LIMITS)]  # fmt: skip
+    assert len(valid) < 100  # so the local search's budget (half of 200) does not end it first
+    assert sorted(repr(sorted(c.items())) for c in moves) == sorted(repr(sorted(c.items())) for c in valid)
+
+
+def json_point(trial) -> dict:
+    import json
+
+    return json.loads(trial.user_attrs["point"])["config"]
