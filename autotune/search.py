@@ -174,16 +174,19 @@ def run_study(
     this study has them already or they are not points of its space."""
     start = time.monotonic()
     _close_abandoned(study)
-    if not any(t.user_attrs.get("default") and t.state == TrialState.COMPLETE for t in study.trials):
+    # points queued and not yet asked (another worker's on this study, or a run's that was cut off) are not queued again
+    waiting = _waiting_points(study)
+    default_point = _point_key(default[0].name, default[1])
+    if default_point not in waiting and not any(t.user_attrs.get("default") and t.state == TrialState.COMPLETE
+                                                for t in study.trials):  # fmt: skip
         _enqueue(study, *default, "default")  # first run, or the default failed before (e.g. a broken environment)
     # points measured or pruned before are not measured again; failures of earlier runs are retried once per run
     seen = {t.user_attrs["point"]: t for t in study.trials if "point" in t.user_attrs
             and t.state in (TrialState.COMPLETE, TrialState.PRUNED)}  # fmt: skip
-    # (a start left waiting by a run that was cut off may be queued twice: its second trial reuses the first outcome)
-    queued = {_point_key(default[0].name, default[1])}
+    queued = {default_point} | waiting
     for variant, config in starts:
         point = _point_key(variant.name, config)
-        if len(queued) > 3:  # the default and at most 3 starts
+        if len(queued - waiting) > 3:  # the default and at most 3 starts
             break
         if point not in seen and point not in queued and _is_point_of(variant, config, candidates):
             _enqueue(study, variant, config, "start")

@@ -259,3 +259,18 @@ def json_point(trial) -> dict:
     import json
 
     return json.loads(trial.user_attrs["point"])["config"]
+
+
+def test_points_already_queued_are_not_queued_again(tmp_path: Path):
+    """Two workers start on one study (or a run was cut off with points still queued): the default and a start that
+    wait in the study are asked once, not queued a second time."""
+    fused = next(v for v in CANDIDATES if v.template == "chunkwise_fused_fw.py.j2")
+    good = (fused, {"L": 64, "BV": 32, "num_warps": 4, "num_stages": 2})
+    study = study_in(tmp_path)
+    search._enqueue(study, *DEFAULT, "default")  # what the other worker queued a moment before
+    search._enqueue(study, *good, "start")
+    replay = Replay()
+    run(study, replay, trials=6, starts=[good])
+    assert sum(bool(t.user_attrs.get("default")) for t in study.trials) == 1
+    assert sum(bool(t.user_attrs.get("start")) for t in study.trials) == 1
+    assert len(set(replay.calls)) == len(replay.calls)
