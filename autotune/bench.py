@@ -104,7 +104,7 @@ def _sequence_call(kernel, x: dict, pass_: str, **kw):
         h = h[0] if isinstance(h, tuple) else h
         if w is None:
             w = torch.randn_like(h)
-        torch.autograd.grad(h, list(leaves.values()), w)
+        torch.autograd.grad(h, list(leaves.values()), w, allow_unused=True)  # SDPA has no gates
 
     return fwbw
 
@@ -318,7 +318,11 @@ def combine(files: list[str], out: str) -> int:
             print(f"mlstm-tune bench: {path} is not a bench table (a list of rows with keys {_ROW_KEYS})",
                   file=sys.stderr)  # fmt: skip
             return 2
-        table.update({tuple(r[k] for k in _ROW_KEYS): r for r in part})
+        rows_of_part = {tuple(r[k] for k in _ROW_KEYS): r for r in part}
+        replaced = len(rows_of_part.keys() & table.keys())
+        if replaced:
+            print(f"mlstm-tune bench: {path} replaces {replaced} row(s) of the files before it")
+        table.update(rows_of_part)
         gpus.add(path.name.removesuffix("-bench.json"))
     if len(gpus) != 1:
         print(f"mlstm-tune bench: --combine wants runs of one GPU model, got {sorted(gpus)}", file=sys.stderr)

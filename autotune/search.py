@@ -117,10 +117,14 @@ def neighbours(variant: Variant, config: dict) -> list[dict]:
     return [c for step in itertools.zip_longest(*per_param) for c in step if c is not None]
 
 
-def _waiting_points(study: optuna.Study) -> set[str]:
-    """The points of trials queued and not yet asked (by another worker on this study, or a run cut off)."""
+def _pending_points(study: optuna.Study) -> set[str]:
+    """The points of trials queued and not yet asked, or being measured (by another worker on this study; queued by a
+    run that was cut off)."""
     points = set()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)):
+        if "point" in t.user_attrs:
+            points.add(t.user_attrs["point"])
+            continue
         params = t.system_attrs.get("fixed_params", t.params)
         if "variant" in params:
             config = {k.partition(".")[2]: v for k, v in params.items() if k != "variant"}
@@ -128,18 +132,27 @@ def _waiting_points(study: optuna.Study) -> set[str]:
     return points
 
 
+def _has_waiting(study: optuna.Study) -> bool:
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+NO_BEST_YET = "no best yet"
+
+
 def _next_neighbour(study: optuna.Study, candidates: list[Variant], DHQK: int, DHHV: int, dtype_bytes: int,
-                    limits: space.Limits) -> tuple[Variant, dict] | None:
+                    limits: space.Limits) -> tuple[Variant, dict] | str | None:
     """The first one-parameter neighbour (``neighbours`` order) of the study's best point that is valid and that no
-    trial holds yet (measured, failed, running on another worker or queued); None when there is none."""
+    trial holds yet (measured, failed, running on another worker or queued): (variant, config); NO_BEST_YET while
+    no point has been measured (the default may be running on another worker); None when the best point has no
+    untried neighbour (a local optimum)."""
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE and "point" in t.user_attrs]
     if not complete:
-        return None
+        return NO_BEST_YET
     best = json.loads(min(complete, key=lambda t: (t.value, t.number)).user_attrs["point"])
     variant = by_name(best["variant"])
     if variant not in candidates:
         return None
-    taken = {t.user_attrs["point"] for t in study.trials if "point" in t.user_attrs} | _waiting_points(study)
+    taken = {t.user_attrs["point"] for t in study.trials if "point" in t.user_attrs} | _pending_points(study)
     for config in neighbours(variant, best["config"]):
         if _point_key(variant.name, config) not in taken and not space.invalid(variant, config, DHQK, DHHV,
                                                                                dtype_bytes, limits):  # fmt: skip
@@ -174,23 +187,25 @@ def run_study(
     this study has them already or they are not points of its space."""
     start = time.monotonic()
     _close_abandoned(study)
-    # points queued and not yet asked (another worker's on this study, or a run's that was cut off) are not queued again
-    waiting = _waiting_points(study)
+    # points queued or being measured (by another worker on this study; queued by a run that was cut off): not queued
+    # again
+    pending = _pending_points(study)
     default_point = _point_key(default[0].name, default[1])
-    if default_point not in waiting and not any(t.user_attrs.get("default") and t.state == TrialState.COMPLETE
+    if default_point not in pending and not any(t.user_attrs.get("default") and t.state == TrialState.COMPLETE
                                                 for t in study.trials):  # fmt: skip
         _enqueue(study, *default, "default")  # first run, or the default failed before (e.g. a broken environment)
     # points measured or pruned before are not measured again; failures of earlier runs are retried once per run
     seen = {t.user_attrs["point"]: t for t in study.trials if "point" in t.user_attrs
             and t.state in (TrialState.COMPLETE, TrialState.PRUNED)}  # fmt: skip
-    queued = {default_point} | waiting
+    queued, n_starts = {default_point} | pending, 0
     for variant, config in starts:
         point = _point_key(variant.name, config)
-        if len(queued - waiting) > 3:  # the default and at most 3 starts
+        if n_starts == 3:
             break
         if point not in seen and point not in queued and _is_point_of(variant, config, candidates):
             _enqueue(study, variant, config, "start")
             queued.add(point)
+            n_starts += 1
     evaluated, pruned, failed, asked = 0, [], [], 0
     # then a local search: the best point's next valid one-parameter neighbour not yet tried, as long as it has one
     # and at most half the trials, then TPE. On a real GPU a trial costs seconds, and in a few dozen trials over a
@@ -206,11 +221,11 @@ def run_study(
     while trials > 0 and (asked == 0 or (settled() < trials and asked < trials)):
         if time_budget_s is not None and time.monotonic() - start > time_budget_s and study.best_trials:
             break
-        if local_left > 0 and not _waiting_points(study):
+        if local_left > 0 and not _has_waiting(study):
             step = _next_neighbour(study, candidates, DHQK, DHHV, dtype_bytes, limits)
             if step is None:
                 local_left = 0  # the best point's neighbours are all tried: a local optimum
-            else:
+            elif step is not NO_BEST_YET:
                 _enqueue(study, *step, "neighbour")
                 local_left -= 1
         asked += 1

@@ -75,6 +75,7 @@ def test_combine_orders_rows_of_several_shards_as_one_table(tmp_path: Path):
     out = _bench("--combine", str(tmp_path / "all" / "NVIDIA_H200-bench.json"), str(rerun), "--out",
                  str(tmp_path / "again"), cwd=tmp_path)  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
+    assert "replaces 1 row" in out.stdout  # overlapping shards do not vanish silently
     assert json.loads((tmp_path / "again" / "NVIDIA_H200-bench.json").read_text()) == made[:-1] + [
         {**made[-1], "ours_ms": 0.5}]
     other = tmp_path / "A100-bench.json"
@@ -113,5 +114,4 @@ def test_forward_backward_rows_do_not_time_a_gradient_accumulation():
     call()
     call()
     assert set(seen) == set("qkvif") and all(t.requires_grad and t.grad is None for t in seen.values())
-    with pytest.raises(RuntimeError):  # an input the kernel does not use has no gradient: an error, not a skip
-        _sequence_call(lambda q, k, v, i, f: q * 2, x, "fwbw")()
+    _sequence_call(lambda q, k, v, i, f: q * v, x, "fwbw")()  # a kernel without gates (SDPA) is timed too

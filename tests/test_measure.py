@@ -128,14 +128,17 @@ def test_timing_inputs_are_drawn_once_per_shape(monkeypatch):
 
     monkeypatch.setattr(measure, "_inputs", counting)
     monkeypatch.setattr(measure, "_TIMING_SETS", {})
-    job = Job("recurrent_step__cell-exp", {"BK": 16, "BV": 16, "num_warps": 4}, B=1, NH=2, S=40, DHQK=16, DHHV=24,
-              dtype="float32", device="cpu")  # fmt: skip
+    job = Job("parallel_fw__cell-exp", {"BQ": 32, "BKV": 16, "BK": 16, "BV": 16, "num_warps": 4, "num_stages": 1},
+              B=1, NH=2, S=40, DHQK=16, DHHV=24, dtype="float32", device="cpu")  # fmt: skip
     first = measure.timing_sets(job)
     assert len(first) == 8 and len(drawn) == 8  # small sets: 8 of them rotate, together more than twice the L2
     assert measure.timing_sets(Job(**{**job.__dict__, "config": {"BK": 8}})) is first and len(drawn) == 8
     other = measure.timing_sets(Job(**{**job.__dict__, "S": 48}))
     assert other is not first and drawn[-1][0] == 48 and len(measure._TIMING_SETS) == 1
     assert all(set(s) >= set("qkvif") for s in other) and bool((first[0]["q"] != first[1]["q"]).any())
+    step = Job("recurrent_step__cell-exp", {"BK": 16, "BV": 16, "num_warps": 4}, B=1, NH=2, S=1, DHQK=16, DHHV=24,
+               dtype="float32", device="cpu")  # fmt: skip
+    assert len(measure.timing_sets(step)) == 1  # timed from a graph, the L2 emptied between replays: one set
 
 
 def test_the_timed_step_updates_one_state_in_place_and_the_gate_starts_from_zeros():

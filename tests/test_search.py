@@ -274,3 +274,23 @@ def test_points_already_queued_are_not_queued_again(tmp_path: Path):
     assert sum(bool(t.user_attrs.get("default")) for t in study.trials) == 1
     assert sum(bool(t.user_attrs.get("start")) for t in study.trials) == 1
     assert len(set(replay.calls)) == len(replay.calls)
+
+
+def test_a_second_worker_waits_for_a_best_point_instead_of_giving_up_the_local_search(tmp_path: Path):
+    """Worker A is still measuring the default when worker B starts on the same study: B neither queues the default
+    again nor ends its local search for want of a best point; once A's default is in, B steps from it."""
+    study = study_in(tmp_path)
+    search._enqueue(study, *DEFAULT, "default")
+    a_trial = study.ask()  # worker A asked the default and is measuring it
+    a_trial.set_user_attr("worker", "another-host:1")
+    a_trial.set_user_attr("point", search._point_key(DEFAULT[0].name, DEFAULT[1]))
+    replay = Replay()
+
+    def b_evaluate(variant, config):
+        if study.trials[a_trial.number].state == TrialState.RUNNING:
+            study.tell(a_trial, 1.5)  # A finishes while B measures its first point
+        return replay(variant, config)
+
+    run(study, b_evaluate, trials=12)
+    assert sum(bool(t.user_attrs.get("default")) for t in study.trials) == 1
+    assert any(t.user_attrs.get("neighbour") for t in study.trials)

@@ -109,10 +109,15 @@ def test_sequence_variant_matches_oracle(variant, config, shape, with_states, dt
 STEP_VARIANTS = [v for v in VARIANTS if v.family == "step_fw"]
 
 
-@pytest.mark.parametrize("k_tiles", recurrent.K_TILES)
+# under the interpreter the split step ("programs") skips the 63-token shape (its 8 tests took 110 s of CI's CPU);
+# it keeps 7 and 65 tokens, 48/96 and 32/32 head dims. On a GPU, every shape in both modes.
+STEP_CASES = [(shape, k_tiles) for shape in SHAPES[1:4] for k_tiles in recurrent.K_TILES
+              if DEVICE != "cpu" or k_tiles == "loop" or shape.S != 63]  # fmt: skip
+
+
+@pytest.mark.parametrize("shape,k_tiles", STEP_CASES, ids=[f"{s.id}-{k}" for s, k in STEP_CASES])
 @pytest.mark.parametrize("inplace", [False, True], ids=["new-state", "inplace"])
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-@pytest.mark.parametrize("shape", SHAPES[1:4], ids=[s.id for s in SHAPES[1:4]])
 @pytest.mark.parametrize("variant", STEP_VARIANTS, ids=[v.name for v in STEP_VARIANTS])
 def test_step_variant_token_by_token(variant, shape, dtype, inplace, k_tiles, check):
     """The step kernel over a sequence, token by token with the state fed back (or updated in place); its key tiles
