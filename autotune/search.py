@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import socket
 import time
@@ -98,10 +99,10 @@ def _suggest(trial: optuna.Trial, candidates: list[Variant]) -> tuple[Variant, d
     return variant, config
 
 
-def _enqueue(study: optuna.Study, variant: Variant, config: dict, mark: str) -> None:
+def _enqueue(study: optuna.Study, variant: Variant, config: dict, mark: str, **attrs) -> None:
     stem = variant.template.removesuffix(".py.j2")
     params = {"variant": variant.name} | {f"{stem}.{p}": v for p, v in config.items()}
-    study.enqueue_trial(params, user_attrs={mark: True})
+    study.enqueue_trial(params, user_attrs={mark: True, **attrs})
 
 
 def neighbours(variant: Variant, config: dict) -> list[dict]:
@@ -140,23 +141,38 @@ NO_BEST_YET = "no best yet"
 
 
 def _next_neighbour(study: optuna.Study, candidates: list[Variant], DHQK: int, DHHV: int, dtype_bytes: int,
-                    limits: space.Limits) -> tuple[Variant, dict] | str | None:
-    """The first one-parameter neighbour (``neighbours`` order) of the study's best point that is valid and that no
-    trial holds yet (measured, failed, running on another worker or queued): (variant, config); NO_BEST_YET while
-    no point has been measured (the default may be running on another worker); None when the best point has no
-    untried neighbour (a local optimum)."""
+                    limits: space.Limits):
+    """The next local-search step: ((variant, config), move, base_ms) for the first valid one-parameter neighbour of
+    the study's best point that no trial holds yet (measured, failed, running on another worker or queued), where
+    ``move`` = [parameter, value] is the change and ``base_ms`` the best point's time. Moves that beat their own
+    base point earlier come first, the largest win first; then moves not tried yet, in ``neighbours`` order; moves that
+    lost from an earlier base point come last. Every new best point thus tries the known wins and the untried moves
+    before it measures again the moves that lost. NO_BEST_YET while no point has been measured (the default may be running on another worker); None when
+    the best point has no untried neighbour (a local optimum)."""
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE and "point" in t.user_attrs]
     if not complete:
         return NO_BEST_YET
-    best = json.loads(min(complete, key=lambda t: (t.value, t.number)).user_attrs["point"])
+    best_trial = min(complete, key=lambda t: (t.value, t.number))
+    best = json.loads(best_trial.user_attrs["point"])
     variant = by_name(best["variant"])
     if variant not in candidates:
         return None
     taken = {t.user_attrs["point"] for t in study.trials if "point" in t.user_attrs} | _pending_points(study)
-    for config in neighbours(variant, best["config"]):
+    gain = {}  # what each move tried so far saved against its base point (negative: what it cost), its best case
+    for t in study.trials:
+        if "move" in t.user_attrs and t.state in (TrialState.COMPLETE, TrialState.FAIL):
+            move = tuple(t.user_attrs["move"])
+            saved = t.user_attrs["base_ms"] - t.value if t.state == TrialState.COMPLETE else -math.inf
+            gain[move] = max(gain.get(move, -math.inf), saved)
+    options = neighbours(variant, best["config"])
+    moved = [next((p, c[p]) for p in c if c[p] != best["config"].get(p)) for c in options]
+    # moves that won before first (largest win first), then untried ones as listed, then those that lost (least first)
+    order = sorted(range(len(options)), key=lambda n: -gain.get(moved[n], 0.0))
+    for n in order:
+        config = options[n]
         if _point_key(variant.name, config) not in taken and not space.invalid(variant, config, DHQK, DHHV,
                                                                                dtype_bytes, limits):  # fmt: skip
-            return variant, config
+            return (variant, config), list(moved[n]), best_trial.value
     return None
 
 
@@ -226,7 +242,8 @@ def run_study(
             if step is None:
                 local_left = 0  # the best point's neighbours are all tried: a local optimum
             elif step is not NO_BEST_YET:
-                _enqueue(study, *step, "neighbour")
+                point, move, base_ms = step
+                _enqueue(study, *point, "neighbour", move=move, base_ms=base_ms)
                 local_left -= 1
         asked += 1
         trial = study.ask()
@@ -237,7 +254,7 @@ def run_study(
         previous = seen.get(point)
         if previous is not None:  # asked again: reuse the earlier outcome instead of measuring twice
             for k, val in previous.user_attrs.items():
-                if k not in ("point", "default", "start", "neighbour"):  # the outcome, not how it was queued
+                if k not in ("point", "default", "start", "neighbour", "move", "base_ms"):  # the outcome, not the queueing
                     trial.set_user_attr(k, val)
             trial.set_user_attr("repeat_of", previous.number)
             study.tell(trial, previous.value if previous.state == TrialState.COMPLETE else None,

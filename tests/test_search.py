@@ -226,7 +226,8 @@ def test_a_one_knob_win_is_found_within_a_few_trials(tmp_path: Path, monkeypatch
 
 def test_the_local_search_combines_two_knobs_from_the_best_point(tmp_path: Path, monkeypatch):
     """A second knob that only pays once the first is set (a 128-wide output key tile, slower alone, faster with
-    3 stages) is found by moving from the best point, not only around the default."""
+    3 stages) is found by moving from the best point, not only around the default: a move that lost from the default
+    is tried again from the new best point (after the untried moves, hence the trials)."""
     variant, config = DEFAULT
     one = {**config, "num_stages": 3}
     both = {**one, "BKO": 128}
@@ -235,7 +236,7 @@ def test_the_local_search_combines_two_knobs_from_the_best_point(tmp_path: Path,
     table = lambda v, c: times.get(repr(sorted(c.items())), 2.0) if v == variant else 2.0  # noqa: E731
     monkeypatch.setattr(__import__(__name__), "replayed_ms", table)
     study = study_in(tmp_path)
-    result = run(study, Replay(), trials=30)
+    result = run(study, Replay(), trials=80)
     assert (result.best_variant, result.best_config) == (variant.name, both)
     moves = [json_point(t) for t in study.trials if t.user_attrs.get("neighbour")]
     assert moves.index(both) > moves.index(one)  # the second knob was tried from the first's point
@@ -294,3 +295,29 @@ def test_a_second_worker_waits_for_a_best_point_instead_of_giving_up_the_local_s
     run(study, b_evaluate, trials=12)
     assert sum(bool(t.user_attrs.get("default")) for t in study.trials) == 1
     assert any(t.user_attrs.get("neighbour") for t in study.trials)
+
+
+def test_wins_found_one_at_a_time_are_combined_first(tmp_path: Path, monkeypatch):
+    """Three knobs that each save time, additively (as "reuse", 2 stages and 128-wide value tiles did for the
+    backward on the H200): each new best point tries the known wins and the untried moves first, not the moves that
+    already lost from an earlier point, so the three combine in fewer trials."""
+    variant, config = DEFAULT
+    wins = {"num_stages": (3, 0.3), "BKO": (128, 0.2), "out_values": ("tiles", 0.1)}
+
+    def table(v, c):
+        if v != variant:
+            return 9.0
+        changed = {p for p in c if c[p] != config[p]}
+        if not changed <= set(wins) or any(c[p] != wins[p][0] for p in changed):
+            return 2.0
+        return 1.5 - sum(wins[p][1] for p in changed)
+
+    monkeypatch.setattr(__import__(__name__), "replayed_ms", table)
+    study = study_in(tmp_path)
+    result = run(study, Replay(), trials=40)
+    assert result.best.p50_ms == pytest.approx(0.9)  # all three
+    moves = [t for t in study.trials if t.user_attrs.get("neighbour")]
+    combined = next(n for n, t in enumerate(moves) if t.value == pytest.approx(0.9))
+    # moves in the order neighbours() lists them, without the ordering by earlier outcomes: all three combined at the
+    # 16th move; with it, wins and untried moves come before the moves that lost from an earlier base point
+    assert combined < 10, combined
