@@ -45,8 +45,9 @@ def _recording(module):
             setattr(module, n, fn)
 
 
-def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int):
-    """Call the variant's launcher once on small CPU inputs (nothing runs: the kernels are recorders)."""
+def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int, config: dict | None = None):
+    """Call the variant's launcher once on small CPU inputs (nothing runs: the kernels are recorders), with its
+    default launch configuration or ``config`` (chunkwise forward and backward)."""
     from .launch import chunkwise, chunkwise_bw, parallel, parallel_bw, recurrent
     from .reference import random_inputs
 
@@ -54,8 +55,8 @@ def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int):
     args = [x[n] for n in "qkvif"]
     states = [x["c_initial"].float(), x["n_initial"].float(), x["m_initial"].float()]
     if variant.family == "chunkwise_fw":
-        chunkwise.chunkwise_fw(*args, *states, variant=variant, return_last_states=True)
-        if variant.template == chunkwise.TWOPASS:  # the other output kernel, gates computed first, v weighted
+        chunkwise.chunkwise_fw(*args, *states, variant=variant, config=config, return_last_states=True)
+        if variant.template == chunkwise.TWOPASS and config is None:  # the other output kernel, gates computed first, v weighted
             config = dict(chunkwise.default_config(variant, DHQK, DHHV), out_values="tiles", states_gates="pre",
                           states_weighting="v")  # fmt: skip
             chunkwise.chunkwise_fw(*args, *states, variant=variant, config=config, return_last_states=True)
@@ -65,12 +66,12 @@ def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int):
         recurrent.sequence_fw(*args, *states, variant=variant, return_last_states=True)
     elif variant.family == "chunkwise_bw":
         B, NH, S = args[0].shape[:3]
-        L = chunkwise_bw.default_config(variant, DHQK, DHHV)["L"]
-        NC = -(-S // L)
-        config = dict(chunkwise_bw.default_config(variant, DHQK, DHHV), states="reuse")  # only this module's kernels
+        config = dict(config or chunkwise_bw.default_config(variant, DHQK, DHHV), states="reuse")  # this module's
+        NC = -(-S // config["L"])  # kernels only: "recompute" would launch the forward's states kernel
         f32 = dict(dtype=torch.float32)
         stats = (torch.zeros(B, NH, S, **f32), torch.zeros(B, NH, S, **f32))
-        borders = (torch.zeros(B, NH, NC, DHQK, DHHV, **f32), torch.zeros(B, NH, NC, DHQK, **f32),
+        C_dtype = dtype if config["state_buffers"] == "input" else torch.float32  # as the recomputation stores it
+        borders = (torch.zeros(B, NH, NC, DHQK, DHHV, dtype=C_dtype), torch.zeros(B, NH, NC, DHQK, **f32),
                    torch.zeros(B, NH, NC, **f32))  # fmt: skip
         h = torch.zeros_like(args[2])
         dlast = (torch.zeros_like(states[0]), torch.zeros_like(states[1]), torch.zeros_like(states[2]))
