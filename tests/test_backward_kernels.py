@@ -261,10 +261,12 @@ def test_sig_without_normalizer(check):
           limit=_limits(torch.float32, oracle, x, weights, "sig", ref, normalize=False))  # fmt: skip
 
 
+@pytest.mark.parametrize("backward_states", ["", "recompute"], ids=["as-configured", "env-recompute"])
 @pytest.mark.parametrize("name", ["chunkwise--triton_fused", "chunkwise--triton_xl_chunk"])
-def test_entry_with_a_forced_reusing_backward(name, monkeypatch, check):
+def test_entry_with_a_forced_reusing_backward(name, backward_states, monkeypatch, check):
     """Through the registry with MLSTM_AUTOTUNE_FORCE on the "fwbw" key: a split backward reusing the forward's states
-    (the fused forward keeps them because the backward asks at the forward)."""
+    (the fused forward keeps them because the backward asks at the forward); with
+    MLSTM_AUTOTUNE_BACKWARD_STATES=recompute the forward keeps nothing and the backward recomputes them."""
     import json
 
     from autotune.dispatch import dispatcher
@@ -274,6 +276,7 @@ def test_entry_with_a_forced_reusing_backward(name, monkeypatch, check):
     config = _bw_config(variant, 32, 32, 16, "reuse", tile=16)
     monkeypatch.setenv("MLSTM_AUTOTUNE_FORCE", json.dumps({"chunkwise:exp/fwbw": {"variant": variant.name,
                                                                                   "config": config}}))  # fmt: skip
+    monkeypatch.setenv("MLSTM_AUTOTUNE_BACKWARD_STATES", backward_states)
     dispatcher().reset()
     used = []
 
@@ -295,7 +298,7 @@ def test_entry_with_a_forced_reusing_backward(name, monkeypatch, check):
     finally:
         monkeypatch.delenv("MLSTM_AUTOTUNE_FORCE")
         dispatcher().reset()
-    assert used == [(variant.name, "reuse", True)]
+    assert used == ([(variant.name, "reuse", True)] if not backward_states else [(variant.name, "recompute", False)])
     oracle = _oracle_grads("exp", weights)
     ref = oracle(x)
     check(target=f"{name} with a forced reusing split backward", baseline="autograd through the oracle (fp64)",

@@ -569,3 +569,15 @@ def test_step_checks_skip_only_what_passed_before(monkeypatch):
     bad[0][0, 0, 0] = float("nan")
     with pytest.raises(MLSTMInputError, match="NaN"):
         check_step_inputs(*bad)
+
+
+def test_an_unknown_backward_states_setting_is_a_clear_error(monkeypatch):
+    import torch
+
+    from autotune.torch import MLSTMInputError, get_mlstm_kernel
+
+    monkeypatch.setenv("MLSTM_AUTOTUNE_BACKWARD_STATES", "keep")
+    x = {n: torch.randn(1, 1, 16, 16, requires_grad=True) for n in "qkv"} | {
+        n: torch.randn(1, 1, 16, requires_grad=True) for n in "if"}
+    with pytest.raises(MLSTMInputError, match="MLSTM_AUTOTUNE_BACKWARD_STATES must be 'recompute' or unset"):
+        get_mlstm_kernel("chunkwise--triton_xl_chunk")(**x, chunk_size=16)

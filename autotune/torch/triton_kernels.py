@@ -128,11 +128,19 @@ def _backward_default(form: str, cell: str, DHQK: int, DHHV: int):
 
 
 def _backward_plan(q: torch.Tensor, v: torch.Tensor, form: str, cell: str):
-    """The backward (variant, config) for a training step on these shapes: the dispatcher, direction "fwbw"."""
+    """The backward (variant, config) for a training step on these shapes: the dispatcher, direction "fwbw". With
+    MLSTM_AUTOTUNE_BACKWARD_STATES=recompute a configuration that reuses the forward's per-chunk states (kept in
+    memory from the forward to the backward) recomputes them instead: slower, and no memory held between the two."""
     B, NH, S, DHQK = q.shape
     DHHV = v.shape[-1]
     default = partial(_backward_default, form, cell, DHQK, DHHV)
-    return _pick(f"{form}:{cell}", _BACKWARDS[form][0], q, DHHV, S, B * NH, default, direction="fwbw")
+    variant, config = _pick(f"{form}:{cell}", _BACKWARDS[form][0], q, DHHV, S, B * NH, default, direction="fwbw")
+    keep = os.environ.get("MLSTM_AUTOTUNE_BACKWARD_STATES", "")
+    if keep not in ("", "recompute"):
+        raise MLSTMInputError(f"MLSTM_AUTOTUNE_BACKWARD_STATES must be 'recompute' or unset, got {keep!r}")
+    if keep == "recompute" and config.get("states") == "reuse":
+        config = dict(config, states="recompute")
+    return variant, config
 
 
 def _run_backward(saved: dict, dh, dlast, plan, *, cell: str, normalize: bool, eps: float):
