@@ -56,7 +56,8 @@ def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int, co
     states = [x["c_initial"].float(), x["n_initial"].float(), x["m_initial"].float()]
     if variant.family == "chunkwise_fw":
         chunkwise.chunkwise_fw(*args, *states, variant=variant, config=config, return_last_states=True)
-        if variant.template == chunkwise.TWOPASS and config is None:  # the other output kernel, gates computed first, v weighted
+        if variant.template == chunkwise.TWOPASS and config is None:
+            # the other output kernel, gates computed first, v weighted
             config = dict(chunkwise.default_config(variant, DHQK, DHHV), out_values="tiles", states_gates="pre",
                           states_weighting="v")  # fmt: skip
             chunkwise.chunkwise_fw(*args, *states, variant=variant, config=config, return_last_states=True)

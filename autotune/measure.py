@@ -62,7 +62,8 @@ def _inputs(job: Job, B: int, NH: int, S: int, seed: int, on_device: bool = Fals
     gen = torch.Generator(device=job.device if on_device else "cpu").manual_seed(seed)
     x = random_inputs(B, NH, S, job.DHQK, job.DHHV, dtype=dtype, gate_dtype=torch.float32, generator=gen,
                       device=gen.device, max_outlier=8.0 if dtype == torch.float16 else 20.0)  # fmt: skip
-    x["dh"] = torch.randn(B, NH, S, job.DHHV, generator=gen, device=gen.device).to(dtype)  # the cotangent of h, for backward variants
+    # the cotangent of h, for backward variants
+    x["dh"] = torch.randn(B, NH, S, job.DHHV, generator=gen, device=gen.device).to(dtype)
     return {k: v.to(job.device) for k, v in x.items()}
 
 
@@ -189,7 +190,8 @@ def timing_sets(job: Job) -> list[dict]:
         per_set = sum(t.numel() * t.element_size() for t in one.values())
         # the step kernel is timed on one set (replayed from a graph, with the L2 emptied between replays)
         extra = 0 if _is_step(job) else min(7, 2 * L2_BYTES // per_set)
-        _TIMING_SETS[key] = [one] + [_inputs(job, job.B, job.NH, job.S, seed=3 + n, on_device=True) for n in range(extra)]
+        _TIMING_SETS[key] = [one] + [_inputs(job, job.B, job.NH, job.S, seed=3 + n, on_device=True)
+                                     for n in range(extra)]
     return _TIMING_SETS[key]
 
 

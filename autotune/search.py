@@ -147,8 +147,8 @@ def _next_neighbour(study: optuna.Study, candidates: list[Variant], DHQK: int, D
     ``move`` = [parameter, value] is the change and ``base_ms`` the best point's time. Moves that beat their own
     base point earlier come first, the largest win first; then moves not tried yet, in ``neighbours`` order; moves that
     lost from an earlier base point come last. Every new best point thus tries the known wins and the untried moves
-    before it measures again the moves that lost. NO_BEST_YET while no point has been measured (the default may be running on another worker); None when
-    the best point has no untried neighbour (a local optimum)."""
+    before it measures again the moves that lost. NO_BEST_YET while no point has been measured (the default may be
+    running on another worker); None when the best point has no untried neighbour (a local optimum)."""
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE and "point" in t.user_attrs]
     if not complete:
         return NO_BEST_YET
@@ -254,7 +254,7 @@ def run_study(
         previous = seen.get(point)
         if previous is not None:  # asked again: reuse the earlier outcome instead of measuring twice
             for k, val in previous.user_attrs.items():
-                if k not in ("point", "default", "start", "neighbour", "move", "base_ms"):  # the outcome, not the queueing
+                if k not in ("point", "default", "start", "neighbour", "move", "base_ms"):  # the outcome only
                     trial.set_user_attr(k, val)
             trial.set_user_attr("repeat_of", previous.number)
             study.tell(trial, previous.value if previous.state == TrialState.COMPLETE else None,
