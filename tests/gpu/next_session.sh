@@ -17,6 +17,7 @@
 #   fw-stages    the forward rows with the default configuration forced at 3 and at 1 stage (2 GPUs)
 #   step-split   the step rows of the bench with the split step kernel forced at a few tiles (GPU 0)
 #   tune-presets the shipped presets on 2 GPUs into $OUT/db; copy that to .tuning/ and carry it to resume
+#   retune-bench tune-presets for TUNE_S seconds (default 360), then the bench with that database (one call, 2 GPUs)
 # Logs go to $OUT; commit them under tests/gpu/logs/ or tuning_db/reports/ with their command.
 set -u
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
@@ -128,5 +129,9 @@ case "${1:-}" in
         >> "$OUT/tune_presets.log" 2>&1
     done
     grep -v "trial" "$OUT/tune_presets.log" | tail -n 30 ;;
+  retune-bench)  # tune (resumable as tune-presets), then bench with the new database in the same call
+    BUDGET_S=${TUNE_S:-360} bash "$0" tune-presets
+    cp "$OUT/db/NVIDIA_H200.json" tuning_db/NVIDIA_H200.json
+    OUT="$OUT/bench" bash "$0" bench ;;
   *) echo "usage: bash tests/gpu/next_session.sh PHASE (see the head of this file)"; exit 2 ;;
 esac
