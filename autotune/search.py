@@ -105,17 +105,22 @@ def _enqueue(study: optuna.Study, variant: Variant, config: dict, mark: str, **a
     study.enqueue_trial(params, user_attrs={mark: True, **attrs})
 
 
-def neighbours(variant: Variant, config: dict) -> list[dict]:
-    """The configurations that differ from ``config`` in one launch parameter, nearest choices first and round-robin
-    over the parameters (every parameter's nearest alternative, then every parameter's next one, ...)."""
+def _moves(variant: Variant, config: dict) -> list[tuple[str, object]]:
+    """The one-parameter changes of ``config`` as (parameter, new value), nearest choices first and round-robin over
+    the parameters (every parameter's nearest alternative, then every parameter's next one, ...)."""
     per_param = []
     for p, choices in space.PARAMS[variant.template].items():
         if config.get(p) not in choices:
             continue
         i = choices.index(config[p])
         others = sorted((j for j in range(len(choices)) if j != i), key=lambda j: (abs(j - i), -j))
-        per_param.append([{**config, p: choices[j]} for j in others])
-    return [c for step in itertools.zip_longest(*per_param) for c in step if c is not None]
+        per_param.append([(p, choices[j]) for j in others])
+    return [m for step in itertools.zip_longest(*per_param) for m in step if m is not None]
+
+
+def neighbours(variant: Variant, config: dict) -> list[dict]:
+    """The configurations that differ from ``config`` in one launch parameter, in ``_moves`` order."""
+    return [{**config, p: value} for p, value in _moves(variant, config)]
 
 
 def _pending_points(study: optuna.Study) -> set[str]:
@@ -164,15 +169,12 @@ def _next_neighbour(study: optuna.Study, candidates: list[Variant], DHQK: int, D
             move = tuple(t.user_attrs["move"])
             saved = t.user_attrs["base_ms"] - t.value if t.state == TrialState.COMPLETE else -math.inf
             gain[move] = max(gain.get(move, -math.inf), saved)
-    options = neighbours(variant, best["config"])
-    moved = [next((p, c[p]) for p in c if c[p] != best["config"].get(p)) for c in options]
     # moves that won before first (largest win first), then untried ones as listed, then those that lost (least first)
-    order = sorted(range(len(options)), key=lambda n: -gain.get(moved[n], 0.0))
-    for n in order:
-        config = options[n]
+    for p, value in sorted(_moves(variant, best["config"]), key=lambda move: -gain.get(move, 0.0)):
+        config = {**best["config"], p: value}
         if _point_key(variant.name, config) not in taken and not space.invalid(variant, config, DHQK, DHHV,
                                                                                dtype_bytes, limits):  # fmt: skip
-            return (variant, config), list(moved[n]), best_trial.value
+            return (variant, config), [p, value], best_trial.value
     return None
 
 
