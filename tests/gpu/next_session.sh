@@ -18,6 +18,8 @@
 #   step-split   the step rows of the bench with the split step kernel forced at a few tiles (GPU 0)
 #   tune-presets the shipped presets on 2 GPUs into $OUT/db; copy that to .tuning/ and carry it to resume
 #   retune-bench tune-presets for TUNE_S seconds (default 360), then the bench with that database (one call, 2 GPUs)
+#   tune-split   the training presets on GPU 0 and the forward presets on GPU 1 at once, same db and journal
+#                (SHAPE_S_BW / SHAPE_S_FW seconds per shape); resumable like tune-presets
 # Logs go to $OUT; commit them under tests/gpu/logs/ or tuning_db/reports/ with their command.
 set -u
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
@@ -129,6 +131,17 @@ case "${1:-}" in
         >> "$OUT/tune_presets.log" 2>&1
     done
     grep -v "trial" "$OUT/tune_presets.log" | tail -n 30 ;;
+  tune-split)
+    mkdir -p "$OUT/db"; [ -d .tuning ] && cp -r .tuning/. "$OUT/db/"
+    end=$(( $(date +%s) + ${BUDGET_S:-540} ))
+    for g in 0 1; do
+      if [ $g = 0 ]; then presets="train-7b train-head128"; per=${SHAPE_S_BW:-120}; else presets="xlstm-7b head128"; per=${SHAPE_S_FW:-80}; fi
+      ( for p in $presets; do left=$(( end - $(date +%s) )); [ $left -lt 40 ] && break
+          CUDA_VISIBLE_DEVICES=$g timeout $left python -m autotune tune --preset $p --db "$OUT/db" \
+            --trials ${TRIALS:-60} --time-budget $per
+        done ) > "$OUT/tune_split_gpu$g.log" 2>&1 &
+    done
+    wait; grep -h -v "trial" "$OUT"/tune_split_gpu*.log | tail -n 40 ;;
   retune-bench)  # tune (resumable as tune-presets), then bench with the new database in the same call
     BUDGET_S=${TUNE_S:-360} bash "$0" tune-presets
     cp "$OUT/db/NVIDIA_H200.json" tuning_db/NVIDIA_H200.json
