@@ -18,6 +18,7 @@
 #   step-split   the step rows of the bench with the split step kernel forced at a few tiles (GPU 0)
 #   tune-presets the shipped presets on 2 GPUs into $OUT/db; copy that to .tuning/ and carry it to resume
 #   retune-bench tune-presets for TUNE_S seconds (default 360), then the bench with that database (one call, 2 GPUs)
+#   ncu-bw       Nsight Compute on one training step's kernels (tests/gpu/ncu_step.py), a layout per GPU
 #   tune-split   the training presets on GPU 0 and the forward presets on GPU 1 at once, same db and journal
 #                (SHAPE_S_BW / SHAPE_S_FW seconds per shape); resumable like tune-presets
 # Logs go to $OUT; commit them under tests/gpu/logs/ or tuning_db/reports/ with their command.
@@ -131,6 +132,16 @@ case "${1:-}" in
         >> "$OUT/tune_presets.log" 2>&1
     done
     grep -v "trial" "$OUT/tune_presets.log" | tail -n 30 ;;
+  ncu-bw)  # speed of light, occupancy, warp stalls and local-memory bytes of each kernel of a training step
+    ncu --version | tail -1
+    M=l1tex__t_bytes_pipe_lsu_mem_local_op_ld.sum,l1tex__t_bytes_pipe_lsu_mem_local_op_st.sum
+    for g in 0 1; do lay=$([ $g = 0 ] && echo 7b || echo head128)
+      CUDA_VISIBLE_DEVICES=$g timeout 500 ncu --profile-from-start off --clock-control none --kernel-name regex:chunkwise \
+        --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+        --section MemoryWorkloadAnalysis --section SchedulerStats --metrics $M \
+        python tests/gpu/ncu_step.py --layout $lay > "$OUT/ncu_$lay.log" 2>&1 &
+    done
+    wait; for lay in 7b head128; do echo "== $lay"; grep -E "chunkwise_[a-z_]+kernel|Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Memory Throughput|DRAM Throughput|Compute \(SM\) Thr|local_op|Block Limit Reg|Dynamic Shared" "$OUT/ncu_$lay.log" | head -80; done ;;
   tune-split)
     mkdir -p "$OUT/db"; [ -d .tuning ] && cp -r .tuning/. "$OUT/db/"
     end=$(( $(date +%s) + ${BUDGET_S:-540} ))

@@ -1,0 +1,40 @@
+"""One training step (forward + backward of ``chunkwise--triton_auto``, database configurations) inside a CUDA
+profiler range, for Nsight Compute: the step runs once outside the range (compiles every kernel), then once inside.
+
+    ncu --profile-from-start off --clock-control none --kernel-name regex:chunkwise ... \
+        python tests/gpu/ncu_step.py --layout 7b|head128
+
+A diagnosis for tuning_db/reports/NOTES.md, not a test (tests/gpu/next_session.sh ncu-bw runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from autotune.torch import get_mlstm_kernel  # noqa: E402
+from profile_backward import LAYOUTS, inputs, step_fn  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layout", choices=sorted(LAYOUTS), required=True)
+    args = ap.parse_args()
+    x = inputs(LAYOUTS[args.layout], "cuda")
+    step = step_fn(get_mlstm_kernel("chunkwise--triton_auto"), x, 64)
+    step()
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStart()
+    step()
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
