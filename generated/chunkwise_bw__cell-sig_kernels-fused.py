@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   ab3d78c7b32d32ca
+# template hash:   7fe4f5dea08ff47e
 # parameters:      cell=sig, kernels=fused
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (sig cell), exact (MATH.md §6), "fused" within-chunk kernels.
@@ -298,14 +298,16 @@ def _chunk_setup(i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c,
 @triton.jit
 def _state_terms(q_ptr, k_ptr, v_ptr, dh_ptr, Cb_ptr, nb_ptr, dCa_ptr, dna_ptr, i_bhc, o_t, m_t, o_k, b_r, b_ds,
                  b_D0, b_w, scale, DHQK: tl.constexpr, DHHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
-                 BV: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                 BV: tl.constexpr, DOT_PRECISION: tl.constexpr, WITH_DP: tl.constexpr):
     """For one DHQK tile o_k: the state parts of dq and dk,
         dq_inter = scale D0 (dnum C^T + ds n^T)      (the state before the chunk, read by every output),
         dk_trans = w (v dC_after^T + dn_after)       (the chunk's tokens, written into the state after it),
-    and the tile's share of <C, dC_after> + <n, dn_after>."""
+    the tile's share of <C, dC_after> + <n, dn_after>, and with WITH_DP dP = dnum v^T + ds [L, L] from the same
+    loads of v and dh (else zeros, left unused)."""
     m_k = o_k < DHQK
     b_dqi = tl.zeros([L, BK], dtype=tl.float32)
     b_dkt = tl.zeros([L, BK], dtype=tl.float32)
+    b_dP = tl.zeros([L, L], dtype=tl.float32)
     b_X = tl.full([], 0.0, tl.float32)
     for i_v in range(0, tl.cdiv(DHHV, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
@@ -321,12 +323,14 @@ def _state_terms(q_ptr, k_ptr, v_ptr, dh_ptr, Cb_ptr, nb_ptr, dCa_ptr, dna_ptr, 
         b_X += tl.sum(b_CT.to(tl.float32) * b_dCaT.to(tl.float32))
         b_dqi += tl.dot(b_dh, b_CT.to(b_v.dtype), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, BK]
         b_dkt += tl.dot(b_v, b_dCaT.to(b_v.dtype), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, BK]
+        if WITH_DP:
+            b_dP += tl.dot(b_dh, tl.trans(b_v), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, L]
     b_n = tl.load(nb_ptr + i_bhc * DHQK + o_k, mask=m_k, other=0.0)
     b_dna = tl.load(dna_ptr + i_bhc * DHQK + o_k, mask=m_k, other=0.0)
     b_X += tl.sum(b_n * b_dna)
     b_dqi = (scale * b_D0)[:, None] * (b_r[:, None] * b_dqi + b_ds[:, None] * b_n[None, :])  # r: dnum = r dh
     b_dkt = b_w[:, None] * (b_dkt + b_dna[None, :])
-    return b_dqi, b_dkt, b_X
+    return b_dqi, b_dkt, b_X, b_dP * b_r[:, None] + b_ds[:, None]  # r factored out of the dot, as in _dP_block
 
 
 @triton.jit
@@ -452,9 +456,9 @@ def chunkwise_bw_chunk_kernel(
         m_tk = m_t[:, None] & (o_k < DHQK)[None, :]
         b_q = tl.load(q_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_tk, other=0.0)
         b_k = tl.load(k_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_tk, other=0.0)
-        b_dqi, b_dkt, b_Xk = _state_terms(q_ptr, k_ptr, v_ptr, dh_ptr, Cb_ptr, nb_ptr, dCa_ptr, dna_ptr, i_bhc, o_t,
-                                          m_t, o_k, b_r, b_ds, b_D0, b_w, scale, DHQK, DHHV, L, BK, BV,
-                                          DOT_PRECISION)
+        b_dqi, b_dkt, b_Xk, _ = _state_terms(q_ptr, k_ptr, v_ptr, dh_ptr, Cb_ptr, nb_ptr, dCa_ptr, dna_ptr, i_bhc,
+                                             o_t, m_t, o_k, b_r, b_ds, b_D0, b_w, scale, DHQK, DHHV, L, BK, BV,
+                                             DOT_PRECISION, False)
         b_X += b_Xk
         b_dD0 += tl.sum(b_q.to(tl.float32) * b_dqi, axis=1)
         b_u += tl.sum(b_k.to(tl.float32) * b_dkt, axis=1)

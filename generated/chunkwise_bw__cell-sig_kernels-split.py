@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   ab3d78c7b32d32ca
+# template hash:   7fe4f5dea08ff47e
 # parameters:      cell=sig, kernels=split
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (sig cell), exact (MATH.md §6), "split" within-chunk kernels.
@@ -16,9 +16,10 @@ autotune/launch/chunkwise_bw.py):
      (0, 0) of each head also runs the max state's reverse chain R_t = G_t + [m_{t+1} came from m_t] R_{t+1};
      grid (cdiv(DHQK, BK), cdiv(DHHV, BV), B * NH).
   3. chunkwise_bw_dqk_kernel (grid (cdiv(DHQK, BK), NC, B * NH)) and chunkwise_bw_dv_kernel (grid
-     (cdiv(DHHV, BV), NC, B * NH)): more programs, each recomputing q k^T and the gate matrix; the dq, dk kernel's
-     programs leave their share of the gate gradients' state terms in a partial buffer, and
-     chunkwise_bw_gates_kernel (grid (NC, B * NH)) forms di, df from the chunk's matrices and those partials.
+     (cdiv(DHHV, BV), NC, B * NH)): more programs, each reading its own tile of the chunk's states once. A dq, dk
+     program forms dP in its one pass over v and dh, and leaves its key tile's share of every vector the gate
+     gradients need in a partial buffer; a dv program recomputes q k^T. chunkwise_bw_gates_kernel (grid
+     (NC, B * NH)) sums the partials and forms di, df.
 Gate gradients never subtract two long cumulative sums: within a chunk they are sums over the masked [L, L]
 matrix of dlogD = dP * P and reverse sums of non-cancelling terms. For 16-bit inputs (SEGMENT_SUMS off), two
 chunk-local ones: F_t - F_j as a difference of prefix sums and dlf's share of dlogD as a difference of two [L]
@@ -300,14 +301,16 @@ def _chunk_setup(i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c,
 @triton.jit
 def _state_terms(q_ptr, k_ptr, v_ptr, dh_ptr, Cb_ptr, nb_ptr, dCa_ptr, dna_ptr, i_bhc, o_t, m_t, o_k, b_r, b_ds,
                  b_D0, b_w, scale, DHQK: tl.constexpr, DHHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
-                 BV: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                 BV: tl.constexpr, DOT_PRECISION: tl.constexpr, WITH_DP: tl.constexpr):
     """For one DHQK tile o_k: the state parts of dq and dk,
         dq_inter = scale D0 (dnum C^T + ds n^T)      (the state before the chunk, read by every output),
         dk_trans = w (v dC_after^T + dn_after)       (the chunk's tokens, written into the state after it),
-    and the tile's share of <C, dC_after> + <n, dn_after>."""
+    the tile's share of <C, dC_after> + <n, dn_after>, and with WITH_DP dP = dnum v^T + ds [L, L] from the same
+    loads of v and dh (else zeros, left unused)."""
     m_k = o_k < DHQK
     b_dqi = tl.zeros([L, BK], dtype=tl.float32)
     b_dkt = tl.zeros([L, BK], dtype=tl.float32)
+    b_dP = tl.zeros([L, L], dtype=tl.float32)
     b_X = tl.full([], 0.0, tl.float32)
     for i_v in range(0, tl.cdiv(DHHV, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
@@ -323,12 +326,14 @@ def _state_terms(q_ptr, k_ptr, v_ptr, dh_ptr, Cb_ptr, nb_ptr, dCa_ptr, dna_ptr, 
         b_X += tl.sum(b_CT.to(tl.float32) * b_dCaT.to(tl.float32))
         b_dqi += tl.dot(b_dh, b_CT.to(b_v.dtype), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, BK]
         b_dkt += tl.dot(b_v, b_dCaT.to(b_v.dtype), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, BK]
+        if WITH_DP:
+            b_dP += tl.dot(b_dh, tl.trans(b_v), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, L]
     b_n = tl.load(nb_ptr + i_bhc * DHQK + o_k, mask=m_k, other=0.0)
     b_dna = tl.load(dna_ptr + i_bhc * DHQK + o_k, mask=m_k, other=0.0)
     b_X += tl.sum(b_n * b_dna)
     b_dqi = (scale * b_D0)[:, None] * (b_r[:, None] * b_dqi + b_ds[:, None] * b_n[None, :])  # r: dnum = r dh
     b_dkt = b_w[:, None] * (b_dkt + b_dna[None, :])
-    return b_dqi, b_dkt, b_X
+    return b_dqi, b_dkt, b_X, b_dP * b_r[:, None] + b_ds[:, None]  # r factored out of the dot, as in _dP_block
 
 
 @triton.jit
@@ -412,7 +417,7 @@ def chunkwise_bw_dqk_kernel(
     dna_ptr,  # (B, NH, NC, DHQK) fp32
     dq_ptr,  # (B, NH, S, DHQK) out
     dk_ptr,  # (B, NH, S, DHQK) out
-    part_ptr,  # (cdiv(DHQK, BK), 2, B, NH, S) fp32 out: this tile's q . dq_inter and k . dk_trans
+    part_ptr,  # (cdiv(DHQK, BK), 5, B, NH, S) fp32 out: this tile's shares of the gate gradients' vectors (below)
     partX_ptr,  # (cdiv(DHQK, BK), B, NH, NC) fp32 out: this tile's <C, dC_after> + <n, dn_after>
     S,
     NC,
@@ -425,6 +430,11 @@ def chunkwise_bw_dqk_kernel(
     DOT_PRECISION: tl.constexpr,
     SEGMENT_SUMS: tl.constexpr,
 ):
+    """One DHQK tile of dq and dk for one chunk. v and dh are read once, in the loop over value tiles that also forms
+    dP (no separate pass over them); the programs of a chunk's key tiles are neighbours in the grid, so they share
+    those reads through L2. Partial vectors per tile (summed by chunkwise_bw_gates_kernel): q . dq_inter, k . dk_trans,
+    and E's share of the gate gradients (_gate_E_terms) for E_tile = dA * (q_tile k_tile^T): E = dP * P is linear in
+    q k^T, which is the sum of its key tiles' shares, so no program needs all of DHQK."""
     i_k, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     n_bh = tl.num_programs(2).to(tl.int64)
     i_bhc = i_bh * NC + i_c
@@ -434,21 +444,28 @@ def chunkwise_bw_dqk_kernel(
     k_ptr += i_bh * S * DHQK
     v_ptr += i_bh * S * DHHV
     dh_ptr += i_bh * S * DHHV
-    b_dA = _dP_block(v_ptr, dh_ptr, o_t, m_t, o_t, m_t, b_r, b_ds, DHHV, L, L, BV, DOT_PRECISION) * scale * b_D
     o_k = i_k * BK + tl.arange(0, BK)
     m_tk = m_t[:, None] & (o_k < DHQK)[None, :]
     b_q = tl.load(q_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_tk, other=0.0)
     b_k = tl.load(k_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_tk, other=0.0)
-    b_dqi, b_dkt, b_X = _state_terms(q_ptr, k_ptr, v_ptr, dh_ptr, Cb_ptr, nb_ptr, dCa_ptr, dna_ptr, i_bhc, o_t, m_t,
-                                     o_k, b_r, b_ds, b_D0, b_w, scale, DHQK, DHHV, L, BK, BV, DOT_PRECISION)
-    b_dq = tl.dot(b_dA.to(b_k.dtype), b_k, input_precision=DOT_PRECISION) + b_dqi  # [L, L] @ [L, BK]
-    b_dk = tl.dot(tl.trans(b_dA.to(b_q.dtype)), b_q, input_precision=DOT_PRECISION) + b_dkt
+    b_dqi, b_dkt, b_X, b_dP = _state_terms(q_ptr, k_ptr, v_ptr, dh_ptr, Cb_ptr, nb_ptr, dCa_ptr, dna_ptr, i_bhc, o_t,
+                                           m_t, o_k, b_r, b_ds, b_D0, b_w, scale, DHQK, DHHV, L, BK, BV,
+                                           DOT_PRECISION, True)
+    b_dA = b_dP * scale * b_D
+    b_Ak = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)  # [L, BK] @ [BK, L]: this tile's share of q k^T
+    b_dlfE, b_colE, b_rowE = _gate_E_terms(b_dA * b_Ak, L, SEGMENT_SUMS)
+    b_dA16 = b_dA.to(b_k.dtype)
+    b_dq = tl.dot(b_dA16, b_k, input_precision=DOT_PRECISION) + b_dqi  # [L, L] @ [L, BK]
+    b_dk = tl.dot(tl.trans(b_dA16), b_q, input_precision=DOT_PRECISION) + b_dkt
     o_tk = i_bh * S * DHQK + o_t[:, None] * DHQK + o_k[None, :]
     tl.store(dq_ptr + o_tk, b_dq.to(dq_ptr.dtype.element_ty), mask=m_tk)
     tl.store(dk_ptr + o_tk, b_dk.to(dk_ptr.dtype.element_ty), mask=m_tk)
-    p_part = part_ptr + (i_k * 2 * n_bh + i_bh) * S + o_t
+    p_part = part_ptr + (i_k * 5 * n_bh + i_bh) * S + o_t  # row j of the tile at p_part + j * n_bh * S
     tl.store(p_part, tl.sum(b_q.to(tl.float32) * b_dqi, axis=1), mask=m_t)
     tl.store(p_part + n_bh * S, tl.sum(b_k.to(tl.float32) * b_dkt, axis=1), mask=m_t)
+    tl.store(p_part + 2 * n_bh * S, b_dlfE, mask=m_t)
+    tl.store(p_part + 3 * n_bh * S, b_colE, mask=m_t)
+    tl.store(p_part + 4 * n_bh * S, b_rowE, mask=m_t)
     tl.store(partX_ptr + i_k * n_bh * NC + i_bhc, b_X)
 
 
@@ -493,12 +510,8 @@ def chunkwise_bw_dv_kernel(
 
 @triton.jit
 def chunkwise_bw_gates_kernel(
-    q_ptr,  # (B, NH, S, DHQK)
-    k_ptr,  # (B, NH, S, DHQK)
-    v_ptr,  # (B, NH, S, DHHV)
     i_ptr,  # (B, NH, S)
     f_ptr,  # (B, NH, S)
-    dh_ptr,  # (B, NH, S, DHHV)
     mt_ptr,  # (B, NH, S) fp32 forward max state
     mb_ptr,  # (B, NH, NC) fp32 max state before each chunk (exp cell)
     mS_ptr,  # (B, NH) fp32 max state after the last chunk (exp cell)
@@ -507,7 +520,7 @@ def chunkwise_bw_gates_kernel(
     R_ptr,  # (B, NH, S) fp32 max-state chain (exp cell)
     Fl_ptr,  # (B, NH, S) fp32 the floor's part of the gradient of m_t (exp cell)
     dm_ptr,  # (B, NH, NC, 2) fp32 out: (Y_c, a_c) of the max state's gradient, dm_c = Y_c + a_c dm_{c+1} (exp)
-    part_ptr,  # (NKT, 2, B, NH, S) fp32 from chunkwise_bw_dqk_kernel
+    part_ptr,  # (NKT, 5, B, NH, S) fp32 from chunkwise_bw_dqk_kernel
     partX_ptr,  # (NKT, B, NH, NC) fp32
     di_ptr,  # (B, NH, S) fp32 out
     df_ptr,  # (B, NH, S) fp32 out
@@ -523,24 +536,25 @@ def chunkwise_bw_gates_kernel(
     DOT_PRECISION: tl.constexpr,
     SEGMENT_SUMS: tl.constexpr,
 ):
+    """di, df of one chunk from the key tiles' partial vectors (no [L, L] product here)."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     n_bh = tl.num_programs(1).to(tl.int64)
     i_bhc = i_bh * NC + i_c
     o_t, m_t, b_lf, b_li, b_mc, b_D, b_D0, b_w, b_decay, b_r, b_ds = _chunk_setup(
         i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S, NC, L, SEGMENT_SUMS)
-    b_P = _qk_block(q_ptr + i_bh * S * DHQK, k_ptr + i_bh * S * DHQK, o_t, m_t, o_t, m_t, DHQK, L, L, BK,
-                    DOT_PRECISION)
-    b_P = b_P * scale * b_D
-    b_dP = _dP_block(v_ptr + i_bh * S * DHHV, dh_ptr + i_bh * S * DHHV, o_t, m_t, o_t, m_t, b_r, b_ds, DHHV, L, L,
-                     BV, DOT_PRECISION)
-    b_dlfE, b_colE, b_rowE = _gate_E_terms(b_dP * b_P, L, SEGMENT_SUMS)
     b_dD0 = tl.zeros([L], dtype=tl.float32)
     b_u = tl.zeros([L], dtype=tl.float32)
+    b_dlfE = tl.zeros([L], dtype=tl.float32)
+    b_colE = tl.zeros([L], dtype=tl.float32)
+    b_rowE = tl.zeros([L], dtype=tl.float32)
     b_X = tl.full([], 0.0, tl.float32)
     for i_k in range(0, NKT):
-        p_part = part_ptr + (i_k * 2 * n_bh + i_bh) * S + o_t
+        p_part = part_ptr + (i_k * 5 * n_bh + i_bh) * S + o_t
         b_dD0 += tl.load(p_part, mask=m_t, other=0.0)
         b_u += tl.load(p_part + n_bh * S, mask=m_t, other=0.0)
+        b_dlfE += tl.load(p_part + 2 * n_bh * S, mask=m_t, other=0.0)
+        b_colE += tl.load(p_part + 3 * n_bh * S, mask=m_t, other=0.0)
+        b_rowE += tl.load(p_part + 4 * n_bh * S, mask=m_t, other=0.0)
         b_X += tl.load(partX_ptr + i_k * n_bh * NC + i_bhc)
     b_di, b_df = _gate_grads(i_ptr, f_ptr, mt_ptr, R_ptr, Fl_ptr, dm_ptr, i_bh, i_bhc, o_t, m_t, b_lf, b_li, b_mc,
                              b_dlfE, b_colE, b_rowE, b_u, b_dD0, b_decay * b_X, S, L)

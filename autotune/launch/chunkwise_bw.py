@@ -132,7 +132,7 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
         )
     else:  # split: dq/dk programs per DHQK tile, dv programs per DHHV tile, then the gate gradients per chunk
         NKT = cdiv(DHQK, config["BK"])
-        part = empty(NKT, 2, B, NH, S, **f32)
+        part = empty(NKT, 5, B, NH, S, **f32)  # per key tile: q.dq_inter, k.dk_trans, E's dlf, col, row
         partX = empty(NKT, B, NH, NC, **f32)
         module.chunkwise_bw_dqk_kernel[(NKT, NC, B * NH)](
             q, k, v, i, f, dh, mt, mb, mS, r, ds, Cb, nb, dCa, dna, dq, dk, part, partX, S, NC, **common
@@ -141,7 +141,7 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
             q, k, i, f, dh, mt, mb, mS, r, ds, dCa, dv, S, NC, **common
         )
         module.chunkwise_bw_gates_kernel[(NC, B * NH)](
-            q, k, v, i, f, dh, mt, mb, mS, r, ds, R, Fl, Ya, part, partX, di, df, S, NC, NKT, **common
+            i, f, mt, mb, mS, r, ds, R, Fl, Ya, part, partX, di, df, S, NC, NKT, **common
         )
 
     dm0 = None

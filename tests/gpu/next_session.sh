@@ -19,6 +19,8 @@
 #   tune-presets the shipped presets on 2 GPUs into $OUT/db; copy that to .tuning/ and carry it to resume
 #   retune-bench tune-presets for TUNE_S seconds (default 360), then the bench with that database (one call, 2 GPUs)
 #   ncu-bw       Nsight Compute on one training step's kernels (tests/gpu/ncu_step.py), a layout per GPU
+#   split-check  the split backward kernels: profile_backward.py --sweep split per layout on GPU 0, their GPU tests
+#                on GPU 1
 #   tune-split   the training presets on GPU 0 and the forward presets on GPU 1 at once, same db and journal
 #                (SHAPE_S_BW / SHAPE_S_FW seconds per shape); resumable like tune-presets
 # Logs go to $OUT; commit them under tests/gpu/logs/ or tuning_db/reports/ with their command.
@@ -142,6 +144,15 @@ case "${1:-}" in
         python tests/gpu/ncu_step.py --layout $lay > "$OUT/ncu_$lay.log" 2>&1 &
     done
     wait; for lay in 7b head128; do echo "== $lay"; grep -E "chunkwise_[a-z_]+kernel|Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Memory Throughput|DRAM Throughput|Compute \(SM\) Thr|local_op|Block Limit Reg|Dynamic Shared" "$OUT/ncu_$lay.log" | head -80; done ;;
+  split-check)
+    CUDA_VISIBLE_DEVICES=0 bash -c "timeout 250 python tests/gpu/profile_backward.py --sweep split --layout 7b \
+      --budget-s 200 --out '$OUT/split_7b' > '$OUT/split_7b.log' 2>&1; timeout 250 python tests/gpu/profile_backward.py \
+      --sweep split --layout head128 --budget-s 180 --out '$OUT/split_head128' > '$OUT/split_head128.log' 2>&1" &
+    xd=""; python -c "import xdist" 2>/dev/null && xd="-n 8"
+    CUDA_VISIBLE_DEVICES=1 timeout 500 python -m pytest -q -m gpu tests/gpu/test_gpu_backward.py $xd -k "split" \
+      -p no:cacheprovider --tb=line -rfE > "$OUT/gpu_backward_split.log" 2>&1 &
+    wait; tail -n 3 "$OUT/gpu_backward_split.log"; grep -h -A16 "fw+bw ms" "$OUT"/split_*.log
+    grep -h -A6 "kernels (ms" "$OUT"/split_*.log ;;
   tune-split)
     mkdir -p "$OUT/db"; [ -d .tuning ] && cp -r .tuning/. "$OUT/db/"
     end=$(( $(date +%s) + ${BUDGET_S:-540} ))

@@ -3,7 +3,7 @@ kernel, next to upstream's xl_chunk; then the step timed with a few backward con
 MLSTM_AUTOTUNE_FORCE (chunk L, recomputed or reused states, state tiles, the split kernels, the parallel backward).
 A diagnosis for tuning_db/reports/NOTES.md, not a test.
 
-    python tests/gpu/profile_backward.py --out DIR [--layout 7b|head128] [--budget-s N]   (on a GPU)
+    python tests/gpu/profile_backward.py --out DIR [--layout 7b|head128] [--budget-s N] [--sweep split]  (on a GPU)
     TRITON_INTERPRET=1 python tests/gpu/profile_backward.py --smoke --out DIR           (tiny shapes, CPU)
 
 Writes DIR/profile_backward.json (rows written as they come) and prints a table last.
@@ -47,6 +47,24 @@ CONFIGS = [
 ]
 # the configurations also split by kernel
 PER_KERNEL = ("fused L64 reuse", "fused L128", "split L64")
+# --sweep split: the split kernels (one dq/dk program per key tile, one dv program per value tile) against the fused
+# kernel, both reusing the forward's states, from the H200 database's training winner (2026-11-30)
+WINNER = dict(BASE, states="reuse", BV=128, states_weighting="k")
+SPLIT_CONFIGS = [
+    ("default", None, None),
+    ("fused winner (reuse, BV 128, k weighted)", FUSED, {}),
+    ("split BK 64 BV 64", SPLIT, {"BV": 64}),
+    ("split BK 64 BV 128", SPLIT, {}),
+    ("split BK 64 BV 64 2 stages", SPLIT, {"BV": 64, "num_stages": 2}),
+    ("split BK 64 BV 128 2 stages", SPLIT, {"num_stages": 2}),
+    ("split BK 64 BV 64 3 stages", SPLIT, {"BV": 64, "num_stages": 3}),
+    ("split BK 128 BV 64", SPLIT, {"BK": 128, "BV": 64}),
+    ("split BK 128 BV 64 2 stages", SPLIT, {"BK": 128, "BV": 64, "num_stages": 2}),
+    ("split BK 32 BV 128", SPLIT, {"BK": 32}),
+    ("split BK 64 BV 128 8 warps", SPLIT, {"num_warps": 8}),
+    ("split BK 64 BV 64 2 stages 8 warps", SPLIT, {"BV": 64, "num_stages": 2, "num_warps": 8}),
+]
+SPLIT_PER_KERNEL = ("fused winner (reuse, BV 128, k weighted)", "split BK 64 BV 64", "split BK 64 BV 128 2 stages")
 
 
 def inputs(layout, device):
@@ -112,7 +130,11 @@ def main() -> int:
     ap.add_argument("--layout", choices=sorted(LAYOUTS))
     ap.add_argument("--budget-s", type=float, default=480)
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1")
+    ap.add_argument("--sweep", choices=("configs", "split"), default="configs",
+                    help="configs: the backward configurations above; split: the split kernels against the fused")
     args = ap.parse_args()
+    base, configs, per_kernel = (BASE, CONFIGS, PER_KERNEL) if args.sweep == "configs" else \
+        (WINNER, SPLIT_CONFIGS, SPLIT_PER_KERNEL)
     start = time.monotonic()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,14 +164,14 @@ def main() -> int:
                    ms=timed(up, device))  # fmt: skip
         except Exception as err:  # noqa: BLE001 - the comparison is optional
             record(layout=lname, what="upstream xl_chunk", error=f"{type(err).__name__}: {str(err)[:200]}")
-        for label, variant, change in CONFIGS:
+        for label, variant, change in configs:
             if time.monotonic() - start > args.budget_s:
                 record(layout=lname, what=label, error="budget spent")
                 continue
             if variant is None:
                 os.environ.pop("MLSTM_AUTOTUNE_FORCE", None)
             else:
-                config = dict(BASE, **change)
+                config = dict(base, **change)
                 if args.smoke:
                     config.update(L=min(config["L"], 32), BK=16, BV=16, BKS=16, BVS=16)
                     if change.get("states") == "reuse":
@@ -160,7 +182,7 @@ def main() -> int:
             try:
                 ms = timed(step_fn(ours, x, chunk), device)
                 record(layout=lname, what=label, ms=ms)
-                if label in PER_KERNEL:
+                if label in per_kernel:
                     record(layout=lname, what=label + " kernels", kernels=kernels_of(step_fn(ours, x, chunk),
                                                                                      device)[:14])
             except Exception as err:  # noqa: BLE001 - a configuration that fails is recorded
