@@ -51,7 +51,7 @@ PARAMS: dict[str, dict[str, tuple]] = {
         "BVS": TILES,
         "num_warps": (4, 8),
         "num_warps_state": (4, 8),
-        "num_stages": (1, 2),
+        "num_stages": (1, 2, 3),  # 3: the split kernels' best at the 7B layout (tuning_db/reports/NOTES.md)
         "states": ("recompute", "reuse"),
         "state_buffers": ("float32", "input"),
         "states_weighting": ("k", "v"),
