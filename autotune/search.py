@@ -148,7 +148,8 @@ NO_BEST_YET = "no best yet"
 def _next_neighbour(study: optuna.Study, candidates: list[Variant], DHQK: int, DHHV: int, dtype_bytes: int,
                     limits: space.Limits):
     """The next local-search step: ((variant, config), move, base_ms) for the first valid one-parameter neighbour of
-    the study's best point that no trial holds yet (measured, failed, running on another worker or queued), where
+    the study's best point (or its configuration in another variant of the same template: move ["variant", name])
+    that no trial holds yet (measured, failed, running on another worker or queued), where
     ``move`` = [parameter, value] is the change and ``base_ms`` the best point's time. Moves that beat their own
     base point earlier come first, the largest win first; then moves not tried yet, in ``neighbours`` order; moves that
     lost from an earlier base point come last. Every new best point thus tries the known wins and the untried moves
@@ -169,12 +170,17 @@ def _next_neighbour(study: optuna.Study, candidates: list[Variant], DHQK: int, D
             move = tuple(t.user_attrs["move"])
             saved = t.user_attrs["base_ms"] - t.value if t.state == TrialState.COMPLETE else -math.inf
             gain[move] = max(gain.get(move, -math.inf), saved)
+    # the other structures of the same template (same launch parameters) first among the untried moves: the same
+    # configuration in another variant, e.g. the split backward kernels instead of the fused one
+    moves = [("variant", v.name) for v in candidates if v.template == variant.template and v != variant]
+    moves += _moves(variant, best["config"])
     # moves that won before first (largest win first), then untried ones as listed, then those that lost (least first)
-    for p, value in sorted(_moves(variant, best["config"]), key=lambda move: -gain.get(move, 0.0)):
-        config = {**best["config"], p: value}
-        if _point_key(variant.name, config) not in taken and not space.invalid(variant, config, DHQK, DHHV,
-                                                                               dtype_bytes, limits):  # fmt: skip
-            return (variant, config), [p, value], best_trial.value
+    for p, value in sorted(moves, key=lambda move: -gain.get(move, 0.0)):
+        to = by_name(value) if p == "variant" else variant
+        config = dict(best["config"]) if p == "variant" else {**best["config"], p: value}
+        if _point_key(to.name, config) not in taken and not space.invalid(to, config, DHQK, DHHV, dtype_bytes,
+                                                                          limits):  # fmt: skip
+            return (to, config), [p, value], best_trial.value
     return None
 
 

@@ -249,17 +249,47 @@ def test_the_local_search_stops_at_a_local_optimum(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(__import__(__name__), "replayed_ms", lambda v, c: 1.5 if (v, c) == DEFAULT else 9.0)
     study = study_in(tmp_path)
     run(study, Replay(), trials=60)
-    moves = [json_point(t) for t in study.trials if t.user_attrs.get("neighbour")]
-    valid = [c for c in search.neighbours(*DEFAULT) if not space.invalid(DEFAULT[0], c, DHQK, DHHV, 2,
-                                                                         space.H100_LIMITS)]  # fmt: skip
+    moves = [json_variant_point(t) for t in study.trials if t.user_attrs.get("neighbour")]
+    variant, config = DEFAULT
+    points = [(v, config) for v in CANDIDATES if v.template == variant.template and v != variant]  # the siblings
+    points += [(variant, c) for c in search.neighbours(*DEFAULT)]
+    valid = [(v.name, c) for v, c in points if not space.invalid(v, c, DHQK, DHHV, 2, space.H100_LIMITS)]
     assert len(valid) < 30  # so the local search's budget (half of 60) does not end it first
-    assert sorted(repr(sorted(c.items())) for c in moves) == sorted(repr(sorted(c.items())) for c in valid)
+    key = lambda point: repr((point[0], sorted(point[1].items())))  # noqa: E731
+    assert sorted(map(key, moves)) == sorted(map(key, valid))
+
+
+def test_the_local_search_moves_to_another_variant_of_the_same_template(tmp_path: Path, monkeypatch):
+    """The same configuration in a sibling variant (same template, same launch parameters: e.g. the split backward
+    kernels instead of the fused one) is a move of the local search, tried before the parameter moves, and the
+    search then goes on from the sibling's point: a knob that pays only there is found too."""
+    variant, config = DEFAULT
+    sibling = next(v for v in CANDIDATES if v.template == variant.template and v != variant)
+    tuned = {**config, "num_stages": 3}
+    table = {(sibling.name, repr(sorted(config.items()))): 1.2, (sibling.name, repr(sorted(tuned.items()))): 0.8}
+
+    def replay(v, c):
+        return 1.5 if (v, c) == DEFAULT else table.get((v.name, repr(sorted(c.items()))), 2.0)
+
+    monkeypatch.setattr(__import__(__name__), "replayed_ms", replay)
+    study = study_in(tmp_path)
+    result = run(study, Replay(), trials=40)
+    assert (result.best_variant, result.best_config) == (sibling.name, tuned)
+    first = next(t for t in study.trials if t.user_attrs.get("neighbour"))
+    assert first.user_attrs["move"] == ["variant", sibling.name]
 
 
 def json_point(trial) -> dict:
     import json
 
     return json.loads(trial.user_attrs["point"])["config"]
+
+
+def json_variant_point(trial) -> tuple[str, dict]:
+    import json
+
+    point = json.loads(trial.user_attrs["point"])
+    return point["variant"], point["config"]
 
 
 def test_points_already_queued_are_not_queued_again(tmp_path: Path):
