@@ -55,9 +55,11 @@ case "${1:-}" in
     python -m autotune report --db "$OUT"/db/*.json --out "$OUT" > /dev/null 2>&1 ;;
   bench)
     if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
-      for g in 0 1; do CUDA_VISIBLE_DEVICES=$g timeout 570 python -m autotune bench --shard $g/2 --out "$OUT/bench$g" \
+      for g in 0 1; do CUDA_VISIBLE_DEVICES=$g timeout 570 python -m autotune bench ${BENCH_ARGS:-} --shard $g/2 --out "$OUT/bench$g" \
         > "$OUT/bench$g.log" 2>&1 & done; wait
       python -m autotune bench --combine "$OUT"/bench0/*-bench.json "$OUT"/bench1/*-bench.json --out "$OUT" > "$OUT/bench.log"
+      # the device hands back only a few files: the shards go back as one archive
+      tar -C "$OUT" -cf "$OUT/bench_shards.tar" bench0 bench1 bench0.log bench1.log && rm -r "$OUT"/bench0 "$OUT"/bench1 "$OUT"/bench?.log
     else
       timeout 580 python -m autotune bench --out "$OUT" > "$OUT/bench.log" 2>&1
     fi
@@ -166,7 +168,7 @@ case "${1:-}" in
     wait; grep -h -v "trial" "$OUT"/tune_split_gpu*.log | tail -n 40 ;;
   retune-bench)  # tune (resumable as tune-presets), then bench with the new database in the same call
     BUDGET_S=${TUNE_S:-360} bash "$0" tune-presets
-    cp "$OUT/db/NVIDIA_H200.json" tuning_db/NVIDIA_H200.json
-    OUT="$OUT/bench" bash "$0" bench ;;
+    cp "$OUT/db/NVIDIA_H200.json" tuning_db/NVIDIA_H200.json; rm -f "$OUT"/db/*.lock
+    OUT="$OUT/bench" BENCH_ARGS="${BENCH_ARGS:-}" bash "$0" bench ;;
   *) echo "usage: bash tests/gpu/next_session.sh PHASE (see the head of this file)"; exit 2 ;;
 esac
