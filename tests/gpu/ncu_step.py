@@ -17,8 +17,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from autotune.torch import get_mlstm_kernel  # noqa: E402
 from profile_backward import LAYOUTS, inputs, step_fn  # noqa: E402
+
+from autotune.torch import get_mlstm_kernel  # noqa: E402
 
 
 def main() -> int:
