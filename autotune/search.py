@@ -107,10 +107,11 @@ def _enqueue(study: optuna.Study, variant: Variant, config: dict, mark: str, **a
 
 def _moves(variant: Variant, config: dict) -> list[tuple[str, object]]:
     """The one-parameter changes of ``config`` as (parameter, new value), nearest choices first and round-robin over
-    the parameters (every parameter's nearest alternative, then every parameter's next one, ...)."""
+    the parameters (every parameter's nearest alternative, then every parameter's next one, ...); none of the
+    parameters the variant's kernels do not read (``space.inert``)."""
     per_param = []
     for p, choices in space.PARAMS[variant.template].items():
-        if config.get(p) not in choices:
+        if config.get(p) not in choices or p in space.inert(variant):
             continue
         i = choices.index(config[p])
         others = sorted((j for j in range(len(choices)) if j != i), key=lambda j: (abs(j - i), -j))

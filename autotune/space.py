@@ -47,6 +47,7 @@ PARAMS: dict[str, dict[str, tuple]] = {
         "L": (32, 64, 128),
         "BK": TILES,
         "BV": TILES,
+        "BVD": TILES,  # the split dv kernel's value tile (its programs recompute q k^T: wide tiles amortise that)
         "BKS": TILES + (256,),  # one program over the whole of a 256-wide key: k and v read once per value tile
         "BVS": TILES,
         "num_warps": (4, 8),
@@ -61,6 +62,25 @@ PARAMS: dict[str, dict[str, tuple]] = {
                              "k_tiles": ("loop", "programs")},  # fmt: skip
     "recurrent_sequence.py.j2": {"BV": (16, 32, 64), "num_warps": (1, 2, 4, 8)},
 }
+# launch parameters a variant's kernels do not read: the local search does not move them (their moves would only
+# re-measure the same kernels)
+INERT = {("chunkwise_bw.py.j2", "fused"): ("BVD",)}
+# parameters added after entries were tuned: how to read such an entry (the value that reproduces what it ran)
+LEGACY = {"chunkwise_bw.py.j2": {"BVD": lambda config: config["BV"]}}
+
+
+def inert(variant: Variant) -> tuple[str, ...]:
+    """The launch parameters of ``variant``'s template that its kernels do not read."""
+    return INERT.get((variant.template, variant.params.get("kernels")), ())
+
+
+def upgrade(variant: Variant, config: dict) -> dict:
+    """``config`` with the parameters added since it was tuned filled in as it ran (e.g. the split backward's dv
+    value tile BVD, which was BV before it existed)."""
+    missing = {p: fill(config) for p, fill in LEGACY.get(variant.template, {}).items() if p not in config}
+    return {**config, **missing}
+
+
 FORMS = {"chunkwise": "chunkwise_fw", "parallel": "parallel_fw", "step": "step_fw", "sequence": "sequence_fw"}
 # the backward of a training step (direction "fwbw"): the variants searched per form
 BACKWARD_FORMS = {"chunkwise": "chunkwise_bw", "parallel": "parallel_bw"}
@@ -140,7 +160,7 @@ def invalid(variant: Variant, config: dict, DHQK: int, DHHV: int, dtype_bytes: i
         return None
     if t == "chunkwise_bw.py.j2":
         L = config["L"]
-        if max(config["BK"], config["BKS"]) > BKfull or max(config["BV"], config["BVS"]) > BVfull:
+        if max(config["BK"], config["BKS"]) > BKfull or max(config["BV"], config["BVS"], config["BVD"]) > BVfull:
             return "a tile wider than the padded head dims"
         regs = _elems_per_thread(config["BKS"] * config["BVS"] + L * (config["BKS"] + config["BVS"]),
                                  config["num_warps_state"])  # fmt: skip

@@ -144,9 +144,10 @@ def warm_starts(key: tdb.Key, gpu: str, folders: list[Path], most: int = 6) -> l
         point = json.dumps([e.variant, e.config], sort_keys=True)
         if point not in points and len(out) < most:
             try:
-                out.append((by_name(e.variant), dict(e.config)))
+                variant = by_name(e.variant)
             except KeyError:  # a variant this version no longer has
                 continue
+            out.append((variant, space.upgrade(variant, dict(e.config))))  # parameters added since: as it ran
             points.add(point)
     return out
 

@@ -139,7 +139,7 @@ def _bw_config(variant, DHQK, DHHV, L, states="recompute", tile=32):
     if variant.family == "parallel_bw":
         return dict(launch_pbw.default_config(variant, DHQK, DHHV), BT=L, BK=tile, BV=tile)
     config = launch_bw.default_config(variant, DHQK, DHHV)
-    config.update(L=L, states=states, BK=tile, BV=tile, BKS=tile, BVS=tile)
+    config.update(L=L, states=states, BK=tile, BV=tile, BVD=tile, BKS=tile, BVS=tile)
     return config
 
 
@@ -189,6 +189,20 @@ def test_backward_chunk_sizes(kernels, L, states, check):
     _check(check, x, _weights(shape, "exp", True), "exp", target=f"{variant.name} L{L} {states}", dims=shape.dims(),
            forward=launch_fw.TWOPASS, fw_config=fw_config, bw_variant=variant,
            bw_config=_bw_config(variant, 16, 32, L, states, tile=16))  # fmt: skip
+
+
+@pytest.mark.parametrize("BVD", [16, 64])
+def test_split_dv_kernel_takes_its_own_value_tile(BVD, check):
+    """The split kernels' dv programs run on their own value tile BVD, narrower or wider than the dq/dk kernel's BV
+    (32): DHHV=96 in 6 tiles of 16, or 2 of 64 with the second half masked."""
+    variant = find(launch_bw.TEMPLATE, cell="exp", kernels="split")
+    shape = SHAPES[1]  # S=7, DHQK=48, DHHV=96
+    x = _inputs(shape, "exp", True)
+    fw_config = dict(launch_fw.default_config(find(launch_fw.TWOPASS, cell="exp", state="float32"), 1, 1), LI=16,
+                     LO=16, BKS=32, BVS=32, BKO=32, BVO=32)  # fmt: skip
+    bw_config = dict(_bw_config(variant, shape.DHQK, shape.DHHV, 16), BVD=BVD)
+    _check(check, x, _weights(shape, "exp", True), "exp", target=f"{variant.name} BV 32 BVD {BVD}", dims=shape.dims(),
+           forward=launch_fw.TWOPASS, fw_config=fw_config, bw_variant=variant, bw_config=bw_config)  # fmt: skip
 
 
 @pytest.mark.parametrize("forward,states", [(launch_fw.FUSED, "recompute"), (launch_fw.FUSED, "reuse"),

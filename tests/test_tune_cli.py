@@ -136,3 +136,33 @@ def test_warm_starts_skip_a_corrupt_database_file(tmp_path: Path):
     key = tdb.Key("chunkwise:exp", "fw", "bfloat16", 256, 512, 4096, 128, "")
     with pytest.warns(tdb.TuningDBWarning):
         assert tune.warm_starts(key, "GPU A", [tmp_path]) == []
+
+
+def test_a_warm_start_tuned_before_a_parameter_existed_reads_as_it_ran(tmp_path: Path):
+    """A backward entry tuned before the split dv kernel had its own value tile (no "BVD") comes back as a start with
+    BVD = BV, what its dv kernel ran; such a start is then a point of the search's space (else it would be skipped)."""
+    from autotune import db as tdb
+    from autotune import search, space, tune
+    from autotune.launch import chunkwise_bw as launch_bw
+    from autotune.variants import find
+
+    split = find(launch_bw.TEMPLATE, cell="exp", kernels="split")
+    old = {k: v for k, v in launch_bw.default_config(split, 256, 512).items() if k != "BVD"} | {"BV": 32}
+    key = tdb.Key("chunkwise:exp", "fwbw", "bfloat16", 256, 512, 2048, 256, "chunkwise_bw")
+    tdb.upsert(tmp_path / "GPU_A.json", "GPU A", (9, 0), [tdb.Entry(key, split.name, old, {"p50_ms": 1.0})])
+    [(variant, config)] = tune.warm_starts(key, "GPU A", [tmp_path])
+    assert variant == split and config == {**old, "BVD": 32}
+    assert search._is_point_of(variant, config, space.variants_of("chunkwise", "exp", "fwbw"))
+
+
+def test_the_local_search_leaves_parameters_a_variant_does_not_read():
+    """The fused backward kernel does not read the split dv kernel's value tile BVD: no local-search move changes it
+    there (it would re-measure the same kernels); the split variant's moves do."""
+    from autotune import search
+    from autotune.launch import chunkwise_bw as launch_bw
+    from autotune.variants import find
+
+    fused, split = (find(launch_bw.TEMPLATE, cell="exp", kernels=k) for k in ("fused", "split"))
+    config = launch_bw.default_config(fused, 256, 512)
+    assert not any(p == "BVD" for p, _ in search._moves(fused, config))
+    assert any(p == "BVD" for p, _ in search._moves(split, config))
