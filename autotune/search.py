@@ -221,6 +221,8 @@ def _pair_step(study: optuna.Study, best_trial, taken: set, DHQK: int, DHHV: int
             continue  # two values of one parameter
         move = [*a, *b]
         to, config = _apply(by_name(best["variant"]), best["config"], move)
+        if any(p in space.inert(to) for p in move[::2]):
+            continue  # a parameter the pair's variant does not read: the pair would re-measure one move alone
         if _point_key(to.name, config) not in taken and not space.invalid(to, config, DHQK, DHHV, dtype_bytes,
                                                                           limits):  # fmt: skip
             return (to, config), move, best_trial.value, base
