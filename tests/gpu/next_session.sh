@@ -21,6 +21,7 @@
 #   ncu-bw       Nsight Compute on one training step's kernels (tests/gpu/ncu_step.py), a layout per GPU
 #   split-check  the split backward kernels: profile_backward.py --sweep split per layout on GPU 0, their GPU tests
 #                on GPU 1
+#   split-retune split-check, then retune-bench with the training presets (one call of about 9 minutes, 8 files)
 #   tune-split   the training presets on GPU 0 and the forward presets on GPU 1 at once, same db and journal
 #                (SHAPE_S_BW / SHAPE_S_FW seconds per shape); resumable like tune-presets
 # Logs go to $OUT; commit them under tests/gpu/logs/ or tuning_db/reports/ with their command.
@@ -59,11 +60,12 @@ case "${1:-}" in
         > "$OUT/bench$g.log" 2>&1 & done; wait
       python -m autotune bench --combine "$OUT"/bench0/*-bench.json "$OUT"/bench1/*-bench.json --out "$OUT" > "$OUT/bench.log"
       # the device hands back only a few files: the shards go back as one archive
-      tar -C "$OUT" -cf "$OUT/bench_shards.tar" bench0 bench1 bench0.log bench1.log && rm -r "$OUT"/bench0 "$OUT"/bench1 "$OUT"/bench?.log
+      tar -C "$OUT" -cf "$OUT/bench_logs.tar" bench0 bench1 bench0.log bench1.log bench.log && \
+        rm -r "$OUT"/bench0 "$OUT"/bench1 "$OUT"/bench?.log
     else
       timeout 580 python -m autotune bench --out "$OUT" > "$OUT/bench.log" 2>&1
     fi
-    tail -30 "$OUT/bench.log" ;;
+    tail -30 "$OUT/bench.log"; if [ -f "$OUT/bench_logs.tar" ]; then rm "$OUT/bench.log"; fi ;;
   profile)  # two GPUs: the forward's kernels at the 7B layout on GPU 0; head 128, then the step bench, on GPU 1
     CUDA_VISIBLE_DEVICES=0 timeout 540 python tests/gpu/profile_forward.py --layout 7b --out "$OUT/profile_7b" \
       --budget-s 470 > "$OUT/profile_7b.log" 2>&1 &
@@ -154,7 +156,10 @@ case "${1:-}" in
     CUDA_VISIBLE_DEVICES=1 timeout 500 python -m pytest -q -m gpu tests/gpu/test_gpu_backward.py $xd -k "split" \
       -p no:cacheprovider --tb=line -rfE > "$OUT/gpu_backward_split.log" 2>&1 &
     wait; tail -n 3 "$OUT/gpu_backward_split.log"; grep -h -A16 "fw+bw ms" "$OUT"/split_*.log
-    grep -h -A6 "kernels (ms" "$OUT"/split_*.log ;;
+    grep -h -A6 "kernels (ms" "$OUT"/split_*.log
+    tar -C "$OUT" -cf "$OUT/split_check.tar" split_7b split_head128 split_7b.log split_head128.log \
+      gpu_backward_split.log && (cd "$OUT" && rm -r split_7b split_head128 split_7b.log split_head128.log \
+      gpu_backward_split.log) ;;
   tune-split)
     mkdir -p "$OUT/db"; [ -d .tuning ] && cp -r .tuning/. "$OUT/db/"
     end=$(( $(date +%s) + ${BUDGET_S:-540} ))
@@ -166,6 +171,11 @@ case "${1:-}" in
         done ) > "$OUT/tune_split_gpu$g.log" 2>&1 &
     done
     wait; grep -h -v "trial" "$OUT"/tune_split_gpu*.log | tail -n 40 ;;
+  split-retune)
+    bash "$0" split-check
+    PRESETS="${PRESETS:-train-7b train-head128}" SHAPE_S=${SHAPE_S:-55} TRIALS=${TRIALS:-60} TUNE_S=${TUNE_S:-220} \
+      bash "$0" retune-bench
+    find "$OUT" -type f | wc -l ;;
   retune-bench)  # tune (resumable as tune-presets), then bench with the new database in the same call
     BUDGET_S=${TUNE_S:-360} bash "$0" tune-presets
     cp "$OUT/db/NVIDIA_H200.json" tuning_db/NVIDIA_H200.json; rm -f "$OUT"/db/*.lock
