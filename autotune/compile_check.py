@@ -67,6 +67,7 @@ def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int, co
         recurrent.sequence_fw(*args, *states, variant=variant, return_last_states=True)
     elif variant.family == "chunkwise_bw":
         B, NH, S = args[0].shape[:3]
+        given = config is not None
         config = dict(config or chunkwise_bw.default_config(variant, DHQK, DHHV), states="reuse")  # this module's
         NC = -(-S // config["L"])  # kernels only: "recompute" would launch the forward's states kernel
         f32 = dict(dtype=torch.float32)
@@ -78,6 +79,11 @@ def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int, co
         dlast = (torch.zeros_like(states[0]), torch.zeros_like(states[1]), torch.zeros_like(states[2]))
         chunkwise_bw.chunkwise_bw(*args, *states, h, *stats, h, *dlast, tuple(states), variant=variant, config=config,
                                   borders=borders)  # fmt: skip
+        if not given and variant.params["kernels"] == "fused" and dtype == torch.bfloat16:
+            # the reverse recurrence with its weights computed first (its kernels are the same in both variants)
+            config = dict(config, dstate_gates="pre")
+            chunkwise_bw.chunkwise_bw(*args, *states, h, *stats, h, *dlast, tuple(states), variant=variant,
+                                      config=config, borders=borders)  # fmt: skip
     elif variant.family == "parallel_bw":
         B, NH, S = args[0].shape[:3]
         f32 = dict(dtype=torch.float32)

@@ -56,6 +56,7 @@ PARAMS: dict[str, dict[str, tuple]] = {
         "states": ("recompute", "reuse"),
         "state_buffers": ("float32", "input"),
         "states_weighting": ("k", "v"),
+        "dstate_gates": ("inline", "pre"),
     },  # fmt: skip
     "parallel_bw.py.j2": {"BT": (16, 32, 64, 128), "BK": TILES, "BV": TILES, "num_warps": (4, 8), "num_stages": (1, 2)},
     "recurrent_step.py.j2": {"BK": (16, 32, 64, 128), "BV": (16, 32, 64, 128), "num_warps": (1, 2, 4, 8),
@@ -66,7 +67,7 @@ PARAMS: dict[str, dict[str, tuple]] = {
 # re-measure the same kernels)
 INERT = {("chunkwise_bw.py.j2", "fused"): ("BVD",)}
 # parameters added after entries were tuned: how to read such an entry (the value that reproduces what it ran)
-LEGACY = {"chunkwise_bw.py.j2": {"BVD": lambda config: config["BV"]}}
+LEGACY = {"chunkwise_bw.py.j2": {"BVD": lambda config: config["BV"], "dstate_gates": lambda config: "inline"}}
 
 
 def inert(variant: Variant) -> tuple[str, ...]:

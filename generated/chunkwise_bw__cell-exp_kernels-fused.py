@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   7fe4f5dea08ff47e
+# template hash:   6ac2a400db29bbc0
 # parameters:      cell=exp, kernels=fused
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (exp cell), exact (MATH.md §6), "fused" within-chunk kernels.
@@ -14,7 +14,9 @@ autotune/launch/chunkwise_bw.py):
   2. chunkwise_bw_dstate_kernel, the reverse recurrence over chunk borders: dC_c = decay_c dC_{c+1} +
      scale sum_t D0_t q_t (r_t dh_t)^T (n likewise), storing the gradient of the state after every chunk. Program
      (0, 0) of each head also runs the max state's reverse chain R_t = G_t + [m_{t+1} came from m_t] R_{t+1};
-     grid (cdiv(DHQK, BK), cdiv(DHHV, BV), B * NH).
+     grid (cdiv(DHQK, BK), cdiv(DHHV, BV), B * NH). With the launch parameter "dstate_gates": "pre",
+     bw_dstate_weights_kernel first computes every chunk's weights D0 scale r, D0 scale ds and decay in parallel
+     (PRE_WEIGHTS); "inline" computes them in the sequential loop.
   3. chunkwise_bw_chunk_kernel, every chunk in parallel: q k^T and the gate matrix once, then dq, dk, dv and the
      gate gradients di, df of the chunk's tokens in one program; grid (NC, B * NH), DHQK and DHHV in tiles.
 Gate gradients never subtract two long cumulative sums: within a chunk they are sums over the masked [L, L]
@@ -218,6 +220,52 @@ def _border_m(mb_ptr, mS_ptr, i_bh, i_c, NC):
 
 
 @triton.jit
+def _dstate_weights(i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S, NC, scale, L: tl.constexpr):
+    """What chunk i_c's tokens weigh in the reverse recurrence, none of it depending on the gradient carried:
+    (D0 scale r, D0 scale ds, decay), D0_t the weight of the state before the chunk in output t, decay that of the
+    state before the chunk in the state after it. 0 past S."""
+    o_t = i_c * L + tl.arange(0, L)
+    m_t = o_t < S
+    b_lf, b_li = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_t, m_t)
+    b_mc, b_mn = _border_m(mb_ptr, mS_ptr, i_bh, i_c, NC)
+    b_mt = tl.load(mt_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
+    b_D0 = tl.where(m_t, tl.exp(tl.cumsum(b_lf, axis=0) + b_mc - b_mt), 0.0)
+    b_decay = tl.exp(tl.sum(b_lf, axis=0) + b_mc - b_mn)
+    b_r = tl.load(r_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
+    b_ds = tl.load(ds_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
+    return b_D0 * scale * b_r, b_D0 * scale * b_ds, b_decay
+
+
+@triton.jit
+def bw_dstate_weights_kernel(
+    i_ptr,  # (B, NH, S)
+    f_ptr,  # (B, NH, S)
+    mt_ptr,  # (B, NH, S) fp32 forward max state (exp cell)
+    mb_ptr,  # (B, NH, NC) fp32 max state before each chunk (exp cell)
+    mS_ptr,  # (B, NH) fp32 max state after the last chunk (exp cell)
+    r_ptr,  # (B, NH, S) fp32 from the prep kernel
+    ds_ptr,  # (B, NH, S) fp32
+    wr_ptr,  # (B, NH, NC * L) fp32 out: D0 scale r per token (0 past S)
+    wds_ptr,  # (B, NH, NC * L) fp32 out: D0 scale ds
+    dec_ptr,  # (B, NH, NC) fp32 out: decay per chunk
+    S,
+    NC,
+    scale,
+    L: tl.constexpr,
+):
+    """_dstate_weights for every chunk at once (grid (NC, B * NH)), so that the reverse recurrence's sequential loop
+    keeps only loads and one product per chunk (the launch parameter "dstate_gates": "pre"; the forward's states
+    kernel gained 15-31% from the same split, tuning_db/reports/NOTES.md)."""
+    i_c, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    b_wr, b_wds, b_decay = _dstate_weights(i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S, NC,
+                                           scale, L)  # fmt: skip
+    o_w = i_bh * NC * L + i_c * L + tl.arange(0, L)
+    tl.store(wr_ptr + o_w, b_wr)
+    tl.store(wds_ptr + o_w, b_wds)
+    tl.store(dec_ptr + i_bh * NC + i_c, b_decay)
+
+
+@triton.jit
 def chunkwise_bw_dstate_kernel(
     q_ptr,  # (B, NH, S, DHQK)
     dh_ptr,  # (B, NH, S, DHHV)
@@ -237,6 +285,9 @@ def chunkwise_bw_dstate_kernel(
     R_ptr,  # (B, NH, S) fp32 out: the max-state chain R_t (exp cell)
     dC0_ptr,  # (B, NH, DHQK, DHHV) fp32 out: gradient of the initial state (written when HAS_STATE)
     dn0_ptr,  # (B, NH, DHQK) fp32 out
+    wr_ptr,  # (B, NH, NC * L) fp32 from bw_dstate_weights_kernel (read when PRE_WEIGHTS)
+    wds_ptr,  # (B, NH, NC * L) fp32
+    dec_ptr,  # (B, NH, NC) fp32
     S,
     NC,
     scale,
@@ -248,6 +299,7 @@ def chunkwise_bw_dstate_kernel(
     HAS_STATE: tl.constexpr,
     HAS_LAST_GRAD: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    PRE_WEIGHTS: tl.constexpr,
 ):
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_k = i_k * BK + tl.arange(0, BK)
@@ -275,23 +327,24 @@ def chunkwise_bw_dstate_kernel(
             tl.store(dna_ptr + i_bhc * DHQK + o_k, b_dn, mask=m_k)
         o_t = i_c * L + o_l
         m_t = o_t < S
-        b_lf, b_li = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_t, m_t)
-        b_mc, b_mn = _border_m(mb_ptr, mS_ptr, i_bh, i_c, NC)
-        b_mt = tl.load(mt_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
         # the state before the chunk reaches output t with weight D0_t and the state after the chunk with decay
-        b_D0 = tl.where(m_t, tl.exp(tl.cumsum(b_lf, axis=0) + b_mc - b_mt), 0.0)
-        b_decay = tl.exp(tl.sum(b_lf, axis=0) + b_mc - b_mn)
-        b_r = tl.load(r_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
-        b_ds = tl.load(ds_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
+        if PRE_WEIGHTS:
+            b_wr = tl.load(wr_ptr + i_bh * NC * L + o_t)
+            b_wds = tl.load(wds_ptr + i_bh * NC * L + o_t)
+            b_decay = tl.load(dec_ptr + i_bh * NC + i_c)
+        else:
+            b_wr, b_wds, b_decay = _dstate_weights(i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S,
+                                                   NC, scale, L)  # fmt: skip
         # q^T loaded as such (no transposed copy in registers), weighted per token; dnum = r dh: r goes with q, so
         # that dh enters the dot exactly (a scaled dh in 16 bits could overflow under fp16 loss scaling)
         b_qT = tl.load(q_ptr + o_t[None, :] * DHQK + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0.0)
         b_dh = tl.load(dh_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
-        b_qwT = (b_qT.to(tl.float32) * (b_D0 * scale * b_r)[None, :]).to(b_dh.dtype)  # [BK, L]
+        b_qwT = (b_qT.to(tl.float32) * b_wr[None, :]).to(b_dh.dtype)  # [BK, L]
         b_dC = b_decay * b_dC + tl.dot(b_qwT, b_dh, input_precision=DOT_PRECISION)  # [BK, L] @ [L, BV] -> [BK, BV]
         if i_v == 0:  # only these programs store dn
-            b_dn = b_decay * b_dn + tl.sum(b_qT.to(tl.float32) * (b_D0 * scale * b_ds)[None, :], axis=1)
+            b_dn = b_decay * b_dn + tl.sum(b_qT.to(tl.float32) * b_wds[None, :], axis=1)
         if chain:
+            b_mc = tl.load(mb_ptr + i_bh * NC + i_c)
             b_carry = _chain_tile(i_ptr, f_ptr, mt_ptr, G_ptr, R_ptr, i_bh, i_c * L, S, b_mc, b_carry, L)
     if HAS_STATE:
         tl.store(dC0_ptr + i_bh * DHQK * DHHV + o_kv, b_dC, mask=m_kv)

@@ -191,6 +191,24 @@ def test_backward_chunk_sizes(kernels, L, states, check):
            bw_config=_bw_config(variant, 16, 32, L, states, tile=16))  # fmt: skip
 
 
+@pytest.mark.parametrize("case", ["plain", "states"])
+@pytest.mark.parametrize("cell", ["exp", "sig"])
+@pytest.mark.parametrize("shape", [SHAPES[2], SHAPES[4]], ids=[SHAPES[2].id, SHAPES[4].id])
+def test_reverse_recurrence_with_its_weights_computed_first(shape, cell, case, check):
+    """"dstate_gates": "pre": every chunk's weights of the reverse recurrence (D0 scale r, D0 scale ds, decay) come
+    from bw_dstate_weights_kernel before the sequential loop; S = 63 and 130 end in a partial chunk, and "states"
+    has initial states and a loss on the last states (the recurrence then starts from their gradient)."""
+    variant = find(launch_bw.TEMPLATE, cell=cell, kernels="fused")
+    with_states = case == "states"
+    x = _inputs(shape, cell, with_states)
+    fw_config = dict(launch_fw.default_config(find(launch_fw.TWOPASS, cell=cell, state="float32"), 1, 1), LI=16,
+                     LO=32, BKS=32, BVS=32, BKO=32, BVO=32)  # fmt: skip
+    bw_config = dict(_bw_config(variant, shape.DHQK, shape.DHHV, 16), dstate_gates="pre")
+    _check(check, x, _weights(shape, cell, with_states), cell, target=f"{variant.name} dstate_gates pre",
+           dims=shape.dims(), forward=launch_fw.TWOPASS, fw_config=fw_config, bw_variant=variant,
+           bw_config=bw_config)  # fmt: skip
+
+
 @pytest.mark.parametrize("BVD", [16, 64])
 def test_split_dv_kernel_takes_its_own_value_tile(BVD, check):
     """The split kernels' dv programs run on their own value tile BVD, narrower or wider than the dq/dk kernel's BV

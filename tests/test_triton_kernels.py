@@ -216,3 +216,9 @@ def test_unknown_launch_choices_are_clear_errors():
     bad = dict(CONFIGS[twopass.template], states_weighting="q")
     with pytest.raises(MLSTMInputError, match="states_weighting must be one of"):
         chunkwise.chunkwise_fw(*(x[n].to(DEVICE) for n in "qkvif"), variant=twopass, config=bad)
+    from autotune.launch import chunkwise_bw
+    from autotune.variants import find
+
+    backward = find(chunkwise_bw.TEMPLATE, cell="exp", kernels="fused")
+    with pytest.raises(MLSTMInputError, match="dstate_gates must be one of"):
+        chunkwise_bw.check_config(backward, dict(chunkwise_bw.default_config(backward, 16, 16), dstate_gates="post"))

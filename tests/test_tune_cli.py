@@ -139,19 +139,21 @@ def test_warm_starts_skip_a_corrupt_database_file(tmp_path: Path):
 
 
 def test_a_warm_start_tuned_before_a_parameter_existed_reads_as_it_ran(tmp_path: Path):
-    """A backward entry tuned before the split dv kernel had its own value tile (no "BVD") comes back as a start with
-    BVD = BV, what its dv kernel ran; such a start is then a point of the search's space (else it would be skipped)."""
+    """A backward entry tuned before the split dv kernel had its own value tile and before the reverse recurrence's
+    weights could come first (no "BVD", no "dstate_gates") comes back as a start with BVD = BV and "inline", what it
+    ran; such a start is then a point of the search's space (else it would be skipped)."""
     from autotune import db as tdb
     from autotune import search, space, tune
     from autotune.launch import chunkwise_bw as launch_bw
     from autotune.variants import find
 
     split = find(launch_bw.TEMPLATE, cell="exp", kernels="split")
-    old = {k: v for k, v in launch_bw.default_config(split, 256, 512).items() if k != "BVD"} | {"BV": 32}
+    added = ("BVD", "dstate_gates")  # launch parameters added after such entries were tuned
+    old = {k: v for k, v in launch_bw.default_config(split, 256, 512).items() if k not in added} | {"BV": 32}
     key = tdb.Key("chunkwise:exp", "fwbw", "bfloat16", 256, 512, 2048, 256, "chunkwise_bw")
     tdb.upsert(tmp_path / "GPU_A.json", "GPU A", (9, 0), [tdb.Entry(key, split.name, old, {"p50_ms": 1.0})])
     [(variant, config)] = tune.warm_starts(key, "GPU A", [tmp_path])
-    assert variant == split and config == {**old, "BVD": 32}
+    assert variant == split and config == {**old, "BVD": 32, "dstate_gates": "inline"}
     assert search._is_point_of(variant, config, space.variants_of("chunkwise", "exp", "fwbw"))
 
 

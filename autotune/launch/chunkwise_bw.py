@@ -39,6 +39,8 @@ STATES = ("recompute", "reuse")
 # the per-chunk state buffers (recomputed C before, dC after each chunk): fp32, or the inputs' dtype (half the bytes
 # for 16-bit inputs; the recurrences themselves run in fp32 either way)
 STATE_BUFFERS = ("float32", "input")
+# the reverse recurrence's per-chunk weights: computed in its sequential loop, or first for all chunks in parallel
+DSTATE_GATES = ("inline", "pre")
 
 
 def default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
@@ -47,7 +49,8 @@ def default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
     # the split kernels' dv value tile BVD (unread by the fused kernel): 128 took 1.15 ms against 1.98 at 64 (7B)
     BK, BV, wide = min(64, next_pow2(DHQK)), min(64, next_pow2(DHHV)), min(128, next_pow2(DHHV))
     return {"L": 64, "BK": BK, "BV": BV, "BVD": wide, "BKS": BK, "BVS": wide, "num_warps": 4, "num_warps_state": 4,
-            "num_stages": 1, "states": "recompute", "state_buffers": "input", "states_weighting": "v"}  # fmt: skip
+            "num_stages": 1, "states": "recompute", "state_buffers": "input", "states_weighting": "v",
+            "dstate_gates": "inline"}  # fmt: skip
 
 
 def check_config(variant: Variant, config: dict) -> None:
@@ -57,6 +60,7 @@ def check_config(variant: Variant, config: dict) -> None:
     require_choice(config, "states", STATES, "recompute")
     require_choice(config, "state_buffers", STATE_BUFFERS, "float32")
     require_choice(config, "states_weighting", STATES_WEIGHTING, "k")
+    require_choice(config, "dstate_gates", DSTATE_GATES, "inline")
 
 
 def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, variant: Variant, config: dict,
@@ -112,11 +116,17 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
     dC0 = empty(B, NH, DHQK, DHHV, **f32) if has_state else dummy
     dn0 = empty(B, NH, DHQK, **f32) if has_state else dummy
     mS = last[2].reshape(B, NH).float().contiguous() if has_last and cell == "exp" else mt[:, :, -1].contiguous()
+    pre = config.get("dstate_gates", "inline") == "pre"
+    wr, wds, dec = dummy, dummy, dummy
+    if pre:  # every chunk's weights in parallel, so the sequential loop below only loads them
+        wr, wds, dec = empty(B, NH, NC * L, **f32), empty(B, NH, NC * L, **f32), empty(B, NH, NC, **f32)
+        module.bw_dstate_weights_kernel[(NC, B * NH)](i, f, mt, mb, mS, r, ds, wr, wds, dec, S, NC,
+                                                      scale=DHQK**-0.5, L=L)  # fmt: skip
     grid = (cdiv(DHQK, config["BKS"]), cdiv(DHHV, config["BVS"]), B * NH)
     module.chunkwise_bw_dstate_kernel[grid](
-        q, dh, i, f, mt, mb, mS, r, ds, G, dC, dn, T, dCa, dna, R, dC0, dn0, S, NC,
+        q, dh, i, f, mt, mb, mS, r, ds, G, dC, dn, T, dCa, dna, R, dC0, dn0, wr, wds, dec, S, NC,
         scale=DHQK**-0.5, DHQK=DHQK, DHHV=DHHV, L=L, BK=config["BKS"], BV=config["BVS"], HAS_STATE=has_state,
-        HAS_LAST_GRAD=has_last, DOT_PRECISION=prec, num_warps=config["num_warps_state"],
+        HAS_LAST_GRAD=has_last, DOT_PRECISION=prec, PRE_WEIGHTS=pre, num_warps=config["num_warps_state"],
     )  # fmt: skip
 
     # 4. within every chunk: dq, dk, dv, di, df
