@@ -153,7 +153,7 @@ case "${1:-}" in
       --budget-s 200 --out '$OUT/split_7b' > '$OUT/split_7b.log' 2>&1; timeout 250 python tests/gpu/profile_backward.py \
       --sweep split --layout head128 --budget-s 180 --out '$OUT/split_head128' > '$OUT/split_head128.log' 2>&1" &
     xd=""; python -c "import xdist" 2>/dev/null && xd="-n 8"
-    CUDA_VISIBLE_DEVICES=1 timeout 500 python -m pytest -q -m gpu tests/gpu/test_gpu_backward.py $xd -k "split" \
+    CUDA_VISIBLE_DEVICES=1 timeout 500 python -m pytest -q -m gpu tests/gpu/test_gpu_backward.py $xd -k "split or tuned_style" \
       -p no:cacheprovider --tb=line -rfE > "$OUT/gpu_backward_split.log" 2>&1 &
     wait; tail -n 3 "$OUT/gpu_backward_split.log"; grep -h -A16 "fw+bw ms" "$OUT"/split_*.log
     grep -h -A6 "kernels (ms" "$OUT"/split_*.log

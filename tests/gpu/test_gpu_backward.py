@@ -94,6 +94,26 @@ PAIRS = [(v, c) for v in BACKWARD for c in CASES if not (v.family == "parallel_b
 @pytest.mark.parametrize("variant,L,states,dtype", [(v, *c) for v, c in PAIRS],
                          ids=[f"{v.name}-L{c[0]}-{c[1]}-{str(c[2])[6:]}" for v, c in PAIRS])  # fmt: skip
 def test_backward_variant(variant, shape, dtype, L, states, check):
+    _check_backward(variant, shape, dtype, L, states, check)
+
+
+# configurations of the kinds the tuner picks on the H200 (tuning_db/reports/NOTES.md, fourth session), with the
+# launch parameters added after the device time: the split dv kernel's own tile (BVD) and the reverse recurrence's
+# weights computed first (dstate_gates "pre"), checked where programs run concurrently
+TUNED_STYLE = [("split", {"BV": 64, "num_stages": 3, "BVD": 128, "dstate_gates": "pre"}),
+               ("split", {"BV": 128, "num_stages": 2, "BVD": 32}),
+               ("fused", {"BV": 128, "dstate_gates": "pre", "num_warps_state": 8})]  # fmt: skip
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[_id(s) for s in SHAPES])
+@pytest.mark.parametrize("kernels,changes", TUNED_STYLE, ids=[f"{k}-{sorted(c.items())}" for k, c in TUNED_STYLE])
+def test_tuned_style_backward(kernels, changes, shape, check):
+    """bf16, chunks of 64, the forward's states reused, as a tuned training step runs."""
+    variant = find(launch_bw.TEMPLATE, cell="exp", kernels=kernels)
+    _check_backward(variant, shape, torch.bfloat16, 64, "reuse", check, changes)
+
+
+def _check_backward(variant, shape, dtype, L, states, check, changes=None):
     cell = variant.params["cell"]
     x = _inputs(shape, dtype, cell)
     weights = _weights(x, cell)
@@ -106,8 +126,8 @@ def test_backward_variant(variant, shape, dtype, L, states, check):
     if variant.family == "parallel_bw":  # query/key tiles of L
         config, launcher = dict(launch_pbw.default_config(variant, shape[3], shape[4]), BT=L), launch_pbw.parallel_bw
     else:
-        config, launcher = dict(launch_bw.default_config(variant, shape[3], shape[4]), L=L, states=states), \
-            launch_bw.chunkwise_bw  # fmt: skip
+        config, launcher = dict(launch_bw.default_config(variant, shape[3], shape[4]), L=L, states=states,
+                                **(changes or {})), launch_bw.chunkwise_bw  # fmt: skip
     dlast = (weights["C"], weights["n"], weights.get("m", torch.zeros(shape[0], shape[1], 1, device="cuda")))
     grads = launcher(*args, h, saved["s"], saved["mt"], weights["h"].to(dtype), *dlast, last,
                                    variant=variant, config=config,
@@ -115,7 +135,8 @@ def test_backward_variant(variant, shape, dtype, L, states, check):
     got = {f"d{n}": g for n, g in zip(NAMES, grads) if n in x}
     ref = _native_grads(x, weights, cell, torch.float64)
     limits = _limits(dtype, x, weights, cell, ref)
-    check(target=f"{variant.name} L{L} {states}", baseline="native exact backward (fp64, GPU)", dims=shape,
+    target = f"{variant.name} L{L} {states}" + (f" {changes}" if changes else "")
+    check(target=target, baseline="native exact backward (fp64, GPU)", dims=shape,
           dtype=dtype, pairs={k: (got[k], ref[k]) for k in ref}, limit=limits)  # fmt: skip
 
 
