@@ -21,7 +21,6 @@
 #   ncu-bw       Nsight Compute on one training step's kernels (tests/gpu/ncu_step.py), a layout per GPU
 #   split-check  the split backward kernels: profile_backward.py --sweep split per layout on GPU 0, their GPU tests
 #                on GPU 1
-#   split-retune split-check, then retune-bench with the training presets (one call of about 9 minutes, 8 files)
 #   tune-split   the training presets on GPU 0 and the forward presets on GPU 1 at once, same db and journal
 #                (SHAPE_S_BW / SHAPE_S_FW seconds per shape); resumable like tune-presets
 # Logs go to $OUT; commit them under tests/gpu/logs/ or tuning_db/reports/ with their command.
@@ -171,11 +170,6 @@ case "${1:-}" in
         done ) > "$OUT/tune_split_gpu$g.log" 2>&1 &
     done
     wait; grep -h -v "trial" "$OUT"/tune_split_gpu*.log | tail -n 40 ;;
-  split-retune)
-    bash "$0" split-check
-    PRESETS="${PRESETS:-train-7b train-head128}" SHAPE_S=${SHAPE_S:-55} TRIALS=${TRIALS:-60} TUNE_S=${TUNE_S:-220} \
-      bash "$0" retune-bench
-    find "$OUT" -type f | wc -l ;;
   retune-bench)  # tune (resumable as tune-presets), then bench with the new database in the same call
     BUDGET_S=${TUNE_S:-360} bash "$0" tune-presets
     cp "$OUT/db/NVIDIA_H200.json" tuning_db/NVIDIA_H200.json; rm -f "$OUT"/db/*.lock
