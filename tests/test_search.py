@@ -387,3 +387,36 @@ def test_no_pair_is_tried_while_a_single_move_is_untried(tmp_path: Path, monkeyp
     assert all(len(t.user_attrs["move"]) == 4 for t in marked[first_pair:])
     assert all(t.user_attrs["move"][0] != t.user_attrs["move"][2] for t in marked[first_pair:])
     assert 0 < len(marked) - first_pair <= 6  # pairs of at most PAIR_POOL = 4 moves
+
+
+def test_a_pair_never_moves_a_parameter_its_variant_does_not_read(tmp_path: Path):
+    """From a best point in the split backward, the moves that lose least are the dv kernel's value tile BVD and back
+    to the fused kernel, which does not read BVD: such a pair would re-measure the fused move alone, so it is never
+    queued (the pairs of two BVD values are not pairs either)."""
+    from autotune.launch import chunkwise_bw as launch_bw
+    from autotune.variants import find
+
+    candidates = space.variants_of("chunkwise", "exp", "fwbw")
+    fused, split = (find(launch_bw.TEMPLATE, cell="exp", kernels=k) for k in ("fused", "split"))
+    config = launch_bw.default_config(fused, DHQK, DHHV)
+    staged = {**config, "num_stages": 2}
+
+    def replay(variant, c):
+        if c == config:
+            return {fused: 1.5, split: 1.4}[variant]
+        if c == staged:
+            return {fused: 1.02, split: 1.0}[variant]  # the best point, and back to fused from it
+        if variant == split and {p for p in c if c[p] != staged[p]} == {"BVD"}:
+            return 1.01
+        return 2.0
+
+    def evaluate(variant, c):
+        ms = replay(variant, c)
+        return Outcome(ok=True, p50_ms=ms, p20_ms=ms, p80_ms=ms, error=1e-3)
+
+    study = study_in(tmp_path)
+    search.run_study(study, candidates, (fused, config), evaluate, DHQK=DHQK, DHHV=DHHV, dtype_bytes=2, trials=120)
+    best = search._point_key(split.name, staged)
+    from_best = [t.user_attrs["move"] for t in study.trials if t.user_attrs.get("base") == best]
+    assert ["variant", fused.name] in from_best and any(m[0] == "BVD" for m in from_best)  # both measured from it
+    assert not any("variant" in m[::2] and "BVD" in m[::2] for m in from_best if len(m) == 4)
