@@ -279,17 +279,15 @@ def test_the_local_search_moves_to_another_variant_of_the_same_template(tmp_path
     assert first.user_attrs["move"] == ["variant", sibling.name]
 
 
-def json_point(trial) -> dict:
-    import json
-
-    return json.loads(trial.user_attrs["point"])["config"]
-
-
 def json_variant_point(trial) -> tuple[str, dict]:
     import json
 
     point = json.loads(trial.user_attrs["point"])
     return point["variant"], point["config"]
+
+
+def json_point(trial) -> dict:
+    return json_variant_point(trial)[1]
 
 
 def test_points_already_queued_are_not_queued_again(tmp_path: Path):
