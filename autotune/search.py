@@ -260,8 +260,8 @@ def run_study(
     # again
     pending = _pending_points(study)
     default_point = _point_key(default[0].name, default[1])
-    if default_point not in pending and not any(t.user_attrs.get("default") and t.state == TrialState.COMPLETE
-                                                for t in study.trials):  # fmt: skip
+    default_done = any(t.user_attrs.get("default") and t.state == TrialState.COMPLETE for t in study.trials)
+    if default_point not in pending and not default_done:
         _enqueue(study, *default, "default")  # first run, or the default failed before (e.g. a broken environment)
     # points measured or pruned before are not measured again; failures of earlier runs are retried once per run
     seen = {t.user_attrs["point"]: t for t in study.trials if "point" in t.user_attrs
@@ -286,8 +286,9 @@ def run_study(
     def settled() -> int:
         return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
 
-    # trials=0 only reads the study (the summary after --devices workers); otherwise at least the default is asked
-    while trials > 0 and (asked == 0 or (settled() < trials and asked < trials)):
+    # trials=0 only reads the study (the summary after --devices workers). A study that already holds ``trials``
+    # settled points measures nothing more, unless its default has never run correctly: that is always asked
+    while trials > 0 and ((settled() < trials and asked < trials) or (asked == 0 and not default_done)):
         if time_budget_s is not None and time.monotonic() - start > time_budget_s and study.best_trials:
             break
         if local_left > 0 and not _has_waiting(study):

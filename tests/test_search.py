@@ -122,6 +122,16 @@ def test_zero_trials_reads_the_study_without_measuring(tmp_path: Path):
     assert (summary.best_variant, summary.best_config) == (first.best_variant, first.best_config)
 
 
+def test_a_settled_study_measures_nothing_more(tmp_path: Path):
+    # a second run with the same trials over a finished study: no point is measured, the winner is the same (a new
+    # point measured here could win on noise and rewrite a database entry that was already written)
+    first = run(study_in(tmp_path), Replay(), trials=8)
+    again = Replay()
+    result = run(study_in(tmp_path), again, trials=8)
+    assert again.calls == [] and result.trials == first.trials
+    assert (result.best_variant, result.best_config) == (first.best_variant, first.best_config)
+
+
 def test_a_crashing_candidate_is_recorded_and_the_study_goes_on(tmp_path: Path):
     crashes = Replay(crash_when=lambda v, c: v.template == launch_chunkwise.FUSED and c["num_warps"] == 8)
     study = study_in(tmp_path)
