@@ -77,9 +77,11 @@ PRESETS: dict[str, list[Shape]] = {
     # heads of 128 (NH=32), as in the benchmark of the design notes
     "head128": [Shape("chunkwise:exp", _tokens(S), 32, S, 128, 128) for S in (2048, 8192, 32768)],
     "step-7b": [Shape("step:exp", B, 8, 1, 256, 512) for B in (1, 16, 128, 512)],
-    # the backward of a training step, for the two head layouts at 65,536 tokens
-    "train-7b": [Shape("chunkwise:exp", _tokens(S), 8, S, 256, 512, direction="fwbw") for S in (2048, 8192)],
-    "train-head128": [Shape("chunkwise:exp", _tokens(S), 32, S, 128, 128, direction="fwbw") for S in (2048, 8192)],
+    # the backward of a training step, for the two head layouts at 65,536 tokens, at the bench's three lengths (at
+    # S=32768 the sequential kernels have 16x fewer programs than at 2048: its own entry may pick other state tiles)
+    "train-7b": [Shape("chunkwise:exp", _tokens(S), 8, S, 256, 512, direction="fwbw") for S in (2048, 8192, 32768)],
+    "train-head128": [Shape("chunkwise:exp", _tokens(S), 32, S, 128, 128, direction="fwbw")
+                      for S in (2048, 8192, 32768)],
 }
 # without a GPU: a tiny shape the interpreter can search in seconds per trial
 INTERPRETER_PRESET = [Shape("chunkwise:exp", 1, 2, 64, 16, 16, "float32")]

@@ -115,3 +115,15 @@ def test_forward_backward_rows_do_not_time_a_gradient_accumulation():
     call()
     assert set(seen) == set("qkvif") and all(t.requires_grad and t.grad is None for t in seen.values())
     _sequence_call(lambda q, k, v, i, f: q * v, x, "fwbw")()  # a kernel without gates (SDPA) is timed too
+
+
+def test_every_benchmarked_shape_has_a_preset_that_tunes_it():
+    """Each chunkwise and step row of the bench is a shape of some preset in its direction, so a run of the presets
+    leaves an exact database entry for every row instead of a neighbour's (the training presets once stopped at
+    S=8192, and the S=32768 rows ran with the S=8192 winner)."""
+    from autotune.bench import rows
+    from autotune.tune import PRESETS
+
+    tuned = {(s.op.split(":")[0], s.direction, s.B, s.NH, s.S, s.DHQK, s.DHHV) for ps in PRESETS.values() for s in ps}
+    untuned = [r for r in rows(smoke=False) if (r.op, r.pass_, r.B, r.NH, r.S, r.DHQK, r.DHHV) not in tuned]
+    assert not untuned, f"bench rows no preset tunes: {untuned}"
