@@ -31,7 +31,7 @@ PARAMS: dict[str, dict[str, tuple]] = {
         "num_warps_states": (4, 8),
         "num_warps_out": (4, 8),
         "num_stages": STAGES,
-        "out_values": ("tiles", "loop"),
+        "out_values": ("tiles", "loop", "halves"),
         "states_gates": ("inline", "pre"),
         "states_weighting": ("k", "v"),
     },  # fmt: skip
@@ -140,7 +140,13 @@ def invalid(variant: Variant, config: dict, DHQK: int, DHHV: int, dtype_bytes: i
         if regs > 0.8 * limits.registers_per_thread:
             return f"~{regs:.0f} state values per thread in the states kernel"
         LO = config["LO"]
-        regs = _elems_per_thread(2 * LO * LO + LO * config["BVO"], config["num_warps_out"])
+        if config["out_values"] == "halves":
+            if LO < 32:
+                return f"LO={LO}: halves of fewer than 16 tokens"
+            # three [LO/2, LO/2] blocks of q k^T, then of P, and both halves' [LO/2, BVO] numerators
+            regs = _elems_per_thread(3 * (LO // 2) ** 2 + LO * config["BVO"], config["num_warps_out"])
+        else:
+            regs = _elems_per_thread(2 * LO * LO + LO * config["BVO"], config["num_warps_out"])
         if regs > 0.8 * limits.registers_per_thread:
             return f"~{regs:.0f} values per thread in the output kernel (LO={LO})"
         smem = st * (2 * LO * config["BKO"] + config["BKO"] * config["BVO"]) * dtype_bytes + LO * config["BVO"] * 2

@@ -340,7 +340,7 @@ def test_wins_found_one_at_a_time_are_combined_first(tmp_path: Path, monkeypatch
     backward on the H200): each new best point tries the known wins and the untried moves first, not the moves that
     already lost from an earlier point, so the three combine in fewer trials."""
     variant, config = DEFAULT
-    wins = {"num_stages": (3, 0.3), "BKO": (128, 0.2), "out_values": ("tiles", 0.1)}
+    wins = {"num_stages": (3, 0.3), "BKO": (128, 0.2), "out_values": ("halves", 0.1)}
 
     def table(v, c):
         if v != variant:
@@ -356,8 +356,9 @@ def test_wins_found_one_at_a_time_are_combined_first(tmp_path: Path, monkeypatch
     assert result.best.p50_ms == pytest.approx(0.9)  # all three
     moves = [t for t in study.trials if t.user_attrs.get("neighbour")]
     combined = next(n for n, t in enumerate(moves) if t.value == pytest.approx(0.9))
-    # moves in the order neighbours() lists them, without the ordering by earlier outcomes: all three combined at the
-    # 16th move; with it, wins and untried moves come before the moves that lost from an earlier base point
+    # moves in the order neighbours() lists them, without the ordering by earlier outcomes: the three not combined
+    # within these 40 trials; with it, wins and untried moves come before the moves that lost from an earlier base
+    # point (the 10th move)
     assert combined < 10, combined
 
 

@@ -41,11 +41,11 @@ SEQUENCE_VARIANTS = [v for v in VARIANTS if v.family in ("chunkwise_fw", "parall
 
 def _configs(variant) -> list[dict]:
     """The test configuration; for the two-pass structure four times: every pair of the states kernel's gates
-    (in its loop, or computed first) and product (k weighted, or v weighted), each product with both output kernels
-    (one program per value tile, one per chunk)."""
+    (in its loop, or computed first) and product (k weighted, or v weighted), each product with a per-chunk output
+    kernel (the loop kernel, or the one taking the chunk as two halves) and with the per-value-tile one."""
     config = CONFIGS[variant.template]
     if variant.template == chunkwise.TWOPASS:
-        points = (("tiles", "inline", "k"), ("loop", "pre", "k"), ("tiles", "pre", "v"), ("loop", "inline", "v"))
+        points = (("tiles", "inline", "k"), ("loop", "pre", "k"), ("tiles", "pre", "v"), ("halves", "inline", "v"))
         return [dict(config, out_values=o, states_gates=g, states_weighting=w) for o, g, w in points]
     return [config]
 

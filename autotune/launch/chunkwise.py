@@ -26,8 +26,9 @@ from .common import (
 
 FUSED = "chunkwise_fused_fw.py.j2"
 TWOPASS = "chunkwise_twopass_fw.py.j2"
-# the two-pass output kernels: one program per value tile, or one per chunk looping over the value tiles
-OUT_VALUES = ("tiles", "loop")
+# the two-pass output kernels: one program per value tile, or one per chunk looping over the value tiles, or that
+# with the chunk in two halves (states stored once per LO tokens, the [L, L] work of LO / 2 chunks plus one block)
+OUT_VALUES = ("tiles", "loop", "halves")
 # the states kernel's gates: computed in its sequential loop, or for all sub-chunks first by a parallel kernel
 STATES_GATES = ("inline", "pre")
 # the states kernel's product: k weighted by the tokens' weights and transposed in registers, or k^T loaded as such
@@ -61,6 +62,17 @@ def check_config(variant: Variant, config: dict) -> None:
         require_choice(config, "states_weighting", STATES_WEIGHTING, "k")
         if config["LO"] % config["LI"]:
             raise MLSTMInputError(f"LO ({config['LO']}) must be a multiple of LI ({config['LI']})")
+        if config.get("out_values") == "halves" and config["LO"] < 32:
+            raise MLSTMInputError(f"out_values 'halves' needs LO >= 32 (halves of 16 tokens or more): {config['LO']}")
+
+
+def states_every(config: dict, L: int) -> dict:
+    """A two-pass ``config`` changed to store its states every ``L`` tokens: in a training step whose backward reuses
+    the forward's states at chunks of L (its own tuned chunk size), a forward entry tuned alone with another LO would
+    otherwise make the backward recompute them, which costs more than the forward's own gain (NOTES.md). The halves
+    kernel, tuned for two halves of its LO, becomes the plain per-chunk one."""
+    out_values = config.get("out_values", "tiles")
+    return dict(config, LO=L, LI=min(config["LI"], L), out_values="loop" if out_values == "halves" else out_values)
 
 
 def _launch_states(module, k, v, i, f, C0, n0, m0, has_state, buffers, last, *, S, NC, config, store_borders, prec):
@@ -141,6 +153,8 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
         if keep:
             saved.update(Cb=borders[0], nb=borders[1], mb=borders[2], L=config["L"])
     elif variant.template == TWOPASS:
+        if saved is not None and saved.get("borders_at") not in (None, config["LO"]):
+            config = states_every(config, saved["borders_at"])
         NC = cdiv(S, config["LO"])
         state_dtype = torch.float32 if variant.params["state"] == "float32" else q.dtype
         buffers = (
@@ -151,8 +165,10 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
         _launch_states(module, k, v, i, f, C0, n0, m0, has_state, buffers, last, S=S, NC=NC, config=config,
                        store_borders=True, prec=prec)  # fmt: skip
         # entries tuned before "out_values" existed ran the per-value-tile kernel
-        if config.get("out_values", "tiles") == "loop":
-            kernel, grid = module.chunkwise_output_loop_kernel, (NC, B * NH)
+        out_values = config.get("out_values", "tiles")
+        if out_values in ("loop", "halves"):
+            kernel = getattr(module, f"chunkwise_output_{out_values}_kernel")  # the loop or the halves kernel
+            grid = (NC, B * NH)
         else:
             kernel, grid = module.chunkwise_output_kernel, (cdiv(DHHV, config["BVO"]), NC, B * NH)
         kernel[grid](

@@ -21,6 +21,8 @@
 #   ncu-bw       Nsight Compute on one training step's kernels (tests/gpu/ncu_step.py), a layout per GPU
 #   split-check  the split backward kernels: profile_backward.py --sweep split per layout on GPU 0, their GPU tests
 #                on GPU 1
+#   halves       states every 128 tokens with the halves output kernel against the loop kernel at 64 (a sweep per
+#                layout, one per GPU), and its GPU tests
 #   tune-split   the training presets on GPU 0 and the forward presets on GPU 1 at once, same db and journal
 #                (SHAPE_S_BW / SHAPE_S_FW seconds per shape); resumable like tune-presets
 # Logs go to $OUT; commit them under tests/gpu/logs/ or tuning_db/reports/ with their command.
@@ -159,6 +161,16 @@ case "${1:-}" in
     tar -C "$OUT" -cf "$OUT/split_check.tar" split_7b split_head128 split_7b.log split_head128.log \
       gpu_backward_split.log && (cd "$OUT" && rm -r split_7b split_head128 split_7b.log split_head128.log \
       gpu_backward_split.log) ;;
+  halves)  # states every 128 tokens + the halves output kernel against every 64 + the loop kernel: the sweep, one
+           # layout per GPU, then the halves GPU tests on GPU 1; packed into halves.tar
+    CUDA_VISIBLE_DEVICES=0 timeout 300 python tests/gpu/profile_forward.py --sweep halves --layout 7b --budget-s 240 \
+      --out "$OUT/halves_7b" > "$OUT/halves_7b.log" 2>&1 &
+    CUDA_VISIBLE_DEVICES=1 bash -c "timeout 200 python tests/gpu/profile_forward.py --sweep halves --layout head128 \
+      --budget-s 150 --out '$OUT/halves_head128' > '$OUT/halves_head128.log' 2>&1; timeout 200 python -m pytest -q \
+      -m gpu tests/gpu/test_gpu_forward.py -k halves -p no:cacheprovider --tb=line -rfE > '$OUT/gpu_halves.log' 2>&1" &
+    wait; tail -n 3 "$OUT/gpu_halves.log"; grep -h -A5 "^layout" "$OUT"/halves_*.log
+    tar -C "$OUT" -cf "$OUT/halves.tar" halves_7b halves_head128 halves_7b.log halves_head128.log gpu_halves.log && \
+      (cd "$OUT" && rm -r halves_7b halves_head128 halves_7b.log halves_head128.log gpu_halves.log) ;;
   tune-split)
     mkdir -p "$OUT/db"; [ -d .tuning ] && cp -r .tuning/. "$OUT/db/"
     end=$(( $(date +%s) + ${BUDGET_S:-540} ))

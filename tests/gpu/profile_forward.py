@@ -88,8 +88,8 @@ def output_call(module, x, cfg, buffers, h):
     B, NH, S, K = x["q"].shape
     V = x["v"].shape[-1]
     stats = stats_buffers(B, NH, S, x["q"].device, None)
-    if cfg.get("out_values") == "loop":
-        kernel, grid = module.chunkwise_output_loop_kernel, (cdiv(S, cfg["LO"]), B * NH)
+    if cfg.get("out_values") in ("loop", "halves"):
+        kernel, grid = getattr(module, f"chunkwise_output_{cfg['out_values']}_kernel"), (cdiv(S, cfg["LO"]), B * NH)
     else:
         kernel, grid = module.chunkwise_output_kernel, (cdiv(V, cfg["BVO"]), cdiv(S, cfg["LO"]), B * NH)
     return lambda: kernel[grid](
@@ -210,6 +210,55 @@ def loop_sweep(args, start: float, out: Path) -> int:
     return 0
 
 
+def halves_sweep(args, start: float, out: Path) -> int:
+    """States every 128 tokens with the output kernel taking each chunk as two halves ("out_values": "halves")
+    against states every 64 with the per-chunk loop kernel: the states kernel at each LO, then the output kernels
+    over tiles, warps and stages; outputs checked against the loop kernel at LO=64 (the shipped 7B structure)."""
+    variant = find(launch.TWOPASS, cell="exp", state="input")
+    module = load_variant(variant)
+    rows = []
+    for lname, layout in LAYOUTS.items():
+        B, NH, S, K, V = layout
+        x, cfg, buf64 = lo64_setup(variant, layout)
+        buf128 = state_buffers(B, NH, cdiv(S, 128), K, V)
+        h = torch.empty(B, NH, S, V, dtype=torch.bfloat16, device=DEVICE)
+        states = {64: (cfg, buf64), 128: (dict(cfg, LO=128), buf128)}
+        for LO, (c, buf) in states.items():
+            ms = time_ms(states_call(module, x, c, buf))
+            rows.append(dict(layout=lname, kind="states", LO=LO, ms=ms))
+            print(json.dumps(rows[-1]), flush=True)
+        output_call(module, x, dict(cfg, out_values="loop"), buf64, h)()
+        ref = h.float().clone()
+        tiles = [(bk, bv) for bk, bv in ((64, 128), (64, 64), (128, 64), (128, 128)) if bk <= K and bv <= V]
+        points = [("loop", 64, bk, bv, w, st) for (bk, bv), w, st in itertools.product(tiles, (4,), (2, 3))] + [
+            ("halves", 128, bk, bv, w, st) for (bk, bv), w, st in itertools.product(tiles, (8, 4), (1, 2, 3))]
+        for kind, LO, bk, bv, w, st in points:
+            if time.monotonic() - start > args.budget_s:
+                break
+            c = dict(states[LO][0], out_values=kind, BKO=bk, BVO=bv, num_warps_out=w, num_stages=st)
+            h.fill_(float("nan"))
+            ms = time_ms(output_call(module, x, c, states[LO][1], h))
+            err = ((h.float() - ref).norm() / ref.norm()).item() if isinstance(ms, float) else None
+            rows.append(dict(layout=lname, kind="output-" + kind, LO=LO, BKO=bk, BVO=bv, warps=w, stages=st, ms=ms,
+                             rel_err_vs_loop64=err))  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+        (out / "profile_halves.json").write_text(json.dumps(rows, indent=1))
+        del x, buf64, buf128, h
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
+    print("\nlayout   LO  states ms  best output ms  point  (states + output)")
+    for lname in LAYOUTS:
+        for LO, kind in ((64, "output-loop"), (128, "output-halves")):
+            st = [r["ms"] for r in rows if r["layout"] == lname and r["kind"] == "states" and r["LO"] == LO]
+            got = [r for r in rows if r["layout"] == lname and r["kind"] == kind and isinstance(r["ms"], float)]
+            if st and isinstance(st[0], float) and got:
+                b = min(got, key=lambda r: r["ms"])
+                print(f"{lname:8s} {LO:3d} {st[0]:9.3f} {b['ms']:14.3f}  BKO={b['BKO']} BVO={b['BVO']} "
+                      f"warps={b['warps']} stages={b['stages']} err={b['rel_err_vs_loop64']:.1e}  "
+                      f"({st[0] + b['ms']:.3f})")  # fmt: skip
+    return 0
+
+
 def main() -> int:
     global DEVICE, LAYOUTS
     ap = argparse.ArgumentParser()
@@ -217,9 +266,11 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=500)
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1")
     ap.add_argument("--layout", choices=sorted(LAYOUTS), help="only this head layout (e.g. one per GPU)")
-    ap.add_argument("--sweep", choices=("all", "loop", "states"), default="all",
+    ap.add_argument("--sweep", choices=("all", "loop", "states", "halves"), default="all",
                     help="loop: only the output kernels (per-tile and per-chunk loop) at LO=64; states: only the "
-                    "states kernel, gates in its loop against gates computed first; each checked, then timed")
+                    "states kernel, gates in its loop against gates computed first; halves: states every 128 "
+                    "tokens with the halves output kernel against every 64 with the loop kernel; each checked, "
+                    "then timed")
     args = ap.parse_args()
     start = time.monotonic()
     out = Path(args.out)
@@ -232,6 +283,8 @@ def main() -> int:
         return loop_sweep(args, start, out)
     if args.sweep == "states":
         return states_sweep(args, start, out)
+    if args.sweep == "halves":
+        return halves_sweep(args, start, out)
     work = Path(tempfile.mkdtemp())
     variant = find(launch.TWOPASS, cell="exp", state="input")
     base = load_variant(variant)

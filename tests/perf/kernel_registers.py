@@ -5,6 +5,7 @@ registers run out, for tuning_db/reports/NOTES.md. Not a test.
 
     python tests/perf/kernel_registers.py --layout 7b            # the chunkwise backward's configurations
     python tests/perf/kernel_registers.py --layout head128 --config '{"num_stages": 2}'
+    python tests/perf/kernel_registers.py --form fw --layout 7b   # the two-pass forward's output kernels
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.backends.nvidia.compiler import get_ptxas  # noqa: E402
 
 from autotune import compile_check  # noqa: E402
-from autotune.launch import chunkwise_bw  # noqa: E402
+from autotune.launch import chunkwise, chunkwise_bw  # noqa: E402
 from autotune.load import load_variant  # noqa: E402
 from autotune.variants import find  # noqa: E402
 
@@ -40,6 +41,15 @@ CHANGES = {
     "L128": {"L": 128},
     "L32": {"L": 32},
     "fp32 buffers": {"state_buffers": "float32"},
+}
+# changes to the two-pass forward's default configuration (--form fw)
+FORWARD_CHANGES = {
+    "default (loop)": {},
+    "tiles": {"out_values": "tiles"},
+    "halves LO128": {"out_values": "halves", "LO": 128},
+    "halves LO128 BVO64": {"out_values": "halves", "LO": 128, "BVO": 64},
+    "halves LO128 8 warps": {"out_values": "halves", "LO": 128, "num_warps_out": 8},
+    "loop LO128": {"LO": 128},
 }
 
 
@@ -75,15 +85,19 @@ def main() -> int:
     p.add_argument("--layout", choices=LAYOUTS, default="7b")
     p.add_argument("--config", help="JSON changes to the default configuration (instead of the built-in list)")
     p.add_argument("--kernels", default="fused", choices=("fused", "split"))
+    p.add_argument("--form", default="bw", choices=("bw", "fw"), help="the backward, or the two-pass forward")
     args = p.parse_args()
     DHQK, DHHV = LAYOUTS[args.layout]
-    variant = find(chunkwise_bw.TEMPLATE, cell="exp", kernels=args.kernels)
-    changes = {"given": json.loads(args.config)} if args.config else CHANGES
-    print(f"{'configuration':18} {'kernel':34} {'regs':>5} {'spill st':>9} {'spill ld':>9} {'smem':>7}")
+    if args.form == "fw":
+        variant, launcher = find(chunkwise.TWOPASS, cell="exp", state="input"), chunkwise
+    else:
+        variant, launcher = find(chunkwise_bw.TEMPLATE, cell="exp", kernels=args.kernels), chunkwise_bw
+    changes = {"given": json.loads(args.config)} if args.config else (FORWARD_CHANGES if args.form == "fw" else CHANGES)
+    print(f"{'configuration':20} {'kernel':34} {'regs':>5} {'spill st':>9} {'spill ld':>9} {'smem':>7}")
     for label, change in changes.items():
-        config = dict(chunkwise_bw.default_config(variant, DHQK, DHHV), **change)
+        config = dict(launcher.default_config(variant, DHQK, DHHV), **change)
         for row in report(variant, config, DHQK, DHHV):
-            print(f"{label:18} {row['kernel']:34} {row['registers']!s:>5} {row['spill_stores']!s:>9} "
+            print(f"{label:20} {row['kernel']:34} {row['registers']!s:>5} {row['spill_stores']!s:>9} "
                   f"{row['spill_loads']!s:>9} {row['shared']:>7}", flush=True)  # fmt: skip
     return 0
 
