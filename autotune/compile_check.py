@@ -61,8 +61,8 @@ def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int, co
             config = dict(chunkwise.default_config(variant, DHQK, DHHV), out_values="tiles", states_gates="pre",
                           states_weighting="v")  # fmt: skip
             chunkwise.chunkwise_fw(*args, *states, variant=variant, config=config, return_last_states=True)
-            if dtype == torch.bfloat16:  # the output kernel taking chunks of 128 as two halves (states every 128)
-                config = dict(chunkwise.default_config(variant, DHQK, DHHV), out_values="halves", LO=128)
+            if dtype == torch.bfloat16:  # the output kernel taking chunks of 128 as two halves of LO = 64
+                config = dict(chunkwise.default_config(variant, DHQK, DHHV), out_values="halves")
                 chunkwise.chunkwise_fw(*args, *states, variant=variant, config=config, return_last_states=True)
     elif variant.family == "parallel_fw":
         parallel.parallel_fw(*args, *states, variant=variant, return_last_states=False)

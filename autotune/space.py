@@ -140,11 +140,10 @@ def invalid(variant: Variant, config: dict, DHQK: int, DHHV: int, dtype_bytes: i
         if regs > 0.8 * limits.registers_per_thread:
             return f"~{regs:.0f} state values per thread in the states kernel"
         LO = config["LO"]
-        if config["out_values"] == "halves":
-            if LO < 32:
-                return f"LO={LO}: halves of fewer than 16 tokens"
-            # three [LO/2, LO/2] blocks of q k^T, then of P, and both halves' [LO/2, BVO] numerators
-            regs = _elems_per_thread(3 * (LO // 2) ** 2 + LO * config["BVO"], config["num_warps_out"])
+        if config["out_values"] == "halves":  # chunks of 2 LO in halves of LO: first three [LO, LO] fp32 blocks of
+            # q k^T; then three 16-bit blocks of P with both halves' [LO, BVO] fp32 products q C
+            live = max(3 * LO * LO, 3 * LO * LO // 2 + 2 * LO * config["BVO"])
+            regs = _elems_per_thread(live, config["num_warps_out"])
         else:
             regs = _elems_per_thread(2 * LO * LO + LO * config["BVO"], config["num_warps_out"])
         if regs > 0.8 * limits.registers_per_thread:

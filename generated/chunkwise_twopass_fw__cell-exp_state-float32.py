@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_twopass_fw.py.j2
-# template hash:   477e779a2cee18a6
+# template hash:   13325a5605d17fc9
 # parameters:      cell=exp, state=float32
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (exp cell), two passes:
@@ -18,9 +18,10 @@
        each program forms q k^T and the gate matrix of its chunk again.
      "loop": chunkwise_output_loop_kernel, one program per chunk, grid (cdiv(S, LO), B * NH): q k^T and the gate
        matrix are formed once, then the program loops over the value tiles (q is read again per tile, from L2).
-     "halves": chunkwise_output_halves_kernel, as "loop" with the chunk taken as two halves of LO / 2 tokens (the
-       gate matrix's upper-right block, all zeros, is skipped): states stored once per LO tokens at the [L, L] cost
-       of LO / 2 chunks plus one block.
+     "halves": chunkwise_output_halves_kernel, as "loop" over chunks of twice the configuration's LO, each taken as
+       two halves of LO tokens (the gate matrix's upper-right block, all zeros, is skipped): states stored once per
+       2 LO tokens at the [L, L] cost of chunks of LO plus one block per pair. The launcher passes LO = 2 LO to the
+       states kernel and to this one (their LO is the chunk of the stored states).
 Stored C: fp32; n and m fp32.
 """
 
@@ -390,10 +391,11 @@ def chunkwise_output_halves_kernel(
     DOT_PRECISION: tl.constexpr,
     SEGMENT_SUMS: tl.constexpr,
 ):
-    """"halves": as the loop kernel, one program per chunk of LO tokens looping over the value tiles, but the chunk is
-    taken as two halves of LH = LO / 2 tokens: blocks (0, 0), (1, 0) and (1, 1) of the gate matrix; the upper-right
-    block, all zeros, is never formed. So the states are stored (and read here) once per LO tokens, while the [L, L]
-    work is that of LO / 2 chunks plus one block. Each state tile is loaded once for both halves.
+    """"halves": as the loop kernel, one program per chunk of LO tokens (LO: the chunk of the stored states, twice the
+    configuration's LO) looping over the value tiles, but the chunk is taken as two halves of LH = LO / 2 tokens:
+    blocks (0, 0), (1, 0) and (1, 1) of the gate matrix; the upper-right block, all zeros, is never formed. So the
+    states are stored (and read here) once per LO tokens, while the [L, L] work is that of LO / 2 chunks plus one
+    block. Each state tile is loaded once for both halves.
 
     Half 1 sees the state through half 0's transition (_chunk_state_weights: decay0, w0, scale0, M1, the max state
     at the half border), and half 0's tokens through a rank-one gate block: D[t, s] = exp(F1_t + g0_s - m_t) =
@@ -460,12 +462,12 @@ def chunkwise_output_halves_kernel(
         p_v = v_ptr + i_bh * S * DHHV + o_v[None, :]
         b_v0 = tl.load(p_v + o_t0[:, None] * DHHV, mask=m_t0[:, None] & m_v[None, :], other=0.0)
         b_v1 = tl.load(p_v + o_t1[:, None] * DHHV, mask=m_t1[:, None] & m_v[None, :], other=0.0)
-        b_num0 = tl.dot(b_P00v, b_v0, input_precision=DOT_PRECISION) + b_D0s0[:, None] * b_qC0  # [LH, LH] @ [LH, BV]
-        b_num1 = tl.dot(b_P10v, b_v0, input_precision=DOT_PRECISION) + b_D0s1[:, None] * b_qC1
-        b_num1 += tl.dot(b_P11v, b_v1, input_precision=DOT_PRECISION)
         p_h = h_ptr + i_bh * S * DHHV + o_v[None, :]
+        b_num0 = tl.dot(b_P00v, b_v0, input_precision=DOT_PRECISION) + b_D0s0[:, None] * b_qC0  # [LH, LH] @ [LH, BV]
         tl.store(p_h + o_t0[:, None] * DHHV, _normalize(b_num0, b_s0, b_mt0, eps, NORMALIZE).to(h_ptr.dtype.element_ty),
                  mask=m_t0[:, None] & m_v[None, :])  # fmt: skip
+        b_num1 = tl.dot(b_P10v, b_v0, input_precision=DOT_PRECISION) + b_D0s1[:, None] * b_qC1
+        b_num1 += tl.dot(b_P11v, b_v1, input_precision=DOT_PRECISION)
         tl.store(p_h + o_t1[:, None] * DHHV, _normalize(b_num1, b_s1, b_mt1, eps, NORMALIZE).to(h_ptr.dtype.element_ty),
                  mask=m_t1[:, None] & m_v[None, :])  # fmt: skip
     if STORE_STATS:

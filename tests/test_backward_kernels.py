@@ -211,14 +211,15 @@ def test_reverse_recurrence_with_its_weights_computed_first(shape, cell, case, c
 
 @pytest.mark.parametrize("cell,states", [("exp", "recompute"), ("sig", "recompute"), ("exp", "reuse")])
 def test_backward_after_the_halves_output_kernel(cell, states, check):
-    """A two-pass forward whose output kernel takes chunks of 32 as two halves ("out_values": "halves"): its per-token
-    statistics serve a backward with chunks of 32 ("recompute"); a backward reusing states at chunks of 16 makes the
-    forward store them every 16 tokens instead (launch.chunkwise.states_every), and it does reuse them."""
+    """A two-pass forward whose output kernel takes chunks of 32 as two halves of LO = 16 ("out_values": "halves"):
+    its per-token statistics serve a backward with chunks of 32 ("recompute"); a backward reusing states at chunks
+    of 16 makes the forward store them every 16 tokens instead (launch.chunkwise.states_every), and it does reuse
+    them."""
     variant = find(launch_bw.TEMPLATE, cell=cell, kernels="fused")
     shape = SHAPES[3]  # S=65: two chunks of 32 and one token, so the last chunk's second half is empty
     x = _inputs(shape, cell, True)
     fw_config = dict(launch_fw.default_config(find(launch_fw.TWOPASS, cell=cell, state="float32"), 1, 1), LI=16,
-                     LO=32, BKS=32, BVS=32, BKO=32, BVO=32, out_values="halves")  # fmt: skip
+                     LO=16, BKS=32, BVS=32, BKO=32, BVO=32, out_values="halves")  # fmt: skip
     L = 32 if states == "recompute" else 16
     used = []
     real = launch_bw.chunkwise_bw

@@ -42,7 +42,7 @@ SEQUENCE_VARIANTS = [v for v in VARIANTS if v.family in ("chunkwise_fw", "parall
 def _configs(variant) -> list[dict]:
     """The test configuration; for the two-pass structure four times: every pair of the states kernel's gates
     (in its loop, or computed first) and product (k weighted, or v weighted), each product with a per-chunk output
-    kernel (the loop kernel, or the one taking the chunk as two halves) and with the per-value-tile one."""
+    kernel (the loop kernel, or the one taking chunks of 2 LO as two halves) and with the per-value-tile one."""
     config = CONFIGS[variant.template]
     if variant.template == chunkwise.TWOPASS:
         points = (("tiles", "inline", "k"), ("loop", "pre", "k"), ("tiles", "pre", "v"), ("halves", "inline", "v"))

@@ -27,7 +27,8 @@ from .common import (
 FUSED = "chunkwise_fused_fw.py.j2"
 TWOPASS = "chunkwise_twopass_fw.py.j2"
 # the two-pass output kernels: one program per value tile, or one per chunk looping over the value tiles, or that
-# with the chunk in two halves (states stored once per LO tokens, the [L, L] work of LO / 2 chunks plus one block)
+# over chunks of 2 LO tokens taken as two halves of LO (states stored once per 2 LO tokens, at the [L, L] work of
+# chunks of LO plus one block per pair)
 OUT_VALUES = ("tiles", "loop", "halves")
 # the states kernel's gates: computed in its sequential loop, or for all sub-chunks first by a parallel kernel
 STATES_GATES = ("inline", "pre")
@@ -62,15 +63,18 @@ def check_config(variant: Variant, config: dict) -> None:
         require_choice(config, "states_weighting", STATES_WEIGHTING, "k")
         if config["LO"] % config["LI"]:
             raise MLSTMInputError(f"LO ({config['LO']}) must be a multiple of LI ({config['LI']})")
-        if config.get("out_values") == "halves" and config["LO"] < 32:
-            raise MLSTMInputError(f"out_values 'halves' needs LO >= 32 (halves of 16 tokens or more): {config['LO']}")
+
+
+def state_stride(config: dict) -> int:
+    """How many tokens apart a two-pass ``config`` stores its states: LO, or 2 LO for the halves output kernel."""
+    return config["LO"] * (2 if config.get("out_values") == "halves" else 1)
 
 
 def states_every(config: dict, L: int) -> dict:
     """A two-pass ``config`` changed to store its states every ``L`` tokens: in a training step whose backward reuses
-    the forward's states at chunks of L (its own tuned chunk size), a forward entry tuned alone with another LO would
-    otherwise make the backward recompute them, which costs more than the forward's own gain (NOTES.md). The halves
-    kernel, tuned for two halves of its LO, becomes the plain per-chunk one."""
+    the forward's states at chunks of L (its own tuned chunk size), a forward entry tuned alone with another stride
+    would otherwise make the backward recompute them, which costs more than the forward's own gain (NOTES.md). The
+    halves kernel becomes the plain per-chunk one at LO = L."""
     out_values = config.get("out_values", "tiles")
     return dict(config, LO=L, LI=min(config["LI"], L), out_values="loop" if out_values == "halves" else out_values)
 
@@ -120,8 +124,9 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
     """q, k (B, NH, S, DHQK); v (B, NH, S, DHHV); i, f (B, NH, S); optional C0, n0, m0. Returns h (B, NH, S, DHHV) in
     q's dtype and the fp32 last state (C, n, m), or None unless return_last_states. With a dict ``saved``, the
     launcher also keeps what the backward needs in it: the per-token statistics "s" and "mt", and the states before
-    every chunk ("Cb", "nb", "mb", of chunks of "L" tokens): always for the two-pass structure (L = LO), and for the
-    fused one when ``saved["borders_at"]`` equals its chunk size L (a backward that will reuse them)."""
+    every chunk ("Cb", "nb", "mb", of chunks of "L" tokens): always for the two-pass structure (L = its
+    state_stride), and for the fused one when ``saved["borders_at"]`` equals its chunk size L (a backward that will
+    reuse them)."""
     B, NH, S, DHQK = q.shape
     DHHV = v.shape[-1]
     config = dict(config or default_config(variant, DHQK, DHHV))
@@ -153,17 +158,18 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
         if keep:
             saved.update(Cb=borders[0], nb=borders[1], mb=borders[2], L=config["L"])
     elif variant.template == TWOPASS:
-        if saved is not None and saved.get("borders_at") not in (None, config["LO"]):
+        if saved is not None and saved.get("borders_at") not in (None, state_stride(config)):
             config = states_every(config, saved["borders_at"])
-        NC = cdiv(S, config["LO"])
+        stride = state_stride(config)  # the kernels' LO: the chunk of the stored states
+        NC = cdiv(S, stride)
         state_dtype = torch.float32 if variant.params["state"] == "float32" else q.dtype
         buffers = (
             empty(B, NH, NC, DHQK, DHHV, dtype=state_dtype, device=q.device),
             empty(B, NH, NC, DHQK, dtype=torch.float32, device=q.device),
             empty(B, NH, NC, dtype=torch.float32, device=q.device),
         )
-        _launch_states(module, k, v, i, f, C0, n0, m0, has_state, buffers, last, S=S, NC=NC, config=config,
-                       store_borders=True, prec=prec)  # fmt: skip
+        _launch_states(module, k, v, i, f, C0, n0, m0, has_state, buffers, last, S=S, NC=NC,
+                       config=dict(config, LO=stride), store_borders=True, prec=prec)  # fmt: skip
         # entries tuned before "out_values" existed ran the per-value-tile kernel
         out_values = config.get("out_values", "tiles")
         if out_values in ("loop", "halves"):
@@ -173,12 +179,12 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
             kernel, grid = module.chunkwise_output_kernel, (cdiv(DHHV, config["BVO"]), NC, B * NH)
         kernel[grid](
             q, k, v, i, f, *buffers, h, *stats, S, NC, scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV,
-            LO=config["LO"], BK=config["BKO"], BV=config["BVO"], NORMALIZE=normalize, STORE_STATS=saved is not None,
+            LO=stride, BK=config["BKO"], BV=config["BVO"], NORMALIZE=normalize, STORE_STATS=saved is not None,
             DOT_PRECISION=prec, SEGMENT_SUMS=q.dtype == torch.float32,
             num_warps=config["num_warps_out"], num_stages=config["num_stages"],
         )  # fmt: skip
         if saved is not None:
-            saved.update(Cb=buffers[0], nb=buffers[1], mb=buffers[2], L=config["LO"])
+            saved.update(Cb=buffers[0], nb=buffers[1], mb=buffers[2], L=stride)
     else:
         raise MLSTMInputError(f"{variant.name} is not a chunkwise forward variant")
     if not return_last_states:

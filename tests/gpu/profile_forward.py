@@ -88,13 +88,14 @@ def output_call(module, x, cfg, buffers, h):
     B, NH, S, K = x["q"].shape
     V = x["v"].shape[-1]
     stats = stats_buffers(B, NH, S, x["q"].device, None)
+    LO = launch.state_stride(cfg)  # the kernels' LO: twice the configuration's for the halves kernel
     if cfg.get("out_values") in ("loop", "halves"):
-        kernel, grid = getattr(module, f"chunkwise_output_{cfg['out_values']}_kernel"), (cdiv(S, cfg["LO"]), B * NH)
+        kernel, grid = getattr(module, f"chunkwise_output_{cfg['out_values']}_kernel"), (cdiv(S, LO), B * NH)
     else:
-        kernel, grid = module.chunkwise_output_kernel, (cdiv(V, cfg["BVO"]), cdiv(S, cfg["LO"]), B * NH)
+        kernel, grid = module.chunkwise_output_kernel, (cdiv(V, cfg["BVO"]), cdiv(S, LO), B * NH)
     return lambda: kernel[grid](
-        x["q"], x["k"], x["v"], x["i"], x["f"], *buffers, h, *stats, S, cdiv(S, cfg["LO"]), scale=K**-0.5, eps=1e-6,
-        DHQK=K, DHHV=V, LO=cfg["LO"], BK=cfg["BKO"], BV=cfg["BVO"], NORMALIZE=True, STORE_STATS=False,
+        x["q"], x["k"], x["v"], x["i"], x["f"], *buffers, h, *stats, S, cdiv(S, LO), scale=K**-0.5, eps=1e-6,
+        DHQK=K, DHHV=V, LO=LO, BK=cfg["BKO"], BV=cfg["BVO"], NORMALIZE=True, STORE_STATS=False,
         DOT_PRECISION=dot_precision(torch.bfloat16), SEGMENT_SUMS=cfg.get("segment_sums", False),
         num_warps=cfg["num_warps_out"], num_stages=cfg["num_stages"])
 
@@ -222,38 +223,38 @@ def halves_sweep(args, start: float, out: Path) -> int:
         x, cfg, buf64 = lo64_setup(variant, layout)
         buf128 = state_buffers(B, NH, cdiv(S, 128), K, V)
         h = torch.empty(B, NH, S, V, dtype=torch.bfloat16, device=DEVICE)
-        states = {64: (cfg, buf64), 128: (dict(cfg, LO=128), buf128)}
-        for LO, (c, buf) in states.items():
-            ms = time_ms(states_call(module, x, c, buf))
-            rows.append(dict(layout=lname, kind="states", LO=LO, ms=ms))
+        buffers = {64: buf64, 128: buf128}  # by the stride of the stored states
+        for stride, buf in buffers.items():
+            ms = time_ms(states_call(module, x, dict(cfg, LO=stride), buf))
+            rows.append(dict(layout=lname, kind="states", stride=stride, ms=ms))
             print(json.dumps(rows[-1]), flush=True)
         output_call(module, x, dict(cfg, out_values="loop"), buf64, h)()
         ref = h.float().clone()
         tiles = [(bk, bv) for bk, bv in ((64, 128), (64, 64), (128, 64), (128, 128)) if bk <= K and bv <= V]
-        points = [("loop", 64, bk, bv, w, st) for (bk, bv), w, st in itertools.product(tiles, (4,), (2, 3))] + [
-            ("halves", 128, bk, bv, w, st) for (bk, bv), w, st in itertools.product(tiles, (8, 4), (1, 2, 3))]
-        for kind, LO, bk, bv, w, st in points:
+        points = [("loop", bk, bv, w, st) for (bk, bv), w, st in itertools.product(tiles, (4,), (2, 3))] + [
+            ("halves", bk, bv, w, st) for (bk, bv), w, st in itertools.product(tiles, (8, 4), (1, 2, 3))]
+        for kind, bk, bv, w, st in points:
             if time.monotonic() - start > args.budget_s:
                 break
-            c = dict(states[LO][0], out_values=kind, BKO=bk, BVO=bv, num_warps_out=w, num_stages=st)
+            c = dict(cfg, out_values=kind, BKO=bk, BVO=bv, num_warps_out=w, num_stages=st)
             h.fill_(float("nan"))
-            ms = time_ms(output_call(module, x, c, states[LO][1], h))
+            ms = time_ms(output_call(module, x, c, buffers[launch.state_stride(c)], h))
             err = ((h.float() - ref).norm() / ref.norm()).item() if isinstance(ms, float) else None
-            rows.append(dict(layout=lname, kind="output-" + kind, LO=LO, BKO=bk, BVO=bv, warps=w, stages=st, ms=ms,
-                             rel_err_vs_loop64=err))  # fmt: skip
+            rows.append(dict(layout=lname, kind="output-" + kind, stride=launch.state_stride(c), BKO=bk, BVO=bv,
+                             warps=w, stages=st, ms=ms, rel_err_vs_loop64=err))  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
         (out / "profile_halves.json").write_text(json.dumps(rows, indent=1))
         del x, buf64, buf128, h
         if DEVICE == "cuda":
             torch.cuda.empty_cache()
-    print("\nlayout   LO  states ms  best output ms  point  (states + output)")
+    print("\nlayout   stride  states ms  best output ms  point  (states + output)")
     for lname in LAYOUTS:
-        for LO, kind in ((64, "output-loop"), (128, "output-halves")):
-            st = [r["ms"] for r in rows if r["layout"] == lname and r["kind"] == "states" and r["LO"] == LO]
+        for stride, kind in ((64, "output-loop"), (128, "output-halves")):
+            st = [r["ms"] for r in rows if r["layout"] == lname and r["kind"] == "states" and r["stride"] == stride]
             got = [r for r in rows if r["layout"] == lname and r["kind"] == kind and isinstance(r["ms"], float)]
             if st and isinstance(st[0], float) and got:
                 b = min(got, key=lambda r: r["ms"])
-                print(f"{lname:8s} {LO:3d} {st[0]:9.3f} {b['ms']:14.3f}  BKO={b['BKO']} BVO={b['BVO']} "
+                print(f"{lname:8s} {stride:6d} {st[0]:9.3f} {b['ms']:14.3f}  BKO={b['BKO']} BVO={b['BVO']} "
                       f"warps={b['warps']} stages={b['stages']} err={b['rel_err_vs_loop64']:.1e}  "
                       f"({st[0] + b['ms']:.3f})")  # fmt: skip
     return 0

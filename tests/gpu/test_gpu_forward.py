@@ -88,19 +88,20 @@ HALVES_VARIANTS = [v for v in SEQUENCE_VARIANTS if v.template == chunkwise.TWOPA
 @pytest.mark.parametrize("shape", SHAPES[:5], ids=[_id(s) for s in SHAPES[:5]])
 @pytest.mark.parametrize("variant", HALVES_VARIANTS, ids=[v.name for v in HALVES_VARIANTS])
 def test_halves_output_kernel_on_gpu(variant, shape, warps, check, monkeypatch):
-    """The output kernel taking chunks of 128 as two halves ("out_values": "halves", states every 128 tokens), in
-    bf16 on the realistic shapes and an odd one (S=1000: a last chunk whose second half is partly empty)."""
+    """The output kernel taking chunks of 128 as two halves of LO = 64 ("out_values": "halves", states every 128
+    tokens), in bf16 on the realistic shapes and an odd one (S=1000: a last chunk whose second half is partly
+    empty)."""
     monkeypatch.setenv("MLSTM_AUTOTUNE_POISON", "1")
     cell = variant.params["cell"]
     x = _inputs(shape, torch.bfloat16, cell)
     states = (x.get("c_initial"), x.get("n_initial"), x.get("m_initial"))
-    config = dict(chunkwise.default_config(variant, shape[3], shape[4]), out_values="halves", LO=128,
+    config = dict(chunkwise.default_config(variant, shape[3], shape[4]), out_values="halves", LO=64,
                   num_warps_out=warps)  # fmt: skip
     h, last = chunkwise.chunkwise_fw(*(x[k] for k in "qkvif"), *states, variant=variant, config=config,
                                      return_last_states=True)  # fmt: skip
     out = {"h": h, "C": last[0], "n": last[1]} | ({"m": last[2]} if cell == "exp" else {})
     ref = _oracle(x, cell)
-    check(target=f"{variant.name} halves LO128 {warps} warps", baseline="native chunkwise fp64 (GPU)", dims=shape,
+    check(target=f"{variant.name} halves of 64, {warps} warps", baseline="native chunkwise fp64 (GPU)", dims=shape,
           dtype=torch.bfloat16, pairs={k: (out[k], ref[k]) for k in ref}, limit=LIMITS[torch.bfloat16])  # fmt: skip
 
 

@@ -46,9 +46,9 @@ CHANGES = {
 FORWARD_CHANGES = {
     "default (loop)": {},
     "tiles": {"out_values": "tiles"},
-    "halves LO128": {"out_values": "halves", "LO": 128},
-    "halves LO128 BVO64": {"out_values": "halves", "LO": 128, "BVO": 64},
-    "halves LO128 8 warps": {"out_values": "halves", "LO": 128, "num_warps_out": 8},
+    "halves": {"out_values": "halves"},
+    "halves BVO64": {"out_values": "halves", "BVO": 64},
+    "halves 8 warps": {"out_values": "halves", "num_warps_out": 8},
     "loop LO128": {"LO": 128},
 }
 
