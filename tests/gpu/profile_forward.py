@@ -265,7 +265,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
     ap.add_argument("--budget-s", type=float, default=500)
-    ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1 (a run of "
+                    "the script only: the interpreter mis-computes bf16 dots, so the error columns mean nothing)")
     ap.add_argument("--layout", choices=sorted(LAYOUTS), help="only this head layout (e.g. one per GPU)")
     ap.add_argument("--sweep", choices=("all", "loop", "states", "halves"), default="all",
                     help="loop: only the output kernels (per-tile and per-chunk loop) at LO=64; states: only the "
