@@ -7,8 +7,10 @@ structure (``triton_xl_chunk``: two passes; ``triton_fused``: one pass); ``trito
 come from the generated exact backward (templates/chunkwise_bw.py.j2, MATH.md §6), picked by the dispatcher under
 direction "fwbw" (default: the fused within-chunk kernel, chunks of 64, states recomputed): when an input needs a
 gradient, the forward also keeps the per-token statistics (s, m) the backward needs, and with a two-pass forward
-the states before every chunk, which a backward configured with ``states="reuse"`` takes instead of recomputing
-when its chunk size L equals the forward's (else it recomputes them at its own L).
+the states before every chunk, which a backward configured with ``states="reuse"`` takes instead of recomputing:
+a two-pass forward then stores them every L tokens of that backward's chunk, whatever its own configuration says
+(launch.chunkwise.states_every); a fused forward keeps them when its chunk equals L, else the backward recomputes
+them at its own L.
 Parallel entries default to the generated parallel backward (templates/parallel_bw.py.j2); their "fwbw" entries may
 also name a chunkwise backward (the two forms compute the same function).
 
