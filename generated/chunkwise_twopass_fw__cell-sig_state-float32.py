@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_twopass_fw.py.j2
-# template hash:   13325a5605d17fc9
+# template hash:   854e081bf1211dc1
 # parameters:      cell=sig, state=float32
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (sig cell), two passes:
@@ -374,14 +374,14 @@ def chunkwise_output_halves_kernel(
     v_ptr,  # (B, NH, S, DHHV)
     i_ptr,  # (B, NH, S)
     f_ptr,  # (B, NH, S)
-    Cb_ptr,  # (B, NH, NC, DHQK, DHHV) state before each chunk of LO tokens, from chunkwise_states_kernel
+    Cb_ptr,  # (B, NH, NC, DHQK, DHHV) states from chunkwise_states_kernel, every LO / STATE_EVERY tokens
     nb_ptr,  # (B, NH, NC, DHQK) fp32
     mb_ptr,  # (B, NH, NC) fp32
     h_ptr,  # (B, NH, S, DHHV) output, the inputs' dtype
     s_ptr,  # (B, NH, S) fp32 out (STORE_STATS): the normaliser's argument s_t, for the backward
     mt_ptr,  # (B, NH, S) fp32 out (STORE_STATS): the max state m_t
     S,
-    NC,
+    NC,  # states in the buffers per head
     scale,
     eps,
     DHQK: tl.constexpr,
@@ -393,19 +393,20 @@ def chunkwise_output_halves_kernel(
     STORE_STATS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     SEGMENT_SUMS: tl.constexpr,
+    STATE_EVERY: tl.constexpr,  # 1: a state per chunk of LO; 2: per half (a training step's, for its backward)
 ):
     """"halves": as the loop kernel, one program per chunk of LO tokens (LO: the chunk of the stored states, twice the
     configuration's LO) looping over the value tiles, but the chunk is taken as two halves of LH = LO / 2 tokens:
     blocks (0, 0), (1, 0) and (1, 1) of the gate matrix; the upper-right block, all zeros, is never formed. So the
-    states are stored (and read here) once per LO tokens, while the [L, L] work is that of LO / 2 chunks plus one
-    block. Each state tile is loaded once for both halves.
+    states are read here (and, unless a backward needs them per half, stored) once per LO tokens, while the [L, L]
+    work is that of LO / 2 chunks plus one block. Each state tile is loaded once for both halves.
 
     Half 1 sees the state through half 0's transition (_chunk_state_weights: decay0, w0, scale0, M1, the max state
     at the half border), and half 0's tokens through a rank-one gate block: D[t, s] = exp(F1_t + g0_s - m_t) =
     D0_1[t] * scale0 * w0[s], with D0_1[t] = exp(F1_t + M1 - m_t) <= 1 and scale0 * w0[s] = exp(g0_s - M1) <= 1."""
     LH: tl.constexpr = LO // 2
     i_c, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    i_bhc = i_bh * NC + i_c
+    i_bhc = i_bh * NC + i_c * STATE_EVERY  # the state before the chunk (the one at its half border is not read)
     o_l = tl.arange(0, LH)
     o_t0 = i_c * LO + o_l
     o_t1 = o_t0 + LH

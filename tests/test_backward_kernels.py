@@ -209,18 +209,19 @@ def test_reverse_recurrence_with_its_weights_computed_first(shape, cell, case, c
            bw_config=bw_config)  # fmt: skip
 
 
-@pytest.mark.parametrize("cell,states", [("exp", "recompute"), ("sig", "recompute"), ("exp", "reuse")])
-def test_backward_after_the_halves_output_kernel(cell, states, check):
+@pytest.mark.parametrize("cell,states,L", [("exp", "recompute", 32), ("sig", "recompute", 32), ("exp", "reuse", 16),
+                                           ("sig", "reuse", 16), ("exp", "reuse", 64)])  # fmt: skip
+def test_backward_after_the_halves_output_kernel(cell, states, L, check):
     """A two-pass forward whose output kernel takes chunks of 32 as two halves of LO = 16 ("out_values": "halves"):
-    its per-token statistics serve a backward with chunks of 32 ("recompute"); a backward reusing states at chunks
-    of 16 makes the forward store them every 16 tokens instead (launch.chunkwise.states_every), and it does reuse
-    them."""
+    its per-token statistics serve a backward with chunks of 32 ("recompute"). A backward reusing states at chunks of
+    16 makes the states kernel store one per half, of which the halves kernel reads every other (STATE_EVERY=2); at
+    chunks of 64 the forward runs the loop kernel at LO = 64 (launch.chunkwise.states_every). Either way the backward
+    gets states at its own chunks, and reuses them."""
     variant = find(launch_bw.TEMPLATE, cell=cell, kernels="fused")
     shape = SHAPES[3]  # S=65: two chunks of 32 and one token, so the last chunk's second half is empty
     x = _inputs(shape, cell, True)
     fw_config = dict(launch_fw.default_config(find(launch_fw.TWOPASS, cell=cell, state="float32"), 1, 1), LI=16,
                      LO=16, BKS=32, BVS=32, BKO=32, BVO=32, out_values="halves")  # fmt: skip
-    L = 32 if states == "recompute" else 16
     used = []
     real = launch_bw.chunkwise_bw
 
@@ -233,7 +234,7 @@ def test_backward_after_the_halves_output_kernel(cell, states, check):
         _check(check, x, _weights(shape, cell, True), cell, target=f"{variant.name} L{L} {states} after halves",
                dims=shape.dims(), forward=launch_fw.TWOPASS, fw_config=fw_config, bw_variant=variant,
                bw_config=_bw_config(variant, shape.DHQK, shape.DHHV, L, states))  # fmt: skip
-    assert used == [-(-shape.S // L)]  # states every 32 tokens as configured, or every 16 for the reusing backward
+    assert used == [-(-shape.S // L)]  # states at the backward's chunks: 3 of 32, 5 of 16, 2 of 64
 
 
 @pytest.mark.parametrize("BVD", [16, 64])

@@ -70,13 +70,17 @@ def state_stride(config: dict) -> int:
     return config["LO"] * (2 if config.get("out_values") == "halves" else 1)
 
 
-def states_every(config: dict, L: int) -> dict:
-    """A two-pass ``config`` changed to store its states every ``L`` tokens: in a training step whose backward reuses
-    the forward's states at chunks of L (its own tuned chunk size), a forward entry tuned alone with another stride
-    would otherwise make the backward recompute them, which costs more than the forward's own gain (NOTES.md). The
-    halves kernel becomes the plain per-chunk one at LO = L."""
+def states_every(config: dict, L: int) -> tuple[dict, int]:
+    """(config, stride of the stored states) for a training step whose backward reuses the forward's states at
+    chunks of ``L`` (its own tuned chunk size): a forward entry tuned alone with another stride would otherwise make
+    the backward recompute them, which costs more than the forward's own gain (NOTES.md). The halves kernel at
+    LO = L keeps its chunks of 2 L (the states kernel stores one per half, it reads every other); any other
+    configuration runs at LO = L, the halves kernel then as the plain per-chunk one."""
     out_values = config.get("out_values", "tiles")
-    return dict(config, LO=L, LI=min(config["LI"], L), out_values="loop" if out_values == "halves" else out_values)
+    if L == state_stride(config) or (out_values == "halves" and L == config["LO"]):
+        return config, L
+    config = dict(config, LO=L, LI=min(config["LI"], L), out_values="loop" if out_values == "halves" else out_values)
+    return config, L
 
 
 def _launch_states(module, k, v, i, f, C0, n0, m0, has_state, buffers, last, *, S, NC, config, store_borders, prec):
@@ -158,10 +162,11 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
         if keep:
             saved.update(Cb=borders[0], nb=borders[1], mb=borders[2], L=config["L"])
     elif variant.template == TWOPASS:
-        if saved is not None and saved.get("borders_at") not in (None, state_stride(config)):
-            config = states_every(config, saved["borders_at"])
-        stride = state_stride(config)  # the kernels' LO: the chunk of the stored states
-        NC = cdiv(S, stride)
+        stride = stored = state_stride(config)  # the output kernel's chunk (its LO), and the stored states' stride
+        if saved is not None and saved.get("borders_at") is not None:
+            config, stored = states_every(config, saved["borders_at"])
+            stride = state_stride(config)
+        NC = cdiv(S, stored)
         state_dtype = torch.float32 if variant.params["state"] == "float32" else q.dtype
         buffers = (
             empty(B, NH, NC, DHQK, DHHV, dtype=state_dtype, device=q.device),
@@ -169,22 +174,24 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
             empty(B, NH, NC, dtype=torch.float32, device=q.device),
         )
         _launch_states(module, k, v, i, f, C0, n0, m0, has_state, buffers, last, S=S, NC=NC,
-                       config=dict(config, LO=stride), store_borders=True, prec=prec)  # fmt: skip
+                       config=dict(config, LO=stored), store_borders=True, prec=prec)  # fmt: skip
         # entries tuned before "out_values" existed ran the per-value-tile kernel
-        out_values = config.get("out_values", "tiles")
-        if out_values in ("loop", "halves"):
-            kernel = getattr(module, f"chunkwise_output_{out_values}_kernel")  # the loop or the halves kernel
-            grid = (NC, B * NH)
+        out_values, extra = config.get("out_values", "tiles"), {}
+        if out_values == "halves":  # chunks of 2 LO; with states stored per half (a training step), every other one
+            kernel, grid = module.chunkwise_output_halves_kernel, (cdiv(S, stride), B * NH)
+            extra["STATE_EVERY"] = stride // stored
+        elif out_values == "loop":
+            kernel, grid = module.chunkwise_output_loop_kernel, (NC, B * NH)
         else:
             kernel, grid = module.chunkwise_output_kernel, (cdiv(DHHV, config["BVO"]), NC, B * NH)
         kernel[grid](
             q, k, v, i, f, *buffers, h, *stats, S, NC, scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV,
             LO=stride, BK=config["BKO"], BV=config["BVO"], NORMALIZE=normalize, STORE_STATS=saved is not None,
             DOT_PRECISION=prec, SEGMENT_SUMS=q.dtype == torch.float32,
-            num_warps=config["num_warps_out"], num_stages=config["num_stages"],
+            num_warps=config["num_warps_out"], num_stages=config["num_stages"], **extra,
         )  # fmt: skip
         if saved is not None:
-            saved.update(Cb=buffers[0], nb=buffers[1], mb=buffers[2], L=stride)
+            saved.update(Cb=buffers[0], nb=buffers[1], mb=buffers[2], L=stored)
     else:
         raise MLSTMInputError(f"{variant.name} is not a chunkwise forward variant")
     if not return_last_states:

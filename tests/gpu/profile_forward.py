@@ -97,7 +97,8 @@ def output_call(module, x, cfg, buffers, h):
         x["q"], x["k"], x["v"], x["i"], x["f"], *buffers, h, *stats, S, cdiv(S, LO), scale=K**-0.5, eps=1e-6,
         DHQK=K, DHHV=V, LO=LO, BK=cfg["BKO"], BV=cfg["BVO"], NORMALIZE=True, STORE_STATS=False,
         DOT_PRECISION=dot_precision(torch.bfloat16), SEGMENT_SUMS=cfg.get("segment_sums", False),
-        num_warps=cfg["num_warps_out"], num_stages=cfg["num_stages"])
+        num_warps=cfg["num_warps_out"], num_stages=cfg["num_stages"],
+        **({"STATE_EVERY": 1} if cfg.get("out_values") == "halves" else {}))
 
 
 def time_ms(fn) -> float | str:
