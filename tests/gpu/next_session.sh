@@ -166,8 +166,9 @@ case "${1:-}" in
     CUDA_VISIBLE_DEVICES=0 timeout 300 python tests/gpu/profile_forward.py --sweep halves --layout 7b --budget-s 240 \
       --out "$OUT/halves_7b" > "$OUT/halves_7b.log" 2>&1 &
     CUDA_VISIBLE_DEVICES=1 bash -c "timeout 200 python tests/gpu/profile_forward.py --sweep halves --layout head128 \
-      --budget-s 150 --out '$OUT/halves_head128' > '$OUT/halves_head128.log' 2>&1; timeout 200 python -m pytest -q \
-      -m gpu tests/gpu/test_gpu_forward.py -k halves -p no:cacheprovider --tb=line -rfE > '$OUT/gpu_halves.log' 2>&1" &
+      --budget-s 150 --out '$OUT/halves_head128' > '$OUT/halves_head128.log' 2>&1; timeout 280 python -m pytest -q \
+      -m gpu tests/gpu/test_gpu_forward.py tests/gpu/test_gpu_backward.py -k halves -p no:cacheprovider --tb=line \
+      -rfE > '$OUT/gpu_halves.log' 2>&1" &
     wait; tail -n 3 "$OUT/gpu_halves.log"; grep -h -A5 "^layout" "$OUT"/halves_*.log
     tar -C "$OUT" -cf "$OUT/halves.tar" halves_7b halves_head128 halves_7b.log halves_head128.log gpu_halves.log && \
       (cd "$OUT" && rm -r halves_7b halves_head128 halves_7b.log halves_head128.log gpu_halves.log) ;;

@@ -113,13 +113,23 @@ def test_tuned_style_backward(kernels, changes, shape, check):
     _check_backward(variant, shape, torch.bfloat16, 64, "reuse", check, changes)
 
 
-def _check_backward(variant, shape, dtype, L, states, check, changes=None):
+@pytest.mark.parametrize("shape", SHAPES, ids=[_id(s) for s in SHAPES])
+def test_backward_after_the_halves_forward(shape, check):
+    """A training step whose forward runs the halves output kernel (chunks of 128 in halves of 64) while the split
+    backward reuses states per 64 tokens: the states kernel stores one per half and the halves kernel reads every
+    other one (STATE_EVERY=2)."""
+    variant = find(launch_bw.TEMPLATE, cell="exp", kernels="split")
+    _check_backward(variant, shape, torch.bfloat16, 64, "reuse", check, TUNED_STYLE[0][1],
+                    fw_changes={"out_values": "halves", "num_warps_out": 8})  # fmt: skip
+
+
+def _check_backward(variant, shape, dtype, L, states, check, changes=None, fw_changes=None):
     cell = variant.params["cell"]
     x = _inputs(shape, dtype, cell)
     weights = _weights(x, cell)
-    fw_variant = find(launch_fw.TWOPASS, cell=cell, state="float32")
-    fw_config = dict(launch_fw.default_config(fw_variant, shape[3], shape[4]), LI=64, LO=L)
-    saved = {}
+    fw_variant = find(launch_fw.TWOPASS, cell=cell, state="float32" if fw_changes is None else "input")
+    fw_config = dict(launch_fw.default_config(fw_variant, shape[3], shape[4]), LI=64, LO=L, **(fw_changes or {}))
+    saved = {"borders_at": L} if states == "reuse" else {}
     args = [x.get(n) for n in NAMES]
     h, last = launch_fw.chunkwise_fw(*args, variant=fw_variant, config=fw_config, return_last_states=True,
                                      saved=saved)  # fmt: skip
@@ -136,6 +146,7 @@ def _check_backward(variant, shape, dtype, L, states, check, changes=None):
     ref = _native_grads(x, weights, cell, torch.float64)
     limits = _limits(dtype, x, weights, cell, ref)
     target = f"{variant.name} L{L} {states}" + (f" {changes}" if changes else "")
+    target += f" after {fw_changes}" if fw_changes else ""
     check(target=target, baseline="native exact backward (fp64, GPU)", dims=shape,
           dtype=dtype, pairs={k: (got[k], ref[k]) for k in ref}, limit=limits)  # fmt: skip
 
