@@ -70,17 +70,16 @@ def state_stride(config: dict) -> int:
     return config["LO"] * (2 if config.get("out_values") == "halves" else 1)
 
 
-def states_every(config: dict, L: int) -> tuple[dict, int]:
-    """(config, stride of the stored states) for a training step whose backward reuses the forward's states at
-    chunks of ``L`` (its own tuned chunk size): a forward entry tuned alone with another stride would otherwise make
-    the backward recompute them, which costs more than the forward's own gain (NOTES.md). The halves kernel at
-    LO = L keeps its chunks of 2 L (the states kernel stores one per half, it reads every other); any other
+def states_every(config: dict, L: int) -> dict:
+    """``config`` for a forward that must store its states every ``L`` tokens, for a training step whose backward
+    reuses them at its own chunks of L: a forward entry tuned alone with another stride would otherwise make the
+    backward recompute them, which costs more than the forward's own gain (NOTES.md). The halves kernel at LO = L
+    stays as it is (the states kernel stores one state per half, the kernel reads every other); any other
     configuration runs at LO = L, the halves kernel then as the plain per-chunk one."""
     out_values = config.get("out_values", "tiles")
     if L == state_stride(config) or (out_values == "halves" and L == config["LO"]):
-        return config, L
-    config = dict(config, LO=L, LI=min(config["LI"], L), out_values="loop" if out_values == "halves" else out_values)
-    return config, L
+        return config
+    return dict(config, LO=L, LI=min(config["LI"], L), out_values="loop" if out_values == "halves" else out_values)
 
 
 def _launch_states(module, k, v, i, f, C0, n0, m0, has_state, buffers, last, *, S, NC, config, store_borders, prec):
@@ -162,10 +161,10 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
         if keep:
             saved.update(Cb=borders[0], nb=borders[1], mb=borders[2], L=config["L"])
     elif variant.template == TWOPASS:
-        stride = stored = state_stride(config)  # the output kernel's chunk (its LO), and the stored states' stride
-        if saved is not None and saved.get("borders_at") is not None:
-            config, stored = states_every(config, saved["borders_at"])
-            stride = state_stride(config)
+        if saved is not None and saved.get("borders_at") is not None:  # a backward will reuse states of its chunks
+            config = states_every(config, saved["borders_at"])
+        stride = state_stride(config)  # the output kernel's chunk (its LO)
+        stored = saved["borders_at"] if saved is not None and saved.get("borders_at") else stride  # the states' stride
         NC = cdiv(S, stored)
         state_dtype = torch.float32 if variant.params["state"] == "float32" else q.dtype
         buffers = (
