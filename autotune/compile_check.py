@@ -87,6 +87,14 @@ def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int, co
             config = dict(config, dstate_gates="pre")
             chunkwise_bw.chunkwise_bw(*args, *states, h, *stats, h, *dlast, tuple(states), variant=variant,
                                       config=config, borders=borders)  # fmt: skip
+        if not given and variant.params["kernels"] == "split" and dtype == torch.bfloat16:
+            # the split kernels taking chunks of 2 L as two halves, with states every 2 L
+            config = dict(config, states_every=2)
+            NC = -(-S // chunkwise_bw.states_stride(config))
+            borders = (torch.zeros(B, NH, NC, DHQK, DHHV, dtype=C_dtype), torch.zeros(B, NH, NC, DHQK, **f32),
+                       torch.zeros(B, NH, NC, **f32))  # fmt: skip
+            chunkwise_bw.chunkwise_bw(*args, *states, h, *stats, h, *dlast, tuple(states), variant=variant,
+                                      config=config, borders=borders)  # fmt: skip
     elif variant.family == "parallel_bw":
         B, NH, S = args[0].shape[:3]
         f32 = dict(dtype=torch.float32)

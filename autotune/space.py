@@ -57,6 +57,7 @@ PARAMS: dict[str, dict[str, tuple]] = {
         "state_buffers": ("float32", "input"),
         "states_weighting": ("k", "v"),
         "dstate_gates": ("inline", "pre"),
+        "states_every": (1, 2),  # 2: the split kernels take chunks of 2 L as two halves (half the state traffic)
     },  # fmt: skip
     "parallel_bw.py.j2": {"BT": (16, 32, 64, 128), "BK": TILES, "BV": TILES, "num_warps": (4, 8), "num_stages": (1, 2)},
     "recurrent_step.py.j2": {"BK": (16, 32, 64, 128), "BV": (16, 32, 64, 128), "num_warps": (1, 2, 4, 8),
@@ -67,7 +68,8 @@ PARAMS: dict[str, dict[str, tuple]] = {
 # re-measure the same kernels)
 INERT = {("chunkwise_bw.py.j2", "fused"): ("BVD",)}
 # parameters added after entries were tuned: how to read such an entry (the value that reproduces what it ran)
-LEGACY = {"chunkwise_bw.py.j2": {"BVD": lambda config: config["BV"], "dstate_gates": lambda config: "inline"}}
+LEGACY = {"chunkwise_bw.py.j2": {"BVD": lambda config: config["BV"], "dstate_gates": lambda config: "inline",
+                                 "states_every": lambda config: 1}}  # fmt: skip
 
 
 def inert(variant: Variant) -> tuple[str, ...]:
@@ -166,6 +168,8 @@ def invalid(variant: Variant, config: dict, DHQK: int, DHHV: int, dtype_bytes: i
         return None
     if t == "chunkwise_bw.py.j2":
         L = config["L"]
+        if config["states_every"] == 2 and variant.params["kernels"] != "split":
+            return "states_every=2: the split kernels only"
         if max(config["BK"], config["BKS"]) > BKfull or max(config["BV"], config["BVS"], config["BVD"]) > BVfull:
             return "a tile wider than the padded head dims"
         regs = _elems_per_thread(config["BKS"] * config["BVS"] + L * (config["BKS"] + config["BVS"]),

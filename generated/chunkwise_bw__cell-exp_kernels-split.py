@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   6ac2a400db29bbc0
+# template hash:   f2e685fa7beb8423
 # parameters:      cell=exp, kernels=split
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (exp cell), exact (MATH.md §6), "split" within-chunk kernels.
@@ -661,3 +661,247 @@ def chunkwise_bw_gates_kernel(
                              b_dlfE, b_colE, b_rowE, b_u, b_dD0, b_decay * b_X, S, L)
     tl.store(di_ptr + i_bh * S + o_t, b_di, mask=m_t)
     tl.store(df_ptr + i_bh * S + o_t, b_df, mask=m_t)
+
+
+@triton.jit
+def _halves_setup(i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S, NC, LH: tl.constexpr,
+                  SEGMENT_SUMS: tl.constexpr):
+    """_chunk_setup for a chunk of 2 LH tokens taken as two halves ("states_every": 2): per half the tokens, mask,
+    gates, D0, w, r, ds, and the three blocks D00, D10, D11 of the gate matrix (the upper-right one is zero).
+    F_t - F_j across the halves is (lf summed up to t in half 1) + (lf summed after j in half 0): two sums of
+    non-positive terms, which never cancel; within a half as _chunk_setup does."""
+    o_l = tl.arange(0, LH)
+    o_t0 = i_c * 2 * LH + o_l
+    o_t1 = o_t0 + LH
+    m_t0, m_t1 = o_t0 < S, o_t1 < S
+    b_lf0, b_li0 = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_t0, m_t0)
+    b_lf1, b_li1 = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_t1, m_t1)
+    b_mc, b_mn = _border_m(mb_ptr, mS_ptr, i_bh, i_c, NC)
+    b_mt0 = tl.load(mt_ptr + i_bh * S + o_t0, mask=m_t0, other=0.0)
+    b_mt1 = tl.load(mt_ptr + i_bh * S + o_t1, mask=m_t1, other=0.0)
+    b_a0, b_a1 = tl.cumsum(b_lf0, axis=0), tl.cumsum(b_lf1, axis=0)  # lf summed up to t within its half
+    b_Fend0, b_Fend1 = tl.sum(b_lf0, axis=0), tl.sum(b_lf1, axis=0)
+    b_after0 = tl.cumsum(b_lf0, axis=0, reverse=True) - b_lf0  # lf summed after j within its half
+    b_after1 = tl.cumsum(b_lf1, axis=0, reverse=True) - b_lf1
+    if SEGMENT_SUMS:
+        b_seg0 = tl.cumsum(tl.where(o_l[:, None] > o_l[None, :], b_lf0[:, None], 0.0), axis=0)
+        b_seg1 = tl.cumsum(tl.where(o_l[:, None] > o_l[None, :], b_lf1[:, None], 0.0), axis=0)
+    else:
+        b_seg0 = b_a0[:, None] - b_a0[None, :]
+        b_seg1 = b_a1[:, None] - b_a1[None, :]
+    causal = o_l[:, None] >= o_l[None, :]
+    b_D00 = tl.where(causal & m_t0[:, None], tl.exp(b_seg0 + b_li0[None, :] - b_mt0[:, None]), 0.0)
+    b_D11 = tl.where(causal & m_t1[:, None], tl.exp(b_seg1 + b_li1[None, :] - b_mt1[:, None]), 0.0)
+    b_D10 = tl.where(m_t1[:, None], tl.exp(b_a1[:, None] + (b_after0 + b_li0)[None, :] - b_mt1[:, None]), 0.0)
+    b_D0_0 = tl.where(m_t0, tl.exp(b_a0 + b_mc - b_mt0), 0.0)
+    b_D0_1 = tl.where(m_t1, tl.exp(b_Fend0 + b_a1 + b_mc - b_mt1), 0.0)
+    b_w0 = tl.where(m_t0, tl.exp(b_after0 + b_Fend1 + b_li0 - b_mn), 0.0)
+    b_w1 = tl.where(m_t1, tl.exp(b_after1 + b_li1 - b_mn), 0.0)
+    b_r0 = tl.load(r_ptr + i_bh * S + o_t0, mask=m_t0, other=0.0)
+    b_r1 = tl.load(r_ptr + i_bh * S + o_t1, mask=m_t1, other=0.0)
+    b_ds0 = tl.load(ds_ptr + i_bh * S + o_t0, mask=m_t0, other=0.0)
+    b_ds1 = tl.load(ds_ptr + i_bh * S + o_t1, mask=m_t1, other=0.0)
+    return (o_t0, o_t1, m_t0, m_t1, b_D00, b_D10, b_D11, b_D0_0, b_D0_1, b_w0, b_w1, b_r0, b_r1, b_ds0, b_ds1)
+
+
+@triton.jit
+def chunkwise_bw_dqk_halves_kernel(
+    q_ptr,  # (B, NH, S, DHQK)
+    k_ptr,  # (B, NH, S, DHQK)
+    v_ptr,  # (B, NH, S, DHHV)
+    i_ptr,  # (B, NH, S)
+    f_ptr,  # (B, NH, S)
+    dh_ptr,  # (B, NH, S, DHHV)
+    mt_ptr,  # (B, NH, S) fp32 forward max state
+    mb_ptr,  # (B, NH, NC) fp32 max state before each chunk (exp cell)
+    mS_ptr,  # (B, NH) fp32 max state after the last chunk (exp cell)
+    r_ptr,  # (B, NH, S) fp32
+    ds_ptr,  # (B, NH, S) fp32
+    Cb_ptr,  # (B, NH, NC, DHQK, DHHV) state before each chunk of L tokens
+    nb_ptr,  # (B, NH, NC, DHQK) fp32
+    dCa_ptr,  # (B, NH, NC, DHQK, DHHV) gradient of the state after each chunk (fp32 or the inputs' dtype)
+    dna_ptr,  # (B, NH, NC, DHQK) fp32
+    dq_ptr,  # (B, NH, S, DHQK) out
+    dk_ptr,  # (B, NH, S, DHQK) out
+    part_ptr,  # (cdiv(DHQK, BK), 5, B, NH, S) fp32 out: as chunkwise_bw_dqk_kernel's
+    partX_ptr,  # (cdiv(DHQK, BK), B, NH, NC) fp32 out
+    S,
+    NC,
+    scale,
+    DHQK: tl.constexpr,
+    DHHV: tl.constexpr,
+    L: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    SEGMENT_SUMS: tl.constexpr,
+):
+    """chunkwise_bw_dqk_kernel for chunks of L tokens taken as two halves of LH = L / 2 ("states_every": 2): the
+    states C before and dC after a chunk are read once for both halves, and the within-chunk terms come from the
+    blocks (0, 0), (1, 0), (1, 1). E's vectors across the halves: col_j gets block (1, 0)'s column sums in half 0,
+    row_t its row sums in half 1, and dlf_s = sum_{t >= s, j < s} E[t, j] adds to each half's own (_gate_E_terms)
+    sum_{j < s} col10_j in half 0 and sum_{t >= s} row10_t in half 1 (sums without a difference)."""
+    LH: tl.constexpr = L // 2
+    i_k, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    n_bh = tl.num_programs(2).to(tl.int64)
+    i_bhc = i_bh * NC + i_c
+    (o_t0, o_t1, m_t0, m_t1, b_D00, b_D10, b_D11, b_D0_0, b_D0_1, b_w0, b_w1, b_r0, b_r1, b_ds0,
+     b_ds1) = _halves_setup(i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S, NC, LH, SEGMENT_SUMS)
+    q_ptr += i_bh * S * DHQK
+    k_ptr += i_bh * S * DHQK
+    v_ptr += i_bh * S * DHHV
+    dh_ptr += i_bh * S * DHHV
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < DHQK
+    m_tk0, m_tk1 = m_t0[:, None] & m_k[None, :], m_t1[:, None] & m_k[None, :]
+    b_q0 = tl.load(q_ptr + o_t0[:, None] * DHQK + o_k[None, :], mask=m_tk0, other=0.0)
+    b_q1 = tl.load(q_ptr + o_t1[:, None] * DHQK + o_k[None, :], mask=m_tk1, other=0.0)
+    b_k0 = tl.load(k_ptr + o_t0[:, None] * DHQK + o_k[None, :], mask=m_tk0, other=0.0)
+    b_k1 = tl.load(k_ptr + o_t1[:, None] * DHQK + o_k[None, :], mask=m_tk1, other=0.0)
+    # the state terms and dP's blocks, from one pass over v and dh (as _state_terms does for a whole chunk)
+    b_dqi0 = tl.zeros([LH, BK], dtype=tl.float32)
+    b_dqi1 = tl.zeros([LH, BK], dtype=tl.float32)
+    b_dkt0 = tl.zeros([LH, BK], dtype=tl.float32)
+    b_dkt1 = tl.zeros([LH, BK], dtype=tl.float32)
+    b_dP00 = tl.zeros([LH, LH], dtype=tl.float32)
+    b_dP10 = tl.zeros([LH, LH], dtype=tl.float32)
+    b_dP11 = tl.zeros([LH, LH], dtype=tl.float32)
+    b_X = tl.full([], 0.0, tl.float32)
+    for i_v in range(0, tl.cdiv(DHHV, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < DHHV
+        b_v0 = tl.load(v_ptr + o_t0[:, None] * DHHV + o_v[None, :], mask=m_t0[:, None] & m_v[None, :], other=0.0)
+        b_v1 = tl.load(v_ptr + o_t1[:, None] * DHHV + o_v[None, :], mask=m_t1[:, None] & m_v[None, :], other=0.0)
+        b_dh0 = tl.load(dh_ptr + o_t0[:, None] * DHHV + o_v[None, :], mask=m_t0[:, None] & m_v[None, :], other=0.0)
+        b_dh1 = tl.load(dh_ptr + o_t1[:, None] * DHHV + o_v[None, :], mask=m_t1[:, None] & m_v[None, :], other=0.0)
+        o_vk = i_bhc * DHQK * DHHV + o_v[:, None] + o_k[None, :] * DHHV
+        m_vk = m_v[:, None] & m_k[None, :]
+        b_CT = tl.load(Cb_ptr + o_vk, mask=m_vk, other=0.0)  # [BV, BK], as stored
+        b_dCaT = tl.load(dCa_ptr + o_vk, mask=m_vk, other=0.0)
+        b_X += tl.sum(b_CT.to(tl.float32) * b_dCaT.to(tl.float32))
+        b_CT, b_dCaT = b_CT.to(b_v0.dtype), b_dCaT.to(b_v0.dtype)
+        b_dqi0 += tl.dot(b_dh0, b_CT, input_precision=DOT_PRECISION)  # [LH, BV] @ [BV, BK]
+        b_dqi1 += tl.dot(b_dh1, b_CT, input_precision=DOT_PRECISION)
+        b_dkt0 += tl.dot(b_v0, b_dCaT, input_precision=DOT_PRECISION)
+        b_dkt1 += tl.dot(b_v1, b_dCaT, input_precision=DOT_PRECISION)
+        b_dP00 += tl.dot(b_dh0, tl.trans(b_v0), input_precision=DOT_PRECISION)  # [LH, BV] @ [BV, LH]
+        b_dP10 += tl.dot(b_dh1, tl.trans(b_v0), input_precision=DOT_PRECISION)
+        b_dP11 += tl.dot(b_dh1, tl.trans(b_v1), input_precision=DOT_PRECISION)
+    b_n = tl.load(nb_ptr + i_bhc * DHQK + o_k, mask=m_k, other=0.0)
+    b_dna = tl.load(dna_ptr + i_bhc * DHQK + o_k, mask=m_k, other=0.0)
+    b_X += tl.sum(b_n * b_dna)
+    b_dqi0 = (scale * b_D0_0)[:, None] * (b_r0[:, None] * b_dqi0 + b_ds0[:, None] * b_n[None, :])
+    b_dqi1 = (scale * b_D0_1)[:, None] * (b_r1[:, None] * b_dqi1 + b_ds1[:, None] * b_n[None, :])
+    b_dkt0 = b_w0[:, None] * (b_dkt0 + b_dna[None, :])
+    b_dkt1 = b_w1[:, None] * (b_dkt1 + b_dna[None, :])
+    # dA = dP * D * scale per block (dP = r dh v^T + ds), and E = dA * (this tile's share of q k^T)
+    b_dA00 = (b_dP00 * b_r0[:, None] + b_ds0[:, None]) * scale * b_D00
+    b_dA10 = (b_dP10 * b_r1[:, None] + b_ds1[:, None]) * scale * b_D10
+    b_dA11 = (b_dP11 * b_r1[:, None] + b_ds1[:, None]) * scale * b_D11
+    b_E10 = b_dA10 * tl.dot(b_q1, tl.trans(b_k0), input_precision=DOT_PRECISION)
+    b_col10, b_row10 = tl.sum(b_E10, axis=0), tl.sum(b_E10, axis=1)
+    b_dlf0, b_col0, b_row0 = _gate_E_terms(b_dA00 * tl.dot(b_q0, tl.trans(b_k0), input_precision=DOT_PRECISION),
+                                           LH, SEGMENT_SUMS)  # fmt: skip
+    b_dlf1, b_col1, b_row1 = _gate_E_terms(b_dA11 * tl.dot(b_q1, tl.trans(b_k1), input_precision=DOT_PRECISION),
+                                           LH, SEGMENT_SUMS)  # fmt: skip
+    b_dlf0 += tl.cumsum(b_col10, axis=0) - b_col10
+    b_dlf1 += tl.cumsum(b_row10, axis=0, reverse=True)
+    b_col0 += b_col10
+    b_row1 += b_row10
+    b_dA00, b_dA10, b_dA11 = b_dA00.to(b_k0.dtype), b_dA10.to(b_k0.dtype), b_dA11.to(b_k0.dtype)
+    b_dq0 = tl.dot(b_dA00, b_k0, input_precision=DOT_PRECISION) + b_dqi0  # [LH, LH] @ [LH, BK]
+    b_dq1 = tl.dot(b_dA10, b_k0, input_precision=DOT_PRECISION) + tl.dot(b_dA11, b_k1, input_precision=DOT_PRECISION)
+    b_dq1 += b_dqi1
+    b_dk0 = tl.dot(tl.trans(b_dA00), b_q0, input_precision=DOT_PRECISION) + b_dkt0
+    b_dk0 += tl.dot(tl.trans(b_dA10), b_q1, input_precision=DOT_PRECISION)
+    b_dk1 = tl.dot(tl.trans(b_dA11), b_q1, input_precision=DOT_PRECISION) + b_dkt1
+    o_tk0 = i_bh * S * DHQK + o_t0[:, None] * DHQK + o_k[None, :]
+    o_tk1 = i_bh * S * DHQK + o_t1[:, None] * DHQK + o_k[None, :]
+    tl.store(dq_ptr + o_tk0, b_dq0.to(dq_ptr.dtype.element_ty), mask=m_tk0)
+    tl.store(dq_ptr + o_tk1, b_dq1.to(dq_ptr.dtype.element_ty), mask=m_tk1)
+    tl.store(dk_ptr + o_tk0, b_dk0.to(dk_ptr.dtype.element_ty), mask=m_tk0)
+    tl.store(dk_ptr + o_tk1, b_dk1.to(dk_ptr.dtype.element_ty), mask=m_tk1)
+    p_part0 = part_ptr + (i_k * 5 * n_bh + i_bh) * S + o_t0  # row j of the tile at p_part + j * n_bh * S
+    p_part1 = part_ptr + (i_k * 5 * n_bh + i_bh) * S + o_t1
+    tl.store(p_part0, tl.sum(b_q0.to(tl.float32) * b_dqi0, axis=1), mask=m_t0)
+    tl.store(p_part1, tl.sum(b_q1.to(tl.float32) * b_dqi1, axis=1), mask=m_t1)
+    tl.store(p_part0 + n_bh * S, tl.sum(b_k0.to(tl.float32) * b_dkt0, axis=1), mask=m_t0)
+    tl.store(p_part1 + n_bh * S, tl.sum(b_k1.to(tl.float32) * b_dkt1, axis=1), mask=m_t1)
+    tl.store(p_part0 + 2 * n_bh * S, b_dlf0, mask=m_t0)
+    tl.store(p_part1 + 2 * n_bh * S, b_dlf1, mask=m_t1)
+    tl.store(p_part0 + 3 * n_bh * S, b_col0, mask=m_t0)
+    tl.store(p_part1 + 3 * n_bh * S, b_col1, mask=m_t1)
+    tl.store(p_part0 + 4 * n_bh * S, b_row0, mask=m_t0)
+    tl.store(p_part1 + 4 * n_bh * S, b_row1, mask=m_t1)
+    tl.store(partX_ptr + i_k * n_bh * NC + i_bhc, b_X)
+
+
+@triton.jit
+def chunkwise_bw_dv_halves_kernel(
+    q_ptr,  # (B, NH, S, DHQK)
+    k_ptr,  # (B, NH, S, DHQK)
+    i_ptr,  # (B, NH, S)
+    f_ptr,  # (B, NH, S)
+    dh_ptr,  # (B, NH, S, DHHV)
+    mt_ptr,  # (B, NH, S) fp32 forward max state
+    mb_ptr,  # (B, NH, NC) fp32 max state before each chunk (exp cell)
+    mS_ptr,  # (B, NH) fp32 max state after the last chunk (exp cell)
+    r_ptr,  # (B, NH, S) fp32
+    ds_ptr,  # (B, NH, S) fp32
+    dCa_ptr,  # (B, NH, NC, DHQK, DHHV) gradient of the state after each chunk (fp32 or the inputs' dtype)
+    dv_ptr,  # (B, NH, S, DHHV) out
+    S,
+    NC,
+    scale,
+    DHQK: tl.constexpr,
+    DHHV: tl.constexpr,
+    L: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    SEGMENT_SUMS: tl.constexpr,
+):
+    """chunkwise_bw_dv_kernel for chunks of L tokens taken as two halves ("states_every": 2): dv0 = (P00 r)^T dh0 +
+    (P10 r)^T dh1 + w0 (k0 dC), dv1 = (P11 r)^T dh1 + w1 (k1 dC), each tile of dC read once for both halves."""
+    LH: tl.constexpr = L // 2
+    i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    i_bhc = i_bh * NC + i_c
+    (o_t0, o_t1, m_t0, m_t1, b_D00, b_D10, b_D11, b_D0_0, b_D0_1, b_w0, b_w1, b_r0, b_r1, b_ds0,
+     b_ds1) = _halves_setup(i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S, NC, LH, SEGMENT_SUMS)
+    q_ptr += i_bh * S * DHQK
+    k_ptr += i_bh * S * DHQK
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < DHHV
+    # q k^T's three blocks, and k dC for both halves, in one pass over DHQK
+    b_A00 = tl.zeros([LH, LH], dtype=tl.float32)
+    b_A10 = tl.zeros([LH, LH], dtype=tl.float32)
+    b_A11 = tl.zeros([LH, LH], dtype=tl.float32)
+    b_kdC0 = tl.zeros([LH, BV], dtype=tl.float32)
+    b_kdC1 = tl.zeros([LH, BV], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(DHQK, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < DHQK
+        b_q0 = tl.load(q_ptr + o_t0[:, None] * DHQK + o_k[None, :], mask=m_t0[:, None] & m_k[None, :], other=0.0)
+        b_q1 = tl.load(q_ptr + o_t1[:, None] * DHQK + o_k[None, :], mask=m_t1[:, None] & m_k[None, :], other=0.0)
+        b_k0 = tl.load(k_ptr + o_t0[:, None] * DHQK + o_k[None, :], mask=m_t0[:, None] & m_k[None, :], other=0.0)
+        b_k1 = tl.load(k_ptr + o_t1[:, None] * DHQK + o_k[None, :], mask=m_t1[:, None] & m_k[None, :], other=0.0)
+        b_A00 += tl.dot(b_q0, tl.trans(b_k0), input_precision=DOT_PRECISION)  # [LH, BK] @ [BK, LH]
+        b_A10 += tl.dot(b_q1, tl.trans(b_k0), input_precision=DOT_PRECISION)
+        b_A11 += tl.dot(b_q1, tl.trans(b_k1), input_precision=DOT_PRECISION)
+        b_dCa = tl.load(dCa_ptr + i_bhc * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :],
+                        mask=m_k[:, None] & m_v[None, :], other=0.0).to(b_k0.dtype)  # fmt: skip
+        b_kdC0 += tl.dot(b_k0, b_dCa, input_precision=DOT_PRECISION)  # [LH, BK] @ [BK, BV]
+        b_kdC1 += tl.dot(b_k1, b_dCa, input_precision=DOT_PRECISION)
+    dt = q_ptr.dtype.element_ty
+    b_P00rT = tl.trans((b_A00 * scale * b_D00 * b_r0[:, None]).to(dt))  # (P r)^T: one rounding to 16 bits
+    b_P10rT = tl.trans((b_A10 * scale * b_D10 * b_r1[:, None]).to(dt))
+    b_P11rT = tl.trans((b_A11 * scale * b_D11 * b_r1[:, None]).to(dt))
+    dh_ptr += i_bh * S * DHHV
+    b_dh0 = tl.load(dh_ptr + o_t0[:, None] * DHHV + o_v[None, :], mask=m_t0[:, None] & m_v[None, :], other=0.0)
+    b_dh1 = tl.load(dh_ptr + o_t1[:, None] * DHHV + o_v[None, :], mask=m_t1[:, None] & m_v[None, :], other=0.0)
+    b_dv0 = tl.dot(b_P00rT, b_dh0, input_precision=DOT_PRECISION) + b_w0[:, None] * b_kdC0  # [LH, LH] @ [LH, BV]
+    b_dv0 += tl.dot(b_P10rT, b_dh1, input_precision=DOT_PRECISION)
+    b_dv1 = tl.dot(b_P11rT, b_dh1, input_precision=DOT_PRECISION) + b_w1[:, None] * b_kdC1
+    p_dv = dv_ptr + i_bh * S * DHHV + o_v[None, :]
+    tl.store(p_dv + o_t0[:, None] * DHHV, b_dv0.to(dv_ptr.dtype.element_ty), mask=m_t0[:, None] & m_v[None, :])
+    tl.store(p_dv + o_t1[:, None] * DHHV, b_dv1.to(dv_ptr.dtype.element_ty), mask=m_t1[:, None] & m_v[None, :])

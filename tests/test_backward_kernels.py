@@ -69,7 +69,7 @@ def _run(x: dict, weights: dict, *, cell: str, forward: str, fw_config: dict, bw
     """Generated forward (keeping what the backward needs), then the generated backward."""
     args = [x.get(n) for n in NAMES]
     B, NH = x["q"].shape[:2]
-    saved = {"borders_at": bw_config["L"]} if bw_config.get("states") == "reuse" else {}
+    saved = {"borders_at": launch_bw.states_stride(bw_config)} if bw_config.get("states") == "reuse" else {}
     with_last = "C" in weights
     if forward == "parallel":
         variant = find("parallel_fw.py.j2", cell=cell)
@@ -237,6 +237,51 @@ def test_backward_after_the_halves_output_kernel(cell, states, L, check):
     assert used == [-(-shape.S // L)]  # states at the backward's chunks: 3 of 32, 5 of 16, 2 of 64
 
 
+HALVES_CASES = [("exp", SHAPES[i], c) for i in (1, 2, 3, 4) for c in ("plain", "states")]
+HALVES_CASES += [("sig", SHAPES[2], "states")]
+
+
+@pytest.mark.parametrize("cell,shape,case", HALVES_CASES, ids=[f"{c}-{s.id}-{k}" for c, s, k in HALVES_CASES])
+def test_split_backward_in_halves(cell, shape, case, check):
+    """"states_every": 2: the split kernels take chunks of 32 as two halves of 16, with the states (C before, dC
+    after) once per 32 tokens. S = 7: one partial half; 63: the last chunk's second half partial; 65: a last chunk
+    of one token; 130 with DHQK = 192 in key tiles of 32."""
+    variant = find(launch_bw.TEMPLATE, cell=cell, kernels="split")
+    with_states = case == "states"
+    x = _inputs(shape, cell, with_states)
+    fw_config = dict(launch_fw.default_config(find(launch_fw.TWOPASS, cell=cell, state="float32"), 1, 1), LI=16,
+                     LO=32, BKS=32, BVS=32, BKO=32, BVO=32)  # fmt: skip
+    bw_config = dict(_bw_config(variant, shape.DHQK, shape.DHHV, 16), states_every=2)
+    _check(check, x, _weights(shape, cell, with_states), cell, target=f"{variant.name} halves of 16",
+           dims=shape.dims(), forward=launch_fw.TWOPASS, fw_config=fw_config, bw_variant=variant,
+           bw_config=bw_config)  # fmt: skip
+
+
+@pytest.mark.parametrize("out_values", ["halves", "loop"])
+def test_halves_backward_reuses_the_forwards_states(out_values, check):
+    """A split backward in halves ("states_every": 2, L = 16) reusing the forward's states per 32 tokens: after a
+    halves forward at LO = 16 as they are; after a loop forward at LO = 16, which then runs as the halves kernel
+    (launch.chunkwise.states_every), so the states need no recomputation either way."""
+    variant = find(launch_bw.TEMPLATE, cell="exp", kernels="split")
+    shape = SHAPES[3]  # S=65
+    x = _inputs(shape, "exp", True)
+    fw_config = dict(launch_fw.default_config(find(launch_fw.TWOPASS, cell="exp", state="float32"), 1, 1), LI=16,
+                     LO=16, BKS=32, BVS=32, BKO=32, BVO=32, out_values=out_values)  # fmt: skip
+    bw_config = dict(_bw_config(variant, shape.DHQK, shape.DHHV, 16, "reuse"), states_every=2)
+    used, real = [], launch_bw.chunkwise_bw
+
+    def spy(*args, **kwargs):
+        used.append(kwargs["borders"][0].shape[2])
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(launch_bw, "chunkwise_bw", spy)
+        _check(check, x, _weights(shape, "exp", True), "exp", target=f"{variant.name} halves reusing {out_values}",
+               dims=shape.dims(), forward=launch_fw.TWOPASS, fw_config=fw_config, bw_variant=variant,
+               bw_config=bw_config)  # fmt: skip
+    assert used == [3]  # states per 32 tokens
+
+
 @pytest.mark.parametrize("BVD", [16, 64])
 def test_split_dv_kernel_takes_its_own_value_tile(BVD, check):
     """The split kernels' dv programs run on their own value tile BVD, narrower or wider than the dq/dk kernel's BV
@@ -273,11 +318,13 @@ def test_backward_after_other_forwards(forward, states, cell, check):
            bw_config=_bw_config(variant, shape.DHQK, shape.DHHV, 32, states))  # fmt: skip
 
 
-@pytest.mark.parametrize("kernels", ["fused", "split", "parallel", "fused-16bit-buffers", "split-16bit-buffers"])
+@pytest.mark.parametrize("kernels", ["fused", "split", "parallel", "fused-16bit-buffers", "split-16bit-buffers",
+                                     "split-halves"])  # fmt: skip
 @pytest.mark.parametrize("shape", SHAPES[2:4], ids=[s.id for s in SHAPES[2:4]])
 def test_backward_fp16(shape, kernels, check):
     """16-bit inputs: tensor-core dots in fp16 with fp32 accumulation, limit 2e-2 (bf16 is checked on the GPU); the
-    chunkwise kernels also with their per-chunk state buffers in fp16 (state_buffers="input")."""
+    chunkwise kernels also with their per-chunk state buffers in fp16 (state_buffers="input"), and the split ones
+    so and in halves (states_every=2)."""
     if kernels == "parallel":
         variant = find(launch_pbw.TEMPLATE, cell="exp")
     else:
@@ -286,8 +333,10 @@ def test_backward_fp16(shape, kernels, check):
     fw_config = dict(launch_fw.default_config(find(launch_fw.TWOPASS, cell="exp", state="float32"), 1, 1), LI=16,
                      LO=32, BKS=32, BVS=32, BKO=32, BVO=32)  # fmt: skip
     bw_config = _bw_config(variant, shape.DHQK, shape.DHHV, 32)
-    if kernels.endswith("16bit-buffers"):
+    if kernels.endswith("16bit-buffers") or kernels.endswith("halves"):
         bw_config["state_buffers"] = "input"
+    if kernels.endswith("halves"):
+        bw_config["states_every"] = 2
     _check(check, x, _weights(shape, "exp", True), "exp", target=f"{variant.name} fp16 {bw_config}",
            dims=shape.dims(), dtype=torch.float16, forward=launch_fw.TWOPASS, fw_config=fw_config, bw_variant=variant,
            bw_config=bw_config)  # fmt: skip

@@ -73,12 +73,16 @@ def state_stride(config: dict) -> int:
 def states_every(config: dict, L: int) -> dict:
     """``config`` for a forward that must store its states every ``L`` tokens, for a training step whose backward
     reuses them at its own chunks of L: a forward entry tuned alone with another stride would otherwise make the
-    backward recompute them, which costs more than the forward's own gain (NOTES.md). The halves kernel at LO = L
-    stays as it is (the states kernel stores one state per half, the kernel reads every other); any other
-    configuration runs at LO = L, the halves kernel then as the plain per-chunk one."""
+    backward recompute them, which costs more than the forward's own gain (NOTES.md).
+    - The halves kernel at LO = L stays as it is: the states kernel stores one state per half, the kernel reads
+      every other.
+    - A backward taking states every 2 LO (its "states_every": 2 at L = LO) gets the halves kernel at this LO.
+    - Anything else runs at LO = L, the halves kernel then as the plain per-chunk one."""
     out_values = config.get("out_values", "tiles")
     if L == state_stride(config) or (out_values == "halves" and L == config["LO"]):
         return config
+    if L == 2 * config["LO"]:
+        return dict(config, out_values="halves")
     return dict(config, LO=L, LI=min(config["LI"], L), out_values="loop" if out_values == "halves" else out_values)
 
 

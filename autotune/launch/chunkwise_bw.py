@@ -41,6 +41,14 @@ STATES = ("recompute", "reuse")
 STATE_BUFFERS = ("float32", "input")
 # the reverse recurrence's per-chunk weights: computed in its sequential loop, or first for all chunks in parallel
 DSTATE_GATES = ("inline", "pre")
+# the states (C before, dC after a chunk) once per L tokens, or once per 2 L with the split kernels taking each chunk
+# of 2 L as two halves of L (half the state traffic, the within-chunk work of chunks of L plus one block per pair)
+STATES_EVERY = (1, 2)
+
+
+def states_stride(config: dict) -> int:
+    """How many tokens apart a backward ``config`` takes its states: L, or 2 L ("states_every": 2)."""
+    return config["L"] * config.get("states_every", 1)
 
 
 def default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
@@ -50,7 +58,7 @@ def default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
     BK, BV, wide = min(64, next_pow2(DHQK)), min(64, next_pow2(DHHV)), min(128, next_pow2(DHHV))
     return {"L": 64, "BK": BK, "BV": BV, "BVD": wide, "BKS": BK, "BVS": wide, "num_warps": 4, "num_warps_state": 4,
             "num_stages": 1, "states": "recompute", "state_buffers": "input", "states_weighting": "v",
-            "dstate_gates": "inline"}  # fmt: skip
+            "dstate_gates": "inline", "states_every": 1}  # fmt: skip
 
 
 def check_config(variant: Variant, config: dict) -> None:
@@ -61,6 +69,9 @@ def check_config(variant: Variant, config: dict) -> None:
     require_choice(config, "state_buffers", STATE_BUFFERS, "float32")
     require_choice(config, "states_weighting", STATES_WEIGHTING, "k")
     require_choice(config, "dstate_gates", DSTATE_GATES, "inline")
+    require_choice(config, "states_every", STATES_EVERY, 1)
+    if config.get("states_every", 1) == 2 and variant.params["kernels"] != "split":
+        raise MLSTMInputError("states_every=2 (chunks taken as two halves) is a mode of the split kernels only")
 
 
 def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, variant: Variant, config: dict,
@@ -69,13 +80,13 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
     what it saved (s, mt from ``saved``); dh the cotangent of h; dC, dn, dm those of the last state (None when it
     was not used) and ``last`` = (C_S, n_S, m_S) the last state itself (needed then; m_S may be None for the sig
     cell). ``borders`` = (Cb, nb, mb) when config["states"] == "reuse" (the two-pass forward's states at chunks of
-    config["L"]).
+    states_stride(config) tokens).
     Returns dq, dk, dv (q's dtype), di, df (fp32), dC0, dn0, dm0 (fp32; None without an initial state)."""
     B, NH, S, DHQK = q.shape
     DHHV = v.shape[-1]
     check_config(variant, config)
     cell = variant.params["cell"]
-    L = config["L"]
+    L = states_stride(config)  # the chunk of the states: config["L"], or twice it for the halves kernels
     NC = cdiv(S, L)
     dev = q.device
     module = load_variant(variant)
@@ -146,11 +157,12 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
         NKT = cdiv(DHQK, config["BK"])
         part = empty(NKT, 5, B, NH, S, **f32)  # per key tile: q.dq_inter, k.dk_trans, E's dlf, col, row
         partX = empty(NKT, B, NH, NC, **f32)
-        module.chunkwise_bw_dqk_kernel[(NKT, NC, B * NH)](
+        halves = "_halves" if config.get("states_every", 1) == 2 else ""  # chunks of 2 L in halves of L
+        getattr(module, f"chunkwise_bw_dqk{halves}_kernel")[(NKT, NC, B * NH)](
             q, k, v, i, f, dh, mt, mb, mS, r, ds, Cb, nb, dCa, dna, dq, dk, part, partX, S, NC, **common
         )
         BVD = config.get("BVD", config["BV"])  # the dv kernel's own value tile
-        module.chunkwise_bw_dv_kernel[(cdiv(DHHV, BVD), NC, B * NH)](
+        getattr(module, f"chunkwise_bw_dv{halves}_kernel")[(cdiv(DHHV, BVD), NC, B * NH)](
             q, k, i, f, dh, mt, mb, mS, r, ds, dCa, dv, S, NC, **dict(common, BV=BVD)
         )
         module.chunkwise_bw_gates_kernel[(NC, B * NH)](

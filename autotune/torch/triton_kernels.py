@@ -154,7 +154,8 @@ def _run_backward(saved: dict, dh, dlast, plan, *, cell: str, normalize: bool, e
         launcher = launch_parallel_bw.parallel_bw
     else:
         launcher = launch_chunkwise_bw.chunkwise_bw
-        if config.get("states") == "reuse" and saved.get("Cb") is not None and saved["L"] == config["L"]:
+        if (config.get("states") == "reuse" and saved.get("Cb") is not None
+                and saved["L"] == launch_chunkwise_bw.states_stride(config)):  # fmt: skip
             borders = (saved["Cb"], saved["nb"], saved["mb"])
         else:
             config["states"] = "recompute"  # e.g. a parallel forward, or a two-pass one with another chunk size
@@ -182,7 +183,9 @@ class _GeneratedFunction(torch.autograd.Function):
         if needs_grad:
             ctx.plan = _backward_plan(q, v, form, cell)
             if ctx.plan[1].get("states") == "reuse":
-                saved["borders_at"] = ctx.plan[1]["L"]  # a fused forward then keeps its states for the backward
+                # the states' chunk: a fused forward then keeps its states for the backward, a two-pass one stores
+                # them at that stride (launch.chunkwise.states_every)
+                saved["borders_at"] = launch_chunkwise_bw.states_stride(ctx.plan[1])
         h, last = run(q, k, v, i, f, C0, n0, m0, return_last_states=with_last, saved=saved)
         if needs_grad:
             ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h, saved["s"], saved["mt"], saved.get("Cb"),

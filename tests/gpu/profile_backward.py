@@ -60,6 +60,13 @@ SPLIT_CONFIGS = [  # most wanted first: the sweep stops at its time budget
     ("split BK 64 BV 64 3 stages, dv BVD 128, dstate pre", SPLIT,
      {"BV": 64, "num_stages": 3, "BVD": 128, "dstate_gates": "pre"}),
     ("fused winner, dstate pre", FUSED, {"dstate_gates": "pre"}),
+    # in halves (states_every 2: C and dC per 128 tokens; the forward then runs its halves output kernel)
+    ("halves BK 64 BV 64 8 warps 2 stages", SPLIT, {"BV": 64, "num_stages": 2, "num_warps": 8, "states_every": 2}),
+    ("halves BK 32 BV 64 8 warps", SPLIT, {"BK": 32, "BV": 64, "num_warps": 8, "states_every": 2}),
+    ("halves BK 64 BV 64 8 warps 2 stages, BVD 128, dstate pre, state 8 warps", SPLIT,
+     {"BV": 64, "num_stages": 2, "num_warps": 8, "states_every": 2, "BVD": 128, "dstate_gates": "pre",
+      "num_warps_state": 8}),
+    ("halves BK 64 BV 128 8 warps 2 stages", SPLIT, {"num_stages": 2, "num_warps": 8, "states_every": 2}),
     ("split BK 64 BV 64 3 stages, dv BVD 32", SPLIT, {"BV": 64, "num_stages": 3, "BVD": 32}),
     ("split BK 64 BV 128 3 stages, dv BVD 128", SPLIT, {"num_stages": 3, "BVD": 128}),
     ("split BK 64 BV 64 2 stages, dv BVD 128", SPLIT, {"BV": 64, "num_stages": 2, "BVD": 128}),
@@ -68,7 +75,7 @@ SPLIT_CONFIGS = [  # most wanted first: the sweep stops at its time budget
 ]
 SPLIT_PER_KERNEL = ("fused winner (reuse, BV 128, k weighted)", "split BK 64 BV 64 3 stages",
                     "split BK 64 BV 64 3 stages, dv BVD 128", "split BK 64 BV 64 3 stages, dv BVD 128, dstate pre",
-                    "fused winner, dstate pre")
+                    "fused winner, dstate pre", "halves BK 64 BV 64 8 warps 2 stages")
 
 
 def inputs(layout, device):

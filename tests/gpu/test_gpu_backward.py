@@ -102,7 +102,9 @@ def test_backward_variant(variant, shape, dtype, L, states, check):
 # weights computed first (dstate_gates "pre"), checked where programs run concurrently
 TUNED_STYLE = [("split", {"BV": 64, "num_stages": 3, "BVD": 128, "dstate_gates": "pre"}),
                ("split", {"BV": 128, "num_stages": 2, "BVD": 32}),
-               ("fused", {"BV": 128, "dstate_gates": "pre", "num_warps_state": 8})]  # fmt: skip
+               ("fused", {"BV": 128, "dstate_gates": "pre", "num_warps_state": 8}),
+               ("split", {"BV": 64, "num_stages": 2, "num_warps": 8, "states_every": 2}),  # in halves: states per 128
+               ("split", {"BV": 64, "BK": 32, "num_warps": 8, "states_every": 2, "dstate_gates": "pre"})]  # fmt: skip
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[_id(s) for s in SHAPES])
@@ -129,7 +131,7 @@ def _check_backward(variant, shape, dtype, L, states, check, changes=None, fw_ch
     weights = _weights(x, cell)
     fw_variant = find(launch_fw.TWOPASS, cell=cell, state="float32" if fw_changes is None else "input")
     fw_config = dict(launch_fw.default_config(fw_variant, shape[3], shape[4]), LI=64, LO=L, **(fw_changes or {}))
-    saved = {"borders_at": L} if states == "reuse" else {}
+    saved = {"borders_at": L * (changes or {}).get("states_every", 1)} if states == "reuse" else {}
     args = [x.get(n) for n in NAMES]
     h, last = launch_fw.chunkwise_fw(*args, variant=fw_variant, config=fw_config, return_last_states=True,
                                      saved=saved)  # fmt: skip

@@ -41,6 +41,7 @@ CHANGES = {
     "L128": {"L": 128},
     "L32": {"L": 32},
     "fp32 buffers": {"state_buffers": "float32"},
+    "halves (split)": {"states_every": 2},
 }
 # changes to the two-pass forward's default configuration (--form fw)
 FORWARD_CHANGES = {
