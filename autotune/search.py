@@ -3,9 +3,9 @@ bucket), in a journal file, so a run that is cut off continues where it stopped 
 can work on one study.
 
 Trial 0 is always the variant's built-in default configuration, so the winner is never slower than the default;
-the next ones may be given starting points (the winners of neighbouring shapes); then a local search moves from the
-best point so far to its valid one-parameter neighbours (up to half the trials, until the best has none left
-untried), then TPE.
+the next ones may be given starting points (the winners of neighbouring shapes) and seeds (structural changes of
+several knobs at once, space.SEEDS); then a local search moves from the best point so far to its valid
+one-parameter neighbours (up to half the trials, until the best has none left untried), then TPE.
 A run stops when ``trials`` points are settled (measured or pruned, earlier runs included) or after ``trials`` asks
 of its own, or when ``time_budget_s`` is spent (the default is always measured first).
 Sampling is seeded TPE. A point the validity predicate rejects is recorded as PRUNED with the reason; a point whose
@@ -250,10 +250,12 @@ def run_study(
     time_budget_s: float | None = None,
     progress: Callable[[dict], None] | None = None,
     starts: list[tuple[Variant, dict]] = (),
+    seeds: list[tuple[Variant, dict]] = (),
 ) -> StudyResult:
     """Run ``study`` until it holds ``trials`` trials or ``time_budget_s`` is spent; return the winner. ``starts``:
-    points measured right after the default (the winners of neighbouring shapes, autotune.tune.warm_starts) unless
-    this study has them already or they are not points of its space."""
+    points measured right after the default (the winners of neighbouring shapes, autotune.tune.warm_starts, at most
+    3), then ``seeds`` (space.seeds: structural changes that need several knobs at once), each unless this study has
+    it already or it is not a valid point of its space."""
     start = time.monotonic()
     _close_abandoned(study)
     # points queued or being measured (by another worker on this study; queued by a run that was cut off): not queued
@@ -275,6 +277,12 @@ def run_study(
             _enqueue(study, variant, config, "start")
             queued.add(point)
             n_starts += 1
+    for variant, config in seeds:
+        point = _point_key(variant.name, config)
+        if (point not in seen and point not in queued and _is_point_of(variant, config, candidates)
+                and not space.invalid(variant, config, DHQK, DHHV, dtype_bytes, limits)):  # fmt: skip
+            _enqueue(study, variant, config, "seed")
+            queued.add(point)
     evaluated, pruned, failed, asked = 0, [], [], 0
     # then a local search: the best point's next valid one-parameter neighbour not yet tried, as long as it has one
     # and at most half the trials, then TPE. On a real GPU a trial costs seconds, and in a few dozen trials over a
@@ -307,8 +315,8 @@ def run_study(
         trial.set_user_attr("point", point)
         previous = seen.get(point)
         if previous is not None:  # asked again: reuse the earlier outcome instead of measuring twice
-            for k, val in previous.user_attrs.items():
-                if k not in ("point", "default", "start", "neighbour", "move", "base_ms", "base"):  # the outcome only
+            for k, val in previous.user_attrs.items():  # the outcome only
+                if k not in ("point", "default", "start", "seed", "neighbour", "move", "base_ms", "base"):
                     trial.set_user_attr(k, val)
             trial.set_user_attr("repeat_of", previous.number)
             study.tell(trial, previous.value if previous.state == TrialState.COMPLETE else None,

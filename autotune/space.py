@@ -72,6 +72,35 @@ LEGACY = {"chunkwise_bw.py.j2": {"BVD": lambda config: config["BV"], "dstate_gat
                                  "states_every": lambda config: 1}}  # fmt: skip
 
 
+# seeds: structural changes the notes predict to win that one-knob moves cannot reach (they need two or more knobs at
+# once), as (variant parameters, configuration changes) applied to a study's default point; measured right after its
+# starting points (tuning_db/reports/NOTES.md, fifth session)
+SEEDS: dict[str, list[tuple[dict, dict]]] = {
+    # states every 128 tokens: the halves output kernel, which spills less at 8 warps than at 4 (ptxas)
+    "chunkwise_twopass_fw.py.j2": [({}, {"out_values": "halves", "num_warps_out": 8})],
+    "chunkwise_bw.py.j2": [
+        # the split kernels in halves (states per 128 tokens), at 8 warps (12 KB of spills at 4)
+        ({"kernels": "split"}, {"states": "reuse", "states_every": 2, "num_warps": 8, "num_stages": 2,
+                                "num_warps_state": 8}),
+        # the forced 7B configuration that beat the tuned one by 0.5 ms (two knobs that each lost alone)
+        ({"kernels": "split"}, {"states": "reuse", "BV": 64, "num_stages": 3, "BVD": 128}),
+    ],
+}
+
+
+def seeds(default: tuple[Variant, dict], candidates: list[Variant]) -> list[tuple[Variant, dict]]:
+    """The SEEDS of the default's template as points: each change applied to the default configuration, in the
+    candidate variant of the same template and cell whose parameters match (skipped when there is none)."""
+    variant, config = default
+    out = []
+    for params, changes in SEEDS.get(variant.template, []):
+        want = {**variant.params, **params}
+        match = [v for v in candidates if v.template == variant.template and v.params == want]
+        if match:
+            out.append((match[0], {**config, **changes}))
+    return out
+
+
 def inert(variant: Variant) -> tuple[str, ...]:
     """The launch parameters of ``variant``'s template that its kernels do not read."""
     return INERT.get((variant.template, variant.params.get("kernels")), ())

@@ -158,7 +158,8 @@ def tune_shape(shape: Shape, *, trials: int, time_budget_s: float | None, storag
                gpu: str, capability: tuple[int, int], runner_timeout_s: float = 300.0,
                runner_env: dict | None = None, db_folders: list[Path] = ()) -> dict:  # fmt: skip
     """Run (or continue) the study of one shape and return its database entry (as JSON) and a summary. The winners of
-    neighbouring shapes in ``db_folders`` are measured right after the default (``warm_starts``)."""
+    neighbouring shapes in ``db_folders`` are measured right after the default (``warm_starts``), then the seeds of
+    its structure (``space.seeds``)."""
     from .launch import chunkwise, chunkwise_bw, parallel, parallel_bw, recurrent
     from .measure import IsolatedRunner, Job
     from .variants import find
@@ -199,6 +200,7 @@ def tune_shape(shape: Shape, *, trials: int, time_budget_s: float | None, storag
             progress=_progress(f"{shape.op} {shape.direction} B={shape.B} NH={shape.NH} S={shape.S} "
                                f"{shape.DHQK}/{shape.DHHV}"),
             starts=warm_starts(key, gpu, list(db_folders)),
+            seeds=space.seeds((default_variant, default_config), space.variants_of(form, cell, shape.direction)),
         )  # fmt: skip
     finally:
         runner.close()

@@ -204,6 +204,44 @@ def test_starting_points_are_measured_right_after_the_default(tmp_path: Path):
     assert (good[0].name, repr(sorted(good[1].items()))) not in again.calls
 
 
+def test_seeds_are_measured_after_the_starts_and_only_when_valid(tmp_path: Path):
+    """Seeds (structural changes that need several knobs at once) are the trials after the starts; one already
+    measured as a start, or not valid for the head dims, is not queued again."""
+    fused = next(v for v in CANDIDATES if v.template == "chunkwise_fused_fw.py.j2")
+    start = (fused, {"L": 64, "BV": 32, "num_warps": 4, "num_stages": 2})
+    seed = (fused, {"L": 32, "BV": 64, "num_warps": 8, "num_stages": 1})
+    too_big = (fused, {"L": 32, "BV": 128, "num_warps": 2, "num_stages": 1})  # C 256 x 128 on 64 threads
+    replay = Replay()
+    study = study_in(tmp_path)
+    run(study, replay, trials=5, starts=[start], seeds=[start, seed, too_big])
+    assert replay.calls[:3] == [(v.name, repr(sorted(c.items()))) for v, c in (DEFAULT, start, seed)]
+    assert [t.number for t in study.trials if t.user_attrs.get("seed")] == [2]
+
+
+@pytest.mark.parametrize("direction,dims", [("fw", (256, 512)), ("fw", (128, 128)), ("fwbw", (256, 512)),
+                                            ("fwbw", (128, 128))])  # fmt: skip
+def test_every_seed_is_a_valid_point_at_the_shipped_layouts(direction, dims):
+    """space.seeds of the chunkwise defaults: points of the space (every value among its choices), valid at the
+    presets' head layouts in bf16, in the variant the seed names."""
+    from autotune.launch import chunkwise_bw
+
+    for cell in ("exp", "sig"):
+        candidates = space.variants_of("chunkwise", cell, direction)
+        if direction == "fw":
+            variant = next(v for v in candidates if v.template == launch_chunkwise.TWOPASS
+                           and v.params["state"] == "input")  # fmt: skip
+            default = (variant, launch_chunkwise.default_config(variant, *dims))
+        else:
+            variant = next(v for v in candidates if v.params["kernels"] == "fused")
+            default = (variant, chunkwise_bw.default_config(variant, *dims))
+        seeds = space.seeds(default, candidates)
+        assert seeds, f"no seed for {variant.name}"
+        for v, config in seeds:
+            assert v in candidates and set(config) == set(space.PARAMS[v.template])
+            assert all(value in space.PARAMS[v.template][p] for p, value in config.items()), config
+            assert space.invalid(v, config, *dims, dtype_bytes=2, limits=space.H100_LIMITS) is None, config
+
+
 def test_neighbours_differ_in_one_parameter_nearest_choices_first():
     variant, config = DEFAULT
     near = search.neighbours(variant, config)
