@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   f2e685fa7beb8423
+# template hash:   216549e7fa1de45d
 # parameters:      cell=sig, kernels=split
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (sig cell), exact (MATH.md §6), "split" within-chunk kernels.
@@ -21,7 +21,9 @@ autotune/launch/chunkwise_bw.py):
      (cdiv(DHHV, BV), NC, B * NH)): more programs, each reading its own tile of the chunk's states once. A dq, dk
      program forms dP in its one pass over v and dh, and leaves its key tile's share of every vector the gate
      gradients need in a partial buffer; a dv program recomputes q k^T. chunkwise_bw_gates_kernel (grid
-     (NC, B * NH)) sums the partials and forms di, df.
+     (NC, B * NH)) sums the partials and forms di, df. With the launch parameter "states_every": 2 the launcher
+     passes chunks of twice the configuration's L to every kernel, and chunkwise_bw_dqk_halves_kernel and
+     chunkwise_bw_dv_halves_kernel take each as two halves (the states once per chunk: half the state traffic).
 Gate gradients never subtract two long cumulative sums: within a chunk they are sums over the masked [L, L]
 matrix of dlogD = dP * P and reverse sums of non-cancelling terms. For 16-bit inputs (SEGMENT_SUMS off), two
 chunk-local ones: F_t - F_j as a difference of prefix sums and dlf's share of dlogD as a difference of two [L]
