@@ -370,19 +370,22 @@ def test_sig_without_normalizer(check):
           limit=_limits(torch.float32, oracle, x, weights, "sig", ref, normalize=False))  # fmt: skip
 
 
-@pytest.mark.parametrize("backward_states", ["", "recompute"], ids=["as-configured", "env-recompute"])
+@pytest.mark.parametrize("backward_states,halves", [("", False), ("recompute", False), ("", True)],
+                         ids=["as-configured", "env-recompute", "halves"])  # fmt: skip
 @pytest.mark.parametrize("name", ["chunkwise--triton_fused", "chunkwise--triton_xl_chunk"])
-def test_entry_with_a_forced_reusing_backward(name, backward_states, monkeypatch, check):
+def test_entry_with_a_forced_reusing_backward(name, backward_states, halves, monkeypatch, check):
     """Through the registry with MLSTM_AUTOTUNE_FORCE on the "fwbw" key: a split backward reusing the forward's states
     (the fused forward keeps them because the backward asks at the forward); with
-    MLSTM_AUTOTUNE_BACKWARD_STATES=recompute the forward keeps nothing and the backward recomputes them."""
+    MLSTM_AUTOTUNE_BACKWARD_STATES=recompute the forward keeps nothing and the backward recomputes them. In halves
+    ("states_every": 2, states per 32 tokens) the two-pass forward at chunks of 16 stores them per 32 (its halves
+    output kernel); the fused forward, whose chunk is 16, keeps none, and the backward recomputes them."""
     import json
 
     from autotune.dispatch import dispatcher
     from autotune.torch import get_mlstm_kernel
 
     variant = find(launch_bw.TEMPLATE, cell="exp", kernels="split")
-    config = _bw_config(variant, 32, 32, 16, "reuse", tile=16)
+    config = dict(_bw_config(variant, 32, 32, 16, "reuse", tile=16), states_every=2 if halves else 1)
     monkeypatch.setenv("MLSTM_AUTOTUNE_FORCE", json.dumps({"chunkwise:exp/fwbw": {"variant": variant.name,
                                                                                   "config": config}}))  # fmt: skip
     monkeypatch.setenv("MLSTM_AUTOTUNE_BACKWARD_STATES", backward_states)
@@ -407,7 +410,8 @@ def test_entry_with_a_forced_reusing_backward(name, backward_states, monkeypatch
     finally:
         monkeypatch.delenv("MLSTM_AUTOTUNE_FORCE")
         dispatcher().reset()
-    assert used == ([(variant.name, "reuse", True)] if not backward_states else [(variant.name, "recompute", False)])
+    reused = not backward_states and not (halves and name == "chunkwise--triton_fused")
+    assert used == ([(variant.name, "reuse", True)] if reused else [(variant.name, "recompute", False)])
     oracle = _oracle_grads("exp", weights)
     ref = oracle(x)
     check(target=f"{name} with a forced reusing split backward", baseline="autograd through the oracle (fp64)",
