@@ -94,8 +94,12 @@ def _runner(job: Job, timing: bool = False):
         L = job.config["L"]
         fw_config = dict(chunkwise.default_config(fw_variant, job.DHQK, job.DHHV), LI=min(64, L), LO=L)
 
+        # as a training step asks it (autotune.torch.triton_kernels): states stored at the stride the backward reuses
+        reuse = job.config.get("states") == "reuse"
+        keep = {"borders_at": chunkwise_bw.states_stride(job.config)} if reuse else {}
+
         def fwbw(x):
-            args, saved = [x[k] for k in "qkvif"], {}
+            args, saved = [x[k] for k in "qkvif"], dict(keep)
             h, _ = chunkwise.chunkwise_fw(*args, variant=fw_variant, config=fw_config, saved=saved)
             grads = chunkwise_bw.chunkwise_bw(
                 *args, None, None, None, h, saved["s"], saved["mt"], x["dh"], None, None, None, None,

@@ -36,6 +36,18 @@ def test_evaluate_passes_the_gate_and_times(variant, config):
     assert out.gate_s > 0 and out.timing_s > 0  # where the time went, for the tuner's progress line
 
 
+@pytest.mark.parametrize("states_every", [1, 2])
+def test_a_backward_reusing_the_forwards_states_passes_the_gate(states_every):
+    """A training step's candidate with states="reuse" gets the forward's states at its own stride: per chunk of L,
+    or per 2 L in halves (the forward then runs its halves output kernel), not a buffer of another stride."""
+    config = {"L": 16, "BK": 16, "BV": 16, "BVD": 16, "BKS": 16, "BVS": 16, "num_warps": 4, "num_warps_state": 4,
+              "num_stages": 1, "states": "reuse", "state_buffers": "float32", "states_weighting": "v",
+              "dstate_gates": "inline", "states_every": states_every}  # fmt: skip
+    out = measure.evaluate_here(Job("chunkwise_bw__cell-exp_kernels-split", config, B=1, NH=2, S=40, DHQK=16,
+                                    DHHV=24, dtype="float32", device=DEVICE))  # fmt: skip
+    assert out.ok, out.reason
+
+
 def test_a_wrong_kernel_fails_the_gate(monkeypatch):
     real = measure._runner
 
