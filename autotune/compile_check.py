@@ -72,29 +72,25 @@ def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int, co
         B, NH, S = args[0].shape[:3]
         given = config is not None
         config = dict(config or chunkwise_bw.default_config(variant, DHQK, DHHV), states="reuse")  # this module's
-        NC = -(-S // config["L"])  # kernels only: "recompute" would launch the forward's states kernel
-        f32 = dict(dtype=torch.float32)
+        f32 = dict(dtype=torch.float32)  # kernels only: "recompute" would launch the forward's states kernel
         stats = (torch.zeros(B, NH, S, **f32), torch.zeros(B, NH, S, **f32))
-        C_dtype = dtype if config["state_buffers"] == "input" else torch.float32  # as the recomputation stores it
-        borders = (torch.zeros(B, NH, NC, DHQK, DHHV, dtype=C_dtype), torch.zeros(B, NH, NC, DHQK, **f32),
-                   torch.zeros(B, NH, NC, **f32))  # fmt: skip
         h = torch.zeros_like(args[2])
         dlast = (torch.zeros_like(states[0]), torch.zeros_like(states[1]), torch.zeros_like(states[2]))
-        chunkwise_bw.chunkwise_bw(*args, *states, h, *stats, h, *dlast, tuple(states), variant=variant, config=config,
-                                  borders=borders)  # fmt: skip
-        if not given and variant.params["kernels"] == "fused" and dtype == torch.bfloat16:
-            # the reverse recurrence with its weights computed first (its kernels are the same in both variants)
-            config = dict(config, dstate_gates="pre")
-            chunkwise_bw.chunkwise_bw(*args, *states, h, *stats, h, *dlast, tuple(states), variant=variant,
-                                      config=config, borders=borders)  # fmt: skip
-        if not given and variant.params["kernels"] == "split" and dtype == torch.bfloat16:
-            # the split kernels taking chunks of 2 L as two halves, with states every 2 L
-            config = dict(config, states_every=2)
+
+        def launch(config):  # with border states of the configuration's stride, as the forward keeps them
             NC = -(-S // chunkwise_bw.states_stride(config))
+            C_dtype = dtype if config["state_buffers"] == "input" else torch.float32  # as the recomputation stores it
             borders = (torch.zeros(B, NH, NC, DHQK, DHHV, dtype=C_dtype), torch.zeros(B, NH, NC, DHQK, **f32),
                        torch.zeros(B, NH, NC, **f32))  # fmt: skip
             chunkwise_bw.chunkwise_bw(*args, *states, h, *stats, h, *dlast, tuple(states), variant=variant,
                                       config=config, borders=borders)  # fmt: skip
+
+        launch(config)
+        if not given and variant.params["kernels"] == "fused" and dtype == torch.bfloat16:
+            # the reverse recurrence with its weights computed first (its kernels are the same in both variants)
+            launch(dict(config, dstate_gates="pre"))
+        if not given and variant.params["kernels"] == "split" and dtype == torch.bfloat16:
+            launch(dict(config, states_every=2))  # chunks of 2 L taken as two halves, states every 2 L
     elif variant.family == "parallel_bw":
         B, NH, S = args[0].shape[:3]
         f32 = dict(dtype=torch.float32)

@@ -192,15 +192,16 @@ def tune_shape(shape: Shape, *, trials: int, time_budget_s: float | None, storag
                                    shape.dtype, device))  # fmt: skip
 
     dtype_bytes = torch.empty(0, dtype=getattr(torch, shape.dtype)).element_size()
+    candidates = space.variants_of(form, cell, shape.direction)
     try:
         result = search.run_study(
-            study, space.variants_of(form, cell, shape.direction), (default_variant, default_config), evaluate,
+            study, candidates, (default_variant, default_config), evaluate,
             DHQK=shape.DHQK,
             DHHV=shape.DHHV, dtype_bytes=dtype_bytes, trials=trials, time_budget_s=time_budget_s,
             progress=_progress(f"{shape.op} {shape.direction} B={shape.B} NH={shape.NH} S={shape.S} "
                                f"{shape.DHQK}/{shape.DHHV}"),
             starts=warm_starts(key, gpu, list(db_folders)),
-            seeds=space.seeds((default_variant, default_config), space.variants_of(form, cell, shape.direction)),
+            seeds=space.seeds((default_variant, default_config), candidates),
         )  # fmt: skip
     finally:
         runner.close()

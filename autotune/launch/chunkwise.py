@@ -165,10 +165,11 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
         if keep:
             saved.update(Cb=borders[0], nb=borders[1], mb=borders[2], L=config["L"])
     elif variant.template == TWOPASS:
-        if saved is not None and saved.get("borders_at") is not None:  # a backward will reuse states of its chunks
-            config = states_every(config, saved["borders_at"])
+        stored = saved.get("borders_at") if saved is not None else None  # a backward will reuse states so far apart
+        if stored is not None:
+            config = states_every(config, stored)
         stride = state_stride(config)  # the output kernel's chunk (its LO)
-        stored = saved["borders_at"] if saved is not None and saved.get("borders_at") else stride  # the states' stride
+        stored = stored or stride  # the stored states' stride
         NC = cdiv(S, stored)
         state_dtype = torch.float32 if variant.params["state"] == "float32" else q.dtype
         buffers = (
