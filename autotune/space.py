@@ -76,14 +76,14 @@ LEGACY = {"chunkwise_bw.py.j2": {"BVD": lambda config: config["BV"], "dstate_gat
 # once), as (variant parameters, configuration changes) applied to a study's default point; measured right after its
 # starting points (tuning_db/reports/NOTES.md, fifth session)
 SEEDS: dict[str, list[tuple[dict, dict]]] = {
-    # states every 128 tokens: the halves output kernel, which spills less at 8 warps than at 4 (ptxas)
-    "chunkwise_twopass_fw.py.j2": [({}, {"out_values": "halves", "num_warps_out": 8})],
+    # the best output point of the H200 sweep at the 7B layout (profile_forward.py --sweep halves, 2026-11-30):
+    # 1.01 ms against 1.17 at 2 stages. States every 128 tokens (out_values "halves") lost there: 2.22 ms vs 2.19.
+    "chunkwise_twopass_fw.py.j2": [({}, {"out_values": "loop", "BKO": 64, "BVO": 128, "num_stages": 3})],
     "chunkwise_bw.py.j2": [
-        # the split kernels in halves (states per 128 tokens), at 8 warps (12 KB of spills at 4)
-        ({"kernels": "split"}, {"states": "reuse", "states_every": 2, "num_warps": 8, "num_stages": 2,
-                                "num_warps_state": 8}),
-        # the forced 7B configuration that beat the tuned one by 0.5 ms (two knobs that each lost alone)
-        ({"kernels": "split"}, {"states": "reuse", "BV": 64, "num_stages": 3, "BVD": 128}),
+        # the best forced training step at the 7B layout (profile_backward.py --sweep split, 2026-11-30): 7.84 ms
+        # against 8.30 without BVD 128 and dstate "pre"; four knobs that each lost or tied alone. The split kernels
+        # in halves (states_every 2) lost by 1.4-1.6x there and are left to the one-knob search.
+        ({"kernels": "split"}, {"states": "reuse", "BV": 64, "num_stages": 3, "BVD": 128, "dstate_gates": "pre"}),
     ],
 }
 
