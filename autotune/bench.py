@@ -173,6 +173,24 @@ def _sdpa(row: Row, x: dict):
 GRAPHED = {"ours_ms": "ours_graph_ms", "upstream_ms": "upstream_graph_ms"}
 
 
+class StateCopies:
+    """Two ways to move the step's bytes with torch: the fp32 state (C, n, m) copied into another buffer, and read
+    and written back in place. The faster one, timed as the step's graph column, is the copy bandwidth the step is
+    held to at its own size (a copy of 134 MB does not reach the bandwidth of a copy of gigabytes)."""
+
+    def __init__(self, row: Row, x: dict):
+        self.src = [t.clone() for t in _step_state(row, x)]
+        self.dst = [torch.empty_like(t) for t in self.src]
+
+    def copy(self):
+        for d, s in zip(self.dst, self.src):
+            d.copy_(s)
+
+    def in_place(self):
+        for s in self.src:
+            s.mul_(1.0)
+
+
 def step_bytes(r: dict) -> int:
     """Bytes an in-place step must move at least: the fp32 state (C, n, m) read and written."""
     return 2 * 4 * r["B"] * r["NH"] * (r["DHQK"] * r["DHHV"] + r["DHQK"] + 1)
@@ -209,6 +227,9 @@ def measure(row: Row, device: str, reps_ms: float) -> dict:
             finally:
                 if device == "cuda":
                     torch.cuda.empty_cache()
+        if row.op == "step" and device == "cuda":
+            copies = StateCopies(row, x)
+            out["copy_graph_ms"] = min(float(timer(graphed(fn))) for fn in (copies.copy, copies.in_place))
     finally:
         if saved_env is None:
             os.environ.pop("MLSTM_AUTOTUNE_DISPATCH", None)
@@ -236,13 +257,19 @@ def markdown(gpu: str, table: list[dict], timing: str) -> str:
     graphed = [r for r in table if r["op"] == "step" and r.get("ours_graph_ms")]
     if graphed:
         lines += ["", "Step kernel, eager and replayed from a CUDA graph; bandwidth = the fp32 state read and written "
-                  "once / the graph time", "", "| B | NH | DHQK/DHHV | ours eager | ours graph | upstream eager | "
-                  "upstream graph | ours GB/s | vs upstream (graph) |", "|---|---|---|---|---|---|---|---|---|"]
+                  "once / the graph time; copy = the faster of torch copying that state into another buffer and in "
+                  "place, replayed the same way", "", "| B | NH | DHQK/DHHV | ours eager | ours graph | upstream eager "
+                  "| upstream graph | copy graph | ours GB/s | copy GB/s | ours vs copy | vs upstream (graph) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in graphed:
-            cells = " | ".join(ms(r, c) for c in ("ours_ms", "ours_graph_ms", "upstream_ms", "upstream_graph_ms"))
+            cols = ("ours_ms", "ours_graph_ms", "upstream_ms", "upstream_graph_ms", "copy_graph_ms")
+            cells = " | ".join(ms(r, c) for c in cols)
             gbs = step_bytes(r) / (r["ours_graph_ms"] * 1e-3) / 1e9
+            copy_gbs = f"{step_bytes(r) / (r['copy_graph_ms'] * 1e-3) / 1e9:.0f}" if r.get("copy_graph_ms") else "-"
+            of_copy = f"{r['copy_graph_ms'] / r['ours_graph_ms']:.0%}" if r.get("copy_graph_ms") else "-"
             vs = f"{r['upstream_graph_ms'] / r['ours_graph_ms']:.2f}x" if r.get("upstream_graph_ms") else "-"
-            lines.append(f"| {r['B']} | {r['NH']} | {r['DHQK']}/{r['DHHV']} | {cells} | {gbs:.0f} | {vs} |")
+            lines.append(f"| {r['B']} | {r['NH']} | {r['DHQK']}/{r['DHHV']} | {cells} | {gbs:.0f} | {copy_gbs} "
+                         f"| {of_copy} | {vs} |")  # fmt: skip
     notes = sorted({f"{c}: {n}" for r in table for c, n in r["notes"].items()})
     if notes:
         lines += ["", "Not measured:"] + [f"- {n}" for n in notes]

@@ -127,3 +127,34 @@ def test_every_benchmarked_shape_has_a_preset_that_tunes_it():
     tuned = {(s.op.split(":")[0], s.direction, s.B, s.NH, s.S, s.DHQK, s.DHHV) for ps in PRESETS.values() for s in ps}
     untuned = [r for r in rows(smoke=False) if (r.op, r.pass_, r.B, r.NH, r.S, r.DHQK, r.DHHV) not in tuned]
     assert not untuned, f"bench rows no preset tunes: {untuned}"
+
+
+def test_the_step_copy_baseline_moves_the_bytes_the_bandwidth_counts():
+    from autotune import bench
+
+    row = bench.Row("step", "fw", 3, 2, 1, 16, 8)
+    x = bench._inputs(row, "cpu", torch.float32)
+    copies, state = bench.StateCopies(row, x), bench._step_state(row, x)
+    src, dst = copies.src, copies.dst
+    assert [t.shape for t in src] == [t.shape for t in state] and all(t.dtype == torch.float32 for t in src)
+    read_and_written = sum(2 * t.numel() * t.element_size() for t in src)
+    assert read_and_written == bench.step_bytes({"B": 3, "NH": 2, "DHQK": 16, "DHHV": 8})
+    for t in src:
+        t.normal_()
+    before = [t.clone() for t in src]
+    copies.copy()
+    copies.in_place()
+    assert all(torch.equal(d, b) for d, b in zip(dst, before)) and all(torch.equal(s, b) for s, b in zip(src, before))
+
+
+def test_the_step_table_holds_ours_against_a_copy_of_the_same_bytes():
+    from autotune import bench
+
+    row = {"op": "step", "pass": "fw", "B": 16, "NH": 8, "S": 1, "DHQK": 256, "DHHV": 512, "notes": {},
+           "ours_ms": 0.09, "ours_graph_ms": 0.050, "copy_graph_ms": 0.040, "upstream_ms": 0.1}  # fmt: skip
+    table = bench.markdown("GPU", [row], "timing")
+    line = next(ln for ln in table.splitlines() if ln.startswith("| 16 | 8 |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    nbytes = bench.step_bytes(row)
+    assert cells[7] == "0.040" and cells[8] == f"{nbytes / 0.050e-3 / 1e9:.0f}"
+    assert cells[9] == f"{nbytes / 0.040e-3 / 1e9:.0f}" and cells[10] == "80%" and cells[11] == "-"
