@@ -25,6 +25,8 @@
 #                layout, one per GPU), and its GPU tests
 #   tune-split   the training presets on GPU 0 and the forward presets on GPU 1 at once, same db and journal
 #                (SHAPE_S_BW / SHAPE_S_FW seconds per shape); resumable like tune-presets
+#   floors       the forward's kernels against FLA's and upstream's (tests/gpu/forward_kernels.py, a layout per
+#                GPU), then the step's floors (tests/gpu/step_floor.py, GPU 0); needs fla-core and mlstm_kernels
 # Logs go to $OUT; commit them under tests/gpu/logs/ or tuning_db/reports/ with their command.
 set -u
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
@@ -183,6 +185,15 @@ case "${1:-}" in
         done ) > "$OUT/tune_split_gpu$g.log" 2>&1 &
     done
     wait; grep -h -v "trial" "$OUT"/tune_split_gpu*.log | tail -n 40 ;;
+  floors)
+    for g in 0 1; do L=$([ $g = 0 ] && echo 7b || echo head128)
+      CUDA_VISIBLE_DEVICES=$g timeout 300 python tests/gpu/forward_kernels.py --layout $L --out "$OUT/fwk_$L" \
+        > "$OUT/forward_kernels_$L.log" 2>&1 & done
+    wait; CUDA_VISIBLE_DEVICES=0 timeout 200 python tests/gpu/step_floor.py --out "$OUT/step_floor" \
+      > "$OUT/step_floor.log" 2>&1
+    grep -h -A3 " in all" "$OUT"/forward_kernels_*.log | head -80; tail -n 5 "$OUT/step_floor.log"
+    tar -C "$OUT" -cf "$OUT/floors.tar" fwk_7b fwk_head128 step_floor forward_kernels_7b.log \
+      forward_kernels_head128.log step_floor.log ;;
   retune-bench)  # tune (resumable as tune-presets), then bench with the new database in the same call
     BUDGET_S=${TUNE_S:-360} bash "$0" tune-presets
     cp "$OUT/db/NVIDIA_H200.json" tuning_db/NVIDIA_H200.json; rm -f "$OUT"/db/*.lock
