@@ -84,6 +84,9 @@ SEEDS: dict[str, list[tuple[dict, dict]]] = {
         # against 8.30 without BVD 128 and dstate "pre"; four knobs that each lost or tied alone. The split kernels
         # in halves (states_every 2) lost by 1.4-1.6x there and are left to the one-knob search.
         ({"kernels": "split"}, {"states": "reuse", "BV": 64, "num_stages": 3, "BVD": 128, "dstate_gates": "pre"}),
+        # not yet measured: one key tile at head 128 (dP formed once per chunk), 8 warps; by ptxas its dq/dk kernel
+        # spills 476 bytes per thread against the fused winner's 2924 (tests/perf/kernel_registers.py)
+        ({"kernels": "split"}, {"states": "reuse", "BK": 128, "BV": 32, "num_warps": 8, "BVD": 128}),
     ],
 }
 

@@ -54,28 +54,34 @@ WINNER = dict(BASE, states="reuse", BV=128, states_weighting="k")
 SPLIT_CONFIGS = [  # most wanted first: the sweep stops at its time budget
     ("default", None, None),
     ("fused winner (reuse, BV 128, k weighted)", FUSED, {}),
-    ("split BK 64 BV 128 2 stages", SPLIT, {"num_stages": 2}),  # the 7B training entry shipped 2026-11-30
-    # in halves (states_every 2: C and dC per 128 tokens; the forward then runs its halves output kernel)
-    ("halves BK 64 BV 64 8 warps 2 stages", SPLIT, {"BV": 64, "num_stages": 2, "num_warps": 8, "states_every": 2}),
-    ("split BK 64 BV 64 3 stages, dv BVD 128, dstate pre", SPLIT,
+    ("split BK 64 BV 64 3 stages, dv BVD 128, dstate pre", SPLIT,  # the 7B training entry of the sixth session
      {"BV": 64, "num_stages": 3, "BVD": 128, "dstate_gates": "pre"}),
-    ("halves BK 64 BV 64 8 warps 2 stages, BVD 128, dstate pre, state 8 warps", SPLIT,
-     {"BV": 64, "num_stages": 2, "num_warps": 8, "states_every": 2, "BVD": 128, "dstate_gates": "pre",
-      "num_warps_state": 8}),
+    # one key tile at head 128 (no dP recomputed per key tile), 8 warps: the dq/dk kernel spills 476 bytes per
+    # thread there by ptxas, against 2924 for the fused winner (kernel_registers.py, sixth session)
+    ("split BK 128 BV 32 8 warps, dv BVD 128", SPLIT, {"BK": 128, "BV": 32, "num_warps": 8, "BVD": 128}),
+    ("split BK 128 BV 64 8 warps, dv BVD 128", SPLIT, {"BK": 128, "BV": 64, "num_warps": 8, "BVD": 128}),
+    ("split BK 128 BV 32 8 warps 2 stages, dv BVD 128, dstate pre", SPLIT,
+     {"BK": 128, "BV": 32, "num_warps": 8, "num_stages": 2, "BVD": 128, "dstate_gates": "pre"}),
+    ("split BK 64 BV 128 2 stages", SPLIT, {"num_stages": 2}),  # the 7B training entry shipped in the fourth session
     ("split BK 64 BV 64 3 stages", SPLIT, {"BV": 64, "num_stages": 3}),
     ("split BK 64 BV 64 3 stages, dv BVD 128", SPLIT, {"BV": 64, "num_stages": 3, "BVD": 128}),
     ("fused winner, dstate pre", FUSED, {"dstate_gates": "pre"}),
-    ("halves BK 32 BV 64 8 warps", SPLIT, {"BK": 32, "BV": 64, "num_warps": 8, "states_every": 2}),
-    ("halves BK 64 BV 128 8 warps 2 stages", SPLIT, {"num_stages": 2, "num_warps": 8, "states_every": 2}),
     ("split BK 64 BV 64 3 stages, dv BVD 32", SPLIT, {"BV": 64, "num_stages": 3, "BVD": 32}),
     ("split BK 64 BV 128 3 stages, dv BVD 128", SPLIT, {"num_stages": 3, "BVD": 128}),
     ("split BK 64 BV 64 2 stages, dv BVD 128", SPLIT, {"BV": 64, "num_stages": 2, "BVD": 128}),
     ("split BK 64 BV 64 3 stages, dv BVD 128, dstate pre, state 8 warps", SPLIT,
      {"BV": 64, "num_stages": 3, "BVD": 128, "dstate_gates": "pre", "num_warps_state": 8}),
+    # in halves (states_every 2: C and dC per 128 tokens): 1.5x slower in the sixth session; last
+    ("halves BK 64 BV 64 8 warps 2 stages", SPLIT, {"BV": 64, "num_stages": 2, "num_warps": 8, "states_every": 2}),
+    ("halves BK 64 BV 64 8 warps 2 stages, BVD 128, dstate pre, state 8 warps", SPLIT,
+     {"BV": 64, "num_stages": 2, "num_warps": 8, "states_every": 2, "BVD": 128, "dstate_gates": "pre",
+      "num_warps_state": 8}),
+    ("halves BK 32 BV 64 8 warps", SPLIT, {"BK": 32, "BV": 64, "num_warps": 8, "states_every": 2}),
+    ("halves BK 64 BV 128 8 warps 2 stages", SPLIT, {"num_stages": 2, "num_warps": 8, "states_every": 2}),
 ]
 SPLIT_PER_KERNEL = ("fused winner (reuse, BV 128, k weighted)", "split BK 64 BV 64 3 stages",
                     "split BK 64 BV 64 3 stages, dv BVD 128", "split BK 64 BV 64 3 stages, dv BVD 128, dstate pre",
-                    "fused winner, dstate pre", "halves BK 64 BV 64 8 warps 2 stages")
+                    "fused winner, dstate pre", "split BK 128 BV 32 8 warps, dv BVD 128")
 
 
 def inputs(layout, device):
