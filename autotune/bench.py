@@ -174,21 +174,20 @@ GRAPHED = {"ours_ms": "ours_graph_ms", "upstream_ms": "upstream_graph_ms"}
 
 
 class StateCopies:
-    """Two ways to move the step's bytes with torch: the fp32 state (C, n, m) copied into another buffer, and read
-    and written back in place. The faster one, timed as the step's graph column, is the copy bandwidth the step is
-    held to at its own size (a copy of 134 MB does not reach the bandwidth of a copy of gigabytes)."""
+    """Two ways to move the step's bytes with torch, each one kernel: the fp32 state (C, n, m, laid end to end in one
+    buffer) copied into another buffer, and read and written back in place. The faster one, timed as the step's graph
+    column, is the copy bandwidth the step is held to at its own size (a copy of 134 MB does not reach the bandwidth
+    of a copy of gigabytes). One buffer, not three: in a graph each further kernel adds its launch to the floor."""
 
     def __init__(self, row: Row, x: dict):
-        self.src = [t.clone() for t in _step_state(row, x)]
-        self.dst = [torch.empty_like(t) for t in self.src]
+        self.src = torch.cat([t.flatten() for t in _step_state(row, x)])
+        self.dst = torch.empty_like(self.src)
 
     def copy(self):
-        for d, s in zip(self.dst, self.src):
-            d.copy_(s)
+        self.dst.copy_(self.src)
 
     def in_place(self):
-        for s in self.src:
-            s.mul_(1.0)
+        self.src.mul_(1.0)
 
 
 def step_bytes(r: dict) -> int:

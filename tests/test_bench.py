@@ -134,17 +134,16 @@ def test_the_step_copy_baseline_moves_the_bytes_the_bandwidth_counts():
 
     row = bench.Row("step", "fw", 3, 2, 1, 16, 8)
     x = bench._inputs(row, "cpu", torch.float32)
-    copies, state = bench.StateCopies(row, x), bench._step_state(row, x)
-    src, dst = copies.src, copies.dst
-    assert [t.shape for t in src] == [t.shape for t in state] and all(t.dtype == torch.float32 for t in src)
-    read_and_written = sum(2 * t.numel() * t.element_size() for t in src)
+    copies = bench.StateCopies(row, x)
+    assert copies.src.dtype == torch.float32 and copies.src.dim() == 1  # one buffer: one kernel per copy
+    read_and_written = 2 * copies.src.numel() * copies.src.element_size()
     assert read_and_written == bench.step_bytes({"B": 3, "NH": 2, "DHQK": 16, "DHHV": 8})
-    for t in src:
-        t.normal_()
-    before = [t.clone() for t in src]
+    assert copies.src.numel() == sum(t.numel() for t in bench._step_state(row, x))
+    copies.src.normal_()
+    before = copies.src.clone()
     copies.copy()
     copies.in_place()
-    assert all(torch.equal(d, b) for d, b in zip(dst, before)) and all(torch.equal(s, b) for s, b in zip(src, before))
+    assert torch.equal(copies.dst, before) and torch.equal(copies.src, before)
 
 
 def test_the_step_table_holds_ours_against_a_copy_of_the_same_bytes():
