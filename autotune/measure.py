@@ -266,33 +266,51 @@ def evaluate_here(job: Job) -> Outcome:
                    timing_s=time.perf_counter() - start)  # fmt: skip
 
 
-def _worker(conn, env: dict, evaluate=evaluate_here) -> None:
+def device_healthy() -> bool:
+    """Whether this process's CUDA context still runs work. An illegal memory access (and any other sticky error)
+    poisons the context: every later launch in the process fails with the same error, whatever it runs. On the H200
+    one fused backward candidate did so and failed the next 20-40 candidates of its study in each tuning run
+    (tuning_db/reports/NOTES.md, sixth session)."""
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return True
+    try:
+        torch.cuda.synchronize()
+        return (torch.ones(1, device="cuda") + 1).item() == 2.0
+    except Exception:  # noqa: BLE001 - any error here means the context is gone
+        return False
+
+
+def _worker(conn, env: dict, evaluate=evaluate_here, healthy=device_healthy) -> None:
     os.environ.update(env)
     conn.send("ready")  # imports are done (unpickling this function imported the module): jobs are timed from here
     while True:
         job = conn.recv()
         if job is None:
             return
-        conn.send(asdict(evaluate(Job(**job))))
+        outcome = evaluate(Job(**job))
+        # after a failure, whether the device still works here: if not, the parent starts a fresh worker
+        conn.send({"outcome": asdict(outcome), "healthy": outcome.ok or healthy()})
 
 
 class IsolatedRunner:
-    """Evaluates jobs in a persistent child process (spawned, so CUDA starts fresh); restarts it after a crash or a
-    time-out and reports that job as failed."""
+    """Evaluates jobs in a persistent child process (spawned, so CUDA starts fresh); restarts it after a crash, a
+    time-out, or a failure that left its CUDA context unusable, and reports that job as failed."""
 
     def __init__(self, timeout_s: float = 300.0, env: dict | None = None, evaluate=evaluate_here,
-                 startup_s: float = 120.0):  # fmt: skip
-        """``evaluate`` (a module-level function, importable by the child) runs a Job in the child. ``timeout_s``
-        limits each job; a (re)started worker first gets ``startup_s`` to import what it needs, so the job after a
-        crash is not charged for the restart."""
+                 startup_s: float = 120.0, healthy=device_healthy):  # fmt: skip
+        """``evaluate`` (a module-level function, importable by the child) runs a Job in the child, and ``healthy``
+        (the same) says there after a failed job whether the child can go on. ``timeout_s`` limits each job; a
+        (re)started worker first gets ``startup_s`` to import what it needs, so the job after a crash is not charged
+        for the restart."""
         self.timeout_s, self.env, self.evaluate_fn = timeout_s, dict(env or {}), evaluate
-        self.startup_s = startup_s
+        self.startup_s, self.healthy_fn = startup_s, healthy
         self._ctx = multiprocessing.get_context("spawn")
         self._proc = self._conn = None
 
     def _start(self) -> None:
         parent, child = self._ctx.Pipe()
-        self._proc = self._ctx.Process(target=_worker, args=(child, self.env, self.evaluate_fn), daemon=True)
+        self._proc = self._ctx.Process(target=_worker, args=(child, self.env, self.evaluate_fn, self.healthy_fn),
+                                       daemon=True)  # fmt: skip
         self._proc.start()
         self._conn = parent
         if not (parent.poll(self.startup_s) and parent.recv() == "ready"):
@@ -304,7 +322,12 @@ class IsolatedRunner:
                 self._start()
             self._conn.send(asdict(job))
             if self._conn.poll(self.timeout_s):
-                return Outcome(**self._conn.recv())
+                reply = self._conn.recv()
+                outcome = Outcome(**reply["outcome"])
+                if not reply["healthy"]:  # its CUDA context is lost: the next job gets a fresh worker
+                    self.close()
+                    outcome.reason += " (it left the worker's CUDA context unusable: worker restarted)"
+                return outcome
             reason = f"timed out after {self.timeout_s:g} s"
         except (EOFError, BrokenPipeError, ConnectionResetError) as err:
             reason = str(err) if "did not start" in str(err) else "the worker process died"

@@ -80,6 +80,28 @@ def crashing_worker(job: Job) -> Outcome:
     return Outcome(ok=True, p50_ms=1.0, p20_ms=0.9, p80_ms=1.1, error=0.0)
 
 
+_POISONED = []  # in the child: set once a job "poisons" it, as an illegal memory access does a CUDA context
+
+
+def poisoning_worker(job: Job) -> Outcome:
+    if _POISONED:
+        return Outcome(ok=False, reason="gate: AcceleratorError: CUDA error: an illegal memory access")
+    if job.variant == "poison":
+        _POISONED.append(job.variant)
+        return Outcome(ok=False, reason="gate: AcceleratorError: CUDA error: an illegal memory access")
+    if job.variant == "wrong":
+        return Outcome(ok=False, reason="wrong result")
+    return Outcome(ok=True, p50_ms=1.0, p20_ms=0.9, p80_ms=1.1, error=0.0)
+
+
+def poisoned_check() -> bool:
+    return not _POISONED
+
+
+def worker_pid(job: Job) -> Outcome:
+    return Outcome(ok=job.variant != "wrong", p50_ms=float(os.getpid()), reason="wrong result")
+
+
 def _job(name: str) -> Job:
     return Job(name, {}, 1, 1, 1, 16, 16, "float32", "cpu")
 
@@ -91,6 +113,31 @@ def test_a_crashing_candidate_does_not_kill_the_runner():
         crashed = runner.evaluate(_job("crash"))
         assert not crashed.ok and "died" in crashed.reason and "exit code" in crashed.reason
         assert runner.evaluate(_job("fine")).ok  # a new worker took over
+    finally:
+        runner.close()
+
+
+def test_a_candidate_that_poisons_the_device_context_fails_alone():
+    """A sticky CUDA error (an illegal memory access) makes every later launch of the process fail: the runner starts
+    a fresh worker after it, instead of failing the rest of the study."""
+    runner = IsolatedRunner(timeout_s=30, evaluate=poisoning_worker, healthy=poisoned_check)
+    try:
+        assert runner.evaluate(_job("fine")).ok
+        poisoned = runner.evaluate(_job("poison"))
+        assert not poisoned.ok and "illegal memory access" in poisoned.reason and "restarted" in poisoned.reason
+        assert runner.evaluate(_job("fine")).ok and runner.evaluate(_job("fine")).ok
+        wrong = runner.evaluate(_job("wrong"))  # a failure that leaves the device usable keeps the worker
+        assert not wrong.ok and "restarted" not in wrong.reason
+    finally:
+        runner.close()
+
+
+def test_a_failure_on_a_usable_device_keeps_the_worker():
+    runner = IsolatedRunner(timeout_s=30, evaluate=worker_pid)
+    try:
+        first = runner.evaluate(_job("fine")).p50_ms
+        assert not runner.evaluate(_job("wrong")).ok  # checked by measure.device_healthy: no CUDA here, usable
+        assert runner.evaluate(_job("fine")).p50_ms == first  # the same process
     finally:
         runner.close()
 
