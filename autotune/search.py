@@ -18,6 +18,7 @@ The evaluation is injected: ``evaluate(variant, config) -> Outcome``. ``autotune
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import math
@@ -62,6 +63,15 @@ class StudyResult:
     evaluated: int  # evaluations made by this run
     pruned: list[str] = field(default_factory=list)  # reasons of the points pruned by this run
     failed: list[str] = field(default_factory=list)
+    failure_kinds: dict[str, int] = field(default_factory=dict)  # the whole study's failures by kind, most first
+
+
+def failure_kind(reason: str) -> str:
+    """A failure's kind, without its numbers: "gate: AcceleratorError", "wrong result", "timed out after 300 s"."""
+    head, _, rest = reason.partition(":")
+    if head in ("gate", "timing"):  # the stage, then the exception's type
+        return f"{head}: {rest.partition(':')[0].strip()}"
+    return head.split(" (")[0].strip()
 
 
 def study_name(gpu: str, op: str, direction: str, dtype: str, DHQK: int, DHHV: int, S: int, BNH: int,
@@ -390,5 +400,7 @@ def _result(study: optuna.Study, evaluated: int, pruned: list[str], failed: list
                            f"{_outcome(default_trial).reason or default_trial.state.name})")  # fmt: skip
     best = min(complete, key=lambda t: (t.value, t.number))
     point = json.loads(best.user_attrs["point"])
+    kinds = collections.Counter(failure_kind(t.user_attrs.get("reason", "")) for t in study.trials
+                                if t.state == TrialState.FAIL and not t.user_attrs.get("interrupted"))  # fmt: skip
     return StudyResult(point["variant"], point["config"], _outcome(best), _outcome(default_trial), len(study.trials),
-                       evaluated, pruned, failed)  # fmt: skip
+                       evaluated, pruned, failed, dict(kinds.most_common()))  # fmt: skip

@@ -238,7 +238,7 @@ def _tune_all(shapes, args, device_index: int | None) -> list[dict]:
         r = done["result"]
         rows.append({"shape": shape, "variant": r.best_variant, "config": r.best_config, "p50_ms": r.best.p50_ms,
                      "default_ms": r.default.p50_ms, "trials": r.trials, "pruned": len(r.pruned),
-                     "failed": len(r.failed), "db": str(path)})  # fmt: skip
+                     "failed": len(r.failed), "failure_kinds": r.failure_kinds, "db": str(path)})  # fmt: skip
     return rows
 
 
@@ -289,6 +289,11 @@ def run(args) -> int:
         speedup = r["default_ms"] / r["p50_ms"] if r["p50_ms"] > 0 else float("nan")
         print(f"{s.op:14s} {s.direction:4s} {s.B:4d} {s.NH:3d} {s.S:6d} {s.DHQK:5d} {s.DHHV:5d} {s.dtype:9s} "
               f"{r['p50_ms']:9.4g} {r['default_ms']:10.4g} {speedup:7.2f}x  {r['variant']} {r['config']}")  # fmt: skip
+    for r in rows:  # a study that lost many candidates says so: a broken kernel or environment, not a slow one
+        if r["failure_kinds"]:
+            s, kinds = r["shape"], ", ".join(f"{n} x {kind}" for kind, n in r["failure_kinds"].items())
+            print(f"  {s.op} {s.direction} B={s.B} NH={s.NH} S={s.S}: {sum(r['failure_kinds'].values())} of "
+                  f"{r['trials']} candidates failed ({kinds})")  # fmt: skip
     print(f"wrote {len(rows)} entr{'y' if len(rows) == 1 else 'ies'} to {rows[0]['db'] if rows else '-'} "
           f"in {time.monotonic() - start:.0f} s")  # fmt: skip
     return 0

@@ -144,6 +144,19 @@ def test_a_crashing_candidate_is_recorded_and_the_study_goes_on(tmp_path: Path):
     )
 
 
+def test_the_result_counts_the_whole_studys_failures_by_kind(tmp_path: Path):
+    crashes = Replay(crash_when=lambda v, c: v.template == launch_chunkwise.FUSED and c["num_warps"] == 8)
+    study = study_in(tmp_path)
+    run(study, crashes, trials=30)
+    n_failed = sum(t.state == TrialState.FAIL for t in study.trials)
+    again = run(study, crashes, trials=0)  # a reader of the study (the summary after --devices workers)
+    assert n_failed and again.failed == [] and again.failure_kinds == {"worker died": n_failed}
+    illegal = "gate: AcceleratorError: CUDA error: an illegal memory access"
+    assert search.failure_kind(illegal) == "gate: AcceleratorError"
+    assert search.failure_kind("wrong result: relative error 1.22 > 0.05") == "wrong result"
+    assert search.failure_kind("timed out after 300 s (exit code -9)") == "timed out after 300 s"
+
+
 def test_invalid_points_are_pruned_with_their_reason(tmp_path: Path, monkeypatch):
     # a space where every fused point needs too many registers: those are pruned, never evaluated
     monkeypatch.setitem(space.PARAMS, "chunkwise_fused_fw.py.j2",
