@@ -168,7 +168,8 @@ def _next_neighbour(study: optuna.Study, candidates: list[Variant], DHQK: int, D
     of the PAIR_POOL moves that lost least from it (``_pair_step``; move [p1, v1, p2, v2]). NO_BEST_YET while no point
     has been measured (the default may be running on another worker); None when the best point has no untried
     neighbour or pair (a local optimum)."""
-    complete = [t for t in study.trials if t.state == TrialState.COMPLETE and "point" in t.user_attrs]
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE and "point" in t.user_attrs
+                and _still_valid(t, DHQK, DHHV, dtype_bytes, limits)]  # fmt: skip
     if not complete:
         return NO_BEST_YET
     best_trial = min(complete, key=lambda t: (t.value, t.number))
@@ -356,7 +357,8 @@ def run_study(
             progress({"trial": done, "of": trials, "best_ms": best, "elapsed_s": elapsed,
                       "eta_s": elapsed / max(1, evaluated + len(pruned)) * max(0, trials - done),
                       "last_gate_s": last_s[0], "last_timing_s": last_s[1]})  # fmt: skip
-    return _result(study, evaluated, pruned, failed)
+    return _result(study, evaluated, pruned, failed,
+                   usable=lambda trial: _still_valid(trial, DHQK, DHHV, dtype_bytes, limits))  # fmt: skip
 
 
 _WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -392,8 +394,19 @@ def _outcome(trial: optuna.trial.FrozenTrial) -> Outcome:
                    a.get("reason", a.get("invalid", "")))  # fmt: skip
 
 
-def _result(study: optuna.Study, evaluated: int, pruned: list[str], failed: list[str]) -> StudyResult:
-    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+def _still_valid(trial, DHQK: int, DHHV: int, dtype_bytes: int, limits: space.Limits) -> bool:
+    """Whether a measured trial's point is still one the space allows. A rule added since (configurations found to
+    miscompute on a GPU) then keeps an earlier run's point from winning or from being searched around."""
+    if "point" not in trial.user_attrs:
+        return True
+    point = json.loads(trial.user_attrs["point"])
+    variant = by_name(point["variant"])
+    return space.invalid(variant, space.upgrade(variant, point["config"]), DHQK, DHHV, dtype_bytes, limits) is None
+
+
+def _result(study: optuna.Study, evaluated: int, pruned: list[str], failed: list[str],
+            usable: Callable = lambda trial: True) -> StudyResult:  # fmt: skip
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE and usable(t)]
     default_trial = next(t for t in study.trials if t.user_attrs.get("default"))
     if not complete:
         raise RuntimeError(f"no point of study {study.study_name} ran correctly (the default: "

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 from autotune import db as tdb
 from autotune.dispatch import Dispatcher, Request
@@ -301,3 +302,22 @@ def test_report_writes_a_table_and_a_png(tmp_path: Path):
     longest, short_blue, short_grey = blue.max(), blue[blue > 0].min(), grey[grey > 0].min()
     assert grey.max() == longest
     assert abs(short_grey - 2 * short_blue) <= 2 and abs(3 * short_blue - longest) <= 3
+
+
+def test_every_shipped_entry_is_a_point_the_search_space_allows():
+    """A rule added to the space (a configuration found to miscompute on a GPU) must not leave such an entry in a
+    shipped database: the dispatcher would run it."""
+    from autotune import paths, space
+    from autotune.variants import by_name
+
+    files = sorted(paths.tuning_db_dir().glob("*.json"))
+    assert files
+    for path in files:
+        db = tdb.read(path)
+        assert db is not None and db.entries, path
+        for e in db.entries.values():
+            variant = by_name(e.variant)
+            dtype_bytes = torch.finfo(getattr(torch, e.key.dtype)).bits // 8
+            reason = space.invalid(variant, space.upgrade(variant, e.config), e.key.DHQK, e.key.DHHV, dtype_bytes,
+                                   space.H100_LIMITS)  # fmt: skip
+            assert reason is None, f"{path.name} {e.key}: {reason}"
