@@ -550,3 +550,23 @@ def test_a_pair_never_moves_a_parameter_its_variant_does_not_read(tmp_path: Path
     from_best = [t.user_attrs["move"] for t in study.trials if t.user_attrs.get("base") == best]
     assert ["variant", fused.name] in from_best and any(m[0] == "BVD" for m in from_best)  # both measured from it
     assert not any("variant" in m[::2] and "BVD" in m[::2] for m in from_best if len(m) == 4)
+
+
+def test_the_journal_report_counts_failures_and_errors(tmp_path: Path):
+    import importlib.util
+
+    path = Path(__file__).parent / "perf" / "journal_report.py"
+    spec = importlib.util.spec_from_file_location("journal_report", path)
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    crashes = Replay(crash_when=lambda v, c: v.template == launch_chunkwise.FUSED and c["num_warps"] == 8)
+    study = study_in(tmp_path, name="GPU|chunkwise:exp|fw|bfloat16|DHQK64|DHHV64|S64|BNH2|code-x")
+    run(study, crashes, trials=30)
+    (row,) = report.study_rows(report.studies(tmp_path / "journal.log"))
+    n_failed = sum(t.state == TrialState.FAIL for t in study.trials)
+    assert row["failures"] == {"worker died": n_failed} and row["trials"] == len(study.trials)
+    assert row["default_error"] == 1e-3 and row["worst_error_ratio"] == 1.0  # Replay: every error 1e-3
+    groups = report.forward_errors(report.studies(tmp_path / "journal.log", code="code-x"))
+    n_twopass = sum(json.loads(t.user_attrs["point"])["variant"].startswith("chunkwise_twopass")
+                    for t in study.trials if t.user_attrs.get("error") is not None)  # fmt: skip
+    assert sum(len(e) for e in groups.values()) == n_twopass > 0 and all(k[0] == "DHQK64" for k in groups)
