@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   216549e7fa1de45d
+# template hash:   d1e411cdd2188cd4
 # parameters:      cell=exp, kernels=split
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (exp cell), exact (MATH.md §6), "split" within-chunk kernels.
@@ -502,6 +502,18 @@ def _gate_grads(i_ptr, f_ptr, mt_ptr, R_ptr, Fl_ptr, dm_ptr, i_bh, i_bhc, o_t, m
 
 
 @triton.jit
+def _store_shares(part_ptr, i_k, n_bh, i_bh, S, o_t, m_t, b_dD0, b_u, b_dlf, b_col, b_row):
+    """Key tile i_k's shares of the gate gradients' vectors for tokens o_t, as five rows of part_ptr
+    (row j at offset j * n_bh * S): q . dq_inter, k . dk_trans, and E's dlf, column and row sums."""
+    p_part = part_ptr + (i_k * 5 * n_bh + i_bh) * S + o_t
+    tl.store(p_part, b_dD0, mask=m_t)
+    tl.store(p_part + n_bh * S, b_u, mask=m_t)
+    tl.store(p_part + 2 * n_bh * S, b_dlf, mask=m_t)
+    tl.store(p_part + 3 * n_bh * S, b_col, mask=m_t)
+    tl.store(p_part + 4 * n_bh * S, b_row, mask=m_t)
+
+
+@triton.jit
 def chunkwise_bw_dqk_kernel(
     q_ptr,  # (B, NH, S, DHQK)
     k_ptr,  # (B, NH, S, DHQK)
@@ -563,12 +575,8 @@ def chunkwise_bw_dqk_kernel(
     o_tk = i_bh * S * DHQK + o_t[:, None] * DHQK + o_k[None, :]
     tl.store(dq_ptr + o_tk, b_dq.to(dq_ptr.dtype.element_ty), mask=m_tk)
     tl.store(dk_ptr + o_tk, b_dk.to(dk_ptr.dtype.element_ty), mask=m_tk)
-    p_part = part_ptr + (i_k * 5 * n_bh + i_bh) * S + o_t  # row j of the tile at p_part + j * n_bh * S
-    tl.store(p_part, tl.sum(b_q.to(tl.float32) * b_dqi, axis=1), mask=m_t)
-    tl.store(p_part + n_bh * S, tl.sum(b_k.to(tl.float32) * b_dkt, axis=1), mask=m_t)
-    tl.store(p_part + 2 * n_bh * S, b_dlfE, mask=m_t)
-    tl.store(p_part + 3 * n_bh * S, b_colE, mask=m_t)
-    tl.store(p_part + 4 * n_bh * S, b_rowE, mask=m_t)
+    _store_shares(part_ptr, i_k, n_bh, i_bh, S, o_t, m_t, tl.sum(b_q.to(tl.float32) * b_dqi, axis=1),
+                  tl.sum(b_k.to(tl.float32) * b_dkt, axis=1), b_dlfE, b_colE, b_rowE)  # fmt: skip
     tl.store(partX_ptr + i_k * n_bh * NC + i_bhc, b_X)
 
 
@@ -823,18 +831,10 @@ def chunkwise_bw_dqk_halves_kernel(
     tl.store(dq_ptr + o_tk1, b_dq1.to(dq_ptr.dtype.element_ty), mask=m_tk1)
     tl.store(dk_ptr + o_tk0, b_dk0.to(dk_ptr.dtype.element_ty), mask=m_tk0)
     tl.store(dk_ptr + o_tk1, b_dk1.to(dk_ptr.dtype.element_ty), mask=m_tk1)
-    p_part0 = part_ptr + (i_k * 5 * n_bh + i_bh) * S + o_t0  # row j of the tile at p_part + j * n_bh * S
-    p_part1 = part_ptr + (i_k * 5 * n_bh + i_bh) * S + o_t1
-    tl.store(p_part0, tl.sum(b_q0.to(tl.float32) * b_dqi0, axis=1), mask=m_t0)
-    tl.store(p_part1, tl.sum(b_q1.to(tl.float32) * b_dqi1, axis=1), mask=m_t1)
-    tl.store(p_part0 + n_bh * S, tl.sum(b_k0.to(tl.float32) * b_dkt0, axis=1), mask=m_t0)
-    tl.store(p_part1 + n_bh * S, tl.sum(b_k1.to(tl.float32) * b_dkt1, axis=1), mask=m_t1)
-    tl.store(p_part0 + 2 * n_bh * S, b_dlf0, mask=m_t0)
-    tl.store(p_part1 + 2 * n_bh * S, b_dlf1, mask=m_t1)
-    tl.store(p_part0 + 3 * n_bh * S, b_col0, mask=m_t0)
-    tl.store(p_part1 + 3 * n_bh * S, b_col1, mask=m_t1)
-    tl.store(p_part0 + 4 * n_bh * S, b_row0, mask=m_t0)
-    tl.store(p_part1 + 4 * n_bh * S, b_row1, mask=m_t1)
+    _store_shares(part_ptr, i_k, n_bh, i_bh, S, o_t0, m_t0, tl.sum(b_q0.to(tl.float32) * b_dqi0, axis=1),
+                  tl.sum(b_k0.to(tl.float32) * b_dkt0, axis=1), b_dlf0, b_col0, b_row0)  # fmt: skip
+    _store_shares(part_ptr, i_k, n_bh, i_bh, S, o_t1, m_t1, tl.sum(b_q1.to(tl.float32) * b_dqi1, axis=1),
+                  tl.sum(b_k1.to(tl.float32) * b_dkt1, axis=1), b_dlf1, b_col1, b_row1)  # fmt: skip
     tl.store(partX_ptr + i_k * n_bh * NC + i_bhc, b_X)
 
 
