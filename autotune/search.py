@@ -168,10 +168,8 @@ def _next_neighbour(study: optuna.Study, candidates: list[Variant], DHQK: int, D
     of the PAIR_POOL moves that lost least from it (``_pair_step``; move [p1, v1, p2, v2]). NO_BEST_YET while no point
     has been measured (the default may be running on another worker); None when the best point has no untried
     neighbour or pair (a local optimum)."""
-    default_error = _default_error(study)
-    complete = [t for t in study.trials if t.state == TrialState.COMPLETE and "point" in t.user_attrs
-                and _still_valid(t, DHQK, DHHV, dtype_bytes, limits)
-                and _as_accurate(t.user_attrs.get("error"), default_error)]  # fmt: skip
+    usable = _usable(study, DHQK, DHHV, dtype_bytes, limits)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE and "point" in t.user_attrs and usable(t)]
     if not complete:
         return NO_BEST_YET
     best_trial = min(complete, key=lambda t: (t.value, t.number))
@@ -388,10 +386,7 @@ def run_study(
             progress({"trial": done, "of": trials, "best_ms": best, "elapsed_s": elapsed,
                       "eta_s": elapsed / max(1, evaluated + len(pruned)) * max(0, trials - done),
                       "last_gate_s": last_s[0], "last_timing_s": last_s[1]})  # fmt: skip
-    default_error = _default_error(study)
-    return _result(study, evaluated, pruned, failed,
-                   usable=lambda trial: _still_valid(trial, DHQK, DHHV, dtype_bytes, limits)
-                   and _as_accurate(trial.user_attrs.get("error"), default_error))  # fmt: skip
+    return _result(study, evaluated, pruned, failed, usable=_usable(study, DHQK, DHHV, dtype_bytes, limits))
 
 
 _WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -435,6 +430,14 @@ def _still_valid(trial, DHQK: int, DHHV: int, dtype_bytes: int, limits: space.Li
     point = json.loads(trial.user_attrs["point"])
     variant = by_name(point["variant"])
     return space.invalid(variant, space.upgrade(variant, point["config"]), DHQK, DHHV, dtype_bytes, limits) is None
+
+
+def _usable(study: optuna.Study, DHQK: int, DHHV: int, dtype_bytes: int, limits: space.Limits) -> Callable:
+    """Whether a measured trial may be the study's best: a point the space still allows, and about as accurate as the
+    default (ACCURACY_FACTOR)."""
+    default_error = _default_error(study)
+    return lambda trial: (_still_valid(trial, DHQK, DHHV, dtype_bytes, limits)
+                          and _as_accurate(trial.user_attrs.get("error"), default_error))  # fmt: skip
 
 
 def _result(study: optuna.Study, evaluated: int, pruned: list[str], failed: list[str],
