@@ -60,7 +60,7 @@ PARAMS: dict[str, dict[str, tuple]] = {
         "states_every": (1, 2),  # 2: the split kernels take chunks of 2 L as two halves (half the state traffic)
     },  # fmt: skip
     "parallel_bw.py.j2": {"BT": (16, 32, 64, 128), "BK": TILES, "BV": TILES, "num_warps": (4, 8), "num_stages": (1, 2)},
-    "recurrent_step.py.j2": {"BK": (16, 32, 64, 128), "BV": (16, 32, 64, 128), "num_warps": (1, 2, 4, 8),
+    "recurrent_step.py.j2": {"BK": (16, 32, 64, 128, 256), "BV": (16, 32, 64, 128), "num_warps": (1, 2, 4, 8),
                              "k_tiles": ("loop", "programs")},  # fmt: skip
     "recurrent_sequence.py.j2": {"BV": (16, 32, 64), "num_warps": (1, 2, 4, 8)},
 }
@@ -233,6 +233,9 @@ def invalid(variant: Variant, config: dict, DHQK: int, DHHV: int, dtype_bytes: i
     if t == "recurrent_step.py.j2":
         if config["BK"] > BKfull or config["BV"] > BVfull:
             return "a tile wider than the padded head dims"
+        regs = _elems_per_thread(config["BK"] * config["BV"], config["num_warps"])
+        if regs > 0.8 * limits.registers_per_thread:
+            return f"~{regs:.0f} state values per thread (C tile {config['BK']}x{config['BV']})"
         return None
     if t == "recurrent_sequence.py.j2":
         if config["BV"] > BVfull:

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        recurrent_step.py.j2
-# template hash:   8f6a05eb5801a6b1
+# template hash:   12b8f2dd07b461c4
 # parameters:      cell=sig
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """mLSTM step (sig cell): one token, MATH.md §5. recurrent_step_kernel: one program per (value tile, batch x
@@ -79,6 +79,7 @@ def recurrent_step_kernel(
     b_v = tl.load(v_ptr + i_bh * DHHV + o_v, mask=m_v, other=0.0).to(tl.float32)
     b_num = tl.zeros([BV], dtype=tl.float32)
     b_s = tl.zeros([BK], dtype=tl.float32)
+    b_n = tl.zeros([BK], dtype=tl.float32)  # after the loop: the new n, whole when one key tile covers DHQK
     for i_k in range(0, tl.cdiv(DHQK, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < DHQK
@@ -102,12 +103,16 @@ def recurrent_step_kernel(
         # every program of this head has consumed the old n and m (b_qn, b_m_new above); the last one writes
         tl.debug_barrier()
         if tl.atomic_add(count_ptr + i_bh, 1) == NV - 1:
-            for i_k in range(0, tl.cdiv(DHQK, BK)):
-                o_k = i_k * BK + tl.arange(0, BK)
-                m_k = o_k < DHQK
-                b_k = tl.load(k_ptr + i_bh * DHQK + o_k, mask=m_k, other=0.0).to(tl.float32)
-                b_n = b_decay * tl.load(n_ptr + i_bh * DHQK + o_k, mask=m_k, other=0.0).to(tl.float32) + b_w * b_k
-                tl.store(nout_ptr + i_bh * DHQK + o_k, b_n.to(nout_ptr.dtype.element_ty), mask=m_k)
+            if BK >= DHQK:  # one key tile: the new n is still in registers (no second round trip to memory)
+                o_k = tl.arange(0, BK)
+                tl.store(nout_ptr + i_bh * DHQK + o_k, b_n.to(nout_ptr.dtype.element_ty), mask=o_k < DHQK)
+            else:
+                for i_k in range(0, tl.cdiv(DHQK, BK)):
+                    o_k = i_k * BK + tl.arange(0, BK)
+                    m_k = o_k < DHQK
+                    b_k = tl.load(k_ptr + i_bh * DHQK + o_k, mask=m_k, other=0.0).to(tl.float32)
+                    b_n = b_decay * tl.load(n_ptr + i_bh * DHQK + o_k, mask=m_k, other=0.0).to(tl.float32) + b_w * b_k
+                    tl.store(nout_ptr + i_bh * DHQK + o_k, b_n.to(nout_ptr.dtype.element_ty), mask=m_k)
             tl.atomic_xchg(count_ptr + i_bh, 0)
 
 

@@ -122,7 +122,21 @@ STEP_CASES = [(shape, k_tiles) for shape in SHAPES[1:4] for k_tiles in recurrent
 def test_step_variant_token_by_token(variant, shape, dtype, inplace, k_tiles, check):
     """The step kernel over a sequence, token by token with the state fed back (or updated in place); its key tiles
     walked by each value tile's program, or one program per tile of C with the shares combined by the last one."""
-    config = dict(CONFIGS[variant.template], k_tiles=k_tiles)
+    _check_step_sequence(variant, shape, dtype, inplace, dict(CONFIGS[variant.template], k_tiles=k_tiles), check)
+
+
+@pytest.mark.parametrize("variant", STEP_VARIANTS, ids=[v.name for v in STEP_VARIANTS])
+def test_step_with_one_key_tile_in_place(variant, check):
+    """The in-place step whose one key tile covers DHQK (BK >= DHQK): its last program per head stores the new n
+    from registers rather than recomputing it from memory."""
+    shape = SHAPES[1]  # DHQK 48 in one 64-wide key tile, six value tiles arriving
+    config = dict(CONFIGS[variant.template], BK=triton.next_power_of_2(shape.DHQK), k_tiles="loop")
+    _check_step_sequence(variant, shape, torch.float32, True, config, check)
+
+
+def _check_step_sequence(variant, shape, dtype, inplace, config, check):
+    """Runs the step kernel over shape's tokens one at a time and checks h and the last state against the oracle."""
+    k_tiles = config["k_tiles"]
     cell = variant.params["cell"]
     x = random_inputs(
         *shape.dims(), dtype=dtype, gate_dtype=torch.float32, with_states=True, max_outlier=MAX_OUTLIER.get(dtype, 20.0)
