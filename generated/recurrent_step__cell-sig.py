@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        recurrent_step.py.j2
-# template hash:   12b8f2dd07b461c4
+# template hash:   2ce5548823afd756
 # parameters:      cell=sig
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """mLSTM step (sig cell): one token, MATH.md §5. recurrent_step_kernel: one program per (value tile, batch x
@@ -100,9 +100,11 @@ def recurrent_step_kernel(
     b_h = b_num / _step_den(b_qn, b_m_new, eps, NORMALIZE)
     tl.store(h_ptr + i_bh * DHHV + o_v, b_h.to(h_ptr.dtype.element_ty), mask=m_v)
     if INPLACE:
-        # every program of this head has consumed the old n and m (b_qn, b_m_new above); the last one writes
+        # every program of this head has consumed the old n and m (b_qn, b_m_new above); the last one writes.
+        # Relaxed: the counter orders only those reads, which have returned (h, stored above, depends on them) before
+        # the barrier lets the atomic go; no release fence waits for this program's C and h stores to land
         tl.debug_barrier()
-        if tl.atomic_add(count_ptr + i_bh, 1) == NV - 1:
+        if tl.atomic_add(count_ptr + i_bh, 1, sem="relaxed") == NV - 1:
             if BK >= DHQK:  # one key tile: the new n is still in registers (no second round trip to memory)
                 o_k = tl.arange(0, BK)
                 tl.store(nout_ptr + i_bh * DHQK + o_k, b_n.to(nout_ptr.dtype.element_ty), mask=o_k < DHQK)
@@ -113,7 +115,7 @@ def recurrent_step_kernel(
                     b_k = tl.load(k_ptr + i_bh * DHQK + o_k, mask=m_k, other=0.0).to(tl.float32)
                     b_n = b_decay * tl.load(n_ptr + i_bh * DHQK + o_k, mask=m_k, other=0.0).to(tl.float32) + b_w * b_k
                     tl.store(nout_ptr + i_bh * DHQK + o_k, b_n.to(nout_ptr.dtype.element_ty), mask=m_k)
-            tl.atomic_xchg(count_ptr + i_bh, 0)
+            tl.atomic_xchg(count_ptr + i_bh, 0, sem="relaxed")  # the next launch reads it: the kernel's end orders it
 
 
 @triton.jit
