@@ -4,6 +4,9 @@ the same inputs as ``mlstm-tune bench``). It answers which kernel of ours loses 
 
 A diagnosis for tuning_db/reports/NOTES.md, not a test:
     python tests/gpu/forward_kernels.py --out DIR [--layout 7b|head128] [--S 2048 8192 32768]
+With --ncu each forward runs once to compile, then once inside a CUDA profiler range, for Nsight Compute:
+    ncu --profile-from-start off --clock-control none --kernel-name regex:"states|_h$|_o$|output" ... \
+        python tests/gpu/forward_kernels.py --ncu --layout 7b --S 2048 --out DIR
 """
 
 from __future__ import annotations
@@ -29,11 +32,22 @@ MAKERS = {
 }
 
 
+def profiled_once(fn) -> None:
+    """fn once to compile, then once inside a CUDA profiler range (what ncu --profile-from-start off captures)."""
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStart()
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStop()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--layout", choices=sorted(HEADS), nargs="+", default=sorted(HEADS))
     ap.add_argument("--S", type=int, nargs="+", default=[2048, 8192, 32768])
+    ap.add_argument("--ncu", action="store_true", help="run each forward once in a profiler range, time nothing")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -44,10 +58,15 @@ def main() -> int:
             x = bench._inputs(row, "cuda", torch.bfloat16)
             for name, make in MAKERS.items():
                 try:
-                    kernels = kernels_of(make(row, x), "cuda")
+                    fn = make(row, x)
                 except ImportError as err:
                     print(f"{layout} S={S} {name}: not installed ({err.name})")
                     continue
+                if args.ncu:
+                    profiled_once(fn)
+                    print(f"{layout} S={S} {name}: ran once in the profiler range")
+                    continue
+                kernels = kernels_of(fn, "cuda")
                 results.append({"layout": layout, "S": S, "impl": name, "kernels": kernels})
                 (args.out / "forward_kernels.json").write_text(json.dumps(results, indent=1))
                 total = sum(ms for _, ms in kernels)

@@ -25,6 +25,7 @@
 #                layout, one per GPU), and its GPU tests
 #   tune-split   the training presets on GPU 0 and the forward presets on GPU 1 at once, same db and journal
 #                (SHAPE_S_BW / SHAPE_S_FW seconds per shape); resumable like tune-presets
+#   ncu-fw       Nsight Compute on the forward's kernels and FLA's at S=2048, a layout per GPU
 #   floors       the forward's kernels against FLA's and upstream's (tests/gpu/forward_kernels.py, a layout per
 #                GPU), then the step's floors (tests/gpu/step_floor.py, GPU 0); needs fla-core and mlstm_kernels
 # Logs go to $OUT; commit them under tests/gpu/logs/ or tuning_db/reports/ with their command.
@@ -194,6 +195,14 @@ case "${1:-}" in
     grep -h -A3 " in all" "$OUT"/forward_kernels_*.log | head -80; tail -n 5 "$OUT/step_floor.log"
     tar -C "$OUT" -cf "$OUT/floors.tar" fwk_7b fwk_head128 step_floor forward_kernels_7b.log \
       forward_kernels_head128.log step_floor.log ;;
+  ncu-fw)  # Nsight Compute on the forward's two kernels, ours against FLA's, at S=2048 (a layout per GPU)
+    for g in 0 1; do lay=$([ $g = 0 ] && echo 7b || echo head128)
+      CUDA_VISIBLE_DEVICES=$g timeout 400 ncu --profile-from-start off --clock-control none \
+        --kernel-name regex:"chunkwise_states|chunkwise_output|chunk_fwd_kernel" --section SpeedOfLight \
+        --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+        python tests/gpu/forward_kernels.py --ncu --layout $lay --S 2048 --out "$OUT/fwk_$lay" > "$OUT/ncu_fw_$lay.log" 2>&1 &
+    done
+    wait; for lay in 7b head128; do echo "== $lay"; grep -E "^  [a-z_]+kernel|Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Memory Throughput|DRAM Throughput|Compute \(SM\) Thr|Block Limit Reg|Dynamic Shared|Grid Size|Block Size" "$OUT/ncu_fw_$lay.log" | head -60; done ;;
   retune-bench)  # tune (resumable as tune-presets), then bench with the new database in the same call
     BUDGET_S=${TUNE_S:-360} bash "$0" tune-presets
     cp "$OUT/db/NVIDIA_H200.json" tuning_db/NVIDIA_H200.json; rm -f "$OUT"/db/*.lock
