@@ -121,23 +121,33 @@ def lo64_setup(variant, layout):
     return inputs(layout), config, state_buffers(B, NH, cdiv(S, 64), K, V)
 
 
-def states_sweep(args, start: float, out: Path) -> int:
+# the states sweep's points ((BKS, BVS), warps): 8 warps only for the big state tiles (they lost everywhere else,
+# profile/..._profile_forward_7b.log)
+STATES_TILES = [((64, 128), 4), ((64, 64), 4), ((128, 64), 4), ((256, 32), 4), ((256, 64), 4), ((256, 64), 8),
+                ((128, 128), 4), ((128, 128), 8)]  # fmt: skip
+# --sweep states-narrow: one- and two-warp programs, as FLA's chunk_fwd_kernel_h runs (1 warp, 8 programs per SM,
+# 3.2 TB/s against our 2.56 at the 7B layout: ncu, profile/2026-11-30g_ncu_fw_7b.log), after the shipped point
+NARROW_TILES = [((64, 128), 4), ((256, 16), 1), ((128, 32), 1), ((64, 64), 1), ((64, 32), 1), ((128, 16), 1),
+                ((256, 32), 2), ((128, 64), 2), ((64, 128), 2), ((256, 16), 2)]  # fmt: skip
+
+
+def states_sweep(args, start: float, out: Path, narrow: bool = False) -> int:
     """The states kernel alone at LO=64: states_gates "inline" against "pre" (the prep kernel included in the time)
     and states_weighting "k" against "v", at each point of tiles, warps and stages (so a cut-off sweep still compares
-    all four at the points it reached); the stored states checked against the default kernel."""
+    all four at the points it reached); the stored states checked against the default kernel. ``narrow``: the
+    NARROW_TILES points at 2 and 3 stages, gates "pre" only (the shipped entries' choice)."""
     variant = find(launch.TWOPASS, cell="exp", state="input")
     module = load_variant(variant)
     rows = []
-    # 8 warps only for the big state tiles (they lost everywhere else, profile/..._profile_forward_7b.log)
-    tiles = [((64, 128), 4), ((64, 64), 4), ((128, 64), 4), ((256, 32), 4), ((256, 64), 4), ((256, 64), 8),
-             ((128, 128), 4), ((128, 128), 8)]  # fmt: skip
-    kinds = list(itertools.product(("inline", "pre"), ("k", "v")))
+    tiles = NARROW_TILES if narrow else STATES_TILES
+    stages = (2, 3) if narrow else (1, 2, 3)
+    kinds = list(itertools.product(("pre",) if narrow else ("inline", "pre"), ("k", "v")))
     for lname, layout in LAYOUTS.items():
         B, NH, S, K, V = layout
         x, cfg, buffers = lo64_setup(variant, layout)
         states_call(module, x, dict(cfg, states_gates="inline", states_weighting="k"), buffers)()
         ref = [b.float().clone() for b in buffers]
-        for ((bk, bv), w), st, (gates, weighting) in itertools.product(tiles, (1, 2, 3), kinds):
+        for ((bk, bv), w), st, (gates, weighting) in itertools.product(tiles, stages, kinds):
             if time.monotonic() - start > args.budget_s or bk > K or bv > V:
                 continue
             c = dict(cfg, states_gates=gates, states_weighting=weighting, BKS=bk, BVS=bv, num_warps_states=w,
@@ -263,9 +273,10 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1 (a run of "
                     "the script only: the interpreter mis-computes bf16 dots, so the error columns mean nothing)")
     ap.add_argument("--layout", choices=sorted(LAYOUTS), help="only this head layout (e.g. one per GPU)")
-    ap.add_argument("--sweep", choices=("all", "loop", "states", "halves"), default="all",
+    ap.add_argument("--sweep", choices=("all", "loop", "states", "states-narrow", "halves"), default="all",
                     help="loop: only the output kernels (per-tile and per-chunk loop) at LO=64; states: only the "
-                    "states kernel, gates in its loop against gates computed first; halves: states every 128 "
+                    "states kernel, gates in its loop against gates computed first; states-narrow: its one- and "
+                    "two-warp points (gates pre); halves: states every 128 "
                     "tokens with the halves output kernel against every 64 with the loop kernel; each checked, "
                     "then timed")
     args = ap.parse_args()
@@ -278,8 +289,8 @@ def main() -> int:
         LAYOUTS = {args.layout: LAYOUTS[args.layout]}
     if args.sweep == "loop":
         return loop_sweep(args, start, out)
-    if args.sweep == "states":
-        return states_sweep(args, start, out)
+    if args.sweep in ("states", "states-narrow"):
+        return states_sweep(args, start, out, narrow=args.sweep == "states-narrow")
     if args.sweep == "halves":
         return halves_sweep(args, start, out)
     work = Path(tempfile.mkdtemp())
