@@ -13,10 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from forward_kernels import profiled_once  # noqa: E402
 from profile_backward import LAYOUTS, inputs, step_fn  # noqa: E402
 
 from autotune.torch import get_mlstm_kernel  # noqa: E402
@@ -27,13 +26,7 @@ def main() -> int:
     ap.add_argument("--layout", choices=sorted(LAYOUTS), required=True)
     args = ap.parse_args()
     x = inputs(LAYOUTS[args.layout], "cuda")
-    step = step_fn(get_mlstm_kernel("chunkwise--triton_auto"), x, 64)
-    step()
-    torch.cuda.synchronize()
-    torch.cuda.cudart().cudaProfilerStart()
-    step()
-    torch.cuda.synchronize()
-    torch.cuda.cudart().cudaProfilerStop()
+    profiled_once(step_fn(get_mlstm_kernel("chunkwise--triton_auto"), x, 64))
     return 0
 
 
