@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        recurrent_step.py.j2
-# template hash:   2ce5548823afd756
+# template hash:   5552ae16d5756206
 # parameters:      cell=exp
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """mLSTM step (exp cell): one token, MATH.md §5. recurrent_step_kernel: one program per (value tile, batch x
@@ -100,8 +100,11 @@ def recurrent_step_kernel(
     tl.store(h_ptr + i_bh * DHHV + o_v, b_h.to(h_ptr.dtype.element_ty), mask=m_v)
     if INPLACE:
         # every program of this head has consumed the old n and m (b_qn, b_m_new above); the last one writes.
-        # Relaxed: the counter orders only those reads, which have returned (h, stored above, depends on them) before
-        # the barrier lets the atomic go; no release fence waits for this program's C and h stores to land
+        # Relaxed: the counter orders only those reads, and no release fence waits for this program's C and h stores
+        # to land. The reads have returned before the barrier lets the atomic go, since the stores above consume
+        # them (C through the decay; h through q . n, unless the sig cell skips normalising, when no other program
+        # uses n). That is ordering by data dependence, which GPUs keep, not one the PTX memory model promises for
+        # relaxed atomics; the GPU tests run the in-place step token by token against the oracle.
         tl.debug_barrier()
         if tl.atomic_add(count_ptr + i_bh, 1, sem="relaxed") == NV - 1:
             if BK >= DHQK:  # one key tile: the new n is still in registers (no second round trip to memory)

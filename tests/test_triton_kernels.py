@@ -158,7 +158,7 @@ def _check_step_sequence(variant, shape, dtype, inplace, config, check):
     reference = _oracle(x, cell)
     outputs = {"h": torch.stack(hs, 2), "C": C, "n": n} | ({"m": m.reshape(B, NH, 1)} if cell == "exp" else {})
     limits = conditioning_limits(dtype, lambda x64: _oracle(x64, cell), x)
-    check(target=f"{variant.name} {k_tiles} x{S} ({'in place' if inplace else 'new state'})",
+    check(target=f"{variant.name} {k_tiles} BK={config['BK']} x{S} ({'in place' if inplace else 'new state'})",
           baseline="reference.mlstm_recurrent(fp64)", dims=shape.dims(), dtype=dtype,
           pairs={k: (outputs[k], reference[k]) for k in reference}, limit=limits)  # fmt: skip
 

@@ -156,7 +156,8 @@ def states_sweep(args, start: float, out: Path, narrow: bool = False) -> int:
             errs = [((b.float() - r).norm() / r.norm().clamp_min(1e-30)).item() for b, r in zip(buffers, ref)]
             rows.append(dict(layout=lname, kind=f"states-{gates}-{weighting}", BKS=bk, BVS=bv, warps=w, stages=st,
                              ms=ms, rel_err_C_n_m=errs))  # fmt: skip
-            (out / "profile_states.json").write_text(json.dumps(rows, indent=1))
+            name = "profile_states_narrow.json" if narrow else "profile_states.json"
+            (out / name).write_text(json.dumps(rows, indent=1))
             print(json.dumps(rows[-1]), flush=True)
         del x, buffers
         if DEVICE == "cuda":

@@ -118,9 +118,15 @@ def test_low_precision_gates(variant, gate_dtype, check):
           dtype=torch.bfloat16, pairs={"h": (h, _oracle(x, cell)["h"])}, limit=LIMITS[torch.bfloat16])  # fmt: skip
 
 
+# the built-in default (4 key tiles, the last program reloads n), and the H200 database's point at B = 1 and 16 (one
+# 256-wide key tile, the new n stored from registers; 16 value tiles arriving per head)
+STEP_CONFIGS = {"default": None, "one-key-tile": {"BK": 256, "BV": 32, "num_warps": 2, "k_tiles": "loop"}}
+
+
+@pytest.mark.parametrize("config", STEP_CONFIGS.values(), ids=STEP_CONFIGS.keys())
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("variant", STEP_VARIANTS, ids=[v.name for v in STEP_VARIANTS])
-def test_step_on_gpu(variant, dtype, check):
+def test_step_on_gpu(variant, dtype, config, check):
     """The in-place step kernel, 64 tokens at the 7B head layout with B = 16, against the oracle."""
     shape = (16, 8, 64, 256, 512)
     cell = variant.params["cell"]
@@ -128,13 +134,13 @@ def test_step_on_gpu(variant, dtype, check):
     B, NH = shape[:2]
     C, n = x["c_initial"].float().clone(), x["n_initial"].float().clone()
     m = x["m_initial"].float().reshape(B, NH).clone() if cell == "exp" else None
-    hs = [recurrent.step_fw(*(x[k][:, :, t] for k in "qkvif"), C, n, m, variant=variant, out=(C, n, m))
-          for t in range(shape[2])]  # fmt: skip
+    hs = [recurrent.step_fw(*(x[k][:, :, t] for k in "qkvif"), C, n, m, variant=variant, config=config,
+                            out=(C, n, m)) for t in range(shape[2])]  # fmt: skip
     out = {"h": torch.stack(hs, 2), "C": C, "n": n} | ({"m": m.reshape(B, NH, 1)} if cell == "exp" else {})
     ref = _oracle(x, cell)
-    check(target=f"{variant.name} in place x{shape[2]}", baseline="native chunkwise fp64 (GPU)", dims=shape,
-          dtype=dtype, pairs={k: (out[k], ref[k]) for k in ref}, limit=LIMITS[dtype] if dtype == torch.bfloat16
-          else 1e-4)  # fmt: skip
+    check(target=f"{variant.name} {config or 'default'} in place x{shape[2]}", baseline="native chunkwise fp64 (GPU)",
+          dims=shape, dtype=dtype, pairs={k: (out[k], ref[k]) for k in ref},
+          limit=LIMITS[dtype] if dtype == torch.bfloat16 else 1e-4)  # fmt: skip
 
 
 BIG = (1, 8, 524_288, 256, 512)  # v has 2^31 elements (upstream dies here with an illegal memory access)
