@@ -108,22 +108,25 @@ def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int, co
 
 
 def _compile(fn, args, kwargs, target: GPUTarget):
-    signature, constexprs = {}, {}
+    signature, constexprs, attrs = {}, {}, {}
     options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
     values = dict(zip([p.name for p in fn.params], args)) | kwargs
-    for p in fn.params:
+    for index, p in enumerate(fn.params):
         value = values[p.name]
         if p.is_constexpr:
             signature[p.name], constexprs[p.name] = "constexpr", value
         elif isinstance(value, torch.Tensor):
             signature[p.name] = "*" + _TYPES[value.dtype]
+            aligned = value.data_ptr() % 16 == 0
         elif isinstance(value, bool):
-            signature[p.name] = "i1"
+            signature[p.name], aligned = "i1", False
         elif isinstance(value, int):
-            signature[p.name] = "i32"
+            signature[p.name], aligned = "i32", value % 16 == 0
         else:
-            signature[p.name] = "fp32"
-    src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+            signature[p.name], aligned = "fp32", False
+        if not p.is_constexpr and aligned:  # as Triton's launcher specializes: 16-byte aligned pointers, and
+            attrs[(index,)] = [["tt.divisibility", 16]]  # integers divisible by 16 (what vectorized access needs)
+    src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=target, options=options)
 
 

@@ -33,7 +33,7 @@ PARAMS: dict[str, dict[str, tuple]] = {
         "num_stages": STAGES,
         "out_values": ("tiles", "loop", "halves"),
         "states_gates": ("inline", "pre"),
-        "states_weighting": ("k", "v"),
+        "states_weighting": ("k", "v", "kT"),
     },  # fmt: skip
     "parallel_fw.py.j2": {
         "BQ": (16, 32, 64, 128),
@@ -55,7 +55,7 @@ PARAMS: dict[str, dict[str, tuple]] = {
         "num_stages": (1, 2, 3),  # 3: the split kernels' best at the 7B layout (tuning_db/reports/NOTES.md)
         "states": ("recompute", "reuse"),
         "state_buffers": ("float32", "input"),
-        "states_weighting": ("k", "v"),
+        "states_weighting": ("k", "v", "kT"),
         "dstate_gates": ("inline", "pre"),
         "states_every": (1, 2),  # 2: the split kernels take chunks of 2 L as two halves (half the state traffic)
     },  # fmt: skip

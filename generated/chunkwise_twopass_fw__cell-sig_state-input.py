@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_twopass_fw.py.j2
-# template hash:   854e081bf1211dc1
+# template hash:   d3d83e18591a664a
 # parameters:      cell=sig, state=input
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (sig cell), two passes:
@@ -11,7 +11,9 @@
      chunk_gate_weights_kernel first computes every sub-chunk's own weights in parallel (PRE_GATES), and the
      sequential loop keeps loads, one product and the scalar max-state chain; "inline" computes them in the loop.
      The launch parameter "states_weighting": "k" weights k by the tokens' weights and transposes it in registers;
-     "v" (WEIGHT_V) loads k^T as such and weights v, and only the first value tile's programs reduce n.
+     "v" (WEIGHT_V) loads k^T as such and weights v, and only the first value tile's programs reduce n; "kT"
+     (WEIGHT_KT) loads k^T as such and weights it there (v goes from memory to the product unchanged, and n is the
+     weighted k^T's row sum, first value tile only).
   2. The outputs of every chunk in parallel from its stored state and its own tokens, looping over DHQK in tiles of
      BKO, in one of three kernels (the launch parameter "out_values"):
      "tiles": chunkwise_output_kernel, one program per value tile, grid (cdiv(DHHV, BVO), cdiv(S, LO), B * NH);
@@ -164,6 +166,7 @@ def chunkwise_states_kernel(
     DOT_PRECISION: tl.constexpr,
     PRE_GATES: tl.constexpr,
     WEIGHT_V: tl.constexpr,
+    WEIGHT_KT: tl.constexpr,
 ):
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_k = i_k * BK + tl.arange(0, BK)
@@ -209,6 +212,14 @@ def chunkwise_states_kernel(
                 b_C = b_decay * b_C + b_scale * tl.dot(b_kT, b_vw, input_precision=DOT_PRECISION)
                 if i_v == 0:  # only the first value tile's programs store n: the others skip the reduction
                     b_n = b_decay * b_n + b_scale * tl.sum(b_kT.to(tl.float32) * b_w[None, :], axis=1)
+            elif WEIGHT_KT:  # k^T loaded as such and weighted there, v unchanged from memory; the weighted k^T
+                # also gives n (first value tile only)
+                b_kT = tl.load(k_ptr + o_t[None, :] * DHQK + o_k[:, None], mask=m_k[:, None] & m_t[None, :],
+                               other=0.0)  # [BK, LI]
+                b_kTw = b_kT.to(tl.float32) * b_w[None, :]
+                b_C = b_decay * b_C + b_scale * tl.dot(b_kTw.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)
+                if i_v == 0:
+                    b_n = b_decay * b_n + b_scale * tl.sum(b_kTw, axis=1)
             else:
                 b_k = tl.load(k_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
                               other=0.0)

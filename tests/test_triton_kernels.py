@@ -40,12 +40,13 @@ SEQUENCE_VARIANTS = [v for v in VARIANTS if v.family in ("chunkwise_fw", "parall
 
 
 def _configs(variant) -> list[dict]:
-    """The test configuration; for the two-pass structure four times: every pair of the states kernel's gates
-    (in its loop, or computed first) and product (k weighted, or v weighted), each product with a per-chunk output
-    kernel (the loop kernel, or the one taking chunks of 2 LO as two halves) and with the per-value-tile one."""
+    """The test configuration; for the two-pass structure five times, pairing the states kernel's gates (in its loop,
+    or computed first) and product (k weighted, v weighted, or k^T weighted where it is loaded) with the output
+    kernels (per value tile, per chunk looping over value tiles, chunks of 2 LO taken as two halves)."""
     config = CONFIGS[variant.template]
     if variant.template == chunkwise.TWOPASS:
-        points = (("tiles", "inline", "k"), ("loop", "pre", "k"), ("tiles", "pre", "v"), ("halves", "inline", "v"))
+        points = (("tiles", "inline", "k"), ("loop", "pre", "k"), ("tiles", "pre", "v"), ("halves", "inline", "v"),
+                  ("loop", "pre", "kT"))
         return [dict(config, out_values=o, states_gates=g, states_weighting=w) for o, g, w in points]
     return [config]
 

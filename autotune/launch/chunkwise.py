@@ -33,8 +33,9 @@ OUT_VALUES = ("tiles", "loop", "halves")
 # the states kernel's gates: computed in its sequential loop, or for all sub-chunks first by a parallel kernel
 STATES_GATES = ("inline", "pre")
 # the states kernel's product: k weighted by the tokens' weights and transposed in registers, or k^T loaded as such
-# and v weighted ("v": only the first value tile's programs reduce n)
-STATES_WEIGHTING = ("k", "v")
+# and v weighted ("v"), or k^T loaded as such and weighted there ("kT"); for "v" and "kT" only the first value tile's
+# programs reduce n
+STATES_WEIGHTING = ("k", "v", "kT")
 
 
 def default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
@@ -103,7 +104,8 @@ def _launch_states(module, k, v, i, f, C0, n0, m0, has_state, buffers, last, *, 
         k, v, i, f, C0, n0, m0, *buffers, *last, w, gw, S, NC, DHQK=DHQK, DHHV=DHHV, LI=LI, LO=LO,
         BK=config["BKS"], BV=config["BVS"], HAS_STATE=has_state, STORE_LAST=last[0].numel() > 1,
         STORE_BORDERS=store_borders, DOT_PRECISION=prec, PRE_GATES=pre,
-        WEIGHT_V=config.get("states_weighting", "k") == "v", num_warps=config["num_warps_states"],
+        WEIGHT_V=config.get("states_weighting", "k") == "v", WEIGHT_KT=config.get("states_weighting", "k") == "kT",
+        num_warps=config["num_warps_states"],
         num_stages=config["num_stages"],
     )  # fmt: skip
 

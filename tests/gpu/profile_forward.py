@@ -129,19 +129,27 @@ STATES_TILES = [((64, 128), 4), ((64, 64), 4), ((128, 64), 4), ((256, 32), 4), (
 # 3.2 TB/s against our 2.56 at the 7B layout: ncu, profile/2026-11-30g_ncu_fw_7b.log), after the shipped point
 NARROW_TILES = [((64, 128), 4), ((256, 16), 1), ((128, 32), 1), ((64, 64), 1), ((64, 32), 1), ((128, 16), 1),
                 ((256, 32), 2), ((128, 64), 2), ((64, 128), 2), ((256, 16), 2)]  # fmt: skip
+# --sweep states-kT: k^T weighted where it is loaded (the product's A operand from registers, v from memory as is)
+# against the shipped v weighting, at the shipped point first, then wider key tiles (A in registers needs 64 rows per
+# warp group)
+KT_TILES = [((64, 128), 4), ((64, 64), 4), ((64, 256), 4), ((128, 64), 4), ((128, 128), 4), ((128, 128), 8),
+            ((256, 64), 8), ((64, 256), 8)]  # fmt: skip
 
 
-def states_sweep(args, start: float, out: Path, narrow: bool = False) -> int:
+def states_sweep(args, start: float, out: Path, mode: str = "all") -> int:
     """The states kernel alone at LO=64: states_gates "inline" against "pre" (the prep kernel included in the time)
     and states_weighting "k" against "v", at each point of tiles, warps and stages (so a cut-off sweep still compares
-    all four at the points it reached); the stored states checked against the default kernel. ``narrow``: the
-    NARROW_TILES points at 2 and 3 stages, gates "pre" only (the shipped entries' choice)."""
+    all four at the points it reached); the stored states checked against the default kernel. ``mode`` "narrow":
+    the NARROW_TILES points at 2 and 3 stages, gates "pre" only (the shipped entries' choice); "kT": the KT_TILES
+    points at 2 and 3 stages, gates "pre", weighting "v" (shipped) against "kT" (k^T weighted where it is loaded)."""
     variant = find(launch.TWOPASS, cell="exp", state="input")
     module = load_variant(variant)
     rows = []
-    tiles = NARROW_TILES if narrow else STATES_TILES
-    stages = (2, 3) if narrow else (1, 2, 3)
-    kinds = list(itertools.product(("pre",) if narrow else ("inline", "pre"), ("k", "v")))
+    tiles = {"all": STATES_TILES, "narrow": NARROW_TILES, "kT": KT_TILES}[mode]
+    stages = (1, 2, 3) if mode == "all" else (2, 3)
+    weightings = ("v", "kT") if mode == "kT" else ("k", "v")
+    kinds = list(itertools.product(("inline", "pre") if mode == "all" else ("pre",), weightings))
+    name = {"all": "profile_states.json", "narrow": "profile_states_narrow.json", "kT": "profile_states_kT.json"}[mode]
     for lname, layout in LAYOUTS.items():
         B, NH, S, K, V = layout
         x, cfg, buffers = lo64_setup(variant, layout)
@@ -156,7 +164,6 @@ def states_sweep(args, start: float, out: Path, narrow: bool = False) -> int:
             errs = [((b.float() - r).norm() / r.norm().clamp_min(1e-30)).item() for b, r in zip(buffers, ref)]
             rows.append(dict(layout=lname, kind=f"states-{gates}-{weighting}", BKS=bk, BVS=bv, warps=w, stages=st,
                              ms=ms, rel_err_C_n_m=errs))  # fmt: skip
-            name = "profile_states_narrow.json" if narrow else "profile_states.json"
             (out / name).write_text(json.dumps(rows, indent=1))
             print(json.dumps(rows[-1]), flush=True)
         del x, buffers
@@ -274,10 +281,11 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1 (a run of "
                     "the script only: the interpreter mis-computes bf16 dots, so the error columns mean nothing)")
     ap.add_argument("--layout", choices=sorted(LAYOUTS), help="only this head layout (e.g. one per GPU)")
-    ap.add_argument("--sweep", choices=("all", "loop", "states", "states-narrow", "halves"), default="all",
+    ap.add_argument("--sweep", choices=("all", "loop", "states", "states-narrow", "states-kT", "halves"), default="all",
                     help="loop: only the output kernels (per-tile and per-chunk loop) at LO=64; states: only the "
                     "states kernel, gates in its loop against gates computed first; states-narrow: its one- and "
-                    "two-warp points (gates pre); halves: states every 128 "
+                    "two-warp points (gates pre); states-kT: k^T weighted where it is loaded against v weighted (gates "
+                    "pre); halves: states every 128 "
                     "tokens with the halves output kernel against every 64 with the loop kernel; each checked, "
                     "then timed")
     args = ap.parse_args()
@@ -290,8 +298,9 @@ def main() -> int:
         LAYOUTS = {args.layout: LAYOUTS[args.layout]}
     if args.sweep == "loop":
         return loop_sweep(args, start, out)
-    if args.sweep in ("states", "states-narrow"):
-        return states_sweep(args, start, out, narrow=args.sweep == "states-narrow")
+    if args.sweep.startswith("states"):
+        return states_sweep(args, start, out, mode={"states": "all", "states-narrow": "narrow",
+                                                    "states-kT": "kT"}[args.sweep])  # fmt: skip
     if args.sweep == "halves":
         return halves_sweep(args, start, out)
     work = Path(tempfile.mkdtemp())
