@@ -34,6 +34,7 @@ PARAMS: dict[str, dict[str, tuple]] = {
         "out_values": ("tiles", "loop", "halves"),
         "states_gates": ("inline", "pre"),
         "states_weighting": ("k", "v", "kT"),
+        "states_n": ("sum", "dot"),
     },  # fmt: skip
     "parallel_fw.py.j2": {
         "BQ": (16, 32, 64, 128),
@@ -56,6 +57,7 @@ PARAMS: dict[str, dict[str, tuple]] = {
         "states": ("recompute", "reuse"),
         "state_buffers": ("float32", "input"),
         "states_weighting": ("k", "v", "kT"),
+        "states_n": ("sum", "dot"),
         "dstate_gates": ("inline", "pre"),
         "states_every": (1, 2),  # 2: the split kernels take chunks of 2 L as two halves (half the state traffic)
     },  # fmt: skip
@@ -69,7 +71,8 @@ PARAMS: dict[str, dict[str, tuple]] = {
 INERT = {("chunkwise_bw.py.j2", "fused"): ("BVD",)}
 # parameters added after entries were tuned: how to read such an entry (the value that reproduces what it ran)
 LEGACY = {"chunkwise_bw.py.j2": {"BVD": lambda config: config["BV"], "dstate_gates": lambda config: "inline",
-                                 "states_every": lambda config: 1}}  # fmt: skip
+                                 "states_every": lambda config: 1, "states_n": lambda config: "sum"},
+          "chunkwise_twopass_fw.py.j2": {"states_n": lambda config: "sum"}}  # fmt: skip
 
 
 # seeds: structural changes the notes predict to win that one-knob moves cannot reach (they need two or more knobs at
@@ -164,6 +167,9 @@ def invalid(variant: Variant, config: dict, DHQK: int, DHHV: int, dtype_bytes: i
         if smem > limits.shared_bytes:
             return f"~{smem} B of shared memory > {limits.shared_bytes}"
         return None
+    if t in ("chunkwise_twopass_fw.py.j2", "chunkwise_bw.py.j2") and config["states_n"] == "dot" and \
+            config["states_weighting"] == "v":  # fmt: skip
+        return 'states_n "dot" with the weights on v (an illegal memory access on the H200)'
     if t == "chunkwise_twopass_fw.py.j2":
         if config["LO"] % config["LI"]:
             return f"LO={config['LO']} not a multiple of LI={config['LI']}"

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_twopass_fw.py.j2
-# template hash:   d3d83e18591a664a
+# template hash:   ea3438183b03aae6
 # parameters:      cell=sig, state=float32
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (sig cell), two passes:
@@ -13,7 +13,9 @@
      The launch parameter "states_weighting": "k" weights k by the tokens' weights and transposes it in registers;
      "v" (WEIGHT_V) loads k^T as such and weights v, and only the first value tile's programs reduce n; "kT"
      (WEIGHT_KT) loads k^T as such and weights it there (v goes from memory to the product unchanged, and n is the
-     weighted k^T's row sum, first value tile only).
+     weighted k^T's row sum, first value tile only). "states_n": "dot" (N_DOT, with "k" or "kT") forms n on the
+     tensor cores instead, in every program: the weighted k^T times one column of ones, kept in a [BK, 16] tile
+     (no reduction across threads in the loop); "sum" reduces as said.
   2. The outputs of every chunk in parallel from its stored state and its own tokens, looping over DHQK in tiles of
      BKO, in one of three kernels (the launch parameter "out_values"):
      "tiles": chunkwise_output_kernel, one program per value tile, grid (cdiv(DHHV, BVO), cdiv(S, LO), B * NH);
@@ -136,6 +138,16 @@ def chunk_gate_weights_kernel(
 
 
 @triton.jit
+def _states_n(b_n, N_DOT: tl.constexpr):
+    """n as a vector: with N_DOT, column 0 of the [BK, 16] tile the states kernel keeps it in (the other columns
+    are exactly 0), else b_n itself."""
+    if N_DOT:
+        return tl.sum(b_n, axis=1)
+    else:
+        return b_n
+
+
+@triton.jit
 def chunkwise_states_kernel(
     k_ptr,  # (B, NH, S, DHQK) contiguous
     v_ptr,  # (B, NH, S, DHHV)
@@ -167,21 +179,32 @@ def chunkwise_states_kernel(
     PRE_GATES: tl.constexpr,
     WEIGHT_V: tl.constexpr,
     WEIGHT_KT: tl.constexpr,
+    N_DOT: tl.constexpr,
 ):
+    # with v weighted, n on the tensor cores would need the weights as a product operand built in registers: on the
+    # H200 (Triton 3.6, bf16) that faulted with an illegal memory access (tuning_db/reports/NOTES.md, eighth session)
+    tl.static_assert(not (N_DOT and WEIGHT_V), "n on the tensor cores needs the weights on k")
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     o_l = tl.arange(0, LI)
+    o_e = tl.arange(0, 16)  # N_DOT: the columns of the [BK, 16] tile that holds n in column 0 (the others stay 0)
+    b_E0 = tl.where((o_l[:, None] >= 0) & (o_e[None, :] == 0), 1.0, 0.0).to(k_ptr.dtype.element_ty)  # [LI, 16]
     m_k, m_v = o_k < DHQK, o_v < DHHV
     m_kv = m_k[:, None] & m_v[None, :]
     o_kv = o_k[:, None] * DHHV + o_v[None, :]
     if HAS_STATE:
         b_C = tl.load(C0_ptr + i_bh * DHQK * DHHV + o_kv, mask=m_kv, other=0.0).to(tl.float32)
         b_n = tl.load(n0_ptr + i_bh * DHQK + o_k, mask=m_k, other=0.0).to(tl.float32)
+        if N_DOT:
+            b_n = tl.where(o_e[None, :] == 0, b_n[:, None], 0.0)
         b_m = tl.full([], 0.0, tl.float32)  # the sig cell has no max state
     else:
         b_C = tl.zeros([BK, BV], dtype=tl.float32)
-        b_n = tl.zeros([BK], dtype=tl.float32)
+        if N_DOT:
+            b_n = tl.zeros([BK, 16], dtype=tl.float32)
+        else:
+            b_n = tl.zeros([BK], dtype=tl.float32)
         b_m = tl.full([], 0.0, tl.float32)
     k_ptr += i_bh * S * DHQK
     v_ptr += i_bh * S * DHHV
@@ -190,7 +213,7 @@ def chunkwise_states_kernel(
             i_bhc = i_bh * NC + i_c  # int64: the state buffer may hold more than 2^31 elements
             tl.store(Cb_ptr + i_bhc * DHQK * DHHV + o_kv, b_C.to(Cb_ptr.dtype.element_ty), mask=m_kv)
             if i_v == 0:
-                tl.store(nb_ptr + i_bhc * DHQK + o_k, b_n, mask=m_k)
+                tl.store(nb_ptr + i_bhc * DHQK + o_k, _states_n(b_n, N_DOT), mask=m_k)
                 if i_k == 0:
                     tl.store(mb_ptr + i_bhc, b_m)
         for i_s in range(0, LO // LI):
@@ -218,7 +241,9 @@ def chunkwise_states_kernel(
                                other=0.0)  # [BK, LI]
                 b_kTw = b_kT.to(tl.float32) * b_w[None, :]
                 b_C = b_decay * b_C + b_scale * tl.dot(b_kTw.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)
-                if i_v == 0:
+                if N_DOT:
+                    b_n = b_decay * b_n + b_scale * tl.dot(b_kTw.to(b_v.dtype), b_E0, input_precision=DOT_PRECISION)
+                elif i_v == 0:
                     b_n = b_decay * b_n + b_scale * tl.sum(b_kTw, axis=1)
             else:
                 b_k = tl.load(k_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
@@ -226,7 +251,9 @@ def chunkwise_states_kernel(
                 b_kw = b_k.to(tl.float32) * b_w[:, None]  # [LI, BK]
                 b_kwT = tl.trans(b_kw).to(b_v.dtype)
                 b_C = b_decay * b_C + b_scale * tl.dot(b_kwT, b_v, input_precision=DOT_PRECISION)  # [BK, LI] @ [LI, BV]
-                if PRE_GATES:
+                if N_DOT:
+                    b_n = b_decay * b_n + b_scale * tl.dot(b_kwT, b_E0, input_precision=DOT_PRECISION)
+                elif PRE_GATES:
                     if i_v == 0:  # only the first value tile's programs store n: the others skip the reduction
                         b_n = b_decay * b_n + b_scale * tl.sum(b_kw, axis=0)
                 else:
@@ -234,7 +261,7 @@ def chunkwise_states_kernel(
     if STORE_LAST:
         tl.store(CS_ptr + i_bh * DHQK * DHHV + o_kv, b_C, mask=m_kv)
         if i_v == 0:
-            tl.store(nS_ptr + i_bh * DHQK + o_k, b_n, mask=m_k)
+            tl.store(nS_ptr + i_bh * DHQK + o_k, _states_n(b_n, N_DOT), mask=m_k)
             if i_k == 0:
                 tl.store(mS_ptr + i_bh, b_m)
 

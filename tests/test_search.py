@@ -58,9 +58,13 @@ def study_in(tmp_path: Path, name="s", seed=0):
 
 
 def narrowed_space(monkeypatch):
-    """A space small enough that 40 trials must find the single optimum."""
+    """A space small enough that 40 trials must find the single optimum: 16 fused points, and the two-pass variant
+    at its default but for n and the stages (4 points; its whole space has grown to thousands)."""
     monkeypatch.setitem(space.PARAMS, "chunkwise_fused_fw.py.j2",
                         {"L": (32, 64), "BV": (32, 64), "num_warps": (4, 8), "num_stages": (1, 2)})  # fmt: skip
+    twopass = {name: (value,) for name, value in DEFAULT[1].items()}
+    monkeypatch.setitem(space.PARAMS, launch_chunkwise.TWOPASS,
+                        {**twopass, "states_n": ("sum", "dot"), "num_stages": (2, 3)})  # fmt: skip
 
 
 def test_default_is_trial_zero(tmp_path: Path):

@@ -40,20 +40,22 @@ SEQUENCE_VARIANTS = [v for v in VARIANTS if v.family in ("chunkwise_fw", "parall
 
 
 def _configs(variant) -> list[dict]:
-    """The test configuration; for the two-pass structure five times, pairing the states kernel's gates (in its loop,
-    or computed first) and product (k weighted, v weighted, or k^T weighted where it is loaded) with the output
-    kernels (per value tile, per chunk looping over value tiles, chunks of 2 LO taken as two halves)."""
+    """The test configuration; for the two-pass structure six times, pairing the states kernel's gates (in its loop,
+    or computed first), product (k weighted, v weighted, or k^T weighted where it is loaded) and n (a reduction, or
+    a product on the tensor cores) with the output kernels (per value tile, per chunk looping over value tiles,
+    chunks of 2 LO taken as two halves)."""
     config = CONFIGS[variant.template]
     if variant.template == chunkwise.TWOPASS:
-        points = (("tiles", "inline", "k"), ("loop", "pre", "k"), ("tiles", "pre", "v"), ("halves", "inline", "v"),
-                  ("loop", "pre", "kT"))
-        return [dict(config, out_values=o, states_gates=g, states_weighting=w) for o, g, w in points]
+        points = (("tiles", "inline", "k", "sum"), ("loop", "pre", "k", "dot"), ("tiles", "pre", "v", "sum"),
+                  ("halves", "inline", "kT", "dot"), ("loop", "pre", "kT", "sum"), ("tiles", "pre", "kT", "dot"))
+        return [dict(config, out_values=o, states_gates=g, states_weighting=w, states_n=n) for o, g, w, n in points]
     return [config]
 
 
 SEQUENCE_CASES = [(v, c) for v in SEQUENCE_VARIANTS for c in _configs(v)]
 SEQUENCE_IDS = [
-    v.name + (f"-{c['out_values']}-{c['states_gates']}-{c['states_weighting']}" if "out_values" in c else "")
+    v.name + (f"-{c['out_values']}-{c['states_gates']}-{c['states_weighting']}-n{c['states_n']}" if "out_values" in c
+              else "")
     for v, c in SEQUENCE_CASES
 ]
 
@@ -230,6 +232,9 @@ def test_unknown_launch_choices_are_clear_errors():
     twopass = next(v for v in SEQUENCE_VARIANTS if v.template == chunkwise.TWOPASS)
     bad = dict(CONFIGS[twopass.template], states_weighting="q")
     with pytest.raises(MLSTMInputError, match="states_weighting must be one of"):
+        chunkwise.chunkwise_fw(*(x[n].to(DEVICE) for n in "qkvif"), variant=twopass, config=bad)
+    bad = dict(CONFIGS[twopass.template], states_weighting="v", states_n="dot")  # faulted on the H200
+    with pytest.raises(MLSTMInputError, match='"states_n": "dot" needs'):
         chunkwise.chunkwise_fw(*(x[n].to(DEVICE) for n in "qkvif"), variant=twopass, config=bad)
     from autotune.launch import chunkwise_bw
     from autotune.variants import find

@@ -36,6 +36,17 @@ STATES_GATES = ("inline", "pre")
 # and v weighted ("v"), or k^T loaded as such and weighted there ("kT"); for "v" and "kT" only the first value tile's
 # programs reduce n
 STATES_WEIGHTING = ("k", "v", "kT")
+# how the states kernel forms n: a reduction across threads of the weighted k (by the first value tile's programs,
+# except for "k" with gates in the loop), or the weighted k^T times a column of ones on the tensor cores in every
+# program ("dot": with "states_weighting" "k" or "kT"; 18-20% off the states kernel on the H200, NOTES.md)
+STATES_N = ("sum", "dot")
+
+
+def check_states_n(config: dict) -> None:
+    """n on the tensor cores needs the weights on k: with "v" it faulted on the H200 (NOTES.md, eighth session)."""
+    require_choice(config, "states_n", STATES_N, "sum")
+    if config.get("states_n", "sum") == "dot" and config.get("states_weighting", "k") == "v":
+        raise MLSTMInputError('"states_n": "dot" needs "states_weighting" "k" or "kT" (the weights on k), not "v"')
 
 
 def default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
@@ -48,10 +59,11 @@ def default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
     # the best two-pass point of sweeps on an H200 (tuning_db/reports/NOTES.md): wide value tiles, 4 warps, software
     # pipelining (2 stages, not the measured 3: 3 would need ~210 KB of shared memory for fp32 inputs), one program
     # per chunk for the outputs, so q k^T and the gate matrix are formed once per chunk, and a states kernel whose
-    # sequential loop keeps only loads, one product and the max-state chain (gates first, k^T loaded as such)
+    # sequential loop keeps only loads, the products and the max-state chain (gates first, k^T loaded as such and
+    # weighted there, n on the tensor cores: 1.18 -> 1.04 ms at the 7B layout, 0.80 -> 0.68 at head 128)
     return {"LI": 64, "LO": 64, "BKS": min(64, BK), "BVS": min(128, BVmax), "BKO": min(64, BK),
             "BVO": min(128, BVmax), "num_warps_states": 4, "num_warps_out": 4, "num_stages": 2,
-            "out_values": "loop", "states_gates": "pre", "states_weighting": "v"}  # fmt: skip
+            "out_values": "loop", "states_gates": "pre", "states_weighting": "kT", "states_n": "dot"}  # fmt: skip
 
 
 def check_config(variant: Variant, config: dict) -> None:
@@ -62,6 +74,7 @@ def check_config(variant: Variant, config: dict) -> None:
         require_choice(config, "out_values", OUT_VALUES, "tiles")
         require_choice(config, "states_gates", STATES_GATES, "inline")
         require_choice(config, "states_weighting", STATES_WEIGHTING, "k")
+        check_states_n(config)
         if config["LO"] % config["LI"]:
             raise MLSTMInputError(f"LO ({config['LO']}) must be a multiple of LI ({config['LI']})")
 
@@ -105,7 +118,7 @@ def _launch_states(module, k, v, i, f, C0, n0, m0, has_state, buffers, last, *, 
         BK=config["BKS"], BV=config["BVS"], HAS_STATE=has_state, STORE_LAST=last[0].numel() > 1,
         STORE_BORDERS=store_borders, DOT_PRECISION=prec, PRE_GATES=pre,
         WEIGHT_V=config.get("states_weighting", "k") == "v", WEIGHT_KT=config.get("states_weighting", "k") == "kT",
-        num_warps=config["num_warps_states"],
+        N_DOT=config.get("states_n", "sum") == "dot", num_warps=config["num_warps_states"],
         num_stages=config["num_stages"],
     )  # fmt: skip
 

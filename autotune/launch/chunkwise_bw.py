@@ -31,7 +31,7 @@ from ..checks import MLSTMInputError
 from ..load import load_variant
 from ..variants import Variant, find
 from .bw_common import prepare
-from .chunkwise import STATES_WEIGHTING, TWOPASS, _launch_states
+from .chunkwise import STATES_WEIGHTING, TWOPASS, _launch_states, check_states_n
 from .common import cdiv, empty, next_pow2, require_choice, require_pow2
 
 TEMPLATE = "chunkwise_bw.py.j2"
@@ -58,7 +58,7 @@ def default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
     BK, BV, wide = min(64, next_pow2(DHQK)), min(64, next_pow2(DHHV)), min(128, next_pow2(DHHV))
     return {"L": 64, "BK": BK, "BV": BV, "BVD": wide, "BKS": BK, "BVS": wide, "num_warps": 4, "num_warps_state": 4,
             "num_stages": 1, "states": "recompute", "state_buffers": "input", "states_weighting": "v",
-            "dstate_gates": "inline", "states_every": 1}  # fmt: skip
+            "dstate_gates": "inline", "states_every": 1, "states_n": "sum"}  # fmt: skip
 
 
 def check_config(variant: Variant, config: dict) -> None:
@@ -68,6 +68,7 @@ def check_config(variant: Variant, config: dict) -> None:
     require_choice(config, "states", STATES, "recompute")
     require_choice(config, "state_buffers", STATE_BUFFERS, "float32")
     require_choice(config, "states_weighting", STATES_WEIGHTING, "k")
+    check_states_n(config)
     require_choice(config, "dstate_gates", DSTATE_GATES, "inline")
     require_choice(config, "states_every", STATES_EVERY, 1)
     if config.get("states_every", 1) == 2 and variant.params["kernels"] != "split":
@@ -115,7 +116,8 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
         states = load_variant(find(TWOPASS, cell=cell, state="float32"))
         state_config = {"LI": min(L, 64), "LO": L, "BKS": config["BKS"], "BVS": config["BVS"],
                         "num_warps_states": config["num_warps_state"], "num_stages": 2, "states_gates": "pre",
-                        "states_weighting": config.get("states_weighting", "k")}  # fmt: skip
+                        "states_weighting": config.get("states_weighting", "k"),
+                        "states_n": config.get("states_n", "sum")}  # fmt: skip
         _launch_states(states, k, v, i, f, C0, n0, m0, has_state, (Cb, nb, mb), (dummy, dummy, dummy), S=S, NC=NC,
                        config=state_config, store_borders=True, prec=prec)  # fmt: skip
 

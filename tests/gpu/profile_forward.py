@@ -9,6 +9,8 @@ Experiments (each a copy of the generated module with one edit, checked against 
 the edit keeps the function; "bound" edits change the result and are only timed):
     (out:prefix-diff, the decay matrix from a difference of prefix sums, is now the kernels' SEGMENT_SUMS=False)
     out:no-decay      (bound) no decay matrix at all: the cost of the gating arithmetic
+    states:no-weights, states:no-n, states:no-store, states:no-chain, states:dot-only   (bound) the states kernel
+                      without the weights on v, n, the store of each chunk's C, the max-state chain, or all four
     (states:scale-v, the states kernel weighting v instead of k, is now the launch parameter "states_weighting")
 """
 
@@ -41,7 +43,25 @@ EDITS = {
         "    b_D, b_D0, b_mt = _chunk_decay_matrix(b_lf, b_li, tl.load(mb_ptr + i_bhc), o_l, SEGMENT_SUMS)\n",
         "    b_mt = b_lf + b_li\n    b_D0 = b_mt\n    b_D = 1.0\n")],
 }
-BOUND_EDITS = {"out:no-decay"}  # they change the result: timed only; the others are first checked against the base
+# the states kernel without one of its costs beyond loads and the product, at "states_weighting": "v" (the shipped 7B
+# point): the weights on v, n, the store of each chunk's C, the scalar max-state chain; and without all four
+_STATES_COSTS = {
+    "weights": ("                b_vw = (b_v.to(tl.float32) * b_w[:, None]).to(b_v.dtype)  # [LI, BV]\n",
+                "                b_vw = b_v\n"),
+    "n": ("                    b_n = b_decay * b_n + b_scale * tl.sum(b_kT.to(tl.float32) * b_w[None, :], axis=1)\n",
+          "                    b_n = b_n\n"),
+    "store": ("            tl.store(Cb_ptr + i_bhc * DHQK * DHHV + o_kv, b_C.to(Cb_ptr.dtype.element_ty), mask=m_kv)\n",
+              "            if i_c == NC - 1:  # the last chunk's only, so the product stays live\n"
+              "                tl.store(Cb_ptr + i_bhc * DHQK * DHHV + o_kv, b_C.to(Cb_ptr.dtype.element_ty), "
+              "mask=m_kv)\n"),
+    "chain": ("                b_decay, b_scale, b_m = _chunk_transition(tl.load(gw_ptr + 2 * i_ci), "
+              "tl.load(gw_ptr + 2 * i_ci + 1),\n" + " " * 58 + "b_m)  # fmt: skip\n",
+              "                b_decay, b_scale = 0.99, 1.0\n"),
+}  # fmt: skip
+EDITS.update({f"states:no-{name}": [edit] for name, edit in _STATES_COSTS.items()})
+EDITS["states:dot-only"] = list(_STATES_COSTS.values())
+# they change the result: timed only; the others are first checked against the base
+BOUND_EDITS = {"out:no-decay", "states:dot-only", *(f"states:no-{name}" for name in _STATES_COSTS)}
 
 
 def edited_module(variant, name: str, workdir: Path):
@@ -134,6 +154,9 @@ NARROW_TILES = [((64, 128), 4), ((256, 16), 1), ((128, 32), 1), ((64, 64), 1), (
 # warp group)
 KT_TILES = [((64, 128), 4), ((64, 64), 4), ((64, 256), 4), ((128, 64), 4), ((128, 128), 4), ((128, 128), 8),
             ((256, 64), 8), ((64, 256), 8)]  # fmt: skip
+# --sweep states-n: n reduced against n on the tensor cores, for each weighting, at the shipped point and its
+# neighbours
+N_TILES = [((64, 128), 4), ((64, 64), 4), ((128, 64), 4), ((64, 256), 8)]
 
 
 def states_sweep(args, start: float, out: Path, mode: str = "all") -> int:
@@ -141,28 +164,31 @@ def states_sweep(args, start: float, out: Path, mode: str = "all") -> int:
     and states_weighting "k" against "v", at each point of tiles, warps and stages (so a cut-off sweep still compares
     all four at the points it reached); the stored states checked against the default kernel. ``mode`` "narrow":
     the NARROW_TILES points at 2 and 3 stages, gates "pre" only (the shipped entries' choice); "kT": the KT_TILES
-    points at 2 and 3 stages, gates "pre", weighting "v" (shipped) against "kT" (k^T weighted where it is loaded)."""
+    points at 2 and 3 stages, gates "pre", weighting "v" (shipped) against "kT" (k^T weighted where it is loaded);
+    "n": the N_TILES points at 2 and 3 stages, gates "pre", each weighting with n reduced ("states_n": "sum") and
+    formed on the tensor cores ("dot")."""
     variant = find(launch.TWOPASS, cell="exp", state="input")
     module = load_variant(variant)
     rows = []
-    tiles = {"all": STATES_TILES, "narrow": NARROW_TILES, "kT": KT_TILES}[mode]
+    tiles = {"all": STATES_TILES, "narrow": NARROW_TILES, "kT": KT_TILES, "n": N_TILES}[mode]
     stages = (1, 2, 3) if mode == "all" else (2, 3)
-    weightings = ("v", "kT") if mode == "kT" else ("k", "v")
-    kinds = list(itertools.product(("inline", "pre") if mode == "all" else ("pre",), weightings))
-    name = {"all": "profile_states.json", "narrow": "profile_states_narrow.json", "kT": "profile_states_kT.json"}[mode]
+    weightings = {"kT": ("v", "kT"), "n": ("v", "kT", "k")}.get(mode, ("k", "v"))
+    kinds = list(itertools.product(("inline", "pre") if mode == "all" else ("pre",), weightings,
+                                   ("sum", "dot") if mode == "n" else ("sum",)))  # fmt: skip
+    name = f"profile_states{'' if mode == 'all' else '_' + mode}.json"
     for lname, layout in LAYOUTS.items():
         B, NH, S, K, V = layout
         x, cfg, buffers = lo64_setup(variant, layout)
         states_call(module, x, dict(cfg, states_gates="inline", states_weighting="k"), buffers)()
         ref = [b.float().clone() for b in buffers]
-        for ((bk, bv), w), st, (gates, weighting) in itertools.product(tiles, stages, kinds):
+        for ((bk, bv), w), st, (gates, weighting, n) in itertools.product(tiles, stages, kinds):
             if time.monotonic() - start > args.budget_s or bk > K or bv > V:
                 continue
-            c = dict(cfg, states_gates=gates, states_weighting=weighting, BKS=bk, BVS=bv, num_warps_states=w,
-                     num_stages=st)  # fmt: skip
+            c = dict(cfg, states_gates=gates, states_weighting=weighting, states_n=n, BKS=bk, BVS=bv,
+                     num_warps_states=w, num_stages=st)  # fmt: skip
             ms = time_ms(states_call(module, x, c, buffers))
             errs = [((b.float() - r).norm() / r.norm().clamp_min(1e-30)).item() for b, r in zip(buffers, ref)]
-            rows.append(dict(layout=lname, kind=f"states-{gates}-{weighting}", BKS=bk, BVS=bv, warps=w, stages=st,
+            rows.append(dict(layout=lname, kind=f"states-{gates}-{weighting}-n{n}", BKS=bk, BVS=bv, warps=w, stages=st,
                              ms=ms, rel_err_C_n_m=errs))  # fmt: skip
             (out / name).write_text(json.dumps(rows, indent=1))
             print(json.dumps(rows[-1]), flush=True)
@@ -171,13 +197,43 @@ def states_sweep(args, start: float, out: Path, mode: str = "all") -> int:
             torch.cuda.empty_cache()
     print("\nlayout   kernel           best ms  point")
     for lname in LAYOUTS:
-        for gates, weighting in kinds:
-            kind = f"states-{gates}-{weighting}"
+        for gates, weighting, n in kinds:
+            kind = f"states-{gates}-{weighting}-n{n}"
             got = [r for r in rows if r["layout"] == lname and r["kind"] == kind and isinstance(r["ms"], float)]
             if got:
                 b = min(got, key=lambda r: r["ms"])
                 print(f"{lname:8s} {kind:16s} {b['ms']:7.3f}  BKS={b['BKS']} BVS={b['BVS']} warps={b['warps']} "
                       f"stages={b['stages']} err={max(b['rel_err_C_n_m']):.1e}")
+    return 0
+
+
+def states_bounds(args, start: float, out: Path) -> int:
+    """The states kernel at the shipped 7B point (BKS 64, BVS 128, 4 warps, gates "pre", weighting "v", 2 and 3
+    stages) as it is and without each of its costs beyond loads and the product (the bound edits "states:no-*" and
+    "states:dot-only", timed only): how much of its time each cost takes."""
+    variant = find(launch.TWOPASS, cell="exp", state="input")
+    work = Path(tempfile.mkdtemp())
+    modules = {"base": load_variant(variant)}
+    modules.update({name: edited_module(variant, name, work) for name in EDITS if name.startswith("states:")})
+    rows = []
+    for lname, layout in LAYOUTS.items():
+        x, cfg, buffers = lo64_setup(variant, layout)
+        for (name, module), st in itertools.product(modules.items(), (2, 3)):
+            if time.monotonic() - start > args.budget_s:
+                break
+            c = dict(cfg, states_gates="pre", states_weighting="v", BKS=64, BVS=128, num_warps_states=4, num_stages=st)
+            rows.append(dict(layout=lname, what=name, stages=st, ms=time_ms(states_call(module, x, c, buffers))))
+            (out / "profile_states_bounds.json").write_text(json.dumps(rows, indent=1))
+            print(json.dumps(rows[-1]), flush=True)
+        del x, buffers
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
+    print("\nlayout   states kernel        best ms")
+    for lname in LAYOUTS:
+        for name in modules:
+            got = [r["ms"] for r in rows if r["layout"] == lname and r["what"] == name and isinstance(r["ms"], float)]
+            if got:
+                print(f"{lname:8s} {name:20s} {min(got):7.3f}")
     return 0
 
 
@@ -281,13 +337,14 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1 (a run of "
                     "the script only: the interpreter mis-computes bf16 dots, so the error columns mean nothing)")
     ap.add_argument("--layout", choices=sorted(LAYOUTS), help="only this head layout (e.g. one per GPU)")
-    ap.add_argument("--sweep", choices=("all", "loop", "states", "states-narrow", "states-kT", "halves"), default="all",
+    sweeps = ("all", "loop", "states", "states-narrow", "states-kT", "states-n", "states-bounds", "halves")
+    ap.add_argument("--sweep", choices=sweeps, default="all",
                     help="loop: only the output kernels (per-tile and per-chunk loop) at LO=64; states: only the "
                     "states kernel, gates in its loop against gates computed first; states-narrow: its one- and "
-                    "two-warp points (gates pre); states-kT: k^T weighted where it is loaded against v weighted (gates "
-                    "pre); halves: states every 128 "
-                    "tokens with the halves output kernel against every 64 with the loop kernel; each checked, "
-                    "then timed")
+                    "two-warp points (gates pre); states-kT: k^T weighted where it is loaded against v weighted "
+                    "(gates pre); states-n: n reduced against n on the tensor cores; states-bounds: the states "
+                    "kernel without each of its costs (timed only); halves: states every 128 tokens with the halves "
+                    "output kernel against every 64 with the loop kernel; each checked, then timed")
     args = ap.parse_args()
     start = time.monotonic()
     out = Path(args.out)
@@ -298,9 +355,11 @@ def main() -> int:
         LAYOUTS = {args.layout: LAYOUTS[args.layout]}
     if args.sweep == "loop":
         return loop_sweep(args, start, out)
+    if args.sweep == "states-bounds":
+        return states_bounds(args, start, out)
     if args.sweep.startswith("states"):
-        return states_sweep(args, start, out, mode={"states": "all", "states-narrow": "narrow",
-                                                    "states-kT": "kT"}[args.sweep])  # fmt: skip
+        return states_sweep(args, start, out, mode={"states": "all", "states-narrow": "narrow", "states-kT": "kT",
+                                                    "states-n": "n"}[args.sweep])  # fmt: skip
     if args.sweep == "halves":
         return halves_sweep(args, start, out)
     work = Path(tempfile.mkdtemp())
