@@ -162,7 +162,29 @@ def test_wide_output_chunks_at_8_warps_are_ruled_out_in_16_bits_only():
     assert "inaccurate" in space.invalid(variant, dict(base, out_values="tiles"), 128, 128, 2, space.H100_LIMITS)
     assert space.invalid(variant, base, 128, 128, 4, space.H100_LIMITS) is None  # fp32
     assert space.invalid(variant, dict(base, LO=64), 128, 128, 2, space.H100_LIMITS) is None
-    assert space.invalid(variant, dict(base, out_values="halves"), 128, 128, 2, space.H100_LIMITS) is None
+    halves = dict(base, out_values="halves", states_n="sum")
+    assert space.invalid(variant, halves, 128, 128, 2, space.H100_LIMITS) is None
+
+
+def test_halves_at_8_warps_with_n_on_the_tensor_cores_are_ruled_out_in_16_bits_only():
+    """n rounded to 16 bits with the halves output kernel at 8 warps: h above the bf16 limit on the H200 (NOTES.md,
+    eighth session); 4 warps, n reduced in fp32, and fp32 inputs stay in the space."""
+    variant = DEFAULT_VARIANT
+    base = dict(DEFAULT[1], LO=64, num_warps_out=8, out_values="halves", states_weighting="kT", states_n="dot")
+    assert "tensor cores" in space.invalid(variant, base, 128, 128, 2, space.H100_LIMITS)
+    assert space.invalid(variant, dict(base, num_warps_out=4), 128, 128, 2, space.H100_LIMITS) is None
+    assert space.invalid(variant, dict(base, states_n="sum"), 128, 128, 2, space.H100_LIMITS) is None
+    assert space.invalid(variant, base, 128, 128, 4, space.H100_LIMITS) is None  # fp32
+
+
+def test_n_on_the_tensor_cores_needs_the_weights_on_k():
+    """states_n "dot" with v weighted faulted on the H200: out of the space for the forward and the backward."""
+    variant = DEFAULT_VARIANT
+    assert "illegal memory access" in space.invalid(variant, dict(DEFAULT[1], states_weighting="v"), 128, 128, 2,
+                                                    space.H100_LIMITS)  # fmt: skip
+    for weighting in ("k", "kT"):
+        assert space.invalid(variant, dict(DEFAULT[1], states_weighting=weighting), 128, 128, 2,
+                             space.H100_LIMITS) is None  # fmt: skip
 
 
 def test_never_slower_than_the_default(tmp_path: Path, monkeypatch):
