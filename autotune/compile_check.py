@@ -59,7 +59,7 @@ def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int, co
         if variant.template == chunkwise.TWOPASS and config is None:
             # the other output kernel, gates computed first, v weighted
             config = dict(chunkwise.default_config(variant, DHQK, DHHV), out_values="tiles", states_gates="pre",
-                          states_weighting="v")  # fmt: skip
+                          states_weighting="v", states_n="sum")  # fmt: skip
             chunkwise.chunkwise_fw(*args, *states, variant=variant, config=config, return_last_states=True)
             if dtype == torch.bfloat16:  # the output kernel taking chunks of 128 as two halves of LO = 64
                 config = dict(chunkwise.default_config(variant, DHQK, DHHV), out_values="halves")

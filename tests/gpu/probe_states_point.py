@@ -27,7 +27,7 @@ def main() -> int:
     variant = find(launch.TWOPASS, cell="exp", state="input")
     module = load_variant(variant)
     x, cfg, buffers = pf.lo64_setup(variant, pf.LAYOUTS[layout])
-    pf.states_call(module, x, dict(cfg, states_gates="inline", states_weighting="k"), buffers)()
+    pf.states_call(module, x, dict(cfg, states_gates="inline", states_weighting="k", states_n="sum"), buffers)()
     ref = [b.float().clone() for b in buffers]
     c = dict(cfg, states_gates="pre", states_weighting=weighting, states_n=n, BKS=bk, BVS=bv, num_warps_states=4,
              num_stages=stages)  # fmt: skip

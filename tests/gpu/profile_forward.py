@@ -134,6 +134,17 @@ def state_buffers(B, NH, NC, K, V):
             torch.empty(B, NH, NC, K, device=DEVICE), torch.empty(B, NH, NC, device=DEVICE))  # fmt: skip
 
 
+def keep(rows: list[dict], path: Path) -> None:
+    """Write the rows so far (a sweep cut off by its time limit keeps them) and print the last."""
+    path.write_text(json.dumps(rows, indent=1))
+    print(json.dumps(rows[-1]), flush=True)
+
+
+def free_cache() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+
+
 def lo64_setup(variant, layout):
     """Inputs, the default configuration at LI = LO = 64, and state buffers for it."""
     B, NH, S, K, V = layout
@@ -179,7 +190,7 @@ def states_sweep(args, start: float, out: Path, mode: str = "all") -> int:
     for lname, layout in LAYOUTS.items():
         B, NH, S, K, V = layout
         x, cfg, buffers = lo64_setup(variant, layout)
-        states_call(module, x, dict(cfg, states_gates="inline", states_weighting="k"), buffers)()
+        states_call(module, x, dict(cfg, states_gates="inline", states_weighting="k", states_n="sum"), buffers)()
         ref = [b.float().clone() for b in buffers]
         for ((bk, bv), w), st, (gates, weighting, n) in itertools.product(tiles, stages, kinds):
             if time.monotonic() - start > args.budget_s or bk > K or bv > V:
@@ -190,11 +201,9 @@ def states_sweep(args, start: float, out: Path, mode: str = "all") -> int:
             errs = [((b.float() - r).norm() / r.norm().clamp_min(1e-30)).item() for b, r in zip(buffers, ref)]
             rows.append(dict(layout=lname, kind=f"states-{gates}-{weighting}-n{n}", BKS=bk, BVS=bv, warps=w, stages=st,
                              ms=ms, rel_err_C_n_m=errs))  # fmt: skip
-            (out / name).write_text(json.dumps(rows, indent=1))
-            print(json.dumps(rows[-1]), flush=True)
+            keep(rows, out / name)
         del x, buffers
-        if DEVICE == "cuda":
-            torch.cuda.empty_cache()
+        free_cache()
     print("\nlayout   kernel           best ms  point")
     for lname in LAYOUTS:
         for gates, weighting, n in kinds:
@@ -221,13 +230,12 @@ def states_bounds(args, start: float, out: Path) -> int:
         for (name, module), st in itertools.product(modules.items(), (2, 3)):
             if time.monotonic() - start > args.budget_s:
                 break
-            c = dict(cfg, states_gates="pre", states_weighting="v", BKS=64, BVS=128, num_warps_states=4, num_stages=st)
+            c = dict(cfg, states_gates="pre", states_weighting="v", states_n="sum", BKS=64, BVS=128, num_warps_states=4,
+                     num_stages=st)  # fmt: skip
             rows.append(dict(layout=lname, what=name, stages=st, ms=time_ms(states_call(module, x, c, buffers))))
-            (out / "profile_states_bounds.json").write_text(json.dumps(rows, indent=1))
-            print(json.dumps(rows[-1]), flush=True)
+            keep(rows, out / "profile_states_bounds.json")
         del x, buffers
-        if DEVICE == "cuda":
-            torch.cuda.empty_cache()
+        free_cache()
     print("\nlayout   states kernel        best ms")
     for lname in LAYOUTS:
         for name in modules:
