@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_twopass_fw.py.j2
-# template hash:   ea3438183b03aae6
+# template hash:   f52a27c4f84aa070
 # parameters:      cell=sig, state=input
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (sig cell), two passes:
@@ -15,7 +15,8 @@
      (WEIGHT_KT) loads k^T as such and weights it there (v goes from memory to the product unchanged, and n is the
      weighted k^T's row sum, first value tile only). "states_n": "dot" (N_DOT, with "k" or "kT") forms n on the
      tensor cores instead, in every program: the weighted k^T times one column of ones, kept in a [BK, 16] tile
-     (no reduction across threads in the loop); "sum" reduces as said.
+     (no reduction across threads in the loop); "dot2" (N_SPLIT) adds the 16-bit rounding remainder of the weighted
+     k^T as a second such product (n to about twice the 16-bit mantissa); "sum" reduces as said.
   2. The outputs of every chunk in parallel from its stored state and its own tokens, looping over DHQK in tiles of
      BKO, in one of three kernels (the launch parameter "out_values"):
      "tiles": chunkwise_output_kernel, one program per value tile, grid (cdiv(DHHV, BVO), cdiv(S, LO), B * NH);
@@ -148,6 +149,17 @@ def _states_n(b_n, N_DOT: tl.constexpr):
 
 
 @triton.jit
+def _ones_product(b_x, b_x16, b_E0, N_SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """The row sums of b_x (fp32) in column 0 of a [rows, 16] product on the tensor cores: b_x16 (b_x in the inputs'
+    dtype, the operand of the product with v) times b_E0 (ones in column 0). With N_SPLIT, the rounding remainder
+    b_x - b_x16 is a second product into the same tile, so each term keeps about twice the 16-bit mantissa."""
+    b_s = tl.dot(b_x16, b_E0, input_precision=DOT_PRECISION)
+    if N_SPLIT:
+        b_s = tl.dot((b_x - b_x16.to(tl.float32)).to(b_x16.dtype), b_E0, acc=b_s, input_precision=DOT_PRECISION)
+    return b_s
+
+
+@triton.jit
 def chunkwise_states_kernel(
     k_ptr,  # (B, NH, S, DHQK) contiguous
     v_ptr,  # (B, NH, S, DHHV)
@@ -180,6 +192,7 @@ def chunkwise_states_kernel(
     WEIGHT_V: tl.constexpr,
     WEIGHT_KT: tl.constexpr,
     N_DOT: tl.constexpr,
+    N_SPLIT: tl.constexpr,
 ):
     # with v weighted, n on the tensor cores would need the weights as a product operand built in registers: on the
     # H200 (Triton 3.6, bf16) that faulted with an illegal memory access (tuning_db/reports/NOTES.md, eighth session)
@@ -242,17 +255,19 @@ def chunkwise_states_kernel(
                 b_kTw = b_kT.to(tl.float32) * b_w[None, :]
                 b_C = b_decay * b_C + b_scale * tl.dot(b_kTw.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)
                 if N_DOT:
-                    b_n = b_decay * b_n + b_scale * tl.dot(b_kTw.to(b_v.dtype), b_E0, input_precision=DOT_PRECISION)
+                    b_n = b_decay * b_n + b_scale * _ones_product(b_kTw, b_kTw.to(b_v.dtype), b_E0, N_SPLIT,
+                                                                  DOT_PRECISION)  # fmt: skip
                 elif i_v == 0:
                     b_n = b_decay * b_n + b_scale * tl.sum(b_kTw, axis=1)
             else:
                 b_k = tl.load(k_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
                               other=0.0)
                 b_kw = b_k.to(tl.float32) * b_w[:, None]  # [LI, BK]
-                b_kwT = tl.trans(b_kw).to(b_v.dtype)
+                b_kwT32 = tl.trans(b_kw)
+                b_kwT = b_kwT32.to(b_v.dtype)
                 b_C = b_decay * b_C + b_scale * tl.dot(b_kwT, b_v, input_precision=DOT_PRECISION)  # [BK, LI] @ [LI, BV]
                 if N_DOT:
-                    b_n = b_decay * b_n + b_scale * tl.dot(b_kwT, b_E0, input_precision=DOT_PRECISION)
+                    b_n = b_decay * b_n + b_scale * _ones_product(b_kwT32, b_kwT, b_E0, N_SPLIT, DOT_PRECISION)
                 elif PRE_GATES:
                     if i_v == 0:  # only the first value tile's programs store n: the others skip the reduction
                         b_n = b_decay * b_n + b_scale * tl.sum(b_kw, axis=0)

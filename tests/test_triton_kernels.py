@@ -109,6 +109,24 @@ def test_sequence_variant_matches_oracle(variant, config, shape, with_states, dt
           limit=limits)  # fmt: skip
 
 
+@pytest.mark.parametrize("weighting", ["kT", "k"])
+def test_n_on_the_tensor_cores_keeps_its_precision_in_two_terms(weighting):
+    """"states_n": "dot" rounds each weighted key to the inputs' 16 bits before summing, so n's error against the
+    fp64 oracle grows to that rounding; "dot2" adds the remainder as a second product and comes back to the fp32
+    reduction's ("sum") level. fp16 inputs, 200 tokens over 13 sub-chunks, two key and two value tiles."""
+    variant = next(v for v in SEQUENCE_VARIANTS if v.template == chunkwise.TWOPASS and v.params == {"cell": "exp",
+                                                                                                  "state": "input"})
+    x = random_inputs(1, 2, 200, 32, 64, dtype=torch.float16, gate_dtype=torch.float32, with_states=False)
+    ref = _oracle(x, "exp")["n"]
+    errors = {}
+    for n in ("sum", "dot", "dot2"):
+        config = dict(CONFIGS[chunkwise.TWOPASS], states_gates="pre", states_weighting=weighting, states_n=n)
+        _, last = _run_sequence(variant, config, x, "exp")
+        errors[n] = ((last[1].double().cpu() - ref).norm() / ref.norm()).item()
+    assert errors["dot2"] * 10 < errors["dot"], errors  # the 16-bit rounding of every term shows in "dot"
+    assert errors["dot2"] <= max(4 * errors["sum"], 1e-6), errors  # and the remainder takes it back out
+
+
 STEP_VARIANTS = [v for v in VARIANTS if v.family == "step_fw"]
 
 

@@ -38,15 +38,18 @@ STATES_GATES = ("inline", "pre")
 STATES_WEIGHTING = ("k", "v", "kT")
 # how the states kernel forms n: a reduction across threads of the weighted k (by the first value tile's programs,
 # except for "k" with gates in the loop), or the weighted k^T times a column of ones on the tensor cores in every
-# program ("dot": with "states_weighting" "k" or "kT"; 18-20% off the states kernel on the H200, NOTES.md)
-STATES_N = ("sum", "dot")
+# program ("dot": with "states_weighting" "k" or "kT"; 18-20% off the states kernel on the H200, NOTES.md), each
+# term rounded to 16 bits, or with the rounding remainder as a second product ("dot2": not yet measured on a GPU,
+# so not in the search space)
+STATES_N = ("sum", "dot", "dot2")
 
 
 def check_states_n(config: dict) -> None:
     """n on the tensor cores needs the weights on k: with "v" it faulted on the H200 (NOTES.md, eighth session)."""
     require_choice(config, "states_n", STATES_N, "sum")
-    if config.get("states_n", "sum") == "dot" and config.get("states_weighting", "k") == "v":
-        raise MLSTMInputError('"states_n": "dot" needs "states_weighting" "k" or "kT" (the weights on k), not "v"')
+    if config.get("states_n", "sum") != "sum" and config.get("states_weighting", "k") == "v":
+        raise MLSTMInputError(f'"states_n": "{config["states_n"]}" needs "states_weighting" "k" or "kT" (the weights '
+                              'on k), not "v"')
 
 
 def default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
@@ -118,7 +121,8 @@ def _launch_states(module, k, v, i, f, C0, n0, m0, has_state, buffers, last, *, 
         BK=config["BKS"], BV=config["BVS"], HAS_STATE=has_state, STORE_LAST=last[0].numel() > 1,
         STORE_BORDERS=store_borders, DOT_PRECISION=prec, PRE_GATES=pre,
         WEIGHT_V=config.get("states_weighting", "k") == "v", WEIGHT_KT=config.get("states_weighting", "k") == "kT",
-        N_DOT=config.get("states_n", "sum") == "dot", num_warps=config["num_warps_states"],
+        N_DOT=config.get("states_n", "sum") != "sum", N_SPLIT=config.get("states_n", "sum") == "dot2",
+        num_warps=config["num_warps_states"],
         num_stages=config["num_stages"],
     )  # fmt: skip
 
