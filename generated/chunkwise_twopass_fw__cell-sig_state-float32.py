@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_twopass_fw.py.j2
-# template hash:   f52a27c4f84aa070
+# template hash:   4861f52932890691
 # parameters:      cell=sig, state=float32
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (sig cell), two passes:
@@ -152,7 +152,8 @@ def _states_n(b_n, N_DOT: tl.constexpr):
 def _ones_product(b_x, b_x16, b_E0, N_SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """The row sums of b_x (fp32) in column 0 of a [rows, 16] product on the tensor cores: b_x16 (b_x in the inputs'
     dtype, the operand of the product with v) times b_E0 (ones in column 0). With N_SPLIT, the rounding remainder
-    b_x - b_x16 is a second product into the same tile, so each term keeps about twice the 16-bit mantissa."""
+    b_x - b_x16 is a second product into the same tile, so each term keeps about twice the 16-bit mantissa (for
+    fp32 inputs the remainder is 0: it cannot undo TF32 rounding under MLSTM_AUTOTUNE_TF32=1)."""
     b_s = tl.dot(b_x16, b_E0, input_precision=DOT_PRECISION)
     if N_SPLIT:
         b_s = tl.dot((b_x - b_x16.to(tl.float32)).to(b_x16.dtype), b_E0, acc=b_s, input_precision=DOT_PRECISION)

@@ -191,18 +191,20 @@ def test_backward_chunk_sizes(kernels, L, states, check):
            bw_config=_bw_config(variant, 16, 32, L, states, tile=16))  # fmt: skip
 
 
+@pytest.mark.parametrize("states_n", ["sum", "dot"])
 @pytest.mark.parametrize("kernels", ["fused", "split"])
-def test_backward_recomputes_states_with_k_transposed_weighted(kernels, check):
+def test_backward_recomputes_states_with_k_transposed_weighted(kernels, states_n, check):
     """A backward recomputing its states with "states_weighting": "kT" (k^T weighted where it is loaded; two value
-    tiles, so only the first one's programs reduce n): S = 37 ends in a partial chunk, with initial states and a
-    loss on the last states."""
+    tiles: with n reduced only the first one's programs form it, with n on the tensor cores every program does):
+    S = 37 ends in a partial chunk, with initial states and a loss on the last states."""
     variant = find(launch_bw.TEMPLATE, cell="exp", kernels=kernels)
     shape = Shape(1, 2, 37, 16, 32)
     x = _inputs(shape, "exp", True)
     fw_config = dict(launch_fw.default_config(find(launch_fw.TWOPASS, cell="exp", state="float32"), 16, 32), LI=16,
                      LO=16)  # fmt: skip
-    bw_config = dict(_bw_config(variant, 16, 32, 16, "recompute", tile=16), states_weighting="kT")
-    _check(check, x, _weights(shape, "exp", True), "exp", target=f"{variant.name} recompute kT", dims=shape.dims(),
+    bw_config = dict(_bw_config(variant, 16, 32, 16, "recompute", tile=16), states_weighting="kT", states_n=states_n)
+    _check(check, x, _weights(shape, "exp", True), "exp", target=f"{variant.name} recompute kT n {states_n}",
+           dims=shape.dims(),
            forward=launch_fw.TWOPASS, fw_config=fw_config, bw_variant=variant, bw_config=bw_config)  # fmt: skip
 
 

@@ -179,12 +179,16 @@ def test_halves_at_8_warps_with_n_on_the_tensor_cores_are_ruled_out_in_16_bits_o
 
 def test_n_on_the_tensor_cores_needs_the_weights_on_k():
     """states_n "dot" with v weighted faulted on the H200: out of the space for the forward and the backward."""
-    variant = DEFAULT_VARIANT
-    assert "illegal memory access" in space.invalid(variant, dict(DEFAULT[1], states_weighting="v"), 128, 128, 2,
-                                                    space.H100_LIMITS)  # fmt: skip
-    for weighting in ("k", "kT"):
-        assert space.invalid(variant, dict(DEFAULT[1], states_weighting=weighting), 128, 128, 2,
-                             space.H100_LIMITS) is None  # fmt: skip
+    from autotune.launch import chunkwise_bw
+
+    backward = next(v for v in space.variants_of("chunkwise", "exp", "fwbw") if v.params.get("kernels") == "fused")
+    for variant, config in ((DEFAULT_VARIANT, DEFAULT[1]),
+                            (backward, dict(chunkwise_bw.default_config(backward, 128, 128), states_n="dot"))):
+        assert "illegal memory access" in space.invalid(variant, dict(config, states_weighting="v"), 128, 128, 2,
+                                                        space.H100_LIMITS)  # fmt: skip
+        for weighting in ("k", "kT"):
+            assert space.invalid(variant, dict(config, states_weighting=weighting), 128, 128, 2,
+                                 space.H100_LIMITS) is None  # fmt: skip
 
 
 def test_never_slower_than_the_default(tmp_path: Path, monkeypatch):

@@ -124,7 +124,7 @@ def test_n_on_the_tensor_cores_keeps_its_precision_in_two_terms(weighting):
         _, last = _run_sequence(variant, config, x, "exp")
         errors[n] = ((last[1].double().cpu() - ref).norm() / ref.norm()).item()
     assert errors["dot2"] * 10 < errors["dot"], errors  # the 16-bit rounding of every term shows in "dot"
-    assert errors["dot2"] <= max(4 * errors["sum"], 1e-6), errors  # and the remainder takes it back out
+    assert errors["dot2"] <= 4 * errors["sum"] + 1e-8, errors  # and the remainder takes it back out
 
 
 STEP_VARIANTS = [v for v in VARIANTS if v.family == "step_fw"]

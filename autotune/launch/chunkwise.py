@@ -38,7 +38,7 @@ STATES_GATES = ("inline", "pre")
 STATES_WEIGHTING = ("k", "v", "kT")
 # how the states kernel forms n: a reduction across threads of the weighted k (by the first value tile's programs,
 # except for "k" with gates in the loop), or the weighted k^T times a column of ones on the tensor cores in every
-# program ("dot": with "states_weighting" "k" or "kT"; 18-20% off the states kernel on the H200, NOTES.md), each
+# program ("dot": with "states_weighting" "k" or "kT"; 12-20% off the states kernel on the H200, NOTES.md), each
 # term rounded to 16 bits, or with the rounding remainder as a second product ("dot2": not yet measured on a GPU,
 # so not in the search space)
 STATES_N = ("sum", "dot", "dot2")
@@ -128,12 +128,15 @@ def _launch_states(module, k, v, i, f, C0, n0, m0, has_state, buffers, last, *, 
 
 
 def last_state(k, v, i, f, C0=None, n0=None, m0=None, *, cell: str, config: dict | None = None):
-    """The state after the whole sequence, from the recurrence kernel alone (no outputs): fp32 (C, n, m)."""
+    """The state after the whole sequence, from the recurrence kernel alone (no outputs): fp32 (C, n, m). Without a
+    ``config``, the default's with n reduced in fp32 ("states_n": "sum"): a state handed on to later calls keeps
+    n at fp32 precision rather than the 16-bit rounding of n on the tensor cores."""
     variant = find(TWOPASS, cell=cell, state="float32")
     B, NH, S, DHQK = k.shape
     DHHV = v.shape[-1]
-    config = dict(config or default_config(variant, DHQK, DHHV))
+    config = dict(config or dict(default_config(variant, DHQK, DHHV), states_n="sum"))
     config["LO"] = config["LI"]
+    check_config(variant, config)
     k, v, i, f = contiguous(k, v, i, f)
     C0, n0, m0, has_state = state_args(C0, n0, m0, k)
     last = last_state_buffers(B, NH, DHQK, DHHV, k.device, True)
