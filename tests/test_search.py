@@ -177,6 +177,17 @@ def test_halves_at_8_warps_with_n_on_the_tensor_cores_are_ruled_out_in_16_bits_o
     assert space.invalid(variant, base, 128, 128, 4, space.H100_LIMITS) is None  # fp32
 
 
+def test_a_training_step_never_turns_an_entry_into_a_pair_the_space_rules_out():
+    """A forward entry at 8 output warps with n on the tensor cores, run for a backward that takes states every
+    2 LO, becomes the halves kernel (launch.chunkwise.states_every) with n reduced: a pair the space allows."""
+    entry = dict(DEFAULT[1], LO=64, LI=64, num_warps_out=8, out_values="loop", states_weighting="kT", states_n="dot")
+    assert space.invalid(DEFAULT_VARIANT, entry, 128, 128, 2, space.H100_LIMITS) is None
+    got = launch_chunkwise.states_every(entry, 128)
+    assert got["out_values"] == "halves" and got["states_n"] == "sum"
+    assert space.invalid(DEFAULT_VARIANT, got, 128, 128, 2, space.H100_LIMITS) is None
+    assert launch_chunkwise.states_every(dict(entry, num_warps_out=4), 128)["states_n"] == "dot"  # 4 warps: as is
+
+
 def test_n_on_the_tensor_cores_needs_the_weights_on_k():
     """states_n "dot" with v weighted faulted on the H200: out of the space for the forward and the backward."""
     from autotune.launch import chunkwise_bw

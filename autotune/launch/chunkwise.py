@@ -93,13 +93,18 @@ def states_every(config: dict, L: int) -> dict:
     backward recompute them, which costs more than the forward's own gain (NOTES.md).
     - The halves kernel at LO = L stays as it is: the states kernel stores one state per half, the kernel reads
       every other.
-    - A backward taking states every 2 LO (its "states_every": 2 at L = LO) gets the halves kernel at this LO.
+    - A backward taking states every 2 LO (its "states_every": 2 at L = LO) gets the halves kernel at this LO; at 8
+      output warps with n reduced in fp32, the pair the search space allows (autotune.space rules out halves at 8
+      warps with n on the tensor cores in 16 bits: NOTES.md, eighth session).
     - Anything else runs at LO = L, the halves kernel then as the plain per-chunk one."""
     out_values = config.get("out_values", "tiles")
     if L == state_stride(config) or (out_values == "halves" and L == config["LO"]):
         return config
     if L == 2 * config["LO"]:
-        return dict(config, out_values="halves")
+        halves = dict(config, out_values="halves")
+        if halves.get("num_warps_out", 4) >= 8 and halves.get("states_n", "sum") != "sum":
+            halves["states_n"] = "sum"
+        return halves
     return dict(config, LO=L, LI=min(config["LI"], L), out_values="loop" if out_values == "halves" else out_values)
 
 
