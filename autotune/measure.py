@@ -6,12 +6,13 @@ the real shape, inside a worker process that may die.
                          process, seen on an H200) or runs past the time limit is recorded as failed, a new worker
                          starts, and the search goes on
 
-Gate: a small instance of the same variant (B=1, NH=2, the real head dims; S from ``gate_length``: at most about
-4096 tokens, ragged, compiling the very kernels the timing runs) against the float64
-oracle (native chunkwise in fp64; for the step kernel, the native step), relative error <= 2e-2 for 16-bit inputs,
-1e-4 for fp32. A backward variant (direction "fwbw") is gated on every gradient (dq, dk, dv, di, df) of a random
-linear loss against the exact native backward in fp64, and timed as forward + backward (the forward: the two-pass
-default with outer chunks of the backward's L, so that ``states="reuse"`` can take its states). Timing on the real
+Gate (autotune.gate, the same check as the GPU tests and ``mlstm-tune validate``): a small instance of the same
+variant (B=1, NH=2, the real head dims; S from ``gate_length``: at most about 4096 tokens, ragged, compiling the very
+kernels the timing runs), the adversarial and model-like draws, several calls for the same bits, and each output
+(h; for a backward variant, direction "fwbw", each of dq, dk, dv, di, df of a random linear loss) within 1.5x the
+error of a trusted kernel (``trusted_job``) against the float64 oracle (native chunkwise in fp64). A backward
+variant is timed as forward + backward (the forward: the two-pass default with outer chunks of the backward's L, so
+that ``states="reuse"`` can take its states). Timing on the real
 shape: warm-up, then the median and p20/p80 of many launches (CUDA events through ``triton.testing.do_bench``),
 rotating among input sets that together exceed the L2 cache (drawn once per shape and process, kept for the next
 candidate); inputs are random, never zeros. Without a GPU, kernels run under Triton's interpreter and are timed with
@@ -32,10 +33,6 @@ import torch
 from .search import Outcome
 
 L2_BYTES = 60 * 2**20  # the H200's L2 is 60 MB (GPU.md); inputs rotate over more than twice that
-GATE_LIMITS = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 2e-2}
-# gradients in 16 bits: their error depends on the input draw, identically for every configuration (measured on an
-# H200: tests/gpu/logs/2026-11-29_H200_diagnose_bf16_backward.log); the gate is there to catch wrong kernels
-BACKWARD_GATE_LIMITS = {torch.float32: 1e-4, torch.float16: 5e-2, torch.bfloat16: 5e-2}
 BACKWARD_FAMILIES = ("chunkwise_bw", "parallel_bw")
 
 
@@ -158,19 +155,114 @@ def gate_length(S: int) -> int:
     return S - 16 if S <= 4096 else 4080 + S % 16
 
 
-def gate(job: Job) -> float:
-    """Largest relative error of the candidate's outputs on an instance of one batch, 2 heads and gate_length(S)
-    tokens against the fp64 oracle."""
-    # the interpreter compiles nothing: its gate stays small
-    x = _inputs(job, 1, 2, gate_length(job.S) if job.device != "cpu" else gate_length(0), seed=1)
-    out = _runner(job)(x)
-    out = out if isinstance(out, tuple) else (out,)
-    worst = 0.0
-    for got, ref in zip(out, _oracle(job, x), strict=True):
-        if not bool(torch.isfinite(got).all()):
-            return float("inf")
-        worst = max(worst, ((got.double() - ref).norm() / ref.norm()).item())
-    return worst
+GRADIENTS = ("dq", "dk", "dv", "di", "df")
+
+
+def output_names(job: Job) -> tuple[str, ...]:
+    from .variants import by_name
+
+    return GRADIENTS if by_name(job.variant).family in BACKWARD_FAMILIES else ("h",)
+
+
+def _named(job: Job, run):
+    """``run`` (inputs -> h, or the tuple of gradients) as a kernel of the gate: inputs -> {name: tensor}."""
+    names = output_names(job)
+    return lambda x: dict(zip(names, run(x) if len(names) > 1 else (run(x),), strict=True))
+
+
+def trusted_job(job: Job) -> Job:
+    """The kernel the gate holds ``job`` to: for outputs, the tiled parallel forward with its default configuration
+    (one stage: no software pipelining); for a training step, the parallel backward behind the parallel forward,
+    likewise. Both were bitwise stable and at the 16-bit rounding level on an H100 where the two-pass forward and
+    the head-128 chunkwise backward were not (issue notes, docs/hazards.md). The step kernel is held to the native
+    step instead (trusted_step)."""
+    from .launch import parallel, parallel_bw
+    from .variants import by_name, find
+
+    cell = by_name(job.variant).params["cell"]
+    if by_name(job.variant).family in BACKWARD_FAMILIES:
+        variant = find("parallel_bw.py.j2", cell=cell)
+        config = parallel_bw.default_config(variant, job.DHQK, job.DHHV)
+    else:
+        variant = find("parallel_fw.py.j2", cell=cell)
+        config = parallel.default_config(variant, job.DHQK, job.DHHV)
+    return Job(variant.name, dict(config, num_stages=1), job.B, job.NH, job.S, job.DHQK, job.DHHV, job.dtype,
+               job.device)  # fmt: skip
+
+
+def _trusted_step(job: Job):
+    from .torch.native.recurrent import mlstm_recurrent_step__native
+    from .variants import by_name
+
+    cell = by_name(job.variant).params["cell"]
+
+    def step(x):
+        args = [x[k][:, :, 0] for k in "qkv"] + [x[k][:, :, :1] for k in "if"]
+        return {"h": mlstm_recurrent_step__native(*args, None, None, None, cell=cell)[0][:, :, None]}
+
+    return step
+
+
+_DRAWS: dict[tuple, list] = {}
+
+
+def gate_draws(job: Job) -> list:
+    """The gate's draws for ``job`` (autotune.gate.Draw: inputs, float64 truth, the trusted kernel's outputs), kept
+    for the next candidate of the same shape and family (one shape at a time)."""
+    from . import gate
+    from .variants import by_name
+
+    family = by_name(job.variant).family
+    S = gate_length(job.S) if job.device != "cpu" else gate_length(0)  # the interpreter compiles nothing
+    key = (family, by_name(job.variant).params["cell"], S, job.DHQK, job.DHHV, job.dtype, job.device)
+    if key not in _DRAWS:
+        _DRAWS.clear()
+        trusted = _trusted_step(job) if family == "step_fw" else _named(job, _runner(trusted_job(job)))
+        oracle = lambda x: dict(zip(output_names(job), _oracle(job, x), strict=True))  # noqa: E731
+        _DRAWS[key] = [
+            gate.prepare(gate.draw_inputs(kind, 1, 2, S, job.DHQK, job.DHHV, dtype=getattr(torch, job.dtype),
+                                          device=job.device, seed=1 + n), oracle, trusted)
+            for n, kind in enumerate(gate_kinds(job))
+        ]  # fmt: skip
+    return _DRAWS[key]
+
+
+def gate_kinds(job: Job) -> tuple[str, ...]:
+    """Both draws on a GPU; under the interpreter (programs run one after another: no race to find, and every
+    repeated call costs seconds) the adversarial one."""
+    from . import gate
+
+    return gate.DRAWS if job.device != "cpu" else ("adversarial",)
+
+
+def gate_runs(job: Job) -> int:
+    from . import gate
+
+    return gate.RUNS if job.device != "cpu" else 2
+
+
+def gate_verdict(job: Job):
+    """autotune.gate's verdict on the candidate ``job`` at its gate shape (B=1, NH=2, gate_length(S) tokens, the real
+    head dims): determinism, and accuracy output by output against the trusted kernel; on a Hopper GPU also the
+    static hazard checks of the kernels it compiles (autotune.hazards)."""
+    from . import gate, hazards
+    from .variants import by_name
+
+    verdict = gate.judge(_named(job, _runner(job)), gate_draws(job), getattr(torch, job.dtype), runs=gate_runs(job))
+    arch = hazard_arch(job)
+    if arch is not None:
+        verdict.reasons += hazards.check_point(by_name(job.variant), job.config, job.DHQK, job.DHHV,
+                                               getattr(torch, job.dtype), arch=arch)  # fmt: skip
+    return verdict
+
+
+def hazard_arch(job: Job) -> int | None:
+    """The compute capability (90 for sm_90) whose static hazard checks (autotune.hazards) the gate adds: the GPU's,
+    where it is a Hopper; None under the interpreter and on GPUs the checks were not established on."""
+    if job.device != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability()
+    return 10 * major + minor if major == 9 else None
 
 
 _TIMING_SETS: dict[tuple, list[dict]] = {}
@@ -242,20 +334,16 @@ def time_candidate(job: Job) -> tuple[float, float, float]:
 def evaluate_here(job: Job) -> Outcome:
     """Gate, then timing; the outcome also says how long each took (wall clock, compiling included), which is where
     a tuning run's time goes."""
-    dtype = getattr(torch, job.dtype)
     start = time.perf_counter()
     try:
-        err = gate(job)
+        verdict = gate_verdict(job)
     except Exception as exc:  # noqa: BLE001 - a candidate that fails to build or launch is a result, not a crash
         return Outcome(ok=False, reason=f"gate: {type(exc).__name__}: {str(exc)[:300]}",
                        gate_s=time.perf_counter() - start)  # fmt: skip
     gate_s = time.perf_counter() - start
-    from .variants import by_name
-
-    limit = (BACKWARD_GATE_LIMITS if by_name(job.variant).family in BACKWARD_FAMILIES else GATE_LIMITS)[dtype]
-    if not err <= limit:
-        return Outcome(ok=False, error=err, reason=f"wrong result: relative error {err:.3g} > {limit:g}",
-                       gate_s=gate_s)  # fmt: skip
+    err = verdict.error
+    if not verdict.passed:
+        return Outcome(ok=False, error=err, reason=f"wrong result: {verdict.summary()}"[:400], gate_s=gate_s)
     start = time.perf_counter()
     try:
         p50, p20, p80 = time_candidate(job)

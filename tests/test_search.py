@@ -112,48 +112,6 @@ def test_a_point_ruled_out_since_it_was_measured_does_not_win(tmp_path: Path, mo
     assert (again.best_variant, again.best_config) != OPTIMUM and again.best.p50_ms > 0.5
 
 
-class ErrorsReplay(Replay):
-    """Replayed timings with a gate error per point: ``error_of(variant, config)``."""
-
-    def __init__(self, error_of):
-        super().__init__()
-        self.error_of = error_of
-
-    def __call__(self, variant, config):
-        out = super().__call__(variant, config)
-        out.error = self.error_of(variant, config)
-        return out
-
-
-def test_a_candidate_far_less_accurate_than_the_default_fails_though_within_the_gate(tmp_path: Path, monkeypatch):
-    """A miscompiled candidate can pass the gate's fixed limit (on the H200: 0.017 against the limit 0.02, where the
-    default's error was 0.0024): it must not win on speed."""
-    narrowed_space(monkeypatch)
-    table = lambda v, c: 1.5 if (v, c) == DEFAULT else structured_ms(v, c)  # noqa: E731
-    monkeypatch.setattr(__import__(__name__), "replayed_ms", table)
-    second = {"L": 64, "BV": 64, "num_warps": 8, "num_stages": 1}  # 2x the default's error: allowed
-
-    def error_of(v, c):
-        return 0.015 if (v.name, c) == OPTIMUM else 0.006 if c == second else 0.003
-
-    study = study_in(tmp_path)
-    result = run(study, ErrorsReplay(error_of), trials=60)
-    assert (result.best_variant, result.best_config) != OPTIMUM and result.best.error <= 0.006
-    bad = [t for t in study.trials if t.state == TrialState.FAIL]
-    assert bad and all("less accurate than the default" in t.user_attrs["reason"] for t in bad)
-    assert {json.loads(t.user_attrs["point"])["config"] == OPTIMUM[1] for t in bad} == {True}
-    assert result.failure_kinds == {"less accurate than the default": len(bad)}
-
-
-def test_tiny_errors_are_not_held_to_the_default(tmp_path: Path, monkeypatch):
-    # fp32: 10x the default's 1e-6 is rounding order, far below ACCURACY_FLOOR
-    narrowed_space(monkeypatch)
-    table = lambda v, c: 1.5 if (v, c) == DEFAULT else structured_ms(v, c)  # noqa: E731
-    monkeypatch.setattr(__import__(__name__), "replayed_ms", table)
-    result = run(study_in(tmp_path), ErrorsReplay(lambda v, c: 1e-6 if (v, c) == DEFAULT else 1e-5), trials=60)
-    assert (result.best_variant, result.best_config) == OPTIMUM
-
-
 def test_wide_output_chunks_at_8_warps_are_ruled_out_in_16_bits_only():
     """LO=128 output chunks at 8 warps miscomputed on the H200 in bf16 (NOTES.md, sixth session)."""
     variant = DEFAULT_VARIANT

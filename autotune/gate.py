@@ -1,0 +1,214 @@
+"""The correctness gate: one check, run by the GPU tests, by the tuner on every candidate, and by
+``mlstm-tune validate`` on every database entry and built-in default.
+
+A candidate is a function from an input draw (q, k, v, i, f and a cotangent dh, dict of tensors) to its named
+outputs (h; or dq, dk, dv, di, df for a training step). It passes when, on every draw:
+
+  determinism  ``runs`` calls on the same inputs return bitwise-equal outputs (each call allocates its own outputs),
+               and one call more does too after all memory it could be handed unwritten was filled with NaN: the
+               CUDA caching allocator's free blocks, and every ``torch.empty*`` made during the call. A race, or a
+               read of memory never written, gives other bits.
+  accuracy     for each output separately, its relative Frobenius error against the float64 oracle is at most
+               FACTOR (1.5) x the error of a trusted kernel on the same inputs (never only a maximum over the
+               outputs), or under the dtype's FLOOR (where the trusted kernel is exact to a few fp32 roundings,
+               summation order alone moves the error by more than 1.5x); every output finite. The trusted kernel
+               is itself held to determinism and to the absolute limit of docs/math.md §7.
+
+Draws (``draw_inputs``): "adversarial" (input gate 3 N(0, 1) with a spike of +18 at S/3 and of -15 at S/2, forget
+gate U(-6, 8): the stabiliser's extremes) and "model" (input gate N(0, 1), forget gate 3 + 1.5 N(0, 1): what a
+trained model feeds). fp16 spikes are +8 / -8: fp16 holds no output of a -15 spike.
+
+Determinism contracts: every kernel this project generates writes each output element from one program, with no
+atomics and no split reductions, so each must give the same bits on the same inputs on the same GPU; the gate
+checks exactly that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+DRAWS = ("adversarial", "model")
+FACTOR = 1.5
+# errors under these are rounding-order noise, not a faulty kernel (fp32: the true-fp32 limit of docs/math.md §7)
+FLOORS = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 5e-4, torch.bfloat16: 5e-4}
+# docs/math.md §7: the absolute limit any kernel (the trusted one included) must meet
+ABSOLUTE_LIMITS = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 2e-2}
+RUNS = 5
+
+Outputs = dict[str, torch.Tensor]
+Kernel = Callable[[dict], Outputs]
+
+
+def draw_inputs(kind: str, B: int, NH: int, S: int, DHQK: int, DHHV: int, *, dtype: torch.dtype, device,
+                seed: int = 0) -> dict:  # fmt: skip
+    """One input draw of the gate: q, k, v ~ N(0, 1) in ``dtype``, gates i, f in fp32 (see the module docstring),
+    and a cotangent dh ~ N(0, 1) of h for gradients. Drawn by a generator of ``device``."""
+    if kind not in DRAWS:
+        raise ValueError(f"unknown draw {kind!r}: one of {DRAWS}")
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, device=device, dtype=torch.float32)
+
+    x = {"q": randn(B, NH, S, DHQK), "k": randn(B, NH, S, DHQK), "v": randn(B, NH, S, DHHV)}
+    if kind == "adversarial":
+        x["i"] = 3.0 * randn(B, NH, S)
+        up, down = (8.0, -8.0) if dtype == torch.float16 else (18.0, -15.0)
+        x["i"][..., S // 3] = up
+        x["i"][..., S // 2] = down
+        x["f"] = torch.rand(B, NH, S, generator=gen, device=device) * 14.0 - 6.0
+    else:
+        x["i"] = randn(B, NH, S)
+        x["f"] = 3.0 + 1.5 * randn(B, NH, S)
+    x["dh"] = randn(B, NH, S, DHHV)
+    return {name: t.to(dtype) if name in ("q", "k", "v", "dh") else t for name, t in x.items()}
+
+
+class _PoisonEmpty(TorchFunctionMode):
+    """Every torch.empty* made while active comes back filled with NaN (floats) or -1 (integers)."""
+
+    MAKERS = (torch.empty, torch.empty_like, torch.empty_strided, torch.Tensor.new_empty)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in self.MAKERS and isinstance(out, torch.Tensor) and out.dtype != torch.bool:
+            out.fill_(float("nan") if out.is_floating_point() else -1)
+        return out
+
+
+def _fill_free_cuda_blocks() -> None:
+    """Fill the CUDA caching allocator's free blocks with 0xFF bytes (NaN in every float type): allocate each free
+    block's size, largest first (the allocator fits a request into the smallest free block that holds it), fill,
+    free."""
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return
+    device = torch.cuda.current_device()
+    sizes = sorted((b["size"] for seg in torch.cuda.memory_snapshot() if seg["device"] == device
+                    for b in seg["blocks"] if b["state"] == "inactive"), reverse=True)  # fmt: skip
+    held = []
+    for size in sizes:
+        held.append(torch.empty(size, dtype=torch.uint8, device=f"cuda:{device}"))
+        held[-1].fill_(0xFF)
+    torch.cuda.synchronize()
+    del held
+
+
+@contextmanager
+def poisoned_memory():
+    """Memory handed out unwritten inside the block holds NaN (see the module docstring)."""
+    _fill_free_cuda_blocks()
+    with _PoisonEmpty():
+        yield
+
+
+def _bits(outputs: Outputs) -> tuple:
+    return tuple(t.detach().contiguous().flatten().view(torch.uint8).cpu().numpy().tobytes() for t in outputs.values())
+
+
+def relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """||got - ref|| / ||ref|| in float64 (Frobenius); inf when got holds NaN or Inf."""
+    if not bool(torch.isfinite(got).all()):
+        return float("inf")
+    ref = ref.double()
+    return ((got.double() - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+def determinism(kernel: Kernel, x: dict, runs: int = RUNS) -> tuple[Outputs, int]:
+    """The first call's outputs and how many bitwise-distinct results ``runs`` plain calls and one poisoned call
+    gave."""
+    first = kernel(x)
+    seen = {_bits(first)}
+    for _ in range(runs - 1):
+        seen.add(_bits(kernel(x)))
+    with poisoned_memory():
+        seen.add(_bits(kernel(x)))
+    return first, len(seen)
+
+
+@dataclass
+class Verdict:
+    """The gate's result for one candidate over all draws (errors: the worst draw's, per output)."""
+
+    runs: int
+    distinct_outputs: int = 1
+    error_by_output: dict = field(default_factory=dict)
+    reference_error_by_output: dict = field(default_factory=dict)
+    limit_by_output: dict = field(default_factory=dict)
+    reasons: list = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.reasons
+
+    def _worst(self) -> str | None:
+        ratios = {k: e / self.limit_by_output[k] for k, e in self.error_by_output.items()}
+        return max(ratios, key=ratios.get) if ratios else None
+
+    @property
+    def error(self) -> float | None:
+        """The error of the output nearest its limit."""
+        worst = self._worst()
+        return None if worst is None else self.error_by_output[worst]
+
+    @property
+    def reference_error(self) -> float | None:
+        """The trusted kernel's error on that same output."""
+        worst = self._worst()
+        return None if worst is None else self.reference_error_by_output[worst]
+
+    def summary(self) -> str:
+        return "; ".join(self.reasons) if self.reasons else f"passed ({self.runs + 1} runs, 1 distinct output)"
+
+
+@dataclass
+class Draw:
+    """One input draw with what the candidate is judged against: the float64 truth and the trusted kernel's
+    outputs (computed once per draw; the tuner keeps them for every candidate of a shape)."""
+
+    x: dict
+    truth: Outputs
+    reference: Outputs
+
+
+class UntrustedReference(RuntimeError):
+    """The trusted kernel itself gave different bits twice: no candidate can be judged against it."""
+
+
+def prepare(x: dict, oracle: Kernel, trusted: Kernel) -> Draw:
+    """A Draw of ``x``: the oracle's outputs, and the trusted kernel's, which must give the same bits twice."""
+    reference = trusted(x)
+    if _bits(trusted(x)) != _bits(reference):
+        raise UntrustedReference("the trusted kernel gave different bits on the same inputs")
+    return Draw(x, oracle(x), reference)
+
+
+def judge(candidate: Kernel, draws: list[Draw], dtype: torch.dtype, runs: int = RUNS,
+          factor: float = FACTOR) -> Verdict:  # fmt: skip
+    """Run the gate (module docstring) on ``draws``."""
+    verdict = Verdict(runs=runs)
+    floor, absolute = FLOORS[dtype], ABSOLUTE_LIMITS[dtype]
+    for n, draw in enumerate(draws):
+        label = f"draw {n}" if len(draws) > 1 else "the draw"
+        got, distinct = determinism(candidate, draw.x, runs)
+        verdict.distinct_outputs = max(verdict.distinct_outputs, distinct)
+        if distinct > 1:
+            verdict.reasons.append(f"nondeterministic: {distinct} distinct outputs in {runs + 1} runs on {label}")
+        if set(got) != set(draw.truth):
+            raise ValueError(f"the candidate returned {sorted(got)}, the oracle {sorted(draw.truth)}")
+        for name, ref64 in draw.truth.items():
+            err, ref_err = relative_error(got[name], ref64), relative_error(draw.reference[name], ref64)
+            if err > verdict.error_by_output.get(name, -1.0):
+                verdict.error_by_output[name] = err
+                verdict.reference_error_by_output[name] = ref_err
+                verdict.limit_by_output[name] = max(factor * ref_err, floor)
+            if not ref_err <= absolute:
+                verdict.reasons.append(f"the trusted kernel's {name} is off on {label}: {ref_err:.3g} > {absolute:g}")
+            elif not err <= max(factor * ref_err, floor):
+                verdict.reasons.append(f"{name}: relative error {err:.3g} > {factor:g} x the trusted kernel's "
+                                       f"{ref_err:.3g} on {label}")  # fmt: skip
+    return verdict

@@ -1,0 +1,131 @@
+"""autotune.gate with planted faults: each must fail the gate, and a correct kernel must pass it.
+
+Kernels here are the native PyTorch ones (fast on the CPU); the gate's logic does not depend on where a kernel runs.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autotune import gate
+from autotune.torch import get_mlstm_kernel
+
+B, NH, S, DHQK, DHHV = 1, 2, 70, 16, 24
+GRADS = ("dq", "dk", "dv", "di", "df")
+
+
+def native_outputs(x: dict, dtype: torch.dtype, grads: bool) -> dict:
+    """h, or the gradients of <h, dh> with respect to q, k, v, i, f, from the native chunkwise kernel in ``dtype``."""
+    kernel = get_mlstm_kernel("chunkwise--native_autograd")
+    args = {k: x[k].to(dtype).detach().requires_grad_(grads) for k in "qkvif"}
+    h = kernel(**args, chunk_size=16)
+    if not grads:
+        return {"h": h.detach()}
+    torch.autograd.backward(h, x["dh"].to(dtype))
+    return {f"d{k}": args[k].grad for k in "qkvif"}
+
+
+def draws(grads: bool, kinds=gate.DRAWS) -> list[gate.Draw]:
+    out = []
+    for n, kind in enumerate(kinds):
+        x = gate.draw_inputs(kind, B, NH, S, DHQK, DHHV, dtype=torch.float32, device="cpu", seed=n)
+        out.append(gate.prepare(x, lambda x: native_outputs(x, torch.float64, grads),
+                                lambda x: native_outputs(x, torch.float32, grads)))  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def forward_draws():
+    return draws(grads=False)
+
+
+@pytest.fixture(scope="module")
+def backward_draws():
+    return draws(grads=True)
+
+
+def test_a_correct_kernel_passes(forward_draws, backward_draws):
+    fw = gate.judge(lambda x: native_outputs(x, torch.float32, False), forward_draws, torch.float32)
+    assert fw.passed, fw.summary()
+    assert fw.distinct_outputs == 1 and set(fw.error_by_output) == {"h"}
+    bw = gate.judge(lambda x: native_outputs(x, torch.float32, True), backward_draws, torch.float32)
+    assert bw.passed, bw.summary()
+    assert set(bw.error_by_output) == set(GRADS)
+    assert all(e <= gate.ABSOLUTE_LIMITS[torch.float32] for e in bw.error_by_output.values())
+
+
+def test_different_bits_on_alternate_calls_fail(forward_draws):
+    calls = []
+
+    def flaky(x):
+        out = native_outputs(x, torch.float32, False)
+        calls.append(1)
+        if len(calls) % 2 == 0:  # a race that loses one rounding every other call: within any error limit
+            out["h"] = torch.nextafter(out["h"], torch.full_like(out["h"], float("inf")))
+        return out
+
+    verdict = gate.judge(flaky, forward_draws, torch.float32)
+    assert not verdict.passed and verdict.distinct_outputs == 2
+    assert any("nondeterministic" in r for r in verdict.reasons)
+    assert max(verdict.error_by_output.values()) < 1e-5  # accurate: only the determinism check can catch it
+
+
+def test_one_gradient_ten_times_off_fails_by_name(backward_draws):
+    def dq_off(x):
+        out = native_outputs(x, torch.float32, True)
+        truth = native_outputs(x, torch.float64, True)["dq"]
+        noise = torch.randn(truth.shape, generator=torch.Generator().manual_seed(0), dtype=truth.dtype)
+        out["dq"] = (truth + 2e-2 * truth.norm() / truth.numel() ** 0.5 * noise).float()  # relative error 2e-2
+        return out
+
+    verdict = gate.judge(dq_off, backward_draws, torch.float32)
+    assert not verdict.passed
+    assert all(r.startswith("dq:") for r in verdict.reasons), verdict.reasons
+    assert verdict.error == verdict.error_by_output["dq"] > 1e-2  # the worst output is named, not hidden in a max
+    assert all(verdict.error_by_output[g] < 1e-4 for g in GRADS if g != "dq")
+
+
+def test_a_read_of_unwritten_memory_fails(forward_draws):
+    def forgets_one_element(x):
+        h = native_outputs(x, torch.float32, False)["h"]
+        out = torch.empty_like(h)  # what a launcher allocates for a kernel's output
+        out.view(-1)[1:] = h.view(-1)[1:]  # element 0 never written
+        return {"h": out}
+
+    verdict = gate.judge(forgets_one_element, forward_draws, torch.float32)
+    assert not verdict.passed
+    assert verdict.distinct_outputs > 1 or verdict.error_by_output["h"] == float("inf"), verdict.reasons
+
+
+def test_poisoned_memory_fills_every_empty_with_nan():
+    with gate.poisoned_memory():
+        a, b = torch.empty(4), torch.empty_like(torch.ones(3, dtype=torch.bfloat16))
+        c, d = torch.ones(2).new_empty(5), torch.empty(3, dtype=torch.int32)
+    assert a.isnan().all() and b.isnan().all() and c.isnan().all() and (d == -1).all()
+
+
+def test_a_nondeterministic_trusted_kernel_is_refused():
+    x = gate.draw_inputs("model", B, NH, S, DHQK, DHHV, dtype=torch.float32, device="cpu")
+    noise = iter(range(100))
+    with pytest.raises(gate.UntrustedReference):
+        gate.prepare(x, lambda x: {"h": x["v"].double()}, lambda x: {"h": x["v"] + next(noise)})
+
+
+def test_an_inaccurate_trusted_kernel_fails_every_candidate(forward_draws):
+    bad = [gate.Draw(d.x, d.truth, {"h": d.truth["h"].float() * 1.2}) for d in forward_draws]
+    verdict = gate.judge(lambda x: native_outputs(x, torch.float32, False), bad, torch.float32)
+    assert not verdict.passed and "trusted kernel" in verdict.reasons[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_the_draws(dtype):
+    adv = gate.draw_inputs("adversarial", 1, 2, 300, 8, 8, dtype=dtype, device="cpu")
+    model = gate.draw_inputs("model", 1, 2, 300, 8, 8, dtype=dtype, device="cpu")
+    assert adv["q"].dtype == adv["dh"].dtype == dtype and adv["i"].dtype == adv["f"].dtype == torch.float32
+    up = 8.0 if dtype == torch.float16 else 18.0
+    assert (adv["i"][..., 100] == up).all() and (adv["i"][..., 150] < 0).all()
+    assert adv["f"].min() >= -6 and adv["f"].max() <= 8 and adv["f"].std() > 3
+    assert abs(model["f"].mean() - 3) < 0.3 and abs(model["i"].std() - 1) < 0.2
+    assert not torch.equal(gate.draw_inputs("model", 1, 2, 300, 8, 8, dtype=dtype, device="cpu", seed=1)["q"],
+                           model["q"])  # fmt: skip
