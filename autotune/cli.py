@@ -4,6 +4,7 @@ Subcommands so far:
     kernels        list the registered kernels (sequence, step, sequence-loop), one per line
     paths          print where templates/, generated/ and tuning_db/ are read from
     tune           search the fastest correct variant per shape on this GPU and write the tuning database
+    validate       the correctness gate on every database entry in use and every built-in default (JSON report)
     render         regenerate generated/ from templates/ (--check: only report what is stale)
     report         markdown table and PNG plot of tuned against default times from a database
     db             list, validate, merge, import and export tuning databases
@@ -112,6 +113,12 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .validate import run
+
+    return run(args)
+
+
 def _cmd_tune(args: argparse.Namespace) -> int:
     from .tune import run
 
@@ -216,6 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", metavar="FILE", help="Optuna journal file (default: DIR/studies.journal)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_tune)
+    p = sub.add_parser("validate", help="the correctness gate on this GPU for every database entry in use and every "
+                                        "built-in default; run it after a Triton, torch or driver upgrade")
+    p.add_argument("--db", action="append", metavar="FILE", help="check this database file (repeatable); default: "
+                   "every database in use on this GPU (the user's, then the packaged ones of its compute capability)")
+    p.add_argument("--out", metavar="DIR", help="where <database>-validate.json goes (default: tuning_db/reports)")
+    p.add_argument("--fix", action="store_true", help="remove failing entries from the user database")
+    p.add_argument("--no-defaults", action="store_true", help="check database entries only")
+    p.set_defaults(func=_cmd_validate)
     p = sub.add_parser("report", help="markdown table and PNG plot of tuned against default times from a database")
     p.add_argument("--db", metavar="FILE", help="a database file (default: every file of the user database)")
     p.add_argument("--out", default=".", metavar="DIR", help="where to write <GPU>-report.md and .png")

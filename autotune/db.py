@@ -21,7 +21,7 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -221,6 +221,22 @@ def upsert(
                 written += 1
         _write_atomic(path, db)
         return written
+
+
+def remove(path: Path, drop: Callable[[Key], bool]) -> int:
+    """Remove the entries whose key ``drop`` selects from the database in ``path``, under its lock. Returns how
+    many were removed."""
+    path = Path(path)
+    with _locked(path):
+        db = read(path)
+        if db is None:
+            raise ValueError(f"{path} is not a usable tuning database")
+        gone = [k for k in db.entries if drop(k)]
+        for k in gone:
+            del db.entries[k]
+        if gone:
+            _write_atomic(path, db)
+        return len(gone)
 
 
 def merge(dst: Path, src: Path) -> int:
