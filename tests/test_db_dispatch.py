@@ -199,11 +199,71 @@ def test_override_from_environment(tmp_path: Path, monkeypatch):
     assert d.choose(req(op="parallel:exp"), GPU, CAP, default).rung == "default"  # other ops are not forced
 
 
-def test_bad_override_warns_and_is_ignored(tmp_path: Path, monkeypatch):
-    monkeypatch.setenv("MLSTM_AUTOTUNE_FORCE", "{not json")
-    d = _dispatcher(tmp_path)
-    with pytest.warns(UserWarning, match="MLSTM_AUTOTUNE_FORCE"):
-        assert d.choose(req(), GPU, CAP, default).rung == "default"
+@pytest.mark.parametrize(
+    "value,reason",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ('{"chunkwise:exp/bw": {"variant": "v"}}', "unknown key 'chunkwise:exp/bw'"),
+        ('{"chunkwise:exp": "v"}', 'must be an object with a "variant" string'),
+        ('{"chunkwise:exp": {"config": {"L": 32}}}', 'must be an object with a "variant" string'),
+        ('{"chunkwise:exp": {"variant": "v", "configs": {"L": 32}}}', "unknown fields \\['configs'\\]"),
+        ('{"chunkwise:exp": {"variant": "v", "config": [32]}}', 'config"\\] must be an object'),
+    ],
+    ids=["not-json", "not-an-object", "unknown-key", "value-a-string", "no-variant", "misspelt-field", "config-list"],
+)
+def test_malformed_override_raises_at_every_call(tmp_path: Path, monkeypatch, value, reason):
+    """A malformed MLSTM_AUTOTUNE_FORCE is an error naming it, at every call until it is fixed: never a silent (or
+    merely warned) fallback to the database or the default."""
+    from autotune.dispatch import OverrideError
+
+    d = _dispatcher(tmp_path, packaged=[entry(key(), variant="pkg")])
+    monkeypatch.setenv("MLSTM_AUTOTUNE_FORCE", value)
+    for _ in range(2):
+        with pytest.raises(OverrideError, match=reason) as err:
+            d.choose(req(), GPU, CAP, default)
+        assert "MLSTM_AUTOTUNE_FORCE" in str(err.value) and isinstance(err.value, ValueError)
+    monkeypatch.delenv("MLSTM_AUTOTUNE_FORCE")
+    assert d.choose(req(), GPU, CAP, default).variant == "pkg"
+
+
+def test_override_set_changed_or_removed_after_a_first_call_applies(tmp_path: Path, monkeypatch):
+    """The dispatcher memoises its answers, but not across a change of MLSTM_AUTOTUNE_FORCE: a value set (or changed,
+    or removed) with os.environ after the first call applies from the next call."""
+    import os
+
+    monkeypatch.delenv("MLSTM_AUTOTUNE_FORCE", raising=False)
+    d = _dispatcher(tmp_path, packaged=[entry(key(), variant="pkg")])
+    assert d.choose(req(), GPU, CAP, default).variant == "pkg"
+    forced = {"chunkwise:exp": {"variant": "forced", "config": {"L": 32}}}
+    monkeypatch.setenv("MLSTM_AUTOTUNE_FORCE", json.dumps(forced))
+    choice = d.choose(req(), GPU, CAP, default)
+    assert (choice.variant, choice.config, choice.rung) == ("forced", {"L": 32}, "override")
+    os.environ["MLSTM_AUTOTUNE_FORCE"] = json.dumps({"chunkwise:exp": {"variant": "other", "config": {"L": 16}}})
+    choice = d.choose(req(), GPU, CAP, default)
+    assert (choice.variant, choice.config) == ("other", {"L": 16})
+    assert d.choose(req(op="parallel:exp"), GPU, CAP, default).rung == "default"  # other ops stay as they were
+    del os.environ["MLSTM_AUTOTUNE_FORCE"]
+    assert d.choose(req(), GPU, CAP, default).rung == "exact"
+
+
+def test_an_invalid_forced_choice_raises_an_invalid_entry_warns(tmp_path: Path, monkeypatch):
+    """``validate`` failing on a database entry falls back to the default with a warning (a tuned entry gone stale);
+    failing on a forced choice raises, naming MLSTM_AUTOTUNE_FORCE, its key and the reason."""
+    from autotune.dispatch import OverrideError
+
+    def validate(choice):
+        if choice.config.get("L") == 48:
+            raise ValueError("L must be a power of two")
+
+    monkeypatch.delenv("MLSTM_AUTOTUNE_FORCE", raising=False)
+    d = _dispatcher(tmp_path, packaged=[entry(key(), variant="pkg", L=48)])
+    with pytest.warns(UserWarning, match="using the built-in default"):
+        assert d.choose(req(), GPU, CAP, default, validate).rung == "default"
+    forced = {"chunkwise:exp": {"variant": "forced", "config": {"L": 48}}}
+    monkeypatch.setenv("MLSTM_AUTOTUNE_FORCE", json.dumps(forced))
+    with pytest.raises(OverrideError, match=r"MLSTM_AUTOTUNE_FORCE\['chunkwise:exp'\] forces forced .*power of two"):
+        d.choose(req(), GPU, CAP, default, validate)
 
 
 def test_later_calls_do_not_read_files(tmp_path: Path):
@@ -321,3 +381,195 @@ def test_every_shipped_entry_is_a_point_the_search_space_allows():
             reason = space.invalid(variant, space.upgrade(variant, e.config), e.key.DHQK, e.key.DHHV, dtype_bytes,
                                    space.H100_LIMITS)  # fmt: skip
             assert reason is None, f"{path.name} {e.key}: {reason}"
+
+
+# ------------------------------------------------------ MLSTM_AUTOTUNE_FORCE through the Triton entries (interpreter)
+
+_SPLIT_BW = "chunkwise_bw__cell-exp_kernels-split"
+_FUSED_BW = "chunkwise_bw__cell-exp_kernels-fused"
+
+
+def _bw_config(variant=_SPLIT_BW, L=32, states="recompute", tile=16, **changes):
+    from autotune.launch import chunkwise_bw
+    from autotune.variants import by_name
+
+    config = chunkwise_bw.default_config(by_name(variant), 16, 16)
+    config.update(dict(L=L, states=states, BK=tile, BV=tile, BVD=tile, BKS=tile, BVS=tile), **changes)
+    return config
+
+
+def _force(monkeypatch, **forced):
+    """Set MLSTM_AUTOTUNE_FORCE (in this process, after whatever calls came before) to {key: (variant, config)}."""
+    value = {k.replace("_fwbw", ":exp/fwbw").replace("_fw", ":exp"): {"variant": v, "config": c}
+             for k, (v, c) in forced.items()}  # fmt: skip
+    monkeypatch.setenv("MLSTM_AUTOTUNE_FORCE", json.dumps(value))
+
+
+@pytest.fixture
+def launches(tmp_path, monkeypatch):
+    """What every chunkwise forward and backward launch ran, with a fresh dispatcher and no user database:
+    {"fw": [(variant, config)], "bw": [(variant, config, whether it reused the forward's states)]}"""
+    from autotune.dispatch import dispatcher
+    from autotune.launch import chunkwise, chunkwise_bw
+
+    for name in ("MLSTM_AUTOTUNE_FORCE", "MLSTM_AUTOTUNE_BACKWARD_STATES", "MLSTM_AUTOTUNE_DISPATCH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLSTM_AUTOTUNE_DB", str(tmp_path))
+    dispatcher().reset()
+    seen = {"fw": [], "bw": []}
+    real_fw, real_bw = chunkwise.chunkwise_fw, chunkwise_bw.chunkwise_bw
+
+    def fw(*args, **kwargs):
+        seen["fw"].append((kwargs["variant"].name, dict(kwargs["config"])))
+        return real_fw(*args, **kwargs)
+
+    def bw(*args, **kwargs):
+        seen["bw"].append((kwargs["variant"].name, dict(kwargs["config"]), kwargs["borders"] is not None))
+        return real_bw(*args, **kwargs)
+
+    monkeypatch.setattr(chunkwise, "chunkwise_fw", fw)
+    monkeypatch.setattr(chunkwise_bw, "chunkwise_bw", bw)
+    yield seen
+    monkeypatch.undo()
+    dispatcher().reset()
+
+
+def _training_step(name, seen, S=64, chunk_size=32, D=16):
+    """One forward and backward of ``name`` (fp32, B=1, NH=2) on fixed inputs: (gradients, backward launches)."""
+    from autotune.reference import random_inputs
+    from autotune.torch import get_mlstm_kernel
+
+    seen["fw"].clear()
+    seen["bw"].clear()
+    x = random_inputs(1, 2, S, D, D, dtype=torch.float32, generator=torch.Generator().manual_seed(S))
+    xk = {k: v.clone().requires_grad_(True) for k, v in x.items()}
+    h = get_mlstm_kernel(name)(**xk, chunk_size=chunk_size)
+    weights = torch.randn(h.shape, generator=torch.Generator().manual_seed(1))
+    grads = torch.autograd.grad((h * weights).sum(), list(xk.values()))
+    return grads, [(variant, config["L"], config["states"], reused) for variant, config, reused in seen["bw"]]
+
+
+def _close(a, b):
+    return all(float((x - y).norm() / y.norm()) < 1e-4 for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("name", ["chunkwise--triton_auto", "chunkwise--triton_xl_chunk"])
+def test_forced_backward_set_mid_process_applies_from_the_next_step(name, launches, monkeypatch):
+    """The user report: forcing the "fwbw" key after a first training step changed nothing (the dispatcher had read
+    the variable once, and the entries memoise their answer per shape). Now a value set, changed or removed between
+    steps runs from the next step; the gradients stay the same function."""
+    grads, used = _training_step(name, launches)
+    assert used == [(_FUSED_BW, 64, "recompute", False)]  # the built-in default
+    _force(monkeypatch, chunkwise_fwbw=(_SPLIT_BW, _bw_config(L=32, states="reuse")))
+    forced, used = _training_step(name, launches)
+    assert used == [(_SPLIT_BW, 32, "reuse", True)]  # the two-pass forward stored its states every 32 tokens
+    assert _close(forced, grads)
+    _force(monkeypatch, chunkwise_fwbw=(_FUSED_BW, _bw_config(_FUSED_BW, L=16, num_warps=8)))
+    forced, used = _training_step(name, launches)
+    assert used == [(_FUSED_BW, 16, "recompute", False)] and _close(forced, grads)
+    monkeypatch.delenv("MLSTM_AUTOTUNE_FORCE")
+    assert _training_step(name, launches)[1] == [(_FUSED_BW, 64, "recompute", False)]
+
+
+def test_forced_forward_set_mid_process_applies_from_the_next_call(launches, monkeypatch):
+    from autotune.torch import get_mlstm_kernel
+
+    x = {k: v for k, v in zip("qkvif", (torch.randn(1, 2, 64, 16),) * 3 + (torch.randn(1, 2, 64),) * 2)}
+    get_mlstm_kernel("chunkwise--triton_auto")(**x, chunk_size=32)
+    fused = "chunkwise_fused_fw__cell-exp_state-float32"
+    config = {"L": 16, "BV": 16, "num_warps": 4, "num_stages": 1}
+    _force(monkeypatch, chunkwise_fw=(fused, config))
+    get_mlstm_kernel("chunkwise--triton_auto")(**x, chunk_size=32)
+    assert [variant for variant, _ in launches["fw"]] == ["chunkwise_twopass_fw__cell-exp_state-input", fused]
+    assert launches["fw"][1][1] == config
+
+
+@pytest.mark.parametrize("name,reused", [("chunkwise--triton_xl_chunk", True), ("chunkwise--triton_fused", False)])
+def test_forced_reusing_backward_at_another_chunk_than_the_forward(name, reused, launches, monkeypatch):
+    """A backward forced to reuse the forward's states at chunks of 32 while the forward runs chunks of 64, S not a
+    multiple of either: the two-pass forward stores them every 32 tokens for it; the fused one keeps none at another
+    chunk than its own, and the backward recomputes them (the rest of the forced configuration applies)."""
+    grads, _ = _training_step(name, launches, S=130, chunk_size=64)
+    _force(monkeypatch, chunkwise_fwbw=(_SPLIT_BW, _bw_config(L=32, states="reuse")))
+    forced, used = _training_step(name, launches, S=130, chunk_size=64)
+    assert used == [(_SPLIT_BW, 32, "reuse" if reused else "recompute", reused)]
+    assert _close(forced, grads)
+
+
+def test_forced_backward_set_before_the_process_starts():
+    import os
+    import subprocess
+    import sys
+
+    force = {"chunkwise:exp/fwbw": {"variant": _SPLIT_BW, "config": _bw_config(L=32, states="reuse")}}
+    script = """if True:
+        import json, torch
+        from autotune.launch import chunkwise_bw
+        from autotune.torch import get_mlstm_kernel
+        used, real = [], chunkwise_bw.chunkwise_bw
+        def spy(*args, **kwargs):
+            used.append((kwargs["variant"].name, kwargs["config"]["L"], kwargs["borders"] is not None))
+            return real(*args, **kwargs)
+        chunkwise_bw.chunkwise_bw = spy
+        x = [torch.randn(1, 2, 64, 16, requires_grad=True) for _ in range(3)]
+        x += [torch.randn(1, 2, 64, requires_grad=True) for _ in range(2)]
+        get_mlstm_kernel("chunkwise--triton_auto")(*x, chunk_size=64).sum().backward()
+        print(json.dumps(used))
+    """
+    env = dict(os.environ, MLSTM_AUTOTUNE_FORCE=json.dumps(force), TRITON_INTERPRET="1")
+    env.pop("MLSTM_AUTOTUNE_DISPATCH", None)
+    env.pop("MLSTM_AUTOTUNE_BACKWARD_STATES", None)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [[_SPLIT_BW, 32, True]]
+
+
+@pytest.mark.parametrize(
+    "key,variant,config,reason",
+    [
+        ("fwbw", "chunkwise_bw__cell-exp_kernels-nope", {}, "unknown variant 'chunkwise_bw__cell-exp_kernels-nope'; "
+         f"these can run it: {_FUSED_BW}, {_SPLIT_BW}"),
+        ("fwbw", _SPLIT_BW, {"L": 32, "states": "reuse"}, r"missing launch parameters \['BK', 'BV', 'BKS', 'BVS', "
+         r"'num_warps', 'num_warps_state', 'num_stages'\].*the variant's default for these head dims: \{"),
+        ("fwbw", _SPLIT_BW, dict(_bw_config(), state="reuse"), r"unknown launch parameters \['state'\]"),
+        ("fwbw", _SPLIT_BW, _bw_config(L=48), "L must be a power of two"),
+        ("fwbw", _SPLIT_BW, _bw_config(num_warps=3), "num_warps must be a power of two"),
+        ("fwbw", _SPLIT_BW, _bw_config(states_every=3), "states_every must be one of"),
+        ("fwbw", _FUSED_BW, _bw_config(_FUSED_BW, states_every=2), "states_every=2"),
+        ("fwbw", "chunkwise_bw__cell-sig_kernels-split", _bw_config(), "computes the sig cell, not exp"),
+        ("fwbw", "chunkwise_fused_fw__cell-exp_state-input", {"L": 32, "BV": 16, "num_warps": 4, "num_stages": 1},
+         r"not of the structures \('chunkwise_bw',\)"),
+        ("fw", "chunkwise_fused_fw__cell-exp_state-input", {"L": 32, "BV": 16, "num_warps": 4, "num_stages": 1},
+         r"not of the structures \('chunkwise_twopass_fw',\)"),  # triton_xl_chunk is two-pass only
+    ],
+    ids=["unknown-variant", "partial-config", "misspelt-parameter", "L-48", "warps-3", "states_every-3",
+         "halves-of-fused", "other-cell", "forward-as-backward", "other-structure"],
+)  # fmt: skip
+def test_invalid_forced_choice_fails_loudly_before_any_launch(key, variant, config, reason, launches, monkeypatch):
+    """It used to be replaced by the built-in default with a warning a training log buries (or, for another cell,
+    run: another function), or crash inside the launcher."""
+    from autotune.dispatch import OverrideError
+
+    _force(monkeypatch, **{f"chunkwise_{key}": (variant, config)})
+    for _ in range(2):  # not only the first call
+        with pytest.raises(OverrideError, match=reason) as err:
+            _training_step("chunkwise--triton_xl_chunk", launches)
+        assert f"MLSTM_AUTOTUNE_FORCE['chunkwise:exp{'/fwbw' if key == 'fwbw' else ''}']" in str(err.value)
+        assert launches == {"fw": [], "bw": []}
+
+
+def test_explain_follows_the_variable_set_mid_process(launches, monkeypatch):
+    """`mlstm-tune show` (triton_kernels.explain) answers as a call would, after the variable changes too."""
+    from autotune.dispatch import OverrideError
+    from autotune.torch.triton_kernels import explain
+
+    def show():
+        return explain("chunkwise--triton_auto", dtype=torch.float32, B=1, NH=2, S=64, DHQK=16, DHHV=16,
+                       gpu="cpu-interpreter", capability=(0, 0), direction="fwbw")[1]  # fmt: skip
+
+    assert show().rung == "default"
+    _force(monkeypatch, chunkwise_fwbw=(_SPLIT_BW, _bw_config(L=32)))
+    assert (show().rung, show().variant, show().config["L"]) == ("override", _SPLIT_BW, 32)
+    monkeypatch.setenv("MLSTM_AUTOTUNE_FORCE", "{oops")
+    with pytest.raises(OverrideError, match="not valid JSON"):
+        show()

@@ -84,8 +84,12 @@ def _gpu_identity(device: torch.device) -> tuple[str, tuple[int, int]]:
 def _pick(op: str, structures: tuple[str, ...], q: torch.Tensor, DHHV: int, S: int, BNH: int, default,
           direction: str = "fw"):  # fmt: skip
     """The (variant, config) for a call: the dispatcher's validated answer, memoised per (op, dtype, device, shape)
-    so that a repeated call costs one dictionary hit (`python -m autotune.bench_dispatch`)."""
-    memo = dispatcher().memo
+    so that a repeated call costs one dictionary hit, plus one that notices a changed MLSTM_AUTOTUNE_FORCE (which
+    empties the memo: autotune.dispatch) (`python -m autotune.bench_dispatch`)."""
+    d = dispatcher()
+    if d.force_env.get(d.force_key) is not d.force_raw:
+        d.sync_force()
+    memo = d.memo
     key = (op, direction, structures, q.dtype, q.device, q.shape[-1], DHHV, S, BNH)
     hit = memo.get(key)
     if hit is None:
@@ -100,14 +104,65 @@ def _pick_uncached(op, structures, q, DHHV, S, BNH, default, direction):
     request = Request(op, direction, str(q.dtype).removeprefix("torch."), q.shape[-1], DHHV, tdb.bucket(S),
                       tdb.bucket(BNH), structures)  # fmt: skip
     gpu, capability = _gpu_identity(q.device)
-    choice = dispatcher().choose(request, gpu, capability, default, validate=partial(_validate, structures))
+    choice = dispatcher().choose(request, gpu, capability, default,
+                                 validate=partial(_validate, op, structures, q.shape[-1], DHHV))  # fmt: skip
     return by_name(choice.variant), choice.config
 
 
-def _validate(structures: tuple[str, ...], choice) -> None:
+# family -> its launcher's default_config(variant, DHQK, DHHV): shown when a forced configuration lacks parameters
+_DEFAULT_CONFIGS = {
+    "chunkwise_fw": launch_chunkwise.default_config,
+    "chunkwise_bw": launch_chunkwise_bw.default_config,
+    "parallel_bw": launch_parallel_bw.default_config,
+    "parallel_fw": launch_parallel.default_config,
+    "sequence_fw": launch_recurrent.sequence_default_config,
+    "step_fw": launch_recurrent.step_default_config,
+}
+
+
+def _validate(op: str, structures: tuple[str, ...], DHQK: int, DHHV: int, choice) -> None:
+    """Raise ValueError or KeyError if ``choice`` cannot run a call of ``op`` ("<form>:<cell>") with these
+    structures and head dims: a variant of another structure or cell (another function), or a configuration its
+    launcher refuses. A forced choice (MLSTM_AUTOTUNE_FORCE, hand-written; the dispatcher raises on it) is also held
+    to the launch parameters of its template (autotune.space.PARAMS): none unknown (a misspelt one would go unread),
+    every numeric one given (categorical ones and those added after entries were first tuned take the launchers'
+    defaults for old entries), warp and stage counts that Triton can launch (warps a power of two up to 32)."""
+    from ..variants import VARIANTS
+
+    cell = op.partition(":")[2]
+    if choice.rung == "override" and choice.variant not in {v.name for v in VARIANTS}:
+        allowed = [v.name for v in VARIANTS if v.params["cell"] == cell and (
+            not structures or v.template.removesuffix(".py.j2") in structures)]  # fmt: skip
+        raise ValueError(f"unknown variant {choice.variant!r}; these can run it: {', '.join(allowed)}")
     variant = by_name(choice.variant)
     if structures and variant.template.removesuffix(".py.j2") not in structures:
         raise ValueError(f"{variant.name} is not of the structures {structures}")
+    if variant.params["cell"] != cell:
+        raise ValueError(f"{variant.name} computes the {variant.params['cell']} cell, not {cell}")
+    if choice.rung == "override":
+        import json
+
+        from .. import space
+
+        params = space.PARAMS[variant.template]
+        unknown = sorted(set(choice.config) - set(params))
+        optional = set(space.LEGACY.get(variant.template, ())) | {p for p, values in params.items()
+                                                                  if isinstance(values[0], str)}  # fmt: skip
+        missing = [p for p in params if p not in choice.config and p not in optional]
+        if unknown or missing:
+            default = _DEFAULT_CONFIGS[variant.family](variant, DHQK, DHHV)
+            raise ValueError(("unknown launch parameters " + str(unknown) if unknown else "") +
+                             ("; " if unknown and missing else "") +
+                             ("missing launch parameters " + str(missing) if missing else "") +
+                             f" (the parameters of {variant.template}: {', '.join(params)}; the variant's default for "
+                             f"these head dims: {json.dumps(default)})")  # fmt: skip
+        for name, value in choice.config.items():
+            counts = name.startswith("num_warps") or name == "num_stages"
+            ok = type(value) is int and 1 <= value <= 32 and (name == "num_stages" or not value & (value - 1))
+            if counts and not ok:
+                raise ValueError(f"launch parameter {name} must be " +
+                                 ("an integer >= 1" if name == "num_stages" else "a power of two from 1 to 32") +
+                                 f", got {value!r}")  # fmt: skip
     _CHECKERS[variant.family](variant, choice.config)
 
 
@@ -302,7 +357,8 @@ def explain(name: str, *, dtype: torch.dtype, B: int, NH: int, S: int, DHQK: int
         raise ValueError(f"direction must be fw or fwbw, got {direction!r}")
     request = Request(op, direction, str(dtype).removeprefix("torch."), DHQK, DHHV, tdb.bucket(S), tdb.bucket(B * NH),
                       structures)  # fmt: skip
-    return request, dispatcher().choose(request, gpu, capability, partial(default, chunk_size, DHQK, DHHV))
+    return request, dispatcher().choose(request, gpu, capability, partial(default, chunk_size, DHQK, DHHV),
+                                        validate=partial(_validate, op, structures, DHQK, DHHV))  # fmt: skip
 
 
 def _chunkwise_run(structures: tuple[str, ...], default_template: str, cell: str, *, equal_chunks: bool):
