@@ -47,7 +47,7 @@ def _recording(module):
 
 def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int, config: dict | None = None):
     """Call the variant's launcher once on small CPU inputs (nothing runs: the kernels are recorders), with its
-    default launch configuration or ``config`` (chunkwise forward and backward)."""
+    default launch configuration (and a few other structural choices) or ``config``."""
     from .launch import chunkwise, chunkwise_bw, parallel, parallel_bw, recurrent
     from .reference import random_inputs
 
@@ -65,9 +65,9 @@ def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int, co
                 config = dict(chunkwise.default_config(variant, DHQK, DHHV), out_values="halves")
                 chunkwise.chunkwise_fw(*args, *states, variant=variant, config=config, return_last_states=True)
     elif variant.family == "parallel_fw":
-        parallel.parallel_fw(*args, *states, variant=variant, return_last_states=False)
+        parallel.parallel_fw(*args, *states, variant=variant, config=config, return_last_states=False)
     elif variant.family == "sequence_fw":
-        recurrent.sequence_fw(*args, *states, variant=variant, return_last_states=True)
+        recurrent.sequence_fw(*args, *states, variant=variant, config=config, return_last_states=True)
     elif variant.family == "chunkwise_bw":
         B, NH, S = args[0].shape[:3]
         given = config is not None
@@ -98,13 +98,14 @@ def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int, co
         dlast = (torch.zeros_like(states[0]), torch.zeros_like(states[1]), torch.zeros_like(states[2]))
         parallel_bw.parallel_bw(*args, *states, h, torch.zeros(B, NH, S, **f32), torch.zeros(B, NH, S, **f32), h,
                                 *dlast, tuple(states), variant=variant,
-                                config=parallel_bw.default_config(variant, DHQK, DHHV))  # fmt: skip
+                                config=config or parallel_bw.default_config(variant, DHQK, DHHV))  # fmt: skip
     elif variant.family == "step_fw":
         q, k, v, i, f = (a[:, :, 0] for a in args)
         C, n, m = (s.clone().contiguous() for s in states)
-        recurrent.step_fw(q, k, v, i, f, C, n, m, variant=variant, out=(C, n, m))
-        split = dict(recurrent.step_default_config(variant, DHQK, DHHV), k_tiles="programs")  # one program per tile
-        recurrent.step_fw(q, k, v, i, f, C, n, m, variant=variant, config=split, out=(C, n, m))
+        recurrent.step_fw(q, k, v, i, f, C, n, m, variant=variant, config=config, out=(C, n, m))
+        if config is None:
+            split = dict(recurrent.step_default_config(variant, DHQK, DHHV), k_tiles="programs")  # a program per tile
+            recurrent.step_fw(q, k, v, i, f, C, n, m, variant=variant, config=split, out=(C, n, m))
 
 
 def _compile(fn, args, kwargs, target: GPUTarget):

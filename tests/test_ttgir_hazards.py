@@ -1,0 +1,75 @@
+"""autotune.hazards on kernels compiled for sm_90 without a GPU: the mixed-use pipelining hazard is found in the
+minimal reproducer's hazardous form and not in its safe one, in no shipped database entry and in no built-in default;
+and the gate fails a candidate the static check flags."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autotune import hazards, measure
+
+REPRODUCER = """
+import json, sys, torch
+from triton.backends.compiler import GPUTarget
+from autotune import compile_check, hazards
+sys.path.insert(0, "tests/gpu")
+import test_gpu_hazards as r
+P, L, D, BV = 4, 64, 256, 128
+bf16 = dict(dtype=torch.bfloat16)
+args = [torch.zeros(P, L, D, **bf16), torch.zeros(P, L, D, **bf16), torch.zeros(P, D, BV, **bf16), torch.zeros(P, D),
+        torch.zeros(P, L, L), torch.zeros(P, L, BV), torch.zeros(P, L)]
+out = {}
+for split in (0, 1):
+    for stages in (1, 2, 3):
+        kw = dict(D=D, L=L, BK=64, BV=BV, SPLIT=split, num_warps=4, num_stages=stages)
+        ttgir = compile_check._compile(r.mixed_use_kernel, args, kw, GPUTarget("cuda", 90, 32)).asm["ttgir"]
+        out[f"{split}-{stages}"] = hazards.shallow_mixed_use_rings(ttgir, stages)
+print(json.dumps(out))
+"""
+
+
+def compiled(code: list[str]) -> str:
+    """stdout of ``python *code`` in the repository with TRITON_INTERPRET unset (the tests set it: nothing compiles)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, *code], capture_output=True, text=True, env=env, timeout=1500,
+                            cwd=Path(__file__).parent.parent)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def reproducer_rings() -> dict:
+    return json.loads(compiled(["-c", REPRODUCER]))
+
+
+@pytest.mark.parametrize("num_stages", [1, 2, 3])
+def test_the_detector_finds_the_reproducers_hazard_and_only_it(reproducer_rings, num_stages):
+    assert reproducer_rings[f"1-{num_stages}"] == []  # q . n in a loop of its own
+    if num_stages == 1:  # nothing is pipelined: no ring at all
+        assert reproducer_rings["0-1"] == []
+    else:  # q's ring is one buffer shallower than the others, and read by the dot and by registers
+        (ring,) = reproducer_rings[f"0-{num_stages}"]
+        assert ring.startswith("%b_q")
+
+
+def test_no_shipped_entry_or_default_has_the_hazard():
+    points = json.loads(compiled(["-m", "autotune.hazards"]))
+    assert len(points) >= 14  # every default at two head layouts, and the entries
+    assert [(p["key"], p["variant"], p["hazards"]) for p in points if p["hazards"]] == []
+
+
+def test_the_gate_fails_a_candidate_the_static_check_flags(monkeypatch):
+    job = measure.Job("parallel_fw__cell-exp", {"BQ": 32, "BKV": 16, "BK": 16, "BV": 16, "num_warps": 4,
+                                                "num_stages": 1}, B=1, NH=2, S=40, DHQK=16, DHHV=16, dtype="float32",
+                      device="cpu")  # fmt: skip
+    assert measure.gate_verdict(job).passed
+    monkeypatch.setattr(measure, "hazard_arch", lambda job: 90)
+    monkeypatch.setattr(hazards, "check_point", lambda *a, **k: ["mixed-use pipelining hazard in a kernel"])
+    verdict = measure.gate_verdict(job)
+    assert not verdict.passed and "mixed-use" in verdict.reasons[0]
