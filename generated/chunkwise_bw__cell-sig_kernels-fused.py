@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   d1e411cdd2188cd4
+# template hash:   763ce079eb08c6d6
 # parameters:      cell=sig, kernels=fused
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (sig cell), exact (MATH.md §6), "fused" within-chunk kernels.
@@ -24,6 +24,8 @@ matrix of dlogD = dP * P and reverse sums of non-cancelling terms. For 16-bit in
 chunk-local ones: F_t - F_j as a difference of prefix sums and dlf's share of dlogD as a difference of two [L]
 scans, as the forward does (their rounding is far below the inputs'); fp32 inputs keep [L, L] segment sums. Every
 dot takes the inputs' dtype (tensor cores for bf16/fp16) and accumulates in fp32; the recurrences run in fp32.
+No dot operand is the transpose of a dot result (dk and dv are formed transposed, dk^T = q^T dA, dv^T = dh^T (P r)):
+Triton 3.4-3.7.0 miscompiles that on sm_90 (triton-lang/triton#6124); tests/test_kernel_hazards.py checks for it.
 """
 
 import triton
@@ -38,6 +40,19 @@ def _logsigmoid(x):
     y = tl.exp(-tl.abs(x))
     u = 1.0 + y
     return tl.minimum(x, 0.0) - tl.where(u == 1.0, y, tl.log(u) * (y / tl.where(u == 1.0, 1.0, u - 1.0)))
+
+
+@triton.jit
+def _for_registers(p_x, m_x, b_x, b_like):
+    """b_x (a tile loaded from p_x, also a tl.dot operand) in fp32 for a computation in registers. Where b_x is in
+    b_like's dtype the dot reads it as loaded, and a pipelined loop that also read it into registers would put it in
+    a ring one buffer too shallow for the dot in flight (the mixed-use hazard of Triton 3.6 on sm_90,
+    docs/hazards.md): the registers then get a load of their own, which the cache modifier keeps the compiler from
+    merging with the first (a second read, from L2)."""
+    if b_x.dtype == b_like.dtype:
+        return tl.load(p_x, mask=m_x, other=0.0, cache_modifier=".cg").to(tl.float32)
+    else:
+        return b_x.to(tl.float32)
 
 
 @triton.jit
@@ -372,7 +387,8 @@ def _state_terms(q_ptr, k_ptr, v_ptr, dh_ptr, Cb_ptr, nb_ptr, dCa_ptr, dna_ptr, 
         m_vk = m_v[:, None] & m_k[None, :]
         b_CT = tl.load(Cb_ptr + o_vk, mask=m_vk, other=0.0)
         b_dCaT = tl.load(dCa_ptr + o_vk, mask=m_vk, other=0.0)
-        b_X += tl.sum(b_CT.to(tl.float32) * b_dCaT.to(tl.float32))
+        b_C32 = _for_registers(Cb_ptr + o_vk, m_vk, b_CT, b_v)
+        b_X += tl.sum(b_C32 * _for_registers(dCa_ptr + o_vk, m_vk, b_dCaT, b_v))
         b_dqi += tl.dot(b_dh, b_CT.to(b_v.dtype), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, BK]
         b_dkt += tl.dot(b_v, b_dCaT.to(b_v.dtype), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, BK]
         if WITH_DP:
@@ -386,23 +402,26 @@ def _state_terms(q_ptr, k_ptr, v_ptr, dh_ptr, Cb_ptr, nb_ptr, dCa_ptr, dna_ptr, 
 
 
 @triton.jit
-def _dv_tile(k_ptr, dh_ptr, dCa_ptr, i_bhc, o_t, m_t, o_v, b_PrT, b_w, DHQK: tl.constexpr, DHHV: tl.constexpr,
+def _dv_tile(k_ptr, dh_ptr, dCa_ptr, i_bhc, o_t, m_t, o_v, b_Pr16, b_w, DHQK: tl.constexpr, DHHV: tl.constexpr,
              BK: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """dv for one DHHV tile o_v: P^T dnum + w (k dC_after), with b_PrT = (P r)^T in the inputs' dtype (r the per-row
-    1/den, so P^T dnum = (P r)^T dh: one rounding to 16 bits instead of two), formed once per chunk by the caller."""
+    """dv^T [BV, L] for one DHHV tile o_v: dv = P^T dnum + w (k dC_after), with b_Pr16 = P r in the inputs' dtype (r
+    the per-row 1/den, so P^T dnum = (P r)^T dh: one rounding to 16 bits instead of two), formed once per chunk by
+    the caller."""
     m_v = o_v < DHHV
     m_tv = m_t[:, None] & m_v[None, :]
     b_dh = tl.load(dh_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_tv, other=0.0)
-    b_dv = tl.dot(b_PrT, b_dh, input_precision=DOT_PRECISION)  # [L, BV]
-    b_kdC = tl.zeros_like(b_dv)
+    # transposed output, not a transposed dot result as operand: miscompiled on sm_90 (triton-lang/triton#6124)
+    b_dvT = tl.dot(tl.trans(b_dh), b_Pr16, input_precision=DOT_PRECISION)  # [BV, L] @ [L, L] -> [BV, L]
+    b_kdCT = tl.zeros_like(b_dvT)
     for i_k in range(0, tl.cdiv(DHQK, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < DHQK
         b_k = tl.load(k_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
         b_dCa = tl.load(dCa_ptr + i_bhc * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :],
                         mask=m_k[:, None] & m_v[None, :], other=0.0)
-        b_kdC += tl.dot(b_k, b_dCa.to(b_k.dtype), input_precision=DOT_PRECISION)  # [L, BK] @ [BK, BV]
-    return b_dv + b_w[:, None] * b_kdC
+        b_kdCT += tl.dot(tl.trans(b_dCa.to(b_k.dtype)), tl.trans(b_k),
+                         input_precision=DOT_PRECISION)  # [BV, BK] @ [BK, L] -> [BV, L]
+    return b_dvT + b_w[None, :] * b_kdCT
 
 
 @triton.jit
@@ -498,8 +517,7 @@ def chunkwise_bw_chunk_kernel(
     # through them (register pressure): E's share of the gate gradients as vectors, and the 16-bit operands
     b_dlfE, b_colE, b_rowE = _gate_E_terms(b_dP * b_P, L, SEGMENT_SUMS)
     b_dA16 = (b_dP * scale * b_D).to(q_ptr.dtype.element_ty)
-    b_dAT = tl.trans(b_dA16)  # once per chunk, not per key tile
-    b_PrT = tl.trans((b_P * b_r[:, None]).to(q_ptr.dtype.element_ty))  # (P r)^T, once per chunk
+    b_Pr16 = (b_P * b_r[:, None]).to(q_ptr.dtype.element_ty)  # P r, once per chunk
     b_u = tl.zeros([L], dtype=tl.float32)
     b_dD0 = tl.zeros([L], dtype=tl.float32)
     b_X = tl.full([], 0.0, tl.float32)
@@ -515,15 +533,17 @@ def chunkwise_bw_chunk_kernel(
         b_dD0 += tl.sum(b_q.to(tl.float32) * b_dqi, axis=1)
         b_u += tl.sum(b_k.to(tl.float32) * b_dkt, axis=1)
         b_dq = tl.dot(b_dA16, b_k, input_precision=DOT_PRECISION) + b_dqi  # [L, L] @ [L, BK]
-        b_dk = tl.dot(b_dAT, b_q, input_precision=DOT_PRECISION) + b_dkt
+        # transposed output, not a transposed dot result as operand: miscompiled on sm_90 (triton-lang/triton#6124)
+        b_dkT = tl.dot(tl.trans(b_q), b_dA16, input_precision=DOT_PRECISION)  # [BK, L] @ [L, L] -> [BK, L]
+        b_dk = tl.trans(b_dkT) + b_dkt
         o_tk = i_bh * S * DHQK + o_t[:, None] * DHQK + o_k[None, :]
         tl.store(dq_ptr + o_tk, b_dq.to(dq_ptr.dtype.element_ty), mask=m_tk)
         tl.store(dk_ptr + o_tk, b_dk.to(dk_ptr.dtype.element_ty), mask=m_tk)
     for i_v in range(0, tl.cdiv(DHHV, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
-        b_dv = _dv_tile(k_ptr, dh_ptr, dCa_ptr, i_bhc, o_t, m_t, o_v, b_PrT, b_w, DHQK, DHHV, BK, DOT_PRECISION)
-        p_dv = dv_ptr + i_bh * S * DHHV + o_t[:, None] * DHHV + o_v[None, :]
-        tl.store(p_dv, b_dv.to(dv_ptr.dtype.element_ty), mask=m_t[:, None] & (o_v < DHHV)[None, :])
+        b_dvT = _dv_tile(k_ptr, dh_ptr, dCa_ptr, i_bhc, o_t, m_t, o_v, b_Pr16, b_w, DHQK, DHHV, BK, DOT_PRECISION)
+        p_dv = dv_ptr + i_bh * S * DHHV + o_t[None, :] * DHHV + o_v[:, None]
+        tl.store(p_dv, b_dvT.to(dv_ptr.dtype.element_ty), mask=(o_v < DHHV)[:, None] & m_t[None, :])
     b_di, b_df = _gate_grads(i_ptr, f_ptr, mt_ptr, R_ptr, Fl_ptr, dm_ptr, i_bh, i_bhc, o_t, m_t, b_lf, b_li, b_mc,
                              b_dlfE, b_colE, b_rowE, b_u, b_dD0, b_decay * b_X, S, L)
     tl.store(di_ptr + i_bh * S + o_t, b_di, mask=m_t)

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   d1e411cdd2188cd4
+# template hash:   763ce079eb08c6d6
 # parameters:      cell=sig, kernels=split
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (sig cell), exact (MATH.md §6), "split" within-chunk kernels.
@@ -29,6 +29,8 @@ matrix of dlogD = dP * P and reverse sums of non-cancelling terms. For 16-bit in
 chunk-local ones: F_t - F_j as a difference of prefix sums and dlf's share of dlogD as a difference of two [L]
 scans, as the forward does (their rounding is far below the inputs'); fp32 inputs keep [L, L] segment sums. Every
 dot takes the inputs' dtype (tensor cores for bf16/fp16) and accumulates in fp32; the recurrences run in fp32.
+No dot operand is the transpose of a dot result (dk and dv are formed transposed, dk^T = q^T dA, dv^T = dh^T (P r)):
+Triton 3.4-3.7.0 miscompiles that on sm_90 (triton-lang/triton#6124); tests/test_kernel_hazards.py checks for it.
 """
 
 import triton
@@ -43,6 +45,19 @@ def _logsigmoid(x):
     y = tl.exp(-tl.abs(x))
     u = 1.0 + y
     return tl.minimum(x, 0.0) - tl.where(u == 1.0, y, tl.log(u) * (y / tl.where(u == 1.0, 1.0, u - 1.0)))
+
+
+@triton.jit
+def _for_registers(p_x, m_x, b_x, b_like):
+    """b_x (a tile loaded from p_x, also a tl.dot operand) in fp32 for a computation in registers. Where b_x is in
+    b_like's dtype the dot reads it as loaded, and a pipelined loop that also read it into registers would put it in
+    a ring one buffer too shallow for the dot in flight (the mixed-use hazard of Triton 3.6 on sm_90,
+    docs/hazards.md): the registers then get a load of their own, which the cache modifier keeps the compiler from
+    merging with the first (a second read, from L2)."""
+    if b_x.dtype == b_like.dtype:
+        return tl.load(p_x, mask=m_x, other=0.0, cache_modifier=".cg").to(tl.float32)
+    else:
+        return b_x.to(tl.float32)
 
 
 @triton.jit
@@ -377,7 +392,8 @@ def _state_terms(q_ptr, k_ptr, v_ptr, dh_ptr, Cb_ptr, nb_ptr, dCa_ptr, dna_ptr, 
         m_vk = m_v[:, None] & m_k[None, :]
         b_CT = tl.load(Cb_ptr + o_vk, mask=m_vk, other=0.0)
         b_dCaT = tl.load(dCa_ptr + o_vk, mask=m_vk, other=0.0)
-        b_X += tl.sum(b_CT.to(tl.float32) * b_dCaT.to(tl.float32))
+        b_C32 = _for_registers(Cb_ptr + o_vk, m_vk, b_CT, b_v)
+        b_X += tl.sum(b_C32 * _for_registers(dCa_ptr + o_vk, m_vk, b_dCaT, b_v))
         b_dqi += tl.dot(b_dh, b_CT.to(b_v.dtype), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, BK]
         b_dkt += tl.dot(b_v, b_dCaT.to(b_v.dtype), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, BK]
         if WITH_DP:
@@ -391,23 +407,26 @@ def _state_terms(q_ptr, k_ptr, v_ptr, dh_ptr, Cb_ptr, nb_ptr, dCa_ptr, dna_ptr, 
 
 
 @triton.jit
-def _dv_tile(k_ptr, dh_ptr, dCa_ptr, i_bhc, o_t, m_t, o_v, b_PrT, b_w, DHQK: tl.constexpr, DHHV: tl.constexpr,
+def _dv_tile(k_ptr, dh_ptr, dCa_ptr, i_bhc, o_t, m_t, o_v, b_Pr16, b_w, DHQK: tl.constexpr, DHHV: tl.constexpr,
              BK: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """dv for one DHHV tile o_v: P^T dnum + w (k dC_after), with b_PrT = (P r)^T in the inputs' dtype (r the per-row
-    1/den, so P^T dnum = (P r)^T dh: one rounding to 16 bits instead of two), formed once per chunk by the caller."""
+    """dv^T [BV, L] for one DHHV tile o_v: dv = P^T dnum + w (k dC_after), with b_Pr16 = P r in the inputs' dtype (r
+    the per-row 1/den, so P^T dnum = (P r)^T dh: one rounding to 16 bits instead of two), formed once per chunk by
+    the caller."""
     m_v = o_v < DHHV
     m_tv = m_t[:, None] & m_v[None, :]
     b_dh = tl.load(dh_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_tv, other=0.0)
-    b_dv = tl.dot(b_PrT, b_dh, input_precision=DOT_PRECISION)  # [L, BV]
-    b_kdC = tl.zeros_like(b_dv)
+    # transposed output, not a transposed dot result as operand: miscompiled on sm_90 (triton-lang/triton#6124)
+    b_dvT = tl.dot(tl.trans(b_dh), b_Pr16, input_precision=DOT_PRECISION)  # [BV, L] @ [L, L] -> [BV, L]
+    b_kdCT = tl.zeros_like(b_dvT)
     for i_k in range(0, tl.cdiv(DHQK, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < DHQK
         b_k = tl.load(k_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
         b_dCa = tl.load(dCa_ptr + i_bhc * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :],
                         mask=m_k[:, None] & m_v[None, :], other=0.0)
-        b_kdC += tl.dot(b_k, b_dCa.to(b_k.dtype), input_precision=DOT_PRECISION)  # [L, BK] @ [BK, BV]
-    return b_dv + b_w[:, None] * b_kdC
+        b_kdCT += tl.dot(tl.trans(b_dCa.to(b_k.dtype)), tl.trans(b_k),
+                         input_precision=DOT_PRECISION)  # [BV, BK] @ [BK, L] -> [BV, L]
+    return b_dvT + b_w[None, :] * b_kdCT
 
 
 @triton.jit
@@ -522,10 +541,13 @@ def chunkwise_bw_dqk_kernel(
     b_dlfE, b_colE, b_rowE = _gate_E_terms(b_dA * b_Ak, L, SEGMENT_SUMS)
     b_dA16 = b_dA.to(b_k.dtype)
     b_dq = tl.dot(b_dA16, b_k, input_precision=DOT_PRECISION) + b_dqi  # [L, L] @ [L, BK]
-    b_dk = tl.dot(tl.trans(b_dA16), b_q, input_precision=DOT_PRECISION) + b_dkt
+    # transposed output, not a transposed dot result as operand: miscompiled on sm_90 (triton-lang/triton#6124)
+    b_dkT = tl.dot(tl.trans(b_q), b_dA16, input_precision=DOT_PRECISION)  # [BK, L] @ [L, L] -> [BK, L]
+    b_dkT += tl.trans(b_dkt)
     o_tk = i_bh * S * DHQK + o_t[:, None] * DHQK + o_k[None, :]
     tl.store(dq_ptr + o_tk, b_dq.to(dq_ptr.dtype.element_ty), mask=m_tk)
-    tl.store(dk_ptr + o_tk, b_dk.to(dk_ptr.dtype.element_ty), mask=m_tk)
+    o_kt = i_bh * S * DHQK + o_t[None, :] * DHQK + o_k[:, None]
+    tl.store(dk_ptr + o_kt, b_dkT.to(dk_ptr.dtype.element_ty), mask=(o_k < DHQK)[:, None] & m_t[None, :])
     _store_shares(part_ptr, i_k, n_bh, i_bh, S, o_t, m_t, tl.sum(b_q.to(tl.float32) * b_dqi, axis=1),
                   tl.sum(b_k.to(tl.float32) * b_dkt, axis=1), b_dlfE, b_colE, b_rowE)  # fmt: skip
     tl.store(partX_ptr + i_k * n_bh * NC + i_bhc, b_X)
@@ -562,12 +584,12 @@ def chunkwise_bw_dv_kernel(
         i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S, NC, L, SEGMENT_SUMS)
     b_P = _qk_block(q_ptr + i_bh * S * DHQK, k_ptr + i_bh * S * DHQK, o_t, m_t, o_t, m_t, DHQK, L, L, BK,
                     DOT_PRECISION)
-    b_PrT = tl.trans((b_P * scale * b_D * b_r[:, None]).to(q_ptr.dtype.element_ty))
+    b_Pr16 = (b_P * scale * b_D * b_r[:, None]).to(q_ptr.dtype.element_ty)
     o_v = i_v * BV + tl.arange(0, BV)
-    b_dv = _dv_tile(k_ptr + i_bh * S * DHQK, dh_ptr + i_bh * S * DHHV, dCa_ptr, i_bhc, o_t, m_t, o_v, b_PrT, b_w,
-                    DHQK, DHHV, BK, DOT_PRECISION)
-    p_dv = dv_ptr + i_bh * S * DHHV + o_t[:, None] * DHHV + o_v[None, :]
-    tl.store(p_dv, b_dv.to(dv_ptr.dtype.element_ty), mask=m_t[:, None] & (o_v < DHHV)[None, :])
+    b_dvT = _dv_tile(k_ptr + i_bh * S * DHQK, dh_ptr + i_bh * S * DHHV, dCa_ptr, i_bhc, o_t, m_t, o_v, b_Pr16, b_w,
+                     DHQK, DHHV, BK, DOT_PRECISION)
+    p_dv = dv_ptr + i_bh * S * DHHV + o_t[None, :] * DHHV + o_v[:, None]
+    tl.store(p_dv, b_dvT.to(dv_ptr.dtype.element_ty), mask=(o_v < DHHV)[:, None] & m_t[None, :])
 
 
 @triton.jit
@@ -739,7 +761,8 @@ def chunkwise_bw_dqk_halves_kernel(
         m_vk = m_v[:, None] & m_k[None, :]
         b_CT = tl.load(Cb_ptr + o_vk, mask=m_vk, other=0.0)  # [BV, BK], as stored
         b_dCaT = tl.load(dCa_ptr + o_vk, mask=m_vk, other=0.0)
-        b_X += tl.sum(b_CT.to(tl.float32) * b_dCaT.to(tl.float32))
+        b_C32 = _for_registers(Cb_ptr + o_vk, m_vk, b_CT, b_v0)
+        b_X += tl.sum(b_C32 * _for_registers(dCa_ptr + o_vk, m_vk, b_dCaT, b_v0))
         b_CT, b_dCaT = b_CT.to(b_v0.dtype), b_dCaT.to(b_v0.dtype)
         b_dqi0 += tl.dot(b_dh0, b_CT, input_precision=DOT_PRECISION)  # [LH, BV] @ [BV, BK]
         b_dqi1 += tl.dot(b_dh1, b_CT, input_precision=DOT_PRECISION)
@@ -773,15 +796,18 @@ def chunkwise_bw_dqk_halves_kernel(
     b_dq0 = tl.dot(b_dA00, b_k0, input_precision=DOT_PRECISION) + b_dqi0  # [LH, LH] @ [LH, BK]
     b_dq1 = tl.dot(b_dA10, b_k0, input_precision=DOT_PRECISION) + tl.dot(b_dA11, b_k1, input_precision=DOT_PRECISION)
     b_dq1 += b_dqi1
-    b_dk0 = tl.dot(tl.trans(b_dA00), b_q0, input_precision=DOT_PRECISION) + b_dkt0
-    b_dk0 += tl.dot(tl.trans(b_dA10), b_q1, input_precision=DOT_PRECISION)
-    b_dk1 = tl.dot(tl.trans(b_dA11), b_q1, input_precision=DOT_PRECISION) + b_dkt1
+    # transposed outputs, not transposed dot results as operands: miscompiled on sm_90 (triton-lang/triton#6124)
+    b_dk0T = tl.dot(tl.trans(b_q0), b_dA00, input_precision=DOT_PRECISION)  # [BK, LH] @ [LH, LH] -> [BK, LH]
+    b_dk0T += tl.dot(tl.trans(b_q1), b_dA10, input_precision=DOT_PRECISION) + tl.trans(b_dkt0)
+    b_dk1T = tl.dot(tl.trans(b_q1), b_dA11, input_precision=DOT_PRECISION) + tl.trans(b_dkt1)
     o_tk0 = i_bh * S * DHQK + o_t0[:, None] * DHQK + o_k[None, :]
     o_tk1 = i_bh * S * DHQK + o_t1[:, None] * DHQK + o_k[None, :]
     tl.store(dq_ptr + o_tk0, b_dq0.to(dq_ptr.dtype.element_ty), mask=m_tk0)
     tl.store(dq_ptr + o_tk1, b_dq1.to(dq_ptr.dtype.element_ty), mask=m_tk1)
-    tl.store(dk_ptr + o_tk0, b_dk0.to(dk_ptr.dtype.element_ty), mask=m_tk0)
-    tl.store(dk_ptr + o_tk1, b_dk1.to(dk_ptr.dtype.element_ty), mask=m_tk1)
+    o_kt0 = i_bh * S * DHQK + o_t0[None, :] * DHQK + o_k[:, None]
+    o_kt1 = i_bh * S * DHQK + o_t1[None, :] * DHQK + o_k[:, None]
+    tl.store(dk_ptr + o_kt0, b_dk0T.to(dk_ptr.dtype.element_ty), mask=m_k[:, None] & m_t0[None, :])
+    tl.store(dk_ptr + o_kt1, b_dk1T.to(dk_ptr.dtype.element_ty), mask=m_k[:, None] & m_t1[None, :])
     _store_shares(part_ptr, i_k, n_bh, i_bh, S, o_t0, m_t0, tl.sum(b_q0.to(tl.float32) * b_dqi0, axis=1),
                   tl.sum(b_k0.to(tl.float32) * b_dkt0, axis=1), b_dlf0, b_col0, b_row0)  # fmt: skip
     _store_shares(part_ptr, i_k, n_bh, i_bh, S, o_t1, m_t1, tl.sum(b_q1.to(tl.float32) * b_dqi1, axis=1),
@@ -829,8 +855,8 @@ def chunkwise_bw_dv_halves_kernel(
     b_A00 = tl.zeros([LH, LH], dtype=tl.float32)
     b_A10 = tl.zeros([LH, LH], dtype=tl.float32)
     b_A11 = tl.zeros([LH, LH], dtype=tl.float32)
-    b_kdC0 = tl.zeros([LH, BV], dtype=tl.float32)
-    b_kdC1 = tl.zeros([LH, BV], dtype=tl.float32)
+    b_kdC0T = tl.zeros([BV, LH], dtype=tl.float32)
+    b_kdC1T = tl.zeros([BV, LH], dtype=tl.float32)
     for i_k in range(0, tl.cdiv(DHQK, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < DHQK
@@ -843,18 +869,19 @@ def chunkwise_bw_dv_halves_kernel(
         b_A11 += tl.dot(b_q1, tl.trans(b_k1), input_precision=DOT_PRECISION)
         b_dCa = tl.load(dCa_ptr + i_bhc * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :],
                         mask=m_k[:, None] & m_v[None, :], other=0.0).to(b_k0.dtype)  # fmt: skip
-        b_kdC0 += tl.dot(b_k0, b_dCa, input_precision=DOT_PRECISION)  # [LH, BK] @ [BK, BV]
-        b_kdC1 += tl.dot(b_k1, b_dCa, input_precision=DOT_PRECISION)
+        b_kdC0T += tl.dot(tl.trans(b_dCa), tl.trans(b_k0), input_precision=DOT_PRECISION)  # [BV, BK] @ [BK, LH]
+        b_kdC1T += tl.dot(tl.trans(b_dCa), tl.trans(b_k1), input_precision=DOT_PRECISION)
     dt = q_ptr.dtype.element_ty
-    b_P00rT = tl.trans((b_A00 * scale * b_D00 * b_r0[:, None]).to(dt))  # (P r)^T: one rounding to 16 bits
-    b_P10rT = tl.trans((b_A10 * scale * b_D10 * b_r1[:, None]).to(dt))
-    b_P11rT = tl.trans((b_A11 * scale * b_D11 * b_r1[:, None]).to(dt))
+    b_P00r = (b_A00 * scale * b_D00 * b_r0[:, None]).to(dt)  # P r: one rounding to 16 bits
+    b_P10r = (b_A10 * scale * b_D10 * b_r1[:, None]).to(dt)
+    b_P11r = (b_A11 * scale * b_D11 * b_r1[:, None]).to(dt)
     dh_ptr += i_bh * S * DHHV
     b_dh0 = tl.load(dh_ptr + o_t0[:, None] * DHHV + o_v[None, :], mask=m_t0[:, None] & m_v[None, :], other=0.0)
     b_dh1 = tl.load(dh_ptr + o_t1[:, None] * DHHV + o_v[None, :], mask=m_t1[:, None] & m_v[None, :], other=0.0)
-    b_dv0 = tl.dot(b_P00rT, b_dh0, input_precision=DOT_PRECISION) + b_w0[:, None] * b_kdC0  # [LH, LH] @ [LH, BV]
-    b_dv0 += tl.dot(b_P10rT, b_dh1, input_precision=DOT_PRECISION)
-    b_dv1 = tl.dot(b_P11rT, b_dh1, input_precision=DOT_PRECISION) + b_w1[:, None] * b_kdC1
-    p_dv = dv_ptr + i_bh * S * DHHV + o_v[None, :]
-    tl.store(p_dv + o_t0[:, None] * DHHV, b_dv0.to(dv_ptr.dtype.element_ty), mask=m_t0[:, None] & m_v[None, :])
-    tl.store(p_dv + o_t1[:, None] * DHHV, b_dv1.to(dv_ptr.dtype.element_ty), mask=m_t1[:, None] & m_v[None, :])
+    # transposed outputs, not transposed dot results as operands: miscompiled on sm_90 (triton-lang/triton#6124)
+    b_dv0T = tl.dot(tl.trans(b_dh0), b_P00r, input_precision=DOT_PRECISION)  # [BV, LH] @ [LH, LH] -> [BV, LH]
+    b_dv0T += tl.dot(tl.trans(b_dh1), b_P10r, input_precision=DOT_PRECISION) + b_w0[None, :] * b_kdC0T
+    b_dv1T = tl.dot(tl.trans(b_dh1), b_P11r, input_precision=DOT_PRECISION) + b_w1[None, :] * b_kdC1T
+    p_dv = dv_ptr + i_bh * S * DHHV + o_v[:, None]
+    tl.store(p_dv + o_t0[None, :] * DHHV, b_dv0T.to(dv_ptr.dtype.element_ty), mask=m_v[:, None] & m_t0[None, :])
+    tl.store(p_dv + o_t1[None, :] * DHHV, b_dv1T.to(dv_ptr.dtype.element_ty), mask=m_v[:, None] & m_t1[None, :])

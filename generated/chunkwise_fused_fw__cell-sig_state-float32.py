@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_fused_fw.py.j2
-# template hash:   9aa87607837ef1db
+# template hash:   331a44356e6de571
 # parameters:      cell=sig, state=float32
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (sig cell), fused single pass: one program per (value tile, batch x head) walks the
@@ -23,6 +23,19 @@ def _logsigmoid(x):
     y = tl.exp(-tl.abs(x))
     u = 1.0 + y
     return tl.minimum(x, 0.0) - tl.where(u == 1.0, y, tl.log(u) * (y / tl.where(u == 1.0, 1.0, u - 1.0)))
+
+
+@triton.jit
+def _for_registers(p_x, m_x, b_x, b_like):
+    """b_x (a tile loaded from p_x, also a tl.dot operand) in fp32 for a computation in registers. Where b_x is in
+    b_like's dtype the dot reads it as loaded, and a pipelined loop that also read it into registers would put it in
+    a ring one buffer too shallow for the dot in flight (the mixed-use hazard of Triton 3.6 on sm_90,
+    docs/hazards.md): the registers then get a load of their own, which the cache modifier keeps the compiler from
+    merging with the first (a second read, from L2)."""
+    if b_x.dtype == b_like.dtype:
+        return tl.load(p_x, mask=m_x, other=0.0, cache_modifier=".cg").to(tl.float32)
+    else:
+        return b_x.to(tl.float32)
 
 
 @triton.jit
@@ -137,14 +150,16 @@ def chunkwise_fused_fw_kernel(
     o_v = i_v * BV + tl.arange(0, BV)
     o_l = tl.arange(0, L)
     m_k, m_v = o_k < DHQK, o_v < DHHV
-    m_kv = m_k[:, None] & m_v[None, :]
-    p_C0 = C0_ptr + i_bh * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :]
+    # the state is carried transposed, C^T [BV, BK]: it is then the A operand of q C = (C^T q^T)^T, taken from
+    # registers, and never a transposed accumulator as a dot operand (docs/hazards.md)
+    m_vk = m_v[:, None] & m_k[None, :]
+    o_vk = o_k[None, :] * DHHV + o_v[:, None]  # C^T's elements in C's (DHQK, DHHV) layout
     if HAS_STATE:
-        b_C = tl.load(p_C0, mask=m_kv, other=0.0).to(tl.float32)
+        b_CT = tl.load(C0_ptr + i_bh * DHQK * DHHV + o_vk, mask=m_vk, other=0.0).to(tl.float32)
         b_n = tl.load(n0_ptr + i_bh * DHQK + o_k, mask=m_k, other=0.0).to(tl.float32)
         b_m = tl.full([], 0.0, tl.float32)  # the sig cell has no max state
     else:
-        b_C = tl.zeros([BK, BV], dtype=tl.float32)
+        b_CT = tl.zeros([BV, BK], dtype=tl.float32)
         b_n = tl.zeros([BK], dtype=tl.float32)
         b_m = tl.full([], 0.0, tl.float32)
     q_ptr += i_bh * S * DHQK
@@ -155,7 +170,7 @@ def chunkwise_fused_fw_kernel(
     for i_c in range(0, NC):
         if STORE_BORDERS:
             i_bhc = i_bh * NC + i_c
-            tl.store(Cb_ptr + i_bhc * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :], b_C, mask=m_kv)
+            tl.store(Cb_ptr + i_bhc * DHQK * DHHV + o_vk, b_CT, mask=m_vk)
             if i_v == 0:
                 tl.store(nb_ptr + i_bhc * DHQK + o_k, b_n, mask=m_k)
                 tl.store(mb_ptr + i_bhc, b_m)
@@ -169,8 +184,13 @@ def chunkwise_fused_fw_kernel(
         b_D, b_D0, b_mt = _chunk_decay_matrix(b_lf, b_li, b_m, o_l, SEGMENT_SUMS)
         b_P = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION) * scale * b_D  # [L, BK] @ [BK, L] -> [L, L]
         b_num = tl.dot(b_P.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)  # [L, L] @ [L, BV] -> [L, BV]
-        b_qC = tl.dot(b_q.to(tl.float32), b_C, input_precision=DOT_PRECISION)  # [L, BK] @ [BK, BV] -> [L, BV]
-        b_qn = tl.sum(b_q.to(tl.float32) * b_n[None, :], axis=1)  # [L]
+        # (C^T q^T)^T: the register-resident state is the A operand. As the B operand (q @ C) Triton 3.6 gave
+        # config-dependent wrong results on an H200 in bf16 (rel. error 1.6 at L=64, BV=32; tests/gpu/logs/probes.log)
+        b_qCT = tl.dot(b_CT, tl.trans(b_q).to(tl.float32), input_precision=DOT_PRECISION)  # [BV, BK] @ [BK, L]
+        b_qC = tl.trans(b_qCT)  # [L, BV], added to the output only
+        # q and k feed dots above: registers read them through loads of their own (docs/hazards.md)
+        b_q32 = _for_registers(q_ptr + o_t[:, None] * DHQK + o_k[None, :], m_t[:, None] & m_k[None, :], b_q, b_v)
+        b_qn = tl.sum(b_q32 * b_n[None, :], axis=1)  # [L]
         b_num += (b_D0 * scale)[:, None] * b_qC
         b_s = tl.sum(b_P, axis=1) + b_D0 * scale * b_qn
         b_h = _normalize(b_num, b_s, b_mt, eps, NORMALIZE)
@@ -181,12 +201,13 @@ def chunkwise_fused_fw_kernel(
             tl.store(mt_ptr + i_bh * S + o_t, b_mt, mask=m_t)
         # carry the state across the chunk border
         b_decay, b_w, b_scale, b_m = _chunk_state_weights(b_lf, b_li, b_m)
-        b_kw = b_k.to(tl.float32) * b_w[:, None]  # [L, BK]
-        b_kwT = tl.trans(b_kw).to(b_v.dtype)
-        b_C = b_decay * b_C + b_scale * tl.dot(b_kwT, b_v, input_precision=DOT_PRECISION)  # [BK, L] @ [L, BV]
+        b_k32 = _for_registers(k_ptr + o_t[:, None] * DHQK + o_k[None, :], m_t[:, None] & m_k[None, :], b_k, b_v)
+        b_kw = b_k32 * b_w[:, None]  # [L, BK]
+        b_vkw = tl.dot(tl.trans(b_v), b_kw.to(b_v.dtype), input_precision=DOT_PRECISION)  # [BV, L] @ [L, BK]
+        b_CT = b_decay * b_CT + b_scale * b_vkw
         b_n = b_decay * b_n + b_scale * tl.sum(b_kw, axis=0)
     if STORE_LAST:
-        tl.store(CS_ptr + i_bh * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :], b_C, mask=m_kv)
+        tl.store(CS_ptr + i_bh * DHQK * DHHV + o_vk, b_CT, mask=m_vk)
         if i_v == 0:
             tl.store(nS_ptr + i_bh * DHQK + o_k, b_n, mask=m_k)
             tl.store(mS_ptr + i_bh, b_m)

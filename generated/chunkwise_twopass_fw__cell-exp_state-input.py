@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_twopass_fw.py.j2
-# template hash:   4861f52932890691
+# template hash:   d6cec2df38d3c2b7
 # parameters:      cell=exp, state=input
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (exp cell), two passes:
@@ -42,6 +42,19 @@ def _logsigmoid(x):
     y = tl.exp(-tl.abs(x))
     u = 1.0 + y
     return tl.minimum(x, 0.0) - tl.where(u == 1.0, y, tl.log(u) * (y / tl.where(u == 1.0, 1.0, u - 1.0)))
+
+
+@triton.jit
+def _for_registers(p_x, m_x, b_x, b_like):
+    """b_x (a tile loaded from p_x, also a tl.dot operand) in fp32 for a computation in registers. Where b_x is in
+    b_like's dtype the dot reads it as loaded, and a pipelined loop that also read it into registers would put it in
+    a ring one buffer too shallow for the dot in flight (the mixed-use hazard of Triton 3.6 on sm_90,
+    docs/hazards.md): the registers then get a load of their own, which the cache modifier keeps the compiler from
+    merging with the first (a second read, from L2)."""
+    if b_x.dtype == b_like.dtype:
+        return tl.load(p_x, mask=m_x, other=0.0, cache_modifier=".cg").to(tl.float32)
+    else:
+        return b_x.to(tl.float32)
 
 
 @triton.jit
@@ -245,7 +258,9 @@ def chunkwise_states_kernel(
                 b_vw = (b_v.to(tl.float32) * b_w[:, None]).to(b_v.dtype)  # [LI, BV]
                 b_C = b_decay * b_C + b_scale * tl.dot(b_kT, b_vw, input_precision=DOT_PRECISION)
                 if i_v == 0:  # only the first value tile's programs store n: the others skip the reduction
-                    b_n = b_decay * b_n + b_scale * tl.sum(b_kT.to(tl.float32) * b_w[None, :], axis=1)
+                    p_kT = k_ptr + o_t[None, :] * DHQK + o_k[:, None]
+                    b_kT32 = _for_registers(p_kT, m_k[:, None] & m_t[None, :], b_kT, b_vw)
+                    b_n = b_decay * b_n + b_scale * tl.sum(b_kT32 * b_w[None, :], axis=1)
             elif WEIGHT_KT:  # k^T loaded as such and weighted there, v unchanged from memory; the weighted k^T
                 # also gives n (first value tile only)
                 b_kT = tl.load(k_ptr + o_t[None, :] * DHQK + o_k[:, None], mask=m_k[:, None] & m_t[None, :],
@@ -277,6 +292,21 @@ def chunkwise_states_kernel(
             tl.store(nS_ptr + i_bh * DHQK + o_k, _states_n(b_n, N_DOT), mask=m_k)
             if i_k == 0:
                 tl.store(mS_ptr + i_bh, b_m)
+
+
+@triton.jit
+def _q_dot_n(q_ptr, n_ptr, o_t, m_t, DHQK: tl.constexpr, LT: tl.constexpr, BK: tl.constexpr):
+    """q_t . n for the tokens o_t ([LT]) in fp32, in a loop of its own. A tile loaded in a pipelined loop
+    (num_stages >= 2) and used both as a tl.dot operand and in registers is the mixed-use hazard of Triton 3.6 on
+    sm_90 (docs/hazards.md): the q tiles of the dot loops feed only dots, and these only this reduction."""
+    b_qn = tl.zeros([LT], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(DHQK, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < DHQK
+        b_q = tl.load(q_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
+        b_n = tl.load(n_ptr + o_k, mask=m_k, other=0.0)
+        b_qn += tl.sum(b_q.to(tl.float32) * b_n[None, :], axis=1)
+    return b_qn
 
 
 @triton.jit
@@ -318,7 +348,6 @@ def chunkwise_output_kernel(
     b_D, b_D0, b_mt = _chunk_decay_matrix(b_lf, b_li, tl.load(mb_ptr + i_bhc), o_l, SEGMENT_SUMS)
     b_A = tl.zeros([LO, LO], dtype=tl.float32)
     b_qC = tl.zeros([LO, BV], dtype=tl.float32)
-    b_qn = tl.zeros([LO], dtype=tl.float32)
     for i_k in range(0, tl.cdiv(DHQK, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < DHQK
@@ -328,8 +357,7 @@ def chunkwise_output_kernel(
         p_C = Cb_ptr + i_bhc * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :]
         b_C = tl.load(p_C, mask=m_k[:, None] & m_v[None, :], other=0.0)
         b_qC += tl.dot(b_q, b_C.to(b_q.dtype), input_precision=DOT_PRECISION)  # [LO, BK] @ [BK, BV] -> [LO, BV]
-        b_n = tl.load(nb_ptr + i_bhc * DHQK + o_k, mask=m_k, other=0.0)
-        b_qn += tl.sum(b_q.to(tl.float32) * b_n[None, :], axis=1)
+    b_qn = _q_dot_n(q_ptr, nb_ptr + i_bhc * DHQK, o_t, m_t, DHQK, LO, BK)
     b_P = b_A * scale * b_D
     p_v = v_ptr + i_bh * S * DHHV + o_t[:, None] * DHHV + o_v[None, :]
     b_v = tl.load(p_v, mask=m_t[:, None] & m_v[None, :], other=0.0)
@@ -382,15 +410,13 @@ def chunkwise_output_loop_kernel(
     b_D, b_D0, b_mt = _chunk_decay_matrix(b_lf, b_li, tl.load(mb_ptr + i_bhc), o_l, SEGMENT_SUMS)
     # pass 1 over DHQK: q k^T and q n, once for all value tiles
     b_A = tl.zeros([LO, LO], dtype=tl.float32)
-    b_qn = tl.zeros([LO], dtype=tl.float32)
     for i_k in range(0, tl.cdiv(DHQK, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < DHQK
         b_q = tl.load(q_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
         b_k = tl.load(k_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
         b_A += tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)  # [LO, BK] @ [BK, LO] -> [LO, LO]
-        b_n = tl.load(nb_ptr + i_bhc * DHQK + o_k, mask=m_k, other=0.0)
-        b_qn += tl.sum(b_q.to(tl.float32) * b_n[None, :], axis=1)
+    b_qn = _q_dot_n(q_ptr, nb_ptr + i_bhc * DHQK, o_t, m_t, DHQK, LO, BK)
     b_P = b_A * scale * b_D
     b_s = tl.sum(b_P, axis=1) + b_D0 * scale * b_qn
     b_Pv = b_P.to(v_ptr.dtype.element_ty)
@@ -474,8 +500,6 @@ def chunkwise_output_halves_kernel(
     b_A00 = tl.zeros([LH, LH], dtype=tl.float32)
     b_A10 = tl.zeros([LH, LH], dtype=tl.float32)
     b_A11 = tl.zeros([LH, LH], dtype=tl.float32)
-    b_qn0 = tl.zeros([LH], dtype=tl.float32)
-    b_qn1 = tl.zeros([LH], dtype=tl.float32)
     for i_k in range(0, tl.cdiv(DHQK, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < DHQK
@@ -486,9 +510,8 @@ def chunkwise_output_halves_kernel(
         b_A00 += tl.dot(b_q0, tl.trans(b_k0), input_precision=DOT_PRECISION)  # [LH, BK] @ [BK, LH]
         b_A10 += tl.dot(b_q1, tl.trans(b_k0), input_precision=DOT_PRECISION)
         b_A11 += tl.dot(b_q1, tl.trans(b_k1), input_precision=DOT_PRECISION)
-        b_n = tl.load(nb_ptr + i_bhc * DHQK + o_k, mask=m_k, other=0.0)
-        b_qn0 += tl.sum(b_q0.to(tl.float32) * b_n[None, :], axis=1)
-        b_qn1 += tl.sum(b_q1.to(tl.float32) * b_n[None, :], axis=1)
+    b_qn0 = _q_dot_n(q_ptr, nb_ptr + i_bhc * DHQK, o_t0, m_t0, DHQK, LH, BK)
+    b_qn1 = _q_dot_n(q_ptr, nb_ptr + i_bhc * DHQK, o_t1, m_t1, DHQK, LH, BK)
     b_P00 = b_A00 * scale * b_D00
     b_P10 = b_A10 * scale * (b_D0_1[:, None] * (b_scale0 * b_w0)[None, :])
     b_P11 = b_A11 * scale * b_D11

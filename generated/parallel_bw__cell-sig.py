@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        parallel_bw.py.j2
-# template hash:   1ba6a08cf329800b
+# template hash:   b88cd5117b5f5217
 # parameters:      cell=sig
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Parallel mLSTM backward (sig cell), exact (MATH.md §6), tiled like flash attention: no chunk states.
@@ -22,6 +22,8 @@ two prefix sums). Kernels, in launch order:
      where the first term is split by tiles into: within the tile (3.), rows of the tile against earlier tiles,
      columns of the tile against later tiles, and the block sums of later rows against earlier columns. Every part
      is a sum, none a difference of sums.
+No dot operand is the transpose of a dot result or of a register tile (dk, dv formed transposed, q^T loaded):
+Triton 3.4-3.7.0 miscompiles that on sm_90 (triton-lang/triton#6124); tests/test_kernel_hazards.py checks for it.
 """
 
 import triton
@@ -36,6 +38,19 @@ def _logsigmoid(x):
     y = tl.exp(-tl.abs(x))
     u = 1.0 + y
     return tl.minimum(x, 0.0) - tl.where(u == 1.0, y, tl.log(u) * (y / tl.where(u == 1.0, 1.0, u - 1.0)))
+
+
+@triton.jit
+def _for_registers(p_x, m_x, b_x, b_like):
+    """b_x (a tile loaded from p_x, also a tl.dot operand) in fp32 for a computation in registers. Where b_x is in
+    b_like's dtype the dot reads it as loaded, and a pipelined loop that also read it into registers would put it in
+    a ring one buffer too shallow for the dot in flight (the mixed-use hazard of Triton 3.6 on sm_90,
+    docs/hazards.md): the registers then get a load of their own, which the cache modifier keeps the compiler from
+    merging with the first (a second read, from L2)."""
+    if b_x.dtype == b_like.dtype:
+        return tl.load(p_x, mask=m_x, other=0.0, cache_modifier=".cg").to(tl.float32)
+    else:
+        return b_x.to(tl.float32)
 
 
 @triton.jit
@@ -363,7 +378,7 @@ def parallel_bw_dk_kernel(
     v_ptr += i_bh * S * DHHV
     dh_ptr += i_bh * S * DHHV
     lf_k, li_k = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_j, m_j)
-    b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dkT = tl.zeros([BK, BT], dtype=tl.float32)
     b_colall = tl.zeros([BT], dtype=tl.float32)
     b_colafter = tl.zeros([BT], dtype=tl.float32)
     b_G = tl.full([], 0.0, tl.float32)  # the gate logs of the tiles between the key tile and the query tile
@@ -381,7 +396,9 @@ def parallel_bw_dk_kernel(
         b_P, b_dA, b_E = _block(q_ptr, k_ptr, v_ptr, dh_ptr, o_q, m_q, o_j, m_j, b_seg, li_k, b_mt, b_r, b_ds, scale,
                                 DHQK, DHHV, BT, BK, BV, DOT_PRECISION)
         b_q = tl.load(q_ptr + o_q[:, None] * DHQK + o_k[None, :], mask=m_q[:, None] & m_k[None, :], other=0.0)
-        b_dk += tl.dot(tl.trans(b_dA.to(b_q.dtype)), b_q, input_precision=DOT_PRECISION)  # [BT, BT] @ [BT, BK]
+        # transposed output, not a transposed dot result as operand: miscompiled on sm_90 (triton-lang/triton#6124)
+        b_dkT += tl.dot(tl.trans(b_q), b_dA.to(b_q.dtype),
+                        input_precision=DOT_PRECISION)  # [BK, BT] @ [BT, BT] -> [BK, BT]
         if i_k == 0:
             b_cols = tl.sum(b_E, axis=0)
             b_colall += b_cols
@@ -390,22 +407,23 @@ def parallel_bw_dk_kernel(
     b_u = tl.zeros([BT], dtype=tl.float32)
     if HAS_LAST_GRAD:
         b_w = _key_tile_walk_weights(i_bh, m_j, lf_k, li_k, b_G, mS_ptr)
-        b_dkt = tl.zeros([BT, BK], dtype=tl.float32)
+        b_dktT = tl.zeros([BK, BT], dtype=tl.float32)
         for i_v in range(0, tl.cdiv(DHHV, BV)):
             o_v = i_v * BV + tl.arange(0, BV)
             m_v = o_v < DHHV
             b_v = tl.load(v_ptr + o_j[:, None] * DHHV + o_v[None, :], mask=m_j[:, None] & m_v[None, :], other=0.0)
             b_dC = tl.load(dCS_ptr + i_bh * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :],
                            mask=m_k[:, None] & m_v[None, :], other=0.0)
-            b_dkt += tl.dot(b_v, tl.trans(b_dC.to(b_v.dtype)), input_precision=DOT_PRECISION)  # [BT, BV] @ [BV, BK]
+            b_dktT += tl.dot(b_dC.to(b_v.dtype), tl.trans(b_v),
+                             input_precision=DOT_PRECISION)  # [BK, BV] @ [BV, BT] -> [BK, BT]
         b_dn = tl.load(dnS_ptr + i_bh * DHQK + o_k, mask=m_k, other=0.0)
-        b_dkt = b_w[:, None] * (b_dkt + b_dn[None, :])
-        b_dk += b_dkt
+        b_dktT = b_w[None, :] * (b_dktT + b_dn[:, None])
+        b_dkT += b_dktT
         b_k = tl.load(k_ptr + o_j[:, None] * DHQK + o_k[None, :], mask=m_jk, other=0.0)
-        b_u = tl.sum(b_k.to(tl.float32) * b_dkt, axis=1)
+        b_u = tl.sum(tl.trans(b_k).to(tl.float32) * b_dktT, axis=0)
     tl.store(part_ptr + (i_k * n_bh + i_bh) * S + o_j, b_u, mask=m_j)
-    tl.store(dk_ptr + i_bh * S * DHQK + o_j[:, None] * DHQK + o_k[None, :], b_dk.to(dk_ptr.dtype.element_ty),
-             mask=m_jk)
+    tl.store(dk_ptr + i_bh * S * DHQK + o_j[None, :] * DHQK + o_k[:, None], b_dkT.to(dk_ptr.dtype.element_ty),
+             mask=m_k[:, None] & m_j[None, :])
     if i_k == 0:
         tl.store(colall_ptr + i_bh * S + o_j, b_colall, mask=m_j)
         tl.store(colafter_ptr + i_bh * S + o_j, b_colafter, mask=m_j)
@@ -443,7 +461,7 @@ def parallel_bw_dv_kernel(
     k_ptr += i_bh * S * DHQK
     dh_ptr += i_bh * S * DHHV
     lf_k, li_k = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_j, m_j)
-    b_dv = tl.zeros([BT, BV], dtype=tl.float32)
+    b_dvT = tl.zeros([BV, BT], dtype=tl.float32)
     b_G = tl.full([], 0.0, tl.float32)
     for it in range(0, NT - i_j):
         i_q = i_j + it
@@ -461,21 +479,24 @@ def parallel_bw_dv_kernel(
         b_D = tl.where(m_q[:, None], tl.exp(b_logD - b_mt[:, None]), 0.0)
         b_P = _qk_block(q_ptr, k_ptr, o_q, m_q, o_j, m_j, DHQK, BT, BT, BK, DOT_PRECISION) * scale * b_D
         b_dh = tl.load(dh_ptr + o_q[:, None] * DHHV + o_v[None, :], mask=m_q[:, None] & m_v[None, :], other=0.0)
-        # P^T dnum = (P r)^T dh, r the per-row 1/den
-        b_dv += tl.dot(tl.trans((b_P * b_r[:, None]).to(b_dh.dtype)), b_dh, input_precision=DOT_PRECISION)
+        # dv^T += dh^T (P r) (P^T dnum = (P r)^T dh, r the per-row 1/den)
+        # transposed output, not a transposed dot result as operand: miscompiled on sm_90 (triton-lang/triton#6124)
+        b_dvT += tl.dot(tl.trans(b_dh), (b_P * b_r[:, None]).to(b_dh.dtype),
+                        input_precision=DOT_PRECISION)  # [BV, BT] @ [BT, BT] -> [BV, BT]
     if HAS_LAST_GRAD:
         b_w = _key_tile_walk_weights(i_bh, m_j, lf_k, li_k, b_G, mS_ptr)
-        b_kdC = tl.zeros([BT, BV], dtype=tl.float32)
+        b_kdCT = tl.zeros([BV, BT], dtype=tl.float32)
         for i_k in range(0, tl.cdiv(DHQK, BK)):
             o_k = i_k * BK + tl.arange(0, BK)
             m_k = o_k < DHQK
             b_k = tl.load(k_ptr + o_j[:, None] * DHQK + o_k[None, :], mask=m_j[:, None] & m_k[None, :], other=0.0)
             b_dC = tl.load(dCS_ptr + i_bh * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :],
                            mask=m_k[:, None] & m_v[None, :], other=0.0)
-            b_kdC += tl.dot(b_k, b_dC.to(b_k.dtype), input_precision=DOT_PRECISION)  # [BT, BK] @ [BK, BV]
-        b_dv += b_w[:, None] * b_kdC
-    p_dv = dv_ptr + i_bh * S * DHHV + o_j[:, None] * DHHV + o_v[None, :]
-    tl.store(p_dv, b_dv.to(dv_ptr.dtype.element_ty), mask=m_j[:, None] & m_v[None, :])
+            b_kdCT += tl.dot(tl.trans(b_dC.to(b_k.dtype)), tl.trans(b_k),
+                             input_precision=DOT_PRECISION)  # [BV, BK] @ [BK, BT] -> [BV, BT]
+        b_dvT += b_w[None, :] * b_kdCT
+    p_dv = dv_ptr + i_bh * S * DHHV + o_j[None, :] * DHHV + o_v[:, None]
+    tl.store(p_dv, b_dvT.to(dv_ptr.dtype.element_ty), mask=m_v[:, None] & m_j[None, :])
 
 
 @triton.jit
@@ -521,13 +542,15 @@ def parallel_bw_dstate_kernel(
         b_mt, b_r, b_ds = _tile_stats(mt_ptr, r_ptr, ds_ptr, i_bh, o_q, m_q, S)
         b_D0 = tl.where(m_q, tl.exp(tl.cumsum(lf_q, axis=0) + b_F + b_m0 - b_mt), 0.0)
         b_F += tl.sum(lf_q, axis=0)
-        b_q = tl.load(q_ptr + i_bh * S * DHQK + o_q[:, None] * DHQK + o_k[None, :], mask=m_q[:, None] & m_k[None, :],
-                      other=0.0)
+        # q^T loaded as such, not a transposed register tile as operand: sm_90 hazard (triton-lang/triton#6124)
+        b_qT = tl.load(q_ptr + i_bh * S * DHQK + o_q[None, :] * DHQK + o_k[:, None],
+                       mask=m_k[:, None] & m_q[None, :], other=0.0)
         b_dh = tl.load(dh_ptr + i_bh * S * DHHV + o_q[:, None] * DHHV + o_v[None, :],
                        mask=m_q[:, None] & m_v[None, :], other=0.0)
-        b_qw = b_q.to(tl.float32) * (scale * b_D0)[:, None]
-        b_dC += tl.dot(tl.trans((b_qw * b_r[:, None]).to(b_q.dtype)), b_dh, input_precision=DOT_PRECISION)
-        b_dn += tl.sum(b_qw * b_ds[:, None], axis=0)
+        b_qwT = b_qT.to(tl.float32) * (scale * b_D0)[None, :]
+        b_dC += tl.dot((b_qwT * b_r[None, :]).to(b_qT.dtype), b_dh,
+                       input_precision=DOT_PRECISION)  # [BK, BT] @ [BT, BV] -> [BK, BV]
+        b_dn += tl.sum(b_qwT * b_ds[None, :], axis=1)
     if HAS_LAST_GRAD:
         b_decay = tl.exp(b_F)
         b_dC += b_decay * tl.load(dCS_ptr + i_bh * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :], mask=m_kv,

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        recurrent_step.py.j2
-# template hash:   5552ae16d5756206
+# template hash:   7f854ac0fef2a8a7
 # parameters:      cell=sig
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """mLSTM step (sig cell): one token, MATH.md §5. recurrent_step_kernel: one program per (value tile, batch x
@@ -26,6 +26,19 @@ def _logsigmoid(x):
     y = tl.exp(-tl.abs(x))
     u = 1.0 + y
     return tl.minimum(x, 0.0) - tl.where(u == 1.0, y, tl.log(u) * (y / tl.where(u == 1.0, 1.0, u - 1.0)))
+
+
+@triton.jit
+def _for_registers(p_x, m_x, b_x, b_like):
+    """b_x (a tile loaded from p_x, also a tl.dot operand) in fp32 for a computation in registers. Where b_x is in
+    b_like's dtype the dot reads it as loaded, and a pipelined loop that also read it into registers would put it in
+    a ring one buffer too shallow for the dot in flight (the mixed-use hazard of Triton 3.6 on sm_90,
+    docs/hazards.md): the registers then get a load of their own, which the cache modifier keeps the compiler from
+    merging with the first (a second read, from L2)."""
+    if b_x.dtype == b_like.dtype:
+        return tl.load(p_x, mask=m_x, other=0.0, cache_modifier=".cg").to(tl.float32)
+    else:
+        return b_x.to(tl.float32)
 
 
 @triton.jit
