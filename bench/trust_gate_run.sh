@@ -1,11 +1,26 @@
 #!/usr/bin/env bash
 # The GPU runs behind docs/hazards.md and tuning_db/reports/*-validate.json, one device call each.
-# Usage on the device (carry .whl and .probe):  bash bench/trust_gate_run.sh PHASE    PHASE one of
+# First, here (it needs git):  bash bench/trust_gate_run.sh prepare   (writes .probe/, ignored by git)
+# Then on the device (carry .whl and .probe):  bash bench/trust_gate_run.sh PHASE    PHASE one of
 #   validate   the hazard reproducers (table + their GPU tests); `mlstm-tune validate` of the packaged databases and
 #              the defaults; at the same time the same gate on the kernels generated before the hazard fixes
 #              (.probe/old_generated, a subset of entries in .probe/old_subset), for the before/after table
+#   tune       the presets through the gate into $OUT/db (TUNE_PRESETS, default "xlstm-7b head128 step-7b", each
+#              for TUNE_S seconds, default 150); carry .probe/db back in (copy $OUT/db there) to resume a cut-off run
+#   bench      `mlstm-tune bench` with the packaged databases and .probe/db as the user database
 # Logs and reports go to $OUT; every log starts with the GPU's name.
 set -u
+if [ "${1:-}" = prepare ]; then  # the generated kernels before the hazard fixes, and a subset of the H200 entries
+  mkdir -p .probe/old_generated .probe/old_subset .probe/db
+  grep -qx '/.probe/' .git/info/exclude 2>/dev/null || echo '/.probe/' >> .git/info/exclude
+  for f in $(git ls-tree --name-only edc1f4f generated/); do git show "edc1f4f:$f" > ".probe/old_generated/${f#generated/}"; done
+  python3 -c "
+import json
+d = json.load(open('tuning_db/NVIDIA_H200.json'))
+d['entries'] = [d['entries'][i] for i in (0, 2, 3, 6, 7, 9, 11)]  # one of each distinct configuration
+json.dump(d, open('.probe/old_subset/NVIDIA_H200.json', 'w'), indent=1)"
+  exit 0
+fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -33,5 +48,17 @@ raise SystemExit(main(['validate', '--db', '.probe/old_subset/NVIDIA_H200.json',
     ) > "$OUT/validate.log" 2>&1
     wait
     tail -4 "$OUT/hazards.log" "$OUT/validate_before_fix.log"; tail -40 "$OUT/validate.log" ;;
+  tune)
+    mkdir -p "$OUT/db"; cp -r .probe/db/. "$OUT/db/" 2>/dev/null
+    for preset in ${TUNE_PRESETS:-xlstm-7b head128 step-7b}; do
+      ( header "mlstm-tune tune --preset $preset --db \$OUT/db --trials 40 --time-budget ${TUNE_S:-150}"
+        timeout $(( ${TUNE_S:-150} * 3 + 60 )) python -m autotune tune --preset "$preset" --db "$OUT/db" --trials 40 \
+          --time-budget "${TUNE_S:-150}" ) > "$OUT/tune_$preset.log" 2>&1
+      tail -6 "$OUT/tune_$preset.log"
+    done ;;
+  bench)
+    ( header "MLSTM_AUTOTUNE_DB=.probe/db mlstm-tune bench --out \$OUT"
+      MLSTM_AUTOTUNE_DB=.probe/db timeout 580 python -m autotune bench --out "$OUT" ) > "$OUT/bench.log" 2>&1
+    tail -30 "$OUT/bench.log" ;;
   *) echo "unknown phase ${1:-}" >&2; exit 2 ;;
 esac
