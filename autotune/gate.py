@@ -18,9 +18,11 @@ Draws (``draw_inputs``): "adversarial" (input gate 3 N(0, 1) with a spike of +18
 gate U(-6, 8): the stabiliser's extremes) and "model" (input gate N(0, 1), forget gate 3 + 1.5 N(0, 1): what a
 trained model feeds). fp16 spikes are +8 / -8: fp16 holds no output of a -15 spike.
 
-Determinism contracts: every kernel this project generates writes each output element from one program, with no
-atomics and no split reductions, so each must give the same bits on the same inputs on the same GPU; the gate
-checks exactly that.
+Determinism contract, the same for every generated kernel: the same bits on the same inputs, launch configuration
+and GPU. Each output element is written by one program, and no atomic takes part in the arithmetic. Where programs
+meet (the step kernel's arrival counter, which picks the program that finishes a head), the shares are summed in a
+fixed order, and every program computes the values it may write identically. The gate checks exactly this contract.
+It says nothing across GPUs or configurations, whose rounding differs.
 """
 
 from __future__ import annotations
