@@ -1,6 +1,6 @@
-"""autotune.hazards on kernels compiled for sm_90 without a GPU: the mixed-use pipelining hazard is found in the
-minimal reproducer's hazardous form and not in its safe one, in no shipped database entry and in no built-in default;
-and the gate fails a candidate the static check flags."""
+"""autotune.hazards on kernels compiled for sm_90 without a GPU: both hazards are found in the minimal reproducers'
+hazardous forms and not in their safe ones, in no shipped database entry and in no built-in default; and the gate
+fails a candidate the static check flags."""
 
 from __future__ import annotations
 
@@ -30,6 +30,12 @@ for split in (0, 1):
         kw = dict(D=D, L=L, BK=64, BV=BV, SPLIT=split, num_warps=4, num_stages=stages)
         ttgir = compile_check._compile(r.mixed_use_kernel, args, kw, GPUTarget("cuda", 90, 32)).asm["ttgir"]
         out[f"{split}-{stages}"] = hazards.shallow_mixed_use_rings(ttgir, stages)
+P, L, D = 4, 64, 128
+args = [torch.zeros(P, L, D, **bf16) for _ in range(4)] + [torch.zeros(P, L, D), torch.zeros(P, L, D)]
+for form in (0, 1):
+    kw = dict(D=D, DV=D, L=L, BK=64, TRANSPOSED_OUTPUT=form, num_warps=4, num_stages=1)
+    ttgir = compile_check._compile(r.transposed_dot_kernel, args, kw, GPUTarget("cuda", 90, 32)).asm["ttgir"]
+    out[f"trans-{form}"] = hazards.transposed_accumulators(ttgir)
 print(json.dumps(out))
 """
 
@@ -56,6 +62,11 @@ def test_the_detector_finds_the_reproducers_hazard_and_only_it(reproducer_rings,
     else:  # q's ring is one buffer shallower than the others, and read by the dot and by registers
         (ring,) = reproducer_rings[f"0-{num_stages}"]
         assert ring.startswith("%b_q")
+
+
+def test_the_detector_finds_the_transposed_accumulator_and_only_it(reproducer_rings):
+    assert len(reproducer_rings["trans-0"]) == 1  # dk = dot(trans(dA), q): dA's transpose goes to shared memory
+    assert reproducer_rings["trans-1"] == []  # dk^T = dot(trans(q), dA)
 
 
 def test_no_shipped_entry_or_default_has_the_hazard():
