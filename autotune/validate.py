@@ -143,7 +143,9 @@ def run(args) -> int:
         dbs = databases_in_use(capability)
     out = Path(args.out) if args.out else paths.tuning_db_dir() / "reports"
     out.mkdir(parents=True, exist_ok=True)
-    defaults = [] if args.no_defaults else default_rows()
+    defaults = [] if args.no_defaults or gpu == "cpu-interpreter" else default_rows()
+    if gpu == "cpu-interpreter" and not args.no_defaults:
+        print("# no GPU: the defaults (real head dims) are left out; database entries run under the interpreter")
     checked: dict[tuple, dict] = {}  # a default checked once serves every report
     failed = 0
     targets = [(d, Path(d.path).stem) for d in dbs] or [(None, tdb.file_name(gpu).removesuffix(".json"))]
@@ -159,7 +161,9 @@ def run(args) -> int:
             checked[memo] = result
             results.append(dict(result, key=row.key, B=row.B, NH=row.NH, S=row.S, op=row.op))
             print(_line(results[-1]), flush=True)
-            report.write_text(json.dumps(results, indent=1) + "\n")
+            partial = report.with_name(report.name + ".part")  # replaced whole: a run cut short keeps a valid file
+            partial.write_text(json.dumps(results, indent=1) + "\n")
+            partial.replace(report)
         bad = [r for r in results if not r["passed"]]
         failed += len(bad)
         print(f"# {name}: {len(results) - len(bad)}/{len(results)} passed", flush=True)
