@@ -14,6 +14,17 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+@pytest.fixture(autouse=True)
+def _fresh_gate_draws():
+    """The gate keeps its draws (inputs, oracle and trusted outputs) per shape in the process: a test that patches a
+    kernel must not leave them to the next test."""
+    from autotune import measure
+
+    measure._DRAWS.clear()
+    yield
+    measure._DRAWS.clear()
+
+
 @pytest.fixture(scope="session")
 def comparison_log() -> ComparisonLog:
     return ComparisonLog.for_session()
