@@ -554,7 +554,7 @@ def test_a_pair_never_moves_a_parameter_its_variant_does_not_read(tmp_path: Path
 def test_the_journal_report_counts_failures_and_errors(tmp_path: Path):
     import importlib.util
 
-    path = Path(__file__).parent / "perf" / "journal_report.py"
+    path = Path(__file__).resolve().parents[1] / "bench" / "tools" / "journal_report.py"
     spec = importlib.util.spec_from_file_location("journal_report", path)
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)

@@ -65,7 +65,7 @@ def _native_grads(x, weights, cell, dtype):
 def _limits(dtype, x, weights, cell, ref):
     """MATH.md's limit, widened like helpers.conditioning_limits: 10x the change in the fp64 gradients when every
     input is perturbed by the dtype's unit roundoff (two draws, on the GPU); for fp32 also 10x the native fp32 error.
-    Why: tests/gpu/diagnose_bf16_backward.py shows bf16 errors that agree across all kernel configurations to two
+    Why: bench/tools/diagnose_bf16_backward.py shows bf16 errors that agree across all kernel configurations to two
     digits for one input draw and change 4x between draws, i.e. set by the inputs' conditioning."""
     limits = dict.fromkeys(ref, LIMITS[dtype])
     gen = torch.Generator(device="cuda").manual_seed(1234)

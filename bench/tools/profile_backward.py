@@ -3,8 +3,8 @@ kernel, next to upstream's xl_chunk; then the step timed with a few backward con
 MLSTM_AUTOTUNE_FORCE (chunk L, recomputed or reused states, state tiles, the split kernels, the parallel backward).
 A diagnosis for tuning_db/reports/NOTES.md, not a test.
 
-    python tests/gpu/profile_backward.py --out DIR [--layout 7b|head128] [--budget-s N] [--sweep split]  (on a GPU)
-    TRITON_INTERPRET=1 python tests/gpu/profile_backward.py --smoke --out DIR           (tiny shapes, CPU)
+    python bench/tools/profile_backward.py --out DIR [--layout 7b|head128] [--budget-s N] [--sweep split]  (on a GPU)
+    TRITON_INTERPRET=1 python bench/tools/profile_backward.py --smoke --out DIR           (tiny shapes, CPU)
 
 Writes DIR/profile_backward.json (rows written as they come) and prints a table last.
 """

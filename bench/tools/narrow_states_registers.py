@@ -5,7 +5,7 @@ the floor that our states kernel (``chunkwise_states_kernel``) is compared with 
 whether a narrow program can hold a 256-wide key at all before building one (tuning_db/reports/NOTES.md, seventh
 session). Not a test, and not a kernel of the library:
 
-    python tests/perf/narrow_states_registers.py
+    python bench/tools/narrow_states_registers.py
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 sweep of launch configurations, plus experimental edits of the generated source that remove one cost at a time,
 and the fused single pass. A diagnosis for the notes (tuning_db/reports/NOTES.md), not a test.
 
-    python tests/gpu/profile_forward.py --out DIR      (on a GPU; writes DIR/profile_forward.json and prints a table)
-    TRITON_INTERPRET=1 python tests/gpu/profile_forward.py --smoke   (the same code on tiny shapes on the CPU)
+    python bench/tools/profile_forward.py --out DIR      (on a GPU; writes DIR/profile_forward.json and prints a table)
+    TRITON_INTERPRET=1 python bench/tools/profile_forward.py --smoke   (the same code on tiny shapes on the CPU)
 
 Experiments (each a copy of the generated module with one edit, checked against the unedited kernel first where
 the edit keeps the function; "bound" edits change the result and are only timed):

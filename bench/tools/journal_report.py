@@ -3,7 +3,7 @@ the correct candidates' gate errors strayed from the default's; for the two-pass
 chunk and warps. The sixth session's findings in tuning_db/reports/NOTES.md (a worker poisoned by one illegal memory
 access, 128-token output chunks at 8 warps computing less accurately) come from this report.
 
-    python tests/perf/journal_report.py [--journal .tuning/studies.journal] [--code FINGERPRINT]
+    python bench/tools/journal_report.py [--journal .tuning/studies.journal] [--code FINGERPRINT]
 """
 
 from __future__ import annotations
