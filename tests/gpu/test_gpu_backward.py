@@ -3,7 +3,7 @@ at the realistic head layouts, with recomputed and reused states, and the regist
 chunk sizes 64 ... 512.
 
 The oracle is the float64 native exact backward on the GPU (the CPU tests hold it to 1e-10 against autograd through
-the float64 recurrent definition). Limits: MATH.md §7 (bf16 2e-2); fp32 takes the larger of 1e-5 and 10x the error
+the float64 recurrent definition). Limits: docs/math.md §7 (bf16 2e-2); fp32 takes the larger of 1e-5 and 10x the error
 of the native backward evaluated in fp32 (see tests/test_backward_kernels.py for why).
 Run on an H200 (log under tests/gpu/logs/):  python -m pytest -v -s -m gpu tests/gpu/test_gpu_backward.py
 """
@@ -63,10 +63,10 @@ def _native_grads(x, weights, cell, dtype):
 
 
 def _limits(dtype, x, weights, cell, ref):
-    """MATH.md's limit, widened like helpers.conditioning_limits: 10x the change in the fp64 gradients when every
-    input is perturbed by the dtype's unit roundoff (two draws, on the GPU); for fp32 also 10x the native fp32 error.
-    Why: bench/tools/diagnose_bf16_backward.py shows bf16 errors that agree across all kernel configurations to two
-    digits for one input draw and change 4x between draws, i.e. set by the inputs' conditioning."""
+    """The limit of docs/math.md, widened like helpers.conditioning_limits: 10x the change in the fp64 gradients when
+    every input is perturbed by the dtype's unit roundoff (two draws, on the GPU); for fp32 also 10x the native fp32
+    error. Why: bench/tools/diagnose_bf16_backward.py shows bf16 errors that agree across all kernel configurations to
+    two digits for one input draw and change 4x between draws, i.e. set by the inputs' conditioning."""
     limits = dict.fromkeys(ref, LIMITS[dtype])
     gen = torch.Generator(device="cuda").manual_seed(1234)
     for _ in range(2):
