@@ -439,7 +439,7 @@ def test_entry_with_a_forced_reusing_backward(name, backward_states, halves, mon
 @pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # the interpreter's numpy: floor = exp(100) = inf
 def test_prep_does_not_overflow_where_the_floor_does():
     """m_t < -88 (input gates far below -88): floor = exp(-m) is inf in fp32. The floor's share of the max state's
-    gradient must stay finite (it was inf / inf = NaN in dm0 before)."""
+    gradient must stay finite (computed naively it is inf / inf = NaN in dm0)."""
     shape = Shape(1, 1, 40, 16, 16)
     x = _inputs(shape, "exp", True)
     x["i"] = torch.full_like(x["i"], -100.0)

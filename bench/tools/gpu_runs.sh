@@ -127,7 +127,7 @@ case "${1:-}" in
         --out "$OUT/step_split_$1_$2" > "$OUT/step_split_$1_$2.log" 2>&1
       echo "BK=$1 BV=$2"; grep -A6 "ours GB/s" "$OUT/step_split_$1_$2.log" | tail -4
     done ;;
-  tune-presets)  # the shipped presets, both GPUs on each study; resumable: carry .tuning (the previous call's db/)
+  tune-presets)  # the shipped presets, both GPUs on each study; resumable: carry .tuning (a db/ brought back from a call)
     mkdir -p "$OUT/db"; [ -d .tuning ] && cp -r .tuning/. "$OUT/db/"
     end=$(( $(date +%s) + ${BUDGET_S:-540} ))
     for p in ${PRESETS:-xlstm-7b train-7b head128 train-head128 step-7b}; do

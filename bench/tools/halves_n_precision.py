@@ -1,7 +1,7 @@
 """The halves output kernel ("out_values": "halves", chunks of 128 as two halves of 64) at 4 and 8 warps, with the
 states kernel's n reduced in fp32 ("states_n": "sum", v or k^T weighted) and formed on the tensor cores ("dot"):
 relative errors of h and n against the fp64 oracle, bf16, on the GPU forward tests' shapes and input draws of this
-process (no NaN poisoning of the outputs). A diagnosis for tuning_db/reports/NOTES.md (eighth session), not a test.
+process (no NaN poisoning of the outputs). A diagnosis for tuning_db/reports/NOTES.md, not a test.
 
     python bench/tools/halves_n_precision.py
 """

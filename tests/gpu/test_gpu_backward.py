@@ -97,9 +97,9 @@ def test_backward_variant(variant, shape, dtype, L, states, check):
     _check_backward(variant, shape, dtype, L, states, check)
 
 
-# configurations of the kinds the tuner picks on the H200 (tuning_db/reports/NOTES.md, fourth session), with the
-# launch parameters added after the device time: the split dv kernel's own tile (BVD) and the reverse recurrence's
-# weights computed first (dstate_gates "pre"), checked where programs run concurrently
+# configurations of the kinds the tuner picks on the H200 (tuning_db/reports/NOTES.md), with the split dv kernel's
+# own tile (BVD) and the reverse recurrence's weights computed first (dstate_gates "pre"), checked where programs run
+# concurrently
 TUNED_STYLE = [("split", {"BV": 64, "num_stages": 3, "BVD": 128, "dstate_gates": "pre"}),
                ("split", {"BV": 128, "num_stages": 2, "BVD": 32}),
                ("fused", {"BV": 128, "dstate_gates": "pre", "num_warps_state": 8}),
