@@ -358,7 +358,7 @@ def device_healthy() -> bool:
     """Whether this process's CUDA context still runs work. An illegal memory access (and any other sticky error)
     poisons the context: every later launch in the process fails with the same error, whatever it runs. On the H200
     one fused backward candidate did so and failed the next 20-40 candidates of its study in each tuning run
-    (tuning_db/reports/NOTES.md, the training studies of the 2026-11-30f tuning run)."""
+    (tuning_db/reports/NOTES.md: the training studies of the 2026-11-30d, e and f tuning runs)."""
     if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
         return True
     try:
