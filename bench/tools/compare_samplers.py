@@ -1,5 +1,5 @@
 """How often the search finds the planted optimum of tests/test_search.py's replayed timings, per Optuna sampler
-setting, over 8 sampler seeds: the table in tuning_db/reports/NOTES.md ("The search itself"). Not a test.
+setting, over 8 sampler seeds: the tables in tuning_db/reports/NOTES.md ("The sampler"). Not a test.
 
     python bench/tools/compare_samplers.py          (about a minute; no GPU, no kernels)
 """
