@@ -1,6 +1,6 @@
 """The ``mlstm-tune`` command (also ``python -m autotune``).
 
-Subcommands so far:
+Subcommands:
     kernels        list the registered kernels (sequence, step, sequence-loop), one per line
     paths          print where templates/, generated/ and tuning_db/ are read from
     tune           search the fastest correct variant per shape on this GPU and write the tuning database

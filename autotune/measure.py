@@ -174,7 +174,7 @@ def trusted_job(job: Job) -> Job:
     """The kernel the gate holds ``job`` to: for outputs, the tiled parallel forward with its default configuration
     (one stage: no software pipelining); for a training step, the parallel backward behind the parallel forward,
     likewise. Both were bitwise stable and at the 16-bit rounding level on an H100 where the two-pass forward and
-    the head-128 chunkwise backward were not (issue notes, docs/hazards.md). The step kernel is held to the native
+    the head-128 chunkwise backward were not (docs/hazards.md). The step kernel is held to the native
     step instead (trusted_step)."""
     from .launch import parallel, parallel_bw
     from .variants import by_name, find
@@ -358,7 +358,7 @@ def device_healthy() -> bool:
     """Whether this process's CUDA context still runs work. An illegal memory access (and any other sticky error)
     poisons the context: every later launch in the process fails with the same error, whatever it runs. On the H200
     one fused backward candidate did so and failed the next 20-40 candidates of its study in each tuning run
-    (tuning_db/reports/NOTES.md, sixth session)."""
+    (tuning_db/reports/NOTES.md: the training studies of the 2026-11-30d, e and f tuning runs)."""
     if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
         return True
     try:

@@ -1,6 +1,6 @@
-"""The oracle: the mLSTM of MATH.md in plain PyTorch, in its three forms.
+"""The oracle: the mLSTM of docs/math.md in plain PyTorch, in its three forms.
 
-    mlstm_recurrent  the definition (MATH.md §1/§2): a loop over time steps
+    mlstm_recurrent  the definition (docs/math.md §1/§2): a loop over time steps
     mlstm_parallel   the quadratic form (§3), with the initial-state column
     mlstm_chunkwise  the chunkwise form (§4): a recurrence over chunk borders, the parallel form within a chunk
 
@@ -60,7 +60,7 @@ def mlstm_recurrent(
     eps: float = 1e-6,
     return_last_states: bool = False,
 ):
-    """The definition: MATH.md §1 (cell="exp") or §2 (cell="sig"), one time step after the other."""
+    """The definition: docs/math.md §1 (cell="exp") or §2 (cell="sig"), one time step after the other."""
     dtype = _compute_dtype(q)
     q, k, v, i, f = (x.to(dtype) for x in (q, k, v, i, f))
     C, n, m = _initial_states(q, v, c_initial, n_initial, m_initial, dtype)
@@ -109,7 +109,7 @@ def mlstm_parallel(
     eps: float = 1e-6,
     return_last_states: bool = False,
 ):
-    """The quadratic form of MATH.md §3, including the initial-state column ``log D_t0 = F_t + m_0``.
+    """The quadratic form of docs/math.md §3, including the initial-state column ``log D_t0 = F_t + m_0``.
 
     ``F_t - F_j`` is summed segment by segment (a masked cumulative sum), so it does not cancel for long S.
     """
@@ -167,7 +167,7 @@ def mlstm_chunkwise(
     return_last_states: bool = False,
     chunk_size: int = 64,
 ):
-    """The chunkwise form of MATH.md §4: the parallel form within each chunk, the previous chunk's last state as
+    """The chunkwise form of docs/math.md §4: the parallel form within each chunk, the previous chunk's last state as
     its initial-state column; chunk-border states are carried from chunk to chunk. The last chunk may be short."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -202,7 +202,7 @@ def random_inputs(
     generator: torch.Generator | None = None,
     max_outlier: float = 20.0,
 ) -> dict[str, torch.Tensor]:
-    """Inputs that exercise the stabiliser (MATH.md §7): ĩ ~ N(0, 3) with a few outliers of magnitude
+    """Inputs that exercise the stabiliser (docs/math.md §7): ĩ ~ N(0, 3) with a few outliers of magnitude
     max_outlier/2 .. max_outlier (default 20), f̃ spread from strongly forgetting (-6) to nearly remembering (+8);
     never zeros. Drawn on the generator's device (a CUDA generator draws a large shape in milliseconds, the CPU's
     takes seconds). Returns keyword arguments for any kernel."""

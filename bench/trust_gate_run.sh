@@ -12,7 +12,8 @@
 set -u
 if [ "${1:-}" = prepare ]; then  # the generated kernels before the hazard fixes, and a subset of the H200 entries
   mkdir -p .probe/old_generated .probe/old_subset .probe/db
-  grep -qx '/.probe/' .git/info/exclude 2>/dev/null || echo '/.probe/' >> .git/info/exclude
+  exclude=$(git rev-parse --git-path info/exclude)  # .git is a file in a worktree
+  grep -qx '/.probe/' "$exclude" 2>/dev/null || echo '/.probe/' >> "$exclude"
   for f in $(git ls-tree --name-only edc1f4f generated/); do git show "edc1f4f:$f" > ".probe/old_generated/${f#generated/}"; done
   python3 -c "
 import json
@@ -21,13 +22,7 @@ d['entries'] = [d['entries'][i] for i in (0, 2, 3, 6, 7, 9, 11)]  # one of each 
 json.dump(d, open('.probe/old_subset/NVIDIA_H200.json', 'w'), indent=1)"
   exit 0
 fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PYTHONPATH; fi
-gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-header() { echo "# GPU: $gpu; $(python -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'); $*"; }
+. "$(dirname "$0")/tools/gpu_env.sh"
 case "${1:-}" in
   validate)
     ( header "python tests/gpu/test_gpu_hazards.py; pytest -m gpu tests/gpu/test_gpu_hazards.py"

@@ -1,4 +1,4 @@
-"""Test helpers: error metric, per-dtype limits (MATH.md §7), shapes, and the comparison log.
+"""Test helpers: error metric, per-dtype limits (docs/math.md §7), shapes, and the comparison log.
 
 Every numerical comparison prints one line naming what it compares, e.g.
     Test tests/test_x.py::test[..] target=chunkwise--native_custbw vs baseline=reference.mlstm_recurrent(fp64)
@@ -20,7 +20,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
-# MATH.md §7: relative Frobenius error limits by compute dtype.
+# docs/math.md §7: relative Frobenius error limits by compute dtype.
 LIMITS = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-2, torch.bfloat16: 2e-2}
 GRAD_LIMIT_FP64 = 1e-8
 # h = C^T q / max(|n^T q|, exp(-m)) is ill-conditioned where |n^T q| is small: there no float32 algorithm reaches
@@ -30,7 +30,7 @@ GRAD_LIMIT_FP64 = 1e-8
 # (a backward-error bound: conditioning_limits below).
 CONDITION_FACTOR = 10.0
 # fp16 represents 6e-8 .. 65504: gate outliers of -20 give true outputs of ~1e-8, which no fp16 tensor can hold, so
-# fp16 tests draw outliers up to +-8 (the +-20 of MATH.md §7 runs in the fp32/fp64 tests).
+# fp16 tests draw outliers up to +-8 (the +-20 of docs/math.md §7 runs in the fp32/fp64 tests).
 MAX_OUTLIER = {torch.float16: 8.0}
 UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
 
@@ -51,7 +51,7 @@ class Shape:
         return (self.B, self.NH, self.S, self.DHQK, self.DHHV)
 
 
-# MATH.md §7 shape list: S not a multiple of any tile (1, 7, 63, 65, 500), S >= 2 x the largest chunk (64),
+# docs/math.md §7 shape list: S not a multiple of any tile (1, 7, 63, 65, 500), S >= 2 x the largest chunk (64),
 # head dims that are not powers of two (48, 96, 192), DHQK != DHHV.
 SHAPES = [
     Shape(1, 1, 1, 16, 16),

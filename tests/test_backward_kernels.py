@@ -1,9 +1,9 @@
 """The generated chunkwise backward (templates/chunkwise_bw.py.j2) against autograd through the float64 recurrent
-oracle (MATH.md §6-§7): a random linear loss on h and on the last states, every input's gradient, fresh random
+oracle (docs/math.md §6-§7): a random linear loss on h and on the last states, every input's gradient, fresh random
 inputs, outputs poisoned with NaN before the kernels run. On the CPU this runs under Triton's interpreter, in fp32
 (and fp16 on a few shapes).
 
-Limits: MATH.md's, widened where the problem is ill-conditioned. Besides the input-rounding estimate of
+Limits: those of docs/math.md, widened where the problem is ill-conditioned. Besides the input-rounding estimate of
 helpers.conditioning_limits, an fp32 check allows 10x the error of the same exact gradient formulas evaluated by
 the native PyTorch backward in fp32 (itself checked to 1e-10 in fp64 by test_native_kernels), and 10x the error of
 the kernels' own decomposition evaluated in PyTorch fp32 (tests/backward_decomposition.py; checked here to equal
@@ -160,8 +160,8 @@ def test_decomposition_is_exact_in_fp64(shape, cell, case):
 @pytest.mark.parametrize("shape", SHAPES, ids=[s.id for s in SHAPES])
 @pytest.mark.parametrize("variant", BACKWARD, ids=[v.name for v in BACKWARD])
 def test_backward_matches_oracle(variant, shape, case, check):
-    """Every backward variant on the MATH.md §7 shapes: two-pass forward with inter chunks (16) < intra chunks (32),
-    backward chunks of 16 with recomputed states (the parallel backward: tiles of 64, several per sequence from
+    """Every backward variant on the docs/math.md §7 shapes: two-pass forward with inter chunks (16) < intra chunks
+    (32), backward chunks of 16 with recomputed states (the parallel backward: tiles of 64, several per sequence from
     S=65 on; the interpreter is slow on many small tiles); "plain": no initial state, loss on h only; "states":
     initial states and a loss on the last states too."""
     cell = variant.params["cell"]
@@ -439,7 +439,7 @@ def test_entry_with_a_forced_reusing_backward(name, backward_states, halves, mon
 @pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # the interpreter's numpy: floor = exp(100) = inf
 def test_prep_does_not_overflow_where_the_floor_does():
     """m_t < -88 (input gates far below -88): floor = exp(-m) is inf in fp32. The floor's share of the max state's
-    gradient must stay finite (it was inf / inf = NaN in dm0 before)."""
+    gradient must stay finite (computed naively it is inf / inf = NaN in dm0)."""
     shape = Shape(1, 1, 40, 16, 16)
     x = _inputs(shape, "exp", True)
     x["i"] = torch.full_like(x["i"], -100.0)

@@ -87,9 +87,19 @@ def test_distribution_metadata_matches_the_package():
     scripts = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")}
     assert scripts.get("mlstm-tune") == "autotune.cli:main"
     assert pyproject["project"]["scripts"]["mlstm-tune"] == "autotune.cli:main"
-    # the wheel carries the three data folders inside the package, where paths.data_dir looks for them
+
+
+def test_the_wheel_carries_the_data_folders_and_only_the_databases():
+    """The wheel carries templates/, generated/ and every database of tuning_db/ inside the package, where
+    paths.data_dir looks for them; not tuning_db's reports, logs, README or lock files."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     force = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]
-    assert force == {name: f"autotune/_data/{name}" for name in DATA_FOLDERS}
+    found = (REPO / "tuning_db").glob("*.json")
+    databases = {f"tuning_db/{p.name}": f"autotune/_data/tuning_db/{p.name}" for p in found}
+    assert databases, "no database in tuning_db/"
+    expected = {"templates": "autotune/_data/templates", "generated": "autotune/_data/generated", **databases}
+    assert force == expected
 
 
 @pytest.mark.parametrize("name", DATA_FOLDERS)

@@ -455,9 +455,9 @@ def _close(a, b):
 
 @pytest.mark.parametrize("name", ["chunkwise--triton_auto", "chunkwise--triton_xl_chunk"])
 def test_forced_backward_set_mid_process_applies_from_the_next_step(name, launches, monkeypatch):
-    """The user report: forcing the "fwbw" key after a first training step changed nothing (the dispatcher had read
-    the variable once, and the entries memoise their answer per shape). Now a value set, changed or removed between
-    steps runs from the next step; the gradients stay the same function."""
+    """Forcing the "fwbw" key after a first training step takes effect although the entries memoise their answer
+    per shape: a value set, changed or removed between steps runs from the next step; the gradients stay the same
+    function."""
     grads, used = _training_step(name, launches)
     assert used == [(_FUSED_BW, 64, "recompute", False)]  # the built-in default
     _force(monkeypatch, chunkwise_fwbw=(_SPLIT_BW, _bw_config(L=32, states="reuse")))
@@ -546,8 +546,8 @@ def test_forced_backward_set_before_the_process_starts():
          "halves-of-fused", "other-cell", "forward-as-backward", "other-structure"],
 )  # fmt: skip
 def test_invalid_forced_choice_fails_loudly_before_any_launch(key, variant, config, reason, launches, monkeypatch):
-    """It used to be replaced by the built-in default with a warning a training log buries (or, for another cell,
-    run: another function), or crash inside the launcher."""
+    """An error naming the forced key at every call, not the built-in default with a warning a training log buries
+    (for another cell: another function run), nor a crash inside the launcher."""
     from autotune.dispatch import OverrideError
 
     _force(monkeypatch, **{f"chunkwise_{key}": (variant, config)})

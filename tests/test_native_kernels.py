@@ -1,5 +1,5 @@
 """Every native kernel against the float64 recurrent oracle: outputs and last states (fp64 and fp32), and exact
-gradients for a random linear loss on h and on the last states (fp64, <= 1e-8), MATH.md §6-§7."""
+gradients for a random linear loss on h and on the last states (fp64, <= 1e-8), docs/math.md §6-§7."""
 
 from __future__ import annotations
 

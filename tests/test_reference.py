@@ -1,4 +1,4 @@
-"""The oracle's three forms agree (MATH.md §7): recurrent = parallel = chunkwise in float64 to <= 1e-10."""
+"""The oracle's three forms agree (docs/math.md §7): recurrent = parallel = chunkwise in float64 to <= 1e-10."""
 
 from __future__ import annotations
 

@@ -113,7 +113,7 @@ def test_a_point_ruled_out_since_it_was_measured_does_not_win(tmp_path: Path, mo
 
 
 def test_wide_output_chunks_at_8_warps_are_ruled_out_in_16_bits_only():
-    """LO=128 output chunks at 8 warps miscomputed on the H200 in bf16 (NOTES.md, sixth session)."""
+    """LO=128 output chunks at 8 warps miscomputed on the H200 in bf16 (NOTES.md)."""
     variant = DEFAULT_VARIANT
     base = dict(DEFAULT[1], LO=128, LI=64, BKO=64, BVO=64, num_warps_out=8, out_values="loop")
     assert "inaccurate" in space.invalid(variant, base, 128, 128, 2, space.H100_LIMITS)
@@ -125,8 +125,8 @@ def test_wide_output_chunks_at_8_warps_are_ruled_out_in_16_bits_only():
 
 
 def test_halves_at_8_warps_with_n_on_the_tensor_cores_are_ruled_out_in_16_bits_only():
-    """n rounded to 16 bits with the halves output kernel at 8 warps: h above the bf16 limit on the H200 (NOTES.md,
-    eighth session); 4 warps, n reduced in fp32, and fp32 inputs stay in the space."""
+    """n rounded to 16 bits with the halves output kernel at 8 warps: h above the bf16 limit on the H200 (NOTES.md);
+    4 warps, n reduced in fp32, and fp32 inputs stay in the space."""
     variant = DEFAULT_VARIANT
     base = dict(DEFAULT[1], LO=64, num_warps_out=8, out_values="halves", states_weighting="kT", states_n="dot")
     assert "tensor cores" in space.invalid(variant, base, 128, 128, 2, space.H100_LIMITS)
@@ -554,7 +554,7 @@ def test_a_pair_never_moves_a_parameter_its_variant_does_not_read(tmp_path: Path
 def test_the_journal_report_counts_failures_and_errors(tmp_path: Path):
     import importlib.util
 
-    path = Path(__file__).parent / "perf" / "journal_report.py"
+    path = Path(__file__).resolve().parents[1] / "bench" / "tools" / "journal_report.py"
     spec = importlib.util.spec_from_file_location("journal_report", path)
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)

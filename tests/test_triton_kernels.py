@@ -1,5 +1,5 @@
 """Every generated Triton variant against the float64 oracle, under Triton's interpreter on the CPU (fp32 and fp16:
-the interpreter mis-computes bf16 dots, MATH.md §7), on the §7 shape list; outputs and last states. Outputs are
+the interpreter mis-computes bf16 dots, docs/math.md §7), on the §7 shape list; outputs and last states. Outputs are
 NaN-poisoned before each launch (MLSTM_AUTOTUNE_POISON=1), so an element a kernel forgets fails the check.
 On a machine with a GPU the same tests run the compiled kernels on the GPU."""
 

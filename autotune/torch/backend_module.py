@@ -76,11 +76,11 @@ class mLSTMBackendConfig:
     autocast_kernel_dtype: DtypeType = "bfloat16"
     """The kernel compute dtype passed to the kernels (native kernels compute in float32/float64 regardless)."""
     eps: float = 1e-6
-    """The eps of the denominator (MATH.md §1)."""
+    """The eps of the denominator (docs/math.md §1)."""
     inference_state_dtype: DtypeType = "float32"
     """The dtype of C and n carried in inference mode (m stays in at least fp32)."""
     normalize_siging: bool = True
-    """For sig-cell kernels only: whether h is normalised (MATH.md §2)."""
+    """For sig-cell kernels only: whether h is normalised (docs/math.md §2)."""
 
     def __post_init__(self):
         for field, lookup in (

@@ -2,7 +2,7 @@
 
 Names follow the upstream library: sequence kernels are ``"<form>--<backend>"`` (form: chunkwise | parallel), step
 kernels and sequence-loop kernels are plain names. Kernels whose backend name contains ``siging`` compute the sig
-cell (MATH.md §2) and return last states ``(C, n)``; all others compute the exp cell and return ``(C, n, m)``.
+cell (docs/math.md §2) and return last states ``(C, n)``; all others compute the exp cell and return ``(C, n, m)``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ at the realistic head layouts, with recomputed and reused states, and the regist
 chunk sizes 64 ... 512.
 
 The oracle is the float64 native exact backward on the GPU (the CPU tests hold it to 1e-10 against autograd through
-the float64 recurrent definition). Limits: MATH.md §7 (bf16 2e-2); fp32 takes the larger of 1e-5 and 10x the error
+the float64 recurrent definition). Limits: docs/math.md §7 (bf16 2e-2); fp32 takes the larger of 1e-5 and 10x the error
 of the native backward evaluated in fp32 (see tests/test_backward_kernels.py for why).
 Run on an H200 (log under tests/gpu/logs/):  python -m pytest -v -s -m gpu tests/gpu/test_gpu_backward.py
 """
@@ -63,10 +63,10 @@ def _native_grads(x, weights, cell, dtype):
 
 
 def _limits(dtype, x, weights, cell, ref):
-    """MATH.md's limit, widened like helpers.conditioning_limits: 10x the change in the fp64 gradients when every
-    input is perturbed by the dtype's unit roundoff (two draws, on the GPU); for fp32 also 10x the native fp32 error.
-    Why: tests/gpu/diagnose_bf16_backward.py shows bf16 errors that agree across all kernel configurations to two
-    digits for one input draw and change 4x between draws, i.e. set by the inputs' conditioning."""
+    """The limit of docs/math.md, widened like helpers.conditioning_limits: 10x the change in the fp64 gradients when
+    every input is perturbed by the dtype's unit roundoff (two draws, on the GPU); for fp32 also 10x the native fp32
+    error. Why: bench/tools/diagnose_bf16_backward.py shows bf16 errors that agree across all kernel configurations to
+    two digits for one input draw and change 4x between draws, i.e. set by the inputs' conditioning."""
     limits = dict.fromkeys(ref, LIMITS[dtype])
     gen = torch.Generator(device="cuda").manual_seed(1234)
     for _ in range(2):
@@ -97,9 +97,9 @@ def test_backward_variant(variant, shape, dtype, L, states, check):
     _check_backward(variant, shape, dtype, L, states, check)
 
 
-# configurations of the kinds the tuner picks on the H200 (tuning_db/reports/NOTES.md, fourth session), with the
-# launch parameters added after the device time: the split dv kernel's own tile (BVD) and the reverse recurrence's
-# weights computed first (dstate_gates "pre"), checked where programs run concurrently
+# configurations of the kinds the tuner picks on the H200 (tuning_db/reports/NOTES.md), with the split dv kernel's
+# own tile (BVD) and the reverse recurrence's weights computed first (dstate_gates "pre"), checked where programs run
+# concurrently
 TUNED_STYLE = [("split", {"BV": 64, "num_stages": 3, "BVD": 128, "dstate_gates": "pre"}),
                ("split", {"BV": 128, "num_stages": 2, "BVD": 32}),
                ("fused", {"BV": 128, "dstate_gates": "pre", "num_warps_state": 8}),

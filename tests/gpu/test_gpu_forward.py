@@ -93,7 +93,7 @@ def test_halves_output_kernel_on_gpu(variant, shape, warps, check, monkeypatch):
     tokens), in bf16 on the realistic shapes and an odd one (S=1000: a last chunk whose second half is partly
     empty). At 8 warps with the states kernel the search may pair with it: n reduced in fp32, not formed on the
     tensor cores (autotune.space rules that pair out: h 0.0204 > 0.02 at NH=32, S=8192 on the H200, on this test's
-    draw; which change moved it is not measured yet)."""
+    draw)."""
     monkeypatch.setenv("MLSTM_AUTOTUNE_POISON", "1")
     cell = variant.params["cell"]
     x = _inputs(shape, torch.bfloat16, cell)
@@ -126,7 +126,7 @@ def test_low_precision_gates(variant, gate_dtype, check):
 
 
 # the built-in default (4 key tiles, the last program reloads n), and the H200 database's point at B = 1 and 16 (one
-# 256-wide key tile, the new n stored from registers; 16 value tiles arriving per head)
+# 256-wide key tile, the updated n stored from registers; 16 value tiles arriving per head)
 STEP_CONFIGS = {"default": None, "one-key-tile": {"BK": 256, "BV": 32, "num_warps": 2, "k_tiles": "loop"}}
 
 

@@ -1,4 +1,4 @@
-"""Native PyTorch chunkwise mLSTM kernels (MATH.md §4), with autograd or with an exact hand-written backward.
+"""Native PyTorch chunkwise mLSTM kernels (docs/math.md §4), with autograd or with an exact hand-written backward.
 
 Forward, for chunks of length L (the last chunk may be shorter, so any S >= 1 works without padding):
     1. chunk-local states of every full chunk at once: C_loc = sum_j exp(g_j - m_loc) k_j v_j^T, g_j the log weight
@@ -92,8 +92,8 @@ def chunkwise_forward(q, k, v, i, f, C0, n0, m0, *, chunk_size, cell="exp", norm
 
 def chunkwise_backward(q, k, v, i, f, Cb, nb, mb, dh, dC, dn, dm, *, chunk_size, cell="exp", normalize=True,
                        eps=1e-6):  # fmt: skip
-    """Exact gradients (MATH.md §6) given the states before every chunk (Cb, nb, mb from chunkwise_forward): chunk by
-    chunk in reverse, the parallel backward of the chunk with the end-state gradient of the chunk after it.
+    """Exact gradients (docs/math.md §6) given the states before every chunk (Cb, nb, mb from chunkwise_forward):
+    chunk by chunk in reverse, the parallel backward of the chunk with the end-state gradient of the chunk after it.
     Returns dq, dk, dv, di, df, dC0, dn0, dm0."""
     S, L = q.shape[2], chunk_size
     opts = dict(cell=cell, normalize=normalize, eps=eps, stable_fgate=True)
@@ -165,7 +165,7 @@ def _make(name: str, *, custom_backward: bool):
 
     kernel.__name__ = kernel.__qualname__ = name
     kernel.__doc__ = f"""Native PyTorch chunkwise mLSTM (exp cell), {
-        "exact hand-written backward (MATH.md §6)" if custom_backward else "backward by autograd"
+        "exact hand-written backward (docs/math.md §6)" if custom_backward else "backward by autograd"
     }.
 
     q, k: (B, NH, S, DHQK); v: (B, NH, S, DHHV); i, f: (B, NH, S); optional initial states c_initial
@@ -185,7 +185,7 @@ def mlstm_siging_chunkwise__native(
     autocast_kernel_dtype=torch.bfloat16, chunk_size=64, normalize: bool = True, custom_backward: bool = True,
     **kwargs,
 ):  # fmt: skip
-    """The sig cell (MATH.md §2) in chunkwise form; returns h and, on request, (C, n). Used by the backend module
+    """The sig cell (docs/math.md §2) in chunkwise form; returns h and, on request, (C, n). Used by the backend module
     and the sequence-splitting paths for the sig variant."""
     return _chunkwise_kernel(
         q, k, v, i, f, c_initial, n_initial, m_initial, return_last_states, eps, chunk_size,

@@ -13,7 +13,7 @@ from ...checks import Dims, check_cell, check_eps, check_sequence_inputs, comput
 class Prepared:
     """Inputs in the compute dtype (float32, or float64 when an input is float64), with explicit initial states.
 
-    ``has_state`` says whether the caller gave initial states; without them C0 = 0, n0 = 0, m0 = 0 (MATH.md §1).
+    ``has_state`` says whether the caller gave initial states; without them C0 = 0, n0 = 0, m0 = 0 (docs/math.md §1).
     """
 
     q: torch.Tensor

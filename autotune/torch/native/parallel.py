@@ -1,7 +1,7 @@
 """Native PyTorch parallel (quadratic) mLSTM kernels, with autograd or with an exact hand-written backward.
 
-    parallel_forward   MATH.md §3 on tensors with any leading batch dims (..., S, D); also returns the last state
-    parallel_backward  its exact gradient (MATH.md §6), including initial-state and last-state gradients
+    parallel_forward   docs/math.md §3 on tensors with any leading batch dims (..., S, D); also returns the last state
+    parallel_backward  its exact gradient (docs/math.md §6), including initial-state and last-state gradients
     _ParallelFn        the autograd Function around the two (one class, plain-Python non-tensor arguments)
     mlstm_parallel__native_* / mlstm_siging_parallel__native_*   the registered kernels
 
@@ -68,7 +68,7 @@ def _recompute(q, k, v, i, f, C0, n0, m0, cell, normalize, eps, stable_fgate):
 
 
 def parallel_forward(q, k, v, i, f, C0, n0, m0, *, cell="exp", normalize=True, eps=1e-6, stable_fgate=True):
-    """MATH.md §3. q, k (..., S, DHQK); v (..., S, DHHV); i, f (..., S); C0 (..., DHQK, DHHV); n0 (..., DHQK);
+    """docs/math.md §3. q, k (..., S, DHQK); v (..., S, DHHV); i, f (..., S); C0 (..., DHQK, DHHV); n0 (..., DHQK);
     m0 (..., 1). Returns h (..., S, DHHV) and the last state (C (..., DHQK, DHHV), n (..., DHQK), m (..., 1))."""
     r = _recompute(q, k, v, i, f, C0, n0, m0, cell, normalize, eps, stable_fgate)
     w, w0 = r["D"][..., -1, :], r["D0"][..., -1:]  # weights of each token and of the initial state in the last state
@@ -79,7 +79,7 @@ def parallel_forward(q, k, v, i, f, C0, n0, m0, *, cell="exp", normalize=True, e
 
 def parallel_backward(q, k, v, i, f, C0, n0, m0, dh, dC, dn, dm, *, cell="exp", normalize=True, eps=1e-6,
                       stable_fgate=True):  # fmt: skip
-    """Exact gradient of parallel_forward (MATH.md §6) for cotangents dh (..., S, DHHV) on h and dC, dn, dm on the
+    """Exact gradient of parallel_forward (docs/math.md §6) for cotangents dh (..., S, DHHV) on h and dC, dn, dm on the
     last state. Returns dq, dk, dv, di, df, dC0, dn0, dm0 (dm0 is zeros for the sig cell)."""
     r = _recompute(q, k, v, i, f, C0, n0, m0, cell, normalize, eps, stable_fgate)
     D, D0, A, P, q_s, h = r["D"], r["D0"], r["A"], r["P"], r["q_s"], r["h"]
@@ -209,9 +209,9 @@ def _make(name: str, *, cell: str, stable_fgate: bool, custom_backward: bool):
     kernel.__name__ = kernel.__qualname__ = name
     kernel.__doc__ = _DOC.format(
         cell=cell,
-        grad="exact hand-written backward (MATH.md §6)" if custom_backward else "backward by autograd",
+        grad="exact hand-written backward (docs/math.md §6)" if custom_backward else "backward by autograd",
         fgate="summed per segment" if stable_fgate else "as a difference of float64 cumulative sums",
-        m_doc=", m_initial (B, NH, 1)" if cell == "exp" else "; ``normalize`` (default True) as in MATH.md §2",
+        m_doc=", m_initial (B, NH, 1)" if cell == "exp" else "; ``normalize`` (default True) as in docs/math.md §2",
     )
     return kernel
 

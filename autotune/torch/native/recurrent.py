@@ -1,4 +1,4 @@
-"""Native PyTorch recurrent mLSTM kernels for inference: one step (MATH.md §5), and a whole sequence step by step.
+"""Native PyTorch recurrent mLSTM kernels for inference: one step (docs/math.md §5), and a whole sequence step by step.
 
     mlstm_recurrent_step__native       step interface: (q, k, v, i, f, c, n, m, eps) -> (h, (c, n, m))
     mlstm_recurrent_sequence__native   sequence interface; loops the step kernel over S (any S >= 1)
@@ -73,7 +73,7 @@ def mlstm_recurrent_step__native(
     """One mLSTM step. q, k: (B, NH, DHQK); v: (B, NH, DHHV); i, f: (B, NH, 1) or (B, NH); state c
     (B, NH, DHQK, DHHV), n (B, NH, DHQK), m (B, NH, 1), or all None for the zero state. Returns h (B, NH, DHHV) in
     q's dtype and the new state in ``dtype_state``. ``inplace=True`` writes the new state into c, n, m (which must be
-    given) and returns those buffers. ``cell="sig"`` runs MATH.md §2 (m is passed through unchanged)."""
+    given) and returns those buffers. ``cell="sig"`` runs docs/math.md §2 (m is passed through unchanged)."""
     check_cell(cell, normalize)
     check_eps(eps)
     dims = check_step_inputs(q, k, v, i, f, c, n, m if cell == "exp" else None, cell=cell)

@@ -2,9 +2,9 @@
 profiler range, for Nsight Compute: the step runs once outside the range (compiles every kernel), then once inside.
 
     ncu --profile-from-start off --clock-control none --kernel-name regex:chunkwise ... \
-        python tests/gpu/ncu_step.py --layout 7b|head128
+        python bench/tools/ncu_step.py --layout 7b|head128
 
-A diagnosis for tuning_db/reports/NOTES.md, not a test (tests/gpu/next_session.sh ncu-bw runs it).
+A diagnosis for tuning_db/reports/NOTES.md, not a test (bench/tools/gpu_runs.sh ncu-bw runs it).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """What a tuning journal says about its studies: per study the failures by kind and where they began, and how far
 the correct candidates' gate errors strayed from the default's; for the two-pass forward, the gate errors by output
-chunk and warps. The sixth session's findings in tuning_db/reports/NOTES.md (a worker poisoned by one illegal memory
-access, 128-token output chunks at 8 warps computing less accurately) come from this report.
+chunk and warps. Two findings in tuning_db/reports/NOTES.md come from this report: a worker poisoned by one illegal
+memory access, and 128-token output chunks at 8 warps computing less accurately.
 
-    python tests/perf/journal_report.py [--journal .tuning/studies.journal] [--code FINGERPRINT]
+    python bench/tools/journal_report.py [--journal .tuning/studies.journal] [--code FINGERPRINT]
 """
 
 from __future__ import annotations

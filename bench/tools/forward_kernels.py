@@ -3,11 +3,11 @@
 the same inputs as ``mlstm-tune bench``). It answers which kernel of ours loses where FLA wins (issue 6).
 
 A diagnosis for tuning_db/reports/NOTES.md, not a test:
-    python tests/gpu/forward_kernels.py --out DIR [--layout 7b|head128] [--S 2048 8192 32768]
+    python bench/tools/forward_kernels.py --out DIR [--layout 7b|head128] [--S 2048 8192 32768]
 With --ncu each forward runs once to compile, then once inside a CUDA profiler range, for Nsight Compute:
     ncu --profile-from-start off --clock-control none \
         --kernel-name regex:"chunkwise_states|chunkwise_output|chunk_fwd_kernel" ... \
-        python tests/gpu/forward_kernels.py --ncu --layout 7b --S 2048 --out DIR
+        python bench/tools/forward_kernels.py --ncu --layout 7b --S 2048 --out DIR
 """
 
 from __future__ import annotations

@@ -2,16 +2,16 @@
 sweep of launch configurations, plus experimental edits of the generated source that remove one cost at a time,
 and the fused single pass. A diagnosis for the notes (tuning_db/reports/NOTES.md), not a test.
 
-    python tests/gpu/profile_forward.py --out DIR      (on a GPU; writes DIR/profile_forward.json and prints a table)
-    TRITON_INTERPRET=1 python tests/gpu/profile_forward.py --smoke   (the same code on tiny shapes on the CPU)
+    python bench/tools/profile_forward.py --out DIR      (on a GPU; writes DIR/profile_forward.json and prints a table)
+    TRITON_INTERPRET=1 python bench/tools/profile_forward.py --smoke   (the same code on tiny shapes on the CPU)
 
 Experiments (each a copy of the generated module with one edit, checked against the unedited kernel first where
 the edit keeps the function; "bound" edits change the result and are only timed):
-    (out:prefix-diff, the decay matrix from a difference of prefix sums, is now the kernels' SEGMENT_SUMS=False)
+    (out:prefix-diff, the decay matrix from a difference of prefix sums: the kernels' SEGMENT_SUMS=False, no edit)
     out:no-decay      (bound) no decay matrix at all: the cost of the gating arithmetic
     states:no-weights, states:no-n, states:no-store, states:no-chain, states:dot-only   (bound) the states kernel
                       without the weights on v, n, the store of each chunk's C, the max-state chain, or all four
-    (states:scale-v, the states kernel weighting v instead of k, is now the launch parameter "states_weighting")
+    (states:scale-v, the states kernel weighting v instead of k: the launch parameter "states_weighting", no edit)
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 tile of BV over all 256 keys, held as KT accumulators of [64, BV], each fed by its own [64, 64] k^T tile and the
 same v tile, the state stored every chunk. Nothing else: no masks on k, no n, no weights, no max-state chain. It is
 the floor that our states kernel (``chunkwise_states_kernel``) is compared with at one and four warps, to tell
-whether a narrow program can hold a 256-wide key at all before building one (tuning_db/reports/NOTES.md, seventh
-session). Not a test, and not a kernel of the library:
+whether a narrow program can hold a 256-wide key at all (tuning_db/reports/NOTES.md). Not a test, and not a
+kernel of the library:
 
-    python tests/perf/narrow_states_registers.py
+    python bench/tools/narrow_states_registers.py
 """
 
 from __future__ import annotations

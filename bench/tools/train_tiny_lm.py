@@ -4,7 +4,7 @@ the same initialisation and the same batches: the loss curves must track each ot
 Task: the first half of each sequence walks a fixed sparse Markov chain (4 successors per token, so its best loss
 is ln 4); the second half copies the first, which needs the matrix memory (best loss 0).
 bf16 autocast, AdamW. Prints a table and writes JSON to --out. Usage (GPU):
-    python tests/gpu/train_tiny_lm.py --steps 300 --out train.json
+    python bench/tools/train_tiny_lm.py --steps 300 --out train.json
 """
 
 from __future__ import annotations

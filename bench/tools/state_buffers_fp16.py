@@ -2,7 +2,7 @@
 inputs, under Triton's interpreter: the relative difference of every gradient (the figure in
 tuning_db/reports/NOTES.md). Accuracy against the oracle is tested in tests/test_backward_kernels.py; not a test.
 
-    TRITON_INTERPRET=1 python tests/perf/state_buffers_fp16.py
+    TRITON_INTERPRET=1 python bench/tools/state_buffers_fp16.py
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("TRITON_INTERPRET", "1")
 import test_backward_kernels as T  # noqa: E402

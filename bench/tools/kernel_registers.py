@@ -3,9 +3,9 @@ compiled ahead of time at a given launch configuration (autotune.compile_check's
 assembled again by the ptxas that Triton ships, with -v. What a spill costs shows only on a GPU; this says where
 registers run out, for tuning_db/reports/NOTES.md. Not a test.
 
-    python tests/perf/kernel_registers.py --layout 7b            # the chunkwise backward's configurations
-    python tests/perf/kernel_registers.py --layout head128 --config '{"num_stages": 2}'
-    python tests/perf/kernel_registers.py --form fw --layout 7b   # the two-pass forward's output kernels
+    python bench/tools/kernel_registers.py --layout 7b            # the chunkwise backward's configurations
+    python bench/tools/kernel_registers.py --layout head128 --config '{"num_stages": 2}'
+    python bench/tools/kernel_registers.py --form fw --layout 7b   # the two-pass forward's output kernels
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from autotune.load import load_variant  # noqa: E402
 from autotune.variants import find  # noqa: E402
 
 LAYOUTS = {"7b": (256, 512), "head128": (128, 128)}
-# changes to the backward's default configuration, as in tests/gpu/profile_backward.py
+# changes to the backward's default configuration, as in bench/tools/profile_backward.py
 CHANGES = {
     "default": {},
     "2 stages": {"num_stages": 2},

@@ -1,9 +1,9 @@
 """One point of the states kernel alone, in its own process (a fault there kills only this process): its stored
 states against the k-weighted kernel with gates in its loop, then its time. A diagnosis for
-tuning_db/reports/NOTES.md (eighth session: n on the tensor cores, and the fault of that with v weighted), not a test.
+tuning_db/reports/NOTES.md (n on the tensor cores, and the fault of that with v weighted), not a test.
 
-    python tests/gpu/probe_states_point.py WEIGHTING N BKS BVS STAGES LAYOUT
-    e.g. python tests/gpu/probe_states_point.py kT dot 64 128 3 7b      (4 warps, gates "pre", LO = LI = 64)
+    python bench/tools/probe_states_point.py WEIGHTING N BKS BVS STAGES LAYOUT
+    e.g. python bench/tools/probe_states_point.py kT dot 64 128 3 7b      (4 warps, gates "pre", LO = LI = 64)
 Prints: layout, the point, "ok", relative errors of C, n and m, and the median time (ms).
 """
 

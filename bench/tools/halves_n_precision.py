@@ -1,9 +1,9 @@
 """The halves output kernel ("out_values": "halves", chunks of 128 as two halves of 64) at 4 and 8 warps, with the
 states kernel's n reduced in fp32 ("states_n": "sum", v or k^T weighted) and formed on the tensor cores ("dot"):
 relative errors of h and n against the fp64 oracle, bf16, on the GPU forward tests' shapes and input draws of this
-process (no NaN poisoning of the outputs). A diagnosis for tuning_db/reports/NOTES.md (eighth session), not a test.
+process (no NaN poisoning of the outputs). A diagnosis for tuning_db/reports/NOTES.md, not a test.
 
-    python tests/gpu/halves_n_precision.py
+    python bench/tools/halves_n_precision.py
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-here = Path(__file__).resolve()
-sys.path[:0] = [str(here.parent), str(here.parents[1]), str(here.parents[2])]
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "tests" / "gpu"), str(ROOT / "tests"), str(ROOT)]
 import test_gpu_forward as t  # noqa: E402
 from helpers import rel_err  # noqa: E402
 

@@ -3,8 +3,8 @@ kernel, next to upstream's xl_chunk; then the step timed with a few backward con
 MLSTM_AUTOTUNE_FORCE (chunk L, recomputed or reused states, state tiles, the split kernels, the parallel backward).
 A diagnosis for tuning_db/reports/NOTES.md, not a test.
 
-    python tests/gpu/profile_backward.py --out DIR [--layout 7b|head128] [--budget-s N] [--sweep split]  (on a GPU)
-    TRITON_INTERPRET=1 python tests/gpu/profile_backward.py --smoke --out DIR           (tiny shapes, CPU)
+    python bench/tools/profile_backward.py --out DIR [--layout 7b|head128] [--budget-s N] [--sweep split]  (on a GPU)
+    TRITON_INTERPRET=1 python bench/tools/profile_backward.py --smoke --out DIR           (tiny shapes, CPU)
 
 Writes DIR/profile_backward.json (rows written as they come) and prints a table last.
 """
@@ -49,23 +49,23 @@ CONFIGS = [
 PER_KERNEL = ("fused L64 reuse", "fused L128", "split L64")
 # --sweep split: the split kernels (one dq/dk program per key tile, one dv program per value tile) against the fused
 # kernel, both reusing the forward's states, from the H200 database's training winner (2026-11-30); without "BVD"
-# the dv kernel takes BV (as before BVD existed)
+# the dv kernel takes BV
 WINNER = dict(BASE, states="reuse", BV=128, states_weighting="k")
 SPLIT_CONFIGS = [  # most wanted first: the sweep stops at its time budget
     ("default", None, None),
     ("fused winner (reuse, BV 128, k weighted)", FUSED, {}),
-    ("split BK 64 BV 64 3 stages, dv BVD 128, dstate pre", SPLIT,  # the 7B training entry of the sixth session
+    ("split BK 64 BV 64 3 stages, dv BVD 128, dstate pre", SPLIT,  # the 7B training entry of the 2026-11-30f tuning run
      {"BV": 64, "num_stages": 3, "BVD": 128, "dstate_gates": "pre"}),
     # one key tile at head 128 (no dP recomputed per key tile), 8 warps: the dq/dk kernel spills 524 (BV 64) and
-    # 476 (BV 32) bytes per thread there by ptxas, against 2924 for the fused winner (kernel_registers.py, sixth
-    # session); value tiles of 32 are suspect on the H200 in bf16 (NOTES.md), so BV 64 first
+    # 476 (BV 32) bytes per thread there by ptxas, against 2924 for the fused winner (kernel_registers.py); value
+    # tiles of 32 are suspect on the H200 in bf16 (NOTES.md), so BV 64 first
     ("split BK 128 BV 64 8 warps, dv BVD 128", SPLIT, {"BK": 128, "BV": 64, "num_warps": 8, "BVD": 128}),
     ("split BK 128 BV 32 8 warps, dv BVD 128", SPLIT, {"BK": 128, "BV": 32, "num_warps": 8, "BVD": 128}),
     ("split BK 128 BV 32 8 warps 2 stages, dv BVD 128, dstate pre", SPLIT,
      {"BK": 128, "BV": 32, "num_warps": 8, "num_stages": 2, "BVD": 128, "dstate_gates": "pre"}),
     # the fused kernel with the fewest spills by ptxas at head 128: 144 bytes per thread (57 KB of shared memory)
     ("fused BK 32 BV 64 8 warps", FUSED, {"BK": 32, "BV": 64, "num_warps": 8}),
-    ("split BK 64 BV 128 2 stages", SPLIT, {"num_stages": 2}),  # the 7B training entry shipped in the fourth session
+    ("split BK 64 BV 128 2 stages", SPLIT, {"num_stages": 2}),  # the 7B training entry of the 2026-11-30e tuning run
     ("split BK 64 BV 64 3 stages", SPLIT, {"BV": 64, "num_stages": 3}),
     ("split BK 64 BV 64 3 stages, dv BVD 128", SPLIT, {"BV": 64, "num_stages": 3, "BVD": 128}),
     ("fused winner, dstate pre", FUSED, {"dstate_gates": "pre"}),
@@ -74,7 +74,7 @@ SPLIT_CONFIGS = [  # most wanted first: the sweep stops at its time budget
     ("split BK 64 BV 64 2 stages, dv BVD 128", SPLIT, {"BV": 64, "num_stages": 2, "BVD": 128}),
     ("split BK 64 BV 64 3 stages, dv BVD 128, dstate pre, state 8 warps", SPLIT,
      {"BV": 64, "num_stages": 3, "BVD": 128, "dstate_gates": "pre", "num_warps_state": 8}),
-    # in halves (states_every 2: C and dC per 128 tokens): 1.5x slower in the sixth session; last
+    # in halves (states_every 2: C and dC per 128 tokens): 1.5x slower on the H200 (NOTES.md); last
     ("halves BK 64 BV 64 8 warps 2 stages", SPLIT, {"BV": 64, "num_stages": 2, "num_warps": 8, "states_every": 2}),
     ("halves BK 64 BV 64 8 warps 2 stages, BVD 128, dstate pre, state 8 warps", SPLIT,
      {"BV": 64, "num_stages": 2, "num_warps": 8, "states_every": 2, "BVD": 128, "dstate_gates": "pre",

@@ -1,6 +1,6 @@
 """Run one generated variant at one launch configuration in this process and report ok / error / max error vs the
 fp64 native oracle. Meant to be run in a child process per configuration, so a crash (illegal memory access, a
-compiler abort) only ends that child:  python tests/gpu/probe_config.py VARIANT 'JSON_CONFIG' B NH S DHQK DHHV"""
+compiler abort) only ends that child:  python bench/tools/probe_config.py VARIANT 'JSON_CONFIG' B NH S DHQK DHHV"""
 
 import json
 import sys

@@ -1,7 +1,7 @@
 """How often the search finds the planted optimum of tests/test_search.py's replayed timings, per Optuna sampler
-setting, over 8 sampler seeds: the table in tuning_db/reports/NOTES.md ("The search itself"). Not a test.
+setting, over 8 sampler seeds: the tables in tuning_db/reports/NOTES.md ("The sampler"). Not a test.
 
-    python tests/perf/compare_samplers.py          (about a minute; no GPU, no kernels)
+    python bench/tools/compare_samplers.py          (about a minute; no GPU, no kernels)
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import test_search as T  # noqa: E402
 

@@ -10,7 +10,7 @@ replay of a CUDA graph, which empties the L2 between calls. Per batch size (NH=8
   step (the launch shared, the L2 not emptied between them);
 - ``upstream``: mlstm_kernels' step kernel, when installed.
 
-A diagnosis for tuning_db/reports/NOTES.md, not a test:  python tests/gpu/step_floor.py --out DIR
+A diagnosis for tuning_db/reports/NOTES.md, not a test:  python bench/tools/step_floor.py --out DIR
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 launch replaced by a no-op: what the entry itself costs per token before the GPU sees anything. A benchmark for
 tuning_db/reports/NOTES.md, not a test; run it on an idle machine (a busy one makes the numbers meaningless).
 
-    TRITON_INTERPRET=1 python tests/perf/step_call_overhead.py
+    TRITON_INTERPRET=1 python bench/tools/step_call_overhead.py
 """
 
 from __future__ import annotations

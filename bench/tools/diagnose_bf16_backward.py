@@ -1,13 +1,14 @@
 """Diagnostic (not a test): backward errors at the 7B head layout in bf16 against the fp64 native backward, for
 forward chunks LO = 64 / 128 and backward chunks L = 64 / 128, recomputed or reused states, two input draws.
-Usage (GPU): python tests/gpu/diagnose_bf16_backward.py"""
+Usage (GPU): python bench/tools/diagnose_bf16_backward.py"""
 
 import sys
+from pathlib import Path
 
 import torch
 
-sys.path.insert(0, "tests")
-sys.path.insert(0, "tests/gpu")
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "gpu"), str(ROOT)]
 from helpers import rel_err  # noqa: E402
 from test_gpu_backward import NAMES, _inputs, _native_grads, _weights  # noqa: E402
 
