@@ -48,6 +48,7 @@ def _recording(module):
 def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int, config: dict | None = None):
     """Call the variant's launcher once on small CPU inputs (nothing runs: the kernels are recorders), with its
     default launch configuration (and a few other structural choices) or ``config``."""
+    from .families import default_config
     from .launch import chunkwise, chunkwise_bw, parallel, parallel_bw, recurrent
     from .reference import random_inputs
 
@@ -58,12 +59,9 @@ def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int, co
         chunkwise.chunkwise_fw(*args, *states, variant=variant, config=config, return_last_states=True)
         if variant.template == chunkwise.TWOPASS and config is None:
             # the other output kernel, gates computed first, v weighted
-            config = dict(chunkwise.default_config(variant, DHQK, DHHV), out_values="tiles", states_gates="pre",
+            config = dict(default_config(variant, DHQK, DHHV), out_values="tiles", states_gates="pre",
                           states_weighting="v", states_n="sum")  # fmt: skip
             chunkwise.chunkwise_fw(*args, *states, variant=variant, config=config, return_last_states=True)
-            if dtype == torch.bfloat16:  # the output kernel taking chunks of 128 as two halves of LO = 64
-                config = dict(chunkwise.default_config(variant, DHQK, DHHV), out_values="halves")
-                chunkwise.chunkwise_fw(*args, *states, variant=variant, config=config, return_last_states=True)
     elif variant.family == "parallel_fw":
         parallel.parallel_fw(*args, *states, variant=variant, config=config, return_last_states=False)
     elif variant.family == "sequence_fw":
@@ -71,14 +69,15 @@ def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int, co
     elif variant.family == "chunkwise_bw":
         B, NH, S = args[0].shape[:3]
         given = config is not None
-        config = dict(config or chunkwise_bw.default_config(variant, DHQK, DHHV), states="reuse")  # this module's
+        config = dict(chunkwise_bw.check_config(variant, config or default_config(variant, DHQK, DHHV)),
+                      states="reuse")  # this module's
         f32 = dict(dtype=torch.float32)  # kernels only: "recompute" would launch the forward's states kernel
         stats = (torch.zeros(B, NH, S, **f32), torch.zeros(B, NH, S, **f32))
         h = torch.zeros_like(args[2])
         dlast = (torch.zeros_like(states[0]), torch.zeros_like(states[1]), torch.zeros_like(states[2]))
 
         def launch(config):  # with border states of the configuration's stride, as the forward keeps them
-            NC = -(-S // chunkwise_bw.states_stride(config))
+            NC = -(-S // config["chunk"])
             C_dtype = dtype if config["state_buffers"] == "input" else torch.float32  # as the recomputation stores it
             borders = (torch.zeros(B, NH, NC, DHQK, DHHV, dtype=C_dtype), torch.zeros(B, NH, NC, DHQK, **f32),
                        torch.zeros(B, NH, NC, **f32))  # fmt: skip
@@ -89,8 +88,6 @@ def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int, co
         if not given and variant.params["kernels"] == "fused" and dtype == torch.bfloat16:
             # the reverse recurrence with its weights computed first (its kernels are the same in both variants)
             launch(dict(config, dstate_gates="pre"))
-        if not given and variant.params["kernels"] == "split" and dtype == torch.bfloat16:
-            launch(dict(config, states_every=2))  # chunks of 2 L taken as two halves, states every 2 L
     elif variant.family == "parallel_bw":
         B, NH, S = args[0].shape[:3]
         f32 = dict(dtype=torch.float32)
@@ -98,13 +95,13 @@ def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int, co
         dlast = (torch.zeros_like(states[0]), torch.zeros_like(states[1]), torch.zeros_like(states[2]))
         parallel_bw.parallel_bw(*args, *states, h, torch.zeros(B, NH, S, **f32), torch.zeros(B, NH, S, **f32), h,
                                 *dlast, tuple(states), variant=variant,
-                                config=config or parallel_bw.default_config(variant, DHQK, DHHV))  # fmt: skip
+                                config=config or default_config(variant, DHQK, DHHV))  # fmt: skip
     elif variant.family == "step_fw":
         q, k, v, i, f = (a[:, :, 0] for a in args)
         C, n, m = (s.clone().contiguous() for s in states)
         recurrent.step_fw(q, k, v, i, f, C, n, m, variant=variant, config=config, out=(C, n, m))
         if config is None:
-            split = dict(recurrent.step_default_config(variant, DHQK, DHHV), k_tiles="programs")  # a program per tile
+            split = dict(default_config(variant, DHQK, DHHV), k_tiles="programs")  # a program per tile
             recurrent.step_fw(q, k, v, i, f, C, n, m, variant=variant, config=split, out=(C, n, m))
 
 

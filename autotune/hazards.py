@@ -137,23 +137,22 @@ def scan_space(dtype=torch.bfloat16, head_dims=((128, 128), (256, 512)), stages=
     defaults' tiles, for each number of ``stages``: the points the tuner may reach, as opposed to what ships.
     Points a launcher refuses are skipped."""
     from .checks import MLSTMInputError
-    from .launch import chunkwise, chunkwise_bw
+    from .families import default_config
     from .variants import VARIANTS
 
     choices = {
-        "chunkwise_fw": dict(out_values=("loop", "tiles", "halves"), states_weighting=("k", "v", "kT"),
+        "chunkwise_fw": dict(out_values=("loop", "tiles"), states_weighting=("k", "v", "kT"),
                              states_n=("sum", "dot")),
         "chunkwise_bw": dict(state_buffers=("input", "float32"), states_weighting=("k", "v"),
-                             dstate_gates=("inline", "pre"), states_every=(1, 2)),
+                             dstate_gates=("inline", "pre")),
     }  # fmt: skip
-    defaults = {"chunkwise_fw": chunkwise.default_config, "chunkwise_bw": chunkwise_bw.default_config}
     out = []
     for variant in VARIANTS:
         if variant.family not in choices or "fused_fw" in variant.template:
             continue
         names = list(choices[variant.family])
         for DHQK, DHHV in head_dims:
-            base = defaults[variant.family](variant, DHQK, DHHV)
+            base = default_config(variant, DHQK, DHHV)
             for values in itertools.product(*choices[variant.family].values()):
                 for n in stages:
                     config = dict(base, **dict(zip(names, values)), num_stages=n)

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .families import default_config
 from .search import Outcome
 
 L2_BYTES = 60 * 2**20  # the H200's L2 is 60 MB (GPU.md); inputs rotate over more than twice that
@@ -75,7 +76,7 @@ def _runner(job: Job, timing: bool = False):
     variant = by_name(job.variant)
     if variant.family == "parallel_bw":
         fw_variant = find("parallel_fw.py.j2", cell=variant.params["cell"])
-        fw_config = parallel.default_config(fw_variant, job.DHQK, job.DHHV)
+        fw_config = default_config(fw_variant, job.DHQK, job.DHHV)
 
         def fwbw_parallel(x):
             args, saved = [x[k] for k in "qkvif"], {}
@@ -88,12 +89,12 @@ def _runner(job: Job, timing: bool = False):
     if variant.family == "chunkwise_bw":
         # the forward a training step runs by default (the entries' built-in choice: states in the inputs' dtype)
         fw_variant = find(chunkwise.TWOPASS, cell=variant.params["cell"], state="input")
-        L = job.config["L"]
-        fw_config = dict(chunkwise.default_config(fw_variant, job.DHQK, job.DHHV), LI=min(64, L), LO=L)
+        L = chunkwise_bw.check_config(variant, job.config)["chunk"]
+        fw_config = dict(default_config(fw_variant, job.DHQK, job.DHHV), chunk_inter=min(64, L), chunk_intra=L)
 
         # as a training step asks it (autotune.torch.triton_kernels): states stored at the stride the backward reuses
         reuse = job.config.get("states") == "reuse"
-        keep = {"borders_at": chunkwise_bw.states_stride(job.config)} if reuse else {}
+        keep = {"borders_at": L} if reuse else {}
 
         def fwbw(x):
             args, saved = [x[k] for k in "qkvif"], dict(keep)
@@ -176,16 +177,14 @@ def trusted_job(job: Job) -> Job:
     likewise. Both were bitwise stable and at the 16-bit rounding level on an H100 where the two-pass forward and
     the head-128 chunkwise backward were not (docs/hazards.md). The step kernel is held to the native
     step instead (trusted_step)."""
-    from .launch import parallel, parallel_bw
     from .variants import by_name, find
 
     cell = by_name(job.variant).params["cell"]
     if by_name(job.variant).family in BACKWARD_FAMILIES:
         variant = find("parallel_bw.py.j2", cell=cell)
-        config = parallel_bw.default_config(variant, job.DHQK, job.DHHV)
     else:
         variant = find("parallel_fw.py.j2", cell=cell)
-        config = parallel.default_config(variant, job.DHQK, job.DHHV)
+    config = default_config(variant, job.DHQK, job.DHHV)
     return Job(variant.name, dict(config, num_stages=1), job.B, job.NH, job.S, job.DHQK, job.DHHV, job.dtype,
                job.device)  # fmt: skip
 

@@ -162,26 +162,22 @@ def tune_shape(shape: Shape, *, trials: int, time_budget_s: float | None, storag
     """Run (or continue) the study of one shape and return its database entry (as JSON) and a summary. The winners of
     neighbouring shapes in ``db_folders`` are measured right after the default (``warm_starts``), then the seeds of
     its structure (``space.seeds``)."""
-    from .launch import chunkwise, chunkwise_bw, parallel, parallel_bw, recurrent
+    from .families import default_config
+    from .launch import chunkwise_bw, parallel_bw
     from .measure import IsolatedRunner, Job
     from .variants import find
 
     form, _, cell = shape.op.partition(":")
     if shape.direction == "fwbw" and form == "parallel":
         default_variant = find(parallel_bw.TEMPLATE, cell=cell)
-        default_config = parallel_bw.default_config(default_variant, shape.DHQK, shape.DHHV)
     elif shape.direction == "fwbw":
         default_variant = find(chunkwise_bw.TEMPLATE, cell=cell, kernels="fused")
-        default_config = chunkwise_bw.default_config(default_variant, shape.DHQK, shape.DHHV)
     else:
         template = _DEFAULTS[form]
         default_variant = (
             find(template, cell=cell, state="input") if form == "chunkwise" else find(template, cell=cell)
         )
-        configure = {"chunkwise": chunkwise.default_config, "parallel": parallel.default_config,
-                     "sequence": recurrent.sequence_default_config,
-                     "step": recurrent.step_default_config}[form]  # fmt: skip
-        default_config = configure(default_variant, shape.DHQK, shape.DHHV)
+    default = default_config(default_variant, shape.DHQK, shape.DHHV)
     S_bucket, BNH_bucket = tdb.bucket(shape.S), tdb.bucket(shape.B * shape.NH)
     key = tdb.Key(shape.op, shape.direction, shape.dtype, shape.DHQK, shape.DHHV, S_bucket, BNH_bucket, "")
     name = search.study_name(gpu, key.op, key.direction, key.dtype, key.DHQK, key.DHHV, key.S, key.BNH,
@@ -197,13 +193,13 @@ def tune_shape(shape: Shape, *, trials: int, time_budget_s: float | None, storag
     candidates = space.variants_of(form, cell, shape.direction)
     try:
         result = search.run_study(
-            study, candidates, (default_variant, default_config), evaluate,
+            study, candidates, (default_variant, default), evaluate,
             DHQK=shape.DHQK,
             DHHV=shape.DHHV, dtype_bytes=dtype_bytes, trials=trials, time_budget_s=time_budget_s,
             progress=_progress(f"{shape.op} {shape.direction} B={shape.B} NH={shape.NH} S={shape.S} "
                                f"{shape.DHQK}/{shape.DHHV}"),
             starts=warm_starts(key, gpu, list(db_folders)),
-            seeds=space.seeds((default_variant, default_config), candidates),
+            seeds=space.seeds((default_variant, default), candidates),
         )  # fmt: skip
     finally:
         runner.close()

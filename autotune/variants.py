@@ -11,6 +11,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from .families import FAMILIES
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -36,7 +38,7 @@ class Variant:
         return hashlib.sha256(self.key().encode()).hexdigest()[:8]
 
 
-def _grid(family: str, template: str, **axes: list) -> list[Variant]:
+def _grid(family: str, template: str, axes: dict) -> list[Variant]:
     """Every combination of the given parameter values, in a deterministic order."""
     combos: list[dict] = [{}]
     for name, values in axes.items():
@@ -44,28 +46,8 @@ def _grid(family: str, template: str, **axes: list) -> list[Variant]:
     return [Variant(family, template, c) for c in combos]
 
 
-CELLS = ["exp", "sig"]
-# "input": states stored (two-pass) or multiplied (fused) in the inputs' dtype, i.e. bf16 for bf16 inputs
-STATE_DTYPES = ["float32", "input"]
-
-VARIANTS: list[Variant] = [
-    # chunkwise forward, (a): a state recurrence over chunk borders writes per-chunk states, then the within-chunk
-    # parallel part reads them (two kernels, separate inter/intra chunk sizes).
-    *_grid("chunkwise_fw", "chunkwise_twopass_fw.py.j2", cell=CELLS, state=STATE_DTYPES),
-    # chunkwise forward, (b): one pass that carries (C, n, m) on chip across chunks and writes no per-chunk states.
-    *_grid("chunkwise_fw", "chunkwise_fused_fw.py.j2", cell=CELLS, state=STATE_DTYPES),
-    # chunkwise backward, exact (MATH.md §6): a reverse recurrence over chunk borders, then the chunks in parallel,
-    # either one program per chunk computing dq, dk, dv and the gate gradients together ("fused"), or programs per
-    # DHQK / DHHV tile that each recompute q k^T and the gate matrix ("split").
-    *_grid("chunkwise_bw", "chunkwise_bw.py.j2", cell=CELLS, kernels=["fused", "split"]),
-    # parallel backward, exact: flash-attention-like tiles over queries and keys, no chunk states.
-    *_grid("parallel_bw", "parallel_bw.py.j2", cell=CELLS),
-    # parallel forward: flash-attention-like tiling over queries and keys, online max state.
-    *_grid("parallel_fw", "parallel_fw.py.j2", cell=CELLS),
-    # recurrent inference: one step (in place when asked), and a whole sequence in one launch.
-    *_grid("step_fw", "recurrent_step.py.j2", cell=CELLS),
-    *_grid("sequence_fw", "recurrent_sequence.py.j2", cell=CELLS),
-]
+# one variant per combination of each family's Jinja axes (autotune.families has each family's meaning)
+VARIANTS: list[Variant] = [v for f in FAMILIES for v in _grid(f.op, f.template, f.axes)]
 
 
 _BY_NAME = {v.name: v for v in VARIANTS}

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_twopass_fw.py.j2
-# template hash:   d6cec2df38d3c2b7
+# template hash:   fc34d21f823cdca8
 # parameters:      cell=exp, state=input
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (exp cell), two passes:
@@ -15,18 +15,13 @@
      (WEIGHT_KT) loads k^T as such and weights it there (v goes from memory to the product unchanged, and n is the
      weighted k^T's row sum, first value tile only). "states_n": "dot" (N_DOT, with "k" or "kT") forms n on the
      tensor cores instead, in every program: the weighted k^T times one column of ones, kept in a [BK, 16] tile
-     (no reduction across threads in the loop); "dot2" (N_SPLIT) adds the 16-bit rounding remainder of the weighted
-     k^T as a second such product (n to about twice the 16-bit mantissa); "sum" reduces as said.
+     (no reduction across threads in the loop); "sum" reduces as said.
   2. The outputs of every chunk in parallel from its stored state and its own tokens, looping over DHQK in tiles of
-     BKO, in one of three kernels (the launch parameter "out_values"):
+     BKO, in one of two kernels (the launch parameter "out_values"):
      "tiles": chunkwise_output_kernel, one program per value tile, grid (cdiv(DHHV, BVO), cdiv(S, LO), B * NH);
        each program forms q k^T and the gate matrix of its chunk again.
      "loop": chunkwise_output_loop_kernel, one program per chunk, grid (cdiv(S, LO), B * NH): q k^T and the gate
        matrix are formed once, then the program loops over the value tiles (q is read again per tile, from L2).
-     "halves": chunkwise_output_halves_kernel, as "loop" over chunks of twice the configuration's LO, each taken as
-       two halves of LO tokens (the gate matrix's upper-right block, all zeros, is skipped): states stored once per
-       2 LO tokens at the [L, L] cost of chunks of LO plus one block per pair. The launcher passes LO = 2 LO to the
-       states kernel and to this one (their LO is the chunk of the stored states).
 Stored C: the inputs' dtype (bf16 for bf16 inputs); n and m fp32.
 """
 
@@ -159,15 +154,10 @@ def _states_n(b_n, N_DOT: tl.constexpr):
 
 
 @triton.jit
-def _ones_product(b_x, b_x16, b_E0, N_SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """The row sums of b_x (fp32) in column 0 of a [rows, 16] product on the tensor cores: b_x16 (b_x in the inputs'
-    dtype, the operand of the product with v) times b_E0 (ones in column 0). With N_SPLIT, the rounding remainder
-    b_x - b_x16 is a second product into the same tile, so each term keeps about twice the 16-bit mantissa (for
-    fp32 inputs the remainder is 0: it cannot undo TF32 rounding under MLSTM_AUTOTUNE_TF32=1)."""
-    b_s = tl.dot(b_x16, b_E0, input_precision=DOT_PRECISION)
-    if N_SPLIT:
-        b_s = tl.dot((b_x - b_x16.to(tl.float32)).to(b_x16.dtype), b_E0, acc=b_s, input_precision=DOT_PRECISION)
-    return b_s
+def _ones_product(b_x16, b_E0, DOT_PRECISION: tl.constexpr):
+    """The row sums of b_x16 (a [rows, LI] tile in the inputs' dtype, the operand of the product with v) in column 0
+    of a [rows, 16] product on the tensor cores with b_E0 (ones in column 0)."""
+    return tl.dot(b_x16, b_E0, input_precision=DOT_PRECISION)
 
 
 @triton.jit
@@ -203,7 +193,6 @@ def chunkwise_states_kernel(
     WEIGHT_V: tl.constexpr,
     WEIGHT_KT: tl.constexpr,
     N_DOT: tl.constexpr,
-    N_SPLIT: tl.constexpr,
 ):
     # with v weighted, n on the tensor cores would need the weights as a product operand built in registers: on the
     # H200 (Triton 3.6, bf16) that faulted with an illegal memory access (tuning_db/reports/NOTES.md, eighth session)
@@ -268,19 +257,17 @@ def chunkwise_states_kernel(
                 b_kTw = b_kT.to(tl.float32) * b_w[None, :]
                 b_C = b_decay * b_C + b_scale * tl.dot(b_kTw.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)
                 if N_DOT:
-                    b_n = b_decay * b_n + b_scale * _ones_product(b_kTw, b_kTw.to(b_v.dtype), b_E0, N_SPLIT,
-                                                                  DOT_PRECISION)  # fmt: skip
+                    b_n = b_decay * b_n + b_scale * _ones_product(b_kTw.to(b_v.dtype), b_E0, DOT_PRECISION)
                 elif i_v == 0:
                     b_n = b_decay * b_n + b_scale * tl.sum(b_kTw, axis=1)
             else:
                 b_k = tl.load(k_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
                               other=0.0)
                 b_kw = b_k.to(tl.float32) * b_w[:, None]  # [LI, BK]
-                b_kwT32 = tl.trans(b_kw)
-                b_kwT = b_kwT32.to(b_v.dtype)
+                b_kwT = tl.trans(b_kw).to(b_v.dtype)
                 b_C = b_decay * b_C + b_scale * tl.dot(b_kwT, b_v, input_precision=DOT_PRECISION)  # [BK, LI] @ [LI, BV]
                 if N_DOT:
-                    b_n = b_decay * b_n + b_scale * _ones_product(b_kwT32, b_kwT, b_E0, N_SPLIT, DOT_PRECISION)
+                    b_n = b_decay * b_n + b_scale * _ones_product(b_kwT, b_E0, DOT_PRECISION)
                 elif PRE_GATES:
                     if i_v == 0:  # only the first value tile's programs store n: the others skip the reduction
                         b_n = b_decay * b_n + b_scale * tl.sum(b_kw, axis=0)
@@ -442,114 +429,3 @@ def chunkwise_output_loop_kernel(
     if STORE_STATS:
         tl.store(s_ptr + i_bh * S + o_t, b_s, mask=m_t)
         tl.store(mt_ptr + i_bh * S + o_t, b_mt, mask=m_t)
-
-
-@triton.jit
-def chunkwise_output_halves_kernel(
-    q_ptr,  # (B, NH, S, DHQK) contiguous
-    k_ptr,  # (B, NH, S, DHQK)
-    v_ptr,  # (B, NH, S, DHHV)
-    i_ptr,  # (B, NH, S)
-    f_ptr,  # (B, NH, S)
-    Cb_ptr,  # (B, NH, NC, DHQK, DHHV) states from chunkwise_states_kernel, every LO / STATE_EVERY tokens
-    nb_ptr,  # (B, NH, NC, DHQK) fp32
-    mb_ptr,  # (B, NH, NC) fp32
-    h_ptr,  # (B, NH, S, DHHV) output, the inputs' dtype
-    s_ptr,  # (B, NH, S) fp32 out (STORE_STATS): the normaliser's argument s_t, for the backward
-    mt_ptr,  # (B, NH, S) fp32 out (STORE_STATS): the max state m_t
-    S,
-    NC,  # states in the buffers per head
-    scale,
-    eps,
-    DHQK: tl.constexpr,
-    DHHV: tl.constexpr,
-    LO: tl.constexpr,
-    BK: tl.constexpr,
-    BV: tl.constexpr,
-    NORMALIZE: tl.constexpr,
-    STORE_STATS: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-    SEGMENT_SUMS: tl.constexpr,
-    STATE_EVERY: tl.constexpr,  # 1: a state per chunk of LO; 2: per half (a training step's, for its backward)
-):
-    """"halves": as the loop kernel, one program per chunk of LO tokens (LO: the chunk of the stored states, twice the
-    configuration's LO) looping over the value tiles, but the chunk is taken as two halves of LH = LO / 2 tokens:
-    blocks (0, 0), (1, 0) and (1, 1) of the gate matrix; the upper-right block, all zeros, is never formed. So the
-    states are read here (and, unless a backward needs them per half, stored) once per LO tokens, while the [L, L]
-    work is that of LO / 2 chunks plus one block. Each state tile is loaded once for both halves.
-
-    Half 1 sees the state through half 0's transition (_chunk_state_weights: decay0, w0, scale0, M1, the max state
-    at the half border), and half 0's tokens through a rank-one gate block: D[t, s] = exp(F1_t + g0_s - m_t) =
-    D0_1[t] * scale0 * w0[s], with D0_1[t] = exp(F1_t + M1 - m_t) <= 1 and scale0 * w0[s] = exp(g0_s - M1) <= 1."""
-    LH: tl.constexpr = LO // 2
-    i_c, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    i_bhc = i_bh * NC + i_c * STATE_EVERY  # the state before the chunk (the one at its half border is not read)
-    o_l = tl.arange(0, LH)
-    o_t0 = i_c * LO + o_l
-    o_t1 = o_t0 + LH
-    m_t0, m_t1 = o_t0 < S, o_t1 < S
-    q_ptr += i_bh * S * DHQK
-    k_ptr += i_bh * S * DHQK
-    b_lf0, b_li0 = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_t0, m_t0)
-    b_lf1, b_li1 = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_t1, m_t1)
-    b_m = tl.load(mb_ptr + i_bhc)
-    b_D00, b_D0_0, b_mt0 = _chunk_decay_matrix(b_lf0, b_li0, b_m, o_l, SEGMENT_SUMS)
-    b_decay0, b_w0, b_scale0, b_M1 = _chunk_state_weights(b_lf0, b_li0, b_m)
-    b_D11, b_D0_1, b_mt1 = _chunk_decay_matrix(b_lf1, b_li1, b_M1, o_l, SEGMENT_SUMS)
-    # pass 1 over DHQK: the three blocks of q k^T and q n, once for all value tiles
-    b_A00 = tl.zeros([LH, LH], dtype=tl.float32)
-    b_A10 = tl.zeros([LH, LH], dtype=tl.float32)
-    b_A11 = tl.zeros([LH, LH], dtype=tl.float32)
-    for i_k in range(0, tl.cdiv(DHQK, BK)):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m_k = o_k < DHQK
-        b_q0 = tl.load(q_ptr + o_t0[:, None] * DHQK + o_k[None, :], mask=m_t0[:, None] & m_k[None, :], other=0.0)
-        b_q1 = tl.load(q_ptr + o_t1[:, None] * DHQK + o_k[None, :], mask=m_t1[:, None] & m_k[None, :], other=0.0)
-        b_k0 = tl.load(k_ptr + o_t0[:, None] * DHQK + o_k[None, :], mask=m_t0[:, None] & m_k[None, :], other=0.0)
-        b_k1 = tl.load(k_ptr + o_t1[:, None] * DHQK + o_k[None, :], mask=m_t1[:, None] & m_k[None, :], other=0.0)
-        b_A00 += tl.dot(b_q0, tl.trans(b_k0), input_precision=DOT_PRECISION)  # [LH, BK] @ [BK, LH]
-        b_A10 += tl.dot(b_q1, tl.trans(b_k0), input_precision=DOT_PRECISION)
-        b_A11 += tl.dot(b_q1, tl.trans(b_k1), input_precision=DOT_PRECISION)
-    b_qn0 = _q_dot_n(q_ptr, nb_ptr + i_bhc * DHQK, o_t0, m_t0, DHQK, LH, BK)
-    b_qn1 = _q_dot_n(q_ptr, nb_ptr + i_bhc * DHQK, o_t1, m_t1, DHQK, LH, BK)
-    b_P00 = b_A00 * scale * b_D00
-    b_P10 = b_A10 * scale * (b_D0_1[:, None] * (b_scale0 * b_w0)[None, :])
-    b_P11 = b_A11 * scale * b_D11
-    b_D0s0 = b_D0_0 * scale  # the stored state's weight in half 0's rows
-    b_D0s1 = b_D0_1 * b_decay0 * scale  # and in half 1's: through half 0's decay
-    b_s0 = tl.sum(b_P00, axis=1) + b_D0s0 * b_qn0
-    b_s1 = tl.sum(b_P10, axis=1) + tl.sum(b_P11, axis=1) + b_D0s1 * b_qn1
-    b_P00v = b_P00.to(v_ptr.dtype.element_ty)
-    b_P10v = b_P10.to(v_ptr.dtype.element_ty)
-    b_P11v = b_P11.to(v_ptr.dtype.element_ty)
-    # pass 2, per value tile: q C for both halves from one load of each state tile, then the blocks times v
-    for i_v in range(0, tl.cdiv(DHHV, BV)):
-        o_v = i_v * BV + tl.arange(0, BV)
-        m_v = o_v < DHHV
-        b_qC0 = tl.zeros([LH, BV], dtype=tl.float32)
-        b_qC1 = tl.zeros([LH, BV], dtype=tl.float32)
-        for i_k in range(0, tl.cdiv(DHQK, BK)):
-            o_k = i_k * BK + tl.arange(0, BK)
-            m_k = o_k < DHQK
-            b_q0 = tl.load(q_ptr + o_t0[:, None] * DHQK + o_k[None, :], mask=m_t0[:, None] & m_k[None, :], other=0.0)
-            b_q1 = tl.load(q_ptr + o_t1[:, None] * DHQK + o_k[None, :], mask=m_t1[:, None] & m_k[None, :], other=0.0)
-            p_C = Cb_ptr + i_bhc * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :]
-            b_C = tl.load(p_C, mask=m_k[:, None] & m_v[None, :], other=0.0)
-            b_qC0 += tl.dot(b_q0, b_C.to(b_q0.dtype), input_precision=DOT_PRECISION)  # [LH, BK] @ [BK, BV]
-            b_qC1 += tl.dot(b_q1, b_C.to(b_q1.dtype), input_precision=DOT_PRECISION)
-        p_v = v_ptr + i_bh * S * DHHV + o_v[None, :]
-        b_v0 = tl.load(p_v + o_t0[:, None] * DHHV, mask=m_t0[:, None] & m_v[None, :], other=0.0)
-        b_v1 = tl.load(p_v + o_t1[:, None] * DHHV, mask=m_t1[:, None] & m_v[None, :], other=0.0)
-        p_h = h_ptr + i_bh * S * DHHV + o_v[None, :]
-        b_num0 = tl.dot(b_P00v, b_v0, input_precision=DOT_PRECISION) + b_D0s0[:, None] * b_qC0  # [LH, LH] @ [LH, BV]
-        tl.store(p_h + o_t0[:, None] * DHHV, _normalize(b_num0, b_s0, b_mt0, eps, NORMALIZE).to(h_ptr.dtype.element_ty),
-                 mask=m_t0[:, None] & m_v[None, :])  # fmt: skip
-        b_num1 = tl.dot(b_P10v, b_v0, input_precision=DOT_PRECISION) + b_D0s1[:, None] * b_qC1
-        b_num1 += tl.dot(b_P11v, b_v1, input_precision=DOT_PRECISION)
-        tl.store(p_h + o_t1[:, None] * DHHV, _normalize(b_num1, b_s1, b_mt1, eps, NORMALIZE).to(h_ptr.dtype.element_ty),
-                 mask=m_t1[:, None] & m_v[None, :])  # fmt: skip
-    if STORE_STATS:
-        tl.store(s_ptr + i_bh * S + o_t0, b_s0, mask=m_t0)
-        tl.store(s_ptr + i_bh * S + o_t1, b_s1, mask=m_t1)
-        tl.store(mt_ptr + i_bh * S + o_t0, b_mt0, mask=m_t0)
-        tl.store(mt_ptr + i_bh * S + o_t1, b_mt1, mask=m_t1)

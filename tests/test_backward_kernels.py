@@ -17,6 +17,7 @@ import torch
 from backward_decomposition import decomposed_backward
 from helpers import CONDITION_FACTOR, GRAD_LIMIT_FP64, MAX_OUTLIER, SHAPES, Shape, conditioning_limits, rel_err
 
+from autotune import families
 from autotune.launch import chunkwise as launch_fw
 from autotune.launch import chunkwise_bw as launch_bw
 from autotune.launch import parallel as launch_parallel
@@ -69,7 +70,8 @@ def _run(x: dict, weights: dict, *, cell: str, forward: str, fw_config: dict, bw
     """Generated forward (keeping what the backward needs), then the generated backward."""
     args = [x.get(n) for n in NAMES]
     B, NH = x["q"].shape[:2]
-    saved = {"borders_at": launch_bw.states_stride(bw_config)} if bw_config.get("states") == "reuse" else {}
+    reuse = bw_config.get("states") == "reuse"
+    saved = {"borders_at": families.canonical(launch_bw.TEMPLATE, bw_config)["chunk"]} if reuse else {}
     with_last = "C" in weights
     if forward == "parallel":
         variant = find("parallel_fw.py.j2", cell=cell)
@@ -134,12 +136,22 @@ def _check(check, x, weights, cell, *, target, dims, dtype=torch.float32, **run)
           pairs={k: (got[k], ref[k]) for k in ref}, limit=_limits(dtype, oracle, x, weights, cell, ref))  # fmt: skip
 
 
+def _twopass_config(cell: str, chunk_inter: int, chunk_intra: int, *, tile: int | None = 32, dims=(1, 1)) -> dict:
+    """The two-pass forward's default configuration (for head dims ``dims``) at these chunks, every tile ``tile``."""
+    config = dict(families.default_config(find(launch_fw.TWOPASS, cell=cell, state="float32"), *dims),
+                  chunk_inter=chunk_inter, chunk_intra=chunk_intra)  # fmt: skip
+    if tile:
+        config.update(states_dhqk_tile=tile, states_dhhv_tile=tile, out_dhqk_tile=tile, out_dhhv_tile=tile)
+    return config
+
+
 def _bw_config(variant, DHQK, DHHV, L, states="recompute", tile=32):
     """A backward configuration with chunks (chunkwise) or query/key tiles (parallel) of L tokens."""
     if variant.family == "parallel_bw":
-        return dict(launch_pbw.default_config(variant, DHQK, DHHV), BT=L, BK=tile, BV=tile)
-    config = launch_bw.default_config(variant, DHQK, DHHV)
-    config.update(L=L, states=states, BK=tile, BV=tile, BVD=tile, BKS=tile, BVS=tile)
+        return dict(families.default_config(variant, DHQK, DHHV), token_tile=L, dhqk_tile=tile, dhhv_tile=tile)
+    config = families.default_config(variant, DHQK, DHHV)
+    config.update(chunk=L, states=states, dhqk_tile=tile, dhhv_tile=tile, dv_dhhv_tile=tile, states_dhqk_tile=tile,
+                  states_dhhv_tile=tile)
     return config
 
 
@@ -167,8 +179,7 @@ def test_backward_matches_oracle(variant, shape, case, check):
     cell = variant.params["cell"]
     with_states = case == "states"
     x = _inputs(shape, cell, with_states)
-    fw_config = dict(launch_fw.default_config(find(launch_fw.TWOPASS, cell=cell, state="float32"), 1, 1), LI=16,
-                     LO=32, BKS=32, BVS=32, BKO=32, BVO=32)  # fmt: skip
+    fw_config = _twopass_config(cell, 16, 32)
     L = 16 if variant.family == "chunkwise_bw" else 64
     _check(check, x, _weights(shape, cell, with_states), cell, target=f"{variant.name} L{L}", dims=shape.dims(),
            forward=launch_fw.TWOPASS, fw_config=fw_config, bw_variant=variant,
@@ -184,8 +195,7 @@ def test_backward_chunk_sizes(kernels, L, states, check):
     variant = find(launch_bw.TEMPLATE, cell="exp", kernels=kernels)
     shape = Shape(1, 2, 2 * L + 5, 16, 32)
     x = _inputs(shape, "exp", True)
-    fw_config = dict(launch_fw.default_config(find(launch_fw.TWOPASS, cell="exp", state="float32"), 16, 32), LI=16,
-                     LO=L)  # fmt: skip
+    fw_config = _twopass_config("exp", 16, L, tile=None, dims=(16, 32))
     _check(check, x, _weights(shape, "exp", True), "exp", target=f"{variant.name} L{L} {states}", dims=shape.dims(),
            forward=launch_fw.TWOPASS, fw_config=fw_config, bw_variant=variant,
            bw_config=_bw_config(variant, 16, 32, L, states, tile=16))  # fmt: skip
@@ -200,8 +210,7 @@ def test_backward_recomputes_states_with_k_transposed_weighted(kernels, states_n
     variant = find(launch_bw.TEMPLATE, cell="exp", kernels=kernels)
     shape = Shape(1, 2, 37, 16, 32)
     x = _inputs(shape, "exp", True)
-    fw_config = dict(launch_fw.default_config(find(launch_fw.TWOPASS, cell="exp", state="float32"), 16, 32), LI=16,
-                     LO=16)  # fmt: skip
+    fw_config = _twopass_config("exp", 16, 16, tile=None, dims=(16, 32))
     bw_config = dict(_bw_config(variant, 16, 32, 16, "recompute", tile=16), states_weighting="kT", states_n=states_n)
     _check(check, x, _weights(shape, "exp", True), "exp", target=f"{variant.name} recompute kT n {states_n}",
            dims=shape.dims(),
@@ -218,74 +227,25 @@ def test_reverse_recurrence_with_its_weights_computed_first(shape, cell, case, c
     variant = find(launch_bw.TEMPLATE, cell=cell, kernels="fused")
     with_states = case == "states"
     x = _inputs(shape, cell, with_states)
-    fw_config = dict(launch_fw.default_config(find(launch_fw.TWOPASS, cell=cell, state="float32"), 1, 1), LI=16,
-                     LO=32, BKS=32, BVS=32, BKO=32, BVO=32)  # fmt: skip
+    fw_config = _twopass_config(cell, 16, 32)
     bw_config = dict(_bw_config(variant, shape.DHQK, shape.DHHV, 16), dstate_gates="pre")
     _check(check, x, _weights(shape, cell, with_states), cell, target=f"{variant.name} dstate_gates pre",
            dims=shape.dims(), forward=launch_fw.TWOPASS, fw_config=fw_config, bw_variant=variant,
            bw_config=bw_config)  # fmt: skip
 
 
-@pytest.mark.parametrize("cell,states,L", [("exp", "recompute", 32), ("sig", "recompute", 32), ("exp", "reuse", 16),
+@pytest.mark.parametrize("cell,states,L", [("exp", "recompute", 16), ("sig", "recompute", 64), ("exp", "reuse", 16),
                                            ("sig", "reuse", 16), ("exp", "reuse", 64)])  # fmt: skip
-def test_backward_after_the_halves_output_kernel(cell, states, L, check):
-    """A two-pass forward whose output kernel takes chunks of 32 as two halves of LO = 16 ("out_values": "halves"):
-    its per-token statistics serve a backward with chunks of 32 ("recompute"). A backward reusing states at chunks of
-    16 makes the states kernel store one per half, of which the halves kernel reads every other (STATE_EVERY=2); at
-    chunks of 64 the forward runs the loop kernel at LO = 64 (launch.chunkwise.states_every). Either way the backward
-    gets states at its own chunks, and reuses them."""
+def test_backward_at_another_chunk_than_the_forwards(cell, states, L, check):
+    """A two-pass forward at chunks of 32 and a backward at chunks of L: its per-token statistics serve any L
+    ("recompute"); a backward reusing states makes the forward store them every L tokens instead
+    (launch.chunkwise.states_every), and the backward gets states at its own chunks."""
     variant = find(launch_bw.TEMPLATE, cell=cell, kernels="fused")
-    shape = SHAPES[3]  # S=65: two chunks of 32 and one token, so the last chunk's second half is empty
+    shape = SHAPES[3]  # S=65: two chunks of 32 and one token
     x = _inputs(shape, cell, True)
-    fw_config = dict(launch_fw.default_config(find(launch_fw.TWOPASS, cell=cell, state="float32"), 1, 1), LI=16,
-                     LO=16, BKS=32, BVS=32, BKO=32, BVO=32, out_values="halves")  # fmt: skip
+    fw_config = _twopass_config(cell, 16, 32)
     used = []
     real = launch_bw.chunkwise_bw
-
-    def spy(*args, **kwargs):
-        used.append(kwargs["borders"][0].shape[2])  # the forward's stored states: how many chunks
-        return real(*args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(launch_bw, "chunkwise_bw", spy)
-        _check(check, x, _weights(shape, cell, True), cell, target=f"{variant.name} L{L} {states} after halves",
-               dims=shape.dims(), forward=launch_fw.TWOPASS, fw_config=fw_config, bw_variant=variant,
-               bw_config=_bw_config(variant, shape.DHQK, shape.DHHV, L, states))  # fmt: skip
-    assert used == [-(-shape.S // L)]  # states at the backward's chunks: 3 of 32, 5 of 16, 2 of 64
-
-
-HALVES_CASES = [("exp", SHAPES[i], c) for i in (1, 2, 3, 4) for c in ("plain", "states")]
-HALVES_CASES += [("sig", SHAPES[2], "states")]
-
-
-@pytest.mark.parametrize("cell,shape,case", HALVES_CASES, ids=[f"{c}-{s.id}-{k}" for c, s, k in HALVES_CASES])
-def test_split_backward_in_halves(cell, shape, case, check):
-    """"states_every": 2: the split kernels take chunks of 32 as two halves of 16, with the states (C before, dC
-    after) once per 32 tokens. S = 7: one partial half; 63: the last chunk's second half partial; 65: a last chunk
-    of one token; 130 with DHQK = 192 in key tiles of 32."""
-    variant = find(launch_bw.TEMPLATE, cell=cell, kernels="split")
-    with_states = case == "states"
-    x = _inputs(shape, cell, with_states)
-    fw_config = dict(launch_fw.default_config(find(launch_fw.TWOPASS, cell=cell, state="float32"), 1, 1), LI=16,
-                     LO=32, BKS=32, BVS=32, BKO=32, BVO=32)  # fmt: skip
-    bw_config = dict(_bw_config(variant, shape.DHQK, shape.DHHV, 16), states_every=2)
-    _check(check, x, _weights(shape, cell, with_states), cell, target=f"{variant.name} halves of 16",
-           dims=shape.dims(), forward=launch_fw.TWOPASS, fw_config=fw_config, bw_variant=variant,
-           bw_config=bw_config)  # fmt: skip
-
-
-@pytest.mark.parametrize("out_values", ["halves", "loop"])
-def test_halves_backward_reuses_the_forwards_states(out_values, check):
-    """A split backward in halves ("states_every": 2, L = 16) reusing the forward's states per 32 tokens: after a
-    halves forward at LO = 16 as they are; after a loop forward at LO = 16, which then runs as the halves kernel
-    (launch.chunkwise.states_every), so the states need no recomputation either way."""
-    variant = find(launch_bw.TEMPLATE, cell="exp", kernels="split")
-    shape = SHAPES[3]  # S=65
-    x = _inputs(shape, "exp", True)
-    fw_config = dict(launch_fw.default_config(find(launch_fw.TWOPASS, cell="exp", state="float32"), 1, 1), LI=16,
-                     LO=16, BKS=32, BVS=32, BKO=32, BVO=32, out_values=out_values)  # fmt: skip
-    bw_config = dict(_bw_config(variant, shape.DHQK, shape.DHHV, 16, "reuse"), states_every=2)
-    used, real = [], launch_bw.chunkwise_bw
 
     def spy(*args, **kwargs):
         used.append(kwargs["borders"][0].shape[2])
@@ -293,10 +253,11 @@ def test_halves_backward_reuses_the_forwards_states(out_values, check):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(launch_bw, "chunkwise_bw", spy)
-        _check(check, x, _weights(shape, "exp", True), "exp", target=f"{variant.name} halves reusing {out_values}",
+        _check(check, x, _weights(shape, cell, True), cell, target=f"{variant.name} L{L} {states} after chunks of 32",
                dims=shape.dims(), forward=launch_fw.TWOPASS, fw_config=fw_config, bw_variant=variant,
-               bw_config=bw_config)  # fmt: skip
-    assert used == [3]  # states per 32 tokens
+               bw_config=_bw_config(variant, shape.DHQK, shape.DHHV, L, states))  # fmt: skip
+    # the forward's stored states: at the backward's chunks when it reuses them, else at the forward's own (unread)
+    assert used == [-(-shape.S // (L if states == "reuse" else 32))]
 
 
 @pytest.mark.parametrize("BVD", [16, 64])
@@ -306,9 +267,8 @@ def test_split_dv_kernel_takes_its_own_value_tile(BVD, check):
     variant = find(launch_bw.TEMPLATE, cell="exp", kernels="split")
     shape = SHAPES[1]  # S=7, DHQK=48, DHHV=96
     x = _inputs(shape, "exp", True)
-    fw_config = dict(launch_fw.default_config(find(launch_fw.TWOPASS, cell="exp", state="float32"), 1, 1), LI=16,
-                     LO=16, BKS=32, BVS=32, BKO=32, BVO=32)  # fmt: skip
-    bw_config = dict(_bw_config(variant, shape.DHQK, shape.DHHV, 16), BVD=BVD)
+    fw_config = _twopass_config("exp", 16, 16)
+    bw_config = dict(_bw_config(variant, shape.DHQK, shape.DHHV, 16), dv_dhhv_tile=BVD)
     _check(check, x, _weights(shape, "exp", True), "exp", target=f"{variant.name} BV 32 BVD {BVD}", dims=shape.dims(),
            forward=launch_fw.TWOPASS, fw_config=fw_config, bw_variant=variant, bw_config=bw_config)  # fmt: skip
 
@@ -322,10 +282,10 @@ def test_backward_after_other_forwards(forward, states, cell, check):
     shape = SHAPES[4]  # S=130, DHQK=192, DHHV=64
     x = _inputs(shape, cell, True)
     if forward == "parallel":
-        fw_config = launch_parallel.default_config(None, shape.DHQK, shape.DHHV)
+        fw_config = families.default_config(find("parallel_fw.py.j2", cell=cell), shape.DHQK, shape.DHHV)
     else:
-        fw_config = dict(launch_fw.default_config(find(forward, cell=cell, state="float32"), shape.DHQK, shape.DHHV),
-                         L=32)  # fmt: skip
+        fw_config = dict(families.default_config(find(forward, cell=cell, state="float32"), shape.DHQK, shape.DHHV),
+                         chunk=32)  # fmt: skip
     if states == "parallel":  # the parallel backward
         variant, states = find(launch_pbw.TEMPLATE, cell=cell), "recompute"
     else:
@@ -335,25 +295,21 @@ def test_backward_after_other_forwards(forward, states, cell, check):
            bw_config=_bw_config(variant, shape.DHQK, shape.DHHV, 32, states))  # fmt: skip
 
 
-@pytest.mark.parametrize("kernels", ["fused", "split", "parallel", "fused-16bit-buffers", "split-16bit-buffers",
-                                     "split-halves"])  # fmt: skip
+@pytest.mark.parametrize("kernels", ["fused", "split", "parallel", "fused-16bit-buffers", "split-16bit-buffers"])
 @pytest.mark.parametrize("shape", SHAPES[2:4], ids=[s.id for s in SHAPES[2:4]])
 def test_backward_fp16(shape, kernels, check):
     """16-bit inputs: tensor-core dots in fp16 with fp32 accumulation, limit 2e-2 (bf16 is checked on the GPU); the
     chunkwise kernels also with their per-chunk state buffers in fp16 (state_buffers="input"), and the split ones
-    so and in halves (states_every=2)."""
+    so."""
     if kernels == "parallel":
         variant = find(launch_pbw.TEMPLATE, cell="exp")
     else:
         variant = find(launch_bw.TEMPLATE, cell="exp", kernels=kernels.split("-")[0])
     x = _inputs(shape, "exp", True, dtype=torch.float16)
-    fw_config = dict(launch_fw.default_config(find(launch_fw.TWOPASS, cell="exp", state="float32"), 1, 1), LI=16,
-                     LO=32, BKS=32, BVS=32, BKO=32, BVO=32)  # fmt: skip
+    fw_config = _twopass_config("exp", 16, 32)
     bw_config = _bw_config(variant, shape.DHQK, shape.DHHV, 32)
-    if kernels.endswith("16bit-buffers") or kernels.endswith("halves"):
+    if kernels.endswith("16bit-buffers"):
         bw_config["state_buffers"] = "input"
-    if kernels.endswith("halves"):
-        bw_config["states_every"] = 2
     _check(check, x, _weights(shape, "exp", True), "exp", target=f"{variant.name} fp16 {bw_config}",
            dims=shape.dims(), dtype=torch.float16, forward=launch_fw.TWOPASS, fw_config=fw_config, bw_variant=variant,
            bw_config=bw_config)  # fmt: skip
@@ -387,22 +343,19 @@ def test_sig_without_normalizer(check):
           limit=_limits(torch.float32, oracle, x, weights, "sig", ref, normalize=False))  # fmt: skip
 
 
-@pytest.mark.parametrize("backward_states,halves", [("", False), ("recompute", False), ("", True)],
-                         ids=["as-configured", "env-recompute", "halves"])  # fmt: skip
+@pytest.mark.parametrize("backward_states", ["", "recompute"], ids=["as-configured", "env-recompute"])
 @pytest.mark.parametrize("name", ["chunkwise--triton_fused", "chunkwise--triton_xl_chunk"])
-def test_entry_with_a_forced_reusing_backward(name, backward_states, halves, monkeypatch, check):
+def test_entry_with_a_forced_reusing_backward(name, backward_states, monkeypatch, check):
     """Through the registry with MLSTM_AUTOTUNE_FORCE on the "fwbw" key: a split backward reusing the forward's states
     (the fused forward keeps them because the backward asks at the forward); with
-    MLSTM_AUTOTUNE_BACKWARD_STATES=recompute the forward keeps nothing and the backward recomputes them. In halves
-    ("states_every": 2, states per 32 tokens) the two-pass forward at chunks of 16 stores them per 32 (its halves
-    output kernel); the fused forward, whose chunk is 16, keeps none, and the backward recomputes them."""
+    MLSTM_AUTOTUNE_BACKWARD_STATES=recompute the forward keeps nothing and the backward recomputes them."""
     import json
 
     from autotune.dispatch import dispatcher
     from autotune.torch import get_mlstm_kernel
 
     variant = find(launch_bw.TEMPLATE, cell="exp", kernels="split")
-    config = dict(_bw_config(variant, 32, 32, 16, "reuse", tile=16), states_every=2 if halves else 1)
+    config = _bw_config(variant, 32, 32, 16, "reuse", tile=16)
     monkeypatch.setenv("MLSTM_AUTOTUNE_FORCE", json.dumps({"chunkwise:exp/fwbw": {"variant": variant.name,
                                                                                   "config": config}}))  # fmt: skip
     monkeypatch.setenv("MLSTM_AUTOTUNE_BACKWARD_STATES", backward_states)
@@ -427,7 +380,7 @@ def test_entry_with_a_forced_reusing_backward(name, backward_states, halves, mon
     finally:
         monkeypatch.delenv("MLSTM_AUTOTUNE_FORCE")
         dispatcher().reset()
-    reused = not backward_states and not (halves and name == "chunkwise--triton_fused")
+    reused = not backward_states
     assert used == ([(variant.name, "reuse", True)] if reused else [(variant.name, "recompute", False)])
     oracle = _oracle_grads("exp", weights)
     ref = oracle(x)
@@ -448,7 +401,7 @@ def test_prep_does_not_overflow_where_the_floor_does():
     weights = _weights(shape, "exp", True)
     for variant in (find(launch_bw.TEMPLATE, cell="exp", kernels="fused"), find(launch_pbw.TEMPLATE, cell="exp")):
         got = _run(x, weights, cell="exp", forward=launch_fw.TWOPASS,
-                   fw_config=launch_fw.default_config(find(launch_fw.TWOPASS, cell="exp", state="float32"), 16, 16),
+                   fw_config=families.default_config(find(launch_fw.TWOPASS, cell="exp", state="float32"), 16, 16),
                    bw_variant=variant, bw_config=_bw_config(variant, 16, 16, 16, tile=16))  # fmt: skip
         assert all(bool(torch.isfinite(g).all()) for g in got.values()), variant.name
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from autotune import db as tdb
+from autotune import families
 from autotune.dispatch import Dispatcher, Request
 
 GPU, CAP = "NVIDIA H200", (9, 0)
@@ -291,7 +292,7 @@ def test_show_names_the_rung_and_prints_the_source(tmp_path: Path):
 
     tdb.upsert(tmp_path / tdb.file_name(GPU), GPU, CAP, [tdb.Entry(
         tdb.Key("chunkwise:exp", "fw", "bfloat16", 256, 512, 8192, 64, "chunkwise_fused_fw"),
-        "chunkwise_fused_fw__cell-exp_state-input", {"L": 64, "BV": 32, "num_warps": 8, "num_stages": 2},
+        "chunkwise_fused_fw__cell-exp_state-input", {"chunk": 64, "dhhv_tile": 32, "num_warps": 8, "num_stages": 2},
         {"p50_ms": 1.0})])  # fmt: skip
     env = dict(os.environ, MLSTM_AUTOTUNE_DB=str(tmp_path))
     cmd = [sys.executable, "-m", "autotune", "show", "--gpu", GPU, "--capability", "9.0", "--B", "8", "--NH", "8",
@@ -390,11 +391,11 @@ _FUSED_BW = "chunkwise_bw__cell-exp_kernels-fused"
 
 
 def _bw_config(variant=_SPLIT_BW, L=32, states="recompute", tile=16, **changes):
-    from autotune.launch import chunkwise_bw
     from autotune.variants import by_name
 
-    config = chunkwise_bw.default_config(by_name(variant), 16, 16)
-    config.update(dict(L=L, states=states, BK=tile, BV=tile, BVD=tile, BKS=tile, BVS=tile), **changes)
+    config = families.default_config(by_name(variant), 16, 16)
+    config.update(dict(chunk=L, states=states, dhqk_tile=tile, dhhv_tile=tile, dv_dhhv_tile=tile,
+                       states_dhqk_tile=tile, states_dhhv_tile=tile), **changes)
     return config
 
 
@@ -446,7 +447,7 @@ def _training_step(name, seen, S=64, chunk_size=32, D=16):
     h = get_mlstm_kernel(name)(**xk, chunk_size=chunk_size)
     weights = torch.randn(h.shape, generator=torch.Generator().manual_seed(1))
     grads = torch.autograd.grad((h * weights).sum(), list(xk.values()))
-    return grads, [(variant, config["L"], config["states"], reused) for variant, config, reused in seen["bw"]]
+    return grads, [(variant, config["chunk"], config["states"], reused) for variant, config, reused in seen["bw"]]
 
 
 def _close(a, b):
@@ -477,7 +478,7 @@ def test_forced_forward_set_mid_process_applies_from_the_next_call(launches, mon
     x = {k: v for k, v in zip("qkvif", (torch.randn(1, 2, 64, 16),) * 3 + (torch.randn(1, 2, 64),) * 2)}
     get_mlstm_kernel("chunkwise--triton_auto")(**x, chunk_size=32)
     fused = "chunkwise_fused_fw__cell-exp_state-float32"
-    config = {"L": 16, "BV": 16, "num_warps": 4, "num_stages": 1}
+    config = {"chunk": 16, "dhhv_tile": 16, "num_warps": 4, "num_stages": 1}
     _force(monkeypatch, chunkwise_fw=(fused, config))
     get_mlstm_kernel("chunkwise--triton_auto")(**x, chunk_size=32)
     assert [variant for variant, _ in launches["fw"]] == ["chunkwise_twopass_fw__cell-exp_state-input", fused]
@@ -508,7 +509,7 @@ def test_forced_backward_set_before_the_process_starts():
         from autotune.torch import get_mlstm_kernel
         used, real = [], chunkwise_bw.chunkwise_bw
         def spy(*args, **kwargs):
-            used.append((kwargs["variant"].name, kwargs["config"]["L"], kwargs["borders"] is not None))
+            used.append((kwargs["variant"].name, kwargs["config"]["chunk"], kwargs["borders"] is not None))
             return real(*args, **kwargs)
         chunkwise_bw.chunkwise_bw = spy
         x = [torch.randn(1, 2, 64, 16, requires_grad=True) for _ in range(3)]
@@ -529,21 +530,25 @@ def test_forced_backward_set_before_the_process_starts():
     [
         ("fwbw", "chunkwise_bw__cell-exp_kernels-nope", {}, "unknown variant 'chunkwise_bw__cell-exp_kernels-nope'; "
          f"these can run it: {_FUSED_BW}, {_SPLIT_BW}"),
-        ("fwbw", _SPLIT_BW, {"L": 32, "states": "reuse"}, r"missing launch parameters \['BK', 'BV', 'BKS', 'BVS', "
-         r"'num_warps', 'num_warps_state', 'num_stages'\].*the variant's default for these head dims: \{"),
+        ("fwbw", _SPLIT_BW, {"chunk": 32, "states": "reuse"}, r"missing launch parameters \['dhqk_tile', 'dhhv_tile', "
+         r"'dv_dhhv_tile', 'states_dhqk_tile', 'states_dhhv_tile', 'num_warps', 'states_warps', 'num_stages'\]"
+         r".*the variant's default for these head dims: \{"),
         ("fwbw", _SPLIT_BW, dict(_bw_config(), state="reuse"), r"unknown launch parameters \['state'\]"),
-        ("fwbw", _SPLIT_BW, _bw_config(L=48), "L must be a power of two"),
+        ("fwbw", _SPLIT_BW, _bw_config(L=48), "chunk must be a power of two"),
+        ("fwbw", _SPLIT_BW, {**_bw_config(), "BV": 16}, r"dhhv_tile given twice \(as dhhv_tile and its former "
+         r"name BV\)"),
         ("fwbw", _SPLIT_BW, _bw_config(num_warps=3), "num_warps must be a power of two"),
-        ("fwbw", _SPLIT_BW, _bw_config(states_every=3), "states_every must be one of"),
-        ("fwbw", _FUSED_BW, _bw_config(_FUSED_BW, states_every=2), "states_every=2"),
+        ("fwbw", _SPLIT_BW, _bw_config(states_every=2), r"states_every=2 of chunkwise_bw.py.j2 is retired"),
         ("fwbw", "chunkwise_bw__cell-sig_kernels-split", _bw_config(), "computes the sig cell, not exp"),
-        ("fwbw", "chunkwise_fused_fw__cell-exp_state-input", {"L": 32, "BV": 16, "num_warps": 4, "num_stages": 1},
+        ("fwbw", "chunkwise_fused_fw__cell-exp_state-input", {"chunk": 32, "dhhv_tile": 16, "num_warps": 4,
+                                                              "num_stages": 1},
          r"not of the structures \('chunkwise_bw',\)"),
-        ("fw", "chunkwise_fused_fw__cell-exp_state-input", {"L": 32, "BV": 16, "num_warps": 4, "num_stages": 1},
+        ("fw", "chunkwise_fused_fw__cell-exp_state-input", {"chunk": 32, "dhhv_tile": 16, "num_warps": 4,
+                                                            "num_stages": 1},
          r"not of the structures \('chunkwise_twopass_fw',\)"),  # triton_xl_chunk is two-pass only
     ],
-    ids=["unknown-variant", "partial-config", "misspelt-parameter", "L-48", "warps-3", "states_every-3",
-         "halves-of-fused", "other-cell", "forward-as-backward", "other-structure"],
+    ids=["unknown-variant", "partial-config", "misspelt-parameter", "chunk-48", "old-and-new-name", "warps-3",
+         "retired-states_every-2", "other-cell", "forward-as-backward", "other-structure"],
 )  # fmt: skip
 def test_invalid_forced_choice_fails_loudly_before_any_launch(key, variant, config, reason, launches, monkeypatch):
     """An error naming the forced key at every call, not the built-in default with a warning a training log buries
@@ -569,7 +574,7 @@ def test_explain_follows_the_variable_set_mid_process(launches, monkeypatch):
 
     assert show().rung == "default"
     _force(monkeypatch, chunkwise_fwbw=(_SPLIT_BW, _bw_config(L=32)))
-    assert (show().rung, show().variant, show().config["L"]) == ("override", _SPLIT_BW, 32)
+    assert (show().rung, show().variant, show().config["chunk"]) == ("override", _SPLIT_BW, 32)
     monkeypatch.setenv("MLSTM_AUTOTUNE_FORCE", "{oops")
     with pytest.raises(OverrideError, match="not valid JSON"):
         show()

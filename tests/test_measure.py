@@ -13,18 +13,22 @@ from autotune.measure import IsolatedRunner, Job
 from autotune.search import Outcome
 
 DEVICE = "cuda" if __import__("torch").cuda.is_available() else "cpu"
+PARALLEL = {"query_tile": 32, "kv_tile": 16, "dhqk_tile": 16, "dhhv_tile": 16, "num_warps": 4, "num_stages": 1}
+STEP = {"dhqk_tile": 16, "dhhv_tile": 16, "num_warps": 4}
 
 
 @pytest.mark.parametrize(
     "variant,config",
     [
-        ("chunkwise_twopass_fw__cell-exp_state-float32", {"LI": 16, "LO": 32, "BKS": 16, "BVS": 16, "BKO": 16,
-                                                          "BVO": 16, "num_warps_states": 4, "num_warps_out": 4,
-                                                          "num_stages": 1}),
-        ("chunkwise_fused_fw__cell-sig_state-input", {"L": 32, "BV": 16, "num_warps": 4, "num_stages": 1}),
-        ("parallel_fw__cell-exp", {"BQ": 32, "BKV": 16, "BK": 16, "BV": 16, "num_warps": 4, "num_stages": 1}),
-        ("recurrent_sequence__cell-exp", {"BV": 16, "num_warps": 4}),
-        ("recurrent_step__cell-exp", {"BK": 16, "BV": 16, "num_warps": 4}),
+        ("chunkwise_twopass_fw__cell-exp_state-float32", {"chunk_inter": 16, "chunk_intra": 32,
+                                                          "states_dhqk_tile": 16, "states_dhhv_tile": 16,
+                                                          "out_dhqk_tile": 16, "out_dhhv_tile": 16, "states_warps": 4,
+                                                          "out_warps": 4, "num_stages": 1}),
+        ("chunkwise_fused_fw__cell-sig_state-input", {"chunk": 32, "dhhv_tile": 16, "num_warps": 4, "num_stages": 1}),
+        ("parallel_fw__cell-exp", {"query_tile": 32, "kv_tile": 16, "dhqk_tile": 16, "dhhv_tile": 16, "num_warps": 4,
+                                   "num_stages": 1}),
+        ("recurrent_sequence__cell-exp", {"dhhv_tile": 16, "num_warps": 4}),
+        ("recurrent_step__cell-exp", {"dhqk_tile": 16, "dhhv_tile": 16, "num_warps": 4}),
     ],
 )  # fmt: skip
 def test_evaluate_passes_the_gate_and_times(variant, config):
@@ -36,13 +40,19 @@ def test_evaluate_passes_the_gate_and_times(variant, config):
     assert out.gate_s > 0 and out.timing_s > 0  # where the time went, for the tuner's progress line
 
 
-@pytest.mark.parametrize("states_every", [1, 2])
-def test_a_backward_reusing_the_forwards_states_passes_the_gate(states_every):
-    """A training step's candidate with states="reuse" gets the forward's states at its own stride: per chunk of L,
-    or per 2 L in halves (the forward then runs its halves output kernel), not a buffer of another stride."""
-    config = {"L": 16, "BK": 16, "BV": 16, "BVD": 16, "BKS": 16, "BVS": 16, "num_warps": 4, "num_warps_state": 4,
-              "num_stages": 1, "states": "reuse", "state_buffers": "float32", "states_weighting": "v",
-              "dstate_gates": "inline", "states_every": states_every}  # fmt: skip
+CURRENT_NAMES = {"chunk": 16, "dhqk_tile": 16, "dhhv_tile": 16, "dv_dhhv_tile": 16, "states_dhqk_tile": 16,
+                 "states_dhhv_tile": 16, "num_warps": 4, "states_warps": 4}
+# as databases written before the knobs' renames hold them, with "states_every" (retired at its one value, 1) and
+# without "dv_dhhv_tile" and "dstate_gates" (filled as the entry ran: the dhhv_tile, "inline")
+OLD_NAMES = {"L": 16, "BK": 16, "BV": 16, "BKS": 16, "BVS": 16, "num_warps": 4, "num_warps_state": 4,
+             "states_every": 1}
+
+
+@pytest.mark.parametrize("names", [CURRENT_NAMES, OLD_NAMES], ids=["current-names", "old-names"])
+def test_a_backward_reusing_the_forwards_states_passes_the_gate(names):
+    """A training step's candidate with states="reuse" gets the forward's states at its own chunks, not a buffer of
+    another stride; a configuration in the names older databases use runs the same way."""
+    config = dict(names, num_stages=1, states="reuse", state_buffers="float32", states_weighting="v")
     out = measure.evaluate_here(Job("chunkwise_bw__cell-exp_kernels-split", config, B=1, NH=2, S=40, DHQK=16,
                                     DHHV=24, dtype="float32", device=DEVICE))  # fmt: skip
     assert out.ok, out.reason
@@ -53,22 +63,20 @@ def test_a_wrong_kernel_fails_the_gate(monkeypatch):
 
     def off_by_a_bit(job, timing=False):
         run = real(job, timing)
-        if job.config.get("BQ") != 32:  # the trusted kernel (BQ 64) stays exact
+        if job.config.get("query_tile") != 32:  # the trusted kernel (query_tile 64) stays exact
             return run
         return lambda x: run(x) * 1.01  # a 1% error: what a miscompile or a race looks like
 
     monkeypatch.setattr(measure, "_runner", off_by_a_bit)
-    out = measure.evaluate_here(Job("parallel_fw__cell-exp", {"BQ": 32, "BKV": 16, "BK": 16, "BV": 16,
-                                                              "num_warps": 4, "num_stages": 1},
+    out = measure.evaluate_here(Job("parallel_fw__cell-exp", PARALLEL,
                                     B=1, NH=2, S=40, DHQK=16, DHHV=16, dtype="float32", device=DEVICE))  # fmt: skip
     assert not out.ok and "wrong result" in out.reason and out.error > 1e-4
 
 
 def test_a_launch_error_is_an_outcome_not_an_exception():
-    out = measure.evaluate_here(Job("parallel_fw__cell-exp", {"BQ": 24, "BKV": 16, "BK": 16, "BV": 16,
-                                                              "num_warps": 4, "num_stages": 1},
+    out = measure.evaluate_here(Job("parallel_fw__cell-exp", dict(PARALLEL, query_tile=24),
                                     B=1, NH=2, S=40, DHQK=16, DHHV=16, dtype="float32", device=DEVICE))  # fmt: skip
-    assert not out.ok and "BQ" in out.reason
+    assert not out.ok and "query_tile" in out.reason
 
 
 # worker functions for IsolatedRunner: module level, so the spawned child can import them
@@ -189,15 +197,15 @@ def test_timing_inputs_are_drawn_once_per_shape(monkeypatch):
 
     monkeypatch.setattr(measure, "_inputs", counting)
     monkeypatch.setattr(measure, "_TIMING_SETS", {})
-    job = Job("parallel_fw__cell-exp", {"BQ": 32, "BKV": 16, "BK": 16, "BV": 16, "num_warps": 4, "num_stages": 1},
+    job = Job("parallel_fw__cell-exp", PARALLEL,
               B=1, NH=2, S=40, DHQK=16, DHHV=24, dtype="float32", device="cpu")  # fmt: skip
     first = measure.timing_sets(job)
     assert len(first) == 8 and len(drawn) == 8  # small sets: 8 of them rotate, together more than twice the L2
-    assert measure.timing_sets(Job(**{**job.__dict__, "config": {"BK": 8}})) is first and len(drawn) == 8
+    assert measure.timing_sets(Job(**{**job.__dict__, "config": {"dhqk_tile": 8}})) is first and len(drawn) == 8
     other = measure.timing_sets(Job(**{**job.__dict__, "S": 48}))
     assert other is not first and drawn[-1][0] == 48 and len(measure._TIMING_SETS) == 1
     assert all(set(s) >= set("qkvif") for s in other) and bool((first[0]["q"] != first[1]["q"]).any())
-    step = Job("recurrent_step__cell-exp", {"BK": 16, "BV": 16, "num_warps": 4}, B=1, NH=2, S=1, DHQK=16, DHHV=24,
+    step = Job("recurrent_step__cell-exp", STEP, B=1, NH=2, S=1, DHQK=16, DHHV=24,
                dtype="float32", device="cpu")  # fmt: skip
     assert len(measure.timing_sets(step)) == 1  # timed from a graph, the L2 emptied between replays: one set
 
@@ -205,7 +213,7 @@ def test_timing_inputs_are_drawn_once_per_shape(monkeypatch):
 def test_the_timed_step_updates_one_state_in_place_and_the_gate_starts_from_zeros():
     """Timing a step kernel with a fresh zero state per call timed three fills and allocations along with it (more
     than the step itself at B = 1); the timed runner keeps one state and steps it, the gate's runs start from zeros."""
-    job = Job("recurrent_step__cell-exp", {"BK": 16, "BV": 16, "num_warps": 4}, B=1, NH=2, S=40, DHQK=16, DHHV=24,
+    job = Job("recurrent_step__cell-exp", STEP, B=1, NH=2, S=40, DHQK=16, DHHV=24,
               dtype="float32", device="cpu")  # fmt: skip
     x = measure._inputs(job, 1, 2, 40, seed=5)
     gate_run, timed_run = measure._runner(job), measure._runner(job, timing=True)

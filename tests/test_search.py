@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from autotune import search, space
+from autotune import families, search, space
 from autotune.launch import chunkwise as launch_chunkwise
 from autotune.search import Outcome
 from autotune.variants import Variant
@@ -19,8 +19,9 @@ from autotune.variants import Variant
 DHQK, DHHV = 256, 512
 CANDIDATES = space.variants_of("chunkwise", "exp")
 DEFAULT_VARIANT = next(v for v in CANDIDATES if v.template == launch_chunkwise.TWOPASS)
-DEFAULT = (DEFAULT_VARIANT, launch_chunkwise.default_config(DEFAULT_VARIANT, DHQK, DHHV))
-OPTIMUM = ("chunkwise_fused_fw__cell-exp_state-input", {"L": 64, "BV": 64, "num_warps": 8, "num_stages": 2})
+DEFAULT = (DEFAULT_VARIANT, families.default_config(DEFAULT_VARIANT, DHQK, DHHV))
+OPTIMUM = ("chunkwise_fused_fw__cell-exp_state-input",
+           {"chunk": 64, "dhhv_tile": 64, "num_warps": 8, "num_stages": 2})
 
 
 def replayed_ms(variant: Variant, config: dict) -> float:
@@ -61,7 +62,8 @@ def narrowed_space(monkeypatch):
     """A space small enough that 40 trials must find the single optimum: 16 fused points, and the two-pass variant
     at its default but for n and the stages (4 points; its whole space has grown to thousands)."""
     monkeypatch.setitem(space.PARAMS, "chunkwise_fused_fw.py.j2",
-                        {"L": (32, 64), "BV": (32, 64), "num_warps": (4, 8), "num_stages": (1, 2)})  # fmt: skip
+                        {"chunk": (32, 64), "dhhv_tile": (32, 64), "num_warps": (4, 8),
+                         "num_stages": (1, 2)})  # fmt: skip
     twopass = {name: (value,) for name, value in DEFAULT[1].items()}
     monkeypatch.setitem(space.PARAMS, launch_chunkwise.TWOPASS,
                         {**twopass, "states_n": ("sum", "dot"), "num_stages": (2, 3)})  # fmt: skip
@@ -113,47 +115,37 @@ def test_a_point_ruled_out_since_it_was_measured_does_not_win(tmp_path: Path, mo
 
 
 def test_wide_output_chunks_at_8_warps_are_ruled_out_in_16_bits_only():
-    """LO=128 output chunks at 8 warps miscomputed on the H200 in bf16 (NOTES.md)."""
+    """chunk_intra 128 output chunks at 8 warps miscomputed on the H200 in bf16 (docs/performance.md)."""
     variant = DEFAULT_VARIANT
-    base = dict(DEFAULT[1], LO=128, LI=64, BKO=64, BVO=64, num_warps_out=8, out_values="loop")
+    base = dict(DEFAULT[1], chunk_intra=128, chunk_inter=64, out_dhqk_tile=64, out_dhhv_tile=64, out_warps=8,
+                out_values="loop")  # fmt: skip
     assert "inaccurate" in space.invalid(variant, base, 128, 128, 2, space.H100_LIMITS)
     assert "inaccurate" in space.invalid(variant, dict(base, out_values="tiles"), 128, 128, 2, space.H100_LIMITS)
     assert space.invalid(variant, base, 128, 128, 4, space.H100_LIMITS) is None  # fp32
-    assert space.invalid(variant, dict(base, LO=64), 128, 128, 2, space.H100_LIMITS) is None
-    halves = dict(base, out_values="halves", states_n="sum")
-    assert space.invalid(variant, halves, 128, 128, 2, space.H100_LIMITS) is None
+    assert space.invalid(variant, dict(base, chunk_intra=64), 128, 128, 2, space.H100_LIMITS) is None
 
 
-def test_halves_at_8_warps_with_n_on_the_tensor_cores_are_ruled_out_in_16_bits_only():
-    """n rounded to 16 bits with the halves output kernel at 8 warps: h above the bf16 limit on the H200 (NOTES.md);
-    4 warps, n reduced in fp32, and fp32 inputs stay in the space."""
-    variant = DEFAULT_VARIANT
-    base = dict(DEFAULT[1], LO=64, num_warps_out=8, out_values="halves", states_weighting="kT", states_n="dot")
-    assert "tensor cores" in space.invalid(variant, base, 128, 128, 2, space.H100_LIMITS)
-    assert space.invalid(variant, dict(base, num_warps_out=4), 128, 128, 2, space.H100_LIMITS) is None
-    assert space.invalid(variant, dict(base, states_n="sum"), 128, 128, 2, space.H100_LIMITS) is None
-    assert space.invalid(variant, base, 128, 128, 4, space.H100_LIMITS) is None  # fp32
-
-
-def test_a_training_step_never_turns_an_entry_into_a_pair_the_space_rules_out():
-    """A forward entry at 8 output warps with n on the tensor cores, run for a backward that takes states every
-    2 LO, becomes the halves kernel (launch.chunkwise.states_every) with n reduced: a pair the space allows."""
-    entry = dict(DEFAULT[1], LO=64, LI=64, num_warps_out=8, out_values="loop", states_weighting="kT", states_n="dot")
+def test_a_training_step_never_turns_an_entry_into_a_point_the_space_rules_out():
+    """A forward entry run for a backward that reuses states every L tokens stores them at that stride
+    (launch.chunkwise.states_every) where that point is in the space; at L = 128 in 16 bits no output kernel is
+    (registers at 4 warps, accuracy at 8), so the entry runs as it is and the backward recomputes its states."""
+    entry = dict(DEFAULT[1], chunk_intra=64, chunk_inter=64, out_warps=8, out_dhqk_tile=64, out_dhhv_tile=64)
     assert space.invalid(DEFAULT_VARIANT, entry, 128, 128, 2, space.H100_LIMITS) is None
-    got = launch_chunkwise.states_every(entry, 128)
-    assert got["out_values"] == "halves" and got["states_n"] == "sum"
+    assert launch_chunkwise.states_every(DEFAULT_VARIANT, entry, 64, 128, 128, 2) is entry  # its own stride
+    got = launch_chunkwise.states_every(DEFAULT_VARIANT, entry, 32, 128, 128, 2)
+    assert (got["chunk_intra"], got["chunk_inter"]) == (32, 32)
     assert space.invalid(DEFAULT_VARIANT, got, 128, 128, 2, space.H100_LIMITS) is None
-    assert launch_chunkwise.states_every(dict(entry, num_warps_out=4), 128)["states_n"] == "dot"  # 4 warps: as is
+    assert launch_chunkwise.states_every(DEFAULT_VARIANT, entry, 128, 128, 128, 2) is entry
+    assert launch_chunkwise.states_every(DEFAULT_VARIANT, entry, 128, 128, 128, 4)["chunk_intra"] == 128  # fp32
 
 
 def test_n_on_the_tensor_cores_needs_the_weights_on_k():
     """states_n "dot" with v weighted faulted on the H200: out of the space for the forward and the backward."""
-    from autotune.launch import chunkwise_bw
 
     backward = next(v for v in space.variants_of("chunkwise", "exp", "fwbw") if v.params.get("kernels") == "fused")
     for variant, config in ((DEFAULT_VARIANT, DEFAULT[1]),
-                            (backward, dict(chunkwise_bw.default_config(backward, 128, 128), states_n="dot"))):
-        assert "illegal memory access" in space.invalid(variant, dict(config, states_weighting="v"), 128, 128, 2,
+                            (backward, dict(families.default_config(backward, 128, 128), states_n="dot"))):
+        assert "weights on k" in space.invalid(variant, dict(config, states_weighting="v"), 128, 128, 2,
                                                         space.H100_LIMITS)  # fmt: skip
         for weighting in ("k", "kT"):
             assert space.invalid(variant, dict(config, states_weighting=weighting), 128, 128, 2,
@@ -229,7 +221,7 @@ def test_the_result_counts_the_whole_studys_failures_by_kind(tmp_path: Path):
 def test_invalid_points_are_pruned_with_their_reason(tmp_path: Path, monkeypatch):
     # a space where every fused point needs too many registers: those are pruned, never evaluated
     monkeypatch.setitem(space.PARAMS, "chunkwise_fused_fw.py.j2",
-                        {"L": (128,), "BV": (128,), "num_warps": (2,), "num_stages": (1,)})  # fmt: skip
+                        {"chunk": (128,), "dhhv_tile": (128,), "num_warps": (2,), "num_stages": (1,)})  # fmt: skip
     replay = Replay()
     study = study_in(tmp_path)
     run(study, replay, trials=20)
@@ -255,12 +247,8 @@ def test_time_budget_stops_early_but_keeps_the_default(tmp_path: Path):
                                        ("step", "exp"), ("sequence", "sig")])  # fmt: skip
 @pytest.mark.parametrize("dims", [(16, 16), (48, 96), (256, 512), (128, 128)])
 def test_every_default_configuration_is_a_valid_point(form, cell, dims):
-    from autotune.launch import parallel, recurrent
-
-    defaults = {"chunkwise": launch_chunkwise.default_config, "parallel": parallel.default_config,
-                "step": recurrent.step_default_config, "sequence": recurrent.sequence_default_config}  # fmt: skip
     for variant in space.variants_of(form, cell):
-        config = defaults[form](variant, *dims)
+        config = families.default_config(variant, *dims)
         assert space.invalid(variant, config, *dims, dtype_bytes=2, limits=space.H100_LIMITS) is None
         for param, value in config.items():
             assert value in space.PARAMS[variant.template][param], (variant.name, param, value)
@@ -270,9 +258,9 @@ def test_starting_points_are_measured_right_after_the_default(tmp_path: Path):
     """Winners of neighbouring shapes given as starts are the trials after the default; a start that is the default,
     or not a point of the space (a parameter missing, a value not among the choices), is not queued."""
     fused = next(v for v in CANDIDATES if v.template == "chunkwise_fused_fw.py.j2")
-    good = (fused, {"L": 64, "BV": 32, "num_warps": 4, "num_stages": 2})
-    missing = (fused, {"L": 64, "BV": 32, "num_warps": 4})
-    off_grid = (fused, {"L": 64, "BV": 24, "num_warps": 4, "num_stages": 2})
+    good = (fused, {"chunk": 64, "dhhv_tile": 32, "num_warps": 4, "num_stages": 2})
+    missing = (fused, {"chunk": 64, "dhhv_tile": 32, "num_warps": 4})
+    off_grid = (fused, {"chunk": 64, "dhhv_tile": 24, "num_warps": 4, "num_stages": 2})
     replay = Replay()
     study = study_in(tmp_path)
     run(study, replay, trials=4, starts=[DEFAULT, good, missing, off_grid])
@@ -290,9 +278,9 @@ def test_seeds_are_measured_after_the_starts_and_only_when_valid(tmp_path: Path)
     """Seeds (structural changes that need several knobs at once) are the trials after the starts; one already
     measured as a start, or not valid for the head dims, is not queued again."""
     fused = next(v for v in CANDIDATES if v.template == "chunkwise_fused_fw.py.j2")
-    start = (fused, {"L": 64, "BV": 32, "num_warps": 4, "num_stages": 2})
-    seed = (fused, {"L": 32, "BV": 64, "num_warps": 8, "num_stages": 1})
-    too_big = (fused, {"L": 32, "BV": 128, "num_warps": 2, "num_stages": 1})  # C 256 x 128 on 64 threads
+    start = (fused, {"chunk": 64, "dhhv_tile": 32, "num_warps": 4, "num_stages": 2})
+    seed = (fused, {"chunk": 32, "dhhv_tile": 64, "num_warps": 8, "num_stages": 1})
+    too_big = (fused, {"chunk": 32, "dhhv_tile": 128, "num_warps": 2, "num_stages": 1})  # C 256 x 128 on 64 threads
     replay = Replay()
     study = study_in(tmp_path)
     run(study, replay, trials=5, starts=[start], seeds=[start, seed, too_big])
@@ -305,17 +293,16 @@ def test_seeds_are_measured_after_the_starts_and_only_when_valid(tmp_path: Path)
 def test_every_seed_is_a_valid_point_at_the_shipped_layouts(direction, dims):
     """space.seeds of the chunkwise defaults: points of the space (every value among its choices), valid at the
     presets' head layouts in bf16, in the variant the seed names."""
-    from autotune.launch import chunkwise_bw
 
     for cell in ("exp", "sig"):
         candidates = space.variants_of("chunkwise", cell, direction)
         if direction == "fw":
             variant = next(v for v in candidates if v.template == launch_chunkwise.TWOPASS
                            and v.params["state"] == "input")  # fmt: skip
-            default = (variant, launch_chunkwise.default_config(variant, *dims))
+            default = (variant, families.default_config(variant, *dims))
         else:
             variant = next(v for v in candidates if v.params["kernels"] == "fused")
-            default = (variant, chunkwise_bw.default_config(variant, *dims))
+            default = (variant, families.default_config(variant, *dims))
         seeds = space.seeds(default, candidates)
         assert seeds, f"no seed for {variant.name}"
         for v, config in seeds:
@@ -360,9 +347,9 @@ def test_the_local_search_combines_two_knobs_from_the_best_point(tmp_path: Path,
     is tried again from the new best point (after the untried moves, hence the trials)."""
     variant, config = DEFAULT
     one = {**config, "num_stages": 3}
-    both = {**one, "BKO": 128}
+    both = {**one, "out_dhqk_tile": 128}
     times = {repr(sorted(config.items())): 1.5, repr(sorted(one.items())): 1.2, repr(sorted(both.items())): 0.9,
-             repr(sorted({**config, "BKO": 128}.items())): 1.6}  # fmt: skip
+             repr(sorted({**config, "out_dhqk_tile": 128}.items())): 1.6}  # fmt: skip
     table = lambda v, c: times.get(repr(sorted(c.items())), 2.0) if v == variant else 2.0  # noqa: E731
     monkeypatch.setattr(__import__(__name__), "replayed_ms", table)
     study = study_in(tmp_path)
@@ -424,7 +411,7 @@ def test_points_already_queued_are_not_queued_again(tmp_path: Path):
     """Two workers start on one study (or a run was cut off with points still queued): the default and a start that
     wait in the study are asked once, not queued a second time."""
     fused = next(v for v in CANDIDATES if v.template == "chunkwise_fused_fw.py.j2")
-    good = (fused, {"L": 64, "BV": 32, "num_warps": 4, "num_stages": 2})
+    good = (fused, {"chunk": 64, "dhhv_tile": 32, "num_warps": 4, "num_stages": 2})
     study = study_in(tmp_path)
     search._enqueue(study, *DEFAULT, "default")  # what the other worker queued a moment before
     search._enqueue(study, *good, "start")
@@ -460,7 +447,7 @@ def test_wins_found_one_at_a_time_are_combined_first(tmp_path: Path, monkeypatch
     backward on the H200): each new best point tries the known wins and the untried moves first, not the moves that
     already lost from an earlier point, so the three combine in fewer trials."""
     variant, config = DEFAULT
-    wins = {"num_stages": (3, 0.3), "BKO": (128, 0.2), "out_values": ("halves", 0.1)}
+    wins = {"num_stages": (3, 0.3), "out_dhqk_tile": (128, 0.2), "out_values": ("tiles", 0.1)}
 
     def table(v, c):
         if v != variant:
@@ -487,7 +474,7 @@ def test_at_a_local_optimum_pairs_of_the_least_losing_moves_are_tried(tmp_path: 
     value tiles, 8.62 ms, or 3 stages, 8.78 ms, against 8.32; both together about 0.5 ms faster) are found once every
     single move from the best point has been measured: the pairs of the moves that lost least come next."""
     variant, config = DEFAULT
-    a, b = ("num_stages", 3), ("BKO", 128)
+    a, b = ("num_stages", 3), ("out_dhqk_tile", 128)
     alone_a, alone_b, both = {**config, a[0]: a[1]}, {**config, b[0]: b[1]}, {**config, a[0]: a[1], b[0]: b[1]}
     times = {repr(sorted(config.items())): 1.5, repr(sorted(alone_a.items())): 1.55,
              repr(sorted(alone_b.items())): 1.6, repr(sorted(both.items())): 1.0}  # fmt: skip
@@ -519,15 +506,15 @@ def test_no_pair_is_tried_while_a_single_move_is_untried(tmp_path: Path, monkeyp
 
 
 def test_a_pair_never_moves_a_parameter_its_variant_does_not_read(tmp_path: Path):
-    """From a best point in the split backward, the moves that lose least are the dv kernel's value tile BVD and back
-    to the fused kernel, which does not read BVD: such a pair would re-measure the fused move alone, so it is never
-    queued (the pairs of two BVD values are not pairs either)."""
+    """From a best point in the split backward, the moves that lose least are the dv kernel's value tile
+    (dv_dhhv_tile) and back to the fused kernel, which does not read it: such a pair would re-measure the fused move
+    alone, so it is never queued (the pairs of two dv_dhhv_tile values are not pairs either)."""
     from autotune.launch import chunkwise_bw as launch_bw
     from autotune.variants import find
 
     candidates = space.variants_of("chunkwise", "exp", "fwbw")
     fused, split = (find(launch_bw.TEMPLATE, cell="exp", kernels=k) for k in ("fused", "split"))
-    config = launch_bw.default_config(fused, DHQK, DHHV)
+    config = families.default_config(fused, DHQK, DHHV)
     staged = {**config, "num_stages": 2}
 
     def replay(variant, c):
@@ -535,7 +522,7 @@ def test_a_pair_never_moves_a_parameter_its_variant_does_not_read(tmp_path: Path
             return {fused: 1.5, split: 1.4}[variant]
         if c == staged:
             return {fused: 1.02, split: 1.0}[variant]  # the best point, and back to fused from it
-        if variant == split and {p for p in c if c[p] != staged[p]} == {"BVD"}:
+        if variant == split and {p for p in c if c[p] != staged[p]} == {"dv_dhhv_tile"}:
             return 1.01
         return 2.0
 
@@ -547,8 +534,9 @@ def test_a_pair_never_moves_a_parameter_its_variant_does_not_read(tmp_path: Path
     search.run_study(study, candidates, (fused, config), evaluate, DHQK=DHQK, DHHV=DHHV, dtype_bytes=2, trials=120)
     best = search._point_key(split.name, staged)
     from_best = [t.user_attrs["move"] for t in study.trials if t.user_attrs.get("base") == best]
-    assert ["variant", fused.name] in from_best and any(m[0] == "BVD" for m in from_best)  # both measured from it
-    assert not any("variant" in m[::2] and "BVD" in m[::2] for m in from_best if len(m) == 4)
+    assert ["variant", fused.name] in from_best  # both measured from it
+    assert any(m[0] == "dv_dhhv_tile" for m in from_best)
+    assert not any("variant" in m[::2] and "dv_dhhv_tile" in m[::2] for m in from_best if len(m) == 4)
 
 
 def test_the_journal_report_counts_failures_and_errors(tmp_path: Path):

@@ -147,7 +147,7 @@ def _tuned_entry(variant: str, config: dict, S=65, BNH=2):
 def test_entries_follow_the_tuning_database(user_db, monkeypatch, check):
     from autotune import db as tdb
 
-    chosen = {"L": 32, "BV": 16, "num_warps": 4, "num_stages": 1}
+    chosen = {"chunk": 32, "dhhv_tile": 16, "num_warps": 4, "num_stages": 1}
     tdb.upsert(user_db / tdb.file_name("cpu-interpreter"), "cpu-interpreter", (0, 0),
                [_tuned_entry("chunkwise_fused_fw__cell-exp_state-input", chosen)])  # fmt: skip
     calls = _record_launches(monkeypatch)
@@ -156,7 +156,7 @@ def test_entries_follow_the_tuning_database(user_db, monkeypatch, check):
     assert calls == [("chunkwise_fused_fw__cell-exp_state-input", chosen)]
     # a named two-pass entry ignores the fused winner and keeps to its structure (its default here)
     get_mlstm_kernel("chunkwise--triton_xl_chunk")(**x, chunk_size=16)
-    assert calls[-1][0].startswith("chunkwise_twopass_fw") and calls[-1][1]["LO"] == 16
+    assert calls[-1][0].startswith("chunkwise_twopass_fw") and calls[-1][1]["chunk_intra"] == 16
     ref = _oracle(x, "exp")
     check(target="chunkwise--triton_auto (database choice)", baseline="reference.mlstm_recurrent(fp64)",
           dims=SHAPE.dims(), dtype=torch.float32, pairs={"h": (h, ref["h"])},
@@ -166,7 +166,7 @@ def test_entries_follow_the_tuning_database(user_db, monkeypatch, check):
 def test_a_bad_database_entry_falls_back_to_the_default(user_db, monkeypatch):
     from autotune import db as tdb
 
-    bad = {"L": 24, "BV": 16, "num_warps": 4, "num_stages": 1}  # 24 is not a power of two
+    bad = {"chunk": 24, "dhhv_tile": 16, "num_warps": 4, "num_stages": 1}  # 24 is not a power of two
     tdb.upsert(user_db / tdb.file_name("cpu-interpreter"), "cpu-interpreter", (0, 0),
                [_tuned_entry("chunkwise_fused_fw__cell-exp_state-input", bad)])  # fmt: skip
     calls = _record_launches(monkeypatch)
@@ -180,8 +180,8 @@ def test_dispatch_can_be_switched_off(user_db, monkeypatch):
     from autotune import db as tdb
 
     tdb.upsert(user_db / tdb.file_name("cpu-interpreter"), "cpu-interpreter", (0, 0),
-               [_tuned_entry("chunkwise_fused_fw__cell-exp_state-input", {"L": 32, "BV": 16, "num_warps": 4,
-                                                                           "num_stages": 1})])  # fmt: skip
+               [_tuned_entry("chunkwise_fused_fw__cell-exp_state-input",
+                             {"chunk": 32, "dhhv_tile": 16, "num_warps": 4, "num_stages": 1})])  # fmt: skip
     monkeypatch.setenv("MLSTM_AUTOTUNE_DISPATCH", "0")
     calls = _record_launches(monkeypatch)
     get_mlstm_kernel("chunkwise--triton_auto")(**_inputs("chunkwise--triton_auto", torch.float32), chunk_size=16)

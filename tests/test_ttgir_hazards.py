@@ -76,8 +76,8 @@ def test_no_shipped_entry_or_default_has_the_hazard():
 
 
 def test_the_gate_fails_a_candidate_the_static_check_flags(monkeypatch):
-    job = measure.Job("parallel_fw__cell-exp", {"BQ": 32, "BKV": 16, "BK": 16, "BV": 16, "num_warps": 4,
-                                                "num_stages": 1}, B=1, NH=2, S=40, DHQK=16, DHHV=16, dtype="float32",
+    config = {"query_tile": 32, "kv_tile": 16, "dhqk_tile": 16, "dhhv_tile": 16, "num_warps": 4, "num_stages": 1}
+    job = measure.Job("parallel_fw__cell-exp", config, B=1, NH=2, S=40, DHQK=16, DHHV=16, dtype="float32",
                       device="cpu")  # fmt: skip
     assert measure.gate_verdict(job).passed
     monkeypatch.setattr(measure, "hazard_arch", lambda job: 90)

@@ -106,7 +106,7 @@ def test_warm_starts_are_the_nearest_winners_of_the_same_kind(tmp_path: Path):
     key = tdb.Key("chunkwise:exp", "fw", "bfloat16", 256, 512, 4096, 128, "")
     starts = tune.warm_starts(key, "GPU A", [mine, shipped])
     # its own bucket (S=4096), then S=8192 (one bucket away, found twice), then S=32768
-    assert [c["BV"] for _, c in starts] == [128, 16, 64]
+    assert [c["dhhv_tile"] for _, c in starts] == [128, 16, 64]  # entries in the names older databases use
     assert all(v.name == "chunkwise_fused_fw__cell-exp_state-input" for v, _ in starts)
     assert tune.warm_starts(key, "GPU C", [mine, shipped]) == []
 
@@ -139,8 +139,9 @@ def test_warm_starts_skip_a_corrupt_database_file(tmp_path: Path):
 
 
 def test_a_warm_start_tuned_before_a_parameter_existed_reads_as_it_ran(tmp_path: Path):
-    """A backward entry tuned before the split dv kernel had its own value tile and before the reverse recurrence's
-    weights could come first (no "BVD", no "dstate_gates") comes back as a start with BVD = BV and "inline", what it
+    """A backward entry in the knob names of older databases, tuned before the split dv kernel had its own value tile
+    and before the reverse recurrence's weights could come first (no "BVD", no "dstate_gates"), and with the retired
+    "states_every" at 1, comes back as a start in current names with dv_dhhv_tile = dhhv_tile and "inline", what it
     ran; such a start is then a point of the search's space (else it would be skipped)."""
     from autotune import db as tdb
     from autotune import search, space, tune
@@ -148,23 +149,27 @@ def test_a_warm_start_tuned_before_a_parameter_existed_reads_as_it_ran(tmp_path:
     from autotune.variants import find
 
     split = find(launch_bw.TEMPLATE, cell="exp", kernels="split")
-    added = ("BVD", "dstate_gates")  # launch parameters added after such entries were tuned
-    old = {k: v for k, v in launch_bw.default_config(split, 256, 512).items() if k not in added} | {"BV": 32}
+    old = {"L": 64, "BK": 64, "BV": 32, "BKS": 64, "BVS": 128, "num_warps": 4, "num_warps_state": 4, "num_stages": 1,
+           "states": "recompute", "state_buffers": "input", "states_weighting": "v", "states_every": 1,
+           "states_n": "sum"}  # fmt: skip
     key = tdb.Key("chunkwise:exp", "fwbw", "bfloat16", 256, 512, 2048, 256, "chunkwise_bw")
     tdb.upsert(tmp_path / "GPU_A.json", "GPU A", (9, 0), [tdb.Entry(key, split.name, old, {"p50_ms": 1.0})])
     [(variant, config)] = tune.warm_starts(key, "GPU A", [tmp_path])
-    assert variant == split and config == {**old, "BVD": 32, "dstate_gates": "inline"}
+    assert variant == split and config == {
+        "chunk": 64, "dhqk_tile": 64, "dhhv_tile": 32, "states_dhqk_tile": 64, "states_dhhv_tile": 128, "num_warps": 4,
+        "states_warps": 4, "num_stages": 1, "states": "recompute", "state_buffers": "input", "states_weighting": "v",
+        "states_n": "sum", "dv_dhhv_tile": 32, "dstate_gates": "inline"}  # fmt: skip
     assert search._is_point_of(variant, config, space.variants_of("chunkwise", "exp", "fwbw"))
 
 
 def test_the_local_search_leaves_parameters_a_variant_does_not_read():
-    """The fused backward kernel does not read the split dv kernel's value tile BVD: no local-search move changes it
-    there (it would re-measure the same kernels); the split variant's moves do."""
-    from autotune import search
+    """The fused backward kernel does not read the split dv kernel's value tile (dv_dhhv_tile): no local-search move
+    changes it there (it would re-measure the same kernels); the split variant's moves do."""
+    from autotune import families, search
     from autotune.launch import chunkwise_bw as launch_bw
     from autotune.variants import find
 
     fused, split = (find(launch_bw.TEMPLATE, cell="exp", kernels=k) for k in ("fused", "split"))
-    config = launch_bw.default_config(fused, 256, 512)
-    assert not any(p == "BVD" for p, _ in search._moves(fused, config))
-    assert any(p == "BVD" for p, _ in search._moves(split, config))
+    config = families.default_config(fused, 256, 512)
+    assert not any(p == "dv_dhhv_tile" for p, _ in search._moves(fused, config))
+    assert any(p == "dv_dhhv_tile" for p, _ in search._moves(split, config))

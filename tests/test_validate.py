@@ -13,7 +13,8 @@ from autotune import db as tdb
 from autotune import measure, validate
 
 GPU, CAP = "cpu-interpreter", (0, 0)
-PARALLEL = ("parallel_fw__cell-exp", {"BQ": 32, "BKV": 16, "BK": 16, "BV": 16, "num_warps": 4, "num_stages": 1})
+PARALLEL = ("parallel_fw__cell-exp", {"query_tile": 32, "kv_tile": 16, "dhqk_tile": 16, "dhhv_tile": 16, "num_warps": 4,
+                                       "num_stages": 1})
 FIELDS = {"op", "direction", "dtype", "B", "NH", "S", "DHQK", "DHHV", "variant", "config", "runs", "distinct_outputs",
           "error", "reference_error", "error_by_output", "passed", "gpu_run", "key"}  # fmt: skip
 
@@ -31,17 +32,17 @@ def args(*db: Path, out: Path, fix: bool = False) -> argparse.Namespace:
 def user_db(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setenv("MLSTM_AUTOTUNE_DB", str(tmp_path / "user"))
     path = tmp_path / "user" / tdb.file_name(GPU)
-    tdb.upsert(path, GPU, CAP, [entry(64, *PARALLEL), entry(256, PARALLEL[0], dict(PARALLEL[1], BQ=64))])
+    tdb.upsert(path, GPU, CAP, [entry(64, *PARALLEL), entry(256, PARALLEL[0], dict(PARALLEL[1], query_tile=64))])
     return path
 
 
 def racy_at_bq64(monkeypatch) -> None:
-    """The BQ=64 entry gives other bits on every other call: a race that only the determinism check sees."""
+    """The query_tile=64 entry gives other bits on every other call: a race that only the determinism check sees."""
     real, calls = measure._runner, []
 
     def runner(job, timing=False):
         run = real(job, timing)
-        if (job.config.get("BQ"), job.config.get("BKV")) != (64, 16):  # the entry, not the trusted kernel (BKV 64)
+        if (job.config.get("query_tile"), job.config.get("kv_tile")) != (64, 16):  # the entry, not the trusted kernel
             return run
 
         def flaky(x):
@@ -58,7 +59,8 @@ def test_every_entry_gets_a_row_with_the_report_fields(user_db: Path, tmp_path: 
     rows = json.loads((tmp_path / "reports" / "cpu-interpreter-validate.json").read_text())
     assert len(rows) == 2 and all(FIELDS <= set(r) for r in rows)
     assert all(r["passed"] and r["distinct_outputs"] == 1 and r["gpu_run"] == GPU for r in rows)
-    assert {r["config"]["BQ"] for r in rows} == {32, 64} and all(set(r["error_by_output"]) == {"h"} for r in rows)
+    assert {r["config"]["query_tile"] for r in rows} == {32, 64}
+    assert all(set(r["error_by_output"]) == {"h"} for r in rows)
 
 
 def test_a_racy_entry_fails_and_fix_removes_it_from_the_user_database(user_db: Path, tmp_path: Path, monkeypatch):
@@ -66,11 +68,11 @@ def test_a_racy_entry_fails_and_fix_removes_it_from_the_user_database(user_db: P
     assert validate.run(args(user_db, out=tmp_path / "reports")) == 1
     rows = json.loads((tmp_path / "reports" / "cpu-interpreter-validate.json").read_text())
     bad = [r for r in rows if not r["passed"]]
-    assert len(bad) == 1 and bad[0]["config"]["BQ"] == 64 and bad[0]["distinct_outputs"] == 2
+    assert len(bad) == 1 and bad[0]["config"]["query_tile"] == 64 and bad[0]["distinct_outputs"] == 2
     assert len(tdb.read(user_db).entries) == 2  # without --fix nothing is removed
     assert validate.run(args(user_db, out=tmp_path / "reports", fix=True)) == 1
     left = tdb.read(user_db).entries.values()
-    assert [e.config["BQ"] for e in left] == [32]
+    assert [e.config["query_tile"] for e in left] == [32]
 
 
 def test_fix_leaves_a_database_outside_the_user_folder(user_db: Path, tmp_path: Path, monkeypatch):
@@ -85,10 +87,10 @@ def test_fix_leaves_a_database_outside_the_user_folder(user_db: Path, tmp_path: 
 def test_an_entry_that_no_longer_launches_is_a_failed_row(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("MLSTM_AUTOTUNE_DB", str(tmp_path / "user"))
     path = tmp_path / "user" / tdb.file_name(GPU)
-    tdb.upsert(path, GPU, CAP, [entry(64, PARALLEL[0], dict(PARALLEL[1], BQ=24))])  # not a power of two
+    tdb.upsert(path, GPU, CAP, [entry(64, PARALLEL[0], dict(PARALLEL[1], query_tile=24))])  # not a power of two
     assert validate.run(args(path, out=tmp_path)) == 1
     (row,) = json.loads((tmp_path / "cpu-interpreter-validate.json").read_text())
-    assert not row["passed"] and "BQ" in row["reasons"][0]
+    assert not row["passed"] and "query_tile" in row["reasons"][0]
 
 
 FAMILIES = [("chunkwise:exp", "fw", "chunkwise_twopass_fw"), ("chunkwise:exp", "fw", "chunkwise_fused_fw"),

@@ -27,52 +27,20 @@ from __future__ import annotations
 
 import torch
 
+from .. import families
 from ..checks import MLSTMInputError
 from ..load import load_variant
 from ..variants import Variant, find
 from .bw_common import prepare
-from .chunkwise import STATES_WEIGHTING, TWOPASS, _launch_states, check_states_n
-from .common import cdiv, empty, next_pow2, require_choice, require_pow2
+from .chunkwise import TWOPASS, _launch_states
+from .common import cdiv, empty
 
 TEMPLATE = "chunkwise_bw.py.j2"
-STATES = ("recompute", "reuse")
-# the per-chunk state buffers (recomputed C before, dC after each chunk): fp32, or the inputs' dtype (half the bytes
-# for 16-bit inputs; the recurrences themselves run in fp32 either way)
-STATE_BUFFERS = ("float32", "input")
-# the reverse recurrence's per-chunk weights: computed in its sequential loop, or first for all chunks in parallel
-DSTATE_GATES = ("inline", "pre")
-# the states (C before, dC after a chunk) once per L tokens, or once per 2 L with the split kernels taking each chunk
-# of 2 L as two halves of L (half the state traffic, the within-chunk work of chunks of L plus one block per pair)
-STATES_EVERY = (1, 2)
 
 
-def states_stride(config: dict) -> int:
-    """How many tokens apart a backward ``config`` takes its states: L, or 2 L ("states_every": 2)."""
-    return config["L"] * config.get("states_every", 1)
-
-
-def default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
-    # measured on an H200 (tuning_db/reports/NOTES.md): state tiles 64 x 128 and per-chunk buffers in the inputs'
-    # dtype (half the state traffic of fp32 for 16-bit inputs) beat 64 x 64 and fp32
-    # the split kernels' dv value tile BVD (unread by the fused kernel): 128 took 1.15 ms against 1.98 at 64 (7B)
-    BK, BV, wide = min(64, next_pow2(DHQK)), min(64, next_pow2(DHHV)), min(128, next_pow2(DHHV))
-    return {"L": 64, "BK": BK, "BV": BV, "BVD": wide, "BKS": BK, "BVS": wide, "num_warps": 4, "num_warps_state": 4,
-            "num_stages": 1, "states": "recompute", "state_buffers": "input", "states_weighting": "v",
-            "dstate_gates": "inline", "states_every": 1, "states_n": "sum"}  # fmt: skip
-
-
-def check_config(variant: Variant, config: dict) -> None:
-    require_pow2(config, "L", "BK", "BV", "BKS", "BVS")
-    if "BVD" in config:  # absent in entries tuned before it existed: the dv kernel then takes BV, as it did
-        require_pow2(config, "BVD")
-    require_choice(config, "states", STATES, "recompute")
-    require_choice(config, "state_buffers", STATE_BUFFERS, "float32")
-    require_choice(config, "states_weighting", STATES_WEIGHTING, "k")
-    check_states_n(config)
-    require_choice(config, "dstate_gates", DSTATE_GATES, "inline")
-    require_choice(config, "states_every", STATES_EVERY, 1)
-    if config.get("states_every", 1) == 2 and variant.params["kernels"] != "split":
-        raise MLSTMInputError("states_every=2 (chunks taken as two halves) is a mode of the split kernels only")
+def check_config(variant: Variant, config: dict) -> dict:
+    """``config`` in current knob names, checked against the variant's family spec (autotune.families)."""
+    return families.checked(variant.template, config)
 
 
 def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, variant: Variant, config: dict,
@@ -81,13 +49,13 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
     what it saved (s, mt from ``saved``); dh the cotangent of h; dC, dn, dm those of the last state (None when it
     was not used) and ``last`` = (C_S, n_S, m_S) the last state itself (needed then; m_S may be None for the sig
     cell). ``borders`` = (Cb, nb, mb) when config["states"] == "reuse" (the two-pass forward's states at chunks of
-    states_stride(config) tokens).
+    config["chunk"] tokens).
     Returns dq, dk, dv (q's dtype), di, df (fp32), dC0, dn0, dm0 (fp32; None without an initial state)."""
     B, NH, S, DHQK = q.shape
     DHHV = v.shape[-1]
-    check_config(variant, config)
+    config = check_config(variant, config)
     cell = variant.params["cell"]
-    L = states_stride(config)  # the chunk of the states: config["L"], or twice it for the halves kernels
+    L = config["chunk"]
     NC = cdiv(S, L)
     dev = q.device
     module = load_variant(variant)
@@ -97,9 +65,9 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
     has_state, has_last, prec, f32, dummy = x.has_state, x.has_last, x.prec, x.f32, x.dummy
     r, ds, G, Fl = x.r, x.ds, x.G, x.Fl
 
-    buffers_dtype = q.dtype if config.get("state_buffers", "float32") == "input" else torch.float32
+    buffers_dtype = q.dtype if config["state_buffers"] == "input" else torch.float32
     # 2. the states before every chunk (and the max states of their frames)
-    if config.get("states", "recompute") == "reuse":
+    if config["states"] == "reuse":
         if borders is None:
             raise MLSTMInputError("states='reuse' needs the forward's border states")
         Cb, nb, mb = borders
@@ -114,10 +82,10 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
         nb = empty(B, NH, NC, DHQK, **f32)
         mb = empty(B, NH, NC, **f32)
         states = load_variant(find(TWOPASS, cell=cell, state="float32"))
-        state_config = {"LI": min(L, 64), "LO": L, "BKS": config["BKS"], "BVS": config["BVS"],
-                        "num_warps_states": config["num_warps_state"], "num_stages": 2, "states_gates": "pre",
-                        "states_weighting": config.get("states_weighting", "k"),
-                        "states_n": config.get("states_n", "sum")}  # fmt: skip
+        state_config = {"chunk_inter": min(L, 64), "chunk_intra": L, "states_dhqk_tile": config["states_dhqk_tile"],
+                        "states_dhhv_tile": config["states_dhhv_tile"], "states_warps": config["states_warps"],
+                        "num_stages": 2, "states_gates": "pre", "states_weighting": config["states_weighting"],
+                        "states_n": config["states_n"]}  # fmt: skip
         _launch_states(states, k, v, i, f, C0, n0, m0, has_state, (Cb, nb, mb), (dummy, dummy, dummy), S=S, NC=NC,
                        config=state_config, store_borders=True, prec=prec)  # fmt: skip
 
@@ -129,17 +97,17 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
     dC0 = empty(B, NH, DHQK, DHHV, **f32) if has_state else dummy
     dn0 = empty(B, NH, DHQK, **f32) if has_state else dummy
     mS = last[2].reshape(B, NH).float().contiguous() if has_last and cell == "exp" else mt[:, :, -1].contiguous()
-    pre = config.get("dstate_gates", "inline") == "pre"
+    pre = config["dstate_gates"] == "pre"
     wr, wds, dec = dummy, dummy, dummy
     if pre:  # every chunk's weights in parallel, so the sequential loop below only loads them
         wr, wds, dec = empty(B, NH, NC * L, **f32), empty(B, NH, NC * L, **f32), empty(B, NH, NC, **f32)
         module.bw_dstate_weights_kernel[(NC, B * NH)](i, f, mt, mb, mS, r, ds, wr, wds, dec, S, NC,
                                                       scale=DHQK**-0.5, L=L)  # fmt: skip
-    grid = (cdiv(DHQK, config["BKS"]), cdiv(DHHV, config["BVS"]), B * NH)
-    module.chunkwise_bw_dstate_kernel[grid](
+    BKS, BVS = config["states_dhqk_tile"], config["states_dhhv_tile"]
+    module.chunkwise_bw_dstate_kernel[(cdiv(DHQK, BKS), cdiv(DHHV, BVS), B * NH)](
         q, dh, i, f, mt, mb, mS, r, ds, G, dC, dn, T, dCa, dna, R, dC0, dn0, wr, wds, dec, S, NC,
-        scale=DHQK**-0.5, DHQK=DHQK, DHHV=DHHV, L=L, BK=config["BKS"], BV=config["BVS"], HAS_STATE=has_state,
-        HAS_LAST_GRAD=has_last, DOT_PRECISION=prec, PRE_WEIGHTS=pre, num_warps=config["num_warps_state"],
+        scale=DHQK**-0.5, DHQK=DHQK, DHHV=DHHV, L=L, BK=BKS, BV=BVS, HAS_STATE=has_state, HAS_LAST_GRAD=has_last,
+        DOT_PRECISION=prec, PRE_WEIGHTS=pre, num_warps=config["states_warps"],
     )  # fmt: skip
 
     # 4. within every chunk: dq, dk, dv, di, df
@@ -148,7 +116,8 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
     di, df = empty(B, NH, S, **f32), empty(B, NH, S, **f32)
     Ya = empty(B, NH, NC, 2, **f32) if cell == "exp" else dummy  # (Y_c, a_c): dm_c = Y_c + a_c dm_{c+1}
     # F_t - F_j segment by segment for fp32 inputs; for 16-bit ones differences of prefix sums (no [L, L] scans)
-    common = dict(scale=DHQK**-0.5, DHQK=DHQK, DHHV=DHHV, L=L, BK=config["BK"], BV=config["BV"], DOT_PRECISION=prec,
+    common = dict(scale=DHQK**-0.5, DHQK=DHQK, DHHV=DHHV, L=L, BK=config["dhqk_tile"], BV=config["dhhv_tile"],
+                  DOT_PRECISION=prec,
                   SEGMENT_SUMS=q.dtype.itemsize >= 4, num_warps=config["num_warps"],
                   num_stages=config["num_stages"])  # fmt: skip
     if variant.params["kernels"] == "fused":
@@ -156,15 +125,14 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
             q, k, v, i, f, dh, mt, mb, mS, r, ds, R, Fl, Ya, Cb, nb, dCa, dna, dq, dk, dv, di, df, S, NC, **common
         )
     else:  # split: dq/dk programs per DHQK tile, dv programs per DHHV tile, then the gate gradients per chunk
-        NKT = cdiv(DHQK, config["BK"])
+        NKT = cdiv(DHQK, config["dhqk_tile"])
         part = empty(NKT, 5, B, NH, S, **f32)  # per key tile: q.dq_inter, k.dk_trans, E's dlf, col, row
         partX = empty(NKT, B, NH, NC, **f32)
-        halves = "_halves" if config.get("states_every", 1) == 2 else ""  # chunks of 2 L in halves of L
-        getattr(module, f"chunkwise_bw_dqk{halves}_kernel")[(NKT, NC, B * NH)](
+        module.chunkwise_bw_dqk_kernel[(NKT, NC, B * NH)](
             q, k, v, i, f, dh, mt, mb, mS, r, ds, Cb, nb, dCa, dna, dq, dk, part, partX, S, NC, **common
         )
-        BVD = config.get("BVD", config["BV"])  # the dv kernel's own value tile
-        getattr(module, f"chunkwise_bw_dv{halves}_kernel")[(cdiv(DHHV, BVD), NC, B * NH)](
+        BVD = config["dv_dhhv_tile"]  # the dv kernel's own value tile
+        module.chunkwise_bw_dv_kernel[(cdiv(DHHV, BVD), NC, B * NH)](
             q, k, i, f, dh, mt, mb, mS, r, ds, dCa, dv, S, NC, **dict(common, BV=BVD)
         )
         module.chunkwise_bw_gates_kernel[(NC, B * NH)](

@@ -6,21 +6,18 @@ from __future__ import annotations
 
 import torch
 
+from .. import families
 from ..load import load_variant
 from ..variants import Variant
 from .bw_common import dot64, prepare
-from .common import cdiv, empty, next_pow2, require_pow2
+from .common import cdiv, empty, next_pow2
 
 TEMPLATE = "parallel_bw.py.j2"
 
 
-def default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
-    return {"BT": 64, "BK": min(64, next_pow2(DHQK)), "BV": min(64, next_pow2(DHHV)), "num_warps": 4,
-            "num_stages": 1}  # fmt: skip
-
-
-def check_config(variant: Variant, config: dict) -> None:
-    require_pow2(config, "BT", "BK", "BV")
+def check_config(variant: Variant, config: dict) -> dict:
+    """``config`` in current knob names, checked against the variant's family spec (autotune.families)."""
+    return families.checked(variant.template, config)
 
 
 def parallel_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, variant: Variant, config: dict,
@@ -29,9 +26,9 @@ def parallel_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, va
     parallel form has no chunk states). Returns dq, dk, dv, di, df, dC0, dn0, dm0."""
     B, NH, S, DHQK = q.shape
     DHHV = v.shape[-1]
-    check_config(variant, config)
+    config = check_config(variant, config)
     cell = variant.params["cell"]
-    BT, BK, BV = config["BT"], config["BK"], config["BV"]
+    BT, BK, BV = config["token_tile"], config["dhqk_tile"], config["dhhv_tile"]
     NT, NKT = cdiv(S, BT), cdiv(DHQK, BK)
     dev = q.device
     module = load_variant(variant)

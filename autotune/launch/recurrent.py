@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from .. import families
 from ..load import load_variant
 from ..variants import Variant
-from .common import cdiv, contiguous, empty, next_pow2, require_choice, require_pow2, state_args
+from .common import cdiv, contiguous, empty, next_pow2, state_args
 
 _COUNTERS: dict[tuple, torch.Tensor] = {}
 
@@ -25,10 +26,6 @@ def _arrival_counters(n: int, device: torch.device) -> torch.Tensor:
 # the split step's scratch per device: the buffers handed out so far, the last the largest (older ones are kept:
 # a CUDA graph may hold their addresses)
 _SCRATCH: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-# the step's key tiles: walked in sequence by each value tile's program, or one program per tile of C
-K_TILES = ("loop", "programs")
-
-
 def _split_scratch(n: int, NK: int, DHHV: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The split step's per-key-tile shares (numerator (n, NK, DHHV), n . q (n, NK)), fp32, overwritten by every
     call: views of one buffer per device, which grows (at least doubling) when a larger batch comes, so memory stays
@@ -43,15 +40,6 @@ def _split_scratch(n: int, NK: int, DHHV: int, device: torch.device) -> tuple[to
     return part[: n * NK * DHHV].view(n, NK, DHHV), parts[: n * NK].view(n, NK)
 
 
-def step_default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
-    return {"BK": min(64, next_pow2(DHQK)), "BV": min(64, next_pow2(DHHV)), "num_warps": 4, "k_tiles": "loop"}
-
-
-def sequence_default_config(variant: Variant, DHQK: int, DHHV: int) -> dict:
-    BK = next_pow2(DHQK)
-    return {"BV": min(64 if BK <= 128 else 32, next_pow2(DHHV)), "num_warps": 4}
-
-
 def step_fw(q, k, v, i, f, C, n, m, *, variant: Variant, config: dict | None = None, eps: float = 1e-6,
             normalize: bool = True, out=None):  # fmt: skip
     """One step. q, k (B, NH, DHQK); v (B, NH, DHHV); i, f (B, NH) or (B, NH, 1); C, n, m the state (m may be None
@@ -59,29 +47,28 @@ def step_fw(q, k, v, i, f, C, n, m, *, variant: Variant, config: dict | None = N
     in-place update (the buffers must then be contiguous). Returns h (B, NH, DHHV) in q's dtype."""
     B, NH, DHQK = q.shape
     DHHV = v.shape[-1]
-    config = dict(config or step_default_config(variant, DHQK, DHHV))
-    require_pow2(config, "BK", "BV")
-    require_choice(config, "k_tiles", K_TILES, "loop")
+    config = families.checked(variant.template, config or families.default_config(variant, DHQK, DHHV))
+    BK, BV = config["dhqk_tile"], config["dhhv_tile"]
     inplace = out[0] is C
     q, k, v, i, f = contiguous(q, k, v, i, f)
     h = empty(B, NH, DHHV, dtype=q.dtype, device=q.device)
     m = h if m is None else m  # the sig cell reads no m: any pointer will do, and nothing is allocated
     Cout, nout, mout = out[0], out[1], out[2] if out[2] is not None else m
-    NV = cdiv(DHHV, config["BV"])
+    NV = cdiv(DHHV, BV)
     module = load_variant(variant)
-    if config.get("k_tiles", "loop") == "programs":
-        NK = cdiv(DHQK, config["BK"])
+    if config["k_tiles"] == "programs":
+        NK = cdiv(DHQK, BK)
         part, parts = _split_scratch(B * NH, NK, DHHV, q.device)
         module.recurrent_step_split_kernel[(NK * NV, B * NH)](
             q, k, v, i, f, C, n, m, Cout, nout, mout, h, _arrival_counters(B * NH, q.device), part, parts,
-            scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV, BK=config["BK"], BV=config["BV"], NK=NK,
+            scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV, BK=BK, BV=BV, NK=NK,
             NKP=next_pow2(NK), NV=NV, INPLACE=inplace, NORMALIZE=normalize, num_warps=config["num_warps"],
         )  # fmt: skip
         return h
     counters = _arrival_counters(B * NH, q.device) if inplace else h
     module.recurrent_step_kernel[(NV, B * NH)](
         q, k, v, i, f, C, n, m, Cout, nout, mout, h, counters, scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV,
-        BK=config["BK"], BV=config["BV"], NV=NV, INPLACE=inplace, NORMALIZE=normalize, num_warps=config["num_warps"],
+        BK=BK, BV=BV, NV=NV, INPLACE=inplace, NORMALIZE=normalize, num_warps=config["num_warps"],
     )  # fmt: skip
     return h
 
@@ -93,8 +80,7 @@ def sequence_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, c
     ``state_dtype``, m in at least fp32) or None."""
     B, NH, S, DHQK = q.shape
     DHHV = v.shape[-1]
-    config = dict(config or sequence_default_config(variant, DHQK, DHHV))
-    require_pow2(config, "BV")
+    config = families.checked(variant.template, config or families.default_config(variant, DHQK, DHHV))
     q, k, v, i, f = contiguous(q, k, v, i, f)
     C0, n0, m0, has_state = state_args(C0, n0, m0, q)
     h = empty(B, NH, S, DHHV, dtype=q.dtype, device=q.device)
@@ -106,11 +92,11 @@ def sequence_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, c
     else:
         dummy = torch.empty(1, dtype=torch.float32, device=q.device)
         last = (dummy, dummy, dummy)
-    grid = (cdiv(DHHV, config["BV"]), B * NH)
+    grid = (cdiv(DHHV, config["dhhv_tile"]), B * NH)
     load_variant(variant).recurrent_sequence_kernel[grid](
         q, k, v, i, f, C0, n0, m0, h, *last, S, scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV,
-        BK=next_pow2(DHQK), BV=config["BV"], HAS_STATE=has_state, STORE_LAST=return_last_states, NORMALIZE=normalize,
-        num_warps=config["num_warps"],
+        BK=next_pow2(DHQK), BV=config["dhhv_tile"], HAS_STATE=has_state, STORE_LAST=return_last_states,
+        NORMALIZE=normalize, num_warps=config["num_warps"],
     )  # fmt: skip
     if not return_last_states:
         return h, None

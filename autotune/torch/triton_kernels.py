@@ -22,12 +22,14 @@ fp64); ``chunk_size`` must be a power of two >= 16. Under torch.autocast, q, k, 
 
 from __future__ import annotations
 
+import json
 import os
 from functools import partial
 
 import torch
 
 from .. import db as tdb
+from .. import families
 from ..checks import MLSTMInputError, check_cell, check_chunk_size, check_eps, check_sequence_inputs, check_step_inputs
 from ..dispatch import Request, dispatcher
 from ..launch import chunkwise as launch_chunkwise
@@ -60,16 +62,6 @@ def _check_pow2_chunk(chunk_size) -> None:
 
 
 _GPU_IDENTITY: dict = {}
-_CHECKERS = {
-    "chunkwise_fw": launch_chunkwise.check_config,
-    "chunkwise_bw": launch_chunkwise_bw.check_config,
-    "parallel_bw": launch_parallel_bw.check_config,
-    "parallel_fw": launch_parallel.check_config,
-    "sequence_fw": lambda variant, config: launch_recurrent.require_pow2(config, "BV"),
-    "step_fw": lambda variant, config: launch_recurrent.require_pow2(config, "BK", "BV"),
-}
-
-
 def _gpu_identity(device: torch.device) -> tuple[str, tuple[int, int]]:
     """(GPU model, compute capability) of a device, cached; the interpreter is its own "GPU"."""
     if device.type != "cuda":
@@ -100,33 +92,23 @@ def _pick(op: str, structures: tuple[str, ...], q: torch.Tensor, DHHV: int, S: i
 def _pick_uncached(op, structures, q, DHHV, S, BNH, default, direction):
     if os.environ.get("MLSTM_AUTOTUNE_DISPATCH", "1") == "0":
         name, config = default()
-        return by_name(name), config
+        return by_name(name), dict(config)
     request = Request(op, direction, str(q.dtype).removeprefix("torch."), q.shape[-1], DHHV, tdb.bucket(S),
                       tdb.bucket(BNH), structures)  # fmt: skip
     gpu, capability = _gpu_identity(q.device)
     choice = dispatcher().choose(request, gpu, capability, default,
                                  validate=partial(_validate, op, structures, q.shape[-1], DHHV))  # fmt: skip
-    return by_name(choice.variant), choice.config
-
-
-# family -> its launcher's default_config(variant, DHQK, DHHV): shown when a forced configuration lacks parameters
-_DEFAULT_CONFIGS = {
-    "chunkwise_fw": launch_chunkwise.default_config,
-    "chunkwise_bw": launch_chunkwise_bw.default_config,
-    "parallel_bw": launch_parallel_bw.default_config,
-    "parallel_fw": launch_parallel.default_config,
-    "sequence_fw": launch_recurrent.sequence_default_config,
-    "step_fw": launch_recurrent.step_default_config,
-}
+    variant = by_name(choice.variant)
+    return variant, families.canonical(variant.template, choice.config)
 
 
 def _validate(op: str, structures: tuple[str, ...], DHQK: int, DHHV: int, choice) -> None:
     """Raise ValueError or KeyError if ``choice`` cannot run a call of ``op`` ("<form>:<cell>") with these
     structures and head dims: a variant of another structure or cell (another function), or a configuration its
     launcher refuses. A forced choice (MLSTM_AUTOTUNE_FORCE, hand-written; the dispatcher raises on it) is also held
-    to the launch parameters of its template (autotune.space.PARAMS): none unknown (a misspelt one would go unread),
-    every numeric one given (categorical ones and those added after entries were first tuned take the launchers'
-    defaults for old entries), warp and stage counts that Triton can launch (warps a power of two up to 32)."""
+    to the launch parameters of its family (autotune.families): none unknown (a misspelt one would go unread), every
+    one without a fill given, warp and stage counts that Triton can launch (warps a power of two up to 32); its error
+    shows the variant's default configuration."""
     from ..variants import VARIANTS
 
     cell = op.partition(":")[2]
@@ -139,31 +121,13 @@ def _validate(op: str, structures: tuple[str, ...], DHQK: int, DHHV: int, choice
         raise ValueError(f"{variant.name} is not of the structures {structures}")
     if variant.params["cell"] != cell:
         raise ValueError(f"{variant.name} computes the {variant.params['cell']} cell, not {cell}")
-    if choice.rung == "override":
-        import json
-
-        from .. import space
-
-        params = space.PARAMS[variant.template]
-        unknown = sorted(set(choice.config) - set(params))
-        optional = set(space.LEGACY.get(variant.template, ())) | {p for p, values in params.items()
-                                                                  if isinstance(values[0], str)}  # fmt: skip
-        missing = [p for p in params if p not in choice.config and p not in optional]
-        if unknown or missing:
-            default = _DEFAULT_CONFIGS[variant.family](variant, DHQK, DHHV)
-            raise ValueError(("unknown launch parameters " + str(unknown) if unknown else "") +
-                             ("; " if unknown and missing else "") +
-                             ("missing launch parameters " + str(missing) if missing else "") +
-                             f" (the parameters of {variant.template}: {', '.join(params)}; the variant's default for "
-                             f"these head dims: {json.dumps(default)})")  # fmt: skip
-        for name, value in choice.config.items():
-            counts = name.startswith("num_warps") or name == "num_stages"
-            ok = type(value) is int and 1 <= value <= 32 and (name == "num_stages" or not value & (value - 1))
-            if counts and not ok:
-                raise ValueError(f"launch parameter {name} must be " +
-                                 ("an integer >= 1" if name == "num_stages" else "a power of two from 1 to 32") +
-                                 f", got {value!r}")  # fmt: skip
-    _CHECKERS[variant.family](variant, choice.config)
+    try:
+        families.checked(variant.template, choice.config)
+    except MLSTMInputError as err:
+        if choice.rung != "override":
+            raise
+        default = json.dumps(families.default_config(variant, DHQK, DHHV))
+        raise ValueError(f"{err}; the variant's default for these head dims: {default}") from None
 
 
 def _autocast(q, k, v, dtype: torch.dtype):
@@ -181,7 +145,7 @@ def _backward_default(form: str, cell: str, DHQK: int, DHHV: int):
     launcher = _BACKWARDS[form][1]
     params = {"kernels": "fused"} if launcher is launch_chunkwise_bw else {}
     variant = find(launcher.TEMPLATE, cell=cell, **params)
-    return variant.name, launcher.default_config(variant, DHQK, DHHV)
+    return variant.name, families.default_config(variant, DHQK, DHHV)
 
 
 def _backward_plan(q: torch.Tensor, v: torch.Tensor, form: str, cell: str):
@@ -210,7 +174,7 @@ def _run_backward(saved: dict, dh, dlast, plan, *, cell: str, normalize: bool, e
     else:
         launcher = launch_chunkwise_bw.chunkwise_bw
         if (config.get("states") == "reuse" and saved.get("Cb") is not None
-                and saved["L"] == launch_chunkwise_bw.states_stride(config)):  # fmt: skip
+                and saved["L"] == config["chunk"]):  # fmt: skip
             borders = (saved["Cb"], saved["nb"], saved["mb"])
         else:
             config["states"] = "recompute"  # e.g. a parallel forward, or a two-pass one with another chunk size
@@ -240,7 +204,7 @@ class _GeneratedFunction(torch.autograd.Function):
             if ctx.plan[1].get("states") == "reuse":
                 # the states' chunk: a fused forward then keeps its states for the backward, a two-pass one stores
                 # them at that stride (launch.chunkwise.states_every)
-                saved["borders_at"] = launch_chunkwise_bw.states_stride(ctx.plan[1])
+                saved["borders_at"] = ctx.plan[1]["chunk"]
         h, last = run(q, k, v, i, f, C0, n0, m0, return_last_states=with_last, saved=saved)
         if needs_grad:
             ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h, saved["s"], saved["mt"], saved.get("Cb"),
@@ -322,18 +286,18 @@ def _chunkwise_default(template: str, cell: str, equal_chunks: bool, chunk_size:
     part of the outputs as a tf32 product (tuning_db/reports/NOTES.md has the H200 measurements); the
     recurrence itself always runs in fp32, only the stored copies are rounded."""
     variant = find(template, cell=cell, state="input")
-    config = launch_chunkwise.default_config(variant, DHQK, DHHV)
+    config = families.default_config(variant, DHQK, DHHV)
     if template == launch_chunkwise.FUSED:
-        config["L"] = chunk_size
+        config["chunk"] = chunk_size
     else:
-        config["LO"] = chunk_size
-        config["LI"] = chunk_size if equal_chunks else min(chunk_size, 64)
+        config["chunk_intra"] = chunk_size
+        config["chunk_inter"] = chunk_size if equal_chunks else min(chunk_size, 64)
     return variant.name, config
 
 
-def _family_default(template: str, cell: str, default_config, DHQK: int, DHHV: int):
+def _family_default(template: str, cell: str, DHQK: int, DHHV: int):
     variant = find(template, cell=cell)
-    return variant.name, default_config(variant, DHQK, DHHV)
+    return variant.name, families.default_config(variant, DHQK, DHHV)
 
 
 # kernel name -> (op, allowed structures, default(chunk_size, DHQK, DHHV) -> (variant name, config)); filled by
@@ -379,7 +343,7 @@ def _chunkwise_run(structures: tuple[str, ...], default_template: str, cell: str
     return factory
 
 
-def _family_run(form: str, template: str, cell: str, launcher, default_config):
+def _family_run(form: str, template: str, cell: str, launcher):
     """Run factory of a one-structure family (parallel, sequence): dispatched variant and config."""
 
     def factory(*, chunk_size: int, eps: float, normalize: bool):
@@ -387,7 +351,7 @@ def _family_run(form: str, template: str, cell: str, launcher, default_config):
             B, NH, S, DHQK = q.shape
             DHHV = v.shape[-1]
 
-            default = partial(_family_default, template, cell, default_config, DHQK, DHHV)
+            default = partial(_family_default, template, cell, DHQK, DHHV)
             variant, config = _pick(f"{form}:{cell}", (template.removesuffix(".py.j2"),), q, DHHV, S, B * NH, default)
             return launcher(q, k, v, i, f, C0, n0, m0, variant=variant, config=config, eps=eps, normalize=normalize,
                             return_last_states=return_last_states, **kwargs)  # fmt: skip
@@ -430,11 +394,9 @@ def _register() -> None:
             run, _native_chunkwise(cell), form="chunkwise", cell=cell, default_chunk=default_chunk,
             uses_chunk=True))  # fmt: skip
     for name, cell in (("triton_limit_headdim", "exp"), ("triton_siging", "sig")):
-        run = _family_run("parallel", "parallel_fw.py.j2", cell, launch_parallel.parallel_fw,
-                          launch_parallel.default_config)  # fmt: skip
+        run = _family_run("parallel", "parallel_fw.py.j2", cell, launch_parallel.parallel_fw)
         _ENTRIES[f"parallel--{name}"] = (f"parallel:{cell}", ("parallel_fw",), lambda chunk, DHQK, DHHV, cell=cell:
-                                         _family_default("parallel_fw.py.j2", cell, launch_parallel.default_config,
-                                                         DHQK, DHHV))  # fmt: skip
+                                         _family_default("parallel_fw.py.j2", cell, DHQK, DHHV))  # fmt: skip
         registry.register_kernel("parallel", name, _sequence_entry(
             run, _native_chunkwise(cell), form="parallel", cell=cell, default_chunk=64, uses_chunk=False))  # fmt: skip
     registry.register_step_kernel("triton", mlstm_recurrent_step__triton)
@@ -472,7 +434,7 @@ def mlstm_recurrent_step__triton(
     DHHV = v.shape[-1]
     check_heads(B, NH)
 
-    default = partial(_family_default, "recurrent_step.py.j2", cell, launch_recurrent.step_default_config, DHQK, DHHV)
+    default = partial(_family_default, "recurrent_step.py.j2", cell, DHQK, DHHV)
     variant, config = _pick(f"step:{cell}", ("recurrent_step",), q, DHHV, 1, B * NH, default)
     if c is None:
         if inplace:
@@ -525,8 +487,7 @@ def mlstm_recurrent_sequence__triton(
                                                 dtype_state=dtype_state, cell=cell, normalize=normalize)  # fmt: skip
     _check_device(q)
     check_heads(q.shape[0], q.shape[1])
-    factory = _family_run("sequence", "recurrent_sequence.py.j2", cell, launch_recurrent.sequence_fw,
-                          launch_recurrent.sequence_default_config)  # fmt: skip
+    factory = _family_run("sequence", "recurrent_sequence.py.j2", cell, launch_recurrent.sequence_fw)
     run = factory(chunk_size=64, eps=eps, normalize=normalize)
     h, last = run(*tensors, return_last_states=return_last_states, state_dtype=dtype_state)
     if not return_last_states:

@@ -22,6 +22,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from autotune.families import canonical  # noqa: E402
 from autotune.search import failure_kind  # noqa: E402
 
 
@@ -56,7 +57,8 @@ def study_rows(all_studies: list[optuna.Study]) -> list[dict]:
 
 
 def forward_errors(all_studies: list[optuna.Study]) -> dict[tuple, list[float]]:
-    """Gate errors of the two-pass forward's measured candidates by (head dims, LO, output warps, output kernel)."""
+    """Gate errors of the two-pass forward's measured candidates by (head dims, output chunk, output warps, output
+    kernel); studies in the knob names of any version (autotune.families.canonical)."""
     groups = collections.defaultdict(list)
     for s in all_studies:
         dims = next((p for p in s.study_name.split("|") if p.startswith("DHQK")), "?")
@@ -67,8 +69,8 @@ def forward_errors(all_studies: list[optuna.Study]) -> dict[tuple, list[float]]:
             point = json.loads(t.user_attrs["point"])
             if not point["variant"].startswith("chunkwise_twopass_fw"):
                 continue
-            c = point["config"]
-            groups[(dims, c["LO"], c["num_warps_out"], c["out_values"])].append(err)
+            c = canonical("chunkwise_twopass_fw.py.j2", point["config"])
+            groups[(dims, c["chunk_intra"], c["out_warps"], c["out_values"])].append(err)
     return dict(groups)
 
 
@@ -87,7 +89,8 @@ def main() -> int:
         d_err = f"{r['default_error']:.4f}" if r["default_error"] is not None else "-"
         ratio = f"{r['worst_error_ratio']:.2f}x" if r["worst_error_ratio"] is not None else "-"
         print(f"{r['study'].split('|', 1)[-1]} | {r['trials']} | {r['failures'] or '-'} | {first} | {d_err} | {ratio}")
-    print("\ntwo-pass forward: head dims, LO, output warps, output kernel | candidates | median error | largest")
+    print("\ntwo-pass forward: head dims, chunk_intra, output warps, output kernel | candidates | median error | "
+          "largest")
     for key, errs in sorted(forward_errors(found).items()):
         print(f"{key} | {len(errs)} | {statistics.median(errs):.4f} | {max(errs):.4g}")
     return 0
