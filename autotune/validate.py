@@ -13,6 +13,7 @@ keeps using them until a retune replaces them.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,11 +130,20 @@ def databases_in_use(capability: tuple[int, int]) -> list[tdb.TuningDB]:
     return [d for d in dbs if tuple(d.capability) == tuple(capability)]
 
 
+def default_out() -> Path:
+    """tuning_db/reports in a checkout; beside the user database for an installed wheel (never site-packages)."""
+    packaged = paths.tuning_db_dir()
+    if packaged.parent.name == "_data":
+        return tdb.user_dir() / "reports"
+    return packaged / "reports"
+
+
 def run(args) -> int:
     if torch.cuda.is_available():
         gpu, capability = torch.cuda.get_device_name(), tuple(torch.cuda.get_device_capability())
-    else:
+    else:  # the entries of the interpreter's database, run by Triton's interpreter (set before any kernel loads)
         gpu, capability = "cpu-interpreter", (0, 0)
+        os.environ["TRITON_INTERPRET"] = "1"
     if args.db:
         dbs = [d for p in args.db if (d := tdb.read(Path(p))) is not None]
         if len(dbs) != len(args.db):
@@ -141,7 +151,7 @@ def run(args) -> int:
             return 2
     else:
         dbs = databases_in_use(capability)
-    out = Path(args.out) if args.out else paths.tuning_db_dir() / "reports"
+    out = Path(args.out) if args.out else default_out()
     out.mkdir(parents=True, exist_ok=True)
     defaults = [] if args.no_defaults or gpu == "cpu-interpreter" else default_rows()
     if gpu == "cpu-interpreter" and not args.no_defaults:

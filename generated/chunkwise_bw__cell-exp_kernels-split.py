@@ -1,9 +1,9 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   566111f6193f00b0
+# template hash:   3baa8fd9e686fdf3
 # parameters:      cell=exp, kernels=split
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
-"""Chunkwise mLSTM backward (exp cell), exact (MATH.md §6), "split" within-chunk kernels.
+"""Chunkwise mLSTM backward (exp cell), exact (docs/math.md §6), "split" within-chunk kernels.
 
 The forward saves, per token, s_t (the normaliser's argument, n_t^T q_t / sqrt(d) in stabilised units) and m_t (the
 max state; 0 for the sig cell), besides h. The backward of chunks of L tokens is then (the derivation is in
@@ -101,7 +101,7 @@ def _chunk_state_weights(b_lf, b_li, b_m):
 
 @triton.jit
 def _chunk_decay_matrix(b_lf, b_li, b_m, o_l, SEGMENT_SUMS: tl.constexpr):
-    """Within-chunk decay, MATH.md §3-§4: D[t, j] = exp(F_t - F_j + li_j - m_t) for j <= t, D0[t] = exp(F_t + m - m_t)
+    """Within-chunk decay, docs/math.md §3-§4: D[t, j] = exp(F_t - F_j + li_j - m_t) for j <= t, D0[t] = exp(F_t + m - m_t)
     for the state before the chunk, m_t the row max, F the chunk-local cumulative sum of lf.
 
     SEGMENT_SUMS (fp32 inputs): F_t - F_j is summed segment by segment (a cumulative sum down the columns of the
@@ -122,7 +122,7 @@ def _chunk_decay_matrix(b_lf, b_li, b_m, o_l, SEGMENT_SUMS: tl.constexpr):
 
 @triton.jit
 def _normalize(b_num, b_s, b_mt, eps, NORMALIZE: tl.constexpr):
-    """h = num / (max(|s|, floor) + eps): floor exp(-m) for the exp cell, 1 for the sig cell (MATH.md §1-§2)."""
+    """h = num / (max(|s|, floor) + eps): floor exp(-m) for the exp cell, 1 for the sig cell (docs/math.md §1-§2)."""
     b_den = tl.maximum(tl.abs(b_s), tl.exp(-b_mt)) + eps
     return b_num / b_den[:, None]
 
@@ -482,7 +482,7 @@ def _gate_E_terms(b_E, L: tl.constexpr, SEGMENT_SUMS: tl.constexpr):
 @triton.jit
 def _gate_grads(i_ptr, f_ptr, mt_ptr, R_ptr, Fl_ptr, dm_ptr, i_bh, i_bhc, o_t, m_t, b_lf, b_li, b_mc, b_dlfE, b_colE,
                 b_rowE, b_u, b_dD0, b_X, S, L: tl.constexpr):
-    """di, df of the chunk's tokens (MATH.md §6). b_dlfE, b_colE, b_rowE: E's share (_gate_E_terms), where
+    """di, df of the chunk's tokens (docs/math.md §6). b_dlfE, b_colE, b_rowE: E's share (_gate_E_terms), where
     E = dP * P is the gradient of log D[t, j] within the chunk,
     b_u_j = k_j . dk_trans_j that of the state after the chunk's log weight of token j, b_dD0_t = q_t . dq_inter_t that
     of log D0[t], b_X that of the decay of the state across the chunk. log D[t, j] = F_t - F_j + li_j and

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_fused_fw.py.j2
-# template hash:   331a44356e6de571
+# template hash:   b638a5653da85116
 # parameters:      cell=sig, state=input
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (sig cell), fused single pass: one program per (value tile, batch x head) walks the
@@ -81,7 +81,7 @@ def _chunk_state_weights(b_lf, b_li, b_m):
 
 @triton.jit
 def _chunk_decay_matrix(b_lf, b_li, b_m, o_l, SEGMENT_SUMS: tl.constexpr):
-    """Within-chunk decay, MATH.md §3-§4: D[t, j] = exp(F_t - F_j + li_j - m_t) for j <= t, D0[t] = exp(F_t + m - m_t)
+    """Within-chunk decay, docs/math.md §3-§4: D[t, j] = exp(F_t - F_j + li_j - m_t) for j <= t, D0[t] = exp(F_t + m - m_t)
     for the state before the chunk, m_t the row max, F the chunk-local cumulative sum of lf.
 
     SEGMENT_SUMS (fp32 inputs): F_t - F_j is summed segment by segment (a cumulative sum down the columns of the
@@ -102,7 +102,7 @@ def _chunk_decay_matrix(b_lf, b_li, b_m, o_l, SEGMENT_SUMS: tl.constexpr):
 
 @triton.jit
 def _normalize(b_num, b_s, b_mt, eps, NORMALIZE: tl.constexpr):
-    """h = num / (max(|s|, floor) + eps): floor exp(-m) for the exp cell, 1 for the sig cell (MATH.md §1-§2)."""
+    """h = num / (max(|s|, floor) + eps): floor exp(-m) for the exp cell, 1 for the sig cell (docs/math.md §1-§2)."""
     if NORMALIZE:
         b_den = tl.maximum(tl.abs(b_s), 1.0) + eps
         return b_num / b_den[:, None]
@@ -185,7 +185,8 @@ def chunkwise_fused_fw_kernel(
         b_P = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION) * scale * b_D  # [L, BK] @ [BK, L] -> [L, L]
         b_num = tl.dot(b_P.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)  # [L, L] @ [L, BV] -> [L, BV]
         # (C^T q^T)^T: the register-resident state is the A operand. As the B operand (q @ C) Triton 3.6 gave
-        # config-dependent wrong results on an H200 in bf16 (rel. error 1.6 at L=64, BV=32; tests/gpu/logs/probes.log)
+        # config-dependent wrong results on an H200 in bf16 (rel. error 1.6 at L=64, BV=32;
+        # bench/logs/2026-11-29_H200_probe_fused_configs_state_b_operand.log)
         b_qCT = tl.dot(b_CT.to(b_q.dtype), tl.trans(b_q), input_precision=DOT_PRECISION)  # [BV, BK] @ [BK, L]
         b_qC = tl.trans(b_qCT)  # [L, BV], added to the output only
         # q and k feed dots above: registers read them through loads of their own (docs/hazards.md)

@@ -1,10 +1,10 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_twopass_fw.py.j2
-# template hash:   fc34d21f823cdca8
+# template hash:   da7839b64fff99e0
 # parameters:      cell=sig, state=input
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (sig cell), two passes:
-  1. chunkwise_states_kernel walks the chunk borders (the recurrence of MATH.md §4, in sub-chunks of LI tokens) and
+  1. chunkwise_states_kernel walks the chunk borders (the recurrence of docs/math.md §4, in sub-chunks of LI tokens) and
      writes the state before every output chunk of LO tokens (LO a multiple of LI) to memory (with STORE_BORDERS;
      without, it only produces the last state, which is how the parallel launcher gets last states);
      grid (cdiv(DHQK, BKS), cdiv(DHHV, BVS), B * NH). With the launch parameter "states_gates": "pre",
@@ -95,7 +95,7 @@ def _chunk_state_weights(b_lf, b_li, b_m):
 
 @triton.jit
 def _chunk_decay_matrix(b_lf, b_li, b_m, o_l, SEGMENT_SUMS: tl.constexpr):
-    """Within-chunk decay, MATH.md §3-§4: D[t, j] = exp(F_t - F_j + li_j - m_t) for j <= t, D0[t] = exp(F_t + m - m_t)
+    """Within-chunk decay, docs/math.md §3-§4: D[t, j] = exp(F_t - F_j + li_j - m_t) for j <= t, D0[t] = exp(F_t + m - m_t)
     for the state before the chunk, m_t the row max, F the chunk-local cumulative sum of lf.
 
     SEGMENT_SUMS (fp32 inputs): F_t - F_j is summed segment by segment (a cumulative sum down the columns of the
@@ -116,7 +116,7 @@ def _chunk_decay_matrix(b_lf, b_li, b_m, o_l, SEGMENT_SUMS: tl.constexpr):
 
 @triton.jit
 def _normalize(b_num, b_s, b_mt, eps, NORMALIZE: tl.constexpr):
-    """h = num / (max(|s|, floor) + eps): floor exp(-m) for the exp cell, 1 for the sig cell (MATH.md §1-§2)."""
+    """h = num / (max(|s|, floor) + eps): floor exp(-m) for the exp cell, 1 for the sig cell (docs/math.md §1-§2)."""
     if NORMALIZE:
         b_den = tl.maximum(tl.abs(b_s), 1.0) + eps
         return b_num / b_den[:, None]
@@ -198,7 +198,7 @@ def chunkwise_states_kernel(
     N_DOT: tl.constexpr,
 ):
     # with v weighted, n on the tensor cores would need the weights as a product operand built in registers: on the
-    # H200 (Triton 3.6, bf16) that faulted with an illegal memory access (tuning_db/reports/NOTES.md, eighth session)
+    # H200 (Triton 3.6, bf16) that faulted with an illegal memory access (tuning_db/reports/NOTES.md)
     tl.static_assert(not (N_DOT and WEIGHT_V), "n on the tensor cores needs the weights on k")
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_k = i_k * BK + tl.arange(0, BK)

@@ -1,9 +1,9 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        parallel_bw.py.j2
-# template hash:   b88cd5117b5f5217
+# template hash:   8e53f559fed635dd
 # parameters:      cell=sig
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
-"""Parallel mLSTM backward (sig cell), exact (MATH.md §6), tiled like flash attention: no chunk states.
+"""Parallel mLSTM backward (sig cell), exact (docs/math.md §6), tiled like flash attention: no chunk states.
 
 The forward saves per token s_t and m_t (as for the chunkwise backward). Tiles of BT tokens serve as query and key
 tiles; F_t - F_j is formed from partial sums of the gate logs as in the parallel forward (never as a difference of
@@ -96,7 +96,7 @@ def _chunk_state_weights(b_lf, b_li, b_m):
 
 @triton.jit
 def _chunk_decay_matrix(b_lf, b_li, b_m, o_l, SEGMENT_SUMS: tl.constexpr):
-    """Within-chunk decay, MATH.md §3-§4: D[t, j] = exp(F_t - F_j + li_j - m_t) for j <= t, D0[t] = exp(F_t + m - m_t)
+    """Within-chunk decay, docs/math.md §3-§4: D[t, j] = exp(F_t - F_j + li_j - m_t) for j <= t, D0[t] = exp(F_t + m - m_t)
     for the state before the chunk, m_t the row max, F the chunk-local cumulative sum of lf.
 
     SEGMENT_SUMS (fp32 inputs): F_t - F_j is summed segment by segment (a cumulative sum down the columns of the
@@ -117,7 +117,7 @@ def _chunk_decay_matrix(b_lf, b_li, b_m, o_l, SEGMENT_SUMS: tl.constexpr):
 
 @triton.jit
 def _normalize(b_num, b_s, b_mt, eps, NORMALIZE: tl.constexpr):
-    """h = num / (max(|s|, floor) + eps): floor exp(-m) for the exp cell, 1 for the sig cell (MATH.md §1-§2)."""
+    """h = num / (max(|s|, floor) + eps): floor exp(-m) for the exp cell, 1 for the sig cell (docs/math.md §1-§2)."""
     if NORMALIZE:
         b_den = tl.maximum(tl.abs(b_s), 1.0) + eps
         return b_num / b_den[:, None]

@@ -1,9 +1,9 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        parallel_fw.py.j2
-# template hash:   343ca9a52d8c345d
+# template hash:   903a94762ce22b8e
 # parameters:      cell=exp
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
-"""Parallel mLSTM forward (exp cell), tiled like flash attention (MATH.md §3).
+"""Parallel mLSTM forward (exp cell), tiled like flash attention (docs/math.md §3).
 
 One program per (value tile, query tile, batch x head) walks the key tiles from the diagonal back to the first and
 keeps a running max state, rescaling its accumulators as the max grows; the initial-state column comes last.

@@ -1,9 +1,9 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        recurrent_sequence.py.j2
-# template hash:   cfe91fcba0cb8caf
+# template hash:   548267aa7045141e
 # parameters:      cell=sig
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
-"""mLSTM over a whole sequence in one launch (sig cell), MATH.md §1-§2 step by step: one program per (value
+"""mLSTM over a whole sequence in one launch (sig cell), docs/math.md §1-§2 step by step: one program per (value
 tile, batch x head) keeps its columns of C, and all of n and m, on chip for all S tokens. For inference (prefill of
 a remainder shorter than a chunk, or short prompts): the work per token is tiny, so S steps run back to back.
 Grid: (cdiv(DHHV, BV), B * NH); BK is DHQK padded to a power of two.

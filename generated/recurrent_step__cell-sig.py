@@ -1,9 +1,9 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        recurrent_step.py.j2
-# template hash:   7f854ac0fef2a8a7
+# template hash:   c4b5e12630d1b516
 # parameters:      cell=sig
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
-"""mLSTM step (sig cell): one token, MATH.md §5. recurrent_step_kernel: one program per (value tile, batch x
+"""mLSTM step (sig cell): one token, docs/math.md §5. recurrent_step_kernel: one program per (value tile, batch x
 head), DHQK in tiles of BK ("k_tiles": "loop"); recurrent_step_split_kernel: one program per [BK, BV] tile of C
 ("k_tiles": "programs", below).
 

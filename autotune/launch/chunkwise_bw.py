@@ -1,4 +1,4 @@
-"""Launcher of the generated chunkwise backward (templates/chunkwise_bw.py.j2): exact gradients, MATH.md §6.
+"""Launcher of the generated chunkwise backward (templates/chunkwise_bw.py.j2): exact gradients, docs/math.md §6.
 
 How the gradient splits (checked in float64 against native.chunkwise.chunkwise_backward before any kernel was
 written; the kernels follow the same steps). Within chunk c of L tokens, with the state (C_c, n_c, m_c) before it

@@ -37,7 +37,8 @@ def contiguous(*tensors):
 
 
 def dot_precision(dtype: torch.dtype) -> str:
-    """fp32 inputs use true fp32 dots ("ieee", MATH.md limit 1e-5) unless MLSTM_AUTOTUNE_TF32=1 asks for TF32."""
+    """fp32 inputs use true fp32 dots ("ieee", limit 1e-5 in docs/math.md §7) unless MLSTM_AUTOTUNE_TF32=1 asks
+    for TF32."""
     if dtype == torch.float32 and os.environ.get("MLSTM_AUTOTUNE_TF32", "0") not in ("", "0"):
         return "tf32"
     return "ieee"

@@ -4,7 +4,7 @@ Forward passes run the generated kernels (autotune.launch) with the variant and 
 picks (autotune.dispatch: the tuning database for this GPU and shape, else the structure's default, in which
 ``chunk_size`` sets the chunk; MLSTM_AUTOTUNE_DISPATCH=0 always takes the default). A named entry keeps to its
 structure (``triton_xl_chunk``: two passes; ``triton_fused``: one pass); ``triton_auto`` takes any. Gradients
-come from the generated exact backward (templates/chunkwise_bw.py.j2, MATH.md §6), picked by the dispatcher under
+come from the generated exact backward (templates/chunkwise_bw.py.j2, docs/math.md §6), picked by the dispatcher under
 direction "fwbw" (default: the fused within-chunk kernel, chunks of 64, states recomputed): when an input needs a
 gradient, the forward also keeps the per-token statistics (s, m) the backward needs, and with a two-pass forward
 the states before every chunk, which a backward configured with ``states="reuse"`` takes instead of recomputing:
