@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   3baa8fd9e686fdf3
+# template hash:   af036144deb22b9b
 # parameters:      cell=exp, kernels=split
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (exp cell), exact (docs/math.md §6), "split" within-chunk kernels.
@@ -101,8 +101,8 @@ def _chunk_state_weights(b_lf, b_li, b_m):
 
 @triton.jit
 def _chunk_decay_matrix(b_lf, b_li, b_m, o_l, SEGMENT_SUMS: tl.constexpr):
-    """Within-chunk decay, docs/math.md §3-§4: D[t, j] = exp(F_t - F_j + li_j - m_t) for j <= t, D0[t] = exp(F_t + m - m_t)
-    for the state before the chunk, m_t the row max, F the chunk-local cumulative sum of lf.
+    """Within-chunk decay, docs/math.md §3-§4: D[t, j] = exp(F_t - F_j + li_j - m_t) for j <= t,
+    D0[t] = exp(F_t + m - m_t) for the state before the chunk, m_t the row max, F the chunk-local cumulative sum of lf.
 
     SEGMENT_SUMS (fp32 inputs): F_t - F_j is summed segment by segment (a cumulative sum down the columns of the
     strictly lower triangle): as a difference of two prefix sums it would cancel when the gates forget strongly

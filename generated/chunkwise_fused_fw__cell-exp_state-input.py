@@ -1,14 +1,15 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_fused_fw.py.j2
-# template hash:   b638a5653da85116
+# template hash:   51a5ea292bf8b111
 # parameters:      cell=exp, state=input
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (exp cell), fused single pass: one program per (value tile, batch x head) walks the
 sequence chunk by chunk and carries the state (C, n, m) on chip; no per-chunk state is written to memory.
 
 State in the q @ C product: the inputs' dtype (bf16 for bf16 inputs).
-Grid: (cdiv(DHHV, BV), B * NH). Launch parameters: L (chunk), BV (value tile), BK (DHQK padded to a power of two),
-num_warps, num_stages. Each program recomputes q k^T of its chunks: the price of not materialising states.
+Grid: (cdiv(DHHV, BV), B * NH). Constexprs: L (the knob "chunk"), BV ("dhhv_tile"), BK (DHQK padded to a power
+of two); the knobs of autotune/families.py (CHUNKWISE_FUSED_FW). Each program recomputes q k^T of its chunks: the
+price of not materialising states.
 """
 
 import triton
@@ -81,8 +82,8 @@ def _chunk_state_weights(b_lf, b_li, b_m):
 
 @triton.jit
 def _chunk_decay_matrix(b_lf, b_li, b_m, o_l, SEGMENT_SUMS: tl.constexpr):
-    """Within-chunk decay, docs/math.md §3-§4: D[t, j] = exp(F_t - F_j + li_j - m_t) for j <= t, D0[t] = exp(F_t + m - m_t)
-    for the state before the chunk, m_t the row max, F the chunk-local cumulative sum of lf.
+    """Within-chunk decay, docs/math.md §3-§4: D[t, j] = exp(F_t - F_j + li_j - m_t) for j <= t,
+    D0[t] = exp(F_t + m - m_t) for the state before the chunk, m_t the row max, F the chunk-local cumulative sum of lf.
 
     SEGMENT_SUMS (fp32 inputs): F_t - F_j is summed segment by segment (a cumulative sum down the columns of the
     strictly lower triangle): as a difference of two prefix sums it would cancel when the gates forget strongly

@@ -1,13 +1,15 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_twopass_fw.py.j2
-# template hash:   da7839b64fff99e0
+# template hash:   a257b3be7393b185
 # parameters:      cell=exp, state=float32
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
-"""Chunkwise mLSTM forward (exp cell), two passes:
-  1. chunkwise_states_kernel walks the chunk borders (the recurrence of docs/math.md §4, in sub-chunks of LI tokens) and
-     writes the state before every output chunk of LO tokens (LO a multiple of LI) to memory (with STORE_BORDERS;
-     without, it only produces the last state, which is how the parallel launcher gets last states);
-     grid (cdiv(DHQK, BKS), cdiv(DHHV, BVS), B * NH). With the launch parameter "states_gates": "pre",
+"""Chunkwise mLSTM forward (exp cell), two passes (knobs: autotune/families.py, CHUNKWISE_TWOPASS_FW; LI is
+"chunk_inter", LO "chunk_intra", the states kernel's BK, BV "states_dhqk_tile", "states_dhhv_tile", the output
+kernels' "out_dhqk_tile", "out_dhhv_tile"):
+  1. chunkwise_states_kernel walks the chunk borders (the recurrence of docs/math.md §4, in sub-chunks of LI
+     tokens) and writes the state before every output chunk of LO tokens (LO a multiple of LI) to memory (with
+     STORE_BORDERS; without, it only produces the last state, which is how the parallel launcher gets last states);
+     grid (cdiv(DHQK, BK), cdiv(DHHV, BV), B * NH). With the launch parameter "states_gates": "pre",
      chunk_gate_weights_kernel first computes every sub-chunk's own weights in parallel (PRE_GATES), and the
      sequential loop keeps loads, one product and the scalar max-state chain; "inline" computes them in the loop.
      The launch parameter "states_weighting": "k" weights k by the tokens' weights and transposes it in registers;
@@ -95,8 +97,8 @@ def _chunk_state_weights(b_lf, b_li, b_m):
 
 @triton.jit
 def _chunk_decay_matrix(b_lf, b_li, b_m, o_l, SEGMENT_SUMS: tl.constexpr):
-    """Within-chunk decay, docs/math.md §3-§4: D[t, j] = exp(F_t - F_j + li_j - m_t) for j <= t, D0[t] = exp(F_t + m - m_t)
-    for the state before the chunk, m_t the row max, F the chunk-local cumulative sum of lf.
+    """Within-chunk decay, docs/math.md §3-§4: D[t, j] = exp(F_t - F_j + li_j - m_t) for j <= t,
+    D0[t] = exp(F_t + m - m_t) for the state before the chunk, m_t the row max, F the chunk-local cumulative sum of lf.
 
     SEGMENT_SUMS (fp32 inputs): F_t - F_j is summed segment by segment (a cumulative sum down the columns of the
     strictly lower triangle): as a difference of two prefix sums it would cancel when the gates forget strongly

@@ -1,11 +1,12 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        recurrent_sequence.py.j2
-# template hash:   548267aa7045141e
+# template hash:   2d35460027915b4a
 # parameters:      cell=exp
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
-"""mLSTM over a whole sequence in one launch (exp cell), docs/math.md §1-§2 step by step: one program per (value
-tile, batch x head) keeps its columns of C, and all of n and m, on chip for all S tokens. For inference (prefill of
-a remainder shorter than a chunk, or short prompts): the work per token is tiny, so S steps run back to back.
+"""mLSTM over a whole sequence in one launch (exp cell), docs/math.md §1-§2 step by step: one program per
+(value tile, batch x head) keeps its columns of C, and all of n and m, on chip for all S tokens. For inference
+(prefill of a remainder shorter than a chunk, or short prompts): the work per token is tiny, so S steps run back
+to back.
 Grid: (cdiv(DHHV, BV), B * NH); BK is DHQK padded to a power of two.
 """
 

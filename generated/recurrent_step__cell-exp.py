@@ -1,10 +1,10 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        recurrent_step.py.j2
-# template hash:   c4b5e12630d1b516
+# template hash:   8325210731e63618
 # parameters:      cell=exp
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
-"""mLSTM step (exp cell): one token, docs/math.md §5. recurrent_step_kernel: one program per (value tile, batch x
-head), DHQK in tiles of BK ("k_tiles": "loop"); recurrent_step_split_kernel: one program per [BK, BV] tile of C
+"""mLSTM step (exp cell): one token, docs/math.md §5. recurrent_step_kernel: one program per (value tile,
+batch x head), DHQK in tiles of BK ("k_tiles": "loop"); recurrent_step_split_kernel: one program per [BK, BV] tile of C
 ("k_tiles": "programs", below).
 
 Each program reads and writes only its own columns of C, so C can be updated in place. n and m are shared by all
