@@ -19,7 +19,7 @@ import torch
 
 from . import __version__
 from .dispatch import Request, dispatcher
-from .torch import triton_kernels
+from .torch import triton_choice, triton_kernels  # noqa: F401  (triton_kernels registers the entries)
 
 
 def _per_call_us(fn, calls: int) -> float:
@@ -38,17 +38,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     q = torch.empty(8, 8, 8192, 256, dtype=torch.bfloat16, device=device)
-    default = partial(triton_kernels._chunkwise_default, "chunkwise_twopass_fw.py.j2", "exp", False, 64, 256, 512)
+    default = partial(triton_choice.chunkwise_default, "chunkwise_twopass_fw.py.j2", "exp", False, 64, 256, 512)
     structures = ("chunkwise_twopass_fw", "chunkwise_fused_fw")
     request = Request("chunkwise:exp", "fw", "bfloat16", 256, 512, 8192, 64, structures)
-    gpu, capability = triton_kernels._gpu_identity(q.device)
+    gpu, capability = triton_choice.gpu_identity(q.device)
     dispatcher().choose(request, gpu, capability, default)  # the first lookup may read files; not timed
 
     rows = [
         ("Dispatcher.choose (memo hit)", _per_call_us(lambda: dispatcher().choose(request, gpu, capability, default),
                                                       args.calls)),
         ("per-call choice of a Triton entry", _per_call_us(
-            lambda: triton_kernels._pick("chunkwise:exp", structures, q, 512, 8192, 64, default), args.calls)),
+            lambda: triton_choice.pick("chunkwise:exp", structures, q, 512, 8192, 64, default), args.calls)),
     ]  # fmt: skip
     print(f"mlstm-autotune {__version__}, torch {torch.__version__}, Python {platform.python_version()}, "
           f"{platform.processor() or platform.machine()}, device {gpu}")  # fmt: skip

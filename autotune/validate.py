@@ -68,6 +68,7 @@ def default_rows(dtype: str = "bfloat16") -> list[Row]:
     """The built-in defaults the dispatcher falls back to, per Triton entry (forward), per backward form (training
     step) and for the step and sequence kernels, at DEFAULT_LAYOUTS (each distinct configuration once)."""
     from .families import default_config
+    from .torch import triton_choice
     from .torch import triton_kernels as tk
     from .variants import find
 
@@ -87,7 +88,7 @@ def default_rows(dtype: str = "bfloat16") -> list[Row]:
             if op.endswith(":exp"):
                 add(layout, op, "fw", *default(64, DHQK, DHHV))
         for form in ("chunkwise", "parallel"):
-            add(layout, f"{form}:exp", "fwbw", *tk._backward_default(form, "exp", DHQK, DHHV))
+            add(layout, f"{form}:exp", "fwbw", *triton_choice.backward_default(form, "exp", DHQK, DHHV))
         add(layout, "step:exp", "fw", step.name, default_config(step, DHQK, DHHV), S=1)
         add(layout, "sequence:exp", "fw", sequence.name, default_config(sequence, DHQK, DHHV),
             S=512)  # fmt: skip

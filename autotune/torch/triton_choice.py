@@ -1,0 +1,138 @@
+"""Which generated variant and launch configuration a Triton entry runs: the dispatcher's answer (tuning database,
+MLSTM_AUTOTUNE_FORCE, built-in default; autotune.dispatch), held to the variant's family spec (autotune.families)
+and memoised per (op, dtype, device, shape); the built-in defaults; the backward's plan for a training step."""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import partial
+
+import torch
+
+from .. import db as tdb
+from .. import families
+from ..checks import MLSTMInputError
+from ..dispatch import Request, dispatcher
+from ..launch import chunkwise as launch_chunkwise
+from ..launch import chunkwise_bw as launch_chunkwise_bw
+from ..launch import parallel_bw as launch_parallel_bw
+from ..variants import by_name, find
+
+_GPU_IDENTITY: dict = {}
+def gpu_identity(device: torch.device) -> tuple[str, tuple[int, int]]:
+    """(GPU model, compute capability) of a device, cached; the interpreter is its own "GPU"."""
+    if device.type != "cuda":
+        return "cpu-interpreter", (0, 0)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    hit = _GPU_IDENTITY.get(index)
+    if hit is None:
+        hit = _GPU_IDENTITY[index] = (torch.cuda.get_device_name(index), torch.cuda.get_device_capability(index))
+    return hit
+
+
+def pick(op: str, structures: tuple[str, ...], q: torch.Tensor, DHHV: int, S: int, BNH: int, default,
+          direction: str = "fw"):  # fmt: skip
+    """The (variant, config) for a call: the dispatcher's validated answer, memoised per (op, dtype, device, shape)
+    so that a repeated call costs one dictionary hit, plus one that notices a changed MLSTM_AUTOTUNE_FORCE (which
+    empties the memo: autotune.dispatch) (`python -m autotune.bench_dispatch`)."""
+    d = dispatcher()
+    if d.force_env.get(d.force_key) is not d.force_raw:
+        d.sync_force()
+    memo = d.memo
+    key = (op, direction, structures, q.dtype, q.device, q.shape[-1], DHHV, S, BNH)
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = _pick_uncached(op, structures, q, DHHV, S, BNH, default, direction)
+    return hit
+
+
+def _pick_uncached(op, structures, q, DHHV, S, BNH, default, direction):
+    if os.environ.get("MLSTM_AUTOTUNE_DISPATCH", "1") == "0":
+        name, config = default()
+        return by_name(name), dict(config)
+    request = Request(op, direction, str(q.dtype).removeprefix("torch."), q.shape[-1], DHHV, tdb.bucket(S),
+                      tdb.bucket(BNH), structures)  # fmt: skip
+    gpu, capability = gpu_identity(q.device)
+    choice = dispatcher().choose(request, gpu, capability, default,
+                                 validate=partial(check_choice, op, structures, q.shape[-1], DHHV))  # fmt: skip
+    variant = by_name(choice.variant)
+    return variant, families.canonical(variant.template, choice.config)
+
+
+def check_choice(op: str, structures: tuple[str, ...], DHQK: int, DHHV: int, choice) -> None:
+    """Raise ValueError or KeyError if ``choice`` cannot run a call of ``op`` ("<form>:<cell>") with these
+    structures and head dims: a variant of another structure or cell (another function), or a configuration its
+    launcher refuses. A forced choice (MLSTM_AUTOTUNE_FORCE, hand-written; the dispatcher raises on it) is also held
+    to the launch parameters of its family (autotune.families): none unknown (a misspelt one would go unread), every
+    one without a fill given, warp and stage counts that Triton can launch (warps a power of two up to 32); its error
+    shows the variant's default configuration."""
+    from ..variants import VARIANTS
+
+    cell = op.partition(":")[2]
+    if choice.rung == "override" and choice.variant not in {v.name for v in VARIANTS}:
+        allowed = [v.name for v in VARIANTS if v.params["cell"] == cell and (
+            not structures or v.template.removesuffix(".py.j2") in structures)]  # fmt: skip
+        raise ValueError(f"unknown variant {choice.variant!r}; these can run it: {', '.join(allowed)}")
+    variant = by_name(choice.variant)
+    if structures and variant.template.removesuffix(".py.j2") not in structures:
+        raise ValueError(f"{variant.name} is not of the structures {structures}")
+    if variant.params["cell"] != cell:
+        raise ValueError(f"{variant.name} computes the {variant.params['cell']} cell, not {cell}")
+    try:
+        families.checked(variant.template, choice.config)
+    except MLSTMInputError as err:
+        if choice.rung != "override":
+            raise
+        default = json.dumps(families.default_config(variant, DHQK, DHHV))
+        raise ValueError(f"{err}; the variant's default for these head dims: {default}") from None
+
+
+# form -> (structures its backward may take, the default backward template)
+BACKWARDS = {"chunkwise": (("chunkwise_bw",), launch_chunkwise_bw),
+              "parallel": (("parallel_bw", "chunkwise_bw"), launch_parallel_bw)}  # fmt: skip
+
+
+def backward_default(form: str, cell: str, DHQK: int, DHHV: int):
+    launcher = BACKWARDS[form][1]
+    params = {"kernels": "fused"} if launcher is launch_chunkwise_bw else {}
+    variant = find(launcher.TEMPLATE, cell=cell, **params)
+    return variant.name, families.default_config(variant, DHQK, DHHV)
+
+
+def backward_plan(q: torch.Tensor, v: torch.Tensor, form: str, cell: str):
+    """The backward (variant, config) for a training step on these shapes: the dispatcher, direction "fwbw". With
+    MLSTM_AUTOTUNE_BACKWARD_STATES=recompute a configuration that reuses the forward's per-chunk states (kept in
+    memory from the forward to the backward) recomputes them instead: slower, and no memory held between the two."""
+    B, NH, S, DHQK = q.shape
+    DHHV = v.shape[-1]
+    default = partial(backward_default, form, cell, DHQK, DHHV)
+    variant, config = pick(f"{form}:{cell}", BACKWARDS[form][0], q, DHHV, S, B * NH, default, direction="fwbw")
+    keep = os.environ.get("MLSTM_AUTOTUNE_BACKWARD_STATES", "")
+    if keep not in ("", "recompute"):
+        raise MLSTMInputError(f"MLSTM_AUTOTUNE_BACKWARD_STATES must be 'recompute' or unset, got {keep!r}")
+    if keep == "recompute" and config.get("states") == "reuse":
+        config = dict(config, states="recompute")
+    return variant, config
+
+
+def chunkwise_default(template: str, cell: str, equal_chunks: bool, chunk_size: int, DHQK: int, DHHV: int):
+    """The built-in (variant, config) of a chunkwise entry: its structure's default, chunk_size as the chunk. States
+    are kept in the inputs' dtype: fp32 chunk states for bf16 inputs doubled the state traffic and ran the state's
+    part of the outputs as a tf32 product (tuning_db/reports/NOTES.md has the H200 measurements); the
+    recurrence itself always runs in fp32, only the stored copies are rounded."""
+    variant = find(template, cell=cell, state="input")
+    config = families.default_config(variant, DHQK, DHHV)
+    if template == launch_chunkwise.FUSED:
+        config["chunk"] = chunk_size
+    else:
+        config["chunk_intra"] = chunk_size
+        config["chunk_inter"] = chunk_size if equal_chunks else min(chunk_size, 64)
+    return variant.name, config
+
+
+def family_default(template: str, cell: str, DHQK: int, DHHV: int):
+    variant = find(template, cell=cell)
+    return variant.name, families.default_config(variant, DHQK, DHHV)
+
+
