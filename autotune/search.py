@@ -266,11 +266,58 @@ def run_study(
     """Run ``study`` until it holds ``trials`` trials or ``time_budget_s`` is spent; return the winner. ``starts``:
     points measured right after the default (the winners of neighbouring shapes, autotune.tune.warm_starts, at most
     3), then ``seeds`` (space.seeds: structural changes that need several knobs at once), each unless this study has
-    it already or it is not a valid point of its space."""
+    it already or it is not a valid point of its space. Then a local search from the best point (_queue_local_move)
+    for at most half the trials, then TPE."""
     start = time.monotonic()
     _close_abandoned(study)
-    # points queued or being measured (by another worker on this study; queued by a run that was cut off): not queued
-    # again
+    seen, default_done = _queue_first_points(study, default, candidates, starts, seeds, DHQK, DHHV, dtype_bytes,
+                                             limits)  # fmt: skip
+    tally = _Tally(local_left=trials // 2)
+
+    def settled() -> int:
+        return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+
+    # trials=0 only reads the study (the summary after --devices workers). A study that already holds ``trials``
+    # settled points measures nothing more, unless its default has never run correctly: that is always asked
+    while trials > 0 and ((settled() < trials and tally.asked < trials) or (tally.asked == 0 and not default_done)):
+        if time_budget_s is not None and time.monotonic() - start > time_budget_s and study.best_trials:
+            break
+        _queue_local_move(study, candidates, tally, DHQK, DHHV, dtype_bytes, limits)
+        tally.asked += 1
+        trial = study.ask()
+        trial.set_user_attr("worker", _WORKER)
+        variant, config = _suggest(trial, candidates)
+        point = _point_key(variant.name, config)
+        trial.set_user_attr("point", point)
+        if point in seen:
+            _repeat(study, trial, seen[point])
+            continue
+        _measure(study, trial, variant, config, evaluate, tally, DHQK, DHHV, dtype_bytes, limits)
+        seen[point] = study.trials[trial.number]
+        if progress is not None:
+            progress(_progress_line(study, tally, trials, time.monotonic() - start))
+    return _result(study, tally.evaluated, tally.pruned, tally.failed,
+                   usable=_usable(study, DHQK, DHHV, dtype_bytes, limits))  # fmt: skip
+
+
+@dataclass
+class _Tally:
+    """What one run has done so far: trials asked, points measured, pruned (with reasons) and failed, the local
+    moves it may still queue, and the last measurement's (gate, timing) seconds for the progress line."""
+
+    local_left: int
+    asked: int = 0
+    evaluated: int = 0
+    pruned: list = field(default_factory=list)
+    failed: list = field(default_factory=list)
+    last_s: tuple = (None, None)
+
+
+def _queue_first_points(study, default, candidates, starts, seeds, DHQK, DHHV, dtype_bytes, limits):
+    """Queue the default (unless it ran correctly before or is queued), up to 3 starts and the valid seeds, none
+    that this study measured, pruned or queued already. Returns (points settled before: point -> trial, whether the
+    default ran correctly before)."""
+    # points queued or being measured (by another worker on this study; queued by a run that was cut off)
     pending = _pending_points(study)
     default_point = _point_key(default[0].name, default[1])
     default_done = any(t.user_attrs.get("default") and t.state == TrialState.COMPLETE for t in study.trials)
@@ -279,85 +326,77 @@ def run_study(
     # points measured or pruned before are not measured again; failures of earlier runs are retried once per run
     seen = {t.user_attrs["point"]: t for t in study.trials if "point" in t.user_attrs
             and t.state in (TrialState.COMPLETE, TrialState.PRUNED)}  # fmt: skip
-    queued, n_starts = {default_point} | pending, 0
-    for variant, config in starts:
+    queued = {default_point} | pending
+
+    def new(variant, config) -> bool:
         point = _point_key(variant.name, config)
-        if n_starts == 3:
-            break
-        if point not in seen and point not in queued and _is_point_of(variant, config, candidates):
+        return point not in seen and point not in queued and _is_point_of(variant, config, candidates)
+
+    n_starts = 0
+    for variant, config in starts:
+        if n_starts < 3 and new(variant, config):
             _enqueue(study, variant, config, "start")
-            queued.add(point)
+            queued.add(_point_key(variant.name, config))
             n_starts += 1
     for variant, config in seeds:
-        point = _point_key(variant.name, config)
-        if (point not in seen and point not in queued and _is_point_of(variant, config, candidates)
-                and not space.invalid(variant, config, DHQK, DHHV, dtype_bytes, limits)):  # fmt: skip
+        if new(variant, config) and not space.invalid(variant, config, DHQK, DHHV, dtype_bytes, limits):
             _enqueue(study, variant, config, "seed")
-            queued.add(point)
-    evaluated, pruned, failed, asked = 0, [], [], 0
-    # then a local search: the best point's next valid one-parameter neighbour not yet tried, as long as it has one
-    # and at most half the trials, then TPE. On a real GPU a trial costs seconds, and in a few dozen trials over a
-    # space of ~10^6 points TPE alone did not reach the one-knob wins the forced runs had shown; moving from the best
-    # point combines them (reuse the states, then 2 stages)
-    local_left = trials // 2
-    last_s = (None, None)  # the last evaluation's (gate, timing) seconds, for the progress line
+            queued.add(_point_key(variant.name, config))
+    return seen, default_done
 
-    def settled() -> int:
-        return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
 
-    # trials=0 only reads the study (the summary after --devices workers). A study that already holds ``trials``
-    # settled points measures nothing more, unless its default has never run correctly: that is always asked
-    while trials > 0 and ((settled() < trials and asked < trials) or (asked == 0 and not default_done)):
-        if time_budget_s is not None and time.monotonic() - start > time_budget_s and study.best_trials:
-            break
-        if local_left > 0 and not _has_waiting(study):
-            step = _next_neighbour(study, candidates, DHQK, DHHV, dtype_bytes, limits)
-            if step is None:
-                local_left = 0  # the best point's neighbours are all tried: a local optimum
-            elif step is not NO_BEST_YET:
-                point, move, base_ms, base = step
-                _enqueue(study, *point, "neighbour", move=move, base_ms=base_ms, base=base)
-                local_left -= 1
-        asked += 1
-        trial = study.ask()
-        trial.set_user_attr("worker", _WORKER)
-        variant, config = _suggest(trial, candidates)
-        point = _point_key(variant.name, config)
-        trial.set_user_attr("point", point)
-        previous = seen.get(point)
-        if previous is not None:  # asked again: reuse the earlier outcome instead of measuring twice
-            for k, val in previous.user_attrs.items():  # the outcome only
-                if k not in ("point", "default", "start", "seed", "neighbour", "move", "base_ms", "base"):
-                    trial.set_user_attr(k, val)
-            trial.set_user_attr("repeat_of", previous.number)
-            study.tell(trial, previous.value if previous.state == TrialState.COMPLETE else None,
-                       state=previous.state if previous.state != TrialState.COMPLETE else None)  # fmt: skip
-            continue
-        reason = space.invalid(variant, config, DHQK, DHHV, dtype_bytes, limits)
-        if reason:
-            trial.set_user_attr("invalid", reason)
-            study.tell(trial, state=TrialState.PRUNED)
-            pruned.append(reason)
-        else:
-            outcome = evaluate(variant, config)
-            evaluated += 1
-            for k in ("p20_ms", "p80_ms", "error", "reason", "gate_s", "timing_s"):
-                trial.set_user_attr(k, getattr(outcome, k))
-            last_s = (outcome.gate_s, outcome.timing_s)
-            if outcome.ok:
-                study.tell(trial, outcome.p50_ms)
-            else:
-                study.tell(trial, state=TrialState.FAIL)
-                failed.append(f"{variant.name} {config}: {outcome.reason}")
-        seen[point] = study.trials[trial.number]
-        if progress is not None:
-            done = len(study.trials)
-            elapsed = time.monotonic() - start
-            best = study.best_value if any(t.state == TrialState.COMPLETE for t in study.trials) else None
-            progress({"trial": done, "of": trials, "best_ms": best, "elapsed_s": elapsed,
-                      "eta_s": elapsed / max(1, evaluated + len(pruned)) * max(0, trials - done),
-                      "last_gate_s": last_s[0], "last_timing_s": last_s[1]})  # fmt: skip
-    return _result(study, evaluated, pruned, failed, usable=_usable(study, DHQK, DHHV, dtype_bytes, limits))
+def _queue_local_move(study, candidates, tally: _Tally, DHQK, DHHV, dtype_bytes, limits) -> None:
+    """The local search: queue the best point's next valid one-parameter neighbour not yet tried (while nothing
+    else waits and the run may still move). On a real GPU a trial costs seconds, and in a few dozen trials over a
+    space of ~10^6 points TPE alone does not reach the one-knob wins that forced runs show; moving from the best
+    point combines them."""
+    if tally.local_left <= 0 or _has_waiting(study):
+        return
+    step = _next_neighbour(study, candidates, DHQK, DHHV, dtype_bytes, limits)
+    if step is None:
+        tally.local_left = 0  # the best point's neighbours are all tried: a local optimum
+    elif step is not NO_BEST_YET:
+        point, move, base_ms, base = step
+        _enqueue(study, *point, "neighbour", move=move, base_ms=base_ms, base=base)
+        tally.local_left -= 1
+
+
+def _repeat(study, trial, previous) -> None:
+    """A point asked again: the earlier outcome, not a second measurement."""
+    for k, val in previous.user_attrs.items():  # the outcome only
+        if k not in ("point", "default", "start", "seed", "neighbour", "move", "base_ms", "base"):
+            trial.set_user_attr(k, val)
+    trial.set_user_attr("repeat_of", previous.number)
+    study.tell(trial, previous.value if previous.state == TrialState.COMPLETE else None,
+               state=previous.state if previous.state != TrialState.COMPLETE else None)  # fmt: skip
+
+
+def _measure(study, trial, variant, config, evaluate, tally: _Tally, DHQK, DHHV, dtype_bytes, limits) -> None:
+    """Prune an invalid point with its reason, else evaluate it (gate, then timing) and record the outcome."""
+    reason = space.invalid(variant, config, DHQK, DHHV, dtype_bytes, limits)
+    if reason:
+        trial.set_user_attr("invalid", reason)
+        study.tell(trial, state=TrialState.PRUNED)
+        tally.pruned.append(reason)
+        return
+    outcome = evaluate(variant, config)
+    tally.evaluated += 1
+    for k in ("p20_ms", "p80_ms", "error", "reason", "gate_s", "timing_s"):
+        trial.set_user_attr(k, getattr(outcome, k))
+    tally.last_s = (outcome.gate_s, outcome.timing_s)
+    if outcome.ok:
+        study.tell(trial, outcome.p50_ms)
+    else:
+        study.tell(trial, state=TrialState.FAIL)
+        tally.failed.append(f"{variant.name} {config}: {outcome.reason}")
+
+
+def _progress_line(study, tally: _Tally, trials: int, elapsed: float) -> dict:
+    done = len(study.trials)
+    best = study.best_value if any(t.state == TrialState.COMPLETE for t in study.trials) else None
+    return {"trial": done, "of": trials, "best_ms": best, "elapsed_s": elapsed,
+            "eta_s": elapsed / max(1, tally.evaluated + len(tally.pruned)) * max(0, trials - done),
+            "last_gate_s": tally.last_s[0], "last_timing_s": tally.last_s[1]}  # fmt: skip
 
 
 _WORKER = f"{socket.gethostname()}:{os.getpid()}"
