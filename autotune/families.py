@@ -558,7 +558,8 @@ def canonical(template: str, config: dict) -> dict:
             continue
         new = renames.get(name, name)
         if new in out:
-            raise MLSTMInputError(f"launch parameter {new} given twice (as {new} and its former name {name})")
+            former = name if new != name else next(o for o, n in renames.items() if n == new and o in config)
+            raise MLSTMInputError(f"launch parameter {new} given twice (as {new} and its former name {former})")
         out[new] = value
     for knob in family.knobs:
         if knob.name not in out and knob.fill is not _NOT_SET:

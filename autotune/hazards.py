@@ -133,7 +133,7 @@ def scan_shipped(dtype=torch.bfloat16) -> list[dict]:
 
 def scan_space(dtype=torch.bfloat16, head_dims=((128, 128), (256, 512)), stages=(2, 3)) -> list[dict]:
     """check_point over the structural choices of the pipelined families (the two-pass forward's output kernels,
-    weightings and n forms; the chunkwise backward's state buffers, weightings, gate forms and halves), at the
+    weightings and n forms; the chunkwise backward's state buffers, weightings, gate forms), at the
     defaults' tiles, for each number of ``stages``: the points the tuner may reach, as opposed to what ships.
     Points a launcher refuses are skipped."""
     from .checks import MLSTMInputError

@@ -4,8 +4,8 @@ can work on one study.
 
 Trial 0 is always the variant's built-in default configuration, so the winner is never slower than the default;
 the next ones may be given starting points (the winners of neighbouring shapes) and seeds (structural changes of
-several knobs at once, space.SEEDS); then a local search moves from the best point so far to its valid
-one-parameter neighbours (up to half the trials, until the best has none left untried), then TPE.
+several knobs at once: each family's seeds in autotune.families); then a local search moves from the best point so
+far to its valid one-parameter neighbours (up to half the trials, until the best has none left untried), then TPE.
 A run stops when ``trials`` points are settled (measured or pruned, earlier runs included) or after ``trials`` asks
 of its own, or when ``time_budget_s`` is spent (the default is always measured first).
 Sampling is seeded TPE. A point the validity predicate rejects is recorded as PRUNED with the reason; a point whose

@@ -110,15 +110,16 @@ def _progress(label: str):
 
 def code_fingerprint() -> str:
     """8 hex digits of what decides a candidate's measured speed besides its configuration: the templates behind
-    generated/ (their hashes in generated/MANIFEST.json), the launchers (autotune/launch), the measurement and its
-    correctness gate (autotune/measure.py, gate.py, hazards.py) and the torch and Triton versions. Part of every
+    generated/ (their hashes in generated/MANIFEST.json), the launchers (autotune/launch), the families' specs
+    (autotune/families.py: defaults, knobs, rules), the measurement and its correctness gate (autotune/measure.py,
+    gate.py, hazards.py) and the torch and Triton versions. Part of every
     study's name, so a run after any of them changed starts new studies instead of comparing its times with old
     ones."""
     import triton
 
     digest = hashlib.sha256((paths.generated_dir() / "MANIFEST.json").read_bytes())
     here = Path(__file__).parent
-    measurement = [here / "measure.py", here / "gate.py", here / "hazards.py"]
+    measurement = [here / "families.py", here / "measure.py", here / "gate.py", here / "hazards.py"]
     for source in [*measurement, *sorted((here / "launch").glob("*.py"))]:
         digest.update(source.name.encode() + source.read_bytes())
     digest.update(f"torch {torch.__version__} triton {triton.__version__}".encode())
