@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   af036144deb22b9b
+# template hash:   75de405f9b8f77ee
 # parameters:      cell=exp, kernels=fused
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (exp cell), exact (docs/math.md §6), "fused" within-chunk kernels.

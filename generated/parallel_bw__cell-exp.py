@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        parallel_bw.py.j2
-# template hash:   8b851919fc64723a
+# template hash:   c37895dd1a84bf64
 # parameters:      cell=exp
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Parallel mLSTM backward (exp cell), exact (docs/math.md §6), tiled like flash attention: no chunk states.

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        parallel_fw.py.j2
-# template hash:   1dbbe7b3ed815ea6
+# template hash:   e33db9eb7e976115
 # parameters:      cell=sig
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Parallel mLSTM forward (sig cell), tiled like flash attention (docs/math.md §3).
