@@ -31,9 +31,18 @@ case "${1:-}" in
     ) > "$OUT/hazards.log" 2>&1 &
     ( header "validate with the kernels generated before the fixes (.probe/old_generated)"
       timeout 560 python -c "
+import functools
 from pathlib import Path
 from autotune import paths
 paths.generated_dir = lambda: Path('.probe/old_generated')
+from autotune.load import load_variant
+from autotune.variants import VARIANTS
+class OldStates:  # the old states kernel still takes N_SPLIT (the retired states_n dot2), which no launch sets now
+    def __init__(self, kernel): self.kernel = kernel
+    def __getitem__(self, grid): return functools.partial(self.kernel[grid], N_SPLIT=False)
+for v in VARIANTS:
+    if v.template == 'chunkwise_twopass_fw.py.j2':
+        m = load_variant(v); m.chunkwise_states_kernel = OldStates(m.chunkwise_states_kernel)
 from autotune.cli import main
 raise SystemExit(main(['validate', '--db', '.probe/old_subset/NVIDIA_H200.json', '--no-defaults', '--out', '/tmp/old']))"
       cp /tmp/old/NVIDIA_H200-validate.json "$OUT/before-fix-NVIDIA_H200-validate.json"

@@ -1,5 +1,6 @@
 """Diagnostic (not a test): backward errors at the 7B head layout in bf16 against the fp64 native backward, for
-forward chunks LO = 64 / 128 and backward chunks L = 64 / 128, recomputed or reused states, two input draws.
+forward output chunks (chunk_intra, LO below) of 64 / 128 and backward chunks (chunk, L below) of 64 / 128,
+recomputed or reused states, two input draws.
 Usage (GPU): python bench/tools/diagnose_bf16_backward.py"""
 
 import sys
@@ -12,6 +13,7 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "gpu"), str(ROOT)]
 from helpers import rel_err  # noqa: E402
 from test_gpu_backward import NAMES, _inputs, _native_grads, _weights  # noqa: E402
 
+from autotune import families  # noqa: E402
 from autotune.launch import chunkwise as launch_fw  # noqa: E402
 from autotune.launch import chunkwise_bw as launch_bw  # noqa: E402
 from autotune.variants import find  # noqa: E402
@@ -34,12 +36,12 @@ for seed in (0, 1):
         h, last = launch_fw.chunkwise_fw(
             *args,
             variant=fwv,
-            config=dict(launch_fw.default_config(fwv, 256, 512), LI=64, LO=LO),
+            config=dict(families.default_config(fwv, 256, 512), chunk_inter=64, chunk_intra=LO),
             return_last_states=True,
             saved=saved,
         )
         bv = find(launch_bw.TEMPLATE, cell="exp", kernels=kernels)
-        cfg = dict(launch_bw.default_config(bv, 256, 512), L=L, states=states)
+        cfg = dict(families.default_config(bv, 256, 512), chunk=L, states=states)
         g = launch_bw.chunkwise_bw(
             *args,
             h,

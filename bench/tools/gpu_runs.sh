@@ -22,8 +22,6 @@
 #   ncu-bw       Nsight Compute on one training step's kernels (bench/tools/ncu_step.py), a layout per GPU
 #   split-check  the split backward kernels: profile_backward.py --sweep split per layout on GPU 0, their GPU tests
 #                on GPU 1
-#   halves       states every 128 tokens with the halves output kernel against the loop kernel at 64 (a sweep per
-#                layout, one per GPU), and its GPU tests
 #   tune-split   the training presets on GPU 0 and the forward presets on GPU 1 at once, same db and journal
 #                (SHAPE_S_BW / SHAPE_S_FW seconds per shape); resumable like tune-presets
 #   ncu-fw       Nsight Compute on the forward's kernels and FLA's at S=2048, a layout per GPU
@@ -111,7 +109,7 @@ case "${1:-}" in
     wait; tail -n 3 "$OUT"/gpu_*.log; grep -A22 "fw+bw ms" "$OUT"/profile_bw_*.log ;;
   fw-stages)  # the chunkwise forward rows with the default two-pass configuration forced at 3 stages (GPU 0) and at 1
               # stage (GPU 1); the bench's "default" column is the 2-stage default, measured in the same run
-    C='"LI":64,"LO":64,"BKS":64,"BVS":128,"BKO":64,"BVO":128,"num_warps_states":4,"num_warps_out":4,"out_values":"loop","states_gates":"pre","states_weighting":"v"'
+    C='"chunk_inter":64,"chunk_intra":64,"states_dhqk_tile":64,"states_dhhv_tile":128,"out_dhqk_tile":64,"out_dhhv_tile":128,"states_warps":4,"out_warps":4,"out_values":"loop","states_gates":"pre","states_weighting":"v"'
     for g in 0 1; do st=$([ $g = 0 ] && echo 3 || echo 1)
       force="{\"chunkwise:exp\":{\"variant\":\"chunkwise_twopass_fw__cell-exp_state-input\",\"config\":{$C,\"num_stages\":$st}}}"
       CUDA_VISIBLE_DEVICES=$g MLSTM_AUTOTUNE_FORCE="$force" timeout 200 python -m autotune bench --only chunkwise \
@@ -123,10 +121,10 @@ case "${1:-}" in
     CUDA_VISIBLE_DEVICES=0 timeout 200 python -m pytest -q tests/test_triton_kernels.py -k "step or counters" \
       -p no:cacheprovider --tb=line -rfE > "$OUT/gpu_step_tests.log" 2>&1; tail -n 3 "$OUT/gpu_step_tests.log"
     for t in "64 64" "32 64" "64 32" "32 32"; do set -- $t
-      force="{\"step:exp\": {\"variant\": \"recurrent_step__cell-exp\", \"config\": {\"BK\": $1, \"BV\": $2, \"num_warps\": 4, \"k_tiles\": \"programs\"}}}"
+      force="{\"step:exp\": {\"variant\": \"recurrent_step__cell-exp\", \"config\": {\"dhqk_tile\": $1, \"dhhv_tile\": $2, \"num_warps\": 4, \"k_tiles\": \"programs\"}}}"
       CUDA_VISIBLE_DEVICES=0 MLSTM_AUTOTUNE_FORCE="$force" timeout 150 python -m autotune bench --only step \
         --out "$OUT/step_split_$1_$2" > "$OUT/step_split_$1_$2.log" 2>&1
-      echo "BK=$1 BV=$2"; grep -A6 "ours GB/s" "$OUT/step_split_$1_$2.log" | tail -4
+      echo "dhqk_tile=$1 dhhv_tile=$2"; grep -A6 "ours GB/s" "$OUT/step_split_$1_$2.log" | tail -4
     done ;;
   tune-presets)  # the shipped presets, both GPUs on each study; resumable: carry .tuning (a db/ brought back from a call)
     mkdir -p "$OUT/db"; [ -d .tuning ] && cp -r .tuning/. "$OUT/db/"
@@ -160,17 +158,6 @@ case "${1:-}" in
     tar -C "$OUT" -cf "$OUT/split_check.tar" split_7b split_head128 split_7b.log split_head128.log \
       gpu_backward_split.log && (cd "$OUT" && rm -r split_7b split_head128 split_7b.log split_head128.log \
       gpu_backward_split.log) ;;
-  halves)  # states every 128 tokens + the halves output kernel against every 64 + the loop kernel: the sweep, one
-           # layout per GPU, then the halves GPU tests on GPU 1; packed into halves.tar
-    CUDA_VISIBLE_DEVICES=0 timeout 300 python bench/tools/profile_forward.py --sweep halves --layout 7b --budget-s 240 \
-      --out "$OUT/halves_7b" > "$OUT/halves_7b.log" 2>&1 &
-    CUDA_VISIBLE_DEVICES=1 bash -c "timeout 200 python bench/tools/profile_forward.py --sweep halves --layout head128 \
-      --budget-s 150 --out '$OUT/halves_head128' > '$OUT/halves_head128.log' 2>&1; timeout 280 python -m pytest -q \
-      -m gpu tests/gpu/test_gpu_forward.py tests/gpu/test_gpu_backward.py -k halves -p no:cacheprovider --tb=line \
-      -rfE > '$OUT/gpu_halves.log' 2>&1" &
-    wait; tail -n 3 "$OUT/gpu_halves.log"; grep -h -A5 "^layout" "$OUT"/halves_*.log
-    tar -C "$OUT" -cf "$OUT/halves.tar" halves_7b halves_head128 halves_7b.log halves_head128.log gpu_halves.log && \
-      (cd "$OUT" && rm -r halves_7b halves_head128 halves_7b.log halves_head128.log gpu_halves.log) ;;
   tune-split)
     mkdir -p "$OUT/db"; [ -d .tuning ] && cp -r .tuning/. "$OUT/db/"
     end=$(( $(date +%s) + ${BUDGET_S:-540} ))

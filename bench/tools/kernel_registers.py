@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.backends.nvidia.compiler import get_ptxas  # noqa: E402
 
-from autotune import compile_check  # noqa: E402
+from autotune import compile_check, families  # noqa: E402
 from autotune.launch import chunkwise, chunkwise_bw  # noqa: E402
 from autotune.load import load_variant  # noqa: E402
 from autotune.variants import find  # noqa: E402
@@ -34,24 +34,33 @@ LAYOUTS = {"7b": (256, 512), "head128": (128, 128)}
 CHANGES = {
     "default": {},
     "2 stages": {"num_stages": 2},
-    "value tiles 128": {"BV": 128},
-    "key tiles 128": {"BK": 128},
-    "key tiles 32": {"BK": 32},
+    "value tiles 128": {"dhhv_tile": 128},
+    "key tiles 128": {"dhqk_tile": 128},
+    "key tiles 32": {"dhqk_tile": 32},
     "8 warps": {"num_warps": 8},
-    "L128": {"L": 128},
-    "L32": {"L": 32},
+    "chunk 128": {"chunk": 128},
+    "chunk 32": {"chunk": 32},
     "fp32 buffers": {"state_buffers": "float32"},
-    "halves (split)": {"states_every": 2},
 }
 # changes to the two-pass forward's default configuration (--form fw)
 FORWARD_CHANGES = {
     "default (loop)": {},
     "tiles": {"out_values": "tiles"},
-    "halves": {"out_values": "halves"},
-    "halves BVO64": {"out_values": "halves", "BVO": 64},
-    "halves 8 warps": {"out_values": "halves", "num_warps_out": 8},
-    "loop LO128": {"LO": 128},
+    "loop chunk_intra 128": {"chunk_intra": 128},
 }
+
+
+def renamed(variant, change: dict) -> dict:
+    """``change`` with the knobs' former names (BK, L, ...: a --config written before the rename) replaced by the
+    current ones; unlike families.canonical, it adds no knob that ``change`` does not name."""
+    renames = {k.old: k.name for k in families.of(variant.template).knobs if k.old}
+    out, given_as = {}, {}
+    for name, value in change.items():
+        new = renames.get(name, name)
+        if new in out:
+            raise SystemExit(f"launch parameter {new} given twice (as {given_as[new]} and as {name})")
+        out[new], given_as[new] = value, name
+    return out
 
 
 def ptxas_report(ptx: str, arch: str = "sm_90a") -> dict:
@@ -90,13 +99,14 @@ def main() -> int:
     args = p.parse_args()
     DHQK, DHHV = LAYOUTS[args.layout]
     if args.form == "fw":
-        variant, launcher = find(chunkwise.TWOPASS, cell="exp", state="input"), chunkwise
+        variant = find(chunkwise.TWOPASS, cell="exp", state="input")
     else:
-        variant, launcher = find(chunkwise_bw.TEMPLATE, cell="exp", kernels=args.kernels), chunkwise_bw
+        variant = find(chunkwise_bw.TEMPLATE, cell="exp", kernels=args.kernels)
     changes = {"given": json.loads(args.config)} if args.config else (FORWARD_CHANGES if args.form == "fw" else CHANGES)
     print(f"{'configuration':20} {'kernel':34} {'regs':>5} {'spill st':>9} {'spill ld':>9} {'smem':>7}")
     for label, change in changes.items():
-        config = dict(launcher.default_config(variant, DHQK, DHHV), **change)
+        config = families.canonical(variant.template,
+                                    {**families.default_config(variant, DHQK, DHHV), **renamed(variant, change)})
         for row in report(variant, config, DHQK, DHHV):
             print(f"{label:20} {row['kernel']:34} {row['registers']!s:>5} {row['spill_stores']!s:>9} "
                   f"{row['spill_loads']!s:>9} {row['shared']:>7}", flush=True)  # fmt: skip

@@ -1,12 +1,15 @@
 """Run one generated variant at one launch configuration in this process and report ok / error / max error vs the
 fp64 native oracle. Meant to be run in a child process per configuration, so a crash (illegal memory access, a
-compiler abort) only ends that child:  python bench/tools/probe_config.py VARIANT 'JSON_CONFIG' B NH S DHQK DHHV"""
+compiler abort) only ends that child:  python bench/tools/probe_config.py VARIANT 'JSON_CONFIG' B NH S DHQK DHHV
+JSON_CONFIG in the knobs' names of autotune.families (their former names, e.g. a logged configuration, are read too;
+the report shows the configuration in current names)."""
 
 import json
 import sys
 
 import torch
 
+from autotune import families
 from autotune.launch import chunkwise, parallel, recurrent
 from autotune.reference import random_inputs
 from autotune.torch.native.chunkwise import chunkwise_forward
@@ -15,6 +18,7 @@ from autotune.variants import by_name
 name, config = sys.argv[1], json.loads(sys.argv[2])
 B, NH, S, DHQK, DHHV = map(int, sys.argv[3:8])
 variant = by_name(name)
+config = families.canonical(variant.template, config)
 launch = {"chunkwise_fw": chunkwise.chunkwise_fw, "parallel_fw": parallel.parallel_fw,
           "sequence_fw": recurrent.sequence_fw}[variant.family]  # fmt: skip
 x = random_inputs(B, NH, S, DHQK, DHHV, dtype=torch.bfloat16, gate_dtype=torch.float32, device="cuda")

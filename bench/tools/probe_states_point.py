@@ -2,8 +2,9 @@
 states against the k-weighted kernel with gates in its loop, then its time. A diagnosis for
 tuning_db/reports/NOTES.md (n on the tensor cores, and the fault of that with v weighted), not a test.
 
-    python bench/tools/probe_states_point.py WEIGHTING N BKS BVS STAGES LAYOUT
-    e.g. python bench/tools/probe_states_point.py kT dot 64 128 3 7b      (4 warps, gates "pre", LO = LI = 64)
+    python bench/tools/probe_states_point.py WEIGHTING N STATES_DHQK_TILE STATES_DHHV_TILE STAGES LAYOUT
+    e.g. python bench/tools/probe_states_point.py kT dot 64 128 3 7b
+         (4 warps, gates "pre", chunk_inter = chunk_intra = 64)
 Prints: layout, the point, "ok", relative errors of C, n and m, and the median time (ms).
 """
 
@@ -29,8 +30,8 @@ def main() -> int:
     x, cfg, buffers = pf.lo64_setup(variant, pf.LAYOUTS[layout])
     pf.states_call(module, x, dict(cfg, states_gates="inline", states_weighting="k", states_n="sum"), buffers)()
     ref = [b.float().clone() for b in buffers]
-    c = dict(cfg, states_gates="pre", states_weighting=weighting, states_n=n, BKS=bk, BVS=bv, num_warps_states=4,
-             num_stages=stages)  # fmt: skip
+    c = dict(cfg, states_gates="pre", states_weighting=weighting, states_n=n, states_dhqk_tile=bk,
+             states_dhhv_tile=bv, states_warps=4, num_stages=stages)  # fmt: skip
     pf.states_call(module, x, c, buffers)()
     torch.cuda.synchronize()
     errs = [((b.float() - r).norm() / r.norm().clamp_min(1e-30)).item() for b, r in zip(buffers, ref)]

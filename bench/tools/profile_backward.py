@@ -26,61 +26,59 @@ from autotune.torch import get_mlstm_kernel  # noqa: E402
 
 LAYOUTS = {"7b": (32, 8, 2048, 256, 512), "head128": (32, 32, 2048, 128, 128)}  # 65,536 tokens each
 FUSED, SPLIT = "chunkwise_bw__cell-exp_kernels-fused", "chunkwise_bw__cell-exp_kernels-split"
-BASE = {"L": 64, "BK": 64, "BV": 64, "BKS": 64, "BVS": 128, "num_warps": 4, "num_warps_state": 4, "num_stages": 1,
-        "states": "recompute", "state_buffers": "input", "states_weighting": "v"}  # fmt: skip
-# (label, variant, config changes from BASE, the built-in default since 2026-11-30); None = the dispatcher's answer
+BASE = {"chunk": 64, "dhqk_tile": 64, "dhhv_tile": 64, "states_dhqk_tile": 64, "states_dhhv_tile": 128, "num_warps": 4,
+        "states_warps": 4, "num_stages": 1, "states": "recompute", "state_buffers": "input",
+        "states_weighting": "v"}  # fmt: skip
+# (label, variant, config changes from BASE, the built-in default since 2026-11-30); None = the dispatcher's answer.
+# The labels keep the knobs' names of the time the figures in tuning_db/reports were recorded (L: chunk, BK / BV:
+# dhqk_tile / dhhv_tile, BKS / BVS: states_dhqk_tile / states_dhhv_tile, BVD: dv_dhhv_tile), so rows stay comparable
 CONFIGS = [
     ("default", None, None),
     ("fused L64 (BASE)", FUSED, {}),
     ("fused L64 reuse", FUSED, {"states": "reuse"}),
     ("fused L64 fp32 state buffers", FUSED, {"state_buffers": "float32"}),
     ("fused L64 k weighted", FUSED, {"states_weighting": "k"}),
-    ("fused L64 state tiles 64/64", FUSED, {"BVS": 64}),
+    ("fused L64 state tiles 64/64", FUSED, {"states_dhhv_tile": 64}),
     ("fused L64 2 stages", FUSED, {"num_stages": 2}),
-    ("fused L128", FUSED, {"L": 128}),
-    ("fused L128 2 stages", FUSED, {"L": 128, "num_stages": 2}),
-    ("fused L32", FUSED, {"L": 32}),
-    ("fused L64 value tiles 128", FUSED, {"BV": 128}),
-    ("fused L64 key tiles 32", FUSED, {"BK": 32}),
+    ("fused L128", FUSED, {"chunk": 128}),
+    ("fused L128 2 stages", FUSED, {"chunk": 128, "num_stages": 2}),
+    ("fused L32", FUSED, {"chunk": 32}),
+    ("fused L64 value tiles 128", FUSED, {"dhhv_tile": 128}),
+    ("fused L64 key tiles 32", FUSED, {"dhqk_tile": 32}),
     ("split L64", SPLIT, {}),
-    ("split L64 value tiles 128", SPLIT, {"BV": 128}),
+    ("split L64 value tiles 128", SPLIT, {"dhhv_tile": 128}),
 ]
 # the configurations also split by kernel
 PER_KERNEL = ("fused L64 reuse", "fused L128", "split L64")
 # --sweep split: the split kernels (one dq/dk program per key tile, one dv program per value tile) against the fused
-# kernel, both reusing the forward's states, from the H200 database's training winner (2026-11-30); without "BVD"
-# the dv kernel takes BV
-WINNER = dict(BASE, states="reuse", BV=128, states_weighting="k")
+# kernel, both reusing the forward's states, from the H200 database's training winner (2026-11-30); without
+# "dv_dhhv_tile" the dv kernel takes dhhv_tile
+WINNER = dict(BASE, states="reuse", dhhv_tile=128, states_weighting="k")
 SPLIT_CONFIGS = [  # most wanted first: the sweep stops at its time budget
     ("default", None, None),
     ("fused winner (reuse, BV 128, k weighted)", FUSED, {}),
     ("split BK 64 BV 64 3 stages, dv BVD 128, dstate pre", SPLIT,  # the 7B training entry of the 2026-11-30f tuning run
-     {"BV": 64, "num_stages": 3, "BVD": 128, "dstate_gates": "pre"}),
+     {"dhhv_tile": 64, "num_stages": 3, "dv_dhhv_tile": 128, "dstate_gates": "pre"}),
     # one key tile at head 128 (no dP recomputed per key tile), 8 warps: the dq/dk kernel spills 524 (BV 64) and
     # 476 (BV 32) bytes per thread there by ptxas, against 2924 for the fused winner (kernel_registers.py); value
     # tiles of 32 are suspect on the H200 in bf16 (NOTES.md), so BV 64 first
-    ("split BK 128 BV 64 8 warps, dv BVD 128", SPLIT, {"BK": 128, "BV": 64, "num_warps": 8, "BVD": 128}),
-    ("split BK 128 BV 32 8 warps, dv BVD 128", SPLIT, {"BK": 128, "BV": 32, "num_warps": 8, "BVD": 128}),
+    ("split BK 128 BV 64 8 warps, dv BVD 128", SPLIT,
+     {"dhqk_tile": 128, "dhhv_tile": 64, "num_warps": 8, "dv_dhhv_tile": 128}),
+    ("split BK 128 BV 32 8 warps, dv BVD 128", SPLIT,
+     {"dhqk_tile": 128, "dhhv_tile": 32, "num_warps": 8, "dv_dhhv_tile": 128}),
     ("split BK 128 BV 32 8 warps 2 stages, dv BVD 128, dstate pre", SPLIT,
-     {"BK": 128, "BV": 32, "num_warps": 8, "num_stages": 2, "BVD": 128, "dstate_gates": "pre"}),
+     {"dhqk_tile": 128, "dhhv_tile": 32, "num_warps": 8, "num_stages": 2, "dv_dhhv_tile": 128, "dstate_gates": "pre"}),
     # the fused kernel with the fewest spills by ptxas at head 128: 144 bytes per thread (57 KB of shared memory)
-    ("fused BK 32 BV 64 8 warps", FUSED, {"BK": 32, "BV": 64, "num_warps": 8}),
+    ("fused BK 32 BV 64 8 warps", FUSED, {"dhqk_tile": 32, "dhhv_tile": 64, "num_warps": 8}),
     ("split BK 64 BV 128 2 stages", SPLIT, {"num_stages": 2}),  # the 7B training entry of the 2026-11-30e tuning run
-    ("split BK 64 BV 64 3 stages", SPLIT, {"BV": 64, "num_stages": 3}),
-    ("split BK 64 BV 64 3 stages, dv BVD 128", SPLIT, {"BV": 64, "num_stages": 3, "BVD": 128}),
+    ("split BK 64 BV 64 3 stages", SPLIT, {"dhhv_tile": 64, "num_stages": 3}),
+    ("split BK 64 BV 64 3 stages, dv BVD 128", SPLIT, {"dhhv_tile": 64, "num_stages": 3, "dv_dhhv_tile": 128}),
     ("fused winner, dstate pre", FUSED, {"dstate_gates": "pre"}),
-    ("split BK 64 BV 64 3 stages, dv BVD 32", SPLIT, {"BV": 64, "num_stages": 3, "BVD": 32}),
-    ("split BK 64 BV 128 3 stages, dv BVD 128", SPLIT, {"num_stages": 3, "BVD": 128}),
-    ("split BK 64 BV 64 2 stages, dv BVD 128", SPLIT, {"BV": 64, "num_stages": 2, "BVD": 128}),
+    ("split BK 64 BV 64 3 stages, dv BVD 32", SPLIT, {"dhhv_tile": 64, "num_stages": 3, "dv_dhhv_tile": 32}),
+    ("split BK 64 BV 128 3 stages, dv BVD 128", SPLIT, {"num_stages": 3, "dv_dhhv_tile": 128}),
+    ("split BK 64 BV 64 2 stages, dv BVD 128", SPLIT, {"dhhv_tile": 64, "num_stages": 2, "dv_dhhv_tile": 128}),
     ("split BK 64 BV 64 3 stages, dv BVD 128, dstate pre, state 8 warps", SPLIT,
-     {"BV": 64, "num_stages": 3, "BVD": 128, "dstate_gates": "pre", "num_warps_state": 8}),
-    # in halves (states_every 2: C and dC per 128 tokens): 1.5x slower on the H200 (NOTES.md); last
-    ("halves BK 64 BV 64 8 warps 2 stages", SPLIT, {"BV": 64, "num_stages": 2, "num_warps": 8, "states_every": 2}),
-    ("halves BK 64 BV 64 8 warps 2 stages, BVD 128, dstate pre, state 8 warps", SPLIT,
-     {"BV": 64, "num_stages": 2, "num_warps": 8, "states_every": 2, "BVD": 128, "dstate_gates": "pre",
-      "num_warps_state": 8}),
-    ("halves BK 32 BV 64 8 warps", SPLIT, {"BK": 32, "BV": 64, "num_warps": 8, "states_every": 2}),
-    ("halves BK 64 BV 128 8 warps 2 stages", SPLIT, {"num_stages": 2, "num_warps": 8, "states_every": 2}),
+     {"dhhv_tile": 64, "num_stages": 3, "dv_dhhv_tile": 128, "dstate_gates": "pre", "states_warps": 8}),
 ]
 SPLIT_PER_KERNEL = ("fused winner (reuse, BV 128, k weighted)", "split BK 64 BV 64 3 stages",
                     "split BK 64 BV 64 3 stages, dv BVD 128", "split BK 64 BV 64 3 stages, dv BVD 128, dstate pre",
@@ -193,9 +191,10 @@ def main() -> int:
             else:
                 config = dict(base, **change)
                 if args.smoke:
-                    config.update(L=min(config["L"], 32), BK=16, BV=16, BKS=16, BVS=16)
+                    config.update(chunk=min(config["chunk"], 32), dhqk_tile=16, dhhv_tile=16, states_dhqk_tile=16,
+                                  states_dhhv_tile=16)  # fmt: skip
                     if change.get("states") == "reuse":
-                        config["L"] = chunk
+                        config["chunk"] = chunk
                 force = {"chunkwise:exp/fwbw": {"variant": variant, "config": config}}
                 os.environ["MLSTM_AUTOTUNE_FORCE"] = json.dumps(force)
             dispatcher().reset()

@@ -12,6 +12,10 @@ the edit keeps the function; "bound" edits change the result and are only timed)
     states:no-weights, states:no-n, states:no-store, states:no-chain, states:dot-only   (bound) the states kernel
                       without the weights on v, n, the store of each chunk's C, the max-state chain, or all four
     (states:scale-v, the states kernel weighting v instead of k: the launch parameter "states_weighting", no edit)
+
+The configurations use the knobs' names (autotune.families); the rows written keep the short names of the reports
+already recorded in tuning_db/reports/profile: LO = chunk_intra, BKS / BVS = states_dhqk_tile / states_dhhv_tile,
+BKO / BVO = out_dhqk_tile / out_dhhv_tile, and for the fused pass L / BV = chunk / dhhv_tile.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import torch
 import triton.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from autotune import paths  # noqa: E402
+from autotune import families, paths  # noqa: E402
 from autotune.launch import chunkwise as launch  # noqa: E402
 from autotune.launch.common import cdiv, dot_precision, last_state_buffers, state_args, stats_buffers  # noqa: E402
 from autotune.load import load_variant  # noqa: E402
@@ -48,7 +52,7 @@ EDITS = {
 _STATES_COSTS = {
     "weights": ("                b_vw = (b_v.to(tl.float32) * b_w[:, None]).to(b_v.dtype)  # [LI, BV]\n",
                 "                b_vw = b_v\n"),
-    "n": ("                    b_n = b_decay * b_n + b_scale * tl.sum(b_kT.to(tl.float32) * b_w[None, :], axis=1)\n",
+    "n": ("                    b_n = b_decay * b_n + b_scale * tl.sum(b_kT32 * b_w[None, :], axis=1)\n",
           "                    b_n = b_n\n"),
     "store": ("            tl.store(Cb_ptr + i_bhc * DHQK * DHHV + o_kv, b_C.to(Cb_ptr.dtype.element_ty), mask=m_kv)\n",
               "            if i_c == NC - 1:  # the last chunk's only, so the product stays live\n"
@@ -94,7 +98,7 @@ def states_call(module, x, cfg, buffers):
     C0, n0, m0, has_state = state_args(None, None, None, x["k"])
     last = last_state_buffers(B, NH, K, V, x["k"].device, False)
     return lambda: launch._launch_states(module, x["k"], x["v"], x["i"], x["f"], C0, n0, m0, has_state, buffers, last,
-                                         S=S, NC=cdiv(S, cfg["LO"]), config=cfg, store_borders=True,
+                                         S=S, NC=cdiv(S, cfg["chunk_intra"]), config=cfg, store_borders=True,
                                          prec=dot_precision(torch.bfloat16))  # fmt: skip
 
 
@@ -102,17 +106,16 @@ def output_call(module, x, cfg, buffers, h):
     B, NH, S, K = x["q"].shape
     V = x["v"].shape[-1]
     stats = stats_buffers(B, NH, S, x["q"].device, None)
-    LO = launch.state_stride(cfg)  # the kernels' LO: twice the configuration's for the halves kernel
-    if cfg.get("out_values") in ("loop", "halves"):
-        kernel, grid = getattr(module, f"chunkwise_output_{cfg['out_values']}_kernel"), (cdiv(S, LO), B * NH)
+    LO = cfg["chunk_intra"]  # the output kernel's chunk, the stride of the stored states
+    if cfg["out_values"] == "loop":
+        kernel, grid = module.chunkwise_output_loop_kernel, (cdiv(S, LO), B * NH)
     else:
-        kernel, grid = module.chunkwise_output_kernel, (cdiv(V, cfg["BVO"]), cdiv(S, LO), B * NH)
+        kernel, grid = module.chunkwise_output_kernel, (cdiv(V, cfg["out_dhhv_tile"]), cdiv(S, LO), B * NH)
     return lambda: kernel[grid](
         x["q"], x["k"], x["v"], x["i"], x["f"], *buffers, h, *stats, S, cdiv(S, LO), scale=K**-0.5, eps=1e-6,
-        DHQK=K, DHHV=V, LO=LO, BK=cfg["BKO"], BV=cfg["BVO"], NORMALIZE=True, STORE_STATS=False,
+        DHQK=K, DHHV=V, LO=LO, BK=cfg["out_dhqk_tile"], BV=cfg["out_dhhv_tile"], NORMALIZE=True, STORE_STATS=False,
         DOT_PRECISION=dot_precision(torch.bfloat16), SEGMENT_SUMS=cfg.get("segment_sums", False),
-        num_warps=cfg["num_warps_out"], num_stages=cfg["num_stages"],
-        **({"STATE_EVERY": 1} if cfg.get("out_values") == "halves" else {}))
+        num_warps=cfg["out_warps"], num_stages=cfg["num_stages"])
 
 
 def time_ms(fn) -> float | str:
@@ -146,9 +149,9 @@ def free_cache() -> None:
 
 
 def lo64_setup(variant, layout):
-    """Inputs, the default configuration at LI = LO = 64, and state buffers for it."""
+    """Inputs, the default configuration at chunk_inter = chunk_intra = 64, and state buffers for it."""
     B, NH, S, K, V = layout
-    config = dict(launch.default_config(variant, K, V), LO=64, LI=64)
+    config = dict(families.default_config(variant, K, V), chunk_intra=64, chunk_inter=64)
     return inputs(layout), config, state_buffers(B, NH, cdiv(S, 64), K, V)
 
 
@@ -195,8 +198,8 @@ def states_sweep(args, start: float, out: Path, mode: str = "all") -> int:
         for ((bk, bv), w), st, (gates, weighting, n) in itertools.product(tiles, stages, kinds):
             if time.monotonic() - start > args.budget_s or bk > K or bv > V:
                 continue
-            c = dict(cfg, states_gates=gates, states_weighting=weighting, states_n=n, BKS=bk, BVS=bv,
-                     num_warps_states=w, num_stages=st)  # fmt: skip
+            c = dict(cfg, states_gates=gates, states_weighting=weighting, states_n=n, states_dhqk_tile=bk,
+                     states_dhhv_tile=bv, states_warps=w, num_stages=st)  # fmt: skip
             ms = time_ms(states_call(module, x, c, buffers))
             errs = [((b.float() - r).norm() / r.norm().clamp_min(1e-30)).item() for b, r in zip(buffers, ref)]
             rows.append(dict(layout=lname, kind=f"states-{gates}-{weighting}-n{n}", BKS=bk, BVS=bv, warps=w, stages=st,
@@ -230,8 +233,8 @@ def states_bounds(args, start: float, out: Path) -> int:
         for (name, module), st in itertools.product(modules.items(), (2, 3)):
             if time.monotonic() - start > args.budget_s:
                 break
-            c = dict(cfg, states_gates="pre", states_weighting="v", states_n="sum", BKS=64, BVS=128, num_warps_states=4,
-                     num_stages=st)  # fmt: skip
+            c = dict(cfg, states_gates="pre", states_weighting="v", states_n="sum", states_dhqk_tile=64,
+                     states_dhhv_tile=128, states_warps=4, num_stages=st)  # fmt: skip
             rows.append(dict(layout=lname, what=name, stages=st, ms=time_ms(states_call(module, x, c, buffers))))
             keep(rows, out / "profile_states_bounds.json")
         del x, buffers
@@ -264,7 +267,8 @@ def loop_sweep(args, start: float, out: Path) -> int:
         for kind, seg, bk, bv, w, st in points:
             if time.monotonic() - start > args.budget_s or bk > K or bv > V:
                 continue
-            c = dict(cfg, out_values=kind, segment_sums=seg, BKO=bk, BVO=bv, num_warps_out=w, num_stages=st)
+            c = dict(cfg, out_values=kind, segment_sums=seg, out_dhqk_tile=bk, out_dhhv_tile=bv, out_warps=w,
+                     num_stages=st)  # fmt: skip
             call = output_call(module, x, c, buffers, h)
             ms = time_ms(call)
             err = ((h.float() - ref).norm() / ref.norm()).item() if isinstance(ms, float) else None
@@ -288,55 +292,6 @@ def loop_sweep(args, start: float, out: Path) -> int:
     return 0
 
 
-def halves_sweep(args, start: float, out: Path) -> int:
-    """States every 128 tokens with the output kernel taking each chunk as two halves ("out_values": "halves")
-    against states every 64 with the per-chunk loop kernel: the states kernel at each LO, then the output kernels
-    over tiles, warps and stages; outputs checked against the loop kernel at LO=64 (the shipped 7B structure)."""
-    variant = find(launch.TWOPASS, cell="exp", state="input")
-    module = load_variant(variant)
-    rows = []
-    for lname, layout in LAYOUTS.items():
-        B, NH, S, K, V = layout
-        x, cfg, buf64 = lo64_setup(variant, layout)
-        buf128 = state_buffers(B, NH, cdiv(S, 128), K, V)
-        h = torch.empty(B, NH, S, V, dtype=torch.bfloat16, device=DEVICE)
-        buffers = {64: buf64, 128: buf128}  # by the stride of the stored states
-        for stride, buf in buffers.items():
-            ms = time_ms(states_call(module, x, dict(cfg, LO=stride), buf))
-            rows.append(dict(layout=lname, kind="states", stride=stride, ms=ms))
-            print(json.dumps(rows[-1]), flush=True)
-        output_call(module, x, dict(cfg, out_values="loop"), buf64, h)()
-        ref = h.float().clone()
-        tiles = [(bk, bv) for bk, bv in ((64, 128), (64, 64), (128, 64), (128, 128)) if bk <= K and bv <= V]
-        points = [("loop", bk, bv, w, st) for (bk, bv), w, st in itertools.product(tiles, (4,), (2, 3))] + [
-            ("halves", bk, bv, w, st) for (bk, bv), w, st in itertools.product(tiles, (8, 4), (1, 2, 3))]
-        for kind, bk, bv, w, st in points:
-            if time.monotonic() - start > args.budget_s:
-                break
-            c = dict(cfg, out_values=kind, BKO=bk, BVO=bv, num_warps_out=w, num_stages=st)
-            h.fill_(float("nan"))
-            ms = time_ms(output_call(module, x, c, buffers[launch.state_stride(c)], h))
-            err = ((h.float() - ref).norm() / ref.norm()).item() if isinstance(ms, float) else None
-            rows.append(dict(layout=lname, kind="output-" + kind, stride=launch.state_stride(c), BKO=bk, BVO=bv,
-                             warps=w, stages=st, ms=ms, rel_err_vs_loop64=err))  # fmt: skip
-            print(json.dumps(rows[-1]), flush=True)
-        (out / "profile_halves.json").write_text(json.dumps(rows, indent=1))
-        del x, buf64, buf128, h
-        if DEVICE == "cuda":
-            torch.cuda.empty_cache()
-    print("\nlayout   stride  states ms  best output ms  point  (states + output)")
-    for lname in LAYOUTS:
-        for stride, kind in ((64, "output-loop"), (128, "output-halves")):
-            st = [r["ms"] for r in rows if r["layout"] == lname and r["kind"] == "states" and r["stride"] == stride]
-            got = [r for r in rows if r["layout"] == lname and r["kind"] == kind and isinstance(r["ms"], float)]
-            if st and isinstance(st[0], float) and got:
-                b = min(got, key=lambda r: r["ms"])
-                print(f"{lname:8s} {stride:6d} {st[0]:9.3f} {b['ms']:14.3f}  BKO={b['BKO']} BVO={b['BVO']} "
-                      f"warps={b['warps']} stages={b['stages']} err={b['rel_err_vs_loop64']:.1e}  "
-                      f"({st[0] + b['ms']:.3f})")  # fmt: skip
-    return 0
-
-
 def main() -> int:
     global DEVICE, LAYOUTS
     ap = argparse.ArgumentParser()
@@ -345,14 +300,13 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1 (a run of "
                     "the script only: the interpreter mis-computes bf16 dots, so the error columns mean nothing)")
     ap.add_argument("--layout", choices=sorted(LAYOUTS), help="only this head layout (e.g. one per GPU)")
-    sweeps = ("all", "loop", "states", "states-narrow", "states-kT", "states-n", "states-bounds", "halves")
+    sweeps = ("all", "loop", "states", "states-narrow", "states-kT", "states-n", "states-bounds")
     ap.add_argument("--sweep", choices=sweeps, default="all",
                     help="loop: only the output kernels (per-tile and per-chunk loop) at LO=64; states: only the "
                     "states kernel, gates in its loop against gates computed first; states-narrow: its one- and "
                     "two-warp points (gates pre); states-kT: k^T weighted where it is loaded against v weighted "
                     "(gates pre); states-n: n reduced against n on the tensor cores; states-bounds: the states "
-                    "kernel without each of its costs (timed only); halves: states every 128 tokens with the halves "
-                    "output kernel against every 64 with the loop kernel; each checked, then timed")
+                    "kernel without each of its costs (timed only); each checked, then timed")
     args = ap.parse_args()
     start = time.monotonic()
     out = Path(args.out)
@@ -368,8 +322,6 @@ def main() -> int:
     if args.sweep.startswith("states"):
         return states_sweep(args, start, out, mode={"states": "all", "states-narrow": "narrow", "states-kT": "kT",
                                                     "states-n": "n"}[args.sweep])  # fmt: skip
-    if args.sweep == "halves":
-        return halves_sweep(args, start, out)
     work = Path(tempfile.mkdtemp())
     variant = find(launch.TWOPASS, cell="exp", state="input")
     base = load_variant(variant)
@@ -383,12 +335,12 @@ def main() -> int:
     for lname, layout in LAYOUTS.items():
         B, NH, S, K, V = layout
         x = inputs(layout)
-        cfg0 = launch.default_config(variant, K, V)
+        cfg0 = families.default_config(variant, K, V)
         # correctness of the edited modules that keep the function: h against the unedited kernels
         for LO in (64, 128):
             buffers = state_buffers(B, NH, cdiv(S, LO), K, V)
             h = torch.empty(B, NH, S, V, dtype=torch.bfloat16, device=DEVICE)
-            cfg = dict(cfg0, LO=LO, LI=64)
+            cfg = dict(cfg0, chunk_intra=LO, chunk_inter=64)
             states_call(base, x, cfg, buffers)()
             output_call(base, x, cfg, buffers, h)()
             ref = h.float().clone()
@@ -405,7 +357,7 @@ def main() -> int:
                     break
                 if BKS > K or BVS > V:
                     continue
-                c = dict(cfg, BKS=BKS, BVS=BVS, num_warps_states=w, num_stages=st)
+                c = dict(cfg, states_dhqk_tile=BKS, states_dhhv_tile=BVS, states_warps=w, num_stages=st)
                 record(layout=lname, kind="states", LO=LO, BKS=BKS, BVS=BVS, warps=w, stages=st,
                        ms=time_ms(states_call(base, x, c, buffers)))  # fmt: skip
             states_call(base, x, cfg, buffers)()
@@ -414,14 +366,14 @@ def main() -> int:
                     break
                 if BKO > K or BVO > V:
                     continue
-                c = dict(cfg, BKO=BKO, BVO=BVO, num_warps_out=w, num_stages=st)
+                c = dict(cfg, out_dhqk_tile=BKO, out_dhhv_tile=BVO, out_warps=w, num_stages=st)
                 record(layout=lname, kind="output", LO=LO, BKO=BKO, BVO=BVO, warps=w, stages=st,
                        ms=time_ms(output_call(base, x, c, buffers, h)))  # fmt: skip
             # the edits, at the default tiles and at 8 warps / 2 stages
             for name in EDITS:
                 mod = edited_module(variant, name, work)
                 for w, st in ((4, 1), (8, 2)):
-                    c = dict(cfg, num_warps_states=w, num_warps_out=w, num_stages=st)
+                    c = dict(cfg, states_warps=w, out_warps=w, num_stages=st)
                     call = states_call(mod, x, c, buffers) if name.startswith("states") else \
                         output_call(mod, x, c, buffers, h)  # fmt: skip
                     record(layout=lname, kind="edit", what=name, LO=LO, warps=w, stages=st, ms=time_ms(call))
@@ -433,7 +385,7 @@ def main() -> int:
             if time.monotonic() - start > args.budget_s:
                 break
             args_ = [x[n] for n in ("q", "k", "v", "i", "f")]
-            cfg = {"L": L, "BV": BV, "num_warps": w, "num_stages": st}
+            cfg = {"chunk": L, "dhhv_tile": BV, "num_warps": w, "num_stages": st}
             call = lambda a=args_, c=cfg, v=fused: launch.chunkwise_fw(*a, variant=v, config=c)  # noqa: E731
             record(layout=lname, kind="fused", L=L, BV=BV, warps=w, stages=st, ms=time_ms(call))
         del x

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("TRITON_INTERPRET", "1")
 import test_backward_kernels as T  # noqa: E402
 
+from autotune import families  # noqa: E402
 from autotune.launch import chunkwise as launch_fw  # noqa: E402
 from autotune.launch import chunkwise_bw as launch_bw  # noqa: E402
 from autotune.variants import find  # noqa: E402
@@ -28,11 +29,12 @@ def main() -> None:
     x = T._inputs(shape, "exp", True, dtype=torch.float16)
     weights = T._weights(shape, "exp", True)
     fw_variant = find(launch_fw.TWOPASS, cell="exp", state="float32")
-    fw_config = dict(launch_fw.default_config(fw_variant, 1, 1), LI=16, LO=32, BKS=32, BVS=32, BKO=32, BVO=32)
+    fw_config = dict(families.default_config(fw_variant, 1, 1), chunk_inter=16, chunk_intra=32, states_dhqk_tile=32,
+                     states_dhhv_tile=32, out_dhqk_tile=32, out_dhhv_tile=32)  # fmt: skip
     for kernels in ("fused", "split"):
         variant = find(launch_bw.TEMPLATE, cell="exp", kernels=kernels)
         grads = {}
-        for buffers in launch_bw.STATE_BUFFERS:
+        for buffers in families.CHUNKWISE_BW.knob("state_buffers").choices:
             config = dict(T._bw_config(variant, shape.DHQK, shape.DHHV, 32), state_buffers=buffers)
             grads[buffers] = T._run(x, weights, cell="exp", forward=launch_fw.TWOPASS, fw_config=fw_config,
                                     bw_variant=variant, bw_config=config)  # fmt: skip

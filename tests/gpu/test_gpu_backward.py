@@ -14,6 +14,7 @@ import pytest
 import torch
 from helpers import CONDITION_FACTOR, LIMITS, UNIT_ROUNDOFF, rel_err
 
+from autotune import families
 from autotune.launch import chunkwise as launch_fw
 from autotune.launch import chunkwise_bw as launch_bw
 from autotune.launch import parallel_bw as launch_pbw
@@ -98,13 +99,11 @@ def test_backward_variant(variant, shape, dtype, L, states, check):
 
 
 # configurations of the kinds the tuner picks on the H200 (tuning_db/reports/NOTES.md), with the split dv kernel's
-# own tile (BVD) and the reverse recurrence's weights computed first (dstate_gates "pre"), checked where programs run
-# concurrently
-TUNED_STYLE = [("split", {"BV": 64, "num_stages": 3, "BVD": 128, "dstate_gates": "pre"}),
-               ("split", {"BV": 128, "num_stages": 2, "BVD": 32}),
-               ("fused", {"BV": 128, "dstate_gates": "pre", "num_warps_state": 8}),
-               ("split", {"BV": 64, "num_stages": 2, "num_warps": 8, "states_every": 2}),  # in halves: states per 128
-               ("split", {"BV": 64, "BK": 32, "num_warps": 8, "states_every": 2, "dstate_gates": "pre"})]  # fmt: skip
+# own tile (dv_dhhv_tile) and the reverse recurrence's weights computed first (dstate_gates "pre"), checked where
+# programs run concurrently
+TUNED_STYLE = [("split", {"dhhv_tile": 64, "num_stages": 3, "dv_dhhv_tile": 128, "dstate_gates": "pre"}),
+               ("split", {"dhhv_tile": 128, "num_stages": 2, "dv_dhhv_tile": 32}),
+               ("fused", {"dhhv_tile": 128, "dstate_gates": "pre", "states_warps": 8})]  # fmt: skip
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[_id(s) for s in SHAPES])
@@ -115,30 +114,21 @@ def test_tuned_style_backward(kernels, changes, shape, check):
     _check_backward(variant, shape, torch.bfloat16, 64, "reuse", check, changes)
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=[_id(s) for s in SHAPES])
-def test_backward_after_the_halves_forward(shape, check):
-    """A training step whose forward runs the halves output kernel (chunks of 128 in halves of 64) while the split
-    backward reuses states per 64 tokens: the states kernel stores one per half and the halves kernel reads every
-    other one (STATE_EVERY=2)."""
-    variant = find(launch_bw.TEMPLATE, cell="exp", kernels="split")
-    _check_backward(variant, shape, torch.bfloat16, 64, "reuse", check, TUNED_STYLE[0][1],
-                    fw_changes={"out_values": "halves", "num_warps_out": 8})  # fmt: skip
-
-
-def _check_backward(variant, shape, dtype, L, states, check, changes=None, fw_changes=None):
+def _check_backward(variant, shape, dtype, L, states, check, changes=None):
     cell = variant.params["cell"]
     x = _inputs(shape, dtype, cell)
     weights = _weights(x, cell)
-    fw_variant = find(launch_fw.TWOPASS, cell=cell, state="float32" if fw_changes is None else "input")
-    fw_config = dict(launch_fw.default_config(fw_variant, shape[3], shape[4]), LI=64, LO=L, **(fw_changes or {}))
-    saved = {"borders_at": L * (changes or {}).get("states_every", 1)} if states == "reuse" else {}
+    fw_variant = find(launch_fw.TWOPASS, cell=cell, state="float32")
+    fw_config = dict(families.default_config(fw_variant, shape[3], shape[4]), chunk_inter=64, chunk_intra=L)
+    saved = {"borders_at": L} if states == "reuse" else {}
     args = [x.get(n) for n in NAMES]
     h, last = launch_fw.chunkwise_fw(*args, variant=fw_variant, config=fw_config, return_last_states=True,
                                      saved=saved)  # fmt: skip
     if variant.family == "parallel_bw":  # query/key tiles of L
-        config, launcher = dict(launch_pbw.default_config(variant, shape[3], shape[4]), BT=L), launch_pbw.parallel_bw
+        config = dict(families.default_config(variant, shape[3], shape[4]), token_tile=L)
+        launcher = launch_pbw.parallel_bw
     else:
-        config, launcher = dict(launch_bw.default_config(variant, shape[3], shape[4]), L=L, states=states,
+        config, launcher = dict(families.default_config(variant, shape[3], shape[4]), chunk=L, states=states,
                                 **(changes or {})), launch_bw.chunkwise_bw  # fmt: skip
     dlast = (weights["C"], weights["n"], weights.get("m", torch.zeros(shape[0], shape[1], 1, device="cuda")))
     grads = launcher(*args, h, saved["s"], saved["mt"], weights["h"].to(dtype), *dlast, last,
@@ -148,7 +138,6 @@ def _check_backward(variant, shape, dtype, L, states, check, changes=None, fw_ch
     ref = _native_grads(x, weights, cell, torch.float64)
     limits = _limits(dtype, x, weights, cell, ref)
     target = f"{variant.name} L{L} {states}" + (f" {changes}" if changes else "")
-    target += f" after {fw_changes}" if fw_changes else ""
     check(target=target, baseline="native exact backward (fp64, GPU)", dims=shape,
           dtype=dtype, pairs={k: (got[k], ref[k]) for k in ref}, limit=limits)  # fmt: skip
 
