@@ -223,12 +223,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", metavar="FILE", help="Optuna journal file (default: DIR/studies.journal)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_tune)
-    p = sub.add_parser("validate", help="the correctness gate on this GPU for every database entry in use and every "
-                                        "built-in default; run it after a Triton, torch or driver upgrade")
-    p.add_argument("--db", action="append", metavar="FILE", help="check this database file (repeatable); default: "
-                   "every database in use on this GPU (the user's, then the packaged ones of its compute capability)")
-    p.add_argument("--out", metavar="DIR", help="where <database>-validate.json goes (default: tuning_db/reports "
-                   "in a checkout, else reports/ beside the user database)")
+    p = sub.add_parser(
+        "validate",
+        help="the correctness gate on this GPU for every database entry in use and every "
+        "built-in default; run it after a Triton, torch or driver upgrade",
+    )
+    p.add_argument(
+        "--db",
+        action="append",
+        metavar="FILE",
+        help="check this database file (repeatable); default: "
+        "every database in use on this GPU (the user's, then the packaged ones of its compute capability)",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="where <database>-validate.json goes (default: tuning_db/reports "
+        "in a checkout, else reports/ beside the user database)",
+    )
     p.add_argument("--fix", action="store_true", help="remove failing entries from the user database")
     p.add_argument("--no-defaults", action="store_true", help="check database entries only")
     p.set_defaults(func=_cmd_validate)

@@ -69,8 +69,9 @@ def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int, co
     elif variant.family == "chunkwise_bw":
         B, NH, S = args[0].shape[:3]
         given = config is not None
-        config = dict(chunkwise_bw.check_config(variant, config or default_config(variant, DHQK, DHHV)),
-                      states="reuse")  # this module's
+        config = dict(
+            chunkwise_bw.check_config(variant, config or default_config(variant, DHQK, DHHV)), states="reuse"
+        )  # this module's
         f32 = dict(dtype=torch.float32)  # kernels only: "recompute" would launch the forward's states kernel
         stats = (torch.zeros(B, NH, S, **f32), torch.zeros(B, NH, S, **f32))
         h = torch.zeros_like(args[2])

@@ -107,14 +107,16 @@ def _runner(job: Job, timing: bool = False):
 
         return fwbw
     if variant.family == "step_fw":
-
         kept = []
 
         def step(x):
             if not (timing and kept):
                 B, NH = x["q"].shape[:2]
-                kept[:] = [torch.zeros(B, NH, job.DHQK, job.DHHV, device=job.device),
-                           torch.zeros(B, NH, job.DHQK, device=job.device), torch.zeros(B, NH, device=job.device)]
+                kept[:] = [
+                    torch.zeros(B, NH, job.DHQK, job.DHHV, device=job.device),
+                    torch.zeros(B, NH, job.DHQK, device=job.device),
+                    torch.zeros(B, NH, device=job.device),
+                ]
             args = [x[k][:, :, 0] for k in "qkvif"]
             return recurrent.step_fw(*args, *kept, variant=variant, config=job.config, out=tuple(kept))[:, :, None]
 
@@ -285,8 +287,9 @@ def timing_sets(job: Job) -> list[dict]:
         per_set = sum(t.numel() * t.element_size() for t in one.values())
         # the step kernel is timed on one set (replayed from a graph, with the L2 emptied between replays)
         extra = 0 if _is_step(job) else min(7, 2 * L2_BYTES // per_set)
-        _TIMING_SETS[key] = [one] + [_inputs(job, job.B, job.NH, job.S, seed=3 + n, on_device=True)
-                                     for n in range(extra)]
+        _TIMING_SETS[key] = [one] + [
+            _inputs(job, job.B, job.NH, job.S, seed=3 + n, on_device=True) for n in range(extra)
+        ]
     return _TIMING_SETS[key]
 
 

@@ -156,8 +156,9 @@ def _has_waiting(study: optuna.Study) -> bool:
 NO_BEST_YET = "no best yet"
 
 
-def _next_neighbour(study: optuna.Study, candidates: list[Variant], DHQK: int, DHHV: int, dtype_bytes: int,
-                    limits: space.Limits):
+def _next_neighbour(
+    study: optuna.Study, candidates: list[Variant], DHQK: int, DHHV: int, dtype_bytes: int, limits: space.Limits
+):
     """The next local-search step: ((variant, config), move, base_ms, base) for the first valid one-parameter
     neighbour of the study's best point ``base`` (or its configuration in another variant of the same template: move
     ["variant", name]) that no trial holds yet (measured, failed, running on another worker or queued), where
@@ -212,8 +213,9 @@ def _apply(variant: Variant, config: dict, move: list) -> tuple[Variant, dict]:
     return variant, config
 
 
-def _pair_step(study: optuna.Study, best_trial, taken: set, DHQK: int, DHHV: int, dtype_bytes: int,
-               limits: space.Limits):
+def _pair_step(
+    study: optuna.Study, best_trial, taken: set, DHQK: int, DHHV: int, dtype_bytes: int, limits: space.Limits
+):
     """At a local optimum: the first untried, valid pair of two single moves from the best point, among the
     PAIR_POOL that lost least from it, the pair with the smallest summed loss first. Two knobs that each cost a little
     alone can pay together (64-wide value tiles and 3 stages in the split backward at the 7B layout: 8.62 and 8.78 ms

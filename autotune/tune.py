@@ -80,8 +80,9 @@ PRESETS: dict[str, list[Shape]] = {
     # the backward of a training step, for the two head layouts at 65,536 tokens, at the bench's three lengths (at
     # S=32768 the sequential kernels have 16x fewer programs than at 2048: its own entry may pick other state tiles)
     "train-7b": [Shape("chunkwise:exp", _tokens(S), 8, S, 256, 512, direction="fwbw") for S in (2048, 8192, 32768)],
-    "train-head128": [Shape("chunkwise:exp", _tokens(S), 32, S, 128, 128, direction="fwbw")
-                      for S in (2048, 8192, 32768)],
+    "train-head128": [
+        Shape("chunkwise:exp", _tokens(S), 32, S, 128, 128, direction="fwbw") for S in (2048, 8192, 32768)
+    ],
 }
 # without a GPU: a tiny shape the interpreter can search in seconds per trial
 INTERPRETER_PRESET = [Shape("chunkwise:exp", 1, 2, 64, 16, 16, "float32")]
@@ -175,9 +176,7 @@ def tune_shape(shape: Shape, *, trials: int, time_budget_s: float | None, storag
         default_variant = find(chunkwise_bw.TEMPLATE, cell=cell, kernels="fused")
     else:
         template = _DEFAULTS[form]
-        default_variant = (
-            find(template, cell=cell, state="input") if form == "chunkwise" else find(template, cell=cell)
-        )
+        default_variant = find(template, cell=cell, state="input") if form == "chunkwise" else find(template, cell=cell)
     default = default_config(default_variant, shape.DHQK, shape.DHHV)
     S_bucket, BNH_bucket = tdb.bucket(shape.S), tdb.bucket(shape.B * shape.NH)
     key = tdb.Key(shape.op, shape.direction, shape.dtype, shape.DHQK, shape.DHHV, S_bucket, BNH_bucket, "")

@@ -150,8 +150,15 @@ def _bw_config(variant, DHQK, DHHV, L, states="recompute", tile=32):
     if variant.family == "parallel_bw":
         return dict(families.default_config(variant, DHQK, DHHV), token_tile=L, dhqk_tile=tile, dhhv_tile=tile)
     config = families.default_config(variant, DHQK, DHHV)
-    config.update(chunk=L, states=states, dhqk_tile=tile, dhhv_tile=tile, dv_dhhv_tile=tile, states_dhqk_tile=tile,
-                  states_dhhv_tile=tile)
+    config.update(
+        chunk=L,
+        states=states,
+        dhqk_tile=tile,
+        dhhv_tile=tile,
+        dv_dhhv_tile=tile,
+        states_dhqk_tile=tile,
+        states_dhhv_tile=tile,
+    )
     return config
 
 
@@ -221,7 +228,7 @@ def test_backward_recomputes_states_with_k_transposed_weighted(kernels, states_n
 @pytest.mark.parametrize("cell", ["exp", "sig"])
 @pytest.mark.parametrize("shape", [SHAPES[2], SHAPES[4]], ids=[SHAPES[2].id, SHAPES[4].id])
 def test_reverse_recurrence_with_its_weights_computed_first(shape, cell, case, check):
-    """"dstate_gates": "pre": every chunk's weights of the reverse recurrence (D0 scale r, D0 scale ds, decay) come
+    """ "dstate_gates": "pre": every chunk's weights of the reverse recurrence (D0 scale r, D0 scale ds, decay) come
     from bw_dstate_weights_kernel before the sequential loop; S = 63 and 130 end in a partial chunk, and "states"
     has initial states and a loss on the last states (the recurrence then starts from their gradient)."""
     variant = find(launch_bw.TEMPLATE, cell=cell, kernels="fused")

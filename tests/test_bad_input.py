@@ -578,6 +578,7 @@ def test_an_unknown_backward_states_setting_is_a_clear_error(monkeypatch):
 
     monkeypatch.setenv("MLSTM_AUTOTUNE_BACKWARD_STATES", "keep")
     x = {n: torch.randn(1, 1, 16, 16, requires_grad=True) for n in "qkv"} | {
-        n: torch.randn(1, 1, 16, requires_grad=True) for n in "if"}
+        n: torch.randn(1, 1, 16, requires_grad=True) for n in "if"
+    }
     with pytest.raises(MLSTMInputError, match="MLSTM_AUTOTUNE_BACKWARD_STATES must be 'recompute' or unset"):
         get_mlstm_kernel("chunkwise--triton_xl_chunk")(**x, chunk_size=16)

@@ -77,7 +77,8 @@ def test_combine_orders_rows_of_several_shards_as_one_table(tmp_path: Path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "replaces 1 row" in out.stdout  # overlapping shards do not vanish silently
     assert json.loads((tmp_path / "again" / "NVIDIA_H200-bench.json").read_text()) == made[:-1] + [
-        {**made[-1], "ours_ms": 0.5}]
+        {**made[-1], "ours_ms": 0.5}
+    ]
     other = tmp_path / "A100-bench.json"
     other.write_text("[]")
     out = _bench("--combine", str(tmp_path / "s0" / "NVIDIA_H200-bench.json"), str(other), cwd=tmp_path)

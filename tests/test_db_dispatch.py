@@ -394,8 +394,18 @@ def _bw_config(variant=_SPLIT_BW, L=32, states="recompute", tile=16, **changes):
     from autotune.variants import by_name
 
     config = families.default_config(by_name(variant), 16, 16)
-    config.update(dict(chunk=L, states=states, dhqk_tile=tile, dhhv_tile=tile, dv_dhhv_tile=tile,
-                       states_dhqk_tile=tile, states_dhhv_tile=tile), **changes)
+    config.update(
+        dict(
+            chunk=L,
+            states=states,
+            dhqk_tile=tile,
+            dhhv_tile=tile,
+            dv_dhhv_tile=tile,
+            states_dhqk_tile=tile,
+            states_dhhv_tile=tile,
+        ),
+        **changes,
+    )
     return config
 
 

@@ -40,12 +40,19 @@ def test_evaluate_passes_the_gate_and_times(variant, config):
     assert out.gate_s > 0 and out.timing_s > 0  # where the time went, for the tuner's progress line
 
 
-CURRENT_NAMES = {"chunk": 16, "dhqk_tile": 16, "dhhv_tile": 16, "dv_dhhv_tile": 16, "states_dhqk_tile": 16,
-                 "states_dhhv_tile": 16, "num_warps": 4, "states_warps": 4}
+CURRENT_NAMES = {
+    "chunk": 16,
+    "dhqk_tile": 16,
+    "dhhv_tile": 16,
+    "dv_dhhv_tile": 16,
+    "states_dhqk_tile": 16,
+    "states_dhhv_tile": 16,
+    "num_warps": 4,
+    "states_warps": 4,
+}
 # as databases written before the knobs' renames hold them, with "states_every" (retired at its one value, 1) and
 # without "dv_dhhv_tile" and "dstate_gates" (filled as the entry ran: the dhhv_tile, "inline")
-OLD_NAMES = {"L": 16, "BK": 16, "BV": 16, "BKS": 16, "BVS": 16, "num_warps": 4, "num_warps_state": 4,
-             "states_every": 1}
+OLD_NAMES = {"L": 16, "BK": 16, "BV": 16, "BKS": 16, "BVS": 16, "num_warps": 4, "num_warps_state": 4, "states_every": 1}
 
 
 @pytest.mark.parametrize("names", [CURRENT_NAMES, OLD_NAMES], ids=["current-names", "old-names"])

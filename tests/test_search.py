@@ -20,8 +20,7 @@ DHQK, DHHV = 256, 512
 CANDIDATES = space.variants_of("chunkwise", "exp")
 DEFAULT_VARIANT = next(v for v in CANDIDATES if v.template == launch_chunkwise.TWOPASS)
 DEFAULT = (DEFAULT_VARIANT, families.default_config(DEFAULT_VARIANT, DHQK, DHHV))
-OPTIMUM = ("chunkwise_fused_fw__cell-exp_state-input",
-           {"chunk": 64, "dhhv_tile": 64, "num_warps": 8, "num_stages": 2})
+OPTIMUM = ("chunkwise_fused_fw__cell-exp_state-input", {"chunk": 64, "dhhv_tile": 64, "num_warps": 8, "num_stages": 2})
 
 
 def replayed_ms(variant: Variant, config: dict) -> float:
@@ -143,8 +142,10 @@ def test_n_on_the_tensor_cores_needs_the_weights_on_k():
     """states_n "dot" with v weighted faulted on the H200: out of the space for the forward and the backward."""
 
     backward = next(v for v in space.variants_of("chunkwise", "exp", "fwbw") if v.params.get("kernels") == "fused")
-    for variant, config in ((DEFAULT_VARIANT, DEFAULT[1]),
-                            (backward, dict(families.default_config(backward, 128, 128), states_n="dot"))):
+    for variant, config in (
+        (DEFAULT_VARIANT, DEFAULT[1]),
+        (backward, dict(families.default_config(backward, 128, 128), states_n="dot")),
+    ):
         assert "weights on k" in space.invalid(variant, dict(config, states_weighting="v"), 128, 128, 2,
                                                         space.H100_LIMITS)  # fmt: skip
         for weighting in ("k", "kT"):

@@ -33,8 +33,14 @@ CONFIGS = {
         "out_warps": 4,
         "num_stages": 1,
     },  # fmt: skip
-    "parallel_fw.py.j2": {"query_tile": 32, "kv_tile": 16, "dhqk_tile": 32, "dhhv_tile": 16, "num_warps": 4,
-                          "num_stages": 1},
+    "parallel_fw.py.j2": {
+        "query_tile": 32,
+        "kv_tile": 16,
+        "dhqk_tile": 32,
+        "dhhv_tile": 16,
+        "num_warps": 4,
+        "num_stages": 1,
+    },
     "recurrent_sequence.py.j2": {"dhhv_tile": 16, "num_warps": 4},
     "recurrent_step.py.j2": {"dhqk_tile": 16, "dhhv_tile": 16, "num_warps": 4},
 }
@@ -49,16 +55,21 @@ def _configs(variant) -> list[dict]:
     the backward's recomputed states (tests/test_backward_kernels.py)."""
     config = CONFIGS[variant.template]
     if variant.template == chunkwise.TWOPASS:
-        points = (("tiles", "inline", "k", "sum"), ("loop", "pre", "k", "dot"), ("tiles", "pre", "v", "sum"),
-                  ("loop", "inline", "kT", "dot"), ("tiles", "pre", "kT", "dot"))
+        points = (
+            ("tiles", "inline", "k", "sum"),
+            ("loop", "pre", "k", "dot"),
+            ("tiles", "pre", "v", "sum"),
+            ("loop", "inline", "kT", "dot"),
+            ("tiles", "pre", "kT", "dot"),
+        )
         return [dict(config, out_values=o, states_gates=g, states_weighting=w, states_n=n) for o, g, w, n in points]
     return [config]
 
 
 SEQUENCE_CASES = [(v, c) for v in SEQUENCE_VARIANTS for c in _configs(v)]
 SEQUENCE_IDS = [
-    v.name + (f"-{c['out_values']}-{c['states_gates']}-{c['states_weighting']}-n{c['states_n']}" if "out_values" in c
-              else "")
+    v.name
+    + (f"-{c['out_values']}-{c['states_gates']}-{c['states_weighting']}-n{c['states_n']}" if "out_values" in c else "")
     for v, c in SEQUENCE_CASES
 ]
 
@@ -114,11 +125,14 @@ def test_sequence_variant_matches_oracle(variant, config, shape, with_states, dt
 
 @pytest.mark.parametrize("weighting", ["kT", "k"])
 def test_n_on_the_tensor_cores_stays_at_the_16_bit_level(weighting):
-    """"states_n": "dot" rounds each weighted key to the inputs' 16 bits before summing on the tensor cores, so n's
+    """ "states_n": "dot" rounds each weighted key to the inputs' 16 bits before summing on the tensor cores, so n's
     error against the fp64 oracle is that rounding (fp16: 2^-11 relative per term), above the fp32 reduction's
     ("sum") but no more. fp16 inputs, 200 tokens over 13 sub-chunks, two key and two value tiles."""
-    variant = next(v for v in SEQUENCE_VARIANTS if v.template == chunkwise.TWOPASS and v.params == {"cell": "exp",
-                                                                                                  "state": "input"})
+    variant = next(
+        v
+        for v in SEQUENCE_VARIANTS
+        if v.template == chunkwise.TWOPASS and v.params == {"cell": "exp", "state": "input"}
+    )
     x = random_inputs(1, 2, 200, 32, 64, dtype=torch.float16, gate_dtype=torch.float32, with_states=False)
     ref = _oracle(x, "exp")["n"]
     errors = {}

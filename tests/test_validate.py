@@ -13,8 +13,10 @@ from autotune import db as tdb
 from autotune import measure, validate
 
 GPU, CAP = "cpu-interpreter", (0, 0)
-PARALLEL = ("parallel_fw__cell-exp", {"query_tile": 32, "kv_tile": 16, "dhqk_tile": 16, "dhhv_tile": 16, "num_warps": 4,
-                                       "num_stages": 1})
+PARALLEL = (
+    "parallel_fw__cell-exp",
+    {"query_tile": 32, "kv_tile": 16, "dhqk_tile": 16, "dhhv_tile": 16, "num_warps": 4, "num_stages": 1},
+)
 FIELDS = {"op", "direction", "dtype", "B", "NH", "S", "DHQK", "DHHV", "variant", "config", "runs", "distinct_outputs",
           "error", "reference_error", "error_by_output", "passed", "gpu_run", "key"}  # fmt: skip
 

@@ -26,6 +26,8 @@ def _arrival_counters(n: int, device: torch.device) -> torch.Tensor:
 # the split step's scratch per device: the buffers handed out so far, the last the largest (older ones are kept:
 # a CUDA graph may hold their addresses)
 _SCRATCH: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+
 def _split_scratch(n: int, NK: int, DHHV: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The split step's per-key-tile shares (numerator (n, NK, DHHV), n . q (n, NK)), fp32, overwritten by every
     call: views of one buffer per device, which grows (at least doubling) when a larger batch comes, so memory stays

@@ -153,5 +153,3 @@ def _sequence_entry(run_factory, native_fallback, *, form: str, cell: str, defau
         return h, ((C, n, m) if cell == "exp" else (C, n))
 
     return kernel
-
-

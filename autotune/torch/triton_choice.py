@@ -20,6 +20,8 @@ from ..launch import parallel_bw as launch_parallel_bw
 from ..variants import by_name, find
 
 _GPU_IDENTITY: dict = {}
+
+
 def gpu_identity(device: torch.device) -> tuple[str, tuple[int, int]]:
     """(GPU model, compute capability) of a device, cached; the interpreter is its own "GPU"."""
     if device.type != "cuda":
@@ -134,5 +136,3 @@ def chunkwise_default(template: str, cell: str, equal_chunks: bool, chunk_size: 
 def family_default(template: str, cell: str, DHQK: int, DHHV: int):
     variant = find(template, cell=cell)
     return variant.name, families.default_config(variant, DHQK, DHHV)
-
-

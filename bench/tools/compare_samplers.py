@@ -34,7 +34,8 @@ def hits(sampler_kw: dict, trials: int, seeds: int = 8) -> int:
     found = 0
     for seed in range(seeds):
         storage = optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(str(Path(tempfile.mkdtemp()) / "journal.log")))
+            optuna.storages.journal.JournalFileBackend(str(Path(tempfile.mkdtemp()) / "journal.log"))
+        )
         study = optuna.create_study(storage=storage, sampler=optuna.samplers.TPESampler(seed=seed, **sampler_kw),
                                     direction="minimize")  # fmt: skip
         result = T.run(study, T.Replay(), trials=trials)

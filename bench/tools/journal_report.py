@@ -89,8 +89,9 @@ def main() -> int:
         d_err = f"{r['default_error']:.4f}" if r["default_error"] is not None else "-"
         ratio = f"{r['worst_error_ratio']:.2f}x" if r["worst_error_ratio"] is not None else "-"
         print(f"{r['study'].split('|', 1)[-1]} | {r['trials']} | {r['failures'] or '-'} | {first} | {d_err} | {ratio}")
-    print("\ntwo-pass forward: head dims, chunk_intra, output warps, output kernel | candidates | median error | "
-          "largest")
+    print(
+        "\ntwo-pass forward: head dims, chunk_intra, output warps, output kernel | candidates | median error | largest"
+    )
     for key, errs in sorted(forward_errors(found).items()):
         print(f"{key} | {len(errs)} | {statistics.median(errs):.4f} | {max(errs):.4g}")
     return 0

@@ -105,8 +105,9 @@ def main() -> int:
     changes = {"given": json.loads(args.config)} if args.config else (FORWARD_CHANGES if args.form == "fw" else CHANGES)
     print(f"{'configuration':20} {'kernel':34} {'regs':>5} {'spill st':>9} {'spill ld':>9} {'smem':>7}")
     for label, change in changes.items():
-        config = families.canonical(variant.template,
-                                    {**families.default_config(variant, DHQK, DHHV), **renamed(variant, change)})
+        config = families.canonical(
+            variant.template, {**families.default_config(variant, DHQK, DHHV), **renamed(variant, change)}
+        )
         for row in report(variant, config, DHQK, DHHV):
             print(f"{label:20} {row['kernel']:34} {row['registers']!s:>5} {row['spill_stores']!s:>9} "
                   f"{row['spill_loads']!s:>9} {row['shared']:>7}", flush=True)  # fmt: skip

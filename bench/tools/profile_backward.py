@@ -57,17 +57,36 @@ WINNER = dict(BASE, states="reuse", dhhv_tile=128, states_weighting="k")
 SPLIT_CONFIGS = [  # most wanted first: the sweep stops at its time budget
     ("default", None, None),
     ("fused winner (reuse, BV 128, k weighted)", FUSED, {}),
-    ("split BK 64 BV 64 3 stages, dv BVD 128, dstate pre", SPLIT,  # the 7B training entry of the 2026-11-30f tuning run
-     {"dhhv_tile": 64, "num_stages": 3, "dv_dhhv_tile": 128, "dstate_gates": "pre"}),
+    (
+        "split BK 64 BV 64 3 stages, dv BVD 128, dstate pre",
+        SPLIT,  # the 7B training entry of the 2026-11-30f tuning run
+        {"dhhv_tile": 64, "num_stages": 3, "dv_dhhv_tile": 128, "dstate_gates": "pre"},
+    ),
     # one key tile at head 128 (no dP recomputed per key tile), 8 warps: the dq/dk kernel spills 524 (BV 64) and
     # 476 (BV 32) bytes per thread there by ptxas, against 2924 for the fused winner (kernel_registers.py); value
     # tiles of 32 are suspect on the H200 in bf16 (NOTES.md), so BV 64 first
-    ("split BK 128 BV 64 8 warps, dv BVD 128", SPLIT,
-     {"dhqk_tile": 128, "dhhv_tile": 64, "num_warps": 8, "dv_dhhv_tile": 128}),
-    ("split BK 128 BV 32 8 warps, dv BVD 128", SPLIT,
-     {"dhqk_tile": 128, "dhhv_tile": 32, "num_warps": 8, "dv_dhhv_tile": 128}),
-    ("split BK 128 BV 32 8 warps 2 stages, dv BVD 128, dstate pre", SPLIT,
-     {"dhqk_tile": 128, "dhhv_tile": 32, "num_warps": 8, "num_stages": 2, "dv_dhhv_tile": 128, "dstate_gates": "pre"}),
+    (
+        "split BK 128 BV 64 8 warps, dv BVD 128",
+        SPLIT,
+        {"dhqk_tile": 128, "dhhv_tile": 64, "num_warps": 8, "dv_dhhv_tile": 128},
+    ),
+    (
+        "split BK 128 BV 32 8 warps, dv BVD 128",
+        SPLIT,
+        {"dhqk_tile": 128, "dhhv_tile": 32, "num_warps": 8, "dv_dhhv_tile": 128},
+    ),
+    (
+        "split BK 128 BV 32 8 warps 2 stages, dv BVD 128, dstate pre",
+        SPLIT,
+        {
+            "dhqk_tile": 128,
+            "dhhv_tile": 32,
+            "num_warps": 8,
+            "num_stages": 2,
+            "dv_dhhv_tile": 128,
+            "dstate_gates": "pre",
+        },
+    ),
     # the fused kernel with the fewest spills by ptxas at head 128: 144 bytes per thread (57 KB of shared memory)
     ("fused BK 32 BV 64 8 warps", FUSED, {"dhqk_tile": 32, "dhhv_tile": 64, "num_warps": 8}),
     ("split BK 64 BV 128 2 stages", SPLIT, {"num_stages": 2}),  # the 7B training entry of the 2026-11-30e tuning run
@@ -77,12 +96,20 @@ SPLIT_CONFIGS = [  # most wanted first: the sweep stops at its time budget
     ("split BK 64 BV 64 3 stages, dv BVD 32", SPLIT, {"dhhv_tile": 64, "num_stages": 3, "dv_dhhv_tile": 32}),
     ("split BK 64 BV 128 3 stages, dv BVD 128", SPLIT, {"num_stages": 3, "dv_dhhv_tile": 128}),
     ("split BK 64 BV 64 2 stages, dv BVD 128", SPLIT, {"dhhv_tile": 64, "num_stages": 2, "dv_dhhv_tile": 128}),
-    ("split BK 64 BV 64 3 stages, dv BVD 128, dstate pre, state 8 warps", SPLIT,
-     {"dhhv_tile": 64, "num_stages": 3, "dv_dhhv_tile": 128, "dstate_gates": "pre", "states_warps": 8}),
+    (
+        "split BK 64 BV 64 3 stages, dv BVD 128, dstate pre, state 8 warps",
+        SPLIT,
+        {"dhhv_tile": 64, "num_stages": 3, "dv_dhhv_tile": 128, "dstate_gates": "pre", "states_warps": 8},
+    ),
 ]
-SPLIT_PER_KERNEL = ("fused winner (reuse, BV 128, k weighted)", "split BK 64 BV 64 3 stages",
-                    "split BK 64 BV 64 3 stages, dv BVD 128", "split BK 64 BV 64 3 stages, dv BVD 128, dstate pre",
-                    "fused winner, dstate pre", "split BK 128 BV 64 8 warps, dv BVD 128")
+SPLIT_PER_KERNEL = (
+    "fused winner (reuse, BV 128, k weighted)",
+    "split BK 64 BV 64 3 stages",
+    "split BK 64 BV 64 3 stages, dv BVD 128",
+    "split BK 64 BV 64 3 stages, dv BVD 128, dstate pre",
+    "fused winner, dstate pre",
+    "split BK 128 BV 64 8 warps, dv BVD 128",
+)
 
 
 def inputs(layout, device):
@@ -148,11 +175,16 @@ def main() -> int:
     ap.add_argument("--layout", choices=sorted(LAYOUTS))
     ap.add_argument("--budget-s", type=float, default=480)
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1")
-    ap.add_argument("--sweep", choices=("configs", "split"), default="configs",
-                    help="configs: the backward configurations above; split: the split kernels against the fused")
+    ap.add_argument(
+        "--sweep",
+        choices=("configs", "split"),
+        default="configs",
+        help="configs: the backward configurations above; split: the split kernels against the fused",
+    )
     args = ap.parse_args()
-    base, configs, per_kernel = (BASE, CONFIGS, PER_KERNEL) if args.sweep == "configs" else \
-        (WINNER, SPLIT_CONFIGS, SPLIT_PER_KERNEL)
+    base, configs, per_kernel = (
+        (BASE, CONFIGS, PER_KERNEL) if args.sweep == "configs" else (WINNER, SPLIT_CONFIGS, SPLIT_PER_KERNEL)
+    )
     start = time.monotonic()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -202,8 +234,9 @@ def main() -> int:
                 ms = timed(step_fn(ours, x, chunk), device)
                 record(layout=lname, what=label, ms=ms)
                 if label in per_kernel:
-                    record(layout=lname, what=label + " kernels", kernels=kernels_of(step_fn(ours, x, chunk),
-                                                                                     device)[:14])
+                    record(
+                        layout=lname, what=label + " kernels", kernels=kernels_of(step_fn(ours, x, chunk), device)[:14]
+                    )
             except Exception as err:  # noqa: BLE001 - a configuration that fails is recorded
                 record(layout=lname, what=label, error=f"{type(err).__name__}: {str(err)[:200]}")
         os.environ.pop("MLSTM_AUTOTUNE_FORCE", None)

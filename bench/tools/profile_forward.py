@@ -43,9 +43,12 @@ LAYOUTS = {"7b": (32, 8, 2048, 256, 512), "head128": (32, 32, 2048, 128, 128)}  
 DEVICE = "cuda"
 
 EDITS = {
-    "out:no-decay": [(
-        "    b_D, b_D0, b_mt = _chunk_decay_matrix(b_lf, b_li, tl.load(mb_ptr + i_bhc), o_l, SEGMENT_SUMS)\n",
-        "    b_mt = b_lf + b_li\n    b_D0 = b_mt\n    b_D = 1.0\n")],
+    "out:no-decay": [
+        (
+            "    b_D, b_D0, b_mt = _chunk_decay_matrix(b_lf, b_li, tl.load(mb_ptr + i_bhc), o_l, SEGMENT_SUMS)\n",
+            "    b_mt = b_lf + b_li\n    b_D0 = b_mt\n    b_D = 1.0\n",
+        )
+    ],
 }
 # the states kernel without one of its costs beyond loads and the product, at "states_weighting": "v" (the shipped 7B
 # point): the weights on v, n, the store of each chunk's C, the scalar max-state chain; and without all four
@@ -112,10 +115,30 @@ def output_call(module, x, cfg, buffers, h):
     else:
         kernel, grid = module.chunkwise_output_kernel, (cdiv(V, cfg["out_dhhv_tile"]), cdiv(S, LO), B * NH)
     return lambda: kernel[grid](
-        x["q"], x["k"], x["v"], x["i"], x["f"], *buffers, h, *stats, S, cdiv(S, LO), scale=K**-0.5, eps=1e-6,
-        DHQK=K, DHHV=V, LO=LO, BK=cfg["out_dhqk_tile"], BV=cfg["out_dhhv_tile"], NORMALIZE=True, STORE_STATS=False,
-        DOT_PRECISION=dot_precision(torch.bfloat16), SEGMENT_SUMS=cfg.get("segment_sums", False),
-        num_warps=cfg["out_warps"], num_stages=cfg["num_stages"])
+        x["q"],
+        x["k"],
+        x["v"],
+        x["i"],
+        x["f"],
+        *buffers,
+        h,
+        *stats,
+        S,
+        cdiv(S, LO),
+        scale=K**-0.5,
+        eps=1e-6,
+        DHQK=K,
+        DHHV=V,
+        LO=LO,
+        BK=cfg["out_dhqk_tile"],
+        BV=cfg["out_dhhv_tile"],
+        NORMALIZE=True,
+        STORE_STATS=False,
+        DOT_PRECISION=dot_precision(torch.bfloat16),
+        SEGMENT_SUMS=cfg.get("segment_sums", False),
+        num_warps=cfg["out_warps"],
+        num_stages=cfg["num_stages"],
+    )
 
 
 def time_ms(fn) -> float | str:
@@ -214,8 +237,10 @@ def states_sweep(args, start: float, out: Path, mode: str = "all") -> int:
             got = [r for r in rows if r["layout"] == lname and r["kind"] == kind and isinstance(r["ms"], float)]
             if got:
                 b = min(got, key=lambda r: r["ms"])
-                print(f"{lname:8s} {kind:16s} {b['ms']:7.3f}  BKS={b['BKS']} BVS={b['BVS']} warps={b['warps']} "
-                      f"stages={b['stages']} err={max(b['rel_err_C_n_m']):.1e}")
+                print(
+                    f"{lname:8s} {kind:16s} {b['ms']:7.3f}  BKS={b['BKS']} BVS={b['BVS']} warps={b['warps']} "
+                    f"stages={b['stages']} err={max(b['rel_err_C_n_m']):.1e}"
+                )
     return 0
 
 
@@ -287,8 +312,10 @@ def loop_sweep(args, start: float, out: Path) -> int:
                        and isinstance(r["ms"], float)]  # fmt: skip
                 if got:
                     b = min(got, key=lambda r: r["ms"])
-                    print(f"{lname:8s} {kind:13s} {seg!s:6s} {b['ms']:7.3f}  BKO={b['BKO']} BVO={b['BVO']} "
-                          f"warps={b['warps']} stages={b['stages']} err={b['rel_err_vs_tiles']:.1e}")
+                    print(
+                        f"{lname:8s} {kind:13s} {seg!s:6s} {b['ms']:7.3f}  BKO={b['BKO']} BVO={b['BVO']} "
+                        f"warps={b['warps']} stages={b['stages']} err={b['rel_err_vs_tiles']:.1e}"
+                    )
     return 0
 
 
@@ -297,16 +324,24 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
     ap.add_argument("--budget-s", type=float, default=500)
-    ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1 (a run of "
-                    "the script only: the interpreter mis-computes bf16 dots, so the error columns mean nothing)")
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny shapes on the CPU under TRITON_INTERPRET=1 (a run of "
+        "the script only: the interpreter mis-computes bf16 dots, so the error columns mean nothing)",
+    )
     ap.add_argument("--layout", choices=sorted(LAYOUTS), help="only this head layout (e.g. one per GPU)")
     sweeps = ("all", "loop", "states", "states-narrow", "states-kT", "states-n", "states-bounds")
-    ap.add_argument("--sweep", choices=sweeps, default="all",
-                    help="loop: only the output kernels (per-tile and per-chunk loop) at LO=64; states: only the "
-                    "states kernel, gates in its loop against gates computed first; states-narrow: its one- and "
-                    "two-warp points (gates pre); states-kT: k^T weighted where it is loaded against v weighted "
-                    "(gates pre); states-n: n reduced against n on the tensor cores; states-bounds: the states "
-                    "kernel without each of its costs (timed only); each checked, then timed")
+    ap.add_argument(
+        "--sweep",
+        choices=sweeps,
+        default="all",
+        help="loop: only the output kernels (per-tile and per-chunk loop) at LO=64; states: only the "
+        "states kernel, gates in its loop against gates computed first; states-narrow: its one- and "
+        "two-warp points (gates pre); states-kT: k^T weighted where it is loaded against v weighted "
+        "(gates pre); states-n: n reduced against n on the tensor cores; states-bounds: the states "
+        "kernel without each of its costs (timed only); each checked, then timed",
+    )
     args = ap.parse_args()
     start = time.monotonic()
     out = Path(args.out)
