@@ -230,26 +230,17 @@ def _fused_fw_default(params: dict, DHQK: int, DHHV: int) -> dict:
             "num_stages": 1}  # fmt: skip
 
 
+# fmt: off
 CHUNKWISE_FUSED_FW = Family(
     template="chunkwise_fused_fw.py.j2",
     op="chunkwise_fw",
     meaning="one pass that carries (C, n, m) on chip across chunks and writes no per-chunk states",
     axes={"cell": CELLS, "state": STATE_DTYPES},
     knobs=(
-        Knob(
-            "chunk",
-            "tokens per chunk (the [chunk, chunk] within-chunk products)",
-            (16, 32, 64, 128),
-            tile=True,
-            old="L",
-        ),
-        Knob(
-            "dhhv_tile",
-            "value columns per program (each program carries a DHQK x dhhv_tile slice of C)",
-            TILES,
-            tile=True,
-            old="BV",
-        ),
+        Knob("chunk", "tokens per chunk (the [chunk, chunk] within-chunk products)", (16, 32, 64, 128), tile=True,
+             old="L"),
+        Knob("dhhv_tile", "value columns per program (each program carries a DHQK x dhhv_tile slice of C)", TILES,
+             tile=True, old="BV"),
         _warps("num_warps", "warps per program"),
         STAGES_KNOB,
     ),  # fmt: skip
@@ -257,20 +248,14 @@ CHUNKWISE_FUSED_FW = Family(
     rules=(
         _fits_dims(("dhhv_tile", "v")),
         # the state C [BK, dhhv_tile] fp32 lives in registers, with the q k^T and decay tiles [chunk, chunk]
-        _registers(
-            "state and chunk tiles",
-            lambda p: p.BK * p["dhhv_tile"] + 2 * p["chunk"] ** 2 + p["chunk"] * p["dhhv_tile"],
-            "num_warps",
-        ),
-        _shared(
-            "pipelined q k v tiles and C",
-            lambda p: (
-                p["num_stages"] * (2 * p["chunk"] * p.BK + p["chunk"] * p["dhhv_tile"]) * p.dtype_bytes
-                + p.BK * p["dhhv_tile"] * 4
-            ),
-        ),
+        _registers("state and chunk tiles",
+                   lambda p: p.BK * p["dhhv_tile"] + 2 * p["chunk"] ** 2 + p["chunk"] * p["dhhv_tile"], "num_warps"),
+        _shared("pipelined q k v tiles and C",
+                lambda p: p["num_stages"] * (2 * p["chunk"] * p.BK + p["chunk"] * p["dhhv_tile"]) * p.dtype_bytes
+                + p.BK * p["dhhv_tile"] * 4),
     ),  # fmt: skip
 )
+# fmt: on
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -299,27 +284,18 @@ def _lo128_at_8_warps(p: Point) -> str | None:
     return None
 
 
+# fmt: off
 CHUNKWISE_TWOPASS_FW = Family(
     template="chunkwise_twopass_fw.py.j2",
     op="chunkwise_fw",
     meaning="a states kernel walks the chunk borders and stores the state before every chunk; an output kernel then "
-    "computes every chunk in parallel from its stored state",
+            "computes every chunk in parallel from its stored state",
     axes={"cell": CELLS, "state": STATE_DTYPES},
     knobs=(
-        Knob(
-            "chunk_inter",
-            "tokens per step of the states kernel's sequential loop",
-            (16, 32, 64, 128),
-            tile=True,
-            old="LI",
-        ),
-        Knob(
-            "chunk_intra",
-            "tokens per output chunk, the stride of the stored states (a multiple of chunk_inter)",
-            (16, 32, 64, 128, 256),
-            tile=True,
-            old="LO",
-        ),
+        Knob("chunk_inter", "tokens per step of the states kernel's sequential loop", (16, 32, 64, 128), tile=True,
+             old="LI"),
+        Knob("chunk_intra", "tokens per output chunk, the stride of the stored states (a multiple of chunk_inter)",
+             (16, 32, 64, 128, 256), tile=True, old="LO"),
         # 256: one program over the whole of a 256-wide key, k and v read once per value tile
         Knob("states_dhqk_tile", "rows of C (key dims) per states program", TILES + (256,), tile=True, old="BKS"),
         Knob("states_dhhv_tile", "columns of C (value dims) per states program", TILES, tile=True, old="BVS"),
@@ -328,20 +304,10 @@ CHUNKWISE_TWOPASS_FW = Family(
         _warps("states_warps", "warps per states program", (4, 8), old="num_warps_states"),
         _warps("out_warps", "warps per output program", (4, 8), old="num_warps_out"),
         STAGES_KNOB,
-        Knob(
-            "out_values",
-            "output programs: one per value tile, each forming q k^T and the gate matrix again "
-            "(tiles), or one per chunk looping over the value tiles (loop)",
-            ("tiles", "loop"),
-            fill="tiles",
-        ),
-        Knob(
-            "states_gates",
-            "the states kernel's gate weights: computed in its sequential loop (inline), or for "
-            "every sub-chunk first by a parallel kernel (pre)",
-            ("inline", "pre"),
-            fill="inline",
-        ),
+        Knob("out_values", "output programs: one per value tile, each forming q k^T and the gate matrix again "
+             "(tiles), or one per chunk looping over the value tiles (loop)", ("tiles", "loop"), fill="tiles"),
+        Knob("states_gates", "the states kernel's gate weights: computed in its sequential loop (inline), or for "
+             "every sub-chunk first by a parallel kernel (pre)", ("inline", "pre"), fill="inline"),
         STATES_WEIGHTING,
         STATES_N,
     ),  # fmt: skip
@@ -349,32 +315,24 @@ CHUNKWISE_TWOPASS_FW = Family(
     rules=(
         _multiple("chunk_intra", "chunk_inter"),
         N_DOT_NEEDS_WEIGHTS_ON_K,
-        _fits_dims(
-            ("states_dhqk_tile", "k"), ("out_dhqk_tile", "k"), ("states_dhhv_tile", "v"), ("out_dhhv_tile", "v")
-        ),
+        _fits_dims(("states_dhqk_tile", "k"), ("out_dhqk_tile", "k"), ("states_dhhv_tile", "v"),
+                   ("out_dhhv_tile", "v")),
         _registers("states tile", lambda p: p["states_dhqk_tile"] * p["states_dhhv_tile"], "states_warps"),
         Rule("chunk_intra_128_at_8_warps_16_bit", _lo128_at_8_warps),
-        _registers(
-            "output chunk", lambda p: 2 * p["chunk_intra"] ** 2 + p["chunk_intra"] * p["out_dhhv_tile"], "out_warps"
-        ),
-        _shared(
-            "pipelined output tiles",
-            lambda p: (
-                p["num_stages"]
-                * (2 * p["chunk_intra"] * p["out_dhqk_tile"] + p["out_dhqk_tile"] * p["out_dhhv_tile"])
-                * p.dtype_bytes
-                + p["chunk_intra"] * p["out_dhhv_tile"] * 2
-            ),
-        ),
+        _registers("output chunk",
+                   lambda p: 2 * p["chunk_intra"] ** 2 + p["chunk_intra"] * p["out_dhhv_tile"], "out_warps"),
+        _shared("pipelined output tiles",
+                lambda p: p["num_stages"] * (2 * p["chunk_intra"] * p["out_dhqk_tile"]
+                                             + p["out_dhqk_tile"] * p["out_dhhv_tile"]) * p.dtype_bytes
+                + p["chunk_intra"] * p["out_dhhv_tile"] * 2),
     ),  # fmt: skip
     # the best output point of an H200 sweep at the 7B layout (1.01 ms against 1.17 at 2 stages), and the
     # per-value-tile output kernel, best at head 128 (docs/performance.md): each is two or more one-knob moves away
     # from the default
-    seeds=(
-        ({}, {"out_values": "loop", "out_dhqk_tile": 64, "out_dhhv_tile": 128, "num_stages": 3}),
-        ({}, {"out_values": "tiles"}),
-    ),  # fmt: skip
+    seeds=(({}, {"out_values": "loop", "out_dhqk_tile": 64, "out_dhhv_tile": 128, "num_stages": 3}),
+           ({}, {"out_values": "tiles"})),  # fmt: skip
 )
+# fmt: on
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -386,6 +344,7 @@ def _parallel_fw_default(params: dict, DHQK: int, DHHV: int) -> dict:
             "dhhv_tile": min(64, next_pow2(DHHV)), "num_warps": 4, "num_stages": 1}  # fmt: skip
 
 
+# fmt: off
 PARALLEL_FW = Family(
     template="parallel_fw.py.j2",
     op="parallel_fw",
@@ -393,7 +352,8 @@ PARALLEL_FW = Family(
     axes={"cell": CELLS},
     knobs=(
         Knob("query_tile", "queries per program", (16, 32, 64, 128), tile=True, old="BQ"),
-        Knob("kv_tile", "keys per step of a program's loop over the sequence", (16, 32, 64, 128), tile=True, old="BKV"),
+        Knob("kv_tile", "keys per step of a program's loop over the sequence", (16, 32, 64, 128), tile=True,
+             old="BKV"),
         Knob("dhqk_tile", "key dims per step of the q k^T product", (16, 32, 64, 128, 256), tile=True, old="BK"),
         Knob("dhhv_tile", "value columns per program", TILES, tile=True, old="BV"),
         _warps("num_warps", "warps per program"),
@@ -403,18 +363,14 @@ PARALLEL_FW = Family(
     rules=(
         _multiple("query_tile", "kv_tile"),
         _fits_dims(("dhqk_tile", "k"), ("dhhv_tile", "v")),
-        _registers(
-            "score tiles", lambda p: 3 * p["query_tile"] * p["kv_tile"] + p["query_tile"] * p["dhhv_tile"], "num_warps"
-        ),
-        _shared(
-            "pipelined q k v tiles",
-            lambda p: (
-                p["num_stages"] * (p["query_tile"] + p["kv_tile"]) * p["dhqk_tile"] * p.dtype_bytes
-                + p["kv_tile"] * p["dhhv_tile"] * 2
-            ),
-        ),
+        _registers("score tiles", lambda p: 3 * p["query_tile"] * p["kv_tile"] + p["query_tile"] * p["dhhv_tile"],
+                   "num_warps"),
+        _shared("pipelined q k v tiles",
+                lambda p: p["num_stages"] * (p["query_tile"] + p["kv_tile"]) * p["dhqk_tile"] * p.dtype_bytes
+                + p["kv_tile"] * p["dhhv_tile"] * 2),
     ),  # fmt: skip
 )
+# fmt: on
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -431,81 +387,47 @@ def _chunkwise_bw_default(params: dict, DHQK: int, DHHV: int) -> dict:
             "state_buffers": "input", "states_weighting": "v", "dstate_gates": "inline", "states_n": "sum"}  # fmt: skip
 
 
+# fmt: off
 CHUNKWISE_BW = Family(
     template="chunkwise_bw.py.j2",
     op="chunkwise_bw",
     meaning="exact gradients: a reverse recurrence over chunk borders, then the chunks in parallel, either one "
-    "program per chunk for dq, dk, dv and the gate gradients (kernels fused), or programs per key tile "
-    "and per value tile that each recompute q k^T and the gate matrix (kernels split)",
+            "program per chunk for dq, dk, dv and the gate gradients (kernels fused), or programs per key tile "
+            "and per value tile that each recompute q k^T and the gate matrix (kernels split)",
     axes={"cell": CELLS, "kernels": ("fused", "split")},
     knobs=(
         Knob("chunk", "tokens per chunk", (32, 64, 128), tile=True, old="L"),
         Knob("dhqk_tile", "key dims per tile of the within-chunk kernels", TILES, tile=True, old="BK"),
         Knob("dhhv_tile", "value columns per tile of the within-chunk kernels", TILES, tile=True, old="BV"),
         # its programs recompute q k^T: wide tiles amortise that
-        Knob(
-            "dv_dhhv_tile",
-            "value columns per program of the split dv kernel",
-            TILES,
-            tile=True,
-            old="BVD",
-            fill=lambda config: config["dhhv_tile"],
-        ),
+        Knob("dv_dhhv_tile", "value columns per program of the split dv kernel", TILES, tile=True, old="BVD",
+             fill=lambda config: config["dhhv_tile"]),
         # 256: one program over the whole of a 256-wide key, k and v read once per value tile
-        Knob(
-            "states_dhqk_tile",
-            "rows of dC per program of the reverse recurrence (and of recomputed states)",
-            TILES + (256,),
-            tile=True,
-            old="BKS",
-        ),
-        Knob("states_dhhv_tile", "columns of dC per program of the reverse recurrence", TILES, tile=True, old="BVS"),
+        Knob("states_dhqk_tile", "rows of dC per program of the reverse recurrence (and of recomputed states)",
+             TILES + (256,), tile=True, old="BKS"),
+        Knob("states_dhhv_tile", "columns of dC per program of the reverse recurrence", TILES, tile=True,
+             old="BVS"),
         _warps("num_warps", "warps per within-chunk program", (4, 8)),
         _warps("states_warps", "warps per program of the recurrences", (4, 8), old="num_warps_state"),
         # 3: the split kernels' best at the 7B layout (docs/performance.md)
         STAGES_KNOB,
-        Knob(
-            "states",
-            "the states before every chunk: recomputed by the backward, or the ones a two-pass forward "
-            "stored, kept in memory from forward to backward (reuse)",
-            ("recompute", "reuse"),
-            fill="recompute",
-        ),
-        Knob(
-            "state_buffers",
-            "dtype of the per-chunk state buffers: fp32, or the inputs' dtype (half the bytes for "
-            "16-bit inputs; the recurrences run in fp32 either way)",
-            ("float32", "input"),
-            fill="float32",
-        ),
+        Knob("states", "the states before every chunk: recomputed by the backward, or the ones a two-pass forward "
+             "stored, kept in memory from forward to backward (reuse)", ("recompute", "reuse"), fill="recompute"),
+        Knob("state_buffers", "dtype of the per-chunk state buffers: fp32, or the inputs' dtype (half the bytes for "
+             "16-bit inputs; the recurrences run in fp32 either way)", ("float32", "input"), fill="float32"),
         STATES_WEIGHTING,
         STATES_N,
-        Knob(
-            "dstate_gates",
-            "the reverse recurrence's per-chunk weights: computed in its sequential loop (inline), "
-            "or first for all chunks in parallel (pre)",
-            ("inline", "pre"),
-            fill="inline",
-        ),
+        Knob("dstate_gates", "the reverse recurrence's per-chunk weights: computed in its sequential loop (inline), "
+             "or first for all chunks in parallel (pre)", ("inline", "pre"), fill="inline"),
     ),  # fmt: skip
     default=_chunkwise_bw_default,
     rules=(
         N_DOT_NEEDS_WEIGHTS_ON_K,
-        _fits_dims(
-            ("dhqk_tile", "k"),
-            ("states_dhqk_tile", "k"),
-            ("dhhv_tile", "v"),
-            ("states_dhhv_tile", "v"),
-            ("dv_dhhv_tile", "v"),
-        ),
-        _registers(
-            "state gradient tile",
-            lambda p: (
-                p["states_dhqk_tile"] * p["states_dhhv_tile"]
-                + p["chunk"] * (p["states_dhqk_tile"] + p["states_dhhv_tile"])
-            ),
-            "states_warps",
-        ),
+        _fits_dims(("dhqk_tile", "k"), ("states_dhqk_tile", "k"), ("dhhv_tile", "v"), ("states_dhhv_tile", "v"),
+                   ("dv_dhhv_tile", "v")),
+        _registers("state gradient tile",
+                   lambda p: p["states_dhqk_tile"] * p["states_dhhv_tile"]
+                   + p["chunk"] * (p["states_dhqk_tile"] + p["states_dhhv_tile"]), "states_warps"),
         # the within-chunk kernels hold several [chunk, chunk] fp32 matrices: past the registers they spill (slow,
         # which the timing shows) but run; shared memory is the hard limit, fitted to the compiler's figures for the
         # fused kernel (bf16 chunk 64: 40 KiB; fp32 chunk 128: 288 KiB, which does not fit an H200): about
@@ -515,21 +437,18 @@ CHUNKWISE_BW = Family(
     seeds=(
         # the best forced training step at the 7B layout on an H200: 7.84 ms against 8.30 without dv_dhhv_tile 128
         # and dstate_gates "pre"; four knobs that each lost or tied alone (docs/performance.md)
-        (
-            {"kernels": "split"},
-            {"states": "reuse", "dhhv_tile": 64, "num_stages": 3, "dv_dhhv_tile": 128, "dstate_gates": "pre"},
-        ),
+        ({"kernels": "split"}, {"states": "reuse", "dhhv_tile": 64, "num_stages": 3, "dv_dhhv_tile": 128,
+                                "dstate_gates": "pre"}),
         # one key tile at head 128 (dP formed once per chunk), 8 warps: by ptxas its dq/dk kernel spills 524 bytes
         # per thread against the fused kernel's 2924 at its default. dhhv_tile 64, not 32: value tiles of 16 and 32
         # miscomputed or faulted on the H200 in bf16
-        (
-            {"kernels": "split"},
-            {"states": "reuse", "dhqk_tile": 128, "dhhv_tile": 64, "num_warps": 8, "dv_dhhv_tile": 128},
-        ),
+        ({"kernels": "split"}, {"states": "reuse", "dhqk_tile": 128, "dhhv_tile": 64, "num_warps": 8,
+                                "dv_dhhv_tile": 128}),
     ),  # fmt: skip
     inert={("kernels", "fused"): ("dv_dhhv_tile",)},
     retired={"states_every": 1},
 )
+# fmt: on
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -541,23 +460,21 @@ def _parallel_bw_default(params: dict, DHQK: int, DHHV: int) -> dict:
             "num_warps": 4, "num_stages": 1}  # fmt: skip
 
 
+# fmt: off
 PARALLEL_BW = Family(
     template="parallel_bw.py.j2",
     op="parallel_bw",
-    meaning="exact gradients of the parallel form: flash-attention-like tiles over queries and keys, no chunk states",
+    meaning="exact gradients of the parallel form: flash-attention-like tiles over queries and keys, no chunk "
+            "states",
     axes={"cell": CELLS},
     knobs=(
-        Knob(
-            "token_tile",
-            "queries (or keys) per program and per step of its loop",
-            (16, 32, 64, 128),
-            tile=True,
-            old="BT",
-        ),
+        Knob("token_tile", "queries (or keys) per program and per step of its loop", (16, 32, 64, 128), tile=True,
+             old="BT"),
         Knob("dhqk_tile", "key dims per tile", TILES, tile=True, old="BK"),
         Knob("dhhv_tile", "value columns per tile", TILES, tile=True, old="BV"),
         _warps("num_warps", "warps per program", (4, 8)),
-        Knob("num_stages", "software-pipelining depth of the kernels' loops (Triton num_stages)", (1, 2), count=True),
+        Knob("num_stages", "software-pipelining depth of the kernels' loops (Triton num_stages)", (1, 2),
+             count=True),
     ),  # fmt: skip
     default=_parallel_bw_default,
     rules=(
@@ -566,6 +483,7 @@ PARALLEL_BW = Family(
         _shared("token blocks", lambda p: p["num_stages"] * p["token_tile"] ** 2 * (4 * p.dtype_bytes + 2)),
     ),
 )
+# fmt: on
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -577,28 +495,19 @@ def _step_default(params: dict, DHQK: int, DHHV: int) -> dict:
             "k_tiles": "loop"}  # fmt: skip
 
 
+# fmt: off
 RECURRENT_STEP = Family(
     template="recurrent_step.py.j2",
     op="step_fw",
     meaning="one token: the state update and the output, optionally in place",
     axes={"cell": CELLS},
     knobs=(
-        Knob(
-            "dhqk_tile",
-            "rows of C per step of a program's loop (or per program, k_tiles programs)",
-            (16, 32, 64, 128, 256),
-            tile=True,
-            old="BK",
-        ),
+        Knob("dhqk_tile", "rows of C per step of a program's loop (or per program, k_tiles programs)",
+             (16, 32, 64, 128, 256), tile=True, old="BK"),
         Knob("dhhv_tile", "columns of C per program", (16, 32, 64, 128), tile=True, old="BV"),
         _warps("num_warps", "warps per program", (1, 2, 4, 8)),
-        Knob(
-            "k_tiles",
-            "the key tiles: walked in sequence by each value tile's program (loop), or one program per "
-            "tile of C with a second pass summing their shares (programs)",
-            ("loop", "programs"),
-            fill="loop",
-        ),
+        Knob("k_tiles", "the key tiles: walked in sequence by each value tile's program (loop), or one program per "
+             "tile of C with a second pass summing their shares (programs)", ("loop", "programs"), fill="loop"),
     ),  # fmt: skip
     default=_step_default,
     rules=(
@@ -606,25 +515,22 @@ RECURRENT_STEP = Family(
         _registers("state tile", lambda p: p["dhqk_tile"] * p["dhhv_tile"], "num_warps"),
     ),
 )
+# fmt: on
 
 
 def _sequence_default(params: dict, DHQK: int, DHHV: int) -> dict:
     return {"dhhv_tile": min(64 if next_pow2(DHQK) <= 128 else 32, next_pow2(DHHV)), "num_warps": 4}
 
 
+# fmt: off
 RECURRENT_SEQUENCE = Family(
     template="recurrent_sequence.py.j2",
     op="sequence_fw",
     meaning="a whole sequence step by step in one launch, the state on chip",
     axes={"cell": CELLS},
     knobs=(
-        Knob(
-            "dhhv_tile",
-            "columns of C per program (each carries a DHQK x dhhv_tile slice)",
-            (16, 32, 64),
-            tile=True,
-            old="BV",
-        ),
+        Knob("dhhv_tile", "columns of C per program (each carries a DHQK x dhhv_tile slice)", (16, 32, 64),
+             tile=True, old="BV"),
         _warps("num_warps", "warps per program", (1, 2, 4, 8)),
     ),
     default=_sequence_default,
@@ -633,6 +539,7 @@ RECURRENT_SEQUENCE = Family(
         _registers("state slice", lambda p: p.BK * p["dhhv_tile"], "num_warps"),
     ),
 )
+# fmt: on
 
 FAMILIES: tuple[Family, ...] = (CHUNKWISE_TWOPASS_FW, CHUNKWISE_FUSED_FW, CHUNKWISE_BW, PARALLEL_BW, PARALLEL_FW,
                                 RECURRENT_STEP, RECURRENT_SEQUENCE)  # fmt: skip
