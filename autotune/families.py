@@ -11,8 +11,9 @@ A family is one Jinja template. Its spec says:
   them; a user may still force such a point);
 - ``seeds`` (multi-knob starting points for the search) and ``inert`` knobs (ones a variant's kernels never read).
 
-Adding a knob to a family is an edit of its spec (here) and of its template; autotune.space, the launchers' checks,
-the dispatcher's override checks and the database reader all read this module.
+Adding a knob to a family is an edit of its spec (here) and of its template: a knob that is one kernel constexpr
+names it (Knob.constexpr, Knob.kernels) and reaches the kernels through ``bind``; autotune.space, the launchers'
+checks, the dispatcher's override checks and the database reader all read this module.
 Knob names say what they set; kernel constexprs keep short names (LI, LO, BK, BV, ...), mapped by the launchers.
 """
 
@@ -49,6 +50,10 @@ class Knob:
     count: bool = False
     old: str | None = None  # its name in databases written before the rename
     fill: object = _NOT_SET  # its value in entries written before it existed: a constant or fill(config)
+    # a knob that is one kernel constexpr: its name there and the kernels that take it; such a knob reaches the
+    # kernels without a launcher edit (bind)
+    constexpr: str | None = None
+    kernels: tuple[str, ...] = ()
 
     def check(self, value) -> str | None:
         """Why ``value`` cannot be launched, or None."""
@@ -648,6 +653,43 @@ def invalid(variant, config: dict, DHQK: int, DHHV: int, dtype_bytes: int, limit
         if why:
             return f"{rule.name}: {why}"
     return None
+
+
+class _WithConstexprs:
+    """A kernel whose launches get the spec's constexprs for it (bind)."""
+
+    def __init__(self, kernel, constexprs: dict):
+        self._kernel, self._constexprs = kernel, constexprs
+
+    def __getitem__(self, grid):
+        launch = self._kernel[grid]
+        return lambda *args, **kwargs: launch(*args, **self._constexprs, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._kernel, name)
+
+
+class _Bound:
+    def __init__(self, module, constexprs: dict[str, dict]):
+        self._module, self._constexprs = module, constexprs
+
+    def __getattr__(self, name):
+        kernel = getattr(self._module, name)
+        return _WithConstexprs(kernel, self._constexprs[name]) if name in self._constexprs else kernel
+
+
+def bind(module, template: str, config: dict):
+    """``module`` (a generated module) whose kernels get, at every launch, the constexprs of the knobs that declare
+    one (Knob.constexpr, Knob.kernels), from ``config``: adding such a knob is an edit of the spec and the template
+    only. ``module`` itself when the family has none."""
+    wired = [k for k in of(template).knobs if k.constexpr]
+    if not wired:
+        return module
+    constexprs: dict[str, dict] = {}
+    for knob in wired:
+        for kernel in knob.kernels:
+            constexprs.setdefault(kernel, {})[knob.constexpr] = config[knob.name]
+    return _Bound(module, constexprs)
 
 
 def inert(variant) -> tuple[str, ...]:

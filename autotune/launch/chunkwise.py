@@ -78,7 +78,7 @@ def last_state(k, v, i, f, C0=None, n0=None, m0=None, *, cell: str, config: dict
     C0, n0, m0, has_state = state_args(C0, n0, m0, k)
     last = last_state_buffers(B, NH, DHQK, DHHV, k.device, True)
     dummy = torch.empty(1, dtype=torch.float32, device=k.device)
-    module, no_borders = load_variant(variant), (dummy, dummy, dummy)
+    module, no_borders = families.bind(load_variant(variant), variant.template, config), (dummy, dummy, dummy)
     _launch_states(module, k, v, i, f, C0, n0, m0, has_state, no_borders, last, S=S, NC=cdiv(S, config["chunk_inter"]),
                    config=config, store_borders=False, prec=dot_precision(k.dtype))  # fmt: skip
     return last[0], last[1], last[2].reshape(B, NH, 1)
@@ -100,7 +100,7 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
     C0, n0, m0, has_state = state_args(C0, n0, m0, q)
     h = empty(B, NH, S, DHHV, dtype=q.dtype, device=q.device)
     last = last_state_buffers(B, NH, DHQK, DHHV, q.device, return_last_states)
-    module = load_variant(variant)
+    module = families.bind(load_variant(variant), variant.template, config)
     prec = dot_precision(q.dtype)
     stats = stats_buffers(B, NH, S, q.device, saved)
     if variant.template == FUSED:

@@ -58,7 +58,7 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
     L = config["chunk"]
     NC = cdiv(S, L)
     dev = q.device
-    module = load_variant(variant)
+    module = families.bind(load_variant(variant), variant.template, config)
     # 1. inputs, and per token: r = 1 / den, ds, G, Fl
     x = prepare(module, cell, q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, eps=eps, normalize=normalize)
     q, k, v, i, f, h, dh, C0, n0, m0 = x.q, x.k, x.v, x.i, x.f, x.h, x.dh, x.C0, x.n0, x.m0
@@ -81,11 +81,11 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
         Cb = empty(B, NH, NC, DHQK, DHHV, dtype=buffers_dtype, device=dev)
         nb = empty(B, NH, NC, DHQK, **f32)
         mb = empty(B, NH, NC, **f32)
-        states = load_variant(find(TWOPASS, cell=cell, state="float32"))
         state_config = {"chunk_inter": min(L, 64), "chunk_intra": L, "states_dhqk_tile": config["states_dhqk_tile"],
                         "states_dhhv_tile": config["states_dhhv_tile"], "states_warps": config["states_warps"],
                         "num_stages": 2, "states_gates": "pre", "states_weighting": config["states_weighting"],
                         "states_n": config["states_n"]}  # fmt: skip
+        states = families.bind(load_variant(find(TWOPASS, cell=cell, state="float32")), TWOPASS, state_config)
         _launch_states(states, k, v, i, f, C0, n0, m0, has_state, (Cb, nb, mb), (dummy, dummy, dummy), S=S, NC=NC,
                        config=state_config, store_borders=True, prec=prec)  # fmt: skip
 

@@ -29,7 +29,7 @@ def parallel_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, c
     stats = stats_buffers(B, NH, S, q.device, saved)
     BQ, BV = config["query_tile"], config["dhhv_tile"]
     grid = (cdiv(DHHV, BV), cdiv(S, BQ), B * NH)
-    load_variant(variant).parallel_fw_kernel[grid](
+    families.bind(load_variant(variant), variant.template, config).parallel_fw_kernel[grid](
         q, k, v, i, f, C0c, n0c, m0c, h, *stats, S, scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV, BQ=BQ,
         BKV=config["kv_tile"], BK=config["dhqk_tile"], BV=BV, HAS_STATE=has_state, NORMALIZE=normalize,
         STORE_STATS=saved is not None, DOT_PRECISION=dot_precision(q.dtype), num_warps=config["num_warps"],

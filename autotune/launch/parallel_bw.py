@@ -31,7 +31,7 @@ def parallel_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, va
     BT, BK, BV = config["token_tile"], config["dhqk_tile"], config["dhhv_tile"]
     NT, NKT = cdiv(S, BT), cdiv(DHQK, BK)
     dev = q.device
-    module = load_variant(variant)
+    module = families.bind(load_variant(variant), variant.template, config)
     x = prepare(module, cell, q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, eps=eps, normalize=normalize)
     q, k, v, i, f, h, dh, C0a, n0a, m0a = x.q, x.k, x.v, x.i, x.f, x.h, x.dh, x.C0, x.n0, x.m0
     has_state, has_last, f32, dummy, dC, dn, T = x.has_state, x.has_last, x.f32, x.dummy, x.dC, x.dn, x.T

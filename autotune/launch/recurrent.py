@@ -57,7 +57,7 @@ def step_fw(q, k, v, i, f, C, n, m, *, variant: Variant, config: dict | None = N
     m = h if m is None else m  # the sig cell reads no m: any pointer will do, and nothing is allocated
     Cout, nout, mout = out[0], out[1], out[2] if out[2] is not None else m
     NV = cdiv(DHHV, BV)
-    module = load_variant(variant)
+    module = families.bind(load_variant(variant), variant.template, config)
     if config["k_tiles"] == "programs":
         NK = cdiv(DHQK, BK)
         part, parts = _split_scratch(B * NH, NK, DHHV, q.device)
@@ -95,7 +95,7 @@ def sequence_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, c
         dummy = torch.empty(1, dtype=torch.float32, device=q.device)
         last = (dummy, dummy, dummy)
     grid = (cdiv(DHHV, config["dhhv_tile"]), B * NH)
-    load_variant(variant).recurrent_sequence_kernel[grid](
+    families.bind(load_variant(variant), variant.template, config).recurrent_sequence_kernel[grid](
         q, k, v, i, f, C0, n0, m0, h, *last, S, scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV,
         BK=next_pow2(DHQK), BV=config["dhhv_tile"], HAS_STATE=has_state, STORE_LAST=return_last_states,
         NORMALIZE=normalize, num_warps=config["num_warps"],
