@@ -27,7 +27,7 @@
 #   ncu-fw       Nsight Compute on the forward's kernels and FLA's at S=2048, a layout per GPU
 #   floors       the forward's kernels against FLA's and upstream's (bench/tools/forward_kernels.py, a layout per
 #                GPU), then the step's floors (bench/tools/step_floor.py, GPU 0); needs fla-core and mlstm_kernels
-# Logs go to $OUT; keep them with their command under tests/gpu/logs/ (GPU tests), tuning_db/reports/ (tuning, bench,
+# Logs go to $OUT; keep them with their command under bench/logs/gpu_tests/ (GPU tests), tuning_db/reports/ (tuning, bench,
 # profiles) or bench/logs/ (the other tools).
 . "$(dirname "$0")/gpu_env.sh"
 case "${1:-}" in

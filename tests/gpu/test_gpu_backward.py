@@ -5,7 +5,7 @@ chunk sizes 64 ... 512.
 The oracle is the float64 native exact backward on the GPU (the CPU tests hold it to 1e-10 against autograd through
 the float64 recurrent definition). Limits: docs/math.md §7 (bf16 2e-2); fp32 takes the larger of 1e-5 and 10x the error
 of the native backward evaluated in fp32 (see tests/test_backward_kernels.py for why).
-Run on an H200 (log under tests/gpu/logs/):  python -m pytest -v -s -m gpu tests/gpu/test_gpu_backward.py
+Run on an H200 (log under bench/logs/gpu_tests/):  python -m pytest -v -s -m gpu tests/gpu/test_gpu_backward.py
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ shapes, odd shapes, bf16 gates, and a tensor of more than 2^31 elements.
 
 The oracle on the GPU is the float64 native chunkwise kernel (exact: the CPU tests hold it to 1e-10 against the
 float64 recurrent definition), because a Python loop over 8192 steps per check would take minutes.
-Run on an H200 (the log is committed under tests/gpu/logs/):
+Run on an H200 (the log is committed under bench/logs/gpu_tests/):
     python -m pytest -v -s -m gpu tests/gpu
 """
 
