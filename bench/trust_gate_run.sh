@@ -3,18 +3,21 @@
 # First, here (it needs git):  bash bench/trust_gate_run.sh prepare   (writes .probe/, ignored by git)
 # Then on the device (carry .whl and .probe):  bash bench/trust_gate_run.sh PHASE    PHASE one of
 #   validate   the hazard reproducers (table + their GPU tests); `mlstm-tune validate` of the packaged databases and
-#              the defaults; at the same time the same gate on the kernels generated before the hazard fixes
-#              (.probe/old_generated, a subset of entries in .probe/old_subset), for the before/after table
+#              the defaults; at the same time the same gate on the kernels before the hazard fixes (.probe/old_tree:
+#              autotune/ of 88350ba, whose launchers are those of edc1f4f, with templates/ and generated/ of
+#              edc1f4f; a subset of entries in .probe/old_subset), for the before/after table. VALIDATE_S (default
+#              510) bounds each validate run; the report is rewritten after every row, so a cut-off run keeps its rows
 #   tune       the presets through the gate into $OUT/db (TUNE_PRESETS, default "xlstm-7b head128 step-7b", each
 #              for TUNE_S seconds, default 150); carry .probe/db back in (copy $OUT/db there) to resume a cut-off run
 #   bench      `mlstm-tune bench` with the packaged databases and .probe/db as the user database
 # Logs and reports go to $OUT; every log starts with the GPU's name.
 set -u
 if [ "${1:-}" = prepare ]; then  # the generated kernels before the hazard fixes, and a subset of the H200 entries
-  mkdir -p .probe/old_generated .probe/old_subset .probe/db
+  rm -rf .probe/old_tree && mkdir -p .probe/old_tree/tuning_db .probe/old_subset .probe/db
   exclude=$(git rev-parse --git-path info/exclude)  # .git is a file in a worktree
   grep -qx '/.probe/' "$exclude" 2>/dev/null || echo '/.probe/' >> "$exclude"
-  for f in $(git ls-tree --name-only edc1f4f generated/); do git show "edc1f4f:$f" > ".probe/old_generated/${f#generated/}"; done
+  git archive 88350ba autotune | tar -x -C .probe/old_tree
+  git archive edc1f4f templates generated | tar -x -C .probe/old_tree
   python3 -c "
 import json
 d = json.load(open('tuning_db/NVIDIA_H200.json'))
@@ -26,29 +29,16 @@ fi
 case "${1:-}" in
   validate)
     ( header "python tests/gpu/test_gpu_hazards.py; pytest -m gpu tests/gpu/test_gpu_hazards.py"
-      timeout 400 python tests/gpu/test_gpu_hazards.py
+      timeout 300 python tests/gpu/test_gpu_hazards.py
       timeout 150 python -m pytest -q -m gpu tests/gpu/test_gpu_hazards.py -p no:cacheprovider --tb=line -rfE
     ) > "$OUT/hazards.log" 2>&1 &
-    ( header "validate with the kernels generated before the fixes (.probe/old_generated)"
-      timeout 560 python -c "
-import functools
-from pathlib import Path
-from autotune import paths
-paths.generated_dir = lambda: Path('.probe/old_generated')
-from autotune.load import load_variant
-from autotune.variants import VARIANTS
-class OldStates:  # the old states kernel still takes N_SPLIT (the retired states_n dot2), which no launch sets now
-    def __init__(self, kernel): self.kernel = kernel
-    def __getitem__(self, grid): return functools.partial(self.kernel[grid], N_SPLIT=False)
-for v in VARIANTS:
-    if v.template == 'chunkwise_twopass_fw.py.j2':
-        m = load_variant(v); m.chunkwise_states_kernel = OldStates(m.chunkwise_states_kernel)
-from autotune.cli import main
-raise SystemExit(main(['validate', '--db', '.probe/old_subset/NVIDIA_H200.json', '--no-defaults', '--out', '/tmp/old']))"
+    ( header "validate of the kernels before the hazard fixes (.probe/old_tree)"
+      cd .probe/old_tree && PYTHONPATH="$PWD:$PYTHONPATH" timeout "${VALIDATE_S:-510}" python -m autotune validate \
+        --db ../old_subset/NVIDIA_H200.json --no-defaults --out /tmp/old
       cp /tmp/old/NVIDIA_H200-validate.json "$OUT/before-fix-NVIDIA_H200-validate.json"
     ) > "$OUT/validate_before_fix.log" 2>&1 &
     ( header "python -m autotune validate --db tuning_db/NVIDIA_H200.json --out \$OUT"
-      timeout 570 python -m autotune validate --db tuning_db/NVIDIA_H200.json --out "$OUT"
+      timeout "${VALIDATE_S:-510}" python -m autotune validate --db tuning_db/NVIDIA_H200.json --out "$OUT"
     ) > "$OUT/validate.log" 2>&1
     wait
     tail -4 "$OUT/hazards.log" "$OUT/validate_before_fix.log"; tail -40 "$OUT/validate.log" ;;
