@@ -82,7 +82,7 @@ def _cmd_compile_check(args: argparse.Namespace) -> int:
 def _cmd_show(args: argparse.Namespace) -> int:
     import torch
 
-    from . import paths
+    from . import families, paths
     from .torch import triton_kernels
 
     if args.gpu:
@@ -107,6 +107,11 @@ def _cmd_show(args: argparse.Namespace) -> int:
     print(f"answered:  rung {choice.rung}, from {choice.source}")
     print(f"variant:   {choice.variant}  ({source})")
     print(f"config:    {choice.config}")
+    from .variants import by_name
+
+    launched = families.canonical(by_name(choice.variant).template, choice.config)
+    if launched != choice.config:  # an entry in the knob names of an older database, or with knobs it predates
+        print(f"launched:  {launched}")
     if not args.no_source:
         print("-" * 100)
         print(source.read_text(), end="")
