@@ -7,8 +7,9 @@
 #              autotune/ of 88350ba, whose launchers are those of edc1f4f, with templates/ and generated/ of
 #              edc1f4f; a subset of entries in .probe/old_subset), for the before/after table. VALIDATE_S (default
 #              510) bounds each validate run; the report is rewritten after every row, so a cut-off run keeps its rows
-#   tune       the presets through the gate into $OUT/db (TUNE_PRESETS, default "xlstm-7b head128 step-7b", each
-#              for TUNE_S seconds, default 150); carry .probe/db back in (copy $OUT/db there) to resume a cut-off run
+#   tune       the presets through the gate into $OUT/db (TUNE_PRESETS, default "xlstm-7b head128 step-7b"; each
+#              shape's study for TUNE_S seconds, default 60; all of it within TUNE_TOTAL_S, default 540); copy
+#              $OUT/db back to .probe/db and carry it into the next call to resume
 #   bench      `mlstm-tune bench` with the packaged databases and .probe/db as the user database
 # Logs and reports go to $OUT; every log starts with the GPU's name.
 set -u
@@ -44,10 +45,12 @@ case "${1:-}" in
     tail -4 "$OUT/hazards.log" "$OUT/validate_before_fix.log"; tail -40 "$OUT/validate.log" ;;
   tune)
     mkdir -p "$OUT/db"; cp -r .probe/db/. "$OUT/db/" 2>/dev/null
+    end=$(( SECONDS + ${TUNE_TOTAL_S:-540} ))  # the call's share of its 10 minutes; a cut-off study resumes
     for preset in ${TUNE_PRESETS:-xlstm-7b head128 step-7b}; do
-      ( header "mlstm-tune tune --preset $preset --db \$OUT/db --trials 40 --time-budget ${TUNE_S:-150}"
-        timeout $(( ${TUNE_S:-150} * 3 + 60 )) python -m autotune tune --preset "$preset" --db "$OUT/db" --trials 40 \
-          --time-budget "${TUNE_S:-150}" ) > "$OUT/tune_$preset.log" 2>&1
+      left=$(( end - SECONDS )); [ "$left" -gt 60 ] || break
+      ( header "mlstm-tune tune --preset $preset --db \$OUT/db --trials 40 --time-budget ${TUNE_S:-60}"
+        timeout "$left" python -m autotune tune --preset "$preset" --db "$OUT/db" --trials 40 \
+          --time-budget "${TUNE_S:-60}" ) > "$OUT/tune_$preset.log" 2>&1
       tail -6 "$OUT/tune_$preset.log"
     done ;;
   bench)
