@@ -678,12 +678,17 @@ class _Bound:
         return _WithConstexprs(kernel, self._constexprs[name]) if name in self._constexprs else kernel
 
 
+_WIRED: dict[str, tuple[Knob, ...]] = {}  # template -> its knobs that declare a kernel constexpr
+
+
 def bind(module, template: str, config: dict):
     """``module`` (a generated module) whose kernels get, at every launch, the constexprs of the knobs that declare
     one (Knob.constexpr, Knob.kernels), from ``config``: adding such a knob is an edit of the spec and the template
     only. ``module`` itself when the family has none."""
-    wired = [k for k in of(template).knobs if k.constexpr]
-    if not wired:
+    wired = _WIRED.get(template)
+    if wired is None:
+        wired = _WIRED[template] = tuple(k for k in of(template).knobs if k.constexpr)
+    if not wired:  # every family now: a dict hit per launch
         return module
     constexprs: dict[str, dict] = {}
     for knob in wired:

@@ -118,3 +118,12 @@ def conditioning_limits(dtype: torch.dtype, oracle, x: dict, draws: int = 2) -> 
             err = rel_err(out, exact[name])
             worst[name] = max(worst[name], err if math.isfinite(err) else 0.0)
     return {name: max(LIMITS[dtype], CONDITION_FACTOR * err) for name, err in worst.items()}
+
+
+def chunkwise_bw_config(variant, DHQK: int, DHHV: int, L: int, states: str = "recompute", tile: int = 32) -> dict:
+    """The chunkwise backward's default configuration for these head dims with chunks of L tokens and every tile
+    (within-chunk, dv and state tiles) ``tile`` wide."""
+    from autotune import families
+
+    tiles = ("dhqk_tile", "dhhv_tile", "dv_dhhv_tile", "states_dhqk_tile", "states_dhhv_tile")
+    return {**families.default_config(variant, DHQK, DHHV), "chunk": L, "states": states, **dict.fromkeys(tiles, tile)}

@@ -15,7 +15,16 @@ from __future__ import annotations
 import pytest
 import torch
 from backward_decomposition import decomposed_backward
-from helpers import CONDITION_FACTOR, GRAD_LIMIT_FP64, MAX_OUTLIER, SHAPES, Shape, conditioning_limits, rel_err
+from helpers import (
+    CONDITION_FACTOR,
+    GRAD_LIMIT_FP64,
+    MAX_OUTLIER,
+    SHAPES,
+    Shape,
+    chunkwise_bw_config,
+    conditioning_limits,
+    rel_err,
+)
 
 from autotune import families
 from autotune.launch import chunkwise as launch_fw
@@ -149,17 +158,7 @@ def _bw_config(variant, DHQK, DHHV, L, states="recompute", tile=32):
     """A backward configuration with chunks (chunkwise) or query/key tiles (parallel) of L tokens."""
     if variant.family == "parallel_bw":
         return dict(families.default_config(variant, DHQK, DHHV), token_tile=L, dhqk_tile=tile, dhhv_tile=tile)
-    config = families.default_config(variant, DHQK, DHHV)
-    config.update(
-        chunk=L,
-        states=states,
-        dhqk_tile=tile,
-        dhhv_tile=tile,
-        dv_dhhv_tile=tile,
-        states_dhqk_tile=tile,
-        states_dhhv_tile=tile,
-    )
-    return config
+    return chunkwise_bw_config(variant, DHQK, DHHV, L, states, tile)
 
 
 @pytest.mark.parametrize("case", ["plain", "states"])

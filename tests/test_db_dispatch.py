@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from autotune import db as tdb
-from autotune import families
 from autotune.dispatch import Dispatcher, Request
 
 GPU, CAP = "NVIDIA H200", (9, 0)
@@ -391,22 +390,11 @@ _FUSED_BW = "chunkwise_bw__cell-exp_kernels-fused"
 
 
 def _bw_config(variant=_SPLIT_BW, L=32, states="recompute", tile=16, **changes):
+    from helpers import chunkwise_bw_config
+
     from autotune.variants import by_name
 
-    config = families.default_config(by_name(variant), 16, 16)
-    config.update(
-        dict(
-            chunk=L,
-            states=states,
-            dhqk_tile=tile,
-            dhhv_tile=tile,
-            dv_dhhv_tile=tile,
-            states_dhqk_tile=tile,
-            states_dhhv_tile=tile,
-        ),
-        **changes,
-    )
-    return config
+    return {**chunkwise_bw_config(by_name(variant), 16, 16, L, states, tile), **changes}
 
 
 def _force(monkeypatch, **forced):

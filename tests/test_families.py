@@ -105,6 +105,7 @@ def test_a_knob_that_is_a_constexpr_reaches_its_kernels_without_a_launcher_edit(
                          constexpr="EVICT_KV", kernels=("parallel_fw_kernel",))  # fmt: skip
     family = dataclasses.replace(families.PARALLEL_FW, knobs=(*families.PARALLEL_FW.knobs, knob))
     monkeypatch.setitem(families._BY_TEMPLATE, "parallel_fw.py.j2", family)
+    monkeypatch.setattr(families, "_WIRED", {})  # the knobs each template wires, cached per process
     module = _Recorder()
     bound = families.bind(module, "parallel_fw.py.j2", {"evict_kv": "evict_last"})
     bound.parallel_fw_kernel[(1,)](1, 2, BQ=64)
