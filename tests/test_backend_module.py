@@ -216,13 +216,14 @@ def calls(monkeypatch):
 
         return recorder
 
-    for form, backends in registry._SEQUENCE_KERNELS.items():
+    reg = registry.REGISTRY
+    for form, backends in reg._sequence.items():
         for b, fn in list(backends.items()):
             monkeypatch.setitem(backends, b, wrap(form, fn))
-    for b, fn in list(registry._STEP_KERNELS.items()):
-        monkeypatch.setitem(registry._STEP_KERNELS, b, wrap("step", fn))
-    for b, fn in list(registry._SEQUENCE_LOOP_KERNELS.items()):
-        monkeypatch.setitem(registry._SEQUENCE_LOOP_KERNELS, b, wrap("sequence", fn))
+    for b, fn in list(reg._step.items()):
+        monkeypatch.setitem(reg._step, b, wrap("step", fn))
+    for b, fn in list(reg._sequence_loop.items()):
+        monkeypatch.setitem(reg._sequence_loop, b, wrap("sequence", fn))
     return log
 
 

@@ -13,13 +13,13 @@ in the sig cell too and returns states ``(C, n)``. Invalid configurations raise 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
+from ..backend_rules import check_backend_config, check_mode
 from ..checks import check_sequence_inputs
 from . import registry
 
@@ -47,7 +47,6 @@ StepKernelType = Literal["native", "triton"]
 DtypeType = Literal["float32", "bfloat16", "float16"]
 BackendModeType = Literal["train", "train_with_padding", "inference"]
 
-_MODES = ("train", "train_with_padding", "inference")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -83,28 +82,7 @@ class mLSTMBackendConfig:
     """For sig-cell kernels only: whether h is normalised (docs/math.md §2)."""
 
     def __post_init__(self):
-        for field, lookup in (
-            ("chunkwise_kernel", registry.kernel),
-            ("sequence_kernel", registry.sequence_kernel),
-            ("step_kernel", registry.step_kernel),
-        ):
-            try:
-                lookup(getattr(self, field))
-            except ValueError as err:
-                raise ValueError(f"mLSTMBackendConfig.{field}: {err}") from None
-        if self.mode not in _MODES:
-            raise ValueError(f"mLSTMBackendConfig.mode must be one of {', '.join(_MODES)}, got {self.mode!r}")
-        if not isinstance(self.chunk_size, int) or isinstance(self.chunk_size, bool) or self.chunk_size < 1:
-            raise ValueError(f"mLSTMBackendConfig.chunk_size must be an int >= 1, got {self.chunk_size!r}")
-        if not isinstance(self.return_last_states, bool):
-            raise ValueError(f"mLSTMBackendConfig.return_last_states must be a bool, got {self.return_last_states!r}")
-        if not isinstance(self.normalize_siging, bool):
-            raise ValueError(f"mLSTMBackendConfig.normalize_siging must be a bool, got {self.normalize_siging!r}")
-        _dtype("autocast_kernel_dtype", self.autocast_kernel_dtype)
-        _dtype("inference_state_dtype", self.inference_state_dtype)
-        bad_eps = isinstance(self.eps, bool) or not isinstance(self.eps, (int, float))
-        if bad_eps or not math.isfinite(self.eps) or self.eps < 0:
-            raise ValueError(f"mLSTMBackendConfig.eps must be a finite float >= 0, got {self.eps!r}")
+        check_backend_config(self, registry.REGISTRY, _dtype)
 
     @property
     def cell(self) -> str:
@@ -146,8 +124,7 @@ class mLSTMBackend(nn.Module):
         mode: BackendModeType | None = None,
     ):
         mode = self.config.mode if mode is None else mode
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {', '.join(_MODES)}, got {mode!r}")
+        check_mode(mode, "mode")
         if self.cell == "sig":
             m_initial = None
         check_sequence_inputs(q, k, v, i, f, c_initial, n_initial, m_initial, cell=self.cell)
