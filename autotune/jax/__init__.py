@@ -24,6 +24,7 @@ require("jax", "autotune.jax")
 
 from ..checks import MLSTMInputError  # noqa: E402
 from . import registry as _registry  # noqa: E402
+from . import triton_kernels as _triton_kernels  # noqa: E402, F401  (registers the generated-kernel entries)
 
 __all__ = [
     "MLSTMInputError",

@@ -16,7 +16,10 @@ def _arrival_counters(n: int, device: torch.device) -> torch.Tensor:
     """Per-head int32 counters that the in-place step kernel and the split step kernel use and reset; allocated once
     per (device, B * NH), so steady-state calls allocate nothing (call once before capturing a CUDA graph). Shared by
     every launch of that B * NH on the device: two such launches must not run at the same time (different streams,
-    or two CUDA graphs replayed concurrently)."""
+    or two CUDA graphs replayed concurrently). A recorded launch (meta device, autotune/launch/trace.py) gets fresh
+    ones: its replay allocates them per call."""
+    if torch.device(device).type == "meta":
+        return torch.zeros(n, dtype=torch.int32, device=device)
     key = (str(device), n)
     if key not in _COUNTERS:
         _COUNTERS[key] = torch.zeros(n, dtype=torch.int32, device=device)
@@ -31,7 +34,11 @@ _SCRATCH: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 def _split_scratch(n: int, NK: int, DHHV: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The split step's per-key-tile shares (numerator (n, NK, DHHV), n . q (n, NK)), fp32, overwritten by every
     call: views of one buffer per device, which grows (at least doubling) when a larger batch comes, so memory stays
-    within a few times the largest batch's need, and steady-state calls allocate nothing (CUDA-graph safe)."""
+    within a few times the largest batch's need, and steady-state calls allocate nothing (CUDA-graph safe). A
+    recorded launch (meta device) gets fresh ones."""
+    if torch.device(device).type == "meta":
+        return (torch.empty(n, NK, DHHV, dtype=torch.float32, device=device),
+                torch.empty(n, NK, dtype=torch.float32, device=device))  # fmt: skip
     held = _SCRATCH.setdefault(str(device), [])
     if not held or held[-1][0].numel() < n * NK * DHHV or held[-1][1].numel() < n * NK:
         size = max(n * NK * DHHV, 2 * held[-1][0].numel()) if held else n * NK * DHHV

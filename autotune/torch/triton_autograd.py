@@ -27,7 +27,7 @@ def _check_device(q: torch.Tensor) -> None:
         )
 
 
-def _check_pow2_chunk(chunk_size) -> None:
+def check_pow2_chunk(chunk_size) -> None:
     check_chunk_size(chunk_size)
     if chunk_size < 16 or chunk_size & (chunk_size - 1):
         raise MLSTMInputError(f"chunk_size must be a power of two >= 16 for Triton kernels, got {chunk_size}")
@@ -39,7 +39,7 @@ def _autocast(q, k, v, dtype: torch.dtype):
     return q, k, v
 
 
-def _run_backward(saved: dict, dh, dlast, plan, *, cell: str, normalize: bool, eps: float):
+def run_backward(saved: dict, dh, dlast, plan, *, cell: str, normalize: bool, eps: float):
     """The generated backward for what a forward saved, with the (variant, config) chosen at the forward."""
     variant, config = plan
     config = dict(config)
@@ -65,7 +65,7 @@ _SAVED = ("q", "k", "v", "i", "f", "C0", "n0", "m0", "h", "s", "mt", "Cb", "nb",
 
 
 class _GeneratedFunction(torch.autograd.Function):
-    """Forward: ``run`` (a generated-kernel launcher). Backward: the generated exact backward (_run_backward).
+    """Forward: ``run`` (a generated-kernel launcher). Backward: the generated exact backward (run_backward).
 
     One class for every entry; non-tensor arguments are plain Python values, and no scalar is wrapped in a tensor
     (both matter to torch.compile). The forward keeps per-token statistics only when a gradient is needed."""
@@ -100,7 +100,7 @@ class _GeneratedFunction(torch.autograd.Function):
             dlast = tuple(d if d is not None else torch.zeros_like(z) for d, z in zip(dlast, like))
         else:
             dlast = None
-        grads = _run_backward(saved, dh.contiguous(), dlast, ctx.plan, **ctx.opts)
+        grads = run_backward(saved, dh.contiguous(), dlast, ctx.plan, **ctx.opts)
         inputs = (saved[n] for n in ("q", "k", "v", "i", "f", "C0", "n0", "m0"))
         out = [g.to(t.dtype).reshape(t.shape) if (t is not None and g is not None) else None
                for g, t in zip(grads, inputs)]  # fmt: skip
@@ -132,7 +132,7 @@ def _sequence_entry(run_factory, native_fallback, *, form: str, cell: str, defau
             m_initial = None
         check_sequence_inputs(q, k, v, i, f, c_initial, n_initial, m_initial, cell=cell)
         if uses_chunk:
-            _check_pow2_chunk(chunk_size)
+            check_pow2_chunk(chunk_size)
         else:
             check_chunk_size(chunk_size)
         if q.dtype == torch.float64:

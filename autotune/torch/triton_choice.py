@@ -4,6 +4,7 @@ and memoised per (op, dtype, device, shape); the built-in defaults; the backward
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 from functools import partial
@@ -20,10 +21,17 @@ from ..launch import parallel_bw as launch_parallel_bw
 from ..variants import by_name, find
 
 _GPU_IDENTITY: dict = {}
+# the GPU a recorded launch (meta tensors, autotune/launch/trace.py) is for: set by the runtime that will replay it
+TRACE_TARGET: contextvars.ContextVar[tuple[str, tuple[int, int]]] = contextvars.ContextVar(
+    "TRACE_TARGET", default=("cpu-interpreter", (0, 0))
+)
 
 
 def gpu_identity(device: torch.device) -> tuple[str, tuple[int, int]]:
-    """(GPU model, compute capability) of a device, cached; the interpreter is its own "GPU"."""
+    """(GPU model, compute capability) of a device, cached; the interpreter is its own "GPU"; a meta device is the
+    GPU that TRACE_TARGET names."""
+    if device.type == "meta":
+        return TRACE_TARGET.get()
     if device.type != "cuda":
         return "cpu-interpreter", (0, 0)
     index = device.index if device.index is not None else torch.cuda.current_device()
@@ -42,7 +50,8 @@ def pick(op: str, structures: tuple[str, ...], q: torch.Tensor, DHHV: int, S: in
     if d.force_env.get(d.force_key) is not d.force_raw:
         d.sync_force()
     memo = d.memo
-    key = (op, direction, structures, q.dtype, q.device, q.shape[-1], DHHV, S, BNH)
+    device = q.device if q.device.type != "meta" else TRACE_TARGET.get()
+    key = (op, direction, structures, q.dtype, device, q.shape[-1], DHHV, S, BNH)
     hit = memo.get(key)
     if hit is None:
         hit = memo[key] = _pick_uncached(op, structures, q, DHHV, S, BNH, default, direction)

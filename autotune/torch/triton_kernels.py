@@ -25,6 +25,7 @@ fp64); ``chunk_size`` must be a power of two >= 16. Under torch.autocast, q, k, 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -112,34 +113,65 @@ def _native_chunkwise(cell: str):
     return fallback
 
 
-def _register() -> None:
+@dataclass(frozen=True)
+class SequenceEntry:
+    """A chunkwise or parallel Triton entry: which generated forward it may run and its defaults. The JAX entries
+    (autotune/jax/triton_kernels.py) record and replay the same runs."""
+
+    form: str  # chunkwise | parallel
+    cell: str
+    structures: tuple[str, ...]  # the forward structures (template names without .py.j2) it may run
+    default_template: str
+    equal_chunks: bool  # chunkwise default: inter- and intra-chunk sizes both chunk_size
+    default_chunk: int
+
+    @property
+    def uses_chunk(self) -> bool:
+        return self.form == "chunkwise"
+
+    def run(self, *, chunk_size: int, eps: float, normalize: bool):
+        """run(q, k, v, i, f, C0, n0, m0, *, return_last_states, saved=None) -> (h, last state or None)."""
+        if self.form == "chunkwise":
+            factory = _chunkwise_run(self.structures, self.default_template, self.cell, equal_chunks=self.equal_chunks)
+        else:
+            factory = _family_run("parallel", self.default_template, self.cell, launch_parallel.parallel_fw)
+        return factory(chunk_size=chunk_size, eps=eps, normalize=normalize)
+
+    def default(self, chunk_size: int, DHQK: int, DHHV: int):
+        if self.form == "chunkwise":
+            return chunkwise_default(self.default_template, self.cell, self.equal_chunks, chunk_size, DHQK, DHHV)
+        return family_default(self.default_template, self.cell, DHQK, DHHV)
+
+
+def _sequence_entries() -> dict[str, SequenceEntry]:
     two, one = launch_chunkwise.TWOPASS, launch_chunkwise.FUSED
     both = (two.removesuffix(".py.j2"), one.removesuffix(".py.j2"))
-    chunkwise = {
-        # name: (cell, allowed structures, default structure, equal inter/intra chunks, default chunk_size)
+    par = ("parallel_fw",)
+    return {
         # upstream names: the two-pass structure of upstream's TFLA kernels
-        "triton_xl_chunk": ("exp", both[:1], two, False, 128),
-        "triton_limit_chunk": ("exp", both[:1], two, True, 64),
-        "triton_xl_chunk_siging": ("sig", both[:1], two, False, 128),
+        "chunkwise--triton_xl_chunk": SequenceEntry("chunkwise", "exp", both[:1], two, False, 128),
+        "chunkwise--triton_limit_chunk": SequenceEntry("chunkwise", "exp", both[:1], two, True, 64),
+        "chunkwise--triton_xl_chunk_siging": SequenceEntry("chunkwise", "sig", both[:1], two, False, 128),
         # our own: the fused single pass that keeps the state on chip, and the best structure per shape
-        "triton_fused": ("exp", both[1:], one, True, 64),
-        "triton_fused_siging": ("sig", both[1:], one, True, 64),
-        "triton_auto": ("exp", both, two, False, 64),
-        "triton_auto_siging": ("sig", both, two, False, 64),
+        "chunkwise--triton_fused": SequenceEntry("chunkwise", "exp", both[1:], one, True, 64),
+        "chunkwise--triton_fused_siging": SequenceEntry("chunkwise", "sig", both[1:], one, True, 64),
+        "chunkwise--triton_auto": SequenceEntry("chunkwise", "exp", both, two, False, 64),
+        "chunkwise--triton_auto_siging": SequenceEntry("chunkwise", "sig", both, two, False, 64),
+        "parallel--triton_limit_headdim": SequenceEntry("parallel", "exp", par, "parallel_fw.py.j2", False, 64),
+        "parallel--triton_siging": SequenceEntry("parallel", "sig", par, "parallel_fw.py.j2", False, 64),
     }
-    for name, (cell, structures, default, equal, default_chunk) in chunkwise.items():
-        run = _chunkwise_run(structures, default, cell, equal_chunks=equal)
-        _ENTRIES[f"chunkwise--{name}"] = (f"chunkwise:{cell}", structures,
-                                          partial(chunkwise_default, default, cell, equal))  # fmt: skip
-        registry.register_kernel("chunkwise", name, _sequence_entry(
-            run, _native_chunkwise(cell), form="chunkwise", cell=cell, default_chunk=default_chunk,
-            uses_chunk=True))  # fmt: skip
-    for name, cell in (("triton_limit_headdim", "exp"), ("triton_siging", "sig")):
-        run = _family_run("parallel", "parallel_fw.py.j2", cell, launch_parallel.parallel_fw)
-        _ENTRIES[f"parallel--{name}"] = (f"parallel:{cell}", ("parallel_fw",), lambda chunk, DHQK, DHHV, cell=cell:
-                                         family_default("parallel_fw.py.j2", cell, DHQK, DHHV))  # fmt: skip
-        registry.register_kernel("parallel", name, _sequence_entry(
-            run, _native_chunkwise(cell), form="parallel", cell=cell, default_chunk=64, uses_chunk=False))  # fmt: skip
+
+
+SEQUENCE_ENTRIES = _sequence_entries()
+
+
+def _register() -> None:
+    for name, entry in SEQUENCE_ENTRIES.items():
+        _ENTRIES[name] = (f"{entry.form}:{entry.cell}", entry.structures, entry.default)
+        form, backend = name.split("--")
+        registry.register_kernel(form, backend, _sequence_entry(
+            entry.run, _native_chunkwise(entry.cell), form=form, cell=entry.cell,
+            default_chunk=entry.default_chunk, uses_chunk=entry.uses_chunk))  # fmt: skip
     registry.register_step_kernel("triton", mlstm_recurrent_step__triton)
     registry.register_sequence_kernel("native_sequence__triton", mlstm_recurrent_sequence__triton)
 
@@ -171,22 +203,30 @@ def mlstm_recurrent_step__triton(
         return mlstm_recurrent_step__native(q, k, v, i, f, c, n, m, eps=eps, dtype_state=dtype_state, inplace=inplace,
                                             cell=cell, normalize=normalize)  # fmt: skip
     _check_device(q)
-    B, NH, DHQK = q.shape
-    DHHV = v.shape[-1]
-    check_heads(B, NH)
-
-    default = partial(family_default, "recurrent_step.py.j2", cell, DHQK, DHHV)
-    variant, config = pick(f"step:{cell}", ("recurrent_step",), q, DHHV, 1, B * NH, default)
-    if c is None:
-        if inplace:
-            raise MLSTMInputError("inplace=True needs the state buffers c, n, m")
-        kw = dict(dtype=dtype_state, device=q.device)
-        c, n = torch.zeros(B, NH, DHQK, DHHV, **kw), torch.zeros(B, NH, DHQK, **kw)
-        m = torch.zeros(B, NH, 1, dtype=torch.float32, device=q.device) if cell == "exp" else None
+    check_heads(q.shape[0], q.shape[1])
+    if c is None and inplace:
+        raise MLSTMInputError("inplace=True needs the state buffers c, n, m")
     if inplace:
         for name, buf in (("c", c), ("n", n), ("m", m)):
             if buf is not None and not buf.is_contiguous():
                 raise MLSTMInputError(f"inplace=True needs contiguous state buffers; {name} is not")
+    return step_launch(q, k, v, i, f, c, n, m, cell=cell, eps=eps, normalize=normalize, dtype_state=dtype_state,
+                       inplace=inplace)  # fmt: skip
+
+
+def step_launch(q, k, v, i, f, c, n, m, *, cell: str, eps: float, normalize: bool, dtype_state: torch.dtype,
+                inplace: bool = False):  # fmt: skip
+    """One step on checked inputs: the dispatched variant and configuration, the new-state buffers (zero state for
+    c None; the given c, n, m themselves when ``inplace``), the launch. Returns h, (C, n, m)."""
+    B, NH, DHQK = q.shape
+    DHHV = v.shape[-1]
+    default = partial(family_default, "recurrent_step.py.j2", cell, DHQK, DHHV)
+    variant, config = pick(f"step:{cell}", ("recurrent_step",), q, DHHV, 1, B * NH, default)
+    if c is None:
+        kw = dict(dtype=dtype_state, device=q.device)
+        c, n = torch.zeros(B, NH, DHQK, DHHV, **kw), torch.zeros(B, NH, DHQK, **kw)
+        m = torch.zeros(B, NH, 1, dtype=torch.float32, device=q.device) if cell == "exp" else None
+    if inplace:
         out = (c, n, m)
     else:
         m_dtype = torch.promote_types(dtype_state, torch.float32)
@@ -228,12 +268,18 @@ def mlstm_recurrent_sequence__triton(
                                                 dtype_state=dtype_state, cell=cell, normalize=normalize)  # fmt: skip
     _check_device(q)
     check_heads(q.shape[0], q.shape[1])
-    factory = _family_run("sequence", "recurrent_sequence.py.j2", cell, launch_recurrent.sequence_fw)
-    run = factory(chunk_size=64, eps=eps, normalize=normalize)
-    h, last = run(*tensors, return_last_states=return_last_states, state_dtype=dtype_state)
+    h, last = sequence_run(cell=cell, eps=eps, normalize=normalize)(
+        *tensors, return_last_states=return_last_states, state_dtype=dtype_state
+    )
     if not return_last_states:
         return h
     return h, (last if cell == "exp" else last[:2])
+
+
+def sequence_run(*, cell: str, eps: float, normalize: bool):
+    """run(q, k, v, i, f, C0, n0, m0, *, return_last_states, state_dtype) of the recurrent sequence kernel."""
+    factory = _family_run("sequence", "recurrent_sequence.py.j2", cell, launch_recurrent.sequence_fw)
+    return factory(chunk_size=64, eps=eps, normalize=normalize)
 
 
 _register()
