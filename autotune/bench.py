@@ -9,6 +9,9 @@ at B in {1, 16, 128, 512} on NH=8 256/512 with an fp32 state. Columns, where the
     upstream_limit_ms   mlstm_kernels' chunkwise--triton_limit_chunk (chunk 64)
     fla_ms              FLA's chunk_simple_gla, forward only (a simpler cell: no input gate, no normaliser)
     sdpa_ms             torch's scaled_dot_product_attention, causal (only where DHQK == DHHV)
+    jax_ms              the same kernel as ours_ms from JAX (autotune.jax, under jax.jit; the step with its state
+                        donated), and ours_wall_ms the PyTorch call timed the same way: wall clock per call to
+                        completion, the median (JAX runs on its own stream, which CUDA events of torch's miss)
 Comparison libraries are optional imports: a missing one, or a call that fails, is reported in the row's
 "notes", never fatal. Timing: triton.testing.do_bench (warm-up, then the median), inputs of 65,536 tokens (far
 beyond the 60 MB L2), bf16, never zeros. Without a GPU, ``--smoke`` runs the same code on tiny shapes under
@@ -34,7 +37,8 @@ from .report import _text, write_png
 
 TOKENS = 65536
 LAYOUTS = ((8, 256, 512), (32, 128, 128))
-COLUMNS = ("ours_ms", "default_ms", "upstream_ms", "upstream_limit_ms", "fla_ms", "sdpa_ms")
+COLUMNS = ("ours_ms", "default_ms", "upstream_ms", "upstream_limit_ms", "fla_ms", "sdpa_ms", "jax_ms", "ours_wall_ms")
+WALL_COLUMNS = ("jax_ms", "ours_wall_ms")
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,23 @@ def _timer(device: str, reps_ms: float):
         return (time.perf_counter() - start) * 1e3
 
     return wall
+
+
+def _wall_timer(device: str, reps_ms: float):
+    """Median wall-clock time per call of ``fn`` (which returns once its work is done), after a warm-up."""
+
+    def wall(fn):
+        for _ in range(3):
+            fn()
+        times, spent = [], 0.0
+        while spent < reps_ms or len(times) < 5:
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+            spent += times[-1]
+        return float(np.median(times))
+
+    return wall if device == "cuda" else _timer(device, reps_ms)
 
 
 def _inputs(row: Row, device: str, dtype: torch.dtype):
@@ -121,6 +142,49 @@ def _ours(row: Row, x: dict, dispatch: bool):
         args = [x[n][:, :, 0] for n in "qkv"] + [x[n][:, :, :1] for n in "if"]
         return lambda: kernel(*args, *state, inplace=True)
     return _sequence_call(get_mlstm_kernel("chunkwise--triton_auto"), x, row.pass_, chunk_size=64)
+
+
+def _synced(fn):
+    def call():
+        fn()
+        torch.cuda.synchronize()
+
+    return call
+
+
+def _jax(row: Row, x: dict):
+    """The JAX entry of the same kernel under jax.jit, on the same inputs (shared through DLPack); returns once its
+    results are ready."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave the GPU's memory to both frameworks
+    import jax  # optional: the jax extra
+    import jax.numpy as jnp
+
+    from .jax import get_mlstm_kernel, get_mlstm_step_kernel
+
+    if x["q"].is_cuda:
+        torch.cuda.synchronize()
+    xj = {k: jax.dlpack.from_dlpack(t.contiguous()) for k, t in x.items()}
+    if row.op == "step":
+        step = jax.jit(get_mlstm_step_kernel("triton"), donate_argnums=(5, 6, 7))
+        args = [xj[n][:, :, 0] for n in "qkv"] + [xj[n][:, :, :1] for n in "if"]
+        state = [jax.dlpack.from_dlpack(t) for t in _step_state(row, x)]
+
+        def step_call():
+            nonlocal state
+            h, new = step(*args, *state)
+            state = list(new)
+            h.block_until_ready()
+
+        return step_call
+    kernel = get_mlstm_kernel("chunkwise--triton_auto")
+    inputs = [xj[n] for n in "qkvif"]
+    if row.pass_ == "fw":
+        fw = jax.jit(lambda *a: kernel(*a, chunk_size=64))
+        return lambda: fw(*inputs).block_until_ready()
+    w = jnp.ones((row.B, row.NH, row.S, row.DHHV), jnp.bfloat16)
+    grads = jax.jit(jax.grad(lambda *a: jnp.sum((kernel(*a, chunk_size=64) * w).astype(jnp.float32)),
+                             argnums=(0, 1, 2, 3, 4)))  # fmt: skip
+    return lambda: jax.block_until_ready(grads(*inputs))
 
 
 def _step_state(row: Row, x: dict):
@@ -196,7 +260,7 @@ def step_bytes(r: dict) -> int:
 
 
 def measure(row: Row, device: str, reps_ms: float) -> dict:
-    timer = _timer(device, reps_ms)
+    timer, wall = _timer(device, reps_ms), _wall_timer(device, reps_ms)
     x = _inputs(row, device, torch.bfloat16 if device == "cuda" else torch.float32)
     out = {"op": row.op, "pass": row.pass_, "B": row.B, "NH": row.NH, "S": row.S, "DHQK": row.DHQK,
            "DHHV": row.DHHV, "notes": {}}  # fmt: skip
@@ -207,6 +271,8 @@ def measure(row: Row, device: str, reps_ms: float) -> dict:
         "upstream_limit_ms": lambda: _upstream(row, x, "chunkwise--triton_limit_chunk"),
         "fla_ms": lambda: _fla(row, x),
         "sdpa_ms": lambda: _sdpa(row, x),
+        "jax_ms": lambda: _jax(row, x),
+        "ours_wall_ms": lambda: _synced(_ours(row, x, dispatch=True)) if device == "cuda" else _ours(row, x, True),
     }
     saved_env = os.environ.get("MLSTM_AUTOTUNE_DISPATCH")
     try:
@@ -216,7 +282,7 @@ def measure(row: Row, device: str, reps_ms: float) -> dict:
                 continue
             try:
                 fn = make()
-                out[column] = float(timer(fn))
+                out[column] = float((wall if column in WALL_COLUMNS else timer)(fn))
                 if row.op == "step" and device == "cuda" and column in GRAPHED:
                     out[GRAPHED[column]] = float(timer(graphed(fn)))
             except ImportError as err:
@@ -240,8 +306,8 @@ def measure(row: Row, device: str, reps_ms: float) -> dict:
 def markdown(gpu: str, table: list[dict], timing: str) -> str:
     lines = [f"Benchmark on {gpu} ({timing}); times in ms; ratios: the other's time / ours", "",
              "| op | pass | B | NH | S | DHQK/DHHV | ours | default | upstream xl_chunk | upstream limit_chunk | FLA "
-             "simple_gla | SDPA | vs upstream | vs FLA |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "simple_gla | SDPA | JAX (wall) | ours (wall) | vs upstream | vs FLA | JAX vs ours (wall) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
 
     def ms(r, c):
         return f"{r[c]:.3f}" if r.get(c) is not None else "-"
@@ -251,8 +317,9 @@ def markdown(gpu: str, table: list[dict], timing: str) -> str:
 
     for r in table:
         cells = " | ".join(ms(r, c) for c in COLUMNS)
+        jax_vs = f"{r['jax_ms'] / r['ours_wall_ms']:.2f}x" if r.get("jax_ms") and r.get("ours_wall_ms") else "-"
         lines.append(f"| {r['op']} | {r['pass']} | {r['B']} | {r['NH']} | {r['S']} | {r['DHQK']}/{r['DHHV']} | {cells} "
-                     f"| {ratio(r, 'upstream_ms')} | {ratio(r, 'fla_ms')} |")  # fmt: skip
+                     f"| {ratio(r, 'upstream_ms')} | {ratio(r, 'fla_ms')} | {jax_vs} |")  # fmt: skip
     graphed = [r for r in table if r["op"] == "step" and r.get("ours_graph_ms")]
     if graphed:
         lines += ["", "Step kernel, eager and replayed from a CUDA graph; bandwidth = the fp32 state read and written "
@@ -275,12 +342,14 @@ def markdown(gpu: str, table: list[dict], timing: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-_COLOURS = ((40, 100, 200), (170, 170, 170), (200, 80, 60), (230, 160, 60), (60, 160, 90), (140, 90, 170))
+_COLOURS = ((40, 100, 200), (170, 170, 170), (200, 80, 60), (230, 160, 60), (60, 160, 90), (140, 90, 170),
+            (20, 170, 190), (90, 130, 210))  # fmt: skip
 
 
 def plot(table: list[dict]) -> np.ndarray:
     """One group of bars per row, one bar per column (ours blue, default grey, upstream red/orange, FLA green, SDPA
-    purple), each group on its own scale (its longest bar full width), numbered like the table rows."""
+    purple, JAX teal, ours by wall clock light blue), each group on its own scale (its longest bar full width),
+    numbered like the table rows."""
     bar, gap, left, width = 8, 14, 70, 520
     height = max(1, len(table)) * (len(COLUMNS) * bar + gap) + gap
     img = np.full((height, left + width + 20, 3), 255, dtype=np.uint8)
