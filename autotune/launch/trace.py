@@ -1,5 +1,5 @@
 """Record what a launcher does, on meta tensors, so that another runtime can replay it (autotune/jax/triton_exec.py
-replays it with jax-triton; autotune/launch/replay_torch.py with PyTorch, which is how the CPU tests check it).
+replays it with jax-triton; autotune/launch/replay.py with PyTorch, which is how the CPU tests check it).
 
 ``record(fn, inputs)`` calls ``fn`` (a launcher, or an entry's run function) with meta tensors of the inputs' shapes
 and dtypes. Nothing is computed: every tensor operation and every kernel launch is written down as an event:
@@ -135,6 +135,7 @@ class _Recorder(TorchDispatchMode):
         self.trace = trace
         self.root: dict[int, tuple[torch.Tensor, int]] = {}  # id(tensor) -> (tensor, buffer id); keeps them alive
         self.roots: dict[int, torch.Tensor] = {}  # buffer id -> the tensor that made it
+        self.views: set[int] = set()  # buffers that are values of strided or offset views
         self.next_id = 0
 
     # ------------------------------------------------------------------------------------------- buffers
@@ -197,6 +198,8 @@ class _Recorder(TorchDispatchMode):
 
             leaves, _ = tree_flatten(out)
             outs = tuple(self.new_buffer(t) if isinstance(t, torch.Tensor) else None for t in leaves)
+            if func.is_view or name in ("_unsafe_view", "alias"):
+                self.views.update(b for b in outs if b is not None)  # a copy here: no kernel may write it
             self.trace.events.append(Op(outs, func, tree_map(ref, args), tree_map(ref, kwargs)))
 
     # ------------------------------------------------------------------------------------------- launches
@@ -225,7 +228,7 @@ class _Recorder(TorchDispatchMode):
             value = bound[n]
             if isinstance(value, torch.Tensor):
                 buf = self.buffer_of(value, f"{kernel.fn.__name__}({n})")
-                if not _from_start(value, self.roots[buf]):
+                if buf in self.views or not _from_start(value, self.roots[buf]):
                     raise TraceError(f"{kernel.fn.__name__}({n}) gets a strided or offset view: cannot be replayed")
                 bindings.append(Arg(n, "buffer", buf))
                 if n in written:
