@@ -25,9 +25,11 @@ class KernelRegistry:
         self._sequence_loop = dict(sequence_loop)
 
     def available_kernels(self) -> list[str]:
+        """Names of the chunkwise and parallel kernels (training and prefill), as ``"<form>--<backend>"``."""
         return [f"{form}--{backend}" for form, backends in self._sequence.items() for backend in backends]
 
     def kernel(self, name: str) -> Callable:
+        """The chunkwise or parallel kernel called ``name`` (e.g. ``"chunkwise--native_custbw"``)."""
         if not isinstance(name, str) or name.count("--") != 1:
             raise _unknown("mLSTM kernel (expected '<form>--<backend>')", name, self.available_kernels())
         form, backend = name.split("--")
@@ -36,17 +38,21 @@ class KernelRegistry:
         return self._sequence[form][backend]
 
     def available_step_kernels(self) -> list[str]:
+        """Names of the step kernels (one token, for generation)."""
         return list(self._step)
 
     def step_kernel(self, name: str) -> Callable:
+        """The step kernel called ``name`` (e.g. ``"native"``)."""
         if not isinstance(name, str) or name not in self._step:
             raise _unknown("mLSTM step kernel", name, self.available_step_kernels())
         return self._step[name]
 
     def available_sequence_kernels(self) -> list[str]:
+        """Names of the recurrent sequence kernels (any sequence length, step by step)."""
         return list(self._sequence_loop)
 
     def sequence_kernel(self, name: str) -> Callable:
+        """The recurrent sequence kernel called ``name`` (e.g. ``"native_sequence__native"``)."""
         if not isinstance(name, str) or name not in self._sequence_loop:
             raise _unknown("mLSTM sequence kernel", name, self.available_sequence_kernels())
         return self._sequence_loop[name]

@@ -16,8 +16,6 @@ Needs the ``jax`` extra: ``pip install 'mlstm-autotune[jax]'``; ``import autotun
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from .extra import require
 
 require("jax", "autotune.jax")
@@ -37,31 +35,9 @@ __all__ = [
 ]
 
 
-def get_available_mlstm_kernels() -> list[str]:
-    """Names of the chunkwise and parallel kernels (training and prefill), as ``"<form>--<backend>"``."""
-    return _registry.available_kernels()
-
-
-def get_mlstm_kernel(name: str) -> Callable:
-    """The chunkwise or parallel kernel called ``name`` (e.g. ``"chunkwise--native_custbw"``)."""
-    return _registry.kernel(name)
-
-
-def get_available_mlstm_step_kernels() -> list[str]:
-    """Names of the step kernels (one token, for generation)."""
-    return _registry.available_step_kernels()
-
-
-def get_mlstm_step_kernel(name: str) -> Callable:
-    """The step kernel called ``name`` (e.g. ``"native"``)."""
-    return _registry.step_kernel(name)
-
-
-def get_available_mlstm_sequence_kernels() -> list[str]:
-    """Names of the recurrent sequence kernels (any sequence length, step by step)."""
-    return _registry.available_sequence_kernels()
-
-
-def get_mlstm_sequence_kernel(name: str) -> Callable:
-    """The recurrent sequence kernel called ``name`` (e.g. ``"native_sequence__native"``)."""
-    return _registry.sequence_kernel(name)
+get_available_mlstm_kernels = _registry.REGISTRY.available_kernels
+get_mlstm_kernel = _registry.REGISTRY.kernel
+get_available_mlstm_step_kernels = _registry.REGISTRY.available_step_kernels
+get_mlstm_step_kernel = _registry.REGISTRY.step_kernel
+get_available_mlstm_sequence_kernels = _registry.REGISTRY.available_sequence_kernels
+get_mlstm_sequence_kernel = _registry.REGISTRY.sequence_kernel

@@ -13,7 +13,7 @@ import torch
 
 from ..launch.trace import TraceError
 
-_DTYPES = {
+DTYPES = {
     torch.float16: jnp.float16,
     torch.bfloat16: jnp.bfloat16,
     torch.float32: jnp.float32,
@@ -25,7 +25,7 @@ _DTYPES = {
 
 
 def jnp_dtype(dtype: torch.dtype):
-    return _DTYPES[dtype]
+    return DTYPES[dtype]
 
 
 def _axis(a, dim: int) -> int:
@@ -34,7 +34,7 @@ def _axis(a, dim: int) -> int:
 
 def _sum(a, dim=None, keepdim=False, dtype=None):
     axes = None if dim is None else tuple(_axis(a, d) for d in dim)
-    return jnp.sum(a, axis=axes, keepdims=keepdim, dtype=None if dtype is None else _DTYPES[dtype])
+    return jnp.sum(a, axis=axes, keepdims=keepdim, dtype=None if dtype is None else DTYPES[dtype])
 
 
 def _select(a, dim, index):
@@ -50,7 +50,7 @@ def _slice(a, dim=0, start=None, end=None, step=1):
 
 
 def _to_copy(a, dtype=None, **_):
-    return a if dtype is None else a.astype(_DTYPES[dtype])
+    return a if dtype is None else a.astype(DTYPES[dtype])
 
 
 OPS = {

@@ -75,7 +75,7 @@ class mLSTMBackendConfig:
 
     @property
     def cell(self) -> str:
-        return registry.kernel_cell(self.chunkwise_kernel)
+        return registry.REGISTRY.kernel_cell(self.chunkwise_kernel)
 
 
 class mLSTMBackend(nn.Module):
@@ -109,7 +109,7 @@ class mLSTMBackend(nn.Module):
             return self._inference(q, k, v, i, f, c_initial, n_initial, m_initial)
         if return_last_states is None:
             return_last_states = self.config.return_last_states
-        return registry.kernel(self.config.chunkwise_kernel)(
+        return registry.REGISTRY.kernel(self.config.chunkwise_kernel)(
             q=q, k=k, v=v, i=i, f=f, c_initial=c_initial, n_initial=n_initial, m_initial=m_initial,
             return_last_states=return_last_states, eps=self.config.eps,
             autocast_kernel_dtype=_dtype("autocast_kernel_dtype", self.config.autocast_kernel_dtype),
@@ -122,7 +122,7 @@ class mLSTMBackend(nn.Module):
         state_dtype = _dtype("inference_state_dtype", cfg.inference_state_dtype)
         cell_kw = dict(self._cell_kwargs(), cell=self.cell)
         if S == 1:
-            h, (c, n, m) = registry.step_kernel(cfg.step_kernel)(
+            h, (c, n, m) = registry.REGISTRY.step_kernel(cfg.step_kernel)(
                 q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0:1], f[:, :, 0:1], c, n, m,
                 eps=cfg.eps, dtype_state=state_dtype, **cell_kw,
             )  # fmt: skip
@@ -130,7 +130,7 @@ class mLSTMBackend(nn.Module):
         bulk = (S // L) * L
         hs = []
         if bulk > 0:
-            h, states = registry.kernel(cfg.chunkwise_kernel)(
+            h, states = registry.REGISTRY.kernel(cfg.chunkwise_kernel)(
                 q=q[:, :, :bulk], k=k[:, :, :bulk], v=v[:, :, :bulk], i=i[:, :, :bulk], f=f[:, :, :bulk],
                 c_initial=c, n_initial=n, m_initial=m, return_last_states=True, eps=cfg.eps,
                 autocast_kernel_dtype=_dtype("autocast_kernel_dtype", cfg.autocast_kernel_dtype), chunk_size=L,
@@ -139,7 +139,7 @@ class mLSTMBackend(nn.Module):
             hs.append(h)
             c, n, m = self._cast(*self._unpack(states), state_dtype)
         if bulk < S:
-            h, states = registry.sequence_kernel(cfg.sequence_kernel)(
+            h, states = registry.REGISTRY.sequence_kernel(cfg.sequence_kernel)(
                 q=q[:, :, bulk:], k=k[:, :, bulk:], v=v[:, :, bulk:], i=i[:, :, bulk:], f=f[:, :, bulk:],
                 c_initial=c, n_initial=n, m_initial=m, return_last_states=True, eps=cfg.eps,
                 dtype_state=state_dtype, **cell_kw,

@@ -1,5 +1,5 @@
 """The JAX kernel registry (autotune/kernel_registry.py): the native JAX kernels, and the generated-kernel entries
-that autotune/jax/triton_kernels.py registers on import. The module-level names are the registry's methods."""
+that autotune/jax/triton_kernels.py registers on import."""
 
 from __future__ import annotations
 
@@ -13,14 +13,3 @@ REGISTRY = KernelRegistry(
     step=_native_recurrent.step_registry,
     sequence_loop=_native_recurrent.sequence_registry,
 )
-
-available_kernels = REGISTRY.available_kernels
-kernel = REGISTRY.kernel
-available_step_kernels = REGISTRY.available_step_kernels
-step_kernel = REGISTRY.step_kernel
-available_sequence_kernels = REGISTRY.available_sequence_kernels
-sequence_kernel = REGISTRY.sequence_kernel
-kernel_cell = REGISTRY.kernel_cell
-register_kernel = REGISTRY.register_kernel
-register_step_kernel = REGISTRY.register_step_kernel
-register_sequence_kernel = REGISTRY.register_sequence_kernel

@@ -27,14 +27,7 @@ from ..torch.triton_choice import TRACE_TARGET
 from . import aten
 from .extra import require
 
-_TO_JNP = {
-    torch.float16: jnp.float16,
-    torch.bfloat16: jnp.bfloat16,
-    torch.float32: jnp.float32,
-    torch.float64: jnp.float64,
-    torch.int32: jnp.int32,
-    torch.int64: jnp.int64,
-}
+_TO_JNP = aten.DTYPES
 _TO_TORCH = {jnp.dtype(v): k for k, v in _TO_JNP.items()}
 
 

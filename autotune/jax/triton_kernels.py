@@ -260,9 +260,9 @@ def mlstm_recurrent_sequence__triton(q, k, v, i, f, c_initial=None, n_initial=No
 def _register() -> None:
     for name in SEQUENCE_ENTRIES:
         form, backend = name.split("--")
-        registry.register_kernel(form, backend, _sequence_entry(name))
-    registry.register_step_kernel("triton", mlstm_recurrent_step__triton)
-    registry.register_sequence_kernel("native_sequence__triton", mlstm_recurrent_sequence__triton)
+        registry.REGISTRY.register_kernel(form, backend, _sequence_entry(name))
+    registry.REGISTRY.register_step_kernel("triton", mlstm_recurrent_step__triton)
+    registry.REGISTRY.register_sequence_kernel("native_sequence__triton", mlstm_recurrent_sequence__triton)
 
 
 _register()

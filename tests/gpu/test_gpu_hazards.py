@@ -160,9 +160,12 @@ def test_q_dot_n_in_a_loop_of_its_own_is_deterministic_and_exact(num_warps, num_
 
 @pytest.mark.parametrize("num_warps,num_stages", LAUNCHES, ids=lambda x: str(x))
 def test_transposed_output_is_deterministic_and_exact(num_warps, num_stages):
+    """Exact up to dA's rounding to 16 bits: the kernel rounds its fp32 dA, the reference the float64 one, so a few
+    elements at a rounding boundary differ by one bf16 unit (measured 2e-5 on the H200 in both forms); the hazardous
+    form gave 6-8e-2 on the H100 (docs/hazards.md)."""
     r = run_transposed_dot(1, num_warps, num_stages)
     assert r["distinct"] == 1, r
-    assert r["dq"] < 1e-6 and r["dk"] < 1e-6, r
+    assert r["dq"] < 1e-4 and r["dk"] < 1e-4, r
 
 
 if __name__ == "__main__":  # the table of both forms, hazardous and safe (docs/hazards.md quotes it)
