@@ -11,5 +11,12 @@ def require(module: str, what: str):
     """Import ``module`` or raise ImportError saying what needs it and how to install it."""
     try:
         return importlib.import_module(module)
-    except ImportError as err:
+    except ModuleNotFoundError as err:
+        if err.name != module and not module.startswith(f"{err.name}."):
+            raise  # the package is there; something it imports is not
         raise ImportError(f"{what} needs the package {module!r}, which is not installed: {INSTALL}") from err
+    except ImportError as err:  # installed, but it cannot load here (jax-triton without a GPU build of JAX)
+        raise ImportError(
+            f"{what} needs the package {module!r}, which cannot be imported here ({err}); it comes "
+            f"with {INSTALL} and needs a GPU build of JAX"
+        ) from err

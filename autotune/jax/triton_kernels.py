@@ -216,9 +216,11 @@ def mlstm_recurrent_step__triton(q, k, v, i, f, c, n, m, eps: float = 1e-6, dtyp
         c = jnp.zeros((dims.B, dims.NH, dims.DHQK, dims.DHHV), sd)
         n = jnp.zeros((dims.B, dims.NH, dims.DHQK), sd)
         m = jnp.zeros((dims.B, dims.NH, 1), max_state_dtype(sd)) if cell == "exp" else None
-    m = m if cell == "exp" else None
-    h, (C, n_new, m_new) = _step_fn(cell, float(eps), bool(normalize), sd.name)(q, k, v, i, f, c, n, m)
-    return h, (C, n_new, m_new if cell == "exp" else m)
+    given_m = m  # the sig cell has no max state: m passes through unchanged
+    h, (C, n_new, m_new) = _step_fn(cell, float(eps), bool(normalize), sd.name)(
+        q, k, v, i, f, c, n, m if cell == "exp" else None
+    )
+    return h, (C, n_new, m_new if cell == "exp" else given_m)
 
 
 @cache
