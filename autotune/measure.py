@@ -222,7 +222,8 @@ def gate_draws(job: Job) -> list:
         oracle = lambda x: dict(zip(output_names(job), _oracle(job, x), strict=True))  # noqa: E731
         _DRAWS[key] = [
             gate.prepare(gate.draw_inputs(kind, 1, 2, S, job.DHQK, job.DHHV, dtype=getattr(torch, job.dtype),
-                                          device=job.device, seed=1 + n), oracle, trusted)
+                                          device=job.device, seed=1 + n, cell=by_name(job.variant).params["cell"]),
+                         oracle, trusted)
             for n, kind in enumerate(gate_kinds(job))
         ]  # fmt: skip
     return _DRAWS[key]
