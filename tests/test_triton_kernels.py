@@ -242,8 +242,10 @@ def test_logsigmoid_keeps_the_digits_of_gates_near_one():
 
 def test_split_step_scratch_grows_and_is_reused():
     """The split step's scratch: views of one buffer per device that grows for a larger batch (older buffers kept
-    for CUDA graphs that hold them), and is reused, not reallocated, for smaller ones."""
-    dev = torch.device("meta")
+    for CUDA graphs that hold them), and is reused, not reallocated, for smaller ones. (A meta device, as a
+    recorded launch has, gets fresh buffers every call: autotune/launch/trace.py.)"""
+    dev = torch.device("cpu")
+    recurrent._SCRATCH.pop(str(dev), None)
     part, parts = recurrent._split_scratch(2, 4, 24, dev)
     assert part.shape == (2, 4, 24) and parts.shape == (2, 4)
     part, parts = recurrent._split_scratch(8, 4, 24, dev)
@@ -252,6 +254,10 @@ def test_split_step_scratch_grows_and_is_reused():
     assert len(held) == 2 and held[-1][0].numel() == 8 * 4 * 24
     recurrent._split_scratch(3, 4, 24, dev)
     assert len(held) == 2  # fits: no new buffer
+    recurrent._SCRATCH.pop(str(dev), None)
+    meta = torch.device("meta")
+    recurrent._split_scratch(2, 4, 24, meta)
+    assert str(meta) not in recurrent._SCRATCH
 
 
 def test_unknown_launch_choices_are_clear_errors():
