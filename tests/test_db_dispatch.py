@@ -101,8 +101,10 @@ def _writer(path: str, worker: int, n: int) -> None:
 
 
 def test_concurrent_writers_lose_nothing(tmp_path: Path):
+    """Three processes upsert at once. Spawned, not forked: a test process may hold JAX's threads (the JAX tests),
+    and a fork of a multithreaded process can deadlock."""
     path = tmp_path / "db.json"
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(str(path), w, 25)) for w in (1, 2, 3)]
     for p in procs:
         p.start()
