@@ -13,6 +13,7 @@ Rules (README "Input rules" documents them for users):
 from __future__ import annotations
 
 import math
+import operator
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ TORCH = ArrayKind(
     type_name="torch.Tensor",
     is_array=lambda t: isinstance(t, torch.Tensor),
     float_dtypes=FLOAT_DTYPES,
-    device_of=lambda t: t.device,
+    device_of=operator.attrgetter("device"),  # called per argument of every step call: no lambda frame
     all_finite=lambda t: bool(torch.isfinite(t).all()),
 )
 

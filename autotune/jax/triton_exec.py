@@ -176,4 +176,4 @@ def _unbatchable(run_factory, options: tuple):
     return run
 
 
-__all__ = ["Out", "call", "jax_triton", "runtime", "target", "torch_dtype", "traced"]
+__all__ = ["call", "jax_triton", "runtime", "target", "torch_dtype", "traced"]

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import torch
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from .adapters import Layout, adapter
-from .trace import Convert, Copy, Fill, Launch, New, Op, Out, Ref, Trace, TraceError
+from .trace import Convert, Copy, Fill, Launch, New, Op, Out, Ref, Trace, TraceError, meta_like
 
 
 class Runtime(Protocol):
@@ -129,8 +130,6 @@ class TorchRuntime:
         self.device = device
 
     def new(self, shape, dtype, fill):
-        import torch
-
         if fill is None:
             return torch.empty(shape, dtype=dtype, device=self.device)
         return torch.full(shape, fill, dtype=dtype, device=self.device)
@@ -139,8 +138,6 @@ class TorchRuntime:
         return x.to(dtype).reshape(shape).clone()
 
     def launch(self, kernel, grid, inputs, scalars, outputs, aliases, constexprs, options):
-        import torch
-
         outs = [torch.empty(shape, dtype=dtype, device=self.device) for shape, dtype in outputs]
         for i, o in aliases.items():
             outs[o] = inputs[i]  # in place: the kernel's output pointer is the input's memory
@@ -154,8 +151,6 @@ class TorchRuntime:
         return x.reshape(-1)[:n].reshape(shape)
 
     def op(self, func, args, kwargs):
-        import torch
-
         if isinstance(kwargs.get("device"), torch.device):
             kwargs = dict(kwargs, device=torch.device(self.device))
         return func(*args, **kwargs)
@@ -163,8 +158,4 @@ class TorchRuntime:
 
 def to_meta(tree):
     """``tree`` with every tensor replaced by a meta tensor of its shape and dtype (for trace.record)."""
-    import torch
-
-    from .trace import meta_like
-
     return tree_map(lambda t: meta_like(t.shape, t.dtype) if isinstance(t, torch.Tensor) else t, tree)
