@@ -225,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="stop a shape's study after this")
     p.add_argument("--devices", help="GPU indices, e.g. 0,1: one worker process per GPU on the same studies")
     p.add_argument("--db", metavar="DIR", help="database directory to write (default: MLSTM_AUTOTUNE_DB or the cache)")
-    p.add_argument("--storage", metavar="FILE", help="Optuna journal file (default: DIR/studies.journal)")
+    p.add_argument("--storage", metavar="FILE|URL", help="where the studies live: an Optuna journal file, or a "
+                   "database URL shared by several hosts (sqlite:///FILE, postgresql://USER@HOST/DB, "
+                   "mysql+pymysql://...); default: DIR/studies.journal")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_tune)
     p = sub.add_parser(

@@ -1,6 +1,8 @@
 """Optuna studies over the space of ``autotune.space``: one study per (GPU, op, direction, dtype, head dims, shape
-bucket), in a journal file, so a run that is cut off continues where it stopped and several processes (one per GPU)
-can work on one study.
+bucket), in a journal file or an Optuna database (``open_storage``), so a run that is cut off continues where it stopped
+and several processes (one per GPU, or on several hosts sharing a database) can work on one study. A trial whose
+worker died (a process of this host that is gone, or a heartbeat older than ``GRACE_S`` on a database) is closed as
+interrupted and its point queued again.
 
 Trial 0 is always the variant's built-in default configuration, so the winner is never slower than the default;
 the next ones may be given starting points (the winners of neighbouring shapes) and seeds (structural changes of
@@ -82,10 +84,72 @@ def study_name(gpu: str, op: str, direction: str, dtype: str, DHQK: int, DHHV: i
     return f"{name}|code-{code}" if code else name
 
 
-def open_study(storage_file: Path, name: str, seed: int = 0) -> optuna.Study:
-    storage_file = Path(storage_file)
-    storage_file.parent.mkdir(parents=True, exist_ok=True)
-    storage = JournalStorage(JournalFileBackend(str(storage_file)))
+HEARTBEAT_S = 15  # on a database storage a worker records a heartbeat this often while it measures a point
+GRACE_S = 120  # ... and a trial whose last heartbeat is older than this is taken as abandoned by a dead worker
+
+_STORAGES: dict[str, optuna.storages.BaseStorage] = {}
+_MARKS = ("default", "start", "seed", "neighbour", "move", "base_ms", "base")  # why a point was queued
+
+
+class StorageError(RuntimeError):
+    """A storage that cannot be opened: a missing database driver, a server that does not answer, a bad URL."""
+
+
+def is_url(storage: str | Path) -> bool:
+    return "://" in str(storage)
+
+
+def open_storage(storage: str | Path) -> optuna.storages.BaseStorage:
+    """The Optuna storage of ``storage``: a database URL (``sqlite:///FILE``, ``postgresql://USER@HOST/DB``,
+    ``mysql+pymysql://...``: any URL SQLAlchemy and Optuna's RDBStorage take) or a journal file's path. One object per
+    storage and process. A database storage records heartbeats, so that the trial of a worker that died on another
+    host is found and measured again."""
+    key = str(storage)
+    if key in _STORAGES:
+        return _STORAGES[key]
+    if not is_url(key):
+        path = Path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _STORAGES[key] = JournalStorage(JournalFileBackend(str(path)))
+        return _STORAGES[key]
+    import sqlalchemy.exc
+
+    # SQLite serialises writers: a worker waits for the lock instead of failing at once
+    engine = {"connect_args": {"timeout": 60}} if key.startswith("sqlite") else {}
+    for attempt in range(3):  # workers that start together on an empty database race to create its tables
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat arguments
+                _STORAGES[key] = optuna.storages.RDBStorage(
+                    key, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                    heartbeat_stale_trial_callback=_requeue)  # fmt: skip
+            return _STORAGES[key]
+        except ImportError as err:  # the URL's driver (psycopg for postgresql://, ...), which Optuna re-raises
+            missing = err if isinstance(err, ModuleNotFoundError) else err.__cause__ or err.__context__
+            name = getattr(missing, "name", None) or "its module"
+            hint = " (pip install 'mlstm-autotune[postgres]')" if key.startswith("postgresql") else ""
+            raise StorageError(f"the database driver for {_redact(key)} is not installed: {name}{hint}") from err
+        except (sqlalchemy.exc.SQLAlchemyError, ValueError) as err:
+            if attempt < 2 and isinstance(err, sqlalchemy.exc.SQLAlchemyError):
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise StorageError(f"cannot open the study storage {_redact(key)}: {first}") from err
+    raise AssertionError("unreachable")
+
+
+def _redact(url: str) -> str:
+    """A URL without its password, for messages."""
+    head, sep, rest = url.partition("://")
+    cred, at, host = rest.rpartition("@")
+    if at and ":" in cred:
+        cred = cred.split(":", 1)[0] + ":***"
+    return f"{head}{sep}{cred}{at}{host}"
+
+
+def open_study(storage: str | Path, name: str, seed: int = 0) -> optuna.Study:
+    """The study ``name`` in ``storage`` (``open_storage``), created on first use."""
+    storage = open_storage(storage)
     # multivariate + group: TPE models each variant's own parameters together (the space is conditional: the
     # variant decides which parameters exist). On replayed timings with structure it found a planted optimum for 8 of
     # 8 sampler seeds at 60 trials and 7 of 8 at 30, where independent TPE found it for 5 and 3
@@ -147,6 +211,12 @@ def _pending_points(study: optuna.Study) -> set[str]:
             config = {k.partition(".")[2]: v for k, v in params.items() if k != "variant"}
             points.add(_point_key(params["variant"], config))
     return points
+
+
+def _retry_waiting(study: optuna.Study) -> bool:
+    """Whether a point of a dead worker is queued (``_close_abandoned``)."""
+    _close_abandoned(study)
+    return any("retry_of" in t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 def _has_waiting(study: optuna.Study) -> bool:
@@ -280,17 +350,22 @@ def run_study(
         return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
 
     # trials=0 only reads the study (the summary after --devices workers). A study that already holds ``trials``
-    # settled points measures nothing more, unless its default has never run correctly: that is always asked
-    while trials > 0 and ((settled() < trials and tally.asked < trials) or (tally.asked == 0 and not default_done)):
+    # settled points measures nothing more, unless its default has never run correctly (that is always asked) or a
+    # point of a dead worker waits to be measured again
+    while trials > 0 and ((settled() < trials and tally.asked < trials) or (tally.asked == 0 and not default_done)
+                          or _retry_waiting(study)):  # fmt: skip
         if time_budget_s is not None and time.monotonic() - start > time_budget_s and study.best_trials:
             break
         _queue_local_move(study, candidates, tally, DHQK, DHHV, dtype_bytes, limits)
         tally.asked += 1
+        _close_abandoned(study)  # a worker beside this one may have died since
         trial = study.ask()
         trial.set_user_attr("worker", _WORKER)
         variant, config = _suggest(trial, candidates)
         point = _point_key(variant.name, config)
         trial.set_user_attr("point", point)
+        if point not in seen:
+            seen.update(_settled_points(study))  # another worker on this study may have measured it since
         if point in seen:
             _repeat(study, trial, seen[point])
             continue
@@ -326,8 +401,7 @@ def _queue_first_points(study, default, candidates, starts, seeds, DHQK, DHHV, d
     if default_point not in pending and not default_done:
         _enqueue(study, *default, "default")  # first run, or the default failed before (e.g. a broken environment)
     # points measured or pruned before are not measured again; failures of earlier runs are retried once per run
-    seen = {t.user_attrs["point"]: t for t in study.trials if "point" in t.user_attrs
-            and t.state in (TrialState.COMPLETE, TrialState.PRUNED)}  # fmt: skip
+    seen = _settled_points(study)
     queued = {default_point} | pending
 
     def new(variant, config) -> bool:
@@ -345,6 +419,12 @@ def _queue_first_points(study, default, candidates, starts, seeds, DHQK, DHHV, d
             _enqueue(study, variant, config, "seed")
             queued.add(_point_key(variant.name, config))
     return seen, default_done
+
+
+def _settled_points(study: optuna.Study) -> dict:
+    """The points this study measured or pruned: point -> trial."""
+    settled = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    return {t.user_attrs["point"]: t for t in settled if "point" in t.user_attrs}
 
 
 def _queue_local_move(study, candidates, tally: _Tally, DHQK, DHHV, dtype_bytes, limits) -> None:
@@ -366,7 +446,7 @@ def _queue_local_move(study, candidates, tally: _Tally, DHQK, DHHV, dtype_bytes,
 def _repeat(study, trial, previous) -> None:
     """A point asked again: the earlier outcome, not a second measurement."""
     for k, val in previous.user_attrs.items():  # the outcome only
-        if k not in ("point", "default", "start", "seed", "neighbour", "move", "base_ms", "base"):
+        if k not in ("point", "worker", "retry_of", "repeat_of", *_MARKS):
             trial.set_user_attr(k, val)
     trial.set_user_attr("repeat_of", previous.number)
     study.tell(trial, previous.value if previous.state == TrialState.COMPLETE else None,
@@ -381,7 +461,8 @@ def _measure(study, trial, variant, config, evaluate, tally: _Tally, DHQK, DHHV,
         study.tell(trial, state=TrialState.PRUNED)
         tally.pruned.append(reason)
         return
-    outcome = evaluate(variant, config)
+    with _Heartbeat(study, trial):
+        outcome = evaluate(variant, config)
     tally.evaluated += 1
     for k in ("p20_ms", "p80_ms", "error", "reason", "gate_s", "timing_s"):
         trial.set_user_attr(k, getattr(outcome, k))
@@ -417,13 +498,72 @@ def _alive(worker: str) -> bool:
     return int(pid) != os.getpid()  # this process's own RUNNING trial is from an earlier, aborted run
 
 
+_MARKS = ("default", "start", "seed", "neighbour", "move", "base_ms", "base")  # why a point was queued
+
+
 def _close_abandoned(study: optuna.Study) -> None:
-    """Trials left RUNNING by a process of this host that is gone (a run cut off) are closed as FAIL and marked
-    interrupted, so that their point is measured again instead of being taken as a failure."""
-    for t in study.trials:
-        if t.state == TrialState.RUNNING and not _alive(t.user_attrs.get("worker", ":0")):
-            study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-            study.tell(t.number, state=TrialState.FAIL)
+    """Close the trials whose worker died (a run cut off, a host lost) as FAIL, and queue their points again with the
+    marks they were queued with and ``retry_of``: the point is measured again instead of being taken as a failure.
+    A worker of this host is dead when its process is gone; on a database storage, a worker of any host is dead when
+    its heartbeat is older than ``GRACE_S`` (Optuna's ``fail_stale_trials``, which calls ``_requeue``). When two
+    workers close the same trial, only one of them requeues it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # nothing on a journal file: it keeps no heartbeats
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not _alive(t.user_attrs.get("worker", ":0")):
+            try:
+                study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+                if not study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another worker closed it first
+            _requeue(study, t)
+
+
+def _requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue the point of a trial closed for its dead worker again."""
+    params = trial.params or trial.system_attrs.get("fixed_params", {})
+    if "variant" in params:
+        marks = {k: v for k, v in trial.user_attrs.items() if k in _MARKS}
+        study.enqueue_trial(params, user_attrs={**marks, "retry_of": trial.number})
+
+
+def interrupted_trials(study: optuna.Study) -> set[int]:
+    """The trials closed for a dead worker: not failures of their points."""
+    return {t.user_attrs["retry_of"] for t in study.trials if "retry_of" in t.user_attrs} | {
+        t.number for t in study.trials if t.user_attrs.get("interrupted")
+    }
+
+
+class _Heartbeat:
+    """Records the trial's heartbeat every ``HEARTBEAT_S`` while a point is measured (database storages only; the
+    measuring happens in a worker process, so this thread is free to run)."""
+
+    def __init__(self, study: optuna.Study, trial: optuna.Trial):
+        import threading
+
+        self._storage, self._id = study._storage, trial._trial_id
+        self._stop = threading.Event()
+        self._thread = None
+        # the study's storage is Optuna's cache in front of the RDBStorage; both speak the heartbeat protocol
+        if hasattr(self._storage, "record_heartbeat") and self._storage.get_heartbeat_interval():
+            self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self):
+        while not self._stop.wait(HEARTBEAT_S):
+            self._storage.record_heartbeat(self._id)
+
+    def __enter__(self):
+        if self._thread is not None:
+            self._storage.record_heartbeat(self._id)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 def _outcome(trial: optuna.trial.FrozenTrial) -> Outcome:
@@ -459,7 +599,8 @@ def _result(study: optuna.Study, evaluated: int, pruned: list[str], failed: list
                            f"{_outcome(default_trial).reason or default_trial.state.name})")  # fmt: skip
     best = min(complete, key=lambda t: (t.value, t.number))
     point = json.loads(best.user_attrs["point"])
+    interrupted = interrupted_trials(study)
     kinds = collections.Counter(failure_kind(t.user_attrs.get("reason", "")) for t in study.trials
-                                if t.state == TrialState.FAIL and not t.user_attrs.get("interrupted"))  # fmt: skip
+                                if t.state == TrialState.FAIL and t.number not in interrupted)  # fmt: skip
     return StudyResult(point["variant"], point["config"], _outcome(best), _outcome(default_trial), len(study.trials),
                        evaluated, pruned, failed, dict(kinds.most_common()))  # fmt: skip

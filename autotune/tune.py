@@ -1,11 +1,12 @@
 """``mlstm-tune tune``: search the variant space for each requested shape on the GPU in hand and write the winners,
 with provenance, to the user tuning database (MLSTM_AUTOTUNE_DB).
 
-One Optuna study per (GPU, op, direction, dtype, head dims, shape bucket), kept in a journal file (``--storage``;
-default: studies.journal in the user database directory), so a cut-off run continues where it stopped. With
-``--devices 0,1`` one process per GPU works on the same studies. Without a GPU the search runs for real under
-Triton's interpreter on a tiny shape; its entries are filed under the GPU name "cpu-interpreter" and its timings
-say nothing about GPU speed.
+One Optuna study per (GPU, op, direction, dtype, head dims, shape bucket), kept in a journal file or a database
+(``--storage``: a file, or a URL such as ``postgresql://user@host/db``; default: studies.journal in the user
+database directory), so a cut-off run continues where it stopped. With ``--devices 0,1`` one process per GPU works
+on the same studies; hosts that share a database work on the same studies too (docs/fleet.md). Without a GPU the
+search runs for real under Triton's interpreter on a tiny shape; its entries are filed under the GPU name
+"cpu-interpreter" and its timings say nothing about GPU speed.
 """
 
 from __future__ import annotations
@@ -158,8 +159,8 @@ def warm_starts(key: tdb.Key, gpu: str, folders: list[Path], most: int = 6) -> l
     return out
 
 
-def tune_shape(shape: Shape, *, trials: int, time_budget_s: float | None, storage: Path, seed: int, device: str,
-               gpu: str, capability: tuple[int, int], runner_timeout_s: float = 300.0,
+def tune_shape(shape: Shape, *, trials: int, time_budget_s: float | None, storage: str | Path, seed: int,
+               device: str, gpu: str, capability: tuple[int, int], runner_timeout_s: float = 300.0,
                runner_env: dict | None = None, db_folders: list[Path] = ()) -> dict:  # fmt: skip
     """Run (or continue) the study of one shape and return its database entry (as JSON) and a summary. The winners of
     neighbouring shapes in ``db_folders`` are measured right after the default (``warm_starts``), then the seeds of
@@ -262,11 +263,20 @@ def run(args) -> int:
         print("no GPU: tuning under Triton's interpreter on a tiny shape (entries filed under 'cpu-interpreter'; "
               "the timings say nothing about GPU speed)")  # fmt: skip
     db_dir = Path(args.db) if args.db else tdb.user_dir()
-    args.storage = Path(args.storage) if args.storage else db_dir / "studies.journal"
+    if not args.storage:
+        args.storage = db_dir / "studies.journal"
+    elif not search.is_url(args.storage):
+        args.storage = Path(args.storage)
+    try:
+        search.open_storage(args.storage)  # a database that cannot be reached fails here, before any shape
+    except search.StorageError as err:
+        print(f"mlstm-tune tune: {err}", file=sys.stderr)
+        return 2
     devices = [int(d) for d in args.devices.split(",")] if args.devices else [None]
     start = time.monotonic()
     if len(devices) > 1 and on_gpu:
-        # one process per GPU on the same studies (the journal file is shared); this process reports at the end
+        # one process per GPU on the same studies (the journal file or database is shared); this process reports at
+        # the end
         ctx = multiprocessing.get_context("spawn")
         procs = [ctx.Process(target=_device_worker, args=(shapes, args, d)) for d in devices]
         for p in procs:

@@ -7,6 +7,8 @@
 #              autotune/ of 88350ba, whose launchers are those of edc1f4f, with templates/ and generated/ of
 #              edc1f4f; a subset of entries in .probe/old_subset), for the before/after table. VALIDATE_S (default
 #              510) bounds each validate run; the report is rewritten after every row, so a cut-off run keeps its rows
+#   recheck    `mlstm-tune validate` of the H200 database (VALIDATE_S, default 450) while `pytest -m gpu tests/gpu`
+#              runs beside it (TESTS_S, default 480)
 #   tune       the presets through the gate into $OUT/db (TUNE_PRESETS, default "xlstm-7b head128 step-7b"; each
 #              shape's study for TUNE_S seconds, default 60; all of it within TUNE_TOTAL_S, default 540); copy
 #              $OUT/db back to .probe/db and carry it into the next call to resume
@@ -43,6 +45,16 @@ case "${1:-}" in
     ) > "$OUT/validate.log" 2>&1
     wait
     tail -4 "$OUT/hazards.log" "$OUT/validate_before_fix.log"; tail -40 "$OUT/validate.log" ;;
+  recheck)  # after a change to the kernels or the gate: validate the H200 database and run every GPU test at once
+    ( header "python -m autotune validate --db tuning_db/NVIDIA_H200.json --out \$OUT"
+      timeout "${VALIDATE_S:-450}" python -m autotune validate --db tuning_db/NVIDIA_H200.json --out "$OUT"
+    ) > "$OUT/validate.log" 2>&1 &
+    ( header "XLA_PYTHON_CLIENT_PREALLOCATE=false python -m pytest -v -s -m gpu tests/gpu"
+      XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "${TESTS_S:-480}" python -m pytest -v -s -m gpu tests/gpu \
+        -p no:cacheprovider --tb=short -rfE
+    ) > "$OUT/gpu_tests.log" 2>&1
+    wait
+    grep -E "passed|failed|error" "$OUT/gpu_tests.log" | tail -15; tail -40 "$OUT/validate.log" ;;
   tune)
     mkdir -p "$OUT/db"; cp -r .probe/db/. "$OUT/db/" 2>/dev/null
     end=$(( SECONDS + ${TUNE_TOTAL_S:-540} ))  # the call's share of its 10 minutes; a cut-off study resumes

@@ -43,6 +43,21 @@ def test_tune_quick_on_the_cpu_writes_a_labelled_entry_and_resumes(tmp_path: Pat
     assert journal.stat().st_size >= size
 
 
+def test_tune_keeps_its_studies_in_a_database_url(tmp_path: Path):
+    """--storage sqlite:///...: the studies go to that database (docs/fleet.md), and a second run resumes there."""
+    env = dict(os.environ, MLSTM_AUTOTUNE_DB=str(tmp_path))
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    first = run("tune", "--preset", "quick", "--trials", "2", "--storage", url, env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert (tmp_path / "studies.db").exists() and not (tmp_path / "studies.journal").exists()
+    again = run("tune", "--preset", "quick", "--trials", "2", "--storage", url, env=env)
+    assert again.returncode == 0 and "Using an existing study" in again.stderr, again.stderr
+    import optuna
+
+    (summary,) = optuna.get_all_study_summaries(storage=url)
+    assert summary.n_trials >= 2 and summary.study_name.startswith("cpu-interpreter|chunkwise:exp|fw|float32")
+
+
 def test_bad_shapes_file_is_a_clear_error(tmp_path: Path):
     shapes = tmp_path / "shapes.json"
     shapes.write_text(json.dumps([{"op": "chunkwise:relu", "B": 1, "NH": 1, "S": 8, "DHQK": 16, "DHHV": 16}]))

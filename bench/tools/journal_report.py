@@ -3,7 +3,7 @@ the correct candidates' gate errors strayed from the default's; for the two-pass
 chunk and warps. Two findings in tuning_db/reports/NOTES.md come from this report: a worker poisoned by one illegal
 memory access, and 128-token output chunks at 8 warps computing less accurately.
 
-    python bench/tools/journal_report.py [--journal .tuning/studies.journal] [--code FINGERPRINT]
+    python bench/tools/journal_report.py [--journal FILE_OR_DATABASE_URL] [--code FINGERPRINT]
 """
 
 from __future__ import annotations
@@ -17,20 +17,18 @@ import warnings
 from pathlib import Path
 
 import optuna
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from autotune.families import canonical  # noqa: E402
-from autotune.search import failure_kind  # noqa: E402
+from autotune.search import failure_kind, interrupted_trials, is_url, open_storage  # noqa: E402
 
 
-def studies(journal: Path, code: str | None = None) -> list[optuna.Study]:
+def studies(journal: Path | str, code: str | None = None) -> list[optuna.Study]:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        storage = JournalStorage(JournalFileBackend(str(journal)))
+        storage = open_storage(journal)  # a journal file or a database URL
     names = [s.study_name for s in optuna.get_all_study_summaries(storage=storage)]
     return [optuna.load_study(study_name=n, storage=storage) for n in names if code is None or n.endswith(code)]
 
@@ -41,7 +39,8 @@ def study_rows(all_studies: list[optuna.Study]) -> list[dict]:
     rows = []
     for s in all_studies:
         trials = s.trials
-        failed = [t for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get("interrupted")]
+        interrupted = interrupted_trials(s)
+        failed = [t for t in trials if t.state == TrialState.FAIL and t.number not in interrupted]
         default = next((t for t in trials if t.user_attrs.get("default") and t.state == TrialState.COMPLETE), None)
         d_err = default.user_attrs.get("error") if default else None
         errors = [t.user_attrs["error"] for t in trials
@@ -76,10 +75,10 @@ def forward_errors(all_studies: list[optuna.Study]) -> dict[tuple, list[float]]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--journal", type=Path, default=Path(".tuning/studies.journal"))
+    ap.add_argument("--journal", default=".tuning/studies.journal", help="a journal file or a database URL")
     ap.add_argument("--code", help="only the studies of this kernel-code fingerprint (the end of their names)")
     args = ap.parse_args()
-    if not args.journal.exists():
+    if not is_url(args.journal) and not Path(args.journal).exists():
         print(f"journal_report: no journal at {args.journal}", file=sys.stderr)
         return 2
     found = studies(args.journal, args.code)
