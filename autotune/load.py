@@ -7,7 +7,7 @@ import sys
 from functools import cache
 from types import ModuleType
 
-from . import paths
+from . import interpreter_compat, paths
 from .variants import Variant
 
 
@@ -17,6 +17,7 @@ def load_variant(variant: Variant) -> ModuleType:
     path = paths.generated_dir() / f"{variant.name}.py"
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `mlstm-tune render` to regenerate generated/")
+    interpreter_compat.install()  # under TRITON_INTERPRET=1 with numpy >= 2.4
     module_name = f"autotune._generated.{variant.name}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
