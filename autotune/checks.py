@@ -13,7 +13,6 @@ Rules (README "Input rules" documents them for users):
 from __future__ import annotations
 
 import math
-import operator
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ TORCH = ArrayKind(
     type_name="torch.Tensor",
     is_array=lambda t: isinstance(t, torch.Tensor),
     float_dtypes=FLOAT_DTYPES,
-    device_of=operator.attrgetter("device"),  # called per argument of every step call: no lambda frame
+    device_of=lambda t: t.device,  # a lambda, not operator.attrgetter: torch.compile traces lambdas, not attrgetter
     all_finite=lambda t: bool(torch.isfinite(t).all()),
 )
 

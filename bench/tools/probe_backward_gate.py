@@ -2,7 +2,7 @@
 next to the trusted parallel backward's, on the gate's draws (autotune.measure.gate_draws), for the default
 configuration and one change at a time (knob, dtype, sequence length, head dims).
 
-    python bench/tools/probe_backward_gate.py --out DIR [--budget-s N]
+    python bench/tools/probe_backward_gate.py --out DIR [--budget-s N] [--only LABEL,LABEL,...]
 
 Prints one table row per point (the GPU's name first) and writes DIR/probe_backward_gate.json.
 """
@@ -43,6 +43,9 @@ POINTS = [  # (label, changes of BASE, config overrides)
     ("chunk 128", {}, {"chunk": 128}),
     ("state_buffers float32", {}, {"state_buffers": "float32"}),
     ("split kernels", {"kernels": "split"}, {}),
+    ("split, state_buffers float32", {"kernels": "split"}, {"state_buffers": "float32"}),
+    ("128/128 states reuse", {"K": 128, "V": 128}, {"states": "reuse"}),
+    ("128/128 reuse, state_buffers float32", {"K": 128, "V": 128}, {"states": "reuse", "state_buffers": "float32"}),
 ]
 
 
@@ -67,12 +70,17 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget-s", type=float, default=420)
+    ap.add_argument("--only", help="comma-separated labels: run these points only, in this order")
     args = ap.parse_args()
+    points = POINTS
+    if args.only:
+        by_label = {p[0]: p for p in POINTS}
+        points = [by_label[label.strip()] for label in args.only.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"GPU: {torch.cuda.get_device_name()}; gate errors (ours/trusted) of the chunkwise backward", flush=True)
     rows, start = [], time.time()
-    for label, changes, overrides in POINTS:
+    for label, changes, overrides in points:
         if time.time() - start > args.budget_s:
             print(f"budget spent: {label} and after not run")
             break
