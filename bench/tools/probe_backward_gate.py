@@ -2,7 +2,7 @@
 next to the trusted parallel backward's, on the gate's draws (autotune.measure.gate_draws), for the default
 configuration and one change at a time (knob, dtype, sequence length, head dims).
 
-    python bench/tools/probe_backward_gate.py --out DIR [--budget-s N] [--only LABEL,LABEL,...]
+    python bench/tools/probe_backward_gate.py --out DIR [--budget-s N] [--only "LABEL;LABEL;..."]
 
 Prints one table row per point (the GPU's name first) and writes DIR/probe_backward_gate.json.
 """
@@ -70,12 +70,12 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget-s", type=float, default=420)
-    ap.add_argument("--only", help="comma-separated labels: run these points only, in this order")
+    ap.add_argument("--only", help="labels separated by semicolons: run these points only, in this order")
     args = ap.parse_args()
     points = POINTS
     if args.only:
         by_label = {p[0]: p for p in POINTS}
-        points = [by_label[label.strip()] for label in args.only.split(",")]
+        points = [by_label[label.strip()] for label in args.only.split(";")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"GPU: {torch.cuda.get_device_name()}; gate errors (ours/trusted) of the chunkwise backward", flush=True)
