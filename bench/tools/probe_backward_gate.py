@@ -26,6 +26,7 @@ BASE = dict(kernels="fused", K=256, V=512, S=2048, dtype="bfloat16")
 POINTS = [  # (label, changes of BASE, config overrides)
     ("default 256/512 bf16 S2048", {}, {}),
     ("fp32", {"dtype": "float32"}, {}),
+    ("fp16", {"dtype": "float16"}, {}),
     ("S 512", {"S": 512}, {}),
     ("S 1024", {"S": 1024}, {}),
     ("256/256", {"V": 256}, {}),
