@@ -56,7 +56,10 @@ def to_torch(a) -> torch.Tensor:
 
 
 def job_of(template: str, dtype: torch.dtype, DHQK: int, DHHV: int) -> measure.Job:
-    variant = find(template, cell="exp")
+    structure = {"chunkwise_bw.py.j2": {"kernels": "fused"}}.get(template, {})
+    if template.startswith("chunkwise_") and template != "chunkwise_bw.py.j2":
+        structure = {"state": "input"}  # the forward entries' default structure
+    variant = find(template, cell="exp", **structure)
     return measure.Job(variant.name, families.default_config(variant, DHQK, DHHV), 1, 2, 4096, DHQK, DHHV,
                        str(dtype).removeprefix("torch."), "cuda")  # fmt: skip
 
