@@ -2,7 +2,8 @@
 
 Rows (issue 6): the chunkwise form, forward ("fw") and forward+backward ("fwbw"), at 65,536 tokens with
 S in {2048, 8192, 32768} on the head layouts NH=8 DHQK=256 DHHV=512 and NH=32 DHQK=DHHV=128; the step kernel
-at B in {1, 16, 128, 512} on NH=8 256/512 with an fp32 state. Columns, where they can be measured:
+at B in {1, 16, 128, 512} on NH=8 256/512 with an fp32 state (also under torch.compile: ours_compiled_ms). Columns,
+where they can be measured:
     ours_ms             chunkwise--triton_auto / the Triton step kernel, as dispatched from the tuning database
     default_ms          the same with every structure's built-in default (MLSTM_AUTOTUNE_DISPATCH=0)
     upstream_ms         mlstm_kernels' chunkwise--triton_xl_chunk (chunk 128) / its Triton step kernel
@@ -292,6 +293,13 @@ def measure(row: Row, device: str, reps_ms: float) -> dict:
             finally:
                 if device == "cuda":
                     torch.cuda.empty_cache()
+        if row.op == "step":
+            try:  # the same step under torch.compile(fullgraph=True): custom operator, no graph break
+                compiled = torch.compile(_ours(row, x, dispatch=True), fullgraph=True,
+                                         backend="inductor" if device == "cuda" else "aot_eager")  # fmt: skip
+                out["ours_compiled_ms"] = float(timer(compiled))
+            except Exception as err:  # noqa: BLE001 - reported, not fatal
+                out["notes"]["ours_compiled_ms"] = f"{type(err).__name__}: {str(err)[:200]}"
         if row.op == "step" and device == "cuda":
             copies = StateCopies(row, x)
             out["copy_graph_ms"] = min(float(timer(graphed(fn))) for fn in (copies.copy, copies.in_place))
@@ -324,11 +332,12 @@ def markdown(gpu: str, table: list[dict], timing: str) -> str:
     if graphed:
         lines += ["", "Step kernel, eager and replayed from a CUDA graph; bandwidth = the fp32 state read and written "
                   "once / the graph time; copy = the faster of torch copying that state into another buffer and in "
-                  "place, replayed the same way", "", "| B | NH | DHQK/DHHV | ours eager | ours graph | upstream eager "
+                  "place, replayed the same way; compiled = the eager call under torch.compile(fullgraph=True)", "",
+                  "| B | NH | DHQK/DHHV | ours eager | ours compiled | ours graph | upstream eager "
                   "| upstream graph | copy graph | ours GB/s | copy GB/s | ours vs copy | vs upstream (graph) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in graphed:
-            cols = ("ours_ms", "ours_graph_ms", "upstream_ms", "upstream_graph_ms", "copy_graph_ms")
+            cols = ("ours_ms", "ours_compiled_ms", "ours_graph_ms", "upstream_ms", "upstream_graph_ms", "copy_graph_ms")
             cells = " | ".join(ms(r, c) for c in cols)
             gbs = step_bytes(r) / (r["ours_graph_ms"] * 1e-3) / 1e9
             copy_gbs = f"{step_bytes(r) / (r['copy_graph_ms'] * 1e-3) / 1e9:.0f}" if r.get("copy_graph_ms") else "-"

@@ -64,23 +64,50 @@ def run_backward(saved: dict, dh, dlast, plan, *, cell: str, normalize: bool, ep
 _SAVED = ("q", "k", "v", "i", "f", "C0", "n0", "m0", "h", "s", "mt", "Cb", "nb", "mb", "C_S", "n_S", "m_S")
 
 
+def forward_keeping(run, tensors, form: str, cell: str, with_last: bool, needs_grad: bool):
+    """``run`` on ``tensors`` (q, k, v, i, f, C0, n0, m0). Returns h, the last state (or None), and, when a gradient is
+    needed, the backward's (variant, config) and what the forward kept for it ("s", "mt"; "Cb", "nb", "mb" and
+    their chunk "L" where kept), else (None, None)."""
+    if not needs_grad:
+        h, last = run(*tensors, return_last_states=with_last, saved=None)
+        return h, last, None, None
+    plan, saved = backward_plan(tensors[0], tensors[2], form, cell), {}
+    if plan[1].get("states") == "reuse":
+        # the states' chunk: a fused forward then keeps its states for the backward, a two-pass one stores them at
+        # that stride (launch.chunkwise.states_every)
+        saved["borders_at"] = plan[1]["chunk"]
+    h, last = run(*tensors, return_last_states=with_last, saved=saved)
+    return h, last, plan, saved
+
+
+def backward_grads(saved: dict, dh, dlast, plan, *, with_last: bool, cell: str, normalize: bool, eps: float):
+    """The gradients of q, k, v, i, f, C0, n0, m0 (None for an absent input) from what the forward kept (``saved``:
+    the names of _SAVED, "L" and "last") and the cotangents of h and of the last state (each None where unused)."""
+    if with_last and all(d is None for d in dlast):
+        dlast = None
+    elif with_last:
+        like = (saved["C_S"], saved["n_S"], saved["C_S"].new_zeros(saved["C_S"].shape[:2] + (1,)))
+        dlast = tuple(d if d is not None else torch.zeros_like(z) for d, z in zip(dlast, like))
+    else:
+        dlast = None
+    grads = run_backward(saved, dh.contiguous(), dlast, plan, cell=cell, normalize=normalize, eps=eps)
+    inputs = (saved[n] for n in ("q", "k", "v", "i", "f", "C0", "n0", "m0"))
+    return [g.to(t.dtype).reshape(t.shape) if (t is not None and g is not None) else None
+            for g, t in zip(grads, inputs)]  # fmt: skip
+
+
 class _GeneratedFunction(torch.autograd.Function):
     """Forward: ``run`` (a generated-kernel launcher). Backward: the generated exact backward (run_backward).
 
-    One class for every entry; non-tensor arguments are plain Python values, and no scalar is wrapped in a tensor
-    (both matter to torch.compile). The forward keeps per-token statistics only when a gradient is needed."""
+    One class for every entry; non-tensor arguments are plain Python values, and no scalar is wrapped in a tensor.
+    The forward keeps per-token statistics only when a gradient is needed. Under torch.compile the entries call the
+    custom operators of autotune.torch.compiled_ops instead, which run the same two functions."""
 
     @staticmethod
     def forward(ctx, q, k, v, i, f, C0, n0, m0, run, form: str, cell: str, normalize: bool, eps: float,
                 with_last: bool, needs_grad: bool):  # fmt: skip
-        saved = {} if needs_grad else None
-        if needs_grad:
-            ctx.plan = backward_plan(q, v, form, cell)
-            if ctx.plan[1].get("states") == "reuse":
-                # the states' chunk: a fused forward then keeps its states for the backward, a two-pass one stores
-                # them at that stride (launch.chunkwise.states_every)
-                saved["borders_at"] = ctx.plan[1]["chunk"]
-        h, last = run(q, k, v, i, f, C0, n0, m0, return_last_states=with_last, saved=saved)
+        h, last, ctx.plan, saved = forward_keeping(run, (q, k, v, i, f, C0, n0, m0), form, cell, with_last,
+                                                   needs_grad)  # fmt: skip
         if needs_grad:
             ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h, saved["s"], saved["mt"], saved.get("Cb"),
                                   saved.get("nb"), saved.get("mb"), *(last if with_last else (None,) * 3))  # fmt: skip
@@ -93,22 +120,14 @@ class _GeneratedFunction(torch.autograd.Function):
     def backward(ctx, dh, *dlast):
         saved = dict(zip(_SAVED, ctx.saved_tensors))
         saved["L"], saved["last"] = ctx.chunk, (saved["C_S"], saved["n_S"], saved["m_S"])
-        if ctx.with_last and all(d is None for d in dlast):
-            dlast = None
-        elif ctx.with_last:
-            like = (saved["C_S"], saved["n_S"], saved["C_S"].new_zeros(saved["C_S"].shape[:2] + (1,)))
-            dlast = tuple(d if d is not None else torch.zeros_like(z) for d, z in zip(dlast, like))
-        else:
-            dlast = None
-        grads = run_backward(saved, dh.contiguous(), dlast, ctx.plan, **ctx.opts)
-        inputs = (saved[n] for n in ("q", "k", "v", "i", "f", "C0", "n0", "m0"))
-        out = [g.to(t.dtype).reshape(t.shape) if (t is not None and g is not None) else None
-               for g, t in zip(grads, inputs)]  # fmt: skip
-        return (*out, None, None, None, None, None, None, None)
+        grads = backward_grads(saved, dh, dlast, ctx.plan, with_last=ctx.with_last, **ctx.opts)
+        return (*grads, None, None, None, None, None, None, None)
 
 
-def _sequence_entry(run_factory, native_fallback, *, form: str, cell: str, default_chunk: int, uses_chunk: bool):
-    """A sequence-interface function: validate, pick the path (native for fp64), launch through the Function."""
+def _sequence_entry(name: str, run_factory, native_fallback, *, form: str, cell: str, default_chunk: int,
+                    uses_chunk: bool):  # fmt: skip
+    """A sequence-interface function: validate, pick the path (native for fp64), launch through the Function, or
+    under torch.compile through the custom operator of the entry ``name`` (autotune.torch.compiled_ops)."""
 
     def kernel(
         q: torch.Tensor,
@@ -142,11 +161,17 @@ def _sequence_entry(run_factory, native_fallback, *, form: str, cell: str, defau
         _check_device(q)
         check_heads(q.shape[0], q.shape[1])
         q, k, v = _autocast(q, k, v, autocast_kernel_dtype)
-        run = run_factory(chunk_size=chunk_size, eps=eps, normalize=normalize)
         tensors = (q, k, v, i, f, c_initial, n_initial, m_initial)
         needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-        out = _GeneratedFunction.apply(*tensors, run, form, cell, normalize, float(eps), return_last_states,
-                                       needs_grad)  # fmt: skip
+        if torch.compiler.is_compiling():
+            from . import compiled_ops
+
+            out = compiled_ops.sequence(name, *tensors, chunk_size=chunk_size, eps=float(eps), normalize=normalize,
+                                        with_last=return_last_states, needs_grad=needs_grad)  # fmt: skip
+        else:
+            run = run_factory(chunk_size=chunk_size, eps=eps, normalize=normalize)
+            out = _GeneratedFunction.apply(*tensors, run, form, cell, normalize, float(eps), return_last_states,
+                                           needs_grad)  # fmt: skip
         if not return_last_states:
             return out
         h, C, n, m = out

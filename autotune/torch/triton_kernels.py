@@ -170,7 +170,7 @@ def _register() -> None:
         _ENTRIES[name] = (f"{entry.form}:{entry.cell}", entry.structures, entry.default)
         form, backend = name.split("--")
         registry.register_kernel(form, backend, _sequence_entry(
-            entry.run, _native_chunkwise(entry.cell), form=form, cell=entry.cell,
+            name, entry.run, _native_chunkwise(entry.cell), form=form, cell=entry.cell,
             default_chunk=entry.default_chunk, uses_chunk=entry.uses_chunk))  # fmt: skip
     registry.register_step_kernel("triton", mlstm_recurrent_step__triton)
     registry.register_sequence_kernel("native_sequence__triton", mlstm_recurrent_sequence__triton)
@@ -210,6 +210,16 @@ def mlstm_recurrent_step__triton(
         for name, buf in (("c", c), ("n", n), ("m", m)):
             if buf is not None and not buf.is_contiguous():
                 raise MLSTMInputError(f"inplace=True needs contiguous state buffers; {name} is not")
+    if torch.compiler.is_compiling():  # one custom operator per step (autotune.torch.compiled_ops)
+        from . import compiled_ops as ops
+
+        m_arg = ops.absent_or(m if cell == "exp" else None, q)
+        if inplace:
+            h = ops.step_(q, k, v, i, f, c, n, m_arg, float(eps), normalize, cell, dtype_state)
+            return h, (c, n, m)
+        states = [ops.absent_or(t, q) for t in (c, n)]
+        h, C1, n1, m1 = ops.step(q, k, v, i, f, *states, m_arg, float(eps), normalize, cell, dtype_state)
+        return h, (C1, n1, ops.present(m1) if cell == "exp" else m)
     return step_launch(q, k, v, i, f, c, n, m, cell=cell, eps=eps, normalize=normalize, dtype_state=dtype_state,
                        inplace=inplace)  # fmt: skip
 
@@ -268,9 +278,16 @@ def mlstm_recurrent_sequence__triton(
                                                 dtype_state=dtype_state, cell=cell, normalize=normalize)  # fmt: skip
     _check_device(q)
     check_heads(q.shape[0], q.shape[1])
-    h, last = sequence_run(cell=cell, eps=eps, normalize=normalize)(
-        *tensors, return_last_states=return_last_states, state_dtype=dtype_state
-    )
+    if torch.compiler.is_compiling():  # one custom operator (autotune.torch.compiled_ops)
+        from . import compiled_ops as ops
+
+        h, *last = ops.scan(*tensors[:5], *(ops.absent_or(t, q) for t in tensors[5:]), float(eps), normalize, cell,
+                            return_last_states, dtype_state)  # fmt: skip
+        last = [ops.present(t) for t in last]
+    else:
+        h, last = sequence_run(cell=cell, eps=eps, normalize=normalize)(
+            *tensors, return_last_states=return_last_states, state_dtype=dtype_state
+        )
     if not return_last_states:
         return h
     return h, (last if cell == "exp" else last[:2])
