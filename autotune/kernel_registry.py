@@ -19,8 +19,12 @@ class KernelRegistry:
     """Sequence kernels by form and backend, step kernels and sequence-loop kernels by name."""
 
     def __init__(self, sequence: dict[str, dict[str, Callable]], step: dict[str, Callable],
-                 sequence_loop: dict[str, Callable]):  # fmt: skip
-        self._sequence = {form: dict(backends) for form, backends in sequence.items()}
+                 sequence_loop: dict[str, Callable], wrap_sequence: Callable = lambda fn: fn):  # fmt: skip
+        """``wrap_sequence``: applied to every chunkwise and parallel kernel as it is registered (PyTorch's adds
+        ``cu_seqlens``, autotune.torch.packed)."""
+        self._wrap = wrap_sequence
+        self._sequence = {form: {b: wrap_sequence(fn) for b, fn in backends.items()}
+                          for form, backends in sequence.items()}  # fmt: skip
         self._step = dict(step)
         self._sequence_loop = dict(sequence_loop)
 
@@ -66,7 +70,7 @@ class KernelRegistry:
         """Add a sequence kernel ``"<form>--<backend>"`` (used by the generated-kernel packages)."""
         if form not in self._sequence:
             raise ValueError(f"unknown kernel form {form!r}; known: {', '.join(self._sequence)}")
-        self._sequence[form][backend] = fn
+        self._sequence[form][backend] = self._wrap(fn)
 
     def register_step_kernel(self, name: str, fn: Callable) -> None:
         self._step[name] = fn

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..backend_rules import check_backend_config, check_mode
-from ..checks import check_sequence_inputs
+from ..checks import MLSTMInputError, check_sequence_inputs
 from . import registry
 
 ChunkwiseKernelType = Literal[
@@ -91,9 +91,11 @@ class mLSTMBackendConfig:
 
 class mLSTMBackend(nn.Module):
     """The mLSTM cell as a module: ``forward(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=None,
-    return_last_states=None, mode=None)``. Shapes: q, k (B, NH, S, DHQK); v (B, NH, S, DHHV); i, f (B, NH, S);
-    states C (B, NH, DHQK, DHHV), n (B, NH, DHQK), m (B, NH, 1). Returns h (B, NH, S, DHHV), or
-    ``(h, (C, n, m))`` (``(h, (C, n))`` for the sig cell) when last states are returned."""
+    return_last_states=None, mode=None, cu_seqlens=None, cu_seqlens_cpu=None)``. Shapes: q, k (B, NH, S, DHQK);
+    v (B, NH, S, DHHV); i, f (B, NH, S); states C (B, NH, DHQK, DHHV), n (B, NH, DHQK), m (B, NH, 1). Returns
+    h (B, NH, S, DHHV), or ``(h, (C, n, m))`` (``(h, (C, n))`` for the sig cell) when last states are returned.
+    In the training modes ``cu_seqlens`` packs several sequences into B = 1, states per sequence
+    (autotune/torch/packed.py)."""
 
     config_class = mLSTMBackendConfig
 
@@ -122,11 +124,23 @@ class mLSTMBackend(nn.Module):
         m_initial: torch.Tensor | None = None,
         return_last_states: bool | None = None,
         mode: BackendModeType | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        cu_seqlens_cpu: torch.Tensor | None = None,
     ):
         mode = self.config.mode if mode is None else mode
         check_mode(mode, "mode")
         if self.cell == "sig":
             m_initial = None
+        packed = cu_seqlens is not None or cu_seqlens_cpu is not None
+        if packed and mode == "inference":
+            raise MLSTMInputError("cu_seqlens (packed sequences) is for the training modes, not inference")
+        if packed:  # per-sequence initial states: the packed call checks each sequence (autotune/torch/packed.py)
+            return self.chunkwise_kernel_fn(
+                q, k, v, i, f, c_initial, n_initial, m_initial,
+                self.config.return_last_states if return_last_states is None else return_last_states,
+                eps=self.config.eps, autocast_kernel_dtype=self._kernel_dtype, chunk_size=self.config.chunk_size,
+                cu_seqlens=cu_seqlens, cu_seqlens_cpu=cu_seqlens_cpu, **self._cell_kwargs,
+            )  # fmt: skip
         check_sequence_inputs(q, k, v, i, f, c_initial, n_initial, m_initial, cell=self.cell)
         if mode == "inference":
             return self._inference(q, k, v, i, f, c_initial, n_initial, m_initial)

@@ -7,11 +7,13 @@ from ..kernel_registry import KernelRegistry
 from .native import chunkwise as _native_chunkwise
 from .native import parallel as _native_parallel
 from .native import recurrent as _native_recurrent
+from .packed import packable
 
 REGISTRY = KernelRegistry(
     sequence={"chunkwise": _native_chunkwise.registry, "parallel": _native_parallel.registry},
     step=_native_recurrent.step_registry,
     sequence_loop=_native_recurrent.sequence_registry,
+    wrap_sequence=packable,  # every chunkwise and parallel kernel takes cu_seqlens (autotune/torch/packed.py)
 )
 
 available_kernels = REGISTRY.available_kernels
