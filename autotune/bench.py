@@ -2,8 +2,9 @@
 
 Rows (issue 6): the chunkwise form, forward ("fw") and forward+backward ("fwbw"), at 65,536 tokens with
 S in {2048, 8192, 32768} on the head layouts NH=8 DHQK=256 DHHV=512 and NH=32 DHQK=DHHV=128; the step kernel
-at B in {1, 16, 128, 512} on NH=8 256/512 with an fp32 state (also under torch.compile: ours_compiled_ms). Columns,
-where they can be measured:
+at B in {1, 16, 128, 512} on NH=8 256/512 with an fp32 state (also under torch.compile: ours_compiled_ms); packed
+documents (64 of random lengths in 65,536 tokens, cu_seqlens, 7B layout) against the same documents padded to the
+longest (measure_packed). Columns, where they can be measured:
     ours_ms             chunkwise--triton_auto / the Triton step kernel, as dispatched from the tuning database
     default_ms          the same with every structure's built-in default (MLSTM_AUTOTUNE_DISPATCH=0)
     upstream_ms         mlstm_kernels' chunkwise--triton_xl_chunk (chunk 128) / its Triton step kernel
@@ -55,10 +56,56 @@ class Row:
 
 def rows(smoke: bool) -> list[Row]:
     if smoke:
-        return [Row("chunkwise", p, 1, 2, 64, 16, 16) for p in ("fw", "fwbw")] + [Row("step", "fw", 2, 2, 1, 16, 16)]
+        return ([Row("chunkwise", p, 1, 2, 64, 16, 16) for p in ("fw", "fwbw")] + [Row("step", "fw", 2, 2, 1, 16, 16)]
+                + [Row("packed", p, 1, 2, 64, 16, 16) for p in ("fw", "fwbw")])  # fmt: skip
     out = [Row("chunkwise", p, TOKENS // S, NH, S, K, V) for NH, K, V in LAYOUTS for S in (2048, 8192, 32768)
            for p in ("fw", "fwbw")]  # fmt: skip
-    return out + [Row("step", "fw", B, 8, 1, 256, 512) for B in (1, 16, 128, 512)]
+    out += [Row("step", "fw", B, 8, 1, 256, 512) for B in (1, 16, 128, 512)]
+    return out + [Row("packed", p, 1, 8, TOKENS, 256, 512) for p in ("fw", "fwbw")]
+
+
+DOCUMENTS = 64  # a packed row: this many documents of random lengths, PACKED_SMOKE_DOCUMENTS in the smoke run
+PACKED_SMOKE_DOCUMENTS = 4
+
+
+def document_lengths(total: int, n: int) -> list[int]:
+    """``n`` random document lengths (seeded, each at least 1, log-uniform-ish spread) summing to ``total``."""
+    gen = torch.Generator().manual_seed(0)
+    weights = torch.exp(3.0 * torch.rand(n, generator=gen))
+    lengths = (weights / weights.sum() * (total - n)).floor().long() + 1
+    lengths[0] += total - int(lengths.sum())
+    return lengths.tolist()
+
+
+def measure_packed(row: Row, device: str, reps_ms: float) -> dict:
+    """A packed row: the documents packed into one sequence (cu_seqlens, ours_ms) against the same documents padded
+    to the longest (padded_ms, one batch of B = documents), both through chunkwise--triton_auto."""
+    from .torch import get_mlstm_kernel
+
+    timer = _timer(device, reps_ms)
+    n = DOCUMENTS if row.S == TOKENS else PACKED_SMOKE_DOCUMENTS
+    lengths = document_lengths(row.S, n)
+    x = _inputs(row, device, torch.bfloat16 if device == "cuda" else torch.float32)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int64)
+    kernel = get_mlstm_kernel("chunkwise--triton_auto")
+    out = {"op": row.op, "pass": row.pass_, "B": row.B, "NH": row.NH, "S": row.S, "DHQK": row.DHQK,
+           "DHHV": row.DHHV, "documents": n, "longest": max(lengths), "notes": {}}  # fmt: skip
+    longest = max(lengths)
+    padded = {}
+    for name, t in x.items():  # each document's tokens at the start of its own row, zeros after
+        rows_ = [torch.nn.functional.pad(t[0, :, a:b], (0, 0, 0, longest - (b - a)) if t.dim() == 4
+                 else (0, longest - (b - a))) for a, b in zip(cu[:-1].tolist(), cu[1:].tolist())]  # fmt: skip
+        padded[name] = torch.stack(rows_)
+    calls = {
+        "ours_ms": _sequence_call(kernel, x, row.pass_, chunk_size=64, cu_seqlens=cu.to(device), cu_seqlens_cpu=cu),
+        "padded_ms": _sequence_call(kernel, padded, row.pass_, chunk_size=64),
+    }
+    for column, fn in calls.items():
+        try:
+            out[column] = float(timer(fn))
+        except Exception as err:  # noqa: BLE001 - reported, not fatal
+            out["notes"][column] = f"{type(err).__name__}: {str(err)[:200]}"
+    return out
 
 
 def _timer(device: str, reps_ms: float):
@@ -261,6 +308,8 @@ def step_bytes(r: dict) -> int:
 
 
 def measure(row: Row, device: str, reps_ms: float) -> dict:
+    if row.op == "packed":
+        return measure_packed(row, device, reps_ms)
     timer, wall = _timer(device, reps_ms), _wall_timer(device, reps_ms)
     x = _inputs(row, device, torch.bfloat16 if device == "cuda" else torch.float32)
     out = {"op": row.op, "pass": row.pass_, "B": row.B, "NH": row.NH, "S": row.S, "DHQK": row.DHQK,
@@ -323,7 +372,7 @@ def markdown(gpu: str, table: list[dict], timing: str) -> str:
     def ratio(r, c):
         return f"{r[c] / r['ours_ms']:.2f}x" if r.get(c) and r.get("ours_ms") else "-"
 
-    for r in table:
+    for r in (r for r in table if r["op"] != "packed"):
         cells = " | ".join(ms(r, c) for c in COLUMNS)
         jax_vs = f"{r['jax_ms'] / r['ours_wall_ms']:.2f}x" if r.get("jax_ms") and r.get("ours_wall_ms") else "-"
         lines.append(f"| {r['op']} | {r['pass']} | {r['B']} | {r['NH']} | {r['S']} | {r['DHQK']}/{r['DHHV']} | {cells} "
@@ -345,6 +394,16 @@ def markdown(gpu: str, table: list[dict], timing: str) -> str:
             vs = f"{r['upstream_graph_ms'] / r['ours_graph_ms']:.2f}x" if r.get("upstream_graph_ms") else "-"
             lines.append(f"| {r['B']} | {r['NH']} | {r['DHQK']}/{r['DHHV']} | {cells} | {gbs:.0f} | {copy_gbs} "
                          f"| {of_copy} | {vs} |")  # fmt: skip
+    packed = [r for r in table if r["op"] == "packed"]
+    if packed:
+        lines += ["", "Packed documents (cu_seqlens) against the same documents padded to the longest, both "
+                  "chunkwise--triton_auto", "", "| pass | NH | tokens | documents | longest | DHQK/DHHV | packed | "
+                  "padded | padded / packed |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in packed:
+            vs = f"{r['padded_ms'] / r['ours_ms']:.2f}x" if r.get("padded_ms") and r.get("ours_ms") else "-"
+            docs = f"{r.get('documents', '-')} | {r.get('longest', '-')}"
+            lines.append(f"| {r['pass']} | {r['NH']} | {r['S']} | {docs} | {r['DHQK']}/{r['DHHV']} | "
+                         f"{ms(r, 'ours_ms')} | {ms(r, 'padded_ms')} | {vs} |")  # fmt: skip
     notes = sorted({f"{c}: {n}" for r in table for c, n in r["notes"].items()})
     if notes:
         lines += ["", "Not measured:"] + [f"- {n}" for n in notes]
@@ -359,6 +418,7 @@ def plot(table: list[dict]) -> np.ndarray:
     """One group of bars per row, one bar per column (ours blue, default grey, upstream red/orange, FLA green, SDPA
     purple, JAX teal, ours by wall clock light blue), each group on its own scale (its longest bar full width),
     numbered like the table rows."""
+    table = [r for r in table if r["op"] != "packed"]  # the packed rows have a table of their own
     bar, gap, left, width = 8, 14, 70, 520
     height = max(1, len(table)) * (len(COLUMNS) * bar + gap) + gap
     img = np.full((height, left + width + 20, 3), 255, dtype=np.uint8)

@@ -87,10 +87,13 @@ def test_a_decode_loop_compiles_without_a_graph_break_to_the_same_bits(B, mode):
     step = get_mlstm_step_kernel("triton")
     NH, DHQK, DHHV = 8, 256, 512
     torch.manual_seed(0)
-    xs = [(torch.randn(B, NH, DHQK, device="cuda", dtype=torch.bfloat16),
-           torch.randn(B, NH, DHQK, device="cuda", dtype=torch.bfloat16),
-           torch.randn(B, NH, DHHV, device="cuda", dtype=torch.bfloat16),
-           torch.randn(B, NH, 1, device="cuda"), 3.0 + torch.randn(B, NH, 1, device="cuda")) for _ in range(8)]  # fmt: skip
+
+    def token_inputs():
+        bf16 = dict(device="cuda", dtype=torch.bfloat16)
+        q, k, v = torch.randn(B, NH, DHQK, **bf16), torch.randn(B, NH, DHQK, **bf16), torch.randn(B, NH, DHHV, **bf16)
+        return q, k, v, torch.randn(B, NH, 1, device="cuda"), 3.0 + torch.randn(B, NH, 1, device="cuda")
+
+    xs = [token_inputs() for _ in range(8)]
 
     def token(x, c, n, m):
         h, _ = step(*x, c, n, m, inplace=True)
