@@ -284,3 +284,26 @@ def test_unknown_launch_choices_are_clear_errors():
     backward = find(chunkwise_bw.TEMPLATE, cell="exp", kernels="fused")
     with pytest.raises(MLSTMInputError, match="dstate_gates must be one of"):
         chunkwise_bw.check_config(backward, dict(families.default_config(backward, 16, 16), dstate_gates="post"))
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
+def test_a_training_forward_reduces_n_in_fp32(training):
+    """The two-pass forward of a training step (``saved``) runs the states kernel with n summed in fp32 even where
+    its configuration puts n on the tensor cores: the backward reads h and q^T n, which cancel at some tokens, and
+    16-bit weighted keys in n made its gradients up to 1.7x the trusted kernel's error (docs/hazards.md)."""
+    from autotune import families
+    from autotune.launch import chunkwise
+    from autotune.launch.trace import meta_like, record
+    from autotune.variants import find
+
+    variant = find(chunkwise.TWOPASS, cell="exp", state="input")
+    config = dict(families.default_config(variant, 64, 64), states_n="dot", states_weighting="kT")
+    shapes = [(1, 2, 128, 64), (1, 2, 128, 64), (1, 2, 128, 64), (1, 2, 128), (1, 2, 128)]
+    inputs = [meta_like(s, torch.float16 if len(s) == 4 else torch.float32) for s in shapes]
+
+    def forward(q, k, v, i, f):
+        return chunkwise.chunkwise_fw(q, k, v, i, f, variant=variant, config=config, saved={} if training else None)[0]
+
+    (states,) = [e for e in record(forward, inputs).launches() if e.name == "chunkwise_states_kernel"]
+    n_dot = next(a.value for a in states.args if a.name == "N_DOT")
+    assert n_dot is (not training)
