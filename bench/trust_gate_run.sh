@@ -8,7 +8,9 @@
 #              edc1f4f; a subset of entries in .probe/old_subset), for the before/after table. VALIDATE_S (default
 #              510) bounds each validate run; the report is rewritten after every row, so a cut-off run keeps its rows
 #   recheck    `mlstm-tune validate` of the H200 database (VALIDATE_S, default 450) while `pytest -m gpu tests/gpu`
-#              runs beside it (TESTS_S, default 480)
+#              runs beside it (TESTS_S, default 480); the whole suite needs more than one call
+#   tests      the GPU test files one after another (GPU_TESTS, e.g. "tests/gpu/test_gpu_jax.py"), a log each, within
+#              TESTS_S (default 540)
 #   tune       the presets through the gate into $OUT/db (TUNE_PRESETS, default "xlstm-7b head128 step-7b"; each
 #              shape's study for TUNE_S seconds, default 60; all of it within TUNE_TOTAL_S, default 540); copy
 #              $OUT/db back to .probe/db and carry it into the next call to resume
@@ -55,6 +57,16 @@ case "${1:-}" in
     ) > "$OUT/gpu_tests.log" 2>&1
     wait
     grep -E "passed|failed|error" "$OUT/gpu_tests.log" | tail -15; tail -40 "$OUT/validate.log" ;;
+  tests)  # GPU test files one after another, a log each (GPU_TESTS, default every file; all of it within TESTS_S)
+    end=$(( SECONDS + ${TESTS_S:-540} ))
+    for file in ${GPU_TESTS:-tests/gpu/test_gpu_*.py}; do
+      left=$(( end - SECONDS )); [ "$left" -gt 30 ] || { echo "no time left for $file"; continue; }
+      log="$OUT/$(basename "$file" .py).log"
+      ( header "XLA_PYTHON_CLIENT_PREALLOCATE=false python -m pytest -v -s -m gpu $file"
+        XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "$left" python -m pytest -v -s -m gpu "$file" -p no:cacheprovider \
+          --tb=short -rfE ) > "$log" 2>&1
+      echo "$file: $(grep -E '^(=+ )?[0-9]+ (passed|failed)' "$log" | tail -1)"
+    done ;;
   tune)
     mkdir -p "$OUT/db"; cp -r .probe/db/. "$OUT/db/" 2>/dev/null
     end=$(( SECONDS + ${TUNE_TOTAL_S:-540} ))  # the call's share of its 10 minutes; a cut-off study resumes
