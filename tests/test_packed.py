@@ -136,3 +136,23 @@ def test_the_backend_module_takes_packed_sequences_in_train_mode():
     assert torch.equal(h, h_k) and torch.equal(C, C_k)
     with pytest.raises(MLSTMInputError, match="training modes"):
         backend(*x, cu_seqlens=cu, mode="inference")
+
+
+def test_a_host_list_of_offsets_works_and_compiles_without_a_graph_break():
+    kernel = get_mlstm_kernel("chunkwise--native_custbw")
+    x, _ = _packed_inputs(LENGTHS)
+    cu = _cu(LENGTHS)
+    h = kernel(*x, chunk_size=CHUNK, cu_seqlens=cu)
+    assert torch.equal(kernel(*x, chunk_size=CHUNK, cu_seqlens_cpu=cu.tolist()), h)
+
+    host = cu.tolist()  # Python ints, made outside the compiled function
+
+    def packed(*x):
+        return kernel(*x, chunk_size=CHUNK, cu_seqlens=cu, cu_seqlens_cpu=host)
+
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(packed, fullgraph=True, backend="aot_eager")(*x), h)
+    assert torch._dynamo.explain(packed)(*x).graph_break_count == 0
+    torch._dynamo.reset()
+    with pytest.raises(MLSTMInputError, match="as a list must hold"):
+        kernel(*x, chunk_size=CHUNK, cu_seqlens_cpu=[0, 5.0, 54])

@@ -8,8 +8,9 @@ the tokens: outputs, last states and the gradients of every input and initial st
 
 Every chunkwise and parallel kernel of the registry takes ``cu_seqlens=`` (``packable``). Here a packed call runs the
 kernel once per sequence on its slice, so the result equals running each sequence alone by construction; it needs
-the offsets on the host: pass ``cu_seqlens_cpu`` (a host copy, as flash-linear-attention accepts) to avoid one
-device-to-host copy of ``cu_seqlens`` per call.
+the offsets on the host: pass ``cu_seqlens_cpu`` (a host copy, as flash-linear-attention accepts: a CPU tensor, or a
+list of ints, which ``torch.compile`` traces without a graph break) to avoid one device-to-host copy of
+``cu_seqlens`` per call.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ def offsets(cu_seqlens, cu_seqlens_cpu, T: int) -> list[int]:
     """The checked offsets as Python ints (from ``cu_seqlens_cpu`` when given, else one copy of ``cu_seqlens``)."""
     given = cu_seqlens_cpu if cu_seqlens_cpu is not None else cu_seqlens
     name = "cu_seqlens_cpu" if cu_seqlens_cpu is not None else "cu_seqlens"
+    if isinstance(cu_seqlens_cpu, (list, tuple)):  # Python ints: nothing to copy, and torch.compile traces through
+        if len(cu_seqlens_cpu) < 2 or not all(isinstance(o, int) and not isinstance(o, bool) for o in cu_seqlens_cpu):
+            raise MLSTMInputError("cu_seqlens_cpu as a list must hold N + 1 >= 2 ints")
+        cu_seqlens_cpu = torch.tensor(cu_seqlens_cpu, dtype=torch.int64) if cu_seqlens is not None else None
     for label, t in (("cu_seqlens", cu_seqlens), ("cu_seqlens_cpu", cu_seqlens_cpu)):
         if t is None:
             continue
@@ -36,7 +41,7 @@ def offsets(cu_seqlens, cu_seqlens_cpu, T: int) -> list[int]:
             raise MLSTMInputError(f"{label} must be 1-D with N + 1 >= 2 offsets, got shape {tuple(t.shape)}")
     if cu_seqlens is not None and cu_seqlens_cpu is not None and cu_seqlens.numel() != cu_seqlens_cpu.numel():
         raise MLSTMInputError(f"cu_seqlens has {cu_seqlens.numel()} offsets, cu_seqlens_cpu {cu_seqlens_cpu.numel()}")
-    values = given.tolist()
+    values = list(given) if isinstance(given, (list, tuple)) else given.tolist()
     if values[0] != 0:
         raise MLSTMInputError(f"{name} must start at 0, got {values[0]}")
     if values[-1] != T:
