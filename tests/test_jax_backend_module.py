@@ -201,3 +201,15 @@ def test_autotune_imports_without_jax():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "pip install 'mlstm-autotune[jax]'" in out.stdout, out.stdout
+
+
+def test_the_jax_kernels_refuse_packed_sequences():
+    """autotune.jax has no cu_seqlens yet: a kernel says so instead of ignoring it (its **kwargs would take it)."""
+    import jax.numpy as jnp
+
+    from autotune.jax import MLSTMInputError, get_mlstm_kernel
+
+    x = jnp.ones((1, 2, 8, 4))
+    for name in ("chunkwise--native_custbw", "parallel--native_custbw"):
+        with pytest.raises(MLSTMInputError, match="cu_seqlens"):
+            get_mlstm_kernel(name)(x, x, x, x[..., 0], x[..., 0], cu_seqlens=jnp.array([0, 8]))
