@@ -13,6 +13,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,3 +128,43 @@ def chunkwise_bw_config(variant, DHQK: int, DHHV: int, L: int, states: str = "re
 
     tiles = ("dhqk_tile", "dhhv_tile", "dv_dhhv_tile", "states_dhqk_tile", "states_dhhv_tile")
     return {**families.default_config(variant, DHQK, DHHV), "chunk": L, "states": states, **dict.fromkeys(tiles, tile)}
+
+
+# Bad input: a case is a mutation of valid inputs and a pattern the MLSTMInputError message must contain
+# (tests/test_bad_input.py for PyTorch, tests/test_jax_native.py for JAX)
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    mutate: Callable[[dict], None]
+    match: str  # regular expression the MLSTMInputError message must contain
+    applies: Callable[[object], bool] = lambda kernel: True
+
+
+def set_input(name: str, make: Callable):
+    """The mutation that replaces input ``name`` by ``make(it)``."""
+
+    def mutate(x: dict) -> None:
+        x[name] = make(x[name])
+
+    return mutate
+
+
+def set_kw(name: str, value):
+    """The mutation that sets argument ``name`` to ``value``."""
+
+    def mutate(x: dict) -> None:
+        x[name] = value
+
+    return mutate
+
+
+def drop(*names: str):
+    """The mutation that passes None for ``names``."""
+
+    def mutate(x: dict) -> None:
+        for name in names:
+            x[name] = None
+
+    return mutate

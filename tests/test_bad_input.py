@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-from helpers import LIMITS, Shape
+from helpers import LIMITS, Case, Shape, drop, set_input, set_kw
 
 from autotune.reference import mlstm_recurrent, random_inputs
 from autotune.torch import (
@@ -136,36 +136,6 @@ def on_meta(t: torch.Tensor) -> torch.Tensor:
     return torch.empty(t.shape, dtype=t.dtype, device="meta")
 
 
-@dataclass(frozen=True)
-class Case:
-    id: str
-    mutate: Callable[[dict], None]
-    match: str  # regular expression the MLSTMInputError message must contain
-    applies: Callable[[Kernel], bool] = lambda kernel: True
-
-
-def _set(name: str, make: Callable[[torch.Tensor], object]):
-    def mutate(x: dict) -> None:
-        x[name] = make(x[name])
-
-    return mutate
-
-
-def _set_kw(name: str, value):
-    def mutate(x: dict) -> None:
-        x[name] = value
-
-    return mutate
-
-
-def _drop(*names: str):
-    def mutate(x: dict) -> None:
-        for name in names:
-            x[name] = None
-
-    return mutate
-
-
 def _all(fn: Callable[[torch.Tensor], torch.Tensor], names=("q", "k", "v", "i", "f")):
     def mutate(x: dict) -> None:
         for name in names:
@@ -185,128 +155,132 @@ def _is_exp(kernel: Kernel) -> bool:
 def sequence_cases() -> list[Case]:
     """Cases for the sequence interface: q, k (B, NH, S, DHQK); v (B, NH, S, DHHV); i, f (B, NH, S); states."""
     cases = [
-        Case("q-rank3", _set("q", lambda t: t[..., 0]), r"^q\b.*4 dimensions"),
-        Case("q-rank5", _set("q", lambda t: t[None]), r"^q\b.*4 dimensions"),
-        Case("k-rank3", _set("k", lambda t: t[..., 0]), r"^k\b.*4 dimensions"),
-        Case("v-rank5", _set("v", lambda t: t[None]), r"^v\b.*4 dimensions"),
-        Case("i-rank4", _set("i", lambda t: t[..., None]), r"^i\b.*3 dimensions"),
-        Case("f-rank2", _set("f", lambda t: t[..., 0]), r"^f\b.*3 dimensions"),
-        Case("i-rank1", _set("i", lambda t: t.flatten()), r"^i\b.*3 dimensions"),
+        Case("q-rank3", set_input("q", lambda t: t[..., 0]), r"^q\b.*4 dimensions"),
+        Case("q-rank5", set_input("q", lambda t: t[None]), r"^q\b.*4 dimensions"),
+        Case("k-rank3", set_input("k", lambda t: t[..., 0]), r"^k\b.*4 dimensions"),
+        Case("v-rank5", set_input("v", lambda t: t[None]), r"^v\b.*4 dimensions"),
+        Case("i-rank4", set_input("i", lambda t: t[..., None]), r"^i\b.*3 dimensions"),
+        Case("f-rank2", set_input("f", lambda t: t[..., 0]), r"^f\b.*3 dimensions"),
+        Case("i-rank1", set_input("i", lambda t: t.flatten()), r"^i\b.*3 dimensions"),
         Case("S0", _all(lambda t: t[:, :, :0]), r"\bS\b.*>= 1"),
         Case("DHQK0", _all(lambda t: t[..., :0], ("q", "k")), r"\bDHQK\b"),
         Case("DHHV0", _all(lambda t: t[..., :0], ("v",)), r"^v\b"),
         # dtypes
-        Case("k-fp32-q-fp64", _set("k", lambda t: t.float()), r"k torch\.float32"),
-        Case("v-fp32-q-fp64", _set("v", lambda t: t.float()), r"v torch\.float32"),
-        Case("q-fp16-kv-fp64", _set("q", lambda t: t.half()), r"q torch\.float16"),
-        Case("f-fp32-i-fp64", _set("f", lambda t: t.float()), r"f torch\.float32"),
-        Case("i-bf16-f-fp64", _set("i", lambda t: t.bfloat16()), r"i torch\.bfloat16"),
-        Case("q-int64", _set("q", lambda t: t.long()), r"^q\b.*int64"),
-        Case("k-int32", _set("k", lambda t: t.int()), r"^k\b.*int32"),
-        Case("v-int16", _set("v", lambda t: t.short()), r"^v\b.*int16"),
-        Case("i-int64", _set("i", lambda t: t.long()), r"^i\b.*int64"),
-        Case("f-uint8", _set("f", lambda t: t.to(torch.uint8)), r"^f\b.*uint8"),
-        Case("q-bool", _set("q", lambda t: t > 0), r"^q\b.*bool"),
-        Case("v-complex", _set("v", lambda t: t.to(torch.complex128)), r"^v\b.*complex128"),
+        Case("k-fp32-q-fp64", set_input("k", lambda t: t.float()), r"k torch\.float32"),
+        Case("v-fp32-q-fp64", set_input("v", lambda t: t.float()), r"v torch\.float32"),
+        Case("q-fp16-kv-fp64", set_input("q", lambda t: t.half()), r"q torch\.float16"),
+        Case("f-fp32-i-fp64", set_input("f", lambda t: t.float()), r"f torch\.float32"),
+        Case("i-bf16-f-fp64", set_input("i", lambda t: t.bfloat16()), r"i torch\.bfloat16"),
+        Case("q-int64", set_input("q", lambda t: t.long()), r"^q\b.*int64"),
+        Case("k-int32", set_input("k", lambda t: t.int()), r"^k\b.*int32"),
+        Case("v-int16", set_input("v", lambda t: t.short()), r"^v\b.*int16"),
+        Case("i-int64", set_input("i", lambda t: t.long()), r"^i\b.*int64"),
+        Case("f-uint8", set_input("f", lambda t: t.to(torch.uint8)), r"^f\b.*uint8"),
+        Case("q-bool", set_input("q", lambda t: t > 0), r"^q\b.*bool"),
+        Case("v-complex", set_input("v", lambda t: t.to(torch.complex128)), r"^v\b.*complex128"),
         Case("all-int64", _all(lambda t: t.long()), r"^q\b.*int64"),
         # not tensors
-        Case("q-list", _set("q", lambda t: t.tolist()), r"^q\b.*Tensor.*list"),
-        Case("k-numpy", _set("k", lambda t: t.numpy()), r"^k\b.*Tensor.*ndarray"),
-        Case("v-float", _set("v", lambda t: 1.0), r"^v\b.*Tensor.*float"),
-        Case("i-list", _set("i", lambda t: t.tolist()), r"^i\b.*Tensor.*list"),
-        Case("f-None", _set("f", lambda t: None), r"^f\b.*Tensor.*NoneType"),
-        Case("c-list", _set("c_initial", lambda t: t.tolist()), r"^c_initial\b.*Tensor"),
-        Case("n-numpy", _set("n_initial", lambda t: t.numpy()), r"^n_initial\b.*Tensor"),
-        Case("m-float", _set("m_initial", lambda t: 0.5), r"^m_initial\b.*Tensor", _is_exp),
+        Case("q-list", set_input("q", lambda t: t.tolist()), r"^q\b.*Tensor.*list"),
+        Case("k-numpy", set_input("k", lambda t: t.numpy()), r"^k\b.*Tensor.*ndarray"),
+        Case("v-float", set_input("v", lambda t: 1.0), r"^v\b.*Tensor.*float"),
+        Case("i-list", set_input("i", lambda t: t.tolist()), r"^i\b.*Tensor.*list"),
+        Case("f-None", set_input("f", lambda t: None), r"^f\b.*Tensor.*NoneType"),
+        Case("c-list", set_input("c_initial", lambda t: t.tolist()), r"^c_initial\b.*Tensor"),
+        Case("n-numpy", set_input("n_initial", lambda t: t.numpy()), r"^n_initial\b.*Tensor"),
+        Case("m-float", set_input("m_initial", lambda t: 0.5), r"^m_initial\b.*Tensor", _is_exp),
         # eps
-        *[Case(f"eps-{v!r}", _set_kw("eps", v), r"\beps\b") for v in (-1e-3, math.nan, math.inf, "1e-6", None, True)],
+        *[Case(f"eps-{v!r}", set_kw("eps", v), r"\beps\b") for v in (-1e-3, math.nan, math.inf, "1e-6", None, True)],
         # states: shapes, dtypes, partial sets
-        Case("c-DHQK+1", _set("c_initial", lambda t: resized(t, 2)), r"^c_initial\b.*shape"),
-        Case("c-DHHV+1", _set("c_initial", lambda t: resized(t, 3)), r"^c_initial\b.*shape"),
-        Case("c-B+1", _set("c_initial", lambda t: resized(t, 0)), r"^c_initial\b.*shape"),
-        Case("c-rank3", _set("c_initial", lambda t: t[..., 0]), r"^c_initial\b.*4 dimensions"),
-        Case("n-DHQK+1", _set("n_initial", lambda t: resized(t, 2)), r"^n_initial\b.*shape"),
-        Case("n-NH+1", _set("n_initial", lambda t: resized(t, 1)), r"^n_initial\b.*shape"),
-        Case("n-rank4", _set("n_initial", lambda t: t[..., None]), r"^n_initial\b.*3 dimensions"),
-        Case("m-B.NH.2", _set("m_initial", lambda t: resized(t, 2)), r"^m_initial\b.*shape", _is_exp),
-        Case("m-rank4", _set("m_initial", lambda t: t[..., None]), r"^m_initial\b.*shape", _is_exp),
-        Case("m-B+1", _set("m_initial", lambda t: resized(t, 0)), r"^m_initial\b.*shape", _is_exp),
-        Case("m-rank1", _set("m_initial", lambda t: t.flatten()), r"^m_initial\b.*shape", _is_exp),
-        Case("c-int64", _set("c_initial", lambda t: t.long()), r"^c_initial\b.*int64"),
-        Case("n-int32", _set("n_initial", lambda t: t.int()), r"^n_initial\b.*int32"),
-        Case("m-int64", _set("m_initial", lambda t: t.long()), r"^m_initial\b.*int64", _is_exp),
-        Case("n-fp32-c-fp64", _set("n_initial", lambda t: t.float()), r"c_initial and n_initial.*dtype"),
-        Case("c-only", _drop("n_initial", "m_initial"), r"c_initial, n_initial and m_initial", _is_exp),
-        Case("c-n-no-m", _drop("m_initial"), r"c_initial, n_initial and m_initial", _is_exp),
-        Case("c-m-no-n", _drop("n_initial"), r"c_initial, n_initial and m_initial", _is_exp),
-        Case("n-m-no-c", _drop("c_initial"), r"c_initial, n_initial and m_initial", _is_exp),
-        Case("m-only", _drop("c_initial", "n_initial"), r"c_initial, n_initial and m_initial", _is_exp),
-        Case("sig-c-only", _drop("n_initial"), r"c_initial and n_initial", lambda k: k.cell == "sig"),
-        Case("sig-n-only", _drop("c_initial"), r"c_initial and n_initial", lambda k: k.cell == "sig"),
+        Case("c-DHQK+1", set_input("c_initial", lambda t: resized(t, 2)), r"^c_initial\b.*shape"),
+        Case("c-DHHV+1", set_input("c_initial", lambda t: resized(t, 3)), r"^c_initial\b.*shape"),
+        Case("c-B+1", set_input("c_initial", lambda t: resized(t, 0)), r"^c_initial\b.*shape"),
+        Case("c-rank3", set_input("c_initial", lambda t: t[..., 0]), r"^c_initial\b.*4 dimensions"),
+        Case("n-DHQK+1", set_input("n_initial", lambda t: resized(t, 2)), r"^n_initial\b.*shape"),
+        Case("n-NH+1", set_input("n_initial", lambda t: resized(t, 1)), r"^n_initial\b.*shape"),
+        Case("n-rank4", set_input("n_initial", lambda t: t[..., None]), r"^n_initial\b.*3 dimensions"),
+        Case("m-B.NH.2", set_input("m_initial", lambda t: resized(t, 2)), r"^m_initial\b.*shape", _is_exp),
+        Case("m-rank4", set_input("m_initial", lambda t: t[..., None]), r"^m_initial\b.*shape", _is_exp),
+        Case("m-B+1", set_input("m_initial", lambda t: resized(t, 0)), r"^m_initial\b.*shape", _is_exp),
+        Case("m-rank1", set_input("m_initial", lambda t: t.flatten()), r"^m_initial\b.*shape", _is_exp),
+        Case("c-int64", set_input("c_initial", lambda t: t.long()), r"^c_initial\b.*int64"),
+        Case("n-int32", set_input("n_initial", lambda t: t.int()), r"^n_initial\b.*int32"),
+        Case("m-int64", set_input("m_initial", lambda t: t.long()), r"^m_initial\b.*int64", _is_exp),
+        Case("n-fp32-c-fp64", set_input("n_initial", lambda t: t.float()), r"c_initial and n_initial.*dtype"),
+        Case("c-only", drop("n_initial", "m_initial"), r"c_initial, n_initial and m_initial", _is_exp),
+        Case("c-n-no-m", drop("m_initial"), r"c_initial, n_initial and m_initial", _is_exp),
+        Case("c-m-no-n", drop("n_initial"), r"c_initial, n_initial and m_initial", _is_exp),
+        Case("n-m-no-c", drop("c_initial"), r"c_initial, n_initial and m_initial", _is_exp),
+        Case("m-only", drop("c_initial", "n_initial"), r"c_initial, n_initial and m_initial", _is_exp),
+        Case("sig-c-only", drop("n_initial"), r"c_initial and n_initial", lambda k: k.cell == "sig"),
+        Case("sig-n-only", drop("c_initial"), r"c_initial and n_initial", lambda k: k.cell == "sig"),
         # chunk_size: only the chunkwise kernels use it
         *[
-            Case(f"chunk_size-{v!r}", _set_kw("chunk_size", v), r"\bchunk_size\b", lambda k: k.form == "chunkwise")
+            Case(f"chunk_size-{v!r}", set_kw("chunk_size", v), r"\bchunk_size\b", lambda k: k.form == "chunkwise")
             for v in (0, -1, 2.5, True, "64", None)
         ],
-        Case("dtype_state-str", _set_kw("dtype_state", "float32"), r"\bdtype_state\b", lambda k: k.form == "sequence"),
+        Case("dtype_state-str", set_kw("dtype_state", "float32"), r"\bdtype_state\b", lambda k: k.form == "sequence"),
     ]
     # mismatched B, NH, S (and DHQK for k) between q and the others
     for name in ("k", "v", "i", "f"):
         for dim, label in enumerate(("B", "NH", "S")):
-            cases.append(Case(f"{name}-{label}+1", _set(name, lambda t, d=dim: resized(t, d)), rf"^{name}\b.*shape"))
-    cases.append(Case("k-DHQK+1", _set("k", lambda t: resized(t, 3)), r"^k\b.*shape"))
-    cases.append(Case("q-S+1", _set("q", lambda t: resized(t, 2)), r"^k\b.*like q"))
+            cases.append(
+                Case(f"{name}-{label}+1", set_input(name, lambda t, d=dim: resized(t, d)), rf"^{name}\b.*shape")
+            )
+    cases.append(Case("k-DHQK+1", set_input("k", lambda t: resized(t, 3)), r"^k\b.*shape"))
+    cases.append(Case("q-S+1", set_input("q", lambda t: resized(t, 2)), r"^k\b.*like q"))
     # one tensor on another device
     for name in ("q", "k", "v", "i", "f", "c_initial", "n_initial", "m_initial"):
         applies = _is_exp if name == "m_initial" else (lambda k: True)
-        cases.append(Case(f"{name}-meta", _set(name, on_meta), rf"\b{name} on meta", applies))
+        cases.append(Case(f"{name}-meta", set_input(name, on_meta), rf"\b{name} on meta", applies))
     return cases
 
 
 def step_cases() -> list[Case]:
     """Cases for the step interface: q, k (B, NH, DHQK); v (B, NH, DHHV); i, f (B, NH, 1); c, n, m."""
     cases = [
-        Case("q-rank4", _set("q", lambda t: t[:, :, None]), r"^q\b.*3 dimensions"),
-        Case("q-rank2", _set("q", lambda t: t[0]), r"^q\b.*3 dimensions"),
-        Case("k-rank4", _set("k", lambda t: t[None]), r"^k\b.*3 dimensions"),
-        Case("v-rank2", _set("v", lambda t: t[0]), r"^v\b.*3 dimensions"),
-        Case("i-rank4", _set("i", lambda t: t[..., None]), r"^i\b.*shape"),
-        Case("f-rank1", _set("f", lambda t: t.flatten()), r"^f\b.*shape"),
-        Case("i-B.NH.2", _set("i", lambda t: resized(t, 2)), r"^i\b.*shape"),
-        Case("k-fp32-q-fp64", _set("k", lambda t: t.float()), r"k torch\.float32"),
-        Case("v-fp16-q-fp64", _set("v", lambda t: t.half()), r"v torch\.float16"),
-        Case("f-fp32-i-fp64", _set("f", lambda t: t.float()), r"f torch\.float32"),
-        Case("q-int64", _set("q", lambda t: t.long()), r"^q\b.*int64"),
-        Case("k-int32", _set("k", lambda t: t.int()), r"^k\b.*int32"),
-        Case("v-int64", _set("v", lambda t: t.long()), r"^v\b.*int64"),
-        Case("i-int64", _set("i", lambda t: t.long()), r"^i\b.*int64"),
-        Case("f-int32", _set("f", lambda t: t.int()), r"^f\b.*int32"),
-        Case("q-list", _set("q", lambda t: t.tolist()), r"^q\b.*Tensor.*list"),
-        Case("v-numpy", _set("v", lambda t: t.numpy()), r"^v\b.*Tensor.*ndarray"),
-        Case("i-float", _set("i", lambda t: 0.5), r"^i\b.*Tensor.*float"),
-        Case("c-list", _set("c", lambda t: t.tolist()), r"^c\b.*Tensor"),
-        Case("m-float", _set("m", lambda t: 0.5), r"^m\b.*Tensor"),
-        *[Case(f"eps-{v!r}", _set_kw("eps", v), r"\beps\b") for v in (-1e-3, math.nan, math.inf, "1e-6", None, True)],
-        Case("dtype_state-str", _set_kw("dtype_state", "float32"), r"\bdtype_state\b"),
-        Case("c-DHQK+1", _set("c", lambda t: resized(t, 2)), r"^c\b.*shape"),
-        Case("c-DHHV+1", _set("c", lambda t: resized(t, 3)), r"^c\b.*shape"),
-        Case("n-DHQK+1", _set("n", lambda t: resized(t, 2)), r"^n\b.*shape"),
-        Case("n-B+1", _set("n", lambda t: resized(t, 0)), r"^n\b.*shape"),
-        Case("m-B.NH.2", _set("m", lambda t: resized(t, 2)), r"^m\b.*shape"),
-        Case("m-NH+1", _set("m", lambda t: resized(t, 1)), r"^m\b.*shape"),
-        Case("c-int64", _set("c", lambda t: t.long()), r"^c\b.*int64"),
-        Case("m-int64", _set("m", lambda t: t.long()), r"^m\b.*int64"),
-        Case("n-fp32-c-fp64", _set("n", lambda t: t.float()), r"\bc and n\b.*dtype"),
-        Case("c-only", _drop("n", "m"), r"\bc, n and m\b"),
-        Case("c-n-no-m", _drop("m"), r"\bc, n and m\b"),
-        Case("m-only", _drop("c", "n"), r"\bc, n and m\b"),
+        Case("q-rank4", set_input("q", lambda t: t[:, :, None]), r"^q\b.*3 dimensions"),
+        Case("q-rank2", set_input("q", lambda t: t[0]), r"^q\b.*3 dimensions"),
+        Case("k-rank4", set_input("k", lambda t: t[None]), r"^k\b.*3 dimensions"),
+        Case("v-rank2", set_input("v", lambda t: t[0]), r"^v\b.*3 dimensions"),
+        Case("i-rank4", set_input("i", lambda t: t[..., None]), r"^i\b.*shape"),
+        Case("f-rank1", set_input("f", lambda t: t.flatten()), r"^f\b.*shape"),
+        Case("i-B.NH.2", set_input("i", lambda t: resized(t, 2)), r"^i\b.*shape"),
+        Case("k-fp32-q-fp64", set_input("k", lambda t: t.float()), r"k torch\.float32"),
+        Case("v-fp16-q-fp64", set_input("v", lambda t: t.half()), r"v torch\.float16"),
+        Case("f-fp32-i-fp64", set_input("f", lambda t: t.float()), r"f torch\.float32"),
+        Case("q-int64", set_input("q", lambda t: t.long()), r"^q\b.*int64"),
+        Case("k-int32", set_input("k", lambda t: t.int()), r"^k\b.*int32"),
+        Case("v-int64", set_input("v", lambda t: t.long()), r"^v\b.*int64"),
+        Case("i-int64", set_input("i", lambda t: t.long()), r"^i\b.*int64"),
+        Case("f-int32", set_input("f", lambda t: t.int()), r"^f\b.*int32"),
+        Case("q-list", set_input("q", lambda t: t.tolist()), r"^q\b.*Tensor.*list"),
+        Case("v-numpy", set_input("v", lambda t: t.numpy()), r"^v\b.*Tensor.*ndarray"),
+        Case("i-float", set_input("i", lambda t: 0.5), r"^i\b.*Tensor.*float"),
+        Case("c-list", set_input("c", lambda t: t.tolist()), r"^c\b.*Tensor"),
+        Case("m-float", set_input("m", lambda t: 0.5), r"^m\b.*Tensor"),
+        *[Case(f"eps-{v!r}", set_kw("eps", v), r"\beps\b") for v in (-1e-3, math.nan, math.inf, "1e-6", None, True)],
+        Case("dtype_state-str", set_kw("dtype_state", "float32"), r"\bdtype_state\b"),
+        Case("c-DHQK+1", set_input("c", lambda t: resized(t, 2)), r"^c\b.*shape"),
+        Case("c-DHHV+1", set_input("c", lambda t: resized(t, 3)), r"^c\b.*shape"),
+        Case("n-DHQK+1", set_input("n", lambda t: resized(t, 2)), r"^n\b.*shape"),
+        Case("n-B+1", set_input("n", lambda t: resized(t, 0)), r"^n\b.*shape"),
+        Case("m-B.NH.2", set_input("m", lambda t: resized(t, 2)), r"^m\b.*shape"),
+        Case("m-NH+1", set_input("m", lambda t: resized(t, 1)), r"^m\b.*shape"),
+        Case("c-int64", set_input("c", lambda t: t.long()), r"^c\b.*int64"),
+        Case("m-int64", set_input("m", lambda t: t.long()), r"^m\b.*int64"),
+        Case("n-fp32-c-fp64", set_input("n", lambda t: t.float()), r"\bc and n\b.*dtype"),
+        Case("c-only", drop("n", "m"), r"\bc, n and m\b"),
+        Case("c-n-no-m", drop("m"), r"\bc, n and m\b"),
+        Case("m-only", drop("c", "n"), r"\bc, n and m\b"),
     ]
     for name in ("k", "v", "i", "f"):
         for dim, label in enumerate(("B", "NH")):
-            cases.append(Case(f"{name}-{label}+1", _set(name, lambda t, d=dim: resized(t, d)), rf"^{name}\b.*shape"))
-    cases.append(Case("k-DHQK+1", _set("k", lambda t: resized(t, 2)), r"^k\b.*shape"))
+            cases.append(
+                Case(f"{name}-{label}+1", set_input(name, lambda t, d=dim: resized(t, d)), rf"^{name}\b.*shape")
+            )
+    cases.append(Case("k-DHQK+1", set_input("k", lambda t: resized(t, 2)), r"^k\b.*shape"))
     for name in ("q", "k", "v", "i", "f", "c", "n", "m"):
-        cases.append(Case(f"{name}-meta", _set(name, on_meta), rf"\b{name} on meta"))
+        cases.append(Case(f"{name}-meta", set_input(name, on_meta), rf"\b{name} on meta"))
     return cases
 
 

@@ -26,7 +26,19 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-from helpers import GRAD_LIMIT_FP64, LIMITS, MAX_OUTLIER, SHAPES, UNIT_ROUNDOFF, Shape, conditioning_limits
+from helpers import (
+    GRAD_LIMIT_FP64,
+    LIMITS,
+    MAX_OUTLIER,
+    SHAPES,
+    UNIT_ROUNDOFF,
+    Case,
+    Shape,
+    conditioning_limits,
+    drop,
+    set_input,
+    set_kw,
+)
 
 import autotune.torch as torch_api
 from autotune.reference import mlstm_recurrent, random_inputs
@@ -460,36 +472,6 @@ def _call_jit(kernel: Kernel, x: dict, lower_only: bool = False):
     return jitted.lower(arrays) if lower_only else jitted(arrays)
 
 
-@dataclass(frozen=True)
-class Case:
-    id: str
-    mutate: Callable[[dict], None]
-    match: str  # regular expression the MLSTMInputError message must contain
-    applies: Callable[[Kernel], bool] = lambda kernel: True
-
-
-def _set(name: str, make: Callable):
-    def mutate(x: dict) -> None:
-        x[name] = make(x[name])
-
-    return mutate
-
-
-def _set_kw(name: str, value):
-    def mutate(x: dict) -> None:
-        x[name] = value
-
-    return mutate
-
-
-def _drop(*names: str):
-    def mutate(x: dict) -> None:
-        for name in names:
-            x[name] = None
-
-    return mutate
-
-
 def _slice_all(s: slice):
     """q, k, v, i, f cut to the tokens s along S."""
 
@@ -523,59 +505,59 @@ def _torch_tensor(a):
 
 
 SEQUENCE_CASES = [
-    Case("q-rank3", _set("q", lambda a: a[..., 0]), r"^q\b.*4 dimensions"),
-    Case("k-rank5", _set("k", lambda a: a[None]), r"^k\b.*4 dimensions"),
-    Case("v-rank3", _set("v", lambda a: a[..., 0]), r"^v\b.*4 dimensions"),
-    Case("i-rank4", _set("i", lambda a: a[..., None]), r"^i\b.*3 dimensions"),
-    Case("f-rank2", _set("f", lambda a: a[..., 0]), r"^f\b.*3 dimensions"),
+    Case("q-rank3", set_input("q", lambda a: a[..., 0]), r"^q\b.*4 dimensions"),
+    Case("k-rank5", set_input("k", lambda a: a[None]), r"^k\b.*4 dimensions"),
+    Case("v-rank3", set_input("v", lambda a: a[..., 0]), r"^v\b.*4 dimensions"),
+    Case("i-rank4", set_input("i", lambda a: a[..., None]), r"^i\b.*3 dimensions"),
+    Case("f-rank2", set_input("f", lambda a: a[..., 0]), r"^f\b.*3 dimensions"),
     Case("S0", _slice_all(slice(0, 0)), r"\bS\b.*>= 1"),
-    Case("k-S+1", _set("k", lambda a: _resized(a, 2)), r"^k\b.*shape"),
-    Case("v-NH+1", _set("v", lambda a: _resized(a, 1)), r"^v\b.*shape"),
-    Case("i-S+1", _set("i", lambda a: _resized(a, 2)), r"^i\b.*shape"),
-    Case("f-B+1", _set("f", lambda a: _resized(a, 0)), r"^f\b.*shape"),
-    Case("q-int32", _set("q", lambda a: a.astype(jnp.int32)), r"^q\b.*int32"),
-    Case("i-int32", _set("i", lambda a: a.astype(jnp.int32)), r"^i\b.*int32"),
-    Case("v-bool", _set("v", lambda a: a > 0), r"^v\b.*bool"),
-    Case("k-fp32-q-fp64", _set("k", lambda a: a.astype(jnp.float32)), r"k float32"),
-    Case("f-fp32-i-fp64", _set("f", lambda a: a.astype(jnp.float32)), r"f float32"),
-    Case("q-torch", _set("q", _torch_tensor), r"^q\b.*jax\.Array.*Tensor"),
-    Case("k-numpy", _set("k", np.asarray), r"^k\b.*jax\.Array.*ndarray"),
-    Case("i-list", _set("i", lambda a: np.asarray(a).tolist()), r"^i\b.*jax\.Array.*list"),
-    Case("c-torch", _set("c_initial", _torch_tensor), r"^c_initial\b.*jax\.Array.*Tensor"),
-    Case("c-rank3", _set("c_initial", lambda a: a[..., 0]), r"^c_initial\b.*4 dimensions"),
-    Case("c-DHHV+1", _set("c_initial", lambda a: _resized(a, 3)), r"^c_initial\b.*shape"),
-    Case("n-DHQK+1", _set("n_initial", lambda a: _resized(a, 2)), r"^n_initial\b.*shape"),
-    Case("m-B.NH.2", _set("m_initial", lambda a: _resized(a, 2)), r"^m_initial\b.*shape", _is_exp),
-    Case("n-int32", _set("n_initial", lambda a: a.astype(jnp.int32)), r"^n_initial\b.*int32"),
-    Case("n-fp32-c-fp64", _set("n_initial", lambda a: a.astype(jnp.float32)), r"c_initial and n_initial.*dtype"),
-    Case("c-only", _drop("n_initial", "m_initial"), r"c_initial, n_initial and m_initial", _is_exp),
-    Case("c-n-no-m", _drop("m_initial"), r"c_initial, n_initial and m_initial", _is_exp),
-    Case("m-only", _drop("c_initial", "n_initial"), r"c_initial, n_initial and m_initial", _is_exp),
-    Case("sig-c-only", _drop("n_initial"), r"c_initial and n_initial", lambda k: k.cell == "sig"),
-    Case("eps-negative", _set_kw("eps", -1e-3), r"\beps\b"),
-    Case("eps-nan", _set_kw("eps", math.nan), r"\beps\b"),
-    Case("chunk_size-0", _set_kw("chunk_size", 0), r"\bchunk_size\b", _is_chunkwise),
-    Case("chunk_size-2.5", _set_kw("chunk_size", 2.5), r"\bchunk_size\b", _is_chunkwise),
-    Case("dtype_state-int32", _set_kw("dtype_state", jnp.int32), r"\bdtype_state\b", _is_sequence),
+    Case("k-S+1", set_input("k", lambda a: _resized(a, 2)), r"^k\b.*shape"),
+    Case("v-NH+1", set_input("v", lambda a: _resized(a, 1)), r"^v\b.*shape"),
+    Case("i-S+1", set_input("i", lambda a: _resized(a, 2)), r"^i\b.*shape"),
+    Case("f-B+1", set_input("f", lambda a: _resized(a, 0)), r"^f\b.*shape"),
+    Case("q-int32", set_input("q", lambda a: a.astype(jnp.int32)), r"^q\b.*int32"),
+    Case("i-int32", set_input("i", lambda a: a.astype(jnp.int32)), r"^i\b.*int32"),
+    Case("v-bool", set_input("v", lambda a: a > 0), r"^v\b.*bool"),
+    Case("k-fp32-q-fp64", set_input("k", lambda a: a.astype(jnp.float32)), r"k float32"),
+    Case("f-fp32-i-fp64", set_input("f", lambda a: a.astype(jnp.float32)), r"f float32"),
+    Case("q-torch", set_input("q", _torch_tensor), r"^q\b.*jax\.Array.*Tensor"),
+    Case("k-numpy", set_input("k", np.asarray), r"^k\b.*jax\.Array.*ndarray"),
+    Case("i-list", set_input("i", lambda a: np.asarray(a).tolist()), r"^i\b.*jax\.Array.*list"),
+    Case("c-torch", set_input("c_initial", _torch_tensor), r"^c_initial\b.*jax\.Array.*Tensor"),
+    Case("c-rank3", set_input("c_initial", lambda a: a[..., 0]), r"^c_initial\b.*4 dimensions"),
+    Case("c-DHHV+1", set_input("c_initial", lambda a: _resized(a, 3)), r"^c_initial\b.*shape"),
+    Case("n-DHQK+1", set_input("n_initial", lambda a: _resized(a, 2)), r"^n_initial\b.*shape"),
+    Case("m-B.NH.2", set_input("m_initial", lambda a: _resized(a, 2)), r"^m_initial\b.*shape", _is_exp),
+    Case("n-int32", set_input("n_initial", lambda a: a.astype(jnp.int32)), r"^n_initial\b.*int32"),
+    Case("n-fp32-c-fp64", set_input("n_initial", lambda a: a.astype(jnp.float32)), r"c_initial and n_initial.*dtype"),
+    Case("c-only", drop("n_initial", "m_initial"), r"c_initial, n_initial and m_initial", _is_exp),
+    Case("c-n-no-m", drop("m_initial"), r"c_initial, n_initial and m_initial", _is_exp),
+    Case("m-only", drop("c_initial", "n_initial"), r"c_initial, n_initial and m_initial", _is_exp),
+    Case("sig-c-only", drop("n_initial"), r"c_initial and n_initial", lambda k: k.cell == "sig"),
+    Case("eps-negative", set_kw("eps", -1e-3), r"\beps\b"),
+    Case("eps-nan", set_kw("eps", math.nan), r"\beps\b"),
+    Case("chunk_size-0", set_kw("chunk_size", 0), r"\bchunk_size\b", _is_chunkwise),
+    Case("chunk_size-2.5", set_kw("chunk_size", 2.5), r"\bchunk_size\b", _is_chunkwise),
+    Case("dtype_state-int32", set_kw("dtype_state", jnp.int32), r"\bdtype_state\b", _is_sequence),
 ]
 STEP_CASES = [
-    Case("q-rank4", _set("q", lambda a: a[:, :, None]), r"^q\b.*3 dimensions"),
-    Case("v-rank2", _set("v", lambda a: a[0]), r"^v\b.*3 dimensions"),
-    Case("k-DHQK+1", _set("k", lambda a: _resized(a, 2)), r"^k\b.*shape"),
-    Case("i-B.NH.2", _set("i", lambda a: _resized(a, 2)), r"^i\b.*shape"),
-    Case("q-int32", _set("q", lambda a: a.astype(jnp.int32)), r"^q\b.*int32"),
-    Case("f-int32", _set("f", lambda a: a.astype(jnp.int32)), r"^f\b.*int32"),
-    Case("v-fp32-q-fp64", _set("v", lambda a: a.astype(jnp.float32)), r"v float32"),
-    Case("q-torch", _set("q", _torch_tensor), r"^q\b.*jax\.Array.*Tensor"),
-    Case("c-numpy", _set("c", np.asarray), r"^c\b.*jax\.Array.*ndarray"),
-    Case("c-DHHV+1", _set("c", lambda a: _resized(a, 3)), r"^c\b.*shape"),
-    Case("m-NH+1", _set("m", lambda a: _resized(a, 1)), r"^m\b.*shape"),
-    Case("n-fp32-c-fp64", _set("n", lambda a: a.astype(jnp.float32)), r"\bc and n\b.*dtype"),
-    Case("c-only", _drop("n", "m"), r"\bc, n and m\b"),
-    Case("m-only", _drop("c", "n"), r"\bc, n and m\b"),
-    Case("eps-inf", _set_kw("eps", math.inf), r"\beps\b"),
-    Case("dtype_state-int32", _set_kw("dtype_state", jnp.int32), r"\bdtype_state\b"),
-    Case("inplace", _set_kw("inplace", True), r"\binplace\b"),
+    Case("q-rank4", set_input("q", lambda a: a[:, :, None]), r"^q\b.*3 dimensions"),
+    Case("v-rank2", set_input("v", lambda a: a[0]), r"^v\b.*3 dimensions"),
+    Case("k-DHQK+1", set_input("k", lambda a: _resized(a, 2)), r"^k\b.*shape"),
+    Case("i-B.NH.2", set_input("i", lambda a: _resized(a, 2)), r"^i\b.*shape"),
+    Case("q-int32", set_input("q", lambda a: a.astype(jnp.int32)), r"^q\b.*int32"),
+    Case("f-int32", set_input("f", lambda a: a.astype(jnp.int32)), r"^f\b.*int32"),
+    Case("v-fp32-q-fp64", set_input("v", lambda a: a.astype(jnp.float32)), r"v float32"),
+    Case("q-torch", set_input("q", _torch_tensor), r"^q\b.*jax\.Array.*Tensor"),
+    Case("c-numpy", set_input("c", np.asarray), r"^c\b.*jax\.Array.*ndarray"),
+    Case("c-DHHV+1", set_input("c", lambda a: _resized(a, 3)), r"^c\b.*shape"),
+    Case("m-NH+1", set_input("m", lambda a: _resized(a, 1)), r"^m\b.*shape"),
+    Case("n-fp32-c-fp64", set_input("n", lambda a: a.astype(jnp.float32)), r"\bc and n\b.*dtype"),
+    Case("c-only", drop("n", "m"), r"\bc, n and m\b"),
+    Case("m-only", drop("c", "n"), r"\bc, n and m\b"),
+    Case("eps-inf", set_kw("eps", math.inf), r"\beps\b"),
+    Case("dtype_state-int32", set_kw("dtype_state", jnp.int32), r"\bdtype_state\b"),
+    Case("inplace", set_kw("inplace", True), r"\binplace\b"),
 ]
 BAD_CASES = [(k, c) for k in BAD_KERNELS if k.form != "step" for c in SEQUENCE_CASES if c.applies(k)]
 BAD_CASES += [(k, c) for k in BAD_KERNELS if k.form == "step" for c in STEP_CASES]
