@@ -27,20 +27,22 @@ from .triton_choice import TRACE_TARGET, backward_plan, gpu_identity
 _KEPT = ("s", "mt", "Cb", "nb", "mb")
 
 
-def _none() -> torch.Tensor:
-    return torch.empty(0)
-
-
 def _absent(t: torch.Tensor | None) -> bool:
     return t is None or (t.dim() == 1 and t.numel() == 0)
 
 
-def _opt(t: torch.Tensor | None) -> torch.Tensor | None:
+def present(t: torch.Tensor | None) -> torch.Tensor | None:
+    """The tensor, or None for the stand-in of an absent one."""
     return None if _absent(t) else t
 
 
 def _placeholder(like: torch.Tensor) -> torch.Tensor:
     return like.new_empty(0)
+
+
+def absent_or(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """``t``, or the (0,)-shaped stand-in of an absent tensor."""
+    return t if t is not None else _placeholder(like)
 
 
 def _fake_by_record(real, *args):
@@ -71,11 +73,11 @@ def _sequence_fw(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i
 
     entry = SEQUENCE_ENTRIES[name]
     run = entry.run(chunk_size=chunk_size, eps=eps, normalize=normalize)
-    tensors = (q, k, v, i, f, _opt(C0), _opt(n0), _opt(m0))
+    tensors = (q, k, v, i, f, present(C0), present(n0), present(m0))
     h, last, _, saved = forward_keeping(run, tensors, entry.form, entry.cell, with_last, needs_grad)
     last = list(last) if with_last else [_placeholder(q) for _ in range(3)]
     saved = saved or {}
-    kept = [saved[key] if saved.get(key) is not None else _placeholder(q) for key in _KEPT]
+    kept = [absent_or(saved.get(key), q) for key in _KEPT]
     return [h, *last, *kept, q.new_empty(0, saved.get("L", 0))]
 
 
@@ -99,12 +101,12 @@ def _sequence_bw(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i
 
     entry = SEQUENCE_ENTRIES[name]
     values = (q, k, v, i, f, C0, n0, m0, h, s, mt, Cb, nb, mb, C_S, n_S, m_S)
-    saved = {key: _opt(t) for key, t in zip(_SAVED, values)}
+    saved = {key: present(t) for key, t in zip(_SAVED, values)}
     saved["L"], saved["last"] = chunk_marker.shape[1], (saved["C_S"], saved["n_S"], saved["m_S"])
     plan = backward_plan(q, v, entry.form, entry.cell)
-    grads = backward_grads(saved, dh, (_opt(dC), _opt(dn), _opt(dm)), plan, with_last=with_last, cell=entry.cell,
-                           normalize=normalize, eps=eps)  # fmt: skip
-    return [g if g is not None else _placeholder(q) for g in grads]
+    dlast = (present(dC), present(dn), present(dm))
+    grads = backward_grads(saved, dh, dlast, plan, with_last=with_last, cell=entry.cell, normalize=normalize, eps=eps)
+    return [absent_or(g, q) for g in grads]
 
 
 sequence_bw = torch.library.custom_op("mlstm_autotune::sequence_bw", mutates_args=())(_sequence_bw)
@@ -128,9 +130,9 @@ def _sequence_backward(ctx, grads):
     saved = ctx.saved_tensors
     q, h = saved[0], saved[8]
     dh = dh if dh is not None else torch.zeros_like(h)
-    cotangents = [g if g is not None else _placeholder(q) for g in (dC, dn, dm)]
+    cotangents = [absent_or(g, q) for g in (dC, dn, dm)]
     out = sequence_bw(name, *saved, dh, *cotangents, eps, normalize, with_last)
-    return (None, *(_opt(g) for g in out), None, None, None, None, None)
+    return (None, *(present(g) for g in out), None, None, None, None, None)
 
 
 sequence_fw.register_autograd(_sequence_backward, setup_context=_setup_sequence)
@@ -139,7 +141,7 @@ sequence_fw.register_autograd(_sequence_backward, setup_context=_setup_sequence)
 def sequence(name: str, q, k, v, i, f, C0, n0, m0, *, chunk_size: int, eps: float, normalize: bool, with_last: bool,
              needs_grad: bool):  # fmt: skip
     """The entry's h, or (h, C, n, m) with ``with_last``, through sequence_fw (its gradient: sequence_bw)."""
-    states = [t if t is not None else _placeholder(q) for t in (C0, n0, m0)]
+    states = [absent_or(t, q) for t in (C0, n0, m0)]
     out = sequence_fw(name, q, k, v, i, f, *states, chunk_size, eps, normalize, with_last, needs_grad)
     return (out[0], *out[1:4]) if with_last else out[0]
 
@@ -153,9 +155,9 @@ def _step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f:
     """[h, C, n, m] of one step into new buffers (m of shape (0,) for the sig cell)."""
     from .triton_kernels import step_launch
 
-    h, (C1, n1, m1) = step_launch(q, k, v, i, f, _opt(c), _opt(n), _opt(m), cell=cell, eps=eps, normalize=normalize,
-                                  dtype_state=dtype_state)  # fmt: skip
-    return [h, C1, n1, m1 if m1 is not None else _placeholder(q)]
+    h, (C1, n1, m1) = step_launch(q, k, v, i, f, present(c), present(n), present(m), cell=cell, eps=eps,
+                                  normalize=normalize, dtype_state=dtype_state)  # fmt: skip
+    return [h, C1, n1, absent_or(m1, q)]
 
 
 step = torch.library.custom_op("mlstm_autotune::step", mutates_args=())(_step)
@@ -172,7 +174,7 @@ def _step_(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f
     """h of one step; c, n and m (m of shape (0,) for the sig cell) are updated in place."""
     from .triton_kernels import step_launch
 
-    h, _ = step_launch(q, k, v, i, f, c, n, _opt(m), cell=cell, eps=eps, normalize=normalize,
+    h, _ = step_launch(q, k, v, i, f, c, n, present(m), cell=cell, eps=eps, normalize=normalize,
                        dtype_state=dtype_state, inplace=True)  # fmt: skip
     return h
 
@@ -192,7 +194,8 @@ def _scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f:
     from .triton_kernels import sequence_run
 
     run = sequence_run(cell=cell, eps=eps, normalize=normalize)
-    h, last = run(q, k, v, i, f, _opt(C0), _opt(n0), _opt(m0), return_last_states=with_last, state_dtype=dtype_state)
+    states = (present(C0), present(n0), present(m0))
+    h, last = run(q, k, v, i, f, *states, return_last_states=with_last, state_dtype=dtype_state)
     last = [absent_or(t, q) for t in last] if with_last else [_placeholder(q) for _ in range(3)]
     return [h, *last]
 
@@ -203,13 +206,3 @@ scan = torch.library.custom_op("mlstm_autotune::scan", mutates_args=())(_scan)
 @scan.register_fake
 def _(q, k, v, i, f, C0, n0, m0, eps, normalize, cell, with_last, dtype_state):
     return _fake_by_record(_scan, q, k, v, i, f, C0, n0, m0, eps, normalize, cell, with_last, dtype_state)
-
-
-def absent_or(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    """``t``, or the (0,)-shaped stand-in of an absent tensor."""
-    return t if t is not None else _placeholder(like)
-
-
-def present(t: torch.Tensor) -> torch.Tensor | None:
-    """The tensor, or None for the stand-in of an absent one."""
-    return _opt(t)
