@@ -7,8 +7,8 @@
 #              autotune/ of 88350ba, whose launchers are those of edc1f4f, with templates/ and generated/ of
 #              edc1f4f; a subset of entries in .probe/old_subset), for the before/after table. VALIDATE_S (default
 #              510) bounds each validate run; the report is rewritten after every row, so a cut-off run keeps its rows
-#   recheck    `mlstm-tune validate` of the H200 database (VALIDATE_S, default 450) while `pytest -m gpu tests/gpu`
-#              runs beside it (TESTS_S, default 480); the whole suite needs more than one call
+#   recheck    `mlstm-tune validate` of the H200 database (VALIDATE_S, default 450) while `pytest -m gpu $GPU_TESTS`
+#              runs beside it (default tests/gpu; TESTS_S, default 480); the whole suite needs more than one call
 #   tests      the GPU test files one after another (GPU_TESTS, e.g. "tests/gpu/test_gpu_jax.py"), a log each, within
 #              TESTS_S (default 540)
 #   tune       the presets through the gate into $OUT/db (TUNE_PRESETS, default "xlstm-7b head128 step-7b"; each
@@ -51,8 +51,8 @@ case "${1:-}" in
     ( header "python -m autotune validate --db tuning_db/NVIDIA_H200.json --out \$OUT"
       timeout "${VALIDATE_S:-450}" python -m autotune validate --db tuning_db/NVIDIA_H200.json --out "$OUT"
     ) > "$OUT/validate.log" 2>&1 &
-    ( header "XLA_PYTHON_CLIENT_PREALLOCATE=false python -m pytest -v -s -m gpu tests/gpu"
-      XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "${TESTS_S:-480}" python -m pytest -v -s -m gpu tests/gpu \
+    ( header "XLA_PYTHON_CLIENT_PREALLOCATE=false python -m pytest -v -s -m gpu ${GPU_TESTS:-tests/gpu}"
+      XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "${TESTS_S:-480}" python -m pytest -v -s -m gpu ${GPU_TESTS:-tests/gpu} \
         -p no:cacheprovider --tb=short -rfE
     ) > "$OUT/gpu_tests.log" 2>&1
     wait

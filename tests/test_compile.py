@@ -147,3 +147,37 @@ def test_the_compiled_path_runs_the_custom_operators():
     torch.compile(lambda *a: kernel(*a, chunk_size=16), fullgraph=True, backend=backend)(*x).sum().backward()
     assert len(graphs) == 2
     assert "mlstm_autotune.sequence_fw" in graphs[0] and "mlstm_autotune.sequence_bw" in graphs[1]
+
+
+def test_the_custom_operators_fakes_have_the_real_outputs_strides():
+    """Inductor asserts every output of an external call against its fake's sizes and strides. q, k, v laid out as
+    a model's projections give them (permuted views of (B, S, NH, D)): the forward's and the backward's fake outputs
+    have the real ones' strides (an empty_like fake of the backward kept the permuted strides of q on the H100)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import autotune.torch.compiled_ops  # noqa: F401 - registers the operators
+
+    ops = torch.ops.mlstm_autotune
+    none = torch.empty(0)
+    q, k = (torch.randn(B, 64, NH, DHQK).transpose(1, 2) for _ in range(2))
+    v = torch.randn(B, 64, NH, DHHV).transpose(1, 2)
+    i, f = torch.randn(B, 64, NH).transpose(1, 2), (3.0 + torch.randn(B, 64, NH)).transpose(1, 2)
+    name = "chunkwise--triton_auto"
+
+    def both(op, *args):
+        real = op(*args)
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            fake = op(*(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args))
+        return real, fake
+
+    fw_args = (name, q, k, v, i, f, none, none, none, 16, 1e-6, True, False, True)
+    real, fake = both(ops.sequence_fw, *fw_args)
+    for r, g in zip(real, fake, strict=True):
+        assert (r.shape, r.stride(), r.dtype) == (g.shape, g.stride(), g.dtype)
+    h, C_S, n_S, m_S, s, mt, Cb, nb, mb, marker = real
+    dh = torch.randn_like(h)
+    bw_args = (name, q, k, v, i, f, none, none, none, h, s, mt, Cb, nb, mb, marker, C_S, n_S, m_S, dh, none, none,
+               none, 1e-6, True, False)  # fmt: skip
+    real, fake = both(ops.sequence_bw, *bw_args)
+    for r, g in zip(real, fake, strict=True):
+        assert (r.shape, r.stride(), r.dtype) == (g.shape, g.stride(), g.dtype)

@@ -106,7 +106,7 @@ def _sequence_bw(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i
     plan = backward_plan(q, v, entry.form, entry.cell)
     dlast = (present(dC), present(dn), present(dm))
     grads = backward_grads(saved, dh, dlast, plan, with_last=with_last, cell=entry.cell, normalize=normalize, eps=eps)
-    return [absent_or(g, q) for g in grads]
+    return [absent_or(g, q).contiguous() for g in grads]  # contiguous, as the fake's, whatever the inputs' strides
 
 
 sequence_bw = torch.library.custom_op("mlstm_autotune::sequence_bw", mutates_args=())(_sequence_bw)
@@ -114,7 +114,9 @@ sequence_bw = torch.library.custom_op("mlstm_autotune::sequence_bw", mutates_arg
 
 @sequence_bw.register_fake
 def _(name, q, k, v, i, f, C0, n0, m0, *rest):
-    return [torch.empty_like(t) if not _absent(t) else _placeholder(q) for t in (q, k, v, i, f, C0, n0, m0)]
+    # contiguous: empty_like would keep the strides of a permuted input (a model's projections give q, k, v so),
+    # which the real gradients do not have, and Inductor asserts the real strides against these
+    return [t.new_empty(t.shape) if not _absent(t) else _placeholder(q) for t in (q, k, v, i, f, C0, n0, m0)]
 
 
 def _setup_sequence(ctx, inputs, output):
