@@ -1,21 +1,31 @@
-"""Which forward feeds a chunkwise backward its error: the default chunkwise backward's gradient errors (against the
-float64 oracle) behind several forwards, next to the trusted parallel forward + backward, and the tokens that carry
-the extra dq error. Behind docs/hazards.md, "n for a backward".
+"""Which forward feeds a chunkwise backward its error: a chunkwise backward's gradient errors (against the float64
+oracle) behind several forwards, next to the trusted parallel forward + backward, and the forwards' own h errors.
+Behind docs/hazards.md, "n for a backward" and "States for a backward".
 
-    python bench/tools/backward_after_forward.py [--S 2048] [--dtype float16] [--device cpu]
+    python bench/tools/backward_after_forward.py [--S 2048] [--dtype float16] [--device cpu] [--layout 7b]
+        [--draw model] [--bw-config JSON]
 
-On the CPU it runs under Triton's interpreter (about 30 minutes at the default shape on two cores; fp16, since the
-interpreter mis-computes bf16 dots); on a GPU pass --device cuda --dtype bfloat16.
+--layout 7b (NH heads of 256/512) or head128 (128/128); --draw model or adversarial (the gate's draws, seeds 2
+and 1 as the gate's second and first draw); --bw-config a JSON object of chunkwise backward knobs over the default
+(e.g. '{"states": "reuse", "kernels": "split"}', "kernels" picks the variant). Rows: the backward as configured
+behind the two-pass forward as a training step runs it (states in the inputs' dtype, n in fp32), the same with n
+on the tensor cores, with fp32 states, then the backward recomputing its states behind the two-pass, fused and
+parallel forwards. On the CPU it runs under Triton's interpreter (about 30 minutes at S=2048 on two cores; fp16,
+since the interpreter mis-computes bf16 dots); on a GPU pass --device cuda --dtype bfloat16.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+LAYOUTS = {"7b": (256, 512), "head128": (128, 128)}
 
 
 def main() -> int:
@@ -23,6 +33,9 @@ def main() -> int:
     ap.add_argument("--S", type=int, default=2048)
     ap.add_argument("--dtype", default="float16")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--layout", choices=sorted(LAYOUTS), default="7b")
+    ap.add_argument("--draw", choices=("model", "adversarial"), default="model")
+    ap.add_argument("--bw-config", default="{}", help="JSON: chunkwise backward knobs over its default")
     args = ap.parse_args()
     if args.device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"
@@ -32,48 +45,93 @@ def main() -> int:
     from autotune.launch import chunkwise, chunkwise_bw, parallel
     from autotune.variants import find
 
-    K, V, dt = 256, 512, getattr(torch, args.dtype)
-    bw = find("chunkwise_bw.py.j2", cell="exp", kernels="fused")
-    cfg = families.default_config(bw, K, V)
+    (K, V), dt = LAYOUTS[args.layout], getattr(torch, args.dtype)
+    knobs = json.loads(args.bw_config)
+    bw = find("chunkwise_bw.py.j2", cell="exp", kernels=knobs.pop("kernels", "fused"))
+    cfg = dict(families.default_config(bw, K, V), **knobs)
+    recompute = dict(cfg, states="recompute")
+    L = cfg["chunk"]
     job = measure.Job(bw.name, cfg, 1, 2, args.S, K, V, args.dtype, args.device)
-    x = gate.draw_inputs("model", 1, 2, args.S, K, V, dtype=dt, device=args.device, seed=2)
+    seed = 2 if args.draw == "model" else 1
+    x = gate.draw_inputs(args.draw, 1, 2, args.S, K, V, dtype=dt, device=args.device, seed=seed)
     truth = measure._oracle(job, x)
+    h_job = measure.Job(find("parallel_fw.py.j2", cell="exp").name, {}, 1, 2, args.S, K, V, args.dtype, args.device)
+    h_truth = measure._oracle(h_job, x)[0]
     inputs = [x[k] for k in "qkvif"]
     names = ("dq", "dk", "dv", "di", "df")
 
     def errors(grads) -> str:
         return " ".join(f"{n} {gate.relative_error(a, t):.3g}" for n, a, t in zip(names, grads, truth))
 
-    def behind(variant, config, **kw):
-        saved = {}
+    def behind(variant, config, bw_config, **kw):
+        saved = {"borders_at": L} if bw_config["states"] == "reuse" else {}
         fw = parallel.parallel_fw if variant.family == "parallel_fw" else chunkwise.chunkwise_fw
         h, _ = fw(*inputs, variant=variant, config=config, saved=saved, **kw)
-        return chunkwise_bw.chunkwise_bw(*inputs, None, None, None, h, saved["s"], saved["mt"], x["dh"], None, None,
-                                         None, None, variant=bw, config=cfg, borders=None)[:5]  # fmt: skip
+        borders = (saved["Cb"], saved["nb"], saved["mb"]) if bw_config["states"] == "reuse" else None
+        grads = chunkwise_bw.chunkwise_bw(*inputs, None, None, None, h, saved["s"], saved["mt"], x["dh"], None, None,
+                                          None, None, variant=bw, config=bw_config, borders=borders)[:5]  # fmt: skip
+        return h, grads
 
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu-interpreter"
-    print(f"# {name}; {args.dtype}; B=1 NH=2 S={args.S} {K}/{V}; model draw; errors against the float64 oracle")
+    print(f"# {name}; {args.dtype}; B=1 NH=2 S={args.S} {K}/{V}; {args.draw} draw (seed {seed}); {bw.name} "
+          f"{json.dumps(cfg, sort_keys=True)}; errors against the float64 oracle")  # fmt: skip
     trusted = measure._runner(measure.trusted_job(job))(x)
-    print(f"{'trusted: parallel forward + backward':44s} {errors(trusted)}", flush=True)
-    two = find(chunkwise.TWOPASS, cell="exp", state="input")
-    two_cfg = dict(families.default_config(two, K, V), chunk_inter=64, chunk_intra=64)
+    print(f"{'trusted: parallel forward + backward':52s} {'':10s} {errors(trusted)}", flush=True)
+    two, two32 = (find(chunkwise.TWOPASS, cell="exp", state=s) for s in ("input", "float32"))
+    two_cfg = dict(families.default_config(two, K, V), chunk_inter=min(64, L), chunk_intra=L)
+    fused = find(chunkwise.FUSED, cell="exp", state="input")
     pfw = find("parallel_fw.py.j2", cell="exp")
-    rows = {  # label: forward variant, configuration, launcher options
-        "chunkwise bw behind the two-pass forward": (two, two_cfg, {}),  # a training step's: n summed in fp32
-        "  the same, n on the tensor cores (dot)": (two, dict(two_cfg, states_n="dot"), {"n_in_fp32": False}),
-        "chunkwise bw behind the parallel forward": (pfw, families.default_config(pfw, K, V), {}),
+    on_v = dict(two_cfg, states_weighting="v", states_n="sum")  # the weights on v, n summed in fp32
+    fused_cfg = dict(families.default_config(fused, K, V), chunk=L)
+    fused32 = find(chunkwise.FUSED, cell="exp", state="float32")
+    rows = {  # label: forward variant, configuration, backward configuration, launcher options
+        "behind the two-pass forward (a training step's)": (two, two_cfg, cfg, {}),
+        "  the same, n on the tensor cores (dot)": (two, dict(two_cfg, states_n="dot"), cfg, {"n_in_fp32": False}),
+        "  the same, fp32 states": (two32, two_cfg, cfg, {}),
+        "  the same, fp32 states, weights on v": (two32, on_v, cfg, {}),
+        "  the same, states in the inputs' dtype, weights on v": (two, on_v, cfg, {}),
+        "recomputing, behind the two-pass forward": (two, two_cfg, recompute, {}),
+        "recomputing, behind the two-pass forward, fp32": (two32, two_cfg, recompute, {}),
+        "recomputing, behind the fused forward": (fused, fused_cfg, recompute, {}),
+        "recomputing, behind the fused forward, fp32 states": (fused32, fused_cfg, recompute, {}),
+        "recomputing, behind the parallel forward": (pfw, families.default_config(pfw, K, V), recompute, {}),
     }
-    grads = {}
-    for label, (variant, config, kw) in rows.items():
-        grads[label] = behind(variant, config, **kw)
-        print(f"{label:44s} {errors(grads[label])}", flush=True)
-    ours = grads["  the same, n on the tensor cores (dot)"][0].double()
-    extra = ((ours - truth[0]).norm(dim=-1) ** 2 - (trusted[0].double() - truth[0]).norm(dim=-1) ** 2)[0]
-    top = torch.topk(extra.flatten(), 8)
-    print(
-        f"n on the tensor cores: share of dq's extra squared error on its 8 worst tokens: "
-        f"{(top.values.sum() / extra.sum()).item():.2f}"
-    )
+    for label, (variant, config, bw_config, kw) in rows.items():
+        h, grads = behind(variant, config, bw_config, **kw)
+        h_err = f"h {gate.relative_error(h, h_truth):.3g}"
+        print(f"{label:52s} {h_err:10s} {errors(grads)}", flush=True)
+    # which of the forward's outputs the backward is sensitive to: h, or the statistics s (signed normaliser sum)
+    # and mt (max state), taken from a two-pass forward and the parallel one crosswise
+    kept = {}
+    forwards = {"two-pass": (two, two_cfg), "two-pass fp32 v": (two32, on_v), "parallel": rows[
+        "recomputing, behind the parallel forward"][:2]}  # fmt: skip
+    for name, (variant, config) in forwards.items():
+        saved = {}
+        fw = parallel.parallel_fw if variant.family == "parallel_fw" else chunkwise.chunkwise_fw
+        kept[name] = (fw(*inputs, variant=variant, config=config, saved=saved)[0], saved["s"], saved["mt"])
+    for h_from, stats_from in (("parallel", "two-pass"), ("two-pass", "parallel"), ("two-pass fp32 v", "parallel")):
+        h, s, mt = kept[h_from][0], *kept[stats_from][1:]
+        grads = chunkwise_bw.chunkwise_bw(*inputs, None, None, None, h, s, mt, x["dh"], None, None, None, None,
+                                          variant=bw, config=recompute, borders=None)[:5]  # fmt: skip
+        print(f"{f'recomputing, h of the {h_from}, s and mt of the {stats_from}':63s} {errors(grads)}", flush=True)
+    position = torch.arange(args.S, device=h_truth.device) % L
+    for name, (h, _, _) in kept.items():
+        e = ((h.double() - h_truth).norm(dim=-1) ** 2)[0]
+        by_position = torch.stack([e[:, position == p].sum() for p in range(L)])
+        print(f"{name}: h's squared error by position in the chunk: first 4 {by_position[:4].tolist()}, median "
+              f"{by_position.median().item():.3g}, total {e.sum().item():.3g}")  # fmt: skip
+    par_h = kept["parallel"][0].double()
+    for name in ("two-pass", "two-pass fp32 v"):
+        two_h = kept[name][0].double()
+        worst = ((two_h - h_truth).norm(dim=-1) - (par_h - h_truth).norm(dim=-1)).flatten().topk(4).indices
+        print(f"tokens where the {name} h is furthest from the truth beyond the parallel one's:")
+        for t in worst.tolist():
+            head, tok = divmod(t, args.S)
+            e2, ep = ((hh[0, head, tok] - h_truth[0, head, tok]).norm().item() for hh in (two_h, par_h))
+            s_t, mt_t = kept["parallel"][1][0, head, tok].item(), kept["parallel"][2][0, head, tok].item()
+            size = h_truth[0, head, tok].norm().item()
+            print(f"  head {head} token {tok} ({tok % L} in its chunk): |h| {size:.3g}, |err| {e2:.3g}, parallel's "
+                  f"{ep:.3g}; s {s_t:.4g}, |s| e^mt {abs(s_t) * math.exp(mt_t):.3g}")  # fmt: skip
     return 0
 
 

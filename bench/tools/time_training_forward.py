@@ -1,0 +1,50 @@
+"""What a training step's forward precision costs: the two-pass forward (states and outputs) at the xLSTM 7B layout
+and at heads of 128, bf16, 65,536 tokens, timed by CUDA events (triton.testing.do_bench, median) in the forms:
+the inference default (states in bf16, keys weighted, n on the tensor cores), the same with n summed in fp32, and
+fp32 states with the weights on v and n in fp32 (q C from the fp32 state as two bf16 products).
+
+    python bench/tools/time_training_forward.py
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+
+def main() -> int:
+    import torch
+    import triton
+
+    from autotune import families
+    from autotune.launch import chunkwise
+    from autotune.variants import find
+
+    print(f"# {torch.cuda.get_device_name()}; torch {torch.__version__} triton {triton.__version__}; bf16, ms "
+          f"(median of triton.testing.do_bench)")  # fmt: skip
+    for B, NH, S, K, V in ((8, 8, 8192, 256, 512), (16, 32, 4096, 128, 128)):
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        args = [torch.randn(B, NH, S, D, device="cuda", generator=gen).to(torch.bfloat16) for D in (K, K, V)]
+        args += [torch.randn(B, NH, S, device="cuda", generator=gen), 3.0 + torch.randn(B, NH, S, device="cuda")]
+        forms = {}
+        for state, changes, n32 in (("input", {}, False), ("input", {}, True),
+                                    ("float32", {"states_weighting": "v", "states_n": "sum"}, True)):  # fmt: skip
+            variant = find(chunkwise.TWOPASS, cell="exp", state=state)
+            config = dict(families.default_config(variant, K, V), **changes)
+            label = f"states {state:7s} {config['states_weighting']:2s} n {'fp32' if n32 else config['states_n']}"
+            forms[label] = (variant, config, n32)
+        row = []
+        for label, (variant, config, n32) in forms.items():
+
+            def run(args=args, variant=variant, config=config, n32=n32):
+                chunkwise.chunkwise_fw(*args, variant=variant, config=config, n_in_fp32=n32)
+
+            row.append(f"{label}: {triton.testing.do_bench(run, warmup=50, rep=300):.3f}")
+        print(f"B={B} NH={NH} S={S} {K}/{V}: " + "; ".join(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
