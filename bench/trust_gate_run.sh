@@ -15,6 +15,9 @@
 #              shape's study for TUNE_S seconds, default 60; all of it within TUNE_TOTAL_S, default 540); copy
 #              $OUT/db back to .probe/db and carry it into the next call to resume
 #   bench      `mlstm-tune bench` with the packaged databases and .probe/db as the user database
+#   forms      which forward feeds the chunkwise backward its error (bench/tools/backward_after_forward.py at the
+#              4,080 tokens of the failing validate rows, the 7B and head-128 entries' backward configurations,
+#              adversarial draw) and what the training forward's forms cost (bench/tools/time_training_forward.py)
 # Logs and reports go to $OUT; every log starts with the GPU's name.
 set -u
 if [ "${1:-}" = prepare ]; then  # the generated kernels before the hazard fixes, and a subset of the H200 entries
@@ -81,5 +84,17 @@ case "${1:-}" in
     ( header "MLSTM_AUTOTUNE_DB=.probe/db mlstm-tune bench --out \$OUT"
       MLSTM_AUTOTUNE_DB=.probe/db timeout 580 python -m autotune bench --out "$OUT" ) > "$OUT/bench.log" 2>&1
     tail -30 "$OUT/bench.log" ;;
+  forms)
+    ( header "python bench/tools/time_training_forward.py"; timeout 100 python bench/tools/time_training_forward.py
+    ) > "$OUT/time_training_forward.log" 2>&1
+    ( header "python bench/tools/backward_after_forward.py --device cuda --dtype bfloat16 --S 4080 --draw adversarial"
+      for layout in 7b head128; do
+        if [ $layout = 7b ]; then bw='{"kernels": "split", "states": "reuse", "dstate_gates": "pre", "num_stages": 3,
+          "states_weighting": "k"}'; else bw='{"kernels": "fused", "states": "reuse", "states_weighting": "v",
+          "dhhv_tile": 128}'; fi
+        timeout 150 python bench/tools/backward_after_forward.py --device cuda --dtype bfloat16 --S 4080 \
+          --draw adversarial --layout $layout --bw-config "$bw"
+      done ) > "$OUT/backward_after_forward.log" 2>&1
+    cat "$OUT/time_training_forward.log" "$OUT/backward_after_forward.log" | cut -c1-230 ;;
   *) echo "unknown phase ${1:-}" >&2; exit 2 ;;
 esac
