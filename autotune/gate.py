@@ -78,6 +78,7 @@ def draw_inputs(kind: str, B: int, NH: int, S: int, DHQK: int, DHHV: int, *, dty
 
 
 KINK_MARGIN = 0.05
+MOVES = 8  # tries of off_the_kink
 
 
 def normaliser_ratio(x: dict, cell: str = "exp") -> torch.Tensor:
@@ -98,18 +99,25 @@ def normaliser_ratio(x: dict, cell: str = "exp") -> torch.Tensor:
 
 
 def off_the_kink(x: dict, cell: str = "exp") -> dict:
-    """``x`` with the q of every token whose normaliser ratio is within KINK_MARGIN of 1 scaled by 1.25 (ratio
-    below 1) or 0.8 (at or above): the ratio is linear in q_t and nothing else depends on q_t, so such a token moves
-    20-25% off the kink and no other token moves."""
-    for _ in range(3):
+    """``x`` with the q of every token whose normaliser ratio is within KINK_MARGIN of 1 scaled up (ratio below 1)
+    or down (at or above): by 1.25 / 0.8 first, and further on each later try (1.5 / 0.67, ...). In exact arithmetic
+    the ratio is linear in q_t and nothing else depends on q_t, so one try moves such a token 20-25% off the kink and
+    no other token moves; but q is stored in the draw's dtype, and where n^T q is a small difference of large terms,
+    rounding the scaled q moves the ratio more than the scaling does: such a token is measured again and moved
+    again."""
+    for attempt in range(MOVES):
         ratio = normaliser_ratio(x, cell)
         near = (ratio - 1.0).abs() < KINK_MARGIN
         if not bool(near.any()):
             return x
-        scale = torch.where(ratio < 1.0, 1.25, 0.8)
-        factor = torch.where(near, scale, 1.0)[..., None]
+        up = 1.0 + 0.25 * (attempt + 1)
+        factor = torch.where(near, torch.where(ratio < 1.0, up, 1.0 / up), 1.0)[..., None]
         x = dict(x, q=(x["q"].double() * factor).to(x["q"].dtype))
-    raise RuntimeError("a token stays within KINK_MARGIN of the normaliser's kink after moving its q three times")
+    if bool(((normaliser_ratio(x, cell) - 1.0).abs() < KINK_MARGIN).any()):
+        raise RuntimeError(
+            f"a token stays within KINK_MARGIN of the normaliser's kink after moving its q {MOVES} times"
+        )
+    return x
 
 
 class _PoisonEmpty(TorchFunctionMode):
