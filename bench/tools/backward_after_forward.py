@@ -28,6 +28,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 LAYOUTS = {"7b": (256, 512), "head128": (128, 128)}
 
 
+def condition(x: dict, head: int, t: int) -> float:
+    """How much s_t = sum_j (q_t . k_j) D_tj cancels: sum_j |(q_t . k_j) D_tj| / |s_t|, in float64 (1 where nothing
+    cancels; a rounding of relative size u in the terms moves s_t by up to this many u)."""
+    import torch
+
+    q, k = x["q"][0, head, t].double(), x["k"][0, head, : t + 1].double()
+    lf = torch.nn.functional.logsigmoid(x["f"][0, head, : t + 1].double())
+    log_D = lf[1:].flip(0).cumsum(0).flip(0).tolist() + [0.0]  # F_t - F_j: the lf of the tokens after j
+    log_D = torch.tensor(log_D, dtype=torch.float64, device=q.device) + x["i"][0, head, : t + 1].double()
+    terms = (k @ q) * torch.exp(log_D - log_D.max())
+    return (terms.abs().sum() / terms.sum().abs()).item()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--S", type=int, default=2048)
@@ -131,7 +144,8 @@ def main() -> int:
             s_t, mt_t = kept["parallel"][1][0, head, tok].item(), kept["parallel"][2][0, head, tok].item()
             size = h_truth[0, head, tok].norm().item()
             print(f"  head {head} token {tok} ({tok % L} in its chunk): |h| {size:.3g}, |err| {e2:.3g}, parallel's "
-                  f"{ep:.3g}; s {s_t:.4g}, |s| e^mt {abs(s_t) * math.exp(mt_t):.3g}")  # fmt: skip
+                  f"{ep:.3g}; s {s_t:.4g}, |s| e^mt {abs(s_t) * math.exp(mt_t):.3g}, condition of s "
+                  f"{condition(x, head, tok):.3g}")  # fmt: skip
     return 0
 
 
