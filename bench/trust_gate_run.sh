@@ -17,7 +17,9 @@
 #   bench      `mlstm-tune bench` with the packaged databases and .probe/db as the user database
 #   forms      which forward feeds the chunkwise backward its error (bench/tools/backward_after_forward.py at the
 #              4,080 tokens of the failing validate rows, the 7B and head-128 entries' backward configurations,
-#              adversarial draw) and what the training forward's forms cost (bench/tools/time_training_forward.py)
+#              adversarial draw), the kernels' h beside the PyTorch emulation of their rounding points
+#              (bench/tools/emulated_rounding.py) and what the training forward's forms cost
+#              (bench/tools/time_training_forward.py)
 # Logs and reports go to $OUT; every log starts with the GPU's name.
 set -u
 if [ "${1:-}" = prepare ]; then  # the generated kernels before the hazard fixes, and a subset of the H200 entries
@@ -87,6 +89,9 @@ case "${1:-}" in
   forms)
     ( header "python bench/tools/time_training_forward.py"; timeout 100 python bench/tools/time_training_forward.py
     ) > "$OUT/time_training_forward.log" 2>&1
+    ( header "python bench/tools/emulated_rounding.py --device cuda --S 4080 --layout LAYOUT"
+      for layout in head128 7b; do timeout 100 python bench/tools/emulated_rounding.py --device cuda --S 4080 \
+        --layout $layout; done ) > "$OUT/emulated_rounding.log" 2>&1
     ( header "python bench/tools/backward_after_forward.py --device cuda --dtype bfloat16 --S 4080 --draw adversarial"
       for layout in 7b head128; do
         if [ $layout = 7b ]; then bw='{"kernels": "split", "states": "reuse", "dstate_gates": "pre", "num_stages": 3,
@@ -95,6 +100,6 @@ case "${1:-}" in
         timeout 150 python bench/tools/backward_after_forward.py --device cuda --dtype bfloat16 --S 4080 \
           --draw adversarial --layout $layout --bw-config "$bw"
       done ) > "$OUT/backward_after_forward.log" 2>&1
-    cat "$OUT/time_training_forward.log" "$OUT/backward_after_forward.log" | cut -c1-230 ;;
+    cat "$OUT/time_training_forward.log" "$OUT/emulated_rounding.log" "$OUT/backward_after_forward.log" | cut -c1-230 ;;
   *) echo "unknown phase ${1:-}" >&2; exit 2 ;;
 esac
