@@ -40,13 +40,19 @@ def _log_decay(lf: torch.Tensor, li: torch.Tensor) -> torch.Tensor:
 
 
 def truth(q, k, v, lf, li, scale):
-    """h in float64 and the condition of each token's normaliser."""
+    """h in float64, the condition of each token's normaliser, and the size of dq_t per unit of ds_t (scale |n_t|,
+    n_t stabilised) and h's denominator: a backward reads h only through ds_t = -(dh_t . h_t) / den_t."""
     log_D = _log_decay(lf, li)
     D = torch.exp(log_D - log_D.amax(-1, keepdim=True))
     P = (q.double() @ k.double().transpose(-1, -2)) * scale * D
     s = P.sum(-1)
     den = torch.maximum(s.abs(), torch.exp(-log_D.amax(-1))) + 1e-6
-    return (P @ v.double()) / den[..., None], P.abs().sum(-1) / s.abs()
+    return (P @ v.double()) / den[..., None], P.abs().sum(-1) / s.abs(), scale * (D @ k.double()).norm(dim=-1), den
+
+
+def dq_from_h(h, h64, dh, dq_per_ds, den) -> float:
+    """The norm of the dq error that h's error causes through ds (the rest of a backward's error aside)."""
+    return (((dh.double() * (h.double() - h64)).sum(-1) / den * dq_per_ds) ** 2).sum().sqrt().item()
 
 
 def parallel_form(q, k, v, lf, li, scale):
@@ -126,12 +132,14 @@ def main() -> int:
     K, V = (256, 512) if args.layout == "7b" else (128, 128)
     scale = K**-0.5
     where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU (emulations only)"
-    print(f"# {where}; bf16 inputs, {K}/{V}, B=1 NH=2 S={args.S}, adversarial draw; h's relative error")
+    print(f"# {where}; bf16 inputs, {K}/{V}, B=1 NH=2 S={args.S}, adversarial draw; per form: h's relative error, "
+          f"and the norm of the dq error it causes through ds_t = -(dh_t . h_t) / den_t")  # fmt: skip
     for seed in args.seeds:
         x = gate.draw_inputs("adversarial", 1, 2, args.S, K, V, dtype=torch.bfloat16, device=args.device, seed=seed)
         q, k, v = (x[n][0] for n in "qkv")
         lf, li = F.logsigmoid(x["f"][0].float()), x["i"][0].float()
-        h64, cond = truth(q, k, v, lf, li, scale)
+        h64, cond, dq_per_ds, den = truth(q, k, v, lf, li, scale)
+        dh = x["dh"][0]
         emulated = {
             "parallel": parallel_form(q, k, v, lf, li, scale),
             "two-pass bf16 C": twopass_form(q, k, v, lf, li, scale, weights_on_v=False),
@@ -139,11 +147,11 @@ def main() -> int:
         }
         ran = {n: h[0] for n, h in kernels(x, K, V).items()} if args.device == "cuda" else {}
 
-        def err(h, h64=h64):
-            return ((h.double() - h64).norm() / h64.norm()).item()
+        def err(h, h64=h64, dh=dh, dq_per_ds=dq_per_ds, den=den):  # h's relative error, the dq error it causes
+            return f"{((h.double() - h64).norm() / h64.norm()).item():.3g} {dq_from_h(h, h64, dh, dq_per_ds, den):.3g}"
 
         print(f"seed {seed} (max condition {cond.max().item():.3g}): " + "; ".join(
-            f"{n}: emulated {err(h):.3g}" + (f", kernel {err(ran[n]):.3g}" if n in ran else "")
+            f"{n}: emulated {err(h)}" + (f", kernel {err(ran[n])}" if n in ran else "")
             for n, h in emulated.items()))  # fmt: skip
         for name, h in ran.items():
             ours, emul = (h.double() - h64).flatten(0, 1).norm(dim=-1), (emulated[name].double() - h64).flatten(0, 1)
