@@ -87,10 +87,9 @@ def _runner(job: Job, timing: bool = False):
 
         return fwbw_parallel
     if variant.family == "chunkwise_bw":
-        # the forward a training step runs by default (the entries' built-in choice: states in the inputs' dtype)
-        fw_variant = find(chunkwise.TWOPASS, cell=variant.params["cell"], state="input")
+        # the forward a training step runs (autotune.launch.chunkwise.training_forward)
         L = chunkwise_bw.check_config(variant, job.config)["chunk"]
-        fw_config = dict(default_config(fw_variant, job.DHQK, job.DHHV), chunk_inter=min(64, L), chunk_intra=L)
+        fw_variant, fw_config = chunkwise.training_forward(variant.params["cell"], job.DHQK, job.DHHV, L)
 
         # as a training step asks it (autotune.torch.triton_kernels): states stored at the stride the backward reuses
         reuse = job.config.get("states") == "reuse"

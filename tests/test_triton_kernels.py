@@ -286,24 +286,37 @@ def test_unknown_launch_choices_are_clear_errors():
         chunkwise_bw.check_config(backward, dict(families.default_config(backward, 16, 16), dstate_gates="post"))
 
 
+@pytest.mark.parametrize("entry", ["chunkwise--triton_fused", "chunkwise--triton_auto", "chunkwise--triton_xl_chunk"])
 @pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
-def test_a_training_forward_reduces_n_in_fp32(training):
-    """The two-pass forward of a training step (``saved``) runs the states kernel with n summed in fp32 even where
-    its configuration puts n on the tensor cores: the backward reads h and q^T n, which cancel at some tokens, and
-    16-bit weighted keys in n made its gradients up to 1.7x the trusted kernel's error (docs/hazards.md)."""
-    from autotune import families
-    from autotune.launch import chunkwise
+def test_a_training_step_runs_the_forward_its_backward_was_checked_behind(entry, training):
+    """With ``saved`` (a training step) a chunkwise entry runs launch.chunkwise.training_forward at its backward's
+    chunk, whatever structure and configuration it runs for inference: the two-pass structure with fp32 states, the
+    weights on v and n summed in fp32, the forward the gate's training-step candidates run behind (its 16-bit-state
+    forms made gradients 1.5-5x the trusted kernel's error, docs/hazards.md). Without, the entry's own choice."""
     from autotune.launch.trace import meta_like, record
-    from autotune.variants import find
+    from autotune.torch.triton_choice import backward_plan
+    from autotune.torch.triton_kernels import SEQUENCE_ENTRIES
 
-    variant = find(chunkwise.TWOPASS, cell="exp", state="input")
-    config = dict(families.default_config(variant, 64, 64), states_n="dot", states_weighting="kT")
-    shapes = [(1, 2, 128, 64), (1, 2, 128, 64), (1, 2, 128, 64), (1, 2, 128), (1, 2, 128)]
+    run = SEQUENCE_ENTRIES[entry].run(chunk_size=32, eps=1e-6, normalize=True)
+    shapes = [(1, 2, 256, 64), (1, 2, 256, 64), (1, 2, 256, 64), (1, 2, 256), (1, 2, 256)]
     inputs = [meta_like(s, torch.float16 if len(s) == 4 else torch.float32) for s in shapes]
 
     def forward(q, k, v, i, f):
-        return chunkwise.chunkwise_fw(q, k, v, i, f, variant=variant, config=config, saved={} if training else None)[0]
+        return run(q, k, v, i, f, None, None, None, return_last_states=False, saved={} if training else None)[0]
 
-    (states,) = [e for e in record(forward, inputs).launches() if e.name == "chunkwise_states_kernel"]
-    n_dot = next(a.value for a in states.args if a.name == "N_DOT")
-    assert n_dot is (not training)
+    trace = record(forward, inputs)
+    launched = {e.name: e for e in trace.launches()}
+    if not training:
+        fused = entry == "chunkwise--triton_fused"
+        assert ("chunkwise_fused_fw_kernel" in launched) is fused
+        if not fused:
+            states = {a.name: a.value for a in launched["chunkwise_states_kernel"].args}
+            assert states["N_DOT"] is True and states["WEIGHT_V"] is False  # the tuned-for-speed defaults
+        return
+    assert "chunkwise_fused_fw_kernel" not in launched
+    states = {a.name: a for a in launched["chunkwise_states_kernel"].args}
+    assert states["WEIGHT_V"].value is True and states["N_DOT"].value is False
+    assert trace.buffers[states["Cb_ptr"].value][1] == torch.float32
+    L = backward_plan(inputs[0], inputs[2], "chunkwise", "exp")[1]["chunk"]
+    output = next(e for name, e in launched.items() if name.startswith("chunkwise_output"))
+    assert {a.name: a.value for a in output.args}["LO"] == L

@@ -84,16 +84,32 @@ def last_state(k, v, i, f, C0=None, n0=None, m0=None, *, cell: str, config: dict
     return last[0], last[1], last[2].reshape(B, NH, 1)
 
 
+# what a training step's forward changes in the two-pass default: fp32 states with the weights on v, n summed in fp32
+TRAINING_PRECISION = {"states_weighting": "v", "states_n": "sum"}
+
+
+def training_forward(cell: str, DHQK: int, DHHV: int, L: int) -> tuple[Variant, dict]:
+    """The forward of a chunkwise training step whose backward works in chunks of L tokens: the two-pass structure
+    at its defaults, output chunks of L (its states stored at the stride a backward reuses), fp32 states, the weights
+    on v and n summed in fp32. The backward reads this forward's h, and at tokens where h's normaliser is a small
+    difference of large terms its error grows by that factor: 16-bit states cost q C an error of |q| |C| instead of
+    the parallel form's |q^T k_j| |v_j|, and weighted keys rounded to 16 bits (in C, or in n on the tensor cores) the
+    same; that gave gradients 1.5-5x the trusted kernel's error at 4,080 tokens (docs/hazards.md). The gate's
+    training-step candidates (autotune.measure) run behind this forward too, so it is the one that was checked."""
+    variant = find(TWOPASS, cell=cell, state="float32")
+    config = dict(families.default_config(variant, DHQK, DHHV), chunk_inter=min(64, L), chunk_intra=L)
+    return variant, dict(config, **TRAINING_PRECISION)
+
+
 def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, config: dict | None = None,
                  eps: float = 1e-6, normalize: bool = True, return_last_states: bool = False,
-                 saved: dict | None = None, n_in_fp32: bool | None = None):  # fmt: skip
+                 saved: dict | None = None):  # fmt: skip
     """q, k (B, NH, S, DHQK); v (B, NH, S, DHHV); i, f (B, NH, S); optional C0, n0, m0. Returns h (B, NH, S, DHHV) in
     q's dtype and the fp32 last state (C, n, m), or None unless return_last_states. With a dict ``saved``, the
     launcher also keeps what the backward needs in it: the per-token statistics "s" and "mt", and the states before
     every chunk ("Cb", "nb", "mb", of chunks of "L" tokens): always for the two-pass structure (L = its
     chunk_intra, or ``saved["borders_at"]`` when given), and for the fused one when ``saved["borders_at"]`` equals its
-    chunk (a backward that will reuse them). ``n_in_fp32`` (default: whether ``saved`` is given, a training step)
-    makes the two-pass structure reduce n in fp32 whatever its "states_n" says."""
+    chunk (a backward that will reuse them). A training step runs the forward of ``training_forward``."""
     B, NH, S, DHQK = q.shape
     DHHV = v.shape[-1]
     config = check_config(variant, config or families.default_config(variant, DHQK, DHHV))
@@ -125,11 +141,6 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
         if keep:
             saved.update(Cb=borders[0], nb=borders[1], mb=borders[2], L=L)
     elif variant.template == TWOPASS:
-        if saved is not None if n_in_fp32 is None else n_in_fp32:
-            # a training step reduces n in fp32: the backward reads this forward's h and normaliser q^T n, which cancel
-            # at some tokens, and n summed on the tensor cores from 16-bit weighted keys made its dq, dk, di, df up to
-            # 1.7x the trusted kernel's error while h passed the gate (docs/hazards.md, "n for a backward")
-            config = dict(config, states_n="sum")
         if saved is not None and saved.get("borders_at"):  # a backward will reuse states so far apart
             config = states_every(variant, config, saved["borders_at"], DHQK, DHHV, q.element_size())
         LO = config["chunk_intra"]  # the output kernel's chunk, the stride of the stored states

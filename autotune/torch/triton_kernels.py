@@ -40,7 +40,15 @@ from ..launch.common import check_heads, empty
 from . import registry
 from .native.recurrent import mlstm_recurrent_sequence__native, mlstm_recurrent_step__native
 from .triton_autograd import _check_device, _sequence_entry
-from .triton_choice import BACKWARDS, backward_default, check_choice, chunkwise_default, family_default, pick
+from .triton_choice import (
+    BACKWARDS,
+    backward_default,
+    backward_plan,
+    check_choice,
+    chunkwise_default,
+    family_default,
+    pick,
+)
 
 # kernel name -> (op, allowed structures, default(chunk_size, DHQK, DHHV) -> (variant name, config)); filled by
 # _register, read by explain() (``mlstm-tune show``)
@@ -73,8 +81,12 @@ def _chunkwise_run(structures: tuple[str, ...], default_template: str, cell: str
             B, NH, S, DHQK = q.shape
             DHHV = v.shape[-1]
 
-            default = partial(chunkwise_default, default_template, cell, equal_chunks, chunk_size, DHQK, DHHV)
-            variant, config = pick(f"chunkwise:{cell}", structures, q, DHHV, S, B * NH, default)
+            if saved is not None:  # a training step: the forward its backward was checked behind, at its chunk
+                L = backward_plan(q, v, "chunkwise", cell)[1]["chunk"]
+                variant, config = launch_chunkwise.training_forward(cell, DHQK, DHHV, L)
+            else:
+                default = partial(chunkwise_default, default_template, cell, equal_chunks, chunk_size, DHQK, DHHV)
+                variant, config = pick(f"chunkwise:{cell}", structures, q, DHHV, S, B * NH, default)
             return launch_chunkwise.chunkwise_fw(
                 q, k, v, i, f, C0, n0, m0, variant=variant, config=config, eps=eps, normalize=normalize,
                 return_last_states=return_last_states, saved=saved,

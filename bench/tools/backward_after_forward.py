@@ -1,6 +1,6 @@
 """Which forward feeds a chunkwise backward its error: a chunkwise backward's gradient errors (against the float64
 oracle) behind several forwards, next to the trusted parallel forward + backward, and the forwards' own h errors.
-Behind docs/hazards.md, "n for a backward" and "States for a backward".
+Behind docs/hazards.md, "Measured on the H100 ..., and n for a backward".
 
     python bench/tools/backward_after_forward.py [--S 2048] [--dtype float16] [--device cpu] [--layout 7b]
         [--draw model] [--bw-config JSON]
@@ -8,10 +8,12 @@ Behind docs/hazards.md, "n for a backward" and "States for a backward".
 --layout 7b (NH heads of 256/512) or head128 (128/128); --draw model or adversarial (the gate's draws, seeds 2
 and 1 as the gate's second and first draw); --bw-config a JSON object of chunkwise backward knobs over the default
 (e.g. '{"states": "reuse", "kernels": "split"}', "kernels" picks the variant). Rows: the backward as configured
-behind the two-pass forward as a training step runs it (states in the inputs' dtype, n in fp32), the same with n
-on the tensor cores, with fp32 states, then the backward recomputing its states behind the two-pass, fused and
-parallel forwards. On the CPU it runs under Triton's interpreter (about 30 minutes at S=2048 on two cores; fp16,
-since the interpreter mis-computes bf16 dots); on a GPU pass --device cuda --dtype bfloat16.
+behind the forward a training step runs (launch.chunkwise.training_forward: fp32 states, the weights on v, n in
+fp32) and behind the two-pass forward in its 16-bit-state forms, then the backward recomputing its states behind the
+training, two-pass, fused and parallel forwards; then h and s, mt crosswise, h's error by place in the chunk and the
+tokens where a chunkwise h is furthest beyond the parallel one. On the CPU it runs under Triton's interpreter (about
+an hour at S=2048 on two cores; fp16, since the interpreter mis-computes bf16 dots); on a GPU pass --device cuda
+--dtype bfloat16.
 """
 
 from __future__ import annotations
@@ -76,10 +78,10 @@ def main() -> int:
     def errors(grads) -> str:
         return " ".join(f"{n} {gate.relative_error(a, t):.3g}" for n, a, t in zip(names, grads, truth))
 
-    def behind(variant, config, bw_config, **kw):
+    def behind(variant, config, bw_config):
         saved = {"borders_at": L} if bw_config["states"] == "reuse" else {}
         fw = parallel.parallel_fw if variant.family == "parallel_fw" else chunkwise.chunkwise_fw
-        h, _ = fw(*inputs, variant=variant, config=config, saved=saved, **kw)
+        h, _ = fw(*inputs, variant=variant, config=config, saved=saved)
         borders = (saved["Cb"], saved["nb"], saved["mb"]) if bw_config["states"] == "reuse" else None
         grads = chunkwise_bw.chunkwise_bw(*inputs, None, None, None, h, saved["s"], saved["mt"], x["dh"], None, None,
                                           None, None, variant=bw, config=bw_config, borders=borders)[:5]  # fmt: skip
@@ -94,35 +96,37 @@ def main() -> int:
     two_cfg = dict(families.default_config(two, K, V), chunk_inter=min(64, L), chunk_intra=L)
     fused = find(chunkwise.FUSED, cell="exp", state="input")
     pfw = find("parallel_fw.py.j2", cell="exp")
+    sums = dict(two_cfg, states_n="sum")  # n summed in fp32
     on_v = dict(two_cfg, states_weighting="v", states_n="sum")  # the weights on v, n summed in fp32
+    training = chunkwise.training_forward("exp", K, V, L)  # fp32 states, weights on v, n in fp32
     fused_cfg = dict(families.default_config(fused, K, V), chunk=L)
     fused32 = find(chunkwise.FUSED, cell="exp", state="float32")
-    rows = {  # label: forward variant, configuration, backward configuration, launcher options
-        "behind the two-pass forward (a training step's)": (two, two_cfg, cfg, {}),
-        "  the same, n on the tensor cores (dot)": (two, dict(two_cfg, states_n="dot"), cfg, {"n_in_fp32": False}),
-        "  the same, fp32 states": (two32, two_cfg, cfg, {}),
-        "  the same, fp32 states, weights on v": (two32, on_v, cfg, {}),
-        "  the same, states in the inputs' dtype, weights on v": (two, on_v, cfg, {}),
-        "recomputing, behind the two-pass forward": (two, two_cfg, recompute, {}),
-        "recomputing, behind the two-pass forward, fp32": (two32, two_cfg, recompute, {}),
-        "recomputing, behind the fused forward": (fused, fused_cfg, recompute, {}),
-        "recomputing, behind the fused forward, fp32 states": (fused32, fused_cfg, recompute, {}),
-        "recomputing, behind the parallel forward": (pfw, families.default_config(pfw, K, V), recompute, {}),
+    rows = {  # label: forward variant, configuration, backward configuration
+        "behind the training forward (fp32 states, weights on v)": (*training, cfg),
+        "behind the two-pass forward, bf16 states, n in fp32": (two, sums, cfg),
+        "  the same, n on the tensor cores (dot)": (two, two_cfg, cfg),
+        "  the same, fp32 states, weights on k": (two32, sums, cfg),
+        "  the same, bf16 states, weights on v": (two, on_v, cfg),
+        "recomputing, behind the training forward": (*training, recompute),
+        "recomputing, behind the two-pass forward, bf16 states": (two, sums, recompute),
+        "recomputing, behind the fused forward": (fused, fused_cfg, recompute),
+        "recomputing, behind the fused forward, fp32 states": (fused32, fused_cfg, recompute),
+        "recomputing, behind the parallel forward": (pfw, families.default_config(pfw, K, V), recompute),
     }
-    for label, (variant, config, bw_config, kw) in rows.items():
-        h, grads = behind(variant, config, bw_config, **kw)
+    for label, (variant, config, bw_config) in rows.items():
+        h, grads = behind(variant, config, bw_config)
         h_err = f"h {gate.relative_error(h, h_truth):.3g}"
         print(f"{label:52s} {h_err:10s} {errors(grads)}", flush=True)
     # which of the forward's outputs the backward is sensitive to: h, or the statistics s (signed normaliser sum)
     # and mt (max state), taken from a two-pass forward and the parallel one crosswise
     kept = {}
-    forwards = {"two-pass": (two, two_cfg), "two-pass fp32 v": (two32, on_v), "parallel": rows[
+    forwards = {"two-pass": (two, sums), "training": training, "parallel": rows[
         "recomputing, behind the parallel forward"][:2]}  # fmt: skip
     for name, (variant, config) in forwards.items():
         saved = {}
         fw = parallel.parallel_fw if variant.family == "parallel_fw" else chunkwise.chunkwise_fw
         kept[name] = (fw(*inputs, variant=variant, config=config, saved=saved)[0], saved["s"], saved["mt"])
-    for h_from, stats_from in (("parallel", "two-pass"), ("two-pass", "parallel"), ("two-pass fp32 v", "parallel")):
+    for h_from, stats_from in (("parallel", "two-pass"), ("two-pass", "parallel"), ("training", "parallel")):
         h, s, mt = kept[h_from][0], *kept[stats_from][1:]
         grads = chunkwise_bw.chunkwise_bw(*inputs, None, None, None, h, s, mt, x["dh"], None, None, None, None,
                                           variant=bw, config=recompute, borders=None)[:5]  # fmt: skip
@@ -134,7 +138,7 @@ def main() -> int:
         print(f"{name}: h's squared error by position in the chunk: first 4 {by_position[:4].tolist()}, median "
               f"{by_position.median().item():.3g}, total {e.sum().item():.3g}")  # fmt: skip
     par_h = kept["parallel"][0].double()
-    for name in ("two-pass", "two-pass fp32 v"):
+    for name in ("two-pass", "training"):
         two_h = kept[name][0].double()
         worst = ((two_h - h_truth).norm(dim=-1) - (par_h - h_truth).norm(dim=-1)).flatten().topk(4).indices
         print(f"tokens where the {name} h is furthest from the truth beyond the parallel one's:")

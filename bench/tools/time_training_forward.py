@@ -1,7 +1,8 @@
 """What a training step's forward precision costs: the two-pass forward (states and outputs) at the xLSTM 7B layout
 and at heads of 128, bf16, 65,536 tokens, timed by CUDA events (triton.testing.do_bench, median) in the forms:
 the inference default (states in bf16, keys weighted, n on the tensor cores), the same with n summed in fp32, and
-fp32 states with the weights on v and n in fp32 (q C from the fp32 state as two bf16 products).
+the forward of a training step (launch.chunkwise.training_forward: fp32 states, the weights on v, n in fp32, q C
+from the fp32 state as two bf16 products), all with chunks of 64.
 
     python bench/tools/time_training_forward.py
 """
@@ -28,18 +29,18 @@ def main() -> int:
         gen = torch.Generator(device="cuda").manual_seed(0)
         args = [torch.randn(B, NH, S, D, device="cuda", generator=gen).to(torch.bfloat16) for D in (K, K, V)]
         args += [torch.randn(B, NH, S, device="cuda", generator=gen), 3.0 + torch.randn(B, NH, S, device="cuda")]
-        forms = {}
-        for state, changes, n32 in (("input", {}, False), ("input", {}, True),
-                                    ("float32", {"states_weighting": "v", "states_n": "sum"}, True)):  # fmt: skip
-            variant = find(chunkwise.TWOPASS, cell="exp", state=state)
-            config = dict(families.default_config(variant, K, V), **changes)
-            label = f"states {state:7s} {config['states_weighting']:2s} n {'fp32' if n32 else config['states_n']}"
-            forms[label] = (variant, config, n32)
+        two = find(chunkwise.TWOPASS, cell="exp", state="input")
+        inference = families.default_config(two, K, V)
+        forms = {  # label: variant, configuration
+            "bf16 states, n on the tensor cores (inference default)": (two, inference),
+            "bf16 states, n in fp32": (two, dict(inference, states_n="sum")),
+            "training forward (fp32 states, weights on v)": chunkwise.training_forward("exp", K, V, 64),
+        }
         row = []
-        for label, (variant, config, n32) in forms.items():
+        for label, (variant, config) in forms.items():
 
-            def run(args=args, variant=variant, config=config, n32=n32):
-                chunkwise.chunkwise_fw(*args, variant=variant, config=config, n_in_fp32=n32)
+            def run(args=args, variant=variant, config=config):
+                chunkwise.chunkwise_fw(*args, variant=variant, config=config)
 
             row.append(f"{label}: {triton.testing.do_bench(run, warmup=50, rep=300):.3f}")
         print(f"B={B} NH={NH} S={S} {K}/{V}: " + "; ".join(row), flush=True)
