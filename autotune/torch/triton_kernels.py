@@ -81,12 +81,13 @@ def _chunkwise_run(structures: tuple[str, ...], default_template: str, cell: str
             B, NH, S, DHQK = q.shape
             DHHV = v.shape[-1]
 
+            default = partial(chunkwise_default, default_template, cell, equal_chunks, chunk_size, DHQK, DHHV)
+            variant, config = pick(
+                f"chunkwise:{cell}", structures, q, DHHV, S, B * NH, default
+            )  # a bad forced one raises
             if saved is not None:  # a training step: the forward its backward was checked behind, at its chunk
                 L = backward_plan(q, v, "chunkwise", cell)[1]["chunk"]
                 variant, config = launch_chunkwise.training_forward(cell, DHQK, DHHV, L)
-            else:
-                default = partial(chunkwise_default, default_template, cell, equal_chunks, chunk_size, DHQK, DHHV)
-                variant, config = pick(f"chunkwise:{cell}", structures, q, DHHV, S, B * NH, default)
             return launch_chunkwise.chunkwise_fw(
                 q, k, v, i, f, C0, n0, m0, variant=variant, config=config, eps=eps, normalize=normalize,
                 return_last_states=return_last_states, saved=saved,
