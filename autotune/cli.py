@@ -250,6 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--fix", action="store_true", help="remove failing entries from the user database")
     p.add_argument("--no-defaults", action="store_true", help="check database entries only")
+    p.add_argument(
+        "--only",
+        action="append",
+        metavar="TEXT",
+        help="check only the rows whose key (e.g. 'chunkwise:exp/fwbw bfloat16 S~8192', or 'default'), direction "
+        "and variant contain this text (repeatable: every one); the report is <database>-validate-subset.json",
+    )
     p.set_defaults(func=_cmd_validate)
     p = sub.add_parser("report", help="markdown table and PNG plot of tuned against default times from a database")
     p.add_argument("--db", metavar="FILE", help="a database file (default: every file of the user database)")

@@ -5,9 +5,10 @@ Run it after a Triton, torch or driver upgrade: a configuration that was correct
 by another compiler. Each row is one (variant, configuration) at its database key's shape class (the gate's shape:
 B=1, NH=2, the key's head dims, ``measure.gate_length(S)`` tokens); defaults have the key "default". The report
 ``<database>-validate.json`` (e.g. NVIDIA_H200-validate.json, also when an H100 ran it: ``gpu_run`` says which GPU
-did) is rewritten after every row, so a run cut short keeps what it checked. ``--fix`` removes the failing entries
-from the user database (MLSTM_AUTOTUNE_DB); failing entries of a packaged database are reported, and the dispatcher
-keeps using them until a retune replaces them.
+did) is rewritten after every row, so a run cut short keeps what it checked; ``--only TEXT`` (repeatable) checks the
+rows whose key, direction and variant contain every TEXT, into ``<database>-validate-subset.json``. ``--fix`` removes
+the failing entries from the user database (MLSTM_AUTOTUNE_DB); failing entries of a packaged database are reported,
+and the dispatcher keeps using them until a retune replaces them.
 """
 
 from __future__ import annotations
@@ -95,6 +96,13 @@ def default_rows(dtype: str = "bfloat16") -> list[Row]:
     return rows
 
 
+def selected(row: Row, only: list[str]) -> bool:
+    """Whether ``row`` is one of ``--only``'s: its key ("default" for a default), direction and variant name contain
+    every text given (none given: every row)."""
+    label = f"{row.key} {row.direction} {row.variant}"
+    return all(text in label for text in only)
+
+
 def check(row: Row, gpu: str) -> dict:
     """The gate on one row: the report's fields (autotune.gate.Verdict, plus the row)."""
     from .measure import device_healthy, gate_verdict
@@ -160,9 +168,11 @@ def run(args) -> int:
     checked: dict[tuple, dict] = {}  # a default checked once serves every report
     failed = 0
     targets = [(d, Path(d.path).stem) for d in dbs] or [(None, tdb.file_name(gpu).removesuffix(".json"))]
+    only = getattr(args, "only", None) or []
     for database, name in targets:
-        rows = (entry_rows(database) if database is not None else []) + defaults
-        report, results = out / f"{name}-validate.json", []
+        rows = [r for r in (entry_rows(database) if database is not None else []) + defaults if selected(r, only)]
+        # a subset gets a report of its own: the full report of an earlier run stays as it was
+        report, results = out / f"{name}-validate{'-subset' if only else ''}.json", []
         print(f"# {name}: {len(rows)} rows on {gpu} -> {report}", flush=True)
         for row in rows:
             memo = (row.variant, json.dumps(row.config, sort_keys=True), row.S, row.DHQK, row.DHHV, row.dtype,

@@ -15,7 +15,8 @@
 #              shape's study for TUNE_S seconds, default 60; all of it within TUNE_TOTAL_S, default 540); copy
 #              $OUT/db back to .probe/db and carry it into the next call to resume
 #   bench      `mlstm-tune bench` with the packaged databases and .probe/db as the user database
-#   forms      which forward feeds the chunkwise backward its error (bench/tools/backward_after_forward.py at the
+#   forms      the H200 database's and the defaults' training-step rows through the gate (validate --only fwbw);
+#              which forward feeds the chunkwise backward its error (bench/tools/backward_after_forward.py at the
 #              4,080 tokens of the failing validate rows, the 7B and head-128 entries' backward configurations,
 #              adversarial draw), the kernels' h beside the PyTorch emulation of their rounding points
 #              (bench/tools/emulated_rounding.py) and what the training forward's forms cost
@@ -87,6 +88,9 @@ case "${1:-}" in
       MLSTM_AUTOTUNE_DB=.probe/db timeout 580 python -m autotune bench --out "$OUT" ) > "$OUT/bench.log" 2>&1
     tail -30 "$OUT/bench.log" ;;
   forms)
+    ( header "python -m autotune validate --db tuning_db/NVIDIA_H200.json --only fwbw --out \$OUT"
+      timeout 150 python -m autotune validate --db tuning_db/NVIDIA_H200.json --only fwbw --out "$OUT"
+    ) > "$OUT/validate_fwbw.log" 2>&1
     ( header "python bench/tools/time_training_forward.py"; timeout 100 python bench/tools/time_training_forward.py
     ) > "$OUT/time_training_forward.log" 2>&1
     ( header "python bench/tools/emulated_rounding.py --device cuda --S 4080 --layout LAYOUT"
@@ -100,6 +104,7 @@ case "${1:-}" in
         timeout 150 python bench/tools/backward_after_forward.py --device cuda --dtype bfloat16 --S 4080 \
           --draw adversarial --layout $layout --bw-config "$bw"
       done ) > "$OUT/backward_after_forward.log" 2>&1
+    tail -14 "$OUT/validate_fwbw.log"
     cat "$OUT/time_training_forward.log" "$OUT/emulated_rounding.log" "$OUT/backward_after_forward.log" | cut -c1-230 ;;
   *) echo "unknown phase ${1:-}" >&2; exit 2 ;;
 esac

@@ -107,3 +107,14 @@ def test_the_defaults_cover_every_family_at_both_layouts():
     assert {(*family, DHQK) for family in FAMILIES for DHQK in (256, 128)} <= kinds
     assert all(r.key == "default" for r in rows)
     assert len(rows) == len({(r.variant, str(r.config), r.DHQK) for r in rows})  # each configuration once
+
+
+def test_only_checks_the_selected_rows_into_a_report_of_their_own(user_db: Path, tmp_path: Path):
+    """--only S~256 checks the one entry of that shape class and leaves the full report of an earlier run as it was."""
+    reports = tmp_path / "reports"
+    assert validate.run(args(user_db, out=reports)) == 0
+    full = (reports / "cpu-interpreter-validate.json").read_text()
+    assert validate.run(argparse.Namespace(**vars(args(user_db, out=reports)), only=["fw", "S~256"])) == 0
+    (row,) = json.loads((reports / "cpu-interpreter-validate-subset.json").read_text())
+    assert row["config"]["query_tile"] == 64 and "S~256" in row["key"]
+    assert (reports / "cpu-interpreter-validate.json").read_text() == full
