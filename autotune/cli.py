@@ -112,6 +112,13 @@ def _cmd_show(args: argparse.Namespace) -> int:
     launched = families.canonical(by_name(choice.variant).template, choice.config)
     if launched != choice.config:  # an entry in the knob names of an older database, or with knobs it predates
         print(f"launched:  {launched}")
+    if args.direction == "fwbw" and by_name(choice.variant).family == "chunkwise_bw":
+        from .launch.chunkwise import training_forward
+
+        cell = by_name(choice.variant).params["cell"]
+        variant, config = training_forward(cell, args.DHQK, args.DHHV, launched["chunk"])
+        print(f"forward:   {variant.name}  (launch.chunkwise.training_forward: every training step's)")
+        print(f"           {config}")
     if not args.no_source:
         print("-" * 100)
         print(source.read_text(), end="")

@@ -92,6 +92,9 @@ def test_tune_fwbw_writes_a_backward_entry_the_training_step_uses(form, entry, t
                 "--B", "1", "--NH", "2", "--S", "64", "--DHQK", "32", "--DHHV", "32", "--dtype", "float32",
                 "--no-source", env=env)  # fmt: skip
     assert shown.returncode == 0 and "rung exact" in shown.stdout and tuned["variant"] in shown.stdout
+    # the forward every chunkwise training step runs is named beside the backward (launch.chunkwise.training_forward)
+    forward = "forward:   chunkwise_twopass_fw__cell-exp_state-float32"
+    assert (forward in shown.stdout) is (form == "chunkwise")
 
 
 def test_fwbw_not_for_inference_forms(tmp_path: Path):

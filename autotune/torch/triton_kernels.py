@@ -82,9 +82,8 @@ def _chunkwise_run(structures: tuple[str, ...], default_template: str, cell: str
             DHHV = v.shape[-1]
 
             default = partial(chunkwise_default, default_template, cell, equal_chunks, chunk_size, DHQK, DHHV)
-            variant, config = pick(
-                f"chunkwise:{cell}", structures, q, DHHV, S, B * NH, default
-            )  # a bad forced one raises
+            # the inference choice; asked in a training step too, where a bad forced one raises all the same
+            variant, config = pick(f"chunkwise:{cell}", structures, q, DHHV, S, B * NH, default)
             if saved is not None:  # a training step: the forward its backward was checked behind, at its chunk
                 L = backward_plan(q, v, "chunkwise", cell)[1]["chunk"]
                 variant, config = launch_chunkwise.training_forward(cell, DHQK, DHHV, L)
