@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import itertools
 import json
+import logging
 import math
 import os
 import socket
@@ -464,14 +465,31 @@ def _measure(study, trial, variant, config, evaluate, tally: _Tally, DHQK, DHHV,
     with _Heartbeat(study, trial):
         outcome = evaluate(variant, config)
     tally.evaluated += 1
-    for k in ("p20_ms", "p80_ms", "error", "reason", "gate_s", "timing_s"):
-        trial.set_user_attr(k, getattr(outcome, k))
     tally.last_s = (outcome.gate_s, outcome.timing_s)
-    if outcome.ok:
-        study.tell(trial, outcome.p50_ms)
-    else:
-        study.tell(trial, state=TrialState.FAIL)
+    if not _record(study, trial, outcome):
+        logging.getLogger(__name__).warning(
+            "trial %d was closed by another worker, which found no heartbeat of it within %d s: its point is queued "
+            "again, and this measurement is not recorded", trial.number, GRACE_S)  # fmt: skip
+        return
+    if not outcome.ok:
         tally.failed.append(f"{variant.name} {config}: {outcome.reason}")
+
+
+def _record(study, trial, outcome: Outcome) -> bool:
+    """The outcome into the trial; False where another worker closed the trial meanwhile, taking this one for dead
+    (no heartbeat within GRACE_S: a stalled host or storage); that worker queued the point again."""
+    try:
+        for k in ("p20_ms", "p80_ms", "error", "reason", "gate_s", "timing_s"):
+            trial.set_user_attr(k, getattr(outcome, k))
+        if outcome.ok:
+            study.tell(trial, outcome.p50_ms)
+        else:
+            study.tell(trial, state=TrialState.FAIL)
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+        if not study._storage.get_trial(trial._trial_id).state.is_finished():
+            raise  # a ValueError of another kind
+        return False
+    return True
 
 
 def _progress_line(study, tally: _Tally, trials: int, elapsed: float) -> dict:

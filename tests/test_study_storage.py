@@ -18,10 +18,11 @@ import time
 import uuid
 from pathlib import Path
 
+import optuna
 import pytest
 import test_search
 from optuna.trial import TrialState
-from study_worker import structured
+from study_worker import GRACE_S, structured
 from test_search import OPTIMUM, Replay, narrowed_space, run
 
 from autotune import search
@@ -120,7 +121,7 @@ def test_two_workers_share_one_study_and_a_killed_one_loses_nothing(storage_url,
     killed_at = time.monotonic()
     a.wait()
     from_b = _finish(b)
-    time.sleep(max(0.0, killed_at + 3 + 1 - time.monotonic()))  # past the grace period of the dead worker's heartbeat
+    time.sleep(max(0.0, killed_at + GRACE_S + 1 - time.monotonic()))  # past the dead worker's heartbeat grace
     from_c = _finish(_worker(storage_url, study_name, log_c, "--seed", "3"))  # a worker that comes later
 
     study = search.open_study(storage_url, study_name)
@@ -178,3 +179,17 @@ def test_tune_reports_a_bad_storage_and_exits_2(tmp_path):
                            f"sqlite:///{tmp_path}/no/such/folder/s.db"], capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 2
     assert "mlstm-tune tune: cannot open the study storage" in proc.stderr
+
+
+@pytest.mark.parametrize("closed", [False, True], ids=["running", "closed-by-another-worker"])
+def test_a_worker_whose_trial_another_closed_records_nothing_and_goes_on(closed, tmp_path):
+    """A worker whose heartbeat stalled past the grace period finds its trial closed (FAIL) and queued again by
+    another worker: its measurement is dropped, not an UpdateFinishedTrialError that ends the whole run."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'studies.db'}", study_name="s")
+    trial = study.ask()
+    if closed:
+        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    recorded = search._record(study, trial, search.Outcome(True, 1.0, 0.9, 1.1, 0.0, "", 0.1, 0.2))
+    assert recorded is not closed
+    assert study.trials[0].state == (TrialState.FAIL if closed else TrialState.COMPLETE)
+    assert ("p20_ms" in study.trials[0].user_attrs) is not closed
