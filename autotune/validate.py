@@ -67,8 +67,10 @@ def entry_rows(database: tdb.TuningDB) -> list[Row]:
 
 def default_rows(dtype: str = "bfloat16") -> list[Row]:
     """The built-in defaults the dispatcher falls back to, per Triton entry (forward), per backward form (training
-    step) and for the step and sequence kernels, at DEFAULT_LAYOUTS (each distinct configuration once)."""
+    step), the forward of a training step (launch.chunkwise.training_forward) and the step and sequence kernels, at
+    DEFAULT_LAYOUTS (each distinct configuration once)."""
     from .families import default_config
+    from .launch.chunkwise import training_forward
     from .torch import triton_choice
     from .torch import triton_kernels as tk
     from .variants import find
@@ -90,6 +92,9 @@ def default_rows(dtype: str = "bfloat16") -> list[Row]:
                 add(layout, op, "fw", *default(64, DHQK, DHHV))
         for form in ("chunkwise", "parallel"):
             add(layout, f"{form}:exp", "fwbw", *triton_choice.backward_default(form, "exp", DHQK, DHHV))
+        # the forward of every chunkwise training step, on its own (also in autotune.hazards' static checks)
+        variant, config = training_forward("exp", DHQK, DHHV, 64)
+        add(layout, "chunkwise:exp", "fw", variant.name, config)
         add(layout, "step:exp", "fw", step.name, default_config(step, DHQK, DHHV), S=1)
         add(layout, "sequence:exp", "fw", sequence.name, default_config(sequence, DHQK, DHHV),
             S=512)  # fmt: skip
