@@ -15,12 +15,12 @@
 #              shape's study for TUNE_S seconds, default 60; all of it within TUNE_TOTAL_S, default 540); copy
 #              $OUT/db back to .probe/db and carry it into the next call to resume
 #   bench      `mlstm-tune bench` with the packaged databases and .probe/db as the user database
-#   forms      the H200 database's and the defaults' training-step rows through the gate (validate --only fwbw);
-#              which forward feeds the chunkwise backward its error (bench/tools/backward_after_forward.py at the
-#              4,080 tokens of the failing validate rows, the 7B and head-128 entries' backward configurations,
-#              adversarial draw), the kernels' h beside the PyTorch emulation of their rounding points
-#              (bench/tools/emulated_rounding.py) and what the training forward's forms cost
-#              (bench/tools/time_training_forward.py)
+#   forms      what the training forward's forms cost (bench/tools/time_training_forward.py), then at once
+#              `mlstm-tune validate` of the H200 database (VALIDATE_S, default 400) and which forward feeds the
+#              chunkwise backward its error (bench/tools/backward_after_forward.py at the 4,080 tokens of the
+#              S~8192 rows, the 7B and head-128 entries' backward configurations, adversarial draw)
+#   spread     the gate's training-step comparison on six adversarial draws instead of one
+#              (bench/tools/gate_spread.py), and the head-128 backward behind the float64 h rounded to bf16
 # Logs and reports go to $OUT; every log starts with the GPU's name.
 set -u
 if [ "${1:-}" = prepare ]; then  # the generated kernels before the hazard fixes, and a subset of the H200 entries
@@ -88,14 +88,11 @@ case "${1:-}" in
       MLSTM_AUTOTUNE_DB=.probe/db timeout 580 python -m autotune bench --out "$OUT" ) > "$OUT/bench.log" 2>&1
     tail -30 "$OUT/bench.log" ;;
   forms)
-    ( header "python -m autotune validate --db tuning_db/NVIDIA_H200.json --only fwbw --out \$OUT"
-      timeout 150 python -m autotune validate --db tuning_db/NVIDIA_H200.json --only fwbw --out "$OUT"
-    ) > "$OUT/validate_fwbw.log" 2>&1
     ( header "python bench/tools/time_training_forward.py"; timeout 100 python bench/tools/time_training_forward.py
     ) > "$OUT/time_training_forward.log" 2>&1
-    ( header "python bench/tools/emulated_rounding.py --device cuda --S 4080 --layout LAYOUT"
-      for layout in head128 7b; do timeout 100 python bench/tools/emulated_rounding.py --device cuda --S 4080 \
-        --layout $layout; done ) > "$OUT/emulated_rounding.log" 2>&1
+    ( header "python -m autotune validate --db tuning_db/NVIDIA_H200.json --out \$OUT"
+      timeout "${VALIDATE_S:-400}" python -m autotune validate --db tuning_db/NVIDIA_H200.json --out "$OUT"
+    ) > "$OUT/validate.log" 2>&1 &
     ( header "python bench/tools/backward_after_forward.py --device cuda --dtype bfloat16 --S 4080 --draw adversarial"
       for layout in 7b head128; do
         if [ $layout = 7b ]; then bw='{"kernels": "split", "states": "reuse", "dstate_gates": "pre", "num_stages": 3,
@@ -104,7 +101,18 @@ case "${1:-}" in
         timeout 150 python bench/tools/backward_after_forward.py --device cuda --dtype bfloat16 --S 4080 \
           --draw adversarial --layout $layout --bw-config "$bw"
       done ) > "$OUT/backward_after_forward.log" 2>&1
-    tail -14 "$OUT/validate_fwbw.log"
-    cat "$OUT/time_training_forward.log" "$OUT/emulated_rounding.log" "$OUT/backward_after_forward.log" | cut -c1-230 ;;
+    wait
+    tail -34 "$OUT/validate.log"
+    cat "$OUT/time_training_forward.log" "$OUT/backward_after_forward.log" | cut -c1-200 ;;
+  spread)
+    ( header "python bench/tools/gate_spread.py --S 4080"; timeout 300 python bench/tools/gate_spread.py --S 4080 \
+      --only "${SPREAD_ONLY:-}"
+    ) > "$OUT/gate_spread.log" 2>&1
+    ( header "python bench/tools/backward_after_forward.py --device cuda --dtype bfloat16 --S 4080 --draw adversarial \
+--layout head128 --crosswise-only"
+      timeout 150 python bench/tools/backward_after_forward.py --device cuda --dtype bfloat16 --S 4080 \
+        --draw adversarial --layout head128 --crosswise-only --bw-config '{"kernels": "fused", "states": "reuse",
+        "states_weighting": "v", "dhhv_tile": 128}' ) > "$OUT/backward_after_forward.log" 2>&1
+    cut -c1-220 "$OUT/gate_spread.log"; head -8 "$OUT/backward_after_forward.log" | cut -c1-200 ;;
   *) echo "unknown phase ${1:-}" >&2; exit 2 ;;
 esac

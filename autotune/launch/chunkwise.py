@@ -101,6 +101,17 @@ def training_forward(cell: str, DHQK: int, DHHV: int, L: int) -> tuple[Variant, 
     return variant, dict(config, **TRAINING_PRECISION)
 
 
+def segment_sums(q: torch.Tensor, saved: dict | None) -> bool:
+    """Whether an output kernel forms F_t - F_j of its decay matrix as [L, L] segment sums (SEGMENT_SUMS) rather
+    than as a difference of chunk-local prefix sums: for fp32 inputs, and whenever a backward follows (``saved``).
+    The difference rounds to an ulp of |F| (up to a chunk's worth of log forget gates); s_t, a sum of terms of both
+    signs, carries that error times its condition, and a backward reads h_t and s_t together: the difference gave
+    dq of the 7B layout's training step 1.7x and di of head 128 4.8x the trusted kernel's error at 4,080 tokens of
+    the gate's adversarial draw (docs/hazards.md). A forward alone keeps the cheaper difference: the gate judges
+    its h within the trusted kernel's error."""
+    return q.dtype == torch.float32 or saved is not None
+
+
 def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, config: dict | None = None,
                  eps: float = 1e-6, normalize: bool = True, return_last_states: bool = False,
                  saved: dict | None = None):  # fmt: skip
@@ -135,7 +146,7 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
             q, k, v, i, f, C0, n0, m0, h, *last, *stats, *borders, S, scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV,
             L=L, BK=next_pow2(DHQK), BV=config["dhhv_tile"], HAS_STATE=has_state, STORE_LAST=return_last_states,
             NORMALIZE=normalize, STORE_STATS=saved is not None, STORE_BORDERS=keep, DOT_PRECISION=prec,
-            SEGMENT_SUMS=q.dtype == torch.float32,
+            SEGMENT_SUMS=segment_sums(q, saved),
             num_warps=config["num_warps"], num_stages=config["num_stages"],
         )  # fmt: skip
         if keep:
@@ -161,7 +172,7 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
         kernel[grid](
             q, k, v, i, f, *buffers, h, *stats, S, NC, scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV, LO=LO,
             BK=config["out_dhqk_tile"], BV=BV, NORMALIZE=normalize, STORE_STATS=saved is not None,
-            DOT_PRECISION=prec, SEGMENT_SUMS=q.dtype == torch.float32,
+            DOT_PRECISION=prec, SEGMENT_SUMS=segment_sums(q, saved),
             num_warps=config["out_warps"], num_stages=config["num_stages"],
         )  # fmt: skip
         if saved is not None:

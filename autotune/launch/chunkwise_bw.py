@@ -43,6 +43,12 @@ def check_config(variant: Variant, config: dict) -> dict:
     return families.checked(variant.template, config)
 
 
+def segment_sums(q) -> bool:
+    """F_t - F_j of the within-chunk kernels segment by segment for fp32 inputs; for 16-bit ones as differences of
+    prefix sums (no [L, L] scans)."""
+    return q.dtype.itemsize >= 4
+
+
 def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, variant: Variant, config: dict,
                  eps: float = 1e-6, normalize: bool = True, borders: tuple | None = None):  # fmt: skip
     """Gradients of the chunkwise (or parallel) forward. q, k, v, i, f, C0, n0, m0 as the forward got them; h, s, mt
@@ -115,10 +121,8 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
     dv = empty(*v.shape, dtype=v.dtype, device=dev)
     di, df = empty(B, NH, S, **f32), empty(B, NH, S, **f32)
     Ya = empty(B, NH, NC, 2, **f32) if cell == "exp" else dummy  # (Y_c, a_c): dm_c = Y_c + a_c dm_{c+1}
-    # F_t - F_j segment by segment for fp32 inputs; for 16-bit ones differences of prefix sums (no [L, L] scans)
     common = dict(scale=DHQK**-0.5, DHQK=DHQK, DHHV=DHHV, L=L, BK=config["dhqk_tile"], BV=config["dhhv_tile"],
-                  DOT_PRECISION=prec,
-                  SEGMENT_SUMS=q.dtype.itemsize >= 4, num_warps=config["num_warps"],
+                  DOT_PRECISION=prec, SEGMENT_SUMS=segment_sums(q), num_warps=config["num_warps"],
                   num_stages=config["num_stages"])  # fmt: skip
     if variant.params["kernels"] == "fused":
         module.chunkwise_bw_chunk_kernel[(NC, B * NH)](

@@ -43,6 +43,17 @@ def condition(x: dict, head: int, t: int) -> float:
     return (terms.abs().sum() / terms.sum().abs()).item()
 
 
+def true_s(x: dict, head: int, t: int, mt: float, scale: float) -> float:
+    """s_t in float64 on the 16-bit inputs, stabilised by the given max state: sum_j scale (q_t . k_j) D_tj e^-mt."""
+    import torch
+
+    q, k = x["q"][0, head, t].double(), x["k"][0, head, : t + 1].double()
+    lf = torch.nn.functional.logsigmoid(x["f"][0, head, : t + 1].double())
+    log_D = lf[1:].flip(0).cumsum(0).flip(0).tolist() + [0.0]
+    log_D = torch.tensor(log_D, dtype=torch.float64, device=q.device) + x["i"][0, head, : t + 1].double()
+    return (scale * (k @ q) * torch.exp(log_D - mt)).sum().item()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--S", type=int, default=2048)
@@ -51,13 +62,14 @@ def main() -> int:
     ap.add_argument("--layout", choices=sorted(LAYOUTS), default="7b")
     ap.add_argument("--draw", choices=("model", "adversarial"), default="model")
     ap.add_argument("--bw-config", default="{}", help="JSON: chunkwise backward knobs over its default")
+    ap.add_argument("--crosswise-only", action="store_true", help="skip the rows of whole forwards")
     args = ap.parse_args()
     if args.device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"
     import torch
 
     from autotune import families, gate, measure
-    from autotune.launch import chunkwise, chunkwise_bw, parallel
+    from autotune.launch import chunkwise, chunkwise_bw, parallel, parallel_bw
     from autotune.variants import find
 
     (K, V), dt = LAYOUTS[args.layout], getattr(torch, args.dtype)
@@ -92,6 +104,23 @@ def main() -> int:
           f"{json.dumps(cfg, sort_keys=True)}; errors against the float64 oracle")  # fmt: skip
     trusted = measure._runner(measure.trusted_job(job))(x)
     print(f"{'trusted: parallel forward + backward':52s} {'':10s} {errors(trusted)}", flush=True)
+    # the output's own rounding: the float64 forward's h rounded to the inputs' dtype, s and mt of the parallel
+    # forward (fp32), behind the trusted backward and behind this chunkwise backward
+    pfw, pbw = find("parallel_fw.py.j2", cell="exp"), find("parallel_bw.py.j2", cell="exp")
+    par_saved = {}
+    parallel.parallel_fw(*inputs, variant=pfw, config=families.default_config(pfw, K, V), saved=par_saved)
+    h_rounded = h_truth.to(dt)
+    stats = (par_saved["s"], par_saved["mt"])
+    rounded = {
+        "trusted backward behind the float64 h rounded": parallel_bw.parallel_bw(
+            *inputs, None, None, None, h_rounded, *stats, x["dh"], None, None, None, None, variant=pbw,
+            config=families.default_config(pbw, K, V))[:5],
+        "this backward behind the float64 h rounded": chunkwise_bw.chunkwise_bw(
+            *inputs, None, None, None, h_rounded, *stats, x["dh"], None, None, None, None, variant=bw,
+            config=recompute, borders=None)[:5],
+    }  # fmt: skip
+    for label, grads in rounded.items():
+        print(f"{label:52s} {'':10s} {errors(grads)}", flush=True)
     two, two32 = (find(chunkwise.TWOPASS, cell="exp", state=s) for s in ("input", "float32"))
     two_cfg = dict(families.default_config(two, K, V), chunk_inter=min(64, L), chunk_intra=L)
     fused = find(chunkwise.FUSED, cell="exp", state="input")
@@ -114,6 +143,8 @@ def main() -> int:
         "recomputing, behind the parallel forward": (pfw, families.default_config(pfw, K, V), recompute),
     }
     for label, (variant, config, bw_config) in rows.items():
+        if args.crosswise_only:
+            break
         h, grads = behind(variant, config, bw_config)
         h_err = f"h {gate.relative_error(h, h_truth):.3g}"
         print(f"{label:52s} {h_err:10s} {errors(grads)}", flush=True)
@@ -126,11 +157,31 @@ def main() -> int:
         saved = {}
         fw = parallel.parallel_fw if variant.family == "parallel_fw" else chunkwise.chunkwise_fw
         kept[name] = (fw(*inputs, variant=variant, config=config, saved=saved)[0], saved["s"], saved["mt"])
-    for h_from, stats_from in (("parallel", "two-pass"), ("two-pass", "parallel"), ("training", "parallel")):
-        h, s, mt = kept[h_from][0], *kept[stats_from][1:]
-        grads = chunkwise_bw.chunkwise_bw(*inputs, None, None, None, h, s, mt, x["dh"], None, None, None, None,
-                                          variant=bw, config=recompute, borders=None)[:5]  # fmt: skip
-        print(f"{f'recomputing, h of the {h_from}, s and mt of the {stats_from}':63s} {errors(grads)}", flush=True)
+    grads_of = {}
+    for h_from in forwards:
+        for stats_from in forwards:
+            h, s, mt = kept[h_from][0], *kept[stats_from][1:]
+            grads_of[h_from, stats_from] = chunkwise_bw.chunkwise_bw(
+                *inputs, None, None, None, h, s, mt, x["dh"], None, None, None, None, variant=bw, config=recompute,
+                borders=None)[:5]  # fmt: skip
+            label = f"recomputing, h of the {h_from}, s and mt of the {stats_from}"
+            print(f"{label:63s} {errors(grads_of[h_from, stats_from])}", flush=True)
+    # dq_t reads only token t's h, s and mt: the tokens where a chunkwise forward's outputs cost dq the most
+    dq_err = {key: (g[0].double() - truth[0].double()).norm(dim=-1)[0] for key, g in grads_of.items()}
+    for name in ("two-pass", "training"):
+        excess = (dq_err[name, name] - dq_err["parallel", "parallel"]).flatten()
+        print(f"tokens where dq behind the {name} forward is furthest beyond dq behind the parallel one "
+              f"(|dq err| with h, s mt from: {name} both, {name} h only, {name} s mt only, parallel both; s, mt of "
+              f"the {name} and the parallel forward):")  # fmt: skip
+        for t in excess.topk(6).indices.tolist():
+            head, tok = divmod(t, args.S)
+            e = [dq_err[key][head, tok].item() for key in ((name, name), (name, "parallel"), ("parallel", name),
+                                                          ("parallel", "parallel"))]  # fmt: skip
+            s_n, mt_n = (kept[name][i][0, head, tok].item() for i in (1, 2))
+            s_p, mt_p = (kept["parallel"][i][0, head, tok].item() for i in (1, 2))
+            print(f"  head {head} token {tok} ({tok % L} in its chunk): " + " ".join(f"{v:.3g}" for v in e)
+                  + f"; s {s_n:.7g} / {s_p:.7g} (float64 {true_s(x, head, tok, mt_p, K**-0.5):.7g}), "
+                  f"mt {mt_n:.7g} / {mt_p:.7g}, floor e^-mt {math.exp(-mt_p):.4g}")
     position = torch.arange(args.S, device=h_truth.device) % L
     for name, (h, _, _) in kept.items():
         e = ((h.double() - h_truth).norm(dim=-1) ** 2)[0]

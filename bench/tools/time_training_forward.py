@@ -2,7 +2,8 @@
 and at heads of 128, bf16, 65,536 tokens, timed by CUDA events (triton.testing.do_bench, median) in the forms:
 the inference default (states in bf16, keys weighted, n on the tensor cores), the same with n summed in fp32, and
 the forward of a training step (launch.chunkwise.training_forward: fp32 states, the weights on v, n in fp32, q C
-from the fp32 state as two bf16 products), all with chunks of 64.
+from the fp32 state as two bf16 products, the decay matrix from [L, L] segment sums, statistics kept for a
+backward), and the same forms without statistics (differences of prefix sums), all with chunks of 64.
 
     python bench/tools/time_training_forward.py
 """
@@ -31,16 +32,18 @@ def main() -> int:
         args += [torch.randn(B, NH, S, device="cuda", generator=gen), 3.0 + torch.randn(B, NH, S, device="cuda")]
         two = find(chunkwise.TWOPASS, cell="exp", state="input")
         inference = families.default_config(two, K, V)
-        forms = {  # label: variant, configuration
-            "bf16 states, n on the tensor cores (inference default)": (two, inference),
-            "bf16 states, n in fp32": (two, dict(inference, states_n="sum")),
-            "training forward (fp32 states, weights on v)": chunkwise.training_forward("exp", K, V, 64),
+        training = chunkwise.training_forward("exp", K, V, 64)
+        forms = {  # label: variant, configuration, whether it keeps statistics for a backward
+            "bf16 states, n on the tensor cores (inference default)": (two, inference, False),
+            "bf16 states, n in fp32": (two, dict(inference, states_n="sum"), False),
+            "training forward's forms, prefix differences, no statistics": (*training, False),
+            "training forward (fp32 states, weights on v, segment sums)": (*training, True),
         }
         row = []
-        for label, (variant, config) in forms.items():
+        for label, (variant, config, keeps) in forms.items():
 
-            def run(args=args, variant=variant, config=config):
-                chunkwise.chunkwise_fw(*args, variant=variant, config=config)
+            def run(args=args, variant=variant, config=config, keeps=keeps):
+                chunkwise.chunkwise_fw(*args, variant=variant, config=config, saved={} if keeps else None)
 
             row.append(f"{label}: {triton.testing.do_bench(run, warmup=50, rep=300):.3f}")
         print(f"B={B} NH={NH} S={S} {K}/{V}: " + "; ".join(row), flush=True)

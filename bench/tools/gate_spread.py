@@ -1,0 +1,87 @@
+"""How much the gate's verdict on a training step depends on the draw: the gate's comparison (each gradient's error
+against the float64 oracle, divided by the trusted kernel's error on the same inputs) for chunkwise backwards behind
+the forward a training step runs, on several adversarial draws (seeds) instead of the gate's one.
+
+    python bench/tools/gate_spread.py [--S 4080] [--seeds 1 2 3 4 5 6] [--device cuda] [--dtype bfloat16]
+
+Candidates: the H200 database's head-128 entry of the longer shapes (fused kernels, states reused, weights on v,
+value tiles of 128) and its 7B entry (split kernels, states reused, weights on k, 3 stages, per-chunk weights
+first), and that 7B entry with one knob changed, and the fused kernels at 7B. On the CPU it runs under Triton's interpreter (fp16, small S).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+SPLIT_7B = {"kernels": "split", "states": "reuse", "dstate_gates": "pre", "num_stages": 3, "dhhv_tile": 64}
+CANDIDATES = {  # label: layout (DHQK, DHHV), chunkwise backward knobs over the default
+    "head 128, fused, reuse, weights on v": ((128, 128), {"kernels": "fused", "states": "reuse",
+                                                          "states_weighting": "v", "dhhv_tile": 128}),
+    "7B, split, reuse, weights on k": ((256, 512), dict(SPLIT_7B, states_weighting="k")),
+    "7B, the same, 1 stage": ((256, 512), dict(SPLIT_7B, states_weighting="k", num_stages=1)),
+    "7B, the same, dv value tiles of 64": ((256, 512), dict(SPLIT_7B, states_weighting="k", dv_dhhv_tile=64)),
+    "7B, the same, states recomputed": ((256, 512), dict(SPLIT_7B, states="recompute")),
+    "7B, fused, reuse": ((256, 512), {"kernels": "fused", "states": "reuse"}),
+    "7B, split, reuse, weights on k, fp32 state buffers": ((256, 512), dict(SPLIT_7B, states_weighting="k",
+                                                                            state_buffers="float32")),
+    "head 128, fused, reuse, fp32 state buffers": ((128, 128), {"kernels": "fused", "states": "reuse",
+                                                                "dhhv_tile": 128, "state_buffers": "float32"}),
+}  # fmt: skip
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--S", type=int, default=4080)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--only", default="", help="the candidates whose label contains this")
+    ap.add_argument("--bw-segment-sums", action="store_true", help="the chunkwise backward's decay matrices from "
+                    "segment sums for 16-bit inputs too (launch.chunkwise_bw.segment_sums)")
+    args = ap.parse_args()
+    if args.device == "cpu":
+        os.environ["TRITON_INTERPRET"] = "1"
+    import torch
+
+    from autotune import families, gate, measure
+    from autotune.launch import chunkwise_bw
+    from autotune.variants import find
+
+    if args.bw_segment_sums:
+        chunkwise_bw.segment_sums = lambda q: True
+
+    where = torch.cuda.get_device_name() if args.device == "cuda" else "cpu-interpreter"
+    print(f"# {where}; {args.dtype}; B=1 NH=2 S={args.S}; adversarial draws; per gradient: the trusted kernel's "
+          f"error, then the candidate's as a multiple of it (the gate passes at <= {gate.FACTOR})")  # fmt: skip
+    names = measure.GRADIENTS
+    for label, ((K, V), knobs) in CANDIDATES.items():
+        if args.only not in label:
+            continue
+        knobs = dict(knobs)
+        bw = find("chunkwise_bw.py.j2", cell="exp", kernels=knobs.pop("kernels"))
+        job = measure.Job(bw.name, dict(families.default_config(bw, K, V), **knobs), 1, 2, args.S, K, V, args.dtype,
+                          args.device)  # fmt: skip
+        run, trusted = measure._runner(job), measure._runner(measure.trusted_job(job))
+        ratios = {n: [] for n in names}
+        for seed in args.seeds:
+            x = gate.draw_inputs("adversarial", 1, 2, args.S, K, V, dtype=getattr(torch, args.dtype),
+                                 device=args.device, seed=seed)  # fmt: skip
+            truth, ref, got = measure._oracle(job, x), trusted(x), run(x)
+            row = []
+            for n, t, r, g in zip(names, truth, ref, got):
+                ref_err, err = gate.relative_error(r, t), gate.relative_error(g, t)
+                ratios[n].append(err / ref_err)
+                row.append(f"{n} {ref_err:.3g} x{err / ref_err:.2f}")
+            print(f"{label}, seed {seed}: " + "  ".join(row), flush=True)
+        print(f"{label}: ratio range over seeds " + "  ".join(
+            f"{n} {min(r):.2f}-{max(r):.2f}" for n, r in ratios.items()) + "\n", flush=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
