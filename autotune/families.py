@@ -383,13 +383,14 @@ PARALLEL_FW = Family(
 
 
 def _chunkwise_bw_default(params: dict, DHQK: int, DHHV: int) -> dict:
-    # measured on an H200 (docs/performance.md): state tiles 64 x 128 and per-chunk buffers in the inputs' dtype
-    # (half the state traffic of fp32 for 16-bit inputs) beat 64 x 64 and fp32; the split kernels' dv value tile
-    # (unread by the fused kernel): 128 took 1.15 ms against 1.98 at 64 (7B layout)
+    # measured on an H200 (docs/performance.md): state tiles 64 x 128 beat 64 x 64; the split kernels' dv value
+    # tile (unread by the fused kernel): 128 took 1.15 ms against 1.98 at 64 (7B layout). Per-chunk buffers in fp32,
+    # though those in the inputs' dtype halve the state traffic: rounded to 16 bits, dC gave dv up to 2.3x the
+    # trusted kernel's error on two adversarial draws of six at the 7B layout on an H100 (docs/hazards.md)
     BK, BV, wide = min(64, next_pow2(DHQK)), min(64, next_pow2(DHHV)), min(128, next_pow2(DHHV))
     return {"chunk": 64, "dhqk_tile": BK, "dhhv_tile": BV, "dv_dhhv_tile": wide, "states_dhqk_tile": BK,
             "states_dhhv_tile": wide, "num_warps": 4, "states_warps": 4, "num_stages": 1, "states": "recompute",
-            "state_buffers": "input", "states_weighting": "v", "dstate_gates": "inline", "states_n": "sum"}  # fmt: skip
+            "state_buffers": "float32", "states_weighting": "v", "dstate_gates": "inline", "states_n": "sum"}  # fmt: skip
 
 
 # fmt: off
@@ -418,8 +419,9 @@ CHUNKWISE_BW = Family(
         STAGES_KNOB,
         Knob("states", "the states before every chunk: recomputed by the backward, or the ones a two-pass forward "
              "stored, kept in memory from forward to backward (reuse)", ("recompute", "reuse"), fill="recompute"),
-        Knob("state_buffers", "dtype of the per-chunk state buffers: fp32, or the inputs' dtype (half the bytes for "
-             "16-bit inputs; the recurrences run in fp32 either way)", ("float32", "input"), fill="float32"),
+        Knob("state_buffers", "dtype of the per-chunk state buffers: fp32, whose tiles enter the products with "
+             "16-bit tiles in two 16-bit parts, or the inputs' dtype (half the bytes for 16-bit inputs, rounded "
+             "once; the recurrences run in fp32 either way)", ("float32", "input"), fill="float32"),
         STATES_WEIGHTING,
         STATES_N,
         Knob("dstate_gates", "the reverse recurrence's per-chunk weights: computed in its sequential loop (inline), "

@@ -19,7 +19,7 @@
 #              `mlstm-tune validate` of the H200 database (VALIDATE_S, default 400) and which forward feeds the
 #              chunkwise backward its error (bench/tools/backward_after_forward.py at the 4,080 tokens of the
 #              S~8192 rows, the 7B and head-128 entries' backward configurations, adversarial draw)
-#   spread     the gate's training-step comparison on six adversarial draws instead of one
+#   spread     what the training forward's forms cost, the gate's training-step comparison on six adversarial draws instead of one
 #              (bench/tools/gate_spread.py), and the head-128 backward behind the float64 h rounded to bf16
 # Logs and reports go to $OUT; every log starts with the GPU's name.
 set -u
@@ -105,6 +105,8 @@ case "${1:-}" in
     tail -34 "$OUT/validate.log"
     cat "$OUT/time_training_forward.log" "$OUT/backward_after_forward.log" | cut -c1-200 ;;
   spread)
+    ( header "python bench/tools/time_training_forward.py"; timeout 100 python bench/tools/time_training_forward.py
+    ) > "$OUT/time_training_forward.log" 2>&1
     ( header "python bench/tools/gate_spread.py --S 4080"; timeout 300 python bench/tools/gate_spread.py --S 4080 \
       --only "${SPREAD_ONLY:-}"
     ) > "$OUT/gate_spread.log" 2>&1
@@ -113,6 +115,6 @@ case "${1:-}" in
       timeout 150 python bench/tools/backward_after_forward.py --device cuda --dtype bfloat16 --S 4080 \
         --draw adversarial --layout head128 --crosswise-only --bw-config '{"kernels": "fused", "states": "reuse",
         "states_weighting": "v", "dhhv_tile": 128}' ) > "$OUT/backward_after_forward.log" 2>&1
-    cut -c1-220 "$OUT/gate_spread.log"; head -8 "$OUT/backward_after_forward.log" | cut -c1-200 ;;
+    cat "$OUT/time_training_forward.log"; grep -v "seed [0-9]:" "$OUT/gate_spread.log" | cut -c1-220; head -8 "$OUT/backward_after_forward.log" | cut -c1-200 ;;
   *) echo "unknown phase ${1:-}" >&2; exit 2 ;;
 esac

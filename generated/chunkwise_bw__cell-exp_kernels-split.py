@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   75de405f9b8f77ee
+# template hash:   115114317a7702b1
 # parameters:      cell=exp, kernels=split
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (exp cell), exact (docs/math.md §6), "split" within-chunk kernels.
@@ -56,6 +56,32 @@ def _for_registers(p_x, m_x, b_x, b_like):
         return tl.load(p_x, mask=m_x, other=0.0, cache_modifier=".cg").to(tl.float32)
     else:
         return b_x.to(tl.float32)
+
+
+@triton.jit
+def _dot_parts(b_a, b_x, DOT_PRECISION: tl.constexpr):
+    """b_a @ b_x, b_a in the inputs' dtype, b_x in it or in fp32 (a state or a state's gradient). fp32 b_x with
+    16-bit b_a: b_x as the sum of two tiles of b_a's dtype (b_x rounded, and what that rounding left out), two
+    products on the tensor cores, so b_x keeps about twice the 16-bit mantissa. Rounded once, b_x would cost the
+    product an error of |a| |x| where the parallel form's is |a^T k| |v|, about sqrt(DHQK) times more, and a
+    training step's backward amplifies it where h's normaliser cancels (docs/hazards.md)."""
+    if b_x.dtype == b_a.dtype:
+        return tl.dot(b_a, b_x, input_precision=DOT_PRECISION)
+    else:
+        b_hi = b_x.to(b_a.dtype)
+        b_lo = (b_x - b_hi.to(tl.float32)).to(b_a.dtype)
+        return tl.dot(b_a, b_hi, input_precision=DOT_PRECISION) + tl.dot(b_a, b_lo, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _parts_dot(b_x, b_a, DOT_PRECISION: tl.constexpr):
+    """b_x @ b_a: _dot_parts with the fp32 operand on the left."""
+    if b_x.dtype == b_a.dtype:
+        return tl.dot(b_x, b_a, input_precision=DOT_PRECISION)
+    else:
+        b_hi = b_x.to(b_a.dtype)
+        b_lo = (b_x - b_hi.to(tl.float32)).to(b_a.dtype)
+        return tl.dot(b_hi, b_a, input_precision=DOT_PRECISION) + tl.dot(b_lo, b_a, input_precision=DOT_PRECISION)
 
 
 @triton.jit
@@ -357,8 +383,11 @@ def chunkwise_bw_dstate_kernel(
         # that dh enters the dot exactly (a scaled dh in 16 bits could overflow under fp16 loss scaling)
         b_qT = tl.load(q_ptr + o_t[None, :] * DHQK + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0.0)
         b_dh = tl.load(dh_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
-        b_qwT = (b_qT.to(tl.float32) * b_wr[None, :]).to(b_dh.dtype)  # [BK, L]
-        b_dC = b_decay * b_dC + tl.dot(b_qwT, b_dh, input_precision=DOT_PRECISION)  # [BK, L] @ [L, BV] -> [BK, BV]
+        b_qwT = b_qT.to(tl.float32) * b_wr[None, :]  # [BK, L]
+        if dCa_ptr.dtype.element_ty == tl.float32:  # fp32 state buffers: the weighted q^T in two parts
+            b_dC = b_decay * b_dC + _parts_dot(b_qwT, b_dh, DOT_PRECISION)  # [BK, L] @ [L, BV] -> [BK, BV]
+        else:
+            b_dC = b_decay * b_dC + tl.dot(b_qwT.to(b_dh.dtype), b_dh, input_precision=DOT_PRECISION)
         if i_v == 0:  # only these programs store dn
             b_dn = b_decay * b_dn + tl.sum(b_qT.to(tl.float32) * b_wds[None, :], axis=1)
         if chain:
@@ -426,8 +455,8 @@ def _state_terms(q_ptr, k_ptr, v_ptr, dh_ptr, Cb_ptr, nb_ptr, dCa_ptr, dna_ptr, 
         b_dCaT = tl.load(dCa_ptr + o_vk, mask=m_vk, other=0.0)
         b_C32 = _for_registers(Cb_ptr + o_vk, m_vk, b_CT, b_v)
         b_X += tl.sum(b_C32 * _for_registers(dCa_ptr + o_vk, m_vk, b_dCaT, b_v))
-        b_dqi += tl.dot(b_dh, b_CT.to(b_v.dtype), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, BK]
-        b_dkt += tl.dot(b_v, b_dCaT.to(b_v.dtype), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, BK]
+        b_dqi += _dot_parts(b_dh, b_CT, DOT_PRECISION)  # [L, BV] @ [BV, BK]
+        b_dkt += _dot_parts(b_v, b_dCaT, DOT_PRECISION)  # [L, BV] @ [BV, BK]
         if WITH_DP:
             b_dP += tl.dot(b_dh, tl.trans(b_v), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, L]
     b_n = tl.load(nb_ptr + i_bhc * DHQK + o_k, mask=m_k, other=0.0)
@@ -454,10 +483,10 @@ def _dv_tile(k_ptr, dh_ptr, dCa_ptr, i_bhc, o_t, m_t, o_v, b_Pr16, b_w, DHQK: tl
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < DHQK
         b_k = tl.load(k_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
-        b_dCa = tl.load(dCa_ptr + i_bhc * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :],
-                        mask=m_k[:, None] & m_v[None, :], other=0.0)
-        b_kdCT += tl.dot(tl.trans(b_dCa.to(b_k.dtype)), tl.trans(b_k),
-                         input_precision=DOT_PRECISION)  # [BV, BK] @ [BK, L] -> [BV, L]
+        # dC_after^T [BV, BK] loaded as such
+        b_dCaT = tl.load(dCa_ptr + i_bhc * DHQK * DHHV + o_v[:, None] + o_k[None, :] * DHHV,
+                         mask=m_v[:, None] & m_k[None, :], other=0.0)
+        b_kdCT += _parts_dot(b_dCaT, tl.trans(b_k), DOT_PRECISION)  # [BV, BK] @ [BK, L] -> [BV, L]
     return b_dvT + b_w[None, :] * b_kdCT
 
 

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_twopass_fw.py.j2
-# template hash:   ac6a33de82082c7d
+# template hash:   7f29b9d1ca55f94f
 # parameters:      cell=exp, state=float32
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (exp cell), two passes (knobs: autotune/families.py, CHUNKWISE_TWOPASS_FW; LI is
@@ -52,6 +52,32 @@ def _for_registers(p_x, m_x, b_x, b_like):
         return tl.load(p_x, mask=m_x, other=0.0, cache_modifier=".cg").to(tl.float32)
     else:
         return b_x.to(tl.float32)
+
+
+@triton.jit
+def _dot_parts(b_a, b_x, DOT_PRECISION: tl.constexpr):
+    """b_a @ b_x, b_a in the inputs' dtype, b_x in it or in fp32 (a state or a state's gradient). fp32 b_x with
+    16-bit b_a: b_x as the sum of two tiles of b_a's dtype (b_x rounded, and what that rounding left out), two
+    products on the tensor cores, so b_x keeps about twice the 16-bit mantissa. Rounded once, b_x would cost the
+    product an error of |a| |x| where the parallel form's is |a^T k| |v|, about sqrt(DHQK) times more, and a
+    training step's backward amplifies it where h's normaliser cancels (docs/hazards.md)."""
+    if b_x.dtype == b_a.dtype:
+        return tl.dot(b_a, b_x, input_precision=DOT_PRECISION)
+    else:
+        b_hi = b_x.to(b_a.dtype)
+        b_lo = (b_x - b_hi.to(tl.float32)).to(b_a.dtype)
+        return tl.dot(b_a, b_hi, input_precision=DOT_PRECISION) + tl.dot(b_a, b_lo, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _parts_dot(b_x, b_a, DOT_PRECISION: tl.constexpr):
+    """b_x @ b_a: _dot_parts with the fp32 operand on the left."""
+    if b_x.dtype == b_a.dtype:
+        return tl.dot(b_x, b_a, input_precision=DOT_PRECISION)
+    else:
+        b_hi = b_x.to(b_a.dtype)
+        b_lo = (b_x - b_hi.to(tl.float32)).to(b_a.dtype)
+        return tl.dot(b_hi, b_a, input_precision=DOT_PRECISION) + tl.dot(b_lo, b_a, input_precision=DOT_PRECISION)
 
 
 @triton.jit
@@ -143,20 +169,6 @@ def chunk_gate_weights_kernel(
     tl.store(w_ptr + i_bh * NCI * LI + o_t, tl.exp(b_g - b_g_max))
     tl.store(gw_ptr + 2 * (i_bh * NCI + i_c), b_Fend)
     tl.store(gw_ptr + 2 * (i_bh * NCI + i_c) + 1, b_g_max)
-
-
-@triton.jit
-def _q_times_state(b_q, b_C, DOT_PRECISION: tl.constexpr):
-    """q C from an fp32 state tile. fp32 q: one fp32 product. 16-bit q: C as the sum of two tiles of q's dtype (C
-    rounded, and what that rounding left out), two products on the tensor cores, so C keeps about twice the 16-bit
-    mantissa (q is exact in its own dtype). Rounding C once costs q C an error of |q| |C|, not |q^T k| |v| as the
-    parallel form's, and a training step's backward amplifies it where h's normaliser cancels (docs/hazards.md)."""
-    if b_q.dtype == tl.float32:
-        return tl.dot(b_q, b_C, input_precision=DOT_PRECISION)
-    else:
-        b_hi = b_C.to(b_q.dtype)
-        b_lo = (b_C - b_hi.to(tl.float32)).to(b_q.dtype)
-        return tl.dot(b_q, b_hi, input_precision=DOT_PRECISION) + tl.dot(b_q, b_lo, input_precision=DOT_PRECISION)
 
 
 @triton.jit
@@ -357,7 +369,7 @@ def chunkwise_output_kernel(
         b_q = tl.load(q_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
         b_k = tl.load(k_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
         b_A += tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)  # [LO, BK] @ [BK, LO] -> [LO, LO]
-    # q C from fp32 states, split in registers (_q_times_state): in a loop of its own, so that the loop above feeds
+    # q C from fp32 states, split in registers (_dot_parts): in a loop of its own, so that the loop above feeds
     # only a dot
     for i_k in range(0, tl.cdiv(DHQK, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
@@ -365,7 +377,7 @@ def chunkwise_output_kernel(
         b_q = tl.load(q_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
         p_C = Cb_ptr + i_bhc * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :]
         b_C = tl.load(p_C, mask=m_k[:, None] & m_v[None, :], other=0.0)
-        b_qC += _q_times_state(b_q, b_C, DOT_PRECISION)  # [LO, BK] @ [BK, BV] -> [LO, BV]
+        b_qC += _dot_parts(b_q, b_C, DOT_PRECISION)  # [LO, BK] @ [BK, BV] -> [LO, BV]
     b_qn = _q_dot_n(q_ptr, nb_ptr + i_bhc * DHQK, o_t, m_t, DHQK, LO, BK)
     b_P = b_A * scale * b_D
     p_v = v_ptr + i_bh * S * DHHV + o_t[:, None] * DHHV + o_v[None, :]
@@ -441,7 +453,7 @@ def chunkwise_output_loop_kernel(
             b_q = tl.load(q_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
             p_C = Cb_ptr + i_bhc * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :]
             b_C = tl.load(p_C, mask=m_k[:, None] & m_v[None, :], other=0.0)
-            b_qC += _q_times_state(b_q, b_C, DOT_PRECISION)  # [LO, BK] @ [BK, BV]
+            b_qC += _dot_parts(b_q, b_C, DOT_PRECISION)  # [LO, BK] @ [BK, BV]
         p_v = v_ptr + i_bh * S * DHHV + o_t[:, None] * DHHV + o_v[None, :]
         b_v = tl.load(p_v, mask=m_t[:, None] & m_v[None, :], other=0.0)
         b_num = tl.dot(b_Pv, b_v, input_precision=DOT_PRECISION) + b_D0s[:, None] * b_qC  # [LO, LO] @ [LO, BV]
