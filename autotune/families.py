@@ -390,7 +390,8 @@ def _chunkwise_bw_default(params: dict, DHQK: int, DHHV: int) -> dict:
     BK, BV, wide = min(64, next_pow2(DHQK)), min(64, next_pow2(DHHV)), min(128, next_pow2(DHHV))
     return {"chunk": 64, "dhqk_tile": BK, "dhhv_tile": BV, "dv_dhhv_tile": wide, "states_dhqk_tile": BK,
             "states_dhhv_tile": wide, "num_warps": 4, "states_warps": 4, "num_stages": 1, "states": "recompute",
-            "state_buffers": "float32", "states_weighting": "v", "dstate_gates": "inline", "states_n": "sum"}  # fmt: skip
+            "state_buffers": "float32", "states_weighting": "v", "dstate_gates": "inline",
+            "states_n": "sum"}  # fmt: skip
 
 
 # fmt: off

@@ -179,9 +179,12 @@ def main() -> int:
                                                           ("parallel", "parallel"))]  # fmt: skip
             s_n, mt_n = (kept[name][i][0, head, tok].item() for i in (1, 2))
             s_p, mt_p = (kept["parallel"][i][0, head, tok].item() for i in (1, 2))
-            print(f"  head {head} token {tok} ({tok % L} in its chunk): " + " ".join(f"{v:.3g}" for v in e)
-                  + f"; s {s_n:.7g} / {s_p:.7g} (float64 {true_s(x, head, tok, mt_p, K**-0.5):.7g}), "
-                  f"mt {mt_n:.7g} / {mt_p:.7g}, floor e^-mt {math.exp(-mt_p):.4g}")
+            print(
+                f"  head {head} token {tok} ({tok % L} in its chunk): "
+                + " ".join(f"{v:.3g}" for v in e)
+                + f"; s {s_n:.7g} / {s_p:.7g} (float64 {true_s(x, head, tok, mt_p, K**-0.5):.7g}), "
+                f"mt {mt_n:.7g} / {mt_p:.7g}, floor e^-mt {math.exp(-mt_p):.4g}"
+            )
     position = torch.arange(args.S, device=h_truth.device) % L
     for name, (h, _, _) in kept.items():
         e = ((h.double() - h_truth).norm(dim=-1) ** 2)[0]

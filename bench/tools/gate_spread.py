@@ -6,7 +6,8 @@ the forward a training step runs, on several adversarial draws (seeds) instead o
 
 Candidates: the H200 database's head-128 entry of the longer shapes (fused kernels, states reused, weights on v,
 value tiles of 128) and its 7B entry (split kernels, states reused, weights on k, 3 stages, per-chunk weights
-first), and that 7B entry with one knob changed, and the fused kernels at 7B. On the CPU it runs under Triton's interpreter (fp16, small S).
+first), and that 7B entry with one knob changed, and the fused kernels at 7B. On the CPU it runs under Triton's
+interpreter (fp16, small S).
 """
 
 from __future__ import annotations
@@ -41,8 +42,12 @@ def main() -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--only", default="", help="the candidates whose label contains this")
-    ap.add_argument("--bw-segment-sums", action="store_true", help="the chunkwise backward's decay matrices from "
-                    "segment sums for 16-bit inputs too (launch.chunkwise_bw.segment_sums)")
+    ap.add_argument(
+        "--bw-segment-sums",
+        action="store_true",
+        help="the chunkwise backward's decay matrices from "
+        "segment sums for 16-bit inputs too (launch.chunkwise_bw.segment_sums)",
+    )
     args = ap.parse_args()
     if args.device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"
