@@ -221,19 +221,20 @@ def gate_draws(job: Job) -> list:
         oracle = lambda x: dict(zip(output_names(job), _oracle(job, x), strict=True))  # noqa: E731
         _DRAWS[key] = [
             gate.prepare(gate.draw_inputs(kind, 1, 2, S, job.DHQK, job.DHHV, dtype=getattr(torch, job.dtype),
-                                          device=job.device, seed=1 + n, cell=by_name(job.variant).params["cell"]),
-                         oracle, trusted)
-            for n, kind in enumerate(gate_kinds(job))
+                                          device=job.device, seed=seed, cell=by_name(job.variant).params["cell"]),
+                         oracle, trusted, pool=kind if kind == "adversarial" else "")
+            for kind, seed in gate_plan(job)
         ]  # fmt: skip
     return _DRAWS[key]
 
 
-def gate_kinds(job: Job) -> tuple[str, ...]:
-    """Both draws on a GPU; under the interpreter (programs run one after another: no race to find, and every
-    repeated call costs seconds) the adversarial one."""
+def gate_plan(job: Job) -> tuple[tuple[str, int], ...]:
+    """The gate's draws as (kind, seed): on a GPU gate.GPU_DRAWS (four adversarial draws, judged as one pool, and
+    the model draw); under the interpreter (programs run one after another: no race to find, and every repeated call
+    costs seconds) one adversarial draw."""
     from . import gate
 
-    return gate.DRAWS if job.device != "cpu" else ("adversarial",)
+    return gate.GPU_DRAWS if job.device != "cpu" else (("adversarial", 1),)
 
 
 def gate_runs(job: Job) -> int:

@@ -5,6 +5,8 @@ Kernels here are the native PyTorch ones (fast on the CPU); the gate's logic doe
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -152,3 +154,52 @@ def test_every_token_of_a_draw_is_off_the_kink_and_only_those_drawn_near_it_move
     assert torch.equal((moved["q"] != raw["q"]).any(-1), near)
     for name in ("k", "v", "i", "f", "dh"):
         assert torch.equal(moved[name], raw[name])
+
+
+def _pool_of_four(reference_scales, candidate_scales, pool="adversarial"):
+    """Four draws of one pool with a known truth; the trusted kernel and the candidate each off by a fixed pattern
+    times a per-draw scale. Returns (draws, candidate)."""
+    gen = torch.Generator().manual_seed(0)
+    truths = [torch.randn(64, generator=gen, dtype=torch.float64) for _ in range(4)]
+    noise = [torch.randn(64, generator=gen, dtype=torch.float64) for _ in range(4)]
+    draws = [gate.Draw({"n": n}, {"h": t}, {"h": (t + r * e).float()}, pool)
+             for n, (t, e, r) in enumerate(zip(truths, noise, reference_scales, strict=True))]  # fmt: skip
+
+    def candidate(x):
+        n = x["n"]
+        return {"h": (truths[n] + candidate_scales[n] * noise[n].flip(0)).float()}
+
+    return draws, candidate
+
+
+def test_a_pool_weighs_a_draw_that_favours_the_trusted_kernel_by_the_size_of_its_errors():
+    """The trusted kernel 10x luckier than usual on one draw (as the rounding of one ill-conditioned token made it at
+    head 128): the candidate at the usual error everywhere passes the pool, and fails that draw judged alone."""
+    scales = [1e-3, 1e-2, 1e-2, 1e-2]  # errors of a 16-bit kernel
+    draws, candidate = _pool_of_four(scales, [1e-2] * 4)
+    pooled = gate.judge(candidate, draws, torch.bfloat16, runs=2)
+    assert pooled.passed, pooled.summary()
+    assert 0.9 < pooled.error_by_output["h"] / pooled.reference_error_by_output["h"] < 1.5
+    alone = gate.judge(candidate, [gate.Draw(d.x, d.truth, d.reference) for d in draws], torch.bfloat16, runs=2)
+    assert [r.endswith("on draw 0") for r in alone.reasons] == [True], alone.reasons
+
+
+def test_a_pool_still_fails_a_fault_on_one_of_its_draws():
+    """A candidate 3x the trusted kernel's error on one draw of four and exact to it elsewhere: the pool's error is
+    1.7x the trusted kernel's, so it fails, and the reason names the pool."""
+    draws, candidate = _pool_of_four([1e-2] * 4, [3e-2, 1e-2, 1e-2, 1e-2])
+    verdict = gate.judge(candidate, draws, torch.bfloat16, runs=2)
+    assert not verdict.passed
+    assert verdict.reasons == [r for r in verdict.reasons if "the 4 adversarial draws together" in r], verdict.reasons
+    assert 1.6 < verdict.error_by_output["h"] / verdict.reference_error_by_output["h"] < 1.8
+
+
+def test_the_gate_plan():
+    """On a GPU four pooled adversarial draws and the model draw, each seed once; under the interpreter one draw."""
+    from autotune import measure
+
+    job = measure.Job("parallel_fw__cell-exp", {}, 1, 2, 256, 64, 64, "bfloat16", "cuda")
+    plan = measure.gate_plan(job)
+    assert sorted(k for k, _ in plan) == ["adversarial"] * 4 + ["model"]
+    assert len({seed for _, seed in plan}) == len(plan)
+    assert measure.gate_plan(dataclasses.replace(job, device="cpu")) == (("adversarial", 1),)

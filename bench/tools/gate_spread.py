@@ -1,6 +1,7 @@
 """How much the gate's verdict on a training step depends on the draw: the gate's comparison (each gradient's error
 against the float64 oracle, divided by the trusted kernel's error on the same inputs) for chunkwise backwards behind
-the forward a training step runs, on several adversarial draws (seeds) instead of the gate's one.
+the forward a training step runs, on several adversarial draws (seeds), each judged alone (the gate pools seeds 1,
+3, 4 and 5: autotune.gate.GPU_DRAWS).
 
     python bench/tools/gate_spread.py [--S 4080] [--seeds 1 2 3 4 5 6] [--device cuda] [--dtype bfloat16]
 
@@ -73,6 +74,8 @@ def main() -> int:
                           args.device)  # fmt: skip
         run, trusted = measure._runner(job), measure._runner(measure.trusted_job(job))
         ratios = {n: [] for n in names}
+        pool = {seed for kind, seed in gate.GPU_DRAWS if kind == "adversarial"}
+        pooled = {n: ([], []) for n in names}  # the gate's pooled draws: (candidate, truth), (trusted, truth) pairs
         for seed in args.seeds:
             x = gate.draw_inputs("adversarial", 1, 2, args.S, K, V, dtype=getattr(torch, args.dtype),
                                  device=args.device, seed=seed)  # fmt: skip
@@ -81,10 +84,17 @@ def main() -> int:
             for n, t, r, g in zip(names, truth, ref, got):
                 ref_err, err = gate.relative_error(r, t), gate.relative_error(g, t)
                 ratios[n].append(err / ref_err)
+                if seed in pool:
+                    pooled[n][0].append((g, t))
+                    pooled[n][1].append((r, t))
                 row.append(f"{n} {ref_err:.3g} x{err / ref_err:.2f}")
             print(f"{label}, seed {seed}: " + "  ".join(row), flush=True)
         print(f"{label}: ratio range over seeds " + "  ".join(
-            f"{n} {min(r):.2f}-{max(r):.2f}" for n, r in ratios.items()) + "\n", flush=True)  # fmt: skip
+            f"{n} {min(r):.2f}-{max(r):.2f}" for n, r in ratios.items()), flush=True)  # fmt: skip
+        if all(pooled[n][0] for n in names):
+            print(f"{label}: the gate's pool (seeds {sorted(pool & set(args.seeds))}) " + "  ".join(
+                f"{n} x{gate._pooled_error(c) / gate._pooled_error(r):.2f}" for n, (c, r) in pooled.items()) + "\n",
+                flush=True)  # fmt: skip
     return 0
 
 
