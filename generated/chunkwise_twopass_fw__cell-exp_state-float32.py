@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_twopass_fw.py.j2
-# template hash:   7f29b9d1ca55f94f
+# template hash:   19387582d3ddf472
 # parameters:      cell=exp, state=float32
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (exp cell), two passes (knobs: autotune/families.py, CHUNKWISE_TWOPASS_FW; LI is
@@ -52,32 +52,6 @@ def _for_registers(p_x, m_x, b_x, b_like):
         return tl.load(p_x, mask=m_x, other=0.0, cache_modifier=".cg").to(tl.float32)
     else:
         return b_x.to(tl.float32)
-
-
-@triton.jit
-def _dot_parts(b_a, b_x, DOT_PRECISION: tl.constexpr):
-    """b_a @ b_x, b_a in the inputs' dtype, b_x in it or in fp32 (a state or a state's gradient). fp32 b_x with
-    16-bit b_a: b_x as the sum of two tiles of b_a's dtype (b_x rounded, and what that rounding left out), two
-    products on the tensor cores, so b_x keeps about twice the 16-bit mantissa. Rounded once, b_x would cost the
-    product an error of |a| |x| where the parallel form's is |a^T k| |v|, about sqrt(DHQK) times more, and a
-    training step's backward amplifies it where h's normaliser cancels (docs/hazards.md)."""
-    if b_x.dtype == b_a.dtype:
-        return tl.dot(b_a, b_x, input_precision=DOT_PRECISION)
-    else:
-        b_hi = b_x.to(b_a.dtype)
-        b_lo = (b_x - b_hi.to(tl.float32)).to(b_a.dtype)
-        return tl.dot(b_a, b_hi, input_precision=DOT_PRECISION) + tl.dot(b_a, b_lo, input_precision=DOT_PRECISION)
-
-
-@triton.jit
-def _parts_dot(b_x, b_a, DOT_PRECISION: tl.constexpr):
-    """b_x @ b_a: _dot_parts with the fp32 operand on the left."""
-    if b_x.dtype == b_a.dtype:
-        return tl.dot(b_x, b_a, input_precision=DOT_PRECISION)
-    else:
-        b_hi = b_x.to(b_a.dtype)
-        b_lo = (b_x - b_hi.to(tl.float32)).to(b_a.dtype)
-        return tl.dot(b_hi, b_a, input_precision=DOT_PRECISION) + tl.dot(b_lo, b_a, input_precision=DOT_PRECISION)
 
 
 @triton.jit
@@ -147,6 +121,31 @@ def _normalize(b_num, b_s, b_mt, eps, NORMALIZE: tl.constexpr):
     """h = num / (max(|s|, floor) + eps): floor exp(-m) for the exp cell, 1 for the sig cell (docs/math.md §1-§2)."""
     b_den = tl.maximum(tl.abs(b_s), tl.exp(-b_mt)) + eps
     return b_num / b_den[:, None]
+
+@triton.jit
+def _dot_parts(b_a, b_x, DOT_PRECISION: tl.constexpr):
+    """b_a @ b_x, b_a in the inputs' dtype, b_x in it or in fp32 (a state or a state's gradient). fp32 b_x with
+    16-bit b_a: b_x as the sum of two tiles of b_a's dtype (b_x rounded, and what that rounding left out), two
+    products on the tensor cores, so b_x keeps about twice the 16-bit mantissa. Rounded once, b_x would cost the
+    product an error of |a| |x| where the parallel form's is |a^T k| |v|, about sqrt(DHQK) times more, and a
+    training step's backward amplifies it where h's normaliser cancels (docs/hazards.md)."""
+    if b_x.dtype == b_a.dtype:
+        return tl.dot(b_a, b_x, input_precision=DOT_PRECISION)
+    else:
+        b_hi = b_x.to(b_a.dtype)
+        b_lo = (b_x - b_hi.to(tl.float32)).to(b_a.dtype)
+        return tl.dot(b_a, b_hi, input_precision=DOT_PRECISION) + tl.dot(b_a, b_lo, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _parts_dot(b_x, b_a, DOT_PRECISION: tl.constexpr):
+    """b_x @ b_a: _dot_parts with the fp32 operand on the left."""
+    if b_x.dtype == b_a.dtype:
+        return tl.dot(b_x, b_a, input_precision=DOT_PRECISION)
+    else:
+        b_hi = b_x.to(b_a.dtype)
+        b_lo = (b_x - b_hi.to(tl.float32)).to(b_a.dtype)
+        return tl.dot(b_hi, b_a, input_precision=DOT_PRECISION) + tl.dot(b_lo, b_a, input_precision=DOT_PRECISION)
 
 
 @triton.jit
