@@ -171,10 +171,7 @@ def _bits(outputs: Outputs) -> tuple:
 
 def relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
     """||got - ref|| / ||ref|| in float64 (Frobenius); inf when got holds NaN or Inf."""
-    if not bool(torch.isfinite(got).all()):
-        return float("inf")
-    ref = ref.double()
-    return ((got.double() - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+    return _pooled_error([(got, ref)])
 
 
 def determinism(kernel: Kernel, x: dict, runs: int = RUNS) -> tuple[Outputs, int]:
@@ -258,7 +255,7 @@ def _squares(got: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
 def _pooled_error(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
     """The relative Frobenius error of several (got, ref) pairs taken together."""
     err2, ref2 = (sum(parts) for parts in zip(*(_squares(g, r) for g, r in pairs), strict=True))
-    return (err2 / max(ref2, 1e-300)) ** 0.5
+    return err2**0.5 / max(ref2**0.5, 1e-300)
 
 
 def judge(candidate: Kernel, draws: list[Draw], dtype: torch.dtype, runs: int = RUNS,

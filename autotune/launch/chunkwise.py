@@ -106,9 +106,9 @@ def segment_sums(q: torch.Tensor, saved: dict | None) -> bool:
     than as a difference of chunk-local prefix sums: for fp32 inputs, and whenever a backward follows (``saved``).
     The difference rounds to an ulp of |F| (up to a chunk's worth of log forget gates); s_t, a sum of terms of both
     signs, carries that error times its condition, and a backward reads h_t and s_t together: the difference gave
-    dq of the 7B layout's training step 1.7x and di of head 128 4.8x the trusted kernel's error at 4,080 tokens of
-    the gate's adversarial draw (docs/hazards.md). A forward alone keeps the cheaper difference: the gate judges
-    its h within the trusted kernel's error."""
+    dq of the 7B layout's training step 1.7x the trusted kernel's error at 4,080 tokens of the gate's adversarial
+    draw on an H100, segment sums 1.00x (docs/hazards.md). A forward alone keeps the cheaper difference: the gate
+    judges its h within the trusted kernel's error."""
     return q.dtype == torch.float32 or saved is not None
 
 

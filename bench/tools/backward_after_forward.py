@@ -30,16 +30,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 LAYOUTS = {"7b": (256, 512), "head128": (128, 128)}
 
 
+def _terms(x: dict, head: int, t: int):
+    """(q_t . k_j, log D_tj) for j <= t in float64: log D_tj = F_t - F_j + li_j, the lf of the tokens after j."""
+    import torch
+
+    q, k = x["q"][0, head, t].double(), x["k"][0, head, : t + 1].double()
+    lf = torch.nn.functional.logsigmoid(x["f"][0, head, : t + 1].double())
+    log_D = lf[1:].flip(0).cumsum(0).flip(0).tolist() + [0.0]
+    log_D = torch.tensor(log_D, dtype=torch.float64, device=q.device) + x["i"][0, head, : t + 1].double()
+    return k @ q, log_D
+
+
 def condition(x: dict, head: int, t: int) -> float:
     """How much s_t = sum_j (q_t . k_j) D_tj cancels: sum_j |(q_t . k_j) D_tj| / |s_t|, in float64 (1 where nothing
     cancels; a rounding of relative size u in the terms moves s_t by up to this many u)."""
     import torch
 
-    q, k = x["q"][0, head, t].double(), x["k"][0, head, : t + 1].double()
-    lf = torch.nn.functional.logsigmoid(x["f"][0, head, : t + 1].double())
-    log_D = lf[1:].flip(0).cumsum(0).flip(0).tolist() + [0.0]  # F_t - F_j: the lf of the tokens after j
-    log_D = torch.tensor(log_D, dtype=torch.float64, device=q.device) + x["i"][0, head, : t + 1].double()
-    terms = (k @ q) * torch.exp(log_D - log_D.max())
+    qk, log_D = _terms(x, head, t)
+    terms = qk * torch.exp(log_D - log_D.max())
     return (terms.abs().sum() / terms.sum().abs()).item()
 
 
@@ -47,11 +55,8 @@ def true_s(x: dict, head: int, t: int, mt: float, scale: float) -> float:
     """s_t in float64 on the 16-bit inputs, stabilised by the given max state: sum_j scale (q_t . k_j) D_tj e^-mt."""
     import torch
 
-    q, k = x["q"][0, head, t].double(), x["k"][0, head, : t + 1].double()
-    lf = torch.nn.functional.logsigmoid(x["f"][0, head, : t + 1].double())
-    log_D = lf[1:].flip(0).cumsum(0).flip(0).tolist() + [0.0]
-    log_D = torch.tensor(log_D, dtype=torch.float64, device=q.device) + x["i"][0, head, : t + 1].double()
-    return (scale * (k @ q) * torch.exp(log_D - mt)).sum().item()
+    qk, log_D = _terms(x, head, t)
+    return (scale * qk * torch.exp(log_D - mt)).sum().item()
 
 
 def main() -> int:
