@@ -14,7 +14,9 @@
 #   tune       the presets through the gate into $OUT/db (TUNE_PRESETS, default "xlstm-7b head128 step-7b"; each
 #              shape's study for TUNE_S seconds, default 60; all of it within TUNE_TOTAL_S, default 540); copy
 #              $OUT/db back to .probe/db and carry it into the next call to resume
-#   bench      `mlstm-tune bench` with the packaged databases and .probe/db as the user database
+#   revalidate `mlstm-tune validate` of the databases tuned here (.probe/db/*.json) and of the packaged H200 database,
+#              with the defaults (VALIDATE_S, default 500); the reports go to $OUT
+#   bench      `mlstm-tune bench` with the packaged databases and .probe/db as the user database (BENCH_ARGS: more options)
 #   forms      what the training forward's forms cost (bench/tools/time_training_forward.py), then at once
 #              `mlstm-tune validate` of the H200 database (VALIDATE_S, default 400) and which forward feeds the
 #              chunkwise backward its error (bench/tools/backward_after_forward.py at the 4,080 tokens of the
@@ -83,9 +85,15 @@ case "${1:-}" in
           --time-budget "${TUNE_S:-60}" ) > "$OUT/tune_$preset.log" 2>&1
       tail -6 "$OUT/tune_$preset.log"
     done ;;
+  revalidate)
+    dbs=(); for f in .probe/db/*.json tuning_db/NVIDIA_H200.json; do [ -f "$f" ] && dbs+=(--db "$f"); done
+    ( header "python -m autotune validate ${dbs[*]} --out \$OUT"
+      timeout "${VALIDATE_S:-500}" python -m autotune validate "${dbs[@]}" --out "$OUT"
+    ) > "$OUT/validate.log" 2>&1
+    grep -v "^     " "$OUT/validate.log" | cut -c1-210 | tail -60 ;;
   bench)
-    ( header "MLSTM_AUTOTUNE_DB=.probe/db mlstm-tune bench --out \$OUT"
-      MLSTM_AUTOTUNE_DB=.probe/db timeout 580 python -m autotune bench --out "$OUT" ) > "$OUT/bench.log" 2>&1
+    ( header "MLSTM_AUTOTUNE_DB=.probe/db mlstm-tune bench --out \$OUT ${BENCH_ARGS:-}"
+      MLSTM_AUTOTUNE_DB=.probe/db timeout 580 python -m autotune bench --out "$OUT" ${BENCH_ARGS:-} ) > "$OUT/bench.log" 2>&1
     tail -30 "$OUT/bench.log" ;;
   forms)
     ( header "python bench/tools/time_training_forward.py"; timeout 100 python bench/tools/time_training_forward.py
