@@ -145,8 +145,9 @@ def _check_states(c, n, m, B, NH, DHQK, DHHV, cell: str, names=("c_initial", "n_
 
 
 def check_sequence_inputs(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=None, *, cell: str = "exp",
-                          kind: ArrayKind = TORCH) -> Dims:  # fmt: skip
-    """Validate the inputs of a chunkwise/parallel/sequence kernel; return the problem dimensions."""
+                          kind: ArrayKind = TORCH, states_batch: int | None = None) -> Dims:  # fmt: skip
+    """Validate the inputs of a chunkwise/parallel/sequence kernel; return the problem dimensions. Initial states
+    have ``states_batch`` rows (default: B; packed documents: one per document)."""
     _check_tensor("q", q, 4, kind)
     B, NH, S, DHQK = q.shape
     _require(S >= 1, lambda: f"the sequence length S must be >= 1, got q of shape {tuple(q.shape)}")
@@ -166,7 +167,8 @@ def check_sequence_inputs(q, k, v, i, f, c_initial=None, n_initial=None, m_initi
         _check_tensor(name, g, 3, kind)
         _check_shape(name, g, (B, NH, S), "(B, NH, S)")
     _require(i.dtype == f.dtype, lambda: f"i and f must share a dtype, got i {i.dtype}, f {f.dtype}")
-    _check_states(c_initial, n_initial, m_initial, B, NH, DHQK, DHHV, cell, kind=kind)
+    _check_states(c_initial, n_initial, m_initial, B if states_batch is None else states_batch, NH, DHQK, DHHV, cell,
+                  kind=kind)  # fmt: skip
     named = dict(q=q, k=k, v=v, i=i, f=f, c_initial=c_initial, n_initial=n_initial, m_initial=m_initial)
     _check_same_device(named, kind)
     _check_finite(named, kind)

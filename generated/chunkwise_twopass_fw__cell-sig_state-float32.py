@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_twopass_fw.py.j2
-# template hash:   19387582d3ddf472
+# template hash:   4fb107072f1f31f3
 # parameters:      cell=sig, state=float32
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (sig cell), two passes (knobs: autotune/families.py, CHUNKWISE_TWOPASS_FW; LI is
@@ -25,6 +25,9 @@ kernels' "out_dhqk_tile", "out_dhhv_tile"):
      "loop": chunkwise_output_loop_kernel, one program per chunk, grid (cdiv(S, LO), B * NH): q k^T and the gate
        matrix are formed once, then the program loops over the value tiles (q is read again per tile, from L2).
 Stored C: fp32; n and m fp32.
+PACKED (constexpr): the rows are the documents of one packed sequence of S tokens per head (cu_seqlens, batch size 1)
+instead of a batch's rows: _packed_row and _packed_chunk say where a program's tokens and chunk slots are
+(autotune/launch/packed.py builds the tables they read).
 """
 
 import triton
@@ -152,23 +155,63 @@ def _parts_dot(b_x, b_a, DOT_PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _packed_row(i_bh, S, NC, cu_ptr, cs_ptr, NH, PACKED: tl.constexpr):
+    """(first token, tokens, first chunk slot, chunks) of the sequential kernel's row i_bh: row b * NH + h of a batch
+    of sequences of S tokens in NC chunks each; with PACKED, document j of head h (i_bh = j * NH + h) of a packed
+    sequence of S tokens per head, whose tokens run from cu[j] to cu[j + 1] and whose chunks take the slots cs[j] to
+    cs[j + 1] of the head's NC."""
+    if PACKED:
+        j = i_bh // NH
+        a = tl.load(cu_ptr + j).to(tl.int64)
+        c0 = tl.load(cs_ptr + j).to(tl.int64)
+        n_t = (tl.load(cu_ptr + j + 1) - tl.load(cu_ptr + j)).to(tl.int32)
+        n_c = tl.load(cs_ptr + j + 1) - tl.load(cs_ptr + j)
+        return (i_bh % NH) * S + a, n_t, (i_bh % NH) * NC + c0, n_c
+    else:
+        return i_bh * S, S, i_bh * NC, NC
+
+
+@triton.jit
+def _packed_chunk(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, PACKED: tl.constexpr):
+    """(first token of the row, its tokens, the chunk's index in its row) of chunk slot i_c of row i_bh; with PACKED,
+    of slot i_c of head i_bh, which belongs to document ss[i_c] (NSEQ for the slots past the last document's chunks:
+    0 tokens, so every load and store of the program is masked off)."""
+    if PACKED:
+        j = tl.load(ss_ptr + i_c)
+        used = j < NSEQ
+        j = tl.minimum(j, NSEQ - 1)
+        a = tl.load(cu_ptr + j).to(tl.int64)
+        n_t = tl.where(used, (tl.load(cu_ptr + j + 1) - tl.load(cu_ptr + j)).to(tl.int32), 0)
+        return i_bh * S + a, n_t, tl.where(used, i_c - tl.load(cs_ptr + j), 0)
+    else:
+        return i_bh * S, S, i_c
+
+
+@triton.jit
 def chunk_gate_weights_kernel(
     i_ptr,  # (B, NH, S) gate pre-activations
     f_ptr,  # (B, NH, S)
     w_ptr,  # (B, NH, NCI * LI) fp32 out: each token's weight within its sub-chunk, exp(g_j - g_max); 0 past S
     gw_ptr,  # (B, NH, NCI, 2) fp32 out: per sub-chunk F_end (sum of lf) and g_max
+    cu_ptr,  # PACKED: (N + 1) token offsets of the documents
+    cs_ptr,  # PACKED: (N + 1) their first chunk slots
+    ss_ptr,  # PACKED: (NCI * LI / LO) the document of each chunk slot, N past the last
     S,
     NCI,
+    NSEQ,
     LI: tl.constexpr,
+    LO: tl.constexpr,
+    PACKED: tl.constexpr,
 ):
     """The part of every sub-chunk's transition that does not depend on the state before it, for all sub-chunks at
     once (grid (NCI, B * NH)), so the states kernel's sequential loop keeps only the scalar max-state chain."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    o_t = i_c * LI + tl.arange(0, LI)
-    m_t = o_t < S
-    b_lf, b_li = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_t, m_t)
+    tok0, S_r, c = _packed_chunk(i_c // (LO // LI), i_bh, S, NCI // (LO // LI), cu_ptr, cs_ptr, ss_ptr, NSEQ, PACKED)
+    o_t = c * LO + (i_c % (LO // LI)) * LI + tl.arange(0, LI)
+    m_t = o_t < S_r
+    b_lf, b_li = _load_gates(i_ptr + tok0, f_ptr + tok0, o_t, m_t)
     b_Fend, b_g, b_g_max = _chunk_log_weights(b_lf, b_li)
-    tl.store(w_ptr + i_bh * NCI * LI + o_t, tl.exp(b_g - b_g_max))
+    tl.store(w_ptr + i_bh * NCI * LI + i_c * LI + tl.arange(0, LI), tl.exp(b_g - b_g_max))
     tl.store(gw_ptr + 2 * (i_bh * NCI + i_c), b_Fend)
     tl.store(gw_ptr + 2 * (i_bh * NCI + i_c) + 1, b_g_max)
 
@@ -207,8 +250,11 @@ def chunkwise_states_kernel(
     mS_ptr,  # (B, NH) fp32
     w_ptr,  # (B, NH, NCI * LI) fp32 per-token weights within their sub-chunk (read when PRE_GATES)
     gw_ptr,  # (B, NH, NCI, 2) fp32 per sub-chunk: F_end, g_max (read when PRE_GATES)
+    cu_ptr,  # PACKED: (N + 1) token offsets of the documents
+    cs_ptr,  # PACKED: (N + 1) their first chunk slots
     S,
     NC,
+    NH,
     DHQK: tl.constexpr,
     DHHV: tl.constexpr,
     LI: tl.constexpr,
@@ -223,6 +269,7 @@ def chunkwise_states_kernel(
     WEIGHT_V: tl.constexpr,
     WEIGHT_KT: tl.constexpr,
     N_DOT: tl.constexpr,
+    PACKED: tl.constexpr,
 ):
     # with v weighted, n on the tensor cores would need the weights as a product operand built in registers: on the
     # H200 (Triton 3.6, bf16) that faulted with an illegal memory access (tuning_db/reports/NOTES.md)
@@ -249,11 +296,12 @@ def chunkwise_states_kernel(
         else:
             b_n = tl.zeros([BK], dtype=tl.float32)
         b_m = tl.full([], 0.0, tl.float32)
-    k_ptr += i_bh * S * DHQK
-    v_ptr += i_bh * S * DHHV
-    for i_c in range(0, NC):
+    tok0, S_r, slot0, NC_r = _packed_row(i_bh, S, NC, cu_ptr, cs_ptr, NH, PACKED)
+    k_ptr += tok0 * DHQK
+    v_ptr += tok0 * DHHV
+    for i_c in range(0, NC_r):
         if STORE_BORDERS:
-            i_bhc = i_bh * NC + i_c  # int64: the state buffer may hold more than 2^31 elements
+            i_bhc = slot0 + i_c  # int64: the state buffer may hold more than 2^31 elements
             tl.store(Cb_ptr + i_bhc * DHQK * DHHV + o_kv, b_C.to(Cb_ptr.dtype.element_ty), mask=m_kv)
             if i_v == 0:
                 tl.store(nb_ptr + i_bhc * DHQK + o_k, _states_n(b_n, N_DOT), mask=m_k)
@@ -261,15 +309,15 @@ def chunkwise_states_kernel(
                     tl.store(mb_ptr + i_bhc, b_m)
         for i_s in range(0, LO // LI):
             o_t = i_c * LO + i_s * LI + o_l
-            m_t = o_t < S
+            m_t = o_t < S_r
             b_v = tl.load(v_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
             if PRE_GATES:  # the sub-chunk's weights from chunk_gate_weights_kernel: only the max-state chain here
-                i_ci = i_bh * NC * (LO // LI) + i_c * (LO // LI) + i_s
-                b_w = tl.load(w_ptr + i_bh * NC * LO + o_t)
+                i_ci = (slot0 + i_c) * (LO // LI) + i_s
+                b_w = tl.load(w_ptr + slot0 * LO + o_t)
                 b_decay, b_scale, b_m = _chunk_transition(tl.load(gw_ptr + 2 * i_ci), tl.load(gw_ptr + 2 * i_ci + 1),
                                                           b_m)  # fmt: skip
             else:
-                b_lf, b_li = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_t, m_t)
+                b_lf, b_li = _load_gates(i_ptr + tok0, f_ptr + tok0, o_t, m_t)
                 b_decay, b_w, b_scale, b_m = _chunk_state_weights(b_lf, b_li, b_m)
             if WEIGHT_V:  # k^T loaded as such, the weights on v: no transposed fp32 copy of k in registers
                 b_kT = tl.load(k_ptr + o_t[None, :] * DHQK + o_k[:, None], mask=m_k[:, None] & m_t[None, :],
@@ -339,8 +387,12 @@ def chunkwise_output_kernel(
     h_ptr,  # (B, NH, S, DHHV) output, the inputs' dtype
     s_ptr,  # (B, NH, S) fp32 out (STORE_STATS): the normaliser's argument s_t, for the backward
     mt_ptr,  # (B, NH, S) fp32 out (STORE_STATS): the max state m_t
+    cu_ptr,  # PACKED: (N + 1) token offsets of the documents
+    cs_ptr,  # PACKED: (N + 1) their first chunk slots
+    ss_ptr,  # PACKED: (NC) the document of each chunk slot, N past the last
     S,
     NC,
+    NSEQ,
     scale,
     eps,
     DHQK: tl.constexpr,
@@ -352,16 +404,18 @@ def chunkwise_output_kernel(
     STORE_STATS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     SEGMENT_SUMS: tl.constexpr,
+    PACKED: tl.constexpr,
 ):
     i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_bhc = i_bh * NC + i_c
+    tok0, S_r, c = _packed_chunk(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, PACKED)
     o_l = tl.arange(0, LO)
-    o_t = i_c * LO + o_l
+    o_t = c * LO + o_l
     o_v = i_v * BV + tl.arange(0, BV)
-    m_t, m_v = o_t < S, o_v < DHHV
-    q_ptr += i_bh * S * DHQK
-    k_ptr += i_bh * S * DHQK
-    b_lf, b_li = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_t, m_t)
+    m_t, m_v = o_t < S_r, o_v < DHHV
+    q_ptr += tok0 * DHQK
+    k_ptr += tok0 * DHQK
+    b_lf, b_li = _load_gates(i_ptr + tok0, f_ptr + tok0, o_t, m_t)
     b_D, b_D0, b_mt = _chunk_decay_matrix(b_lf, b_li, tl.load(mb_ptr + i_bhc), o_l, SEGMENT_SUMS)
     b_A = tl.zeros([LO, LO], dtype=tl.float32)
     b_qC = tl.zeros([LO, BV], dtype=tl.float32)
@@ -382,17 +436,17 @@ def chunkwise_output_kernel(
         b_qC += _dot_parts(b_q, b_C, DOT_PRECISION)  # [LO, BK] @ [BK, BV] -> [LO, BV]
     b_qn = _q_dot_n(q_ptr, nb_ptr + i_bhc * DHQK, o_t, m_t, DHQK, LO, BK)
     b_P = b_A * scale * b_D
-    p_v = v_ptr + i_bh * S * DHHV + o_t[:, None] * DHHV + o_v[None, :]
+    p_v = v_ptr + tok0 * DHHV + o_t[:, None] * DHHV + o_v[None, :]
     b_v = tl.load(p_v, mask=m_t[:, None] & m_v[None, :], other=0.0)
     b_num = tl.dot(b_P.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)  # [LO, LO] @ [LO, BV] -> [LO, BV]
     b_num += (b_D0 * scale)[:, None] * b_qC
     b_s = tl.sum(b_P, axis=1) + b_D0 * scale * b_qn
     b_h = _normalize(b_num, b_s, b_mt, eps, NORMALIZE)
-    p_h = h_ptr + i_bh * S * DHHV + o_t[:, None] * DHHV + o_v[None, :]
+    p_h = h_ptr + tok0 * DHHV + o_t[:, None] * DHHV + o_v[None, :]
     tl.store(p_h, b_h.to(h_ptr.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
     if STORE_STATS and i_v == 0:
-        tl.store(s_ptr + i_bh * S + o_t, b_s, mask=m_t)
-        tl.store(mt_ptr + i_bh * S + o_t, b_mt, mask=m_t)
+        tl.store(s_ptr + tok0 + o_t, b_s, mask=m_t)
+        tl.store(mt_ptr + tok0 + o_t, b_mt, mask=m_t)
 
 
 @triton.jit
@@ -408,8 +462,12 @@ def chunkwise_output_loop_kernel(
     h_ptr,  # (B, NH, S, DHHV) output, the inputs' dtype
     s_ptr,  # (B, NH, S) fp32 out (STORE_STATS): the normaliser's argument s_t, for the backward
     mt_ptr,  # (B, NH, S) fp32 out (STORE_STATS): the max state m_t
+    cu_ptr,  # PACKED: (N + 1) token offsets of the documents
+    cs_ptr,  # PACKED: (N + 1) their first chunk slots
+    ss_ptr,  # PACKED: (NC) the document of each chunk slot, N past the last
     S,
     NC,
+    NSEQ,
     scale,
     eps,
     DHQK: tl.constexpr,
@@ -421,15 +479,17 @@ def chunkwise_output_loop_kernel(
     STORE_STATS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     SEGMENT_SUMS: tl.constexpr,
+    PACKED: tl.constexpr,
 ):
     i_c, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_bhc = i_bh * NC + i_c
+    tok0, S_r, c = _packed_chunk(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, PACKED)
     o_l = tl.arange(0, LO)
-    o_t = i_c * LO + o_l
-    m_t = o_t < S
-    q_ptr += i_bh * S * DHQK
-    k_ptr += i_bh * S * DHQK
-    b_lf, b_li = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_t, m_t)
+    o_t = c * LO + o_l
+    m_t = o_t < S_r
+    q_ptr += tok0 * DHQK
+    k_ptr += tok0 * DHQK
+    b_lf, b_li = _load_gates(i_ptr + tok0, f_ptr + tok0, o_t, m_t)
     b_D, b_D0, b_mt = _chunk_decay_matrix(b_lf, b_li, tl.load(mb_ptr + i_bhc), o_l, SEGMENT_SUMS)
     # pass 1 over DHQK: q k^T and q n, once for all value tiles
     b_A = tl.zeros([LO, LO], dtype=tl.float32)
@@ -456,12 +516,12 @@ def chunkwise_output_loop_kernel(
             p_C = Cb_ptr + i_bhc * DHQK * DHHV + o_k[:, None] * DHHV + o_v[None, :]
             b_C = tl.load(p_C, mask=m_k[:, None] & m_v[None, :], other=0.0)
             b_qC += _dot_parts(b_q, b_C, DOT_PRECISION)  # [LO, BK] @ [BK, BV]
-        p_v = v_ptr + i_bh * S * DHHV + o_t[:, None] * DHHV + o_v[None, :]
+        p_v = v_ptr + tok0 * DHHV + o_t[:, None] * DHHV + o_v[None, :]
         b_v = tl.load(p_v, mask=m_t[:, None] & m_v[None, :], other=0.0)
         b_num = tl.dot(b_Pv, b_v, input_precision=DOT_PRECISION) + b_D0s[:, None] * b_qC  # [LO, LO] @ [LO, BV]
         b_h = _normalize(b_num, b_s, b_mt, eps, NORMALIZE)
-        p_h = h_ptr + i_bh * S * DHHV + o_t[:, None] * DHHV + o_v[None, :]
+        p_h = h_ptr + tok0 * DHHV + o_t[:, None] * DHHV + o_v[None, :]
         tl.store(p_h, b_h.to(h_ptr.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
     if STORE_STATS:
-        tl.store(s_ptr + i_bh * S + o_t, b_s, mask=m_t)
-        tl.store(mt_ptr + i_bh * S + o_t, b_mt, mask=m_t)
+        tl.store(s_ptr + tok0 + o_t, b_s, mask=m_t)
+        tl.store(mt_ptr + tok0 + o_t, b_mt, mask=m_t)

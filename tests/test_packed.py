@@ -156,3 +156,79 @@ def test_a_host_list_of_offsets_works_and_compiles_without_a_graph_break():
     torch._dynamo.reset()
     with pytest.raises(MLSTMInputError, match="as a list must hold"):
         kernel(*x, chunk_size=CHUNK, cu_seqlens_cpu=[0, 5.0, 54])
+
+
+WALKING = ["chunkwise--triton_auto", "chunkwise--triton_xl_chunk", "chunkwise--triton_xl_chunk_siging"]
+
+
+@pytest.mark.parametrize("with_states", [False, True])
+@pytest.mark.parametrize("name", WALKING)
+def test_a_packed_inference_call_walks_the_documents_in_one_launch(name, with_states, monkeypatch):
+    """Without gradients, a two-pass entry runs the packed documents in one forward launch (its kernels walk the
+    documents, autotune/launch/packed.py), bit for bit what each document gives alone: outputs and last states."""
+    from autotune.launch import chunkwise as launch_chunkwise
+
+    kernel = get_mlstm_kernel(name)
+    n_states = 2 if "siging" in name else 3
+    lengths = [1, 16, 23, 3, 32, 5]  # one token, a chunk, beyond it, two chunks exactly
+    x, states = _packed_inputs(lengths, torch.float16)
+    init = (states[:n_states] if with_states else []) + [None] * (3 - (n_states if with_states else 0))
+    cu = _cu(lengths)
+    launches = []
+    real = launch_chunkwise.chunkwise_fw
+    monkeypatch.setattr(launch_chunkwise, "chunkwise_fw", lambda *a, **kw: launches.append(kw) or real(*a, **kw))
+    with torch.no_grad():
+        h, last = kernel(*x, *init, return_last_states=True, chunk_size=CHUNK, cu_seqlens=cu)
+        assert len(launches) == 1 and launches[0]["cu_seqlens"] is not None
+        assert last[0].shape == (len(lengths), NH, DHQK, DHHV) and len(last) == n_states
+        bounds = cu.tolist()
+        for j, (a, b) in enumerate(zip(bounds, bounds[1:])):
+            alone = [t[j : j + 1] if t is not None else None for t in init]
+            h1, last1 = kernel(*(t[:, :, a:b] for t in x), *alone, return_last_states=True, chunk_size=CHUNK)
+            assert torch.equal(h[:, :, a:b], h1), f"document {j}: h"
+            for n, (mine, one) in enumerate(zip(last, last1)):
+                assert torch.equal(mine[j : j + 1], one), f"document {j}: last state {n}"
+    assert len(launches) == 1 + len(lengths)
+
+
+def test_a_packed_inference_call_matches_the_float64_oracle():
+    """The walking kernels in fp32 against the float64 recurrence of each document from its own state."""
+    kernel = get_mlstm_kernel("chunkwise--triton_xl_chunk")
+    lengths = [7, 1, 40, 16]
+    x, states = _packed_inputs(lengths, torch.float64)
+    cu = _cu(lengths)
+    with torch.no_grad():
+        h, (C, n, m) = kernel(*(t.float() for t in x), *(s.float() for s in states), return_last_states=True,
+                              chunk_size=CHUNK, cu_seqlens=cu)  # fmt: skip
+    bounds = cu.tolist()
+    for j, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        h_ref, (C_ref, n_ref, m_ref) = reference.mlstm_recurrent(*(t[:, :, a:b] for t in x),
+                                                                 *(s[j : j + 1] for s in states),
+                                                                 return_last_states=True)  # fmt: skip
+        assert (h[:, :, a:b].double() - h_ref).norm() <= 1e-5 * h_ref.norm(), f"document {j}: h"
+        assert (C[j : j + 1].double() - C_ref).norm() <= 1e-5 * C_ref.norm(), f"document {j}: C"
+        assert (m[j : j + 1].double() - m_ref).abs().max() <= 1e-5 * m_ref.abs().max().clamp_min(1), f"document {j}: m"
+
+
+def test_entries_that_cannot_walk_the_documents_run_each_alone(monkeypatch):
+    """The fused-only entry, and any call that records gradients, run one launch per document."""
+    from autotune.launch import chunkwise as launch_chunkwise
+
+    x, _ = _packed_inputs(LENGTHS)
+    cu = _cu(LENGTHS)
+    launches = []
+    real = launch_chunkwise.chunkwise_fw
+    monkeypatch.setattr(launch_chunkwise, "chunkwise_fw", lambda *a, **kw: launches.append(kw) or real(*a, **kw))
+    with torch.no_grad():
+        get_mlstm_kernel("chunkwise--triton_fused")(*x, chunk_size=CHUNK, cu_seqlens=cu)
+    assert len(launches) == len(LENGTHS) and all(kw.get("cu_seqlens") is None for kw in launches)
+    launches.clear()
+    get_mlstm_kernel("chunkwise--triton_auto")(*_leaves(x), chunk_size=CHUNK, cu_seqlens=cu)
+    assert len(launches) == len(LENGTHS) and all(kw.get("cu_seqlens") is None for kw in launches)
+
+
+def test_packed_initial_states_need_a_row_per_document():
+    x, states = _packed_inputs(LENGTHS)
+    with torch.no_grad(), pytest.raises(MLSTMInputError, match="c_initial"):
+        get_mlstm_kernel("chunkwise--triton_auto")(*x, *(s[:2] for s in states), chunk_size=CHUNK,
+                                                   cu_seqlens=_cu(LENGTHS))  # fmt: skip

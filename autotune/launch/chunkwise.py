@@ -22,6 +22,7 @@ from .common import (
     state_args,
     stats_buffers,
 )
+from .packed import Packing, no_packing, packing
 
 FUSED = "chunkwise_fused_fw.py.j2"
 TWOPASS = "chunkwise_twopass_fw.py.j2"
@@ -44,24 +45,32 @@ def states_every(variant: Variant, config: dict, L: int, DHQK: int, DHHV: int, d
     return out if families.invalid(variant, out, DHQK, DHHV, dtype_bytes, families.H100_LIMITS) is None else config
 
 
-def _launch_states(module, k, v, i, f, C0, n0, m0, has_state, buffers, last, *, S, NC, config, store_borders, prec):
+def _launch_states(module, k, v, i, f, C0, n0, m0, has_state, buffers, last, *, S, NC, config, store_borders, prec,
+                   packed: Packing | None = None):  # fmt: skip
+    """The states kernel over NC chunks of every row (with ``packed``: over each document's chunks, NC slots per
+    head), after the sub-chunks' own weights where the configuration precomputes them."""
     B, NH, _, DHQK = k.shape
     DHHV = v.shape[-1]
     LI, LO = config["chunk_inter"], config["chunk_intra"]
+    tables = (packed.cu, packed.cs, packed.ss) if packed else no_packing(k.device)
+    rows = packed.N * NH if packed else B * NH  # the sequential kernel's rows: documents x heads, or the batch's
     pre = config["states_gates"] == "pre"
     if pre:  # every sub-chunk's own weights first, in parallel: (B, NH, NC * LO) and (B, NH, NCI, 2)
         NCI = NC * (LO // LI)
         w = empty(B, NH, NCI * LI, dtype=torch.float32, device=k.device)
         gw = empty(B, NH, NCI, 2, dtype=torch.float32, device=k.device)
-        module.chunk_gate_weights_kernel[(NCI, B * NH)](i, f, w, gw, S, NCI, LI=LI, num_warps=2)
+        NSEQ = packed.N if packed else 0
+        module.chunk_gate_weights_kernel[(NCI, B * NH)](i, f, w, gw, *tables, S, NCI, NSEQ, LI=LI, LO=LO,
+                                                        PACKED=packed is not None, num_warps=2)  # fmt: skip
     else:
         w = gw = buffers[2]  # not read
     BK, BV = config["states_dhqk_tile"], config["states_dhhv_tile"]
-    module.chunkwise_states_kernel[(cdiv(DHQK, BK), cdiv(DHHV, BV), B * NH)](
-        k, v, i, f, C0, n0, m0, *buffers, *last, w, gw, S, NC, DHQK=DHQK, DHHV=DHHV, LI=LI, LO=LO, BK=BK, BV=BV,
-        HAS_STATE=has_state, STORE_LAST=last[0].numel() > 1, STORE_BORDERS=store_borders, DOT_PRECISION=prec,
-        PRE_GATES=pre, WEIGHT_V=config["states_weighting"] == "v", WEIGHT_KT=config["states_weighting"] == "kT",
-        N_DOT=config["states_n"] == "dot", num_warps=config["states_warps"], num_stages=config["num_stages"],
+    module.chunkwise_states_kernel[(cdiv(DHQK, BK), cdiv(DHHV, BV), rows)](
+        k, v, i, f, C0, n0, m0, *buffers, *last, w, gw, *tables[:2], S, NC, NH, DHQK=DHQK, DHHV=DHHV, LI=LI, LO=LO,
+        BK=BK, BV=BV, HAS_STATE=has_state, STORE_LAST=last[0].numel() > 1, STORE_BORDERS=store_borders,
+        DOT_PRECISION=prec, PRE_GATES=pre, WEIGHT_V=config["states_weighting"] == "v",
+        WEIGHT_KT=config["states_weighting"] == "kT", N_DOT=config["states_n"] == "dot", PACKED=packed is not None,
+        num_warps=config["states_warps"], num_stages=config["num_stages"],
     )  # fmt: skip
 
 
@@ -114,20 +123,29 @@ def segment_sums(q: torch.Tensor, saved: dict | None) -> bool:
 
 def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, config: dict | None = None,
                  eps: float = 1e-6, normalize: bool = True, return_last_states: bool = False,
-                 saved: dict | None = None):  # fmt: skip
+                 saved: dict | None = None, cu_seqlens: torch.Tensor | None = None):  # fmt: skip
     """q, k (B, NH, S, DHQK); v (B, NH, S, DHHV); i, f (B, NH, S); optional C0, n0, m0. Returns h (B, NH, S, DHHV) in
     q's dtype and the fp32 last state (C, n, m), or None unless return_last_states. With a dict ``saved``, the
     launcher also keeps what the backward needs in it: the per-token statistics "s" and "mt", and the states before
     every chunk ("Cb", "nb", "mb", of chunks of "L" tokens): always for the two-pass structure (L = its
     chunk_intra, or ``saved["borders_at"]`` when given), and for the fused one when ``saved["borders_at"]`` equals its
-    chunk (a backward that will reuse them). A training step runs the forward of ``training_forward``."""
+    chunk (a backward that will reuse them). A training step runs the forward of ``training_forward``.
+
+    With ``cu_seqlens`` (N + 1 checked offsets on q's device, autotune/torch/packed.py), q, k, v, i, f hold N
+    documents packed into one sequence (B = 1) and the two-pass kernels walk the documents themselves (inference:
+    no ``saved``): initial and last states are per document, (N, NH, ...)."""
     B, NH, S, DHQK = q.shape
     DHHV = v.shape[-1]
     config = check_config(variant, config or families.default_config(variant, DHQK, DHHV))
+    if cu_seqlens is not None and (variant.template != TWOPASS or saved is not None or B != 1):
+        backward = ", a backward" if saved is not None else ""
+        raise MLSTMInputError("packed documents (cu_seqlens) run the two-pass forward of batch size 1, without a "
+                              f"backward; got {variant.name}, B = {B}{backward}")  # fmt: skip
     q, k, v, i, f = contiguous(q, k, v, i, f)
     C0, n0, m0, has_state = state_args(C0, n0, m0, q)
     h = empty(B, NH, S, DHHV, dtype=q.dtype, device=q.device)
-    last = last_state_buffers(B, NH, DHQK, DHHV, q.device, return_last_states)
+    rows = cu_seqlens.numel() - 1 if cu_seqlens is not None else B  # a last state per document, or per batch row
+    last = last_state_buffers(rows, NH, DHQK, DHHV, q.device, return_last_states)
     module = families.bind(load_variant(variant), variant.template, config)
     prec = dot_precision(q.dtype)
     stats = stats_buffers(B, NH, S, q.device, saved)
@@ -155,7 +173,8 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
         if saved is not None and saved.get("borders_at"):  # a backward will reuse states so far apart
             config = states_every(variant, config, saved["borders_at"], DHQK, DHHV, q.element_size())
         LO = config["chunk_intra"]  # the output kernel's chunk, the stride of the stored states
-        NC = cdiv(S, LO)
+        packed = packing(cu_seqlens, S, LO) if cu_seqlens is not None else None
+        NC = packed.slots if packed else cdiv(S, LO)  # chunks per row, or chunk slots per head
         state_dtype = torch.float32 if variant.params["state"] == "float32" else q.dtype
         buffers = (
             empty(B, NH, NC, DHQK, DHHV, dtype=state_dtype, device=q.device),
@@ -163,17 +182,18 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
             empty(B, NH, NC, dtype=torch.float32, device=q.device),
         )
         _launch_states(module, k, v, i, f, C0, n0, m0, has_state, buffers, last, S=S, NC=NC, config=config,
-                       store_borders=True, prec=prec)  # fmt: skip
+                       store_borders=True, prec=prec, packed=packed)  # fmt: skip
         BV = config["out_dhhv_tile"]
         if config["out_values"] == "loop":
             kernel, grid = module.chunkwise_output_loop_kernel, (NC, B * NH)
         else:
             kernel, grid = module.chunkwise_output_kernel, (cdiv(DHHV, BV), NC, B * NH)
+        tables = (packed.cu, packed.cs, packed.ss) if packed else no_packing(q.device)
         kernel[grid](
-            q, k, v, i, f, *buffers, h, *stats, S, NC, scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV, LO=LO,
-            BK=config["out_dhqk_tile"], BV=BV, NORMALIZE=normalize, STORE_STATS=saved is not None,
-            DOT_PRECISION=prec, SEGMENT_SUMS=segment_sums(q, saved),
-            num_warps=config["out_warps"], num_stages=config["num_stages"],
+            q, k, v, i, f, *buffers, h, *stats, *tables, S, NC, packed.N if packed else 0, scale=DHQK**-0.5, eps=eps,
+            DHQK=DHQK, DHHV=DHHV, LO=LO, BK=config["out_dhqk_tile"], BV=BV, NORMALIZE=normalize,
+            STORE_STATS=saved is not None, DOT_PRECISION=prec, SEGMENT_SUMS=segment_sums(q, saved),
+            PACKED=packed is not None, num_warps=config["out_warps"], num_stages=config["num_stages"],
         )  # fmt: skip
         if saved is not None:
             saved.update(Cb=buffers[0], nb=buffers[1], mb=buffers[2], L=LO)
@@ -181,4 +201,4 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
         raise MLSTMInputError(f"{variant.name} is not a chunkwise forward variant")
     if not return_last_states:
         return h, None
-    return h, (last[0], last[1], last[2].reshape(B, NH, 1))
+    return h, (last[0], last[1], last[2].reshape(rows, NH, 1))

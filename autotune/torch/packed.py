@@ -71,6 +71,14 @@ def packed_call(kernel, q, k, v, i, f, c_initial, n_initial, m_initial, return_l
     N = len(bounds) - 1
     states = (c_initial, n_initial, m_initial)
     _check_states(states, N)
+    walk = getattr(kernel, "walk_documents", None)
+    tensors = (q, k, v, i, f, *states)
+    needs_grad = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+    if walk is not None and not needs_grad and not torch.compiler.is_compiling():
+        cu = cu_seqlens if cu_seqlens is not None else torch.tensor(bounds, dtype=torch.int64, device=q.device)
+        out = walk(q, k, v, i, f, *states, return_last_states, *args, cu=cu.to(q.device), N=N, **kwargs)
+        if out is not None:
+            return out
     hs, lasts = [], []
     for j, (a, b) in enumerate(zip(bounds, bounds[1:])):
         init = [t[j : j + 1] if t is not None else None for t in states]

@@ -39,7 +39,7 @@ from ..launch import recurrent as launch_recurrent
 from ..launch.common import check_heads, empty
 from . import registry
 from .native.recurrent import mlstm_recurrent_sequence__native, mlstm_recurrent_step__native
-from .triton_autograd import _check_device, _sequence_entry
+from .triton_autograd import _autocast, _check_device, _sequence_entry, check_pow2_chunk
 from .triton_choice import (
     BACKWARDS,
     backward_default,
@@ -177,13 +177,49 @@ def _sequence_entries() -> dict[str, SequenceEntry]:
 SEQUENCE_ENTRIES = _sequence_entries()
 
 
+def _walk_documents(entry: SequenceEntry):
+    """The packed inference forward of a chunkwise entry (autotune/torch/packed.py calls it with checked offsets):
+    the two-pass kernels walk the N documents themselves, one launch each for all of them. Its configuration is
+    the dispatcher's for N sequences of the documents' mean length (the two-pass structure's entry, else its
+    default). Returns None where it does not apply (float64 inputs: the native kernel runs per document)."""
+    two = launch_chunkwise.TWOPASS
+
+    def walk(q, k, v, i, f, c_initial, n_initial, m_initial, return_last_states, eps=1e-6,
+             autocast_kernel_dtype=torch.bfloat16, chunk_size=entry.default_chunk, normalize=True, *, cu, N,
+             **kwargs):  # fmt: skip
+        check_cell(entry.cell, normalize)
+        check_eps(eps)
+        m_initial = m_initial if entry.cell == "exp" else None
+        dims = check_sequence_inputs(q, k, v, i, f, c_initial, n_initial, m_initial, cell=entry.cell, states_batch=N)
+        NH, T, DHQK, DHHV = dims.NH, dims.S, dims.DHQK, dims.DHHV
+        check_pow2_chunk(chunk_size)
+        if q.dtype == torch.float64:
+            return None
+        _check_device(q)
+        check_heads(N, NH)
+        q, k, v = _autocast(q, k, v, autocast_kernel_dtype)
+        default = partial(chunkwise_default, two, entry.cell, entry.equal_chunks, chunk_size, DHQK, DHHV)
+        structures = (two.removesuffix(".py.j2"),)
+        variant, config = pick(f"chunkwise:{entry.cell}", structures, q, DHHV, -(-T // N), N * NH, default)
+        h, last = launch_chunkwise.chunkwise_fw(q, k, v, i, f, c_initial, n_initial, m_initial, variant=variant,
+                                                config=config, eps=eps, normalize=normalize,
+                                                return_last_states=return_last_states, cu_seqlens=cu)  # fmt: skip
+        if not return_last_states:
+            return h
+        return h, (last if entry.cell == "exp" else last[:2])
+
+    return walk
+
+
 def _register() -> None:
     for name, entry in SEQUENCE_ENTRIES.items():
         _ENTRIES[name] = (f"{entry.form}:{entry.cell}", entry.structures, entry.default)
         form, backend = name.split("--")
-        registry.register_kernel(form, backend, _sequence_entry(
-            name, entry.run, _native_chunkwise(entry.cell), form=form, cell=entry.cell,
-            default_chunk=entry.default_chunk, uses_chunk=entry.uses_chunk))  # fmt: skip
+        kernel = _sequence_entry(name, entry.run, _native_chunkwise(entry.cell), form=form, cell=entry.cell,
+                                 default_chunk=entry.default_chunk, uses_chunk=entry.uses_chunk)  # fmt: skip
+        if launch_chunkwise.TWOPASS.removesuffix(".py.j2") in entry.structures:  # the one structure that walks them
+            kernel.walk_documents = _walk_documents(entry)
+        registry.register_kernel(form, backend, kernel)
     registry.register_step_kernel("triton", mlstm_recurrent_step__triton)
     registry.register_sequence_kernel("native_sequence__triton", mlstm_recurrent_sequence__triton)
 

@@ -123,8 +123,10 @@ def output_call(module, x, cfg, buffers, h):
         *buffers,
         h,
         *stats,
+        *launch.no_packing(x["q"].device),
         S,
         cdiv(S, LO),
+        0,
         scale=K**-0.5,
         eps=1e-6,
         DHQK=K,
@@ -136,6 +138,7 @@ def output_call(module, x, cfg, buffers, h):
         STORE_STATS=False,
         DOT_PRECISION=dot_precision(torch.bfloat16),
         SEGMENT_SUMS=cfg.get("segment_sums", False),
+        PACKED=False,
         num_warps=cfg["out_warps"],
         num_stages=cfg["num_stages"],
     )

@@ -87,3 +87,41 @@ def test_a_packed_training_step_passes_the_gate(kind):
     print(f"{torch.cuda.get_device_name()}: packed training step ({kind}) distinct {verdict.distinct_outputs} "
           f"errors {verdict.error_by_output} trusted {verdict.reference_error_by_output}")  # fmt: skip
     assert verdict.passed, verdict.summary()
+
+
+@pytest.mark.parametrize("kind", gate.DRAWS)
+def test_a_packed_forward_walking_the_documents_passes_the_gate(kind):
+    """Without gradients chunkwise--triton_auto runs the packed documents in one launch of its two-pass kernels
+    (autotune/launch/packed.py): h and the last states against the trusted parallel kernel, run per document."""
+    x = _draw(kind)
+    cu = _cu()
+
+    def forward(name):
+        def run(inputs):
+            with torch.no_grad():
+                h, (C, n, m) = get_mlstm_kernel(name)(*(inputs[k] for k in "qkvif"), chunk_size=64,
+                                                      return_last_states=True, cu_seqlens=cu.cuda(),
+                                                      cu_seqlens_cpu=cu)  # fmt: skip
+            return {"h": h, "C": C, "n": n}
+
+        return run
+
+    def oracle(inputs):
+        out = {"h": [], "C": [], "n": []}
+        bounds = cu.tolist()
+        for a, b in zip(bounds, bounds[1:]):
+            part = [inputs[k][:, :, a:b].double() for k in "qkvif"]
+            z = dict(dtype=torch.float64, device="cuda")
+            zeros = (torch.zeros(1, NH, DHQK, DHHV, **z), torch.zeros(1, NH, DHQK, **z), torch.zeros(1, NH, 1, **z))
+            h, (C, n, _), _ = chunkwise_forward(*part, *zeros, chunk_size=64, cell="exp")
+            out["h"].append(h)
+            out["C"].append(C)
+            out["n"].append(n)
+        return {"h": torch.cat(out["h"], dim=2), "C": torch.cat(out["C"]), "n": torch.cat(out["n"])}
+
+    draw = gate.prepare(x, oracle, forward("parallel--triton_limit_headdim"))
+    verdict = gate.judge(forward("chunkwise--triton_auto"), [draw], torch.bfloat16)
+    errors, trusted = verdict.error_by_output, verdict.reference_error_by_output
+    print(f"{torch.cuda.get_device_name()}: packed forward walking the documents ({kind}) distinct "
+          f"{verdict.distinct_outputs} errors {errors} trusted {trusted}")  # fmt: skip
+    assert verdict.passed, verdict.summary()
