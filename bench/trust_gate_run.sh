@@ -13,7 +13,8 @@
 #              TESTS_S (default 540)
 #   tune       the presets through the gate into $OUT/db (TUNE_PRESETS, default "xlstm-7b head128 step-7b"; each
 #              shape's study for TUNE_S seconds, default 60; all of it within TUNE_TOTAL_S, default 540); copy
-#              $OUT/db back to .probe/db and carry it into the next call to resume
+#              $OUT/db back to .probe/db and carry it into the next call to resume; FIRST_TESTS: GPU test files to
+#              run first, whose failure ends the call
 #   revalidate `mlstm-tune validate` of the databases tuned here (.probe/db/*.json) and of the packaged H200 database,
 #              with the defaults (VALIDATE_S, default 500); the reports go to $OUT
 #   bench      `mlstm-tune bench` with the packaged databases and .probe/db as the user database (BENCH_ARGS: more options)
@@ -78,6 +79,12 @@ case "${1:-}" in
   tune)
     mkdir -p "$OUT/db"; cp -r .probe/db/. "$OUT/db/" 2>/dev/null
     end=$(( SECONDS + ${TUNE_TOTAL_S:-540} ))  # the call's share of its 10 minutes; a cut-off study resumes
+    if [ -n "${FIRST_TESTS:-}" ]; then  # GPU tests first (e.g. of a changed kernel): a failure stops the call
+      ( header "python -m pytest -v -s -m gpu -x $FIRST_TESTS"
+        timeout 150 python -m pytest -v -s -m gpu -x $FIRST_TESTS -p no:cacheprovider --tb=short -rfE
+      ) > "$OUT/first_tests.log" 2>&1 || { tail -30 "$OUT/first_tests.log"; exit 1; }
+      grep -E "passed|failed" "$OUT/first_tests.log" | tail -3
+    fi
     for preset in ${TUNE_PRESETS:-xlstm-7b head128 step-7b}; do
       left=$(( end - SECONDS )); [ "$left" -gt 60 ] || break
       ( header "mlstm-tune tune --preset $preset --db \$OUT/db --trials 40 --time-budget ${TUNE_S:-60}"
