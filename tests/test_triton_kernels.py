@@ -124,10 +124,12 @@ def test_sequence_variant_matches_oracle(variant, config, shape, with_states, dt
 
 
 @pytest.mark.parametrize("weighting", ["kT", "k"])
-def test_n_on_the_tensor_cores_stays_at_the_16_bit_level(weighting):
+def test_n_on_the_tensor_cores_stays_at_the_16_bit_level(weighting, monkeypatch):
     """ "states_n": "dot" rounds each weighted key to the inputs' 16 bits before summing on the tensor cores, so n's
     error against the fp64 oracle is that rounding (fp16: 2^-11 relative per term), above the fp32 reduction's
-    ("sum") but no more. fp16 inputs, 200 tokens over 13 sub-chunks, two key and two value tiles."""
+    ("sum") but no more. fp16 inputs, 200 tokens over 13 sub-chunks, two key and two value tiles. Seen through the
+    last state, which a forward otherwise sums in fp32 (launch.chunkwise.LAST_STATE_N)."""
+    monkeypatch.setattr(chunkwise, "LAST_STATE_N", "dot")
     variant = next(
         v
         for v in SEQUENCE_VARIANTS
@@ -360,3 +362,21 @@ def test_a_forward_before_a_backward_keeps_s_as_accurate_as_the_parallel_forward
         worst = (err - 2 * par_err).argmax()
         assert (err <= 2 * par_err + 2**-14).all(), (variant.name, err.flatten()[worst], par_err.flatten()[worst])
         assert err.norm() <= 2.5 * par_err.norm(), (variant.name, err.norm().item(), par_err.norm().item())
+
+
+@pytest.mark.parametrize("weighting", ["k", "kT"])
+def test_a_forward_returning_its_last_state_sums_n_in_fp32(weighting, monkeypatch):
+    """A two-pass configuration that forms n on the tensor cores ("states_n": "dot") rounds every weighted key to the
+    inputs' dtype; a forward that returns its last state sums n in fp32 instead (launch.chunkwise.LAST_STATE_N), so
+    the n a decoding loop carries on is as accurate as fp32 (fp16 inputs: 1e-4 relative error with the rounding)."""
+    torch.manual_seed(5)
+    x = random_inputs(1, 2, 100, 32, 32, dtype=torch.float64)
+    half = [x[n].to(torch.float16) if x[n].dim() == 4 else x[n].float() for n in ("q", "k", "v", "i", "f")]
+    _, (_, n_ref, _) = mlstm_recurrent(*(t.double() for t in half), return_last_states=True)
+    variant = chunkwise.find(chunkwise.TWOPASS, cell="exp", state="float32")
+    config = dict(families.default_config(variant, 32, 32), states_n="dot", states_weighting=weighting)
+    _, (_, n_S, _) = chunkwise.chunkwise_fw(*half, variant=variant, config=config, return_last_states=True)
+    assert (n_S.double() - n_ref).norm() <= 1e-5 * n_ref.norm()
+    monkeypatch.setattr(chunkwise, "LAST_STATE_N", "dot")  # the tensor cores' n: the check above can fail
+    _, (_, n_dot, _) = chunkwise.chunkwise_fw(*half, variant=variant, config=config, return_last_states=True)
+    assert (n_dot.double() - n_ref).norm() > 1e-5 * n_ref.norm()

@@ -93,6 +93,13 @@ def last_state(k, v, i, f, C0=None, n0=None, m0=None, *, cell: str, config: dict
     return last[0], last[1], last[2].reshape(B, NH, 1)
 
 
+# how a two-pass forward that returns its last state forms n, whatever its configuration says: summed in fp32. On
+# the tensor cores ("dot") every weighted key is rounded to the inputs' dtype first, which is within the outputs'
+# error but left the last n of a bf16 prefill at 6.6e-4 relative error against 8e-8 for the sum (H100, the gate's
+# adversarial draw, tests/gpu/test_gpu_packed.py); a decoding loop carries that n on. The outputs then differ in
+# their last bits from the same call without last states.
+LAST_STATE_N = "sum"
+
 # what a training step's forward changes in the two-pass default: fp32 states with the weights on v, n summed in fp32
 TRAINING_PRECISION = {"states_weighting": "v", "states_n": "sum"}
 
@@ -172,6 +179,8 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
     elif variant.template == TWOPASS:
         if saved is not None and saved.get("borders_at"):  # a backward will reuse states so far apart
             config = states_every(variant, config, saved["borders_at"], DHQK, DHHV, q.element_size())
+        if return_last_states and config["states_n"] == "dot":  # a state handed on keeps n at fp32 precision
+            config = dict(config, states_n=LAST_STATE_N)
         LO = config["chunk_intra"]  # the output kernel's chunk, the stride of the stored states
         packed = packing(cu_seqlens, S, LO) if cu_seqlens is not None else None
         NC = packed.slots if packed else cdiv(S, LO)  # chunks per row, or chunk slots per head
