@@ -36,7 +36,7 @@ from ..dispatch import Request, dispatcher
 from ..launch import chunkwise as launch_chunkwise
 from ..launch import parallel as launch_parallel
 from ..launch import recurrent as launch_recurrent
-from ..launch.common import check_heads, empty
+from ..launch.common import MAX_GRID_HEADS, check_heads, empty
 from . import registry
 from .native.recurrent import mlstm_recurrent_sequence__native, mlstm_recurrent_step__native
 from .triton_autograd import _autocast, _check_device, _sequence_entry, check_pow2_chunk
@@ -193,10 +193,9 @@ def _walk_documents(entry: SequenceEntry):
         dims = check_sequence_inputs(q, k, v, i, f, c_initial, n_initial, m_initial, cell=entry.cell, states_batch=N)
         NH, T, DHQK, DHHV = dims.NH, dims.S, dims.DHQK, dims.DHHV
         check_pow2_chunk(chunk_size)
-        if q.dtype == torch.float64:
+        if q.dtype == torch.float64 or N * NH > MAX_GRID_HEADS:  # the states kernel's rows are (document, head)
             return None
         _check_device(q)
-        check_heads(N, NH)
         q, k, v = _autocast(q, k, v, autocast_kernel_dtype)
         default = partial(chunkwise_default, two, entry.cell, entry.equal_chunks, chunk_size, DHQK, DHHV)
         structures = (two.removesuffix(".py.j2"),)
