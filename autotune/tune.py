@@ -221,24 +221,30 @@ def tune_shape(shape: Shape, *, trials: int, time_budget_s: float | None, storag
     return {"entry": entry, "result": result}
 
 
-def _tune_all(shapes, args, device_index: int | None) -> list[dict]:
+def _tune_all(shapes, args, device_index: int | None) -> tuple[list[dict], list[str]]:
+    """Each shape's study in turn, its winner written to the database as it ends: (rows, the reasons of the shapes
+    where no point ran correctly; the others go on)."""
     if device_index is not None and torch.cuda.is_available():
         torch.cuda.set_device(device_index)  # the worker process runs with CUDA_VISIBLE_DEVICES=device_index
     gpu, capability, device = _gpu()
     out_dir = Path(args.db) if args.db else tdb.user_dir()
     path = out_dir / tdb.file_name(gpu)
-    rows = []
+    rows, failed = [], []
     for shape in shapes:
         env = {"CUDA_VISIBLE_DEVICES": str(device_index)} if device_index is not None else None
-        done = tune_shape(shape, trials=args.trials, time_budget_s=args.time_budget, storage=args.storage,
-                          seed=args.seed, device=device, gpu=gpu, capability=capability, runner_env=env,
-                          db_folders=[out_dir, paths.tuning_db_dir()])  # fmt: skip
+        try:
+            done = tune_shape(shape, trials=args.trials, time_budget_s=args.time_budget, storage=args.storage,
+                              seed=args.seed, device=device, gpu=gpu, capability=capability, runner_env=env,
+                              db_folders=[out_dir, paths.tuning_db_dir()])  # fmt: skip
+        except RuntimeError as err:  # no candidate of this shape ran correctly: no entry, and on to the next shape
+            failed.append(str(err))
+            continue
         tdb.upsert(path, gpu, capability, [done["entry"]])
         r = done["result"]
         rows.append({"shape": shape, "variant": r.best_variant, "config": r.best_config, "p50_ms": r.best.p50_ms,
                      "default_ms": r.default.p50_ms, "trials": r.trials, "pruned": len(r.pruned),
                      "failed": len(r.failed), "failure_kinds": r.failure_kinds, "db": str(path)})  # fmt: skip
-    return rows
+    return rows, failed
 
 
 def _device_worker(shapes, args, device_index):
@@ -283,13 +289,9 @@ def run(args) -> int:
             p.start()
         for p in procs:
             p.join()
-        rows = _tune_all(shapes, argparse_copy(args, trials=0), devices[0])
+        rows, failed = _tune_all(shapes, argparse_copy(args, trials=0), devices[0])
     else:
-        try:
-            rows = _tune_all(shapes, args, devices[0])
-        except RuntimeError as err:  # no candidate of a shape ran correctly
-            print(f"\nmlstm-tune tune: {err}", file=sys.stderr)
-            return 1
+        rows, failed = _tune_all(shapes, args, devices[0])
     print(f"\n{'op':14s} {'dir':4s} {'B':>4s} {'NH':>3s} {'S':>6s} {'DHQK':>5s} {'DHHV':>5s} {'dtype':9s} "
           f"{'tuned ms':>9s} {'default ms':>10s} {'speed-up':>8s}  winner")  # fmt: skip
     for r in rows:
@@ -304,7 +306,9 @@ def run(args) -> int:
                   f"{r['trials']} candidates failed ({kinds})")  # fmt: skip
     print(f"wrote {len(rows)} entr{'y' if len(rows) == 1 else 'ies'} to {rows[0]['db'] if rows else '-'} "
           f"in {time.monotonic() - start:.0f} s")  # fmt: skip
-    return 0
+    for reason in failed:
+        print(f"mlstm-tune tune: {reason}; no entry for that shape", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def argparse_copy(args, **changes):

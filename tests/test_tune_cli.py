@@ -191,3 +191,26 @@ def test_the_local_search_leaves_parameters_a_variant_does_not_read():
     config = families.default_config(fused, 256, 512)
     assert not any(p == "dv_dhhv_tile" for p, _ in search._moves(fused, config))
     assert any(p == "dv_dhhv_tile" for p, _ in search._moves(split, config))
+
+
+def test_a_shape_with_no_correct_point_gets_no_entry_and_the_others_go_on(tmp_path: Path, monkeypatch, capsys):
+    """One shape whose study finds no correct point (its default failing the gate) leaves the others tuned and
+    written; the command names it and exits 1."""
+    from autotune import cli, tune
+
+    shapes = tmp_path / "shapes.json"
+    shapes.write_text(json.dumps([{"op": "chunkwise:exp", "B": 1, "NH": 2, "S": S, "DHQK": 16, "DHHV": 16,
+                                   "dtype": "float32"} for S in (32, 64)]))  # fmt: skip
+    real = tune.tune_shape
+
+    def first_fails(shape, **kw):
+        if shape.S == 32:
+            raise RuntimeError("no point of study S32 ran correctly (the default: wrong result)")
+        return real(shape, **kw)
+
+    monkeypatch.setattr(tune, "tune_shape", first_fails)
+    code = cli.main(["tune", "--shapes", str(shapes), "--trials", "2", "--db", str(tmp_path)])
+    out = capsys.readouterr()
+    assert code == 1 and "no point of study S32 ran correctly" in out.err and "wrote 1 entry" in out.out
+    (entry,) = json.loads((tmp_path / "cpu-interpreter.json").read_text())["entries"]
+    assert entry["key"]["S"] == 64
