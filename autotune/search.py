@@ -608,12 +608,16 @@ def _usable(study: optuna.Study, DHQK: int, DHHV: int, dtype_bytes: int, limits:
     return lambda trial: _still_valid(trial, DHQK, DHHV, dtype_bytes, limits)
 
 
+class NoCorrectPoint(RuntimeError):
+    """A study none of whose measured points passed the gate, its default included: it has no winner."""
+
+
 def _result(study: optuna.Study, evaluated: int, pruned: list[str], failed: list[str],
             usable: Callable = lambda trial: True) -> StudyResult:  # fmt: skip
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE and usable(t)]
     default_trial = next(t for t in study.trials if t.user_attrs.get("default"))
     if not complete:
-        raise RuntimeError(f"no point of study {study.study_name} ran correctly (the default: "
+        raise NoCorrectPoint(f"no point of study {study.study_name} ran correctly (the default: "
                            f"{_outcome(default_trial).reason or default_trial.state.name})")  # fmt: skip
     best = min(complete, key=lambda t: (t.value, t.number))
     point = json.loads(best.user_attrs["point"])

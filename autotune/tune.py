@@ -236,7 +236,7 @@ def _tune_all(shapes, args, device_index: int | None) -> tuple[list[dict], list[
             done = tune_shape(shape, trials=args.trials, time_budget_s=args.time_budget, storage=args.storage,
                               seed=args.seed, device=device, gpu=gpu, capability=capability, runner_env=env,
                               db_folders=[out_dir, paths.tuning_db_dir()])  # fmt: skip
-        except RuntimeError as err:  # no candidate of this shape ran correctly: no entry, and on to the next shape
+        except search.NoCorrectPoint as err:  # no entry for this shape, and on to the next one
             failed.append(str(err))
             continue
         tdb.upsert(path, gpu, capability, [done["entry"]])
@@ -291,7 +291,11 @@ def run(args) -> int:
             p.join()
         rows, failed = _tune_all(shapes, argparse_copy(args, trials=0), devices[0])
     else:
-        rows, failed = _tune_all(shapes, args, devices[0])
+        try:
+            rows, failed = _tune_all(shapes, args, devices[0])
+        except RuntimeError as err:  # a study that could not run at all
+            print(f"\nmlstm-tune tune: {err}", file=sys.stderr)
+            return 1
     print(f"\n{'op':14s} {'dir':4s} {'B':>4s} {'NH':>3s} {'S':>6s} {'DHQK':>5s} {'DHHV':>5s} {'dtype':9s} "
           f"{'tuned ms':>9s} {'default ms':>10s} {'speed-up':>8s}  winner")  # fmt: skip
     for r in rows:

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_twopass_fw.py.j2
-# template hash:   4fb107072f1f31f3
+# template hash:   307bfcdf531d0fb4
 # parameters:      cell=exp, state=float32
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (exp cell), two passes (knobs: autotune/families.py, CHUNKWISE_TWOPASS_FW; LI is
@@ -161,8 +161,8 @@ def _packed_row(i_bh, S, NC, cu_ptr, cs_ptr, NH, PACKED: tl.constexpr):
         j = i_bh // NH
         a = tl.load(cu_ptr + j).to(tl.int64)
         c0 = tl.load(cs_ptr + j).to(tl.int64)
-        n_t = (tl.load(cu_ptr + j + 1) - tl.load(cu_ptr + j)).to(tl.int32)
-        n_c = tl.load(cs_ptr + j + 1) - tl.load(cs_ptr + j)
+        n_t = (tl.load(cu_ptr + j + 1).to(tl.int64) - a).to(tl.int32)
+        n_c = (tl.load(cs_ptr + j + 1).to(tl.int64) - c0).to(tl.int32)
         return (i_bh % NH) * S + a, n_t, (i_bh % NH) * NC + c0, n_c
     else:
         return i_bh * S, S, i_bh * NC, NC
@@ -178,7 +178,7 @@ def _packed_chunk(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, PACKED: tl.con
         used = j < NSEQ
         j = tl.minimum(j, NSEQ - 1)
         a = tl.load(cu_ptr + j).to(tl.int64)
-        n_t = tl.where(used, (tl.load(cu_ptr + j + 1) - tl.load(cu_ptr + j)).to(tl.int32), 0)
+        n_t = tl.where(used, (tl.load(cu_ptr + j + 1).to(tl.int64) - a).to(tl.int32), 0)
         return i_bh * S + a, n_t, tl.where(used, i_c - tl.load(cs_ptr + j), 0)
     else:
         return i_bh * S, S, i_c

@@ -196,7 +196,7 @@ def test_the_local_search_leaves_parameters_a_variant_does_not_read():
 def test_a_shape_with_no_correct_point_gets_no_entry_and_the_others_go_on(tmp_path: Path, monkeypatch, capsys):
     """One shape whose study finds no correct point (its default failing the gate) leaves the others tuned and
     written; the command names it and exits 1."""
-    from autotune import cli, tune
+    from autotune import cli, search, tune
 
     shapes = tmp_path / "shapes.json"
     shapes.write_text(json.dumps([{"op": "chunkwise:exp", "B": 1, "NH": 2, "S": S, "DHQK": 16, "DHHV": 16,
@@ -205,7 +205,7 @@ def test_a_shape_with_no_correct_point_gets_no_entry_and_the_others_go_on(tmp_pa
 
     def first_fails(shape, **kw):
         if shape.S == 32:
-            raise RuntimeError("no point of study S32 ran correctly (the default: wrong result)")
+            raise search.NoCorrectPoint("no point of study S32 ran correctly (the default: wrong result)")
         return real(shape, **kw)
 
     monkeypatch.setattr(tune, "tune_shape", first_fails)

@@ -24,8 +24,6 @@ class Packing:
     cs: torch.Tensor  # (N + 1) int32: first chunk slot of each document; cs[N] the slots in use
     ss: torch.Tensor  # (slots) int32: the document of each slot, N past the last document's chunks
     N: int
-    T: int
-    L: int
 
     @property
     def slots(self) -> int:
@@ -42,7 +40,7 @@ def packing(cu_seqlens: torch.Tensor, T: int, L: int) -> Packing:
     cs[1:] = torch.cumsum(chunks, 0)
     slots = torch.arange(cdiv(T, L) + N, dtype=torch.int64, device=cu.device)
     ss = torch.searchsorted(cs[1:], slots, right=True)
-    return Packing(cu=cu.contiguous(), cs=cs.to(torch.int32), ss=ss.to(torch.int32), N=N, T=T, L=L)
+    return Packing(cu=cu.contiguous(), cs=cs.to(torch.int32), ss=ss.to(torch.int32), N=N)
 
 
 def no_packing(device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
