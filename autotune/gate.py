@@ -82,17 +82,18 @@ def draw_inputs(kind: str, B: int, NH: int, S: int, DHQK: int, DHHV: int, *, dty
         x["f"] = 3.0 + 1.5 * randn(B, NH, S)
     x["dh"] = randn(B, NH, S, DHHV)
     x = {name: t.to(dtype) if name in ("q", "k", "v", "dh") else t for name, t in x.items()}
-    return off_the_kink(x, cell)
+    return off_the_kink(well_conditioned(x, cell), cell)
 
 
 KINK_MARGIN = 0.05
 MOVES = 8  # tries of off_the_kink
 
 
-def normaliser_ratio(x: dict, cell: str = "exp") -> torch.Tensor:
-    """|n_t^T q_t| / floor_t per token (B, NH, S), in float64 from the inputs as given (docs/math.md §1-§2): the
-    floor is exp(-m_t) for the exp cell and 1 for the (normalised) sig cell; h's denominator max(|n^T q|, floor) has
-    its kink where the ratio is 1. No initial state (the gate's draws have none)."""
+def _normaliser(x: dict, cell: str = "exp") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(s, sum of |terms|, floor, a) per token, in float64 from the inputs as given (docs/math.md §1-§3, no initial
+    state: the gate's draws have none): s_t = sum_j w_tj (q_t . k_j) / sqrt(DHQK) = q_t . a_t / sqrt(DHQK) with the
+    stabilised weights w_tj = D_tj e^-m_t and the weighted keys a_t = sum_j w_tj k_j; the floor of h's denominator is
+    e^-m_t for the exp cell and 1 for the (normalised) sig cell."""
     q, k = x["q"].double(), x["k"].double()
     lf = torch.nn.functional.logsigmoid(x["f"].double())
     i_log = x["i"].double() if cell == "exp" else torch.nn.functional.logsigmoid(x["i"].double())
@@ -101,9 +102,60 @@ def normaliser_ratio(x: dict, cell: str = "exp") -> torch.Tensor:
     causal = torch.ones(S, S, dtype=torch.bool, device=F.device).tril()
     log_D = torch.where(causal, F[..., :, None] - F[..., None, :] + i_log[..., None, :], -torch.inf)
     m = torch.maximum(log_D.amax(-1), F) if cell == "exp" else torch.zeros_like(F)  # F_t: the zero initial state
-    s = ((q @ k.transpose(-1, -2)) * torch.exp(log_D - m[..., None])).sum(-1) * q.shape[-1] ** -0.5
+    w = torch.exp(log_D - m[..., None])
+    terms = (q @ k.transpose(-1, -2)) * w * q.shape[-1] ** -0.5
     floor = torch.exp(-m) if cell == "exp" else torch.ones_like(m)
+    return terms.sum(-1), terms.abs().sum(-1), floor, w @ k
+
+
+def normaliser_ratio(x: dict, cell: str = "exp") -> torch.Tensor:
+    """|n_t^T q_t| / floor_t per token (B, NH, S): h's denominator max(|n^T q|, floor) has its kink where the ratio
+    is 1 (_normaliser)."""
+    s, _, floor, _ = _normaliser(x, cell)
     return s.abs() / floor
+
+
+def normaliser_condition(x: dict, cell: str = "exp") -> torch.Tensor:
+    """How much each token's normaliser s_t = n_t^T q_t cancels, sum_j |w_tj (q_t . k_j)| / |s_t| (B, NH, S): 1
+    where nothing cancels; a rounding of relative size u in the terms moves s_t by up to this many u."""
+    s, abs_sum, _, _ = _normaliser(x, cell)
+    return abs_sum / s.abs()
+
+
+def condition_limit(dtype: torch.dtype) -> float:
+    """The largest condition of s_t a draw in ``dtype`` keeps at a token whose denominator is s_t: 1 / (8 u), u the
+    unit roundoff (bf16 32, fp16 256; fp32 and fp64 about 2e6 and 1e15, never reached by the draws)."""
+    return 0.25 / torch.finfo(dtype).eps
+
+
+def well_conditioned(x: dict, cell: str = "exp") -> dict:
+    """``x`` with the q of every token whose denominator is its normaliser s_t (normaliser ratio above
+    1 - KINK_MARGIN) and whose s_t cancels by more than condition_limit(q's dtype) turned toward its weighted keys
+    a_t: q_t + beta |q_t| sign(s_t) a_t / |a_t|, beta 0.25 first and larger on each later try, until the condition
+    is at most half the limit (so rounding q later cannot put it back over). Only token t reads q_t. At such a token
+    every 16-bit kernel's gradient is carried by its rounding of s_t (up to condition x u relative), so which of two
+    correct kernels is closer there is chance, and the token's large |h| lets it decide a whole draw's error
+    (docs/hazards.md: one token of condition 289 put a correct backward at 2.8x the trusted kernel's di)."""
+    limit = condition_limit(x["q"].dtype)
+    moved = None
+    for attempt in range(MOVES):
+        s, abs_sum, floor, a = _normaliser(x, cell)
+        condition = abs_sum / s.abs()
+        over = condition > limit if moved is None else (condition > limit) | (moved & (condition > limit / 2))
+        bad = over & (s.abs() > (1.0 - KINK_MARGIN) * floor)
+        if not bool(bad.any()):
+            return x
+        moved = bad if moved is None else moved | bad
+        q = x["q"].double()
+        beta = 0.25 * (attempt + 1)
+        toward = beta * q.norm(dim=-1, keepdim=True) * torch.sign(s)[..., None] * a / a.norm(dim=-1, keepdim=True)
+        x = dict(x, q=torch.where(bad[..., None], q + toward, q).to(x["q"].dtype))
+    s, abs_sum, floor, _ = _normaliser(x, cell)
+    if bool(((abs_sum > limit * s.abs()) & (s.abs() > (1.0 - KINK_MARGIN) * floor)).any()):
+        raise RuntimeError(
+            f"a token's normaliser still cancels by more than {limit:g} after moving its q {MOVES} times"
+        )
+    return x
 
 
 def off_the_kink(x: dict, cell: str = "exp") -> dict:

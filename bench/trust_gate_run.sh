@@ -15,8 +15,8 @@
 #              shape's study for TUNE_S seconds, default 60; all of it within TUNE_TOTAL_S, default 540); copy
 #              $OUT/db back to .probe/db and carry it into the next call to resume; FIRST_TESTS: GPU test files to
 #              run first, whose failure ends the call
-#   revalidate `mlstm-tune validate` of the databases tuned here (.probe/db/*.json) and of the packaged H200 database,
-#              with the defaults (VALIDATE_S, default 500); the reports go to $OUT
+#   revalidate `mlstm-tune validate` of the databases tuned here (.probe/db/*.json) and of the packaged database of
+#              the GPU it runs on (tuning_db/<GPU name>.json), with the defaults (VALIDATE_S, default 500); the reports go to $OUT
 #   bench      `mlstm-tune bench` with the packaged databases and .probe/db as the user database (BENCH_ARGS: more options)
 #   forms      what the training forward's forms cost (bench/tools/time_training_forward.py), then at once
 #              `mlstm-tune validate` of the H200 database (VALIDATE_S, default 400) and which forward feeds the
@@ -24,6 +24,9 @@
 #              S~8192 rows, the 7B and head-128 entries' backward configurations, adversarial draw)
 #   spread     what the training forward's forms cost, the gate's training-step comparison on six adversarial draws instead of one
 #              (bench/tools/gate_spread.py), and the head-128 backward behind the float64 h rounded to bf16
+#   condition  the gate's pooled comparison (bench/tools/gate_spread.py, seeds 1 3 4 5) on the draws as the gate makes
+#              them (gate.well_conditioned) for the backward's defaults, the head-128 entry and the three known
+#              faults, and on the draws without that rule for head 128's default (SPREAD_ONLY, SPREAD_RAW_ONLY)
 # Logs and reports go to $OUT; every log starts with the GPU's name.
 set -u
 if [ "${1:-}" = prepare ]; then  # the generated kernels before the hazard fixes, and a subset of the H200 entries
@@ -93,7 +96,8 @@ case "${1:-}" in
       tail -6 "$OUT/tune_$preset.log"
     done ;;
   revalidate)
-    dbs=(); for f in .probe/db/*.json tuning_db/NVIDIA_H200.json; do [ -f "$f" ] && dbs+=(--db "$f"); done
+    dbs=(); packaged=tuning_db/$(python -c "import sys; from autotune.db import file_name; print(file_name(sys.argv[1]))" "$gpu")
+    for f in .probe/db/*.json "$packaged"; do [ -f "$f" ] && dbs+=(--db "$f"); done
     ( header "python -m autotune validate ${dbs[*]} --out \$OUT"
       timeout "${VALIDATE_S:-500}" python -m autotune validate "${dbs[@]}" --out "$OUT"
     ) > "$OUT/validate.log" 2>&1
@@ -131,5 +135,13 @@ case "${1:-}" in
         --draw adversarial --layout head128 --crosswise-only --bw-config '{"kernels": "fused", "states": "reuse",
         "states_weighting": "v", "dhhv_tile": 128}' ) > "$OUT/backward_after_forward.log" 2>&1
     cat "$OUT/time_training_forward.log"; grep -v "seed [0-9]:" "$OUT/gate_spread.log" | cut -c1-220; head -8 "$OUT/backward_after_forward.log" | cut -c1-200 ;;
+  condition)
+    only=${SPREAD_ONLY:-head 128, fused, default knobs;head 128, fused, reuse, weights on v;7B, split, default knobs;fault}
+    ( header "python bench/tools/gate_spread.py --S 4080 --seeds 1 3 4 5 --only '$only'"
+      timeout 330 python bench/tools/gate_spread.py --S 4080 --seeds 1 3 4 5 --only "$only" ) > "$OUT/gate_condition.log" 2>&1
+    ( header "python bench/tools/gate_spread.py --S 4080 --seeds 1 3 4 5 --raw-condition"
+      timeout 150 python bench/tools/gate_spread.py --S 4080 --seeds 1 3 4 5 --raw-condition \
+        --only "${SPREAD_RAW_ONLY:-head 128, fused, default knobs}" ) > "$OUT/gate_raw_condition.log" 2>&1
+    grep -h "pool\|^# " "$OUT/gate_condition.log" "$OUT/gate_raw_condition.log" | cut -c1-230 ;;
   *) echo "unknown phase ${1:-}" >&2; exit 2 ;;
 esac

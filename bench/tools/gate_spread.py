@@ -7,8 +7,11 @@ the forward a training step runs, on several adversarial draws (seeds), each jud
 
 Candidates: the H200 database's head-128 entry of the longer shapes (fused kernels, states reused, weights on v,
 value tiles of 128) and its 7B entry (split kernels, states reused, weights on k, 3 stages, per-chunk weights
-first), and that 7B entry with one knob changed, and the fused kernels at 7B. On the CPU it runs under Triton's
-interpreter (fp16, small S).
+first), and that 7B entry with one knob changed, and the fused kernels at 7B; the backward's default at both
+layouts; and three known faults the gate must keep failing ("fault:" labels): 16-bit state buffers in the backward,
+and behind a training forward that forms its decay matrix from differences of prefix sums or n on the tensor cores.
+--raw-condition draws as the gate did before autotune.gate.well_conditioned (tokens whose normaliser cancels by
+hundreds kept). On the CPU it runs under Triton's interpreter (fp16, small S).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 SPLIT_7B = {"kernels": "split", "states": "reuse", "dstate_gates": "pre", "num_stages": 3, "dhhv_tile": 64}
-CANDIDATES = {  # label: layout (DHQK, DHHV), chunkwise backward knobs over the default
+CANDIDATES = {  # label: layout (DHQK, DHHV), chunkwise backward knobs over the default (and "kernels")
     "head 128, fused, reuse, weights on v": ((128, 128), {"kernels": "fused", "states": "reuse",
                                                           "states_weighting": "v", "dhhv_tile": 128}),
     "7B, split, reuse, weights on k": ((256, 512), dict(SPLIT_7B, states_weighting="k")),
@@ -33,7 +36,27 @@ CANDIDATES = {  # label: layout (DHQK, DHHV), chunkwise backward knobs over the 
                                                                             state_buffers="float32")),
     "head 128, fused, reuse, fp32 state buffers": ((128, 128), {"kernels": "fused", "states": "reuse",
                                                                 "dhhv_tile": 128, "state_buffers": "float32"}),
+    "head 128, fused, default knobs": ((128, 128), {"kernels": "fused"}),
+    "7B, split, default knobs": ((256, 512), {"kernels": "split"}),
+    "fault: 7B, split, reuse, weights on k, 16-bit state buffers": ((256, 512), dict(SPLIT_7B, states_weighting="k",
+                                                                                  state_buffers="input")),
+    "fault: 7B, split, default knobs, forward decay from prefix differences": ((256, 512), {"kernels": "split"}),
+    "fault: 7B, split, default knobs, forward n on the tensor cores": ((256, 512), {"kernels": "split"}),
 }  # fmt: skip
+
+
+def faulty_forward(label: str):
+    """The training forward's fault a "fault: ... forward" candidate runs behind (a context), or none."""
+    from contextlib import nullcontext
+    from unittest import mock
+
+    from autotune.launch import chunkwise
+
+    if "prefix differences" in label:
+        return mock.patch.object(chunkwise, "segment_sums", lambda q, saved: q.dtype == chunkwise.torch.float32)
+    if "tensor cores" in label:
+        return mock.patch.dict(chunkwise.TRAINING_PRECISION, states_n="dot")
+    return nullcontext()
 
 
 def main() -> int:
@@ -42,13 +65,14 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", default="bfloat16")
-    ap.add_argument("--only", default="", help="the candidates whose label contains this")
+    ap.add_argument("--only", default="", help="the candidates whose label contains one of these (';' between)")
     ap.add_argument(
         "--bw-segment-sums",
         action="store_true",
         help="the chunkwise backward's decay matrices from "
         "segment sums for 16-bit inputs too (launch.chunkwise_bw.segment_sums)",
     )
+    ap.add_argument("--raw-condition", action="store_true", help="draws without gate.well_conditioned")
     args = ap.parse_args()
     if args.device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"
@@ -60,13 +84,16 @@ def main() -> int:
 
     if args.bw_segment_sums:
         chunkwise_bw.segment_sums = lambda q: True
+    if args.raw_condition:
+        gate.well_conditioned = lambda x, cell="exp": x
 
     where = torch.cuda.get_device_name() if args.device == "cuda" else "cpu-interpreter"
     print(f"# {where}; {args.dtype}; B=1 NH=2 S={args.S}; adversarial draws; per gradient: the trusted kernel's "
-          f"error, then the candidate's as a multiple of it (the gate passes at <= {gate.FACTOR})")  # fmt: skip
+          f"error, then the candidate's as a multiple of it (the gate passes at <= {gate.FACTOR}); draws "
+          f"{'without' if args.raw_condition else 'with'} gate.well_conditioned")  # fmt: skip
     names = measure.GRADIENTS
     for label, ((K, V), knobs) in CANDIDATES.items():
-        if args.only not in label:
+        if not any(part in label for part in args.only.split(";")):
             continue
         knobs = dict(knobs)
         bw = find("chunkwise_bw.py.j2", cell="exp", kernels=knobs.pop("kernels"))
@@ -79,7 +106,9 @@ def main() -> int:
         for seed in args.seeds:
             x = gate.draw_inputs("adversarial", 1, 2, args.S, K, V, dtype=getattr(torch, args.dtype),
                                  device=args.device, seed=seed)  # fmt: skip
-            truth, ref, got = measure._oracle(job, x), trusted(x), run(x)
+            truth, ref = measure._oracle(job, x), trusted(x)
+            with faulty_forward(label):
+                got = run(x)
             row = []
             for n, t, r, g in zip(names, truth, ref, got):
                 ref_err, err = gate.relative_error(r, t), gate.relative_error(g, t)
