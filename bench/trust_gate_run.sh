@@ -138,9 +138,9 @@ case "${1:-}" in
   condition)
     only=${SPREAD_ONLY:-head 128, fused, default knobs;head 128, fused, reuse, weights on v;7B, split, default knobs;fault}
     ( header "python bench/tools/gate_spread.py --S 4080 --seeds 1 3 4 5 --only '$only'"
-      timeout 330 python bench/tools/gate_spread.py --S 4080 --seeds 1 3 4 5 --only "$only" ) > "$OUT/gate_condition.log" 2>&1
+      timeout 300 python bench/tools/gate_spread.py --S 4080 --seeds 1 3 4 5 --only "$only" ) > "$OUT/gate_condition.log" 2>&1
     ( header "python bench/tools/gate_spread.py --S 4080 --seeds 1 3 4 5 --raw-condition"
-      timeout 150 python bench/tools/gate_spread.py --S 4080 --seeds 1 3 4 5 --raw-condition \
+      timeout 140 python bench/tools/gate_spread.py --S 4080 --seeds 1 3 4 5 --raw-condition \
         --only "${SPREAD_RAW_ONLY:-head 128, fused, default knobs}" ) > "$OUT/gate_raw_condition.log" 2>&1
     grep -h "pool\|^# " "$OUT/gate_condition.log" "$OUT/gate_raw_condition.log" | cut -c1-230 ;;
   *) echo "unknown phase ${1:-}" >&2; exit 2 ;;
