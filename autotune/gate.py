@@ -14,18 +14,20 @@ outputs (h; or dq, dk, dv, di, df for a training step). It passes when, on every
                summation order alone moves the error by more than 1.5x); every output finite. The trusted kernel
                is itself held to determinism and to an absolute limit (ABSOLUTE_LIMITS, from docs/math.md §7).
                Draws of one ``pool`` are judged together, as one input of their combined size: the errors are
-               taken over all their elements at once. An adversarial draw can hold a token whose normaliser
-               cancels by hundreds; a training step's gradient error is then carried by that token's rounding,
-               which favours one kernel or the other by chance (one draw of six at head 128 gave the trusted
-               kernel a third of the error its own rounding points give on average; docs/hazards.md). Pooled,
-               such a draw weighs by its errors' size, and a fault that is large on any draw still shows.
+               taken over all their elements at once, so a draw weighs by its errors' size, a fault that is large
+               on any draw still shows, and one draw's luck is not a verdict.
 
 Draws (``draw_inputs``): "adversarial" (input gate 3 N(0, 1) with a spike of +18 at S/3 and of -15 at S/2, forget
 gate U(-6, 8): the stabiliser's extremes) and "model" (input gate N(0, 1), forget gate 3 + 1.5 N(0, 1): what a
 trained model feeds). fp16 spikes are +8 / -8: fp16 holds no output of a -15 spike. Every token of a draw keeps its
 normaliser |n^T q| at least KINK_MARGIN (5%) away from the floor of h's denominator max(|n^T q|, floor) (docs/math.md
 §7): there the gradient jumps, and which side a kernel lands on is decided by its rounding, not by its correctness
-(one such token of 4,000 gave a correct bf16 backward 100x the trusted kernel's dq error on the H200).
+(one such token of 4,000 gave a correct bf16 backward 100x the trusted kernel's dq error on the H200). And no token
+whose denominator is n^T q lets it cancel by more than condition_limit (1 / (8 u): bf16 32, fp16 256): beyond, every
+16-bit kernel's gradient at that token is carried by its rounding of n^T q, the token's large |h| lets it carry a
+whole draw's error, and which of two correct kernels is closer is chance (one token of condition 289 gave the
+trusted kernel a third of the error its own rounding points give on average, and a correct head-128 backward 2.8x
+its di; docs/hazards.md).
 
 Determinism contract, the same for every generated kernel: the same bits on the same inputs, launch configuration
 and GPU. Each output element is written by one program, and no atomic takes part in the arithmetic. Where programs
@@ -61,8 +63,9 @@ Kernel = Callable[[dict], Outputs]
 def draw_inputs(kind: str, B: int, NH: int, S: int, DHQK: int, DHHV: int, *, dtype: torch.dtype, device,
                 seed: int = 0, cell: str = "exp") -> dict:  # fmt: skip
     """One input draw of the gate: q, k, v ~ N(0, 1) in ``dtype``, gates i, f in fp32 (see the module docstring),
-    and a cotangent dh ~ N(0, 1) of h for gradients. Drawn by a generator of ``device``; tokens near the kink of the
-    ``cell``'s denominator get their q moved off it (off_the_kink)."""
+    and a cotangent dh ~ N(0, 1) of h for gradients. Drawn by a generator of ``device``; tokens whose normaliser
+    cancels beyond the limit get their q turned (well_conditioned), then tokens near the kink of the ``cell``'s
+    denominator get their q moved off it (off_the_kink)."""
     if kind not in DRAWS:
         raise ValueError(f"unknown draw {kind!r}: one of {DRAWS}")
     gen = torch.Generator(device=device).manual_seed(seed)
