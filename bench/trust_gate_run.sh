@@ -11,7 +11,8 @@
 #              runs beside it (default tests/gpu; TESTS_S, default 480); the whole suite needs more than one call
 #   tests      the GPU test files one after another (GPU_TESTS, e.g. "tests/gpu/test_gpu_jax.py"), a log each, within
 #              TESTS_S (default 540)
-#   tune       the presets through the gate into $OUT/db (TUNE_PRESETS, default "xlstm-7b head128 step-7b"; each
+#   tune       the presets through the gate into $OUT/db (TUNE_PRESETS, default "xlstm-7b head128 step-7b", or shape
+#              files for --shapes, e.g. bench/shapes/train_head128_long.json; each
 #              shape's study for TUNE_S seconds, default 60; all of it within TUNE_TOTAL_S, default 540); copy
 #              $OUT/db back to .probe/db and carry it into the next call to resume; FIRST_TESTS: GPU test files to
 #              run first, whose failure ends the call
@@ -88,12 +89,13 @@ case "${1:-}" in
       ) > "$OUT/first_tests.log" 2>&1 || { tail -30 "$OUT/first_tests.log"; exit 1; }
       grep -E "passed|failed" "$OUT/first_tests.log" | tail -3
     fi
-    for preset in ${TUNE_PRESETS:-xlstm-7b head128 step-7b}; do
+    for preset in ${TUNE_PRESETS:-xlstm-7b head128 step-7b}; do  # a preset's name, or a --shapes FILE (*.json)
       left=$(( end - SECONDS )); [ "$left" -gt 60 ] || break
-      ( header "mlstm-tune tune --preset $preset --db \$OUT/db --trials 40 --time-budget ${TUNE_S:-60}"
-        timeout "$left" python -m autotune tune --preset "$preset" --db "$OUT/db" --trials 40 \
-          --time-budget "${TUNE_S:-60}" ) > "$OUT/tune_$preset.log" 2>&1
-      tail -6 "$OUT/tune_$preset.log"
+      what=(--preset "$preset"); case $preset in *.json) what=(--shapes "$preset");; esac
+      ( header "mlstm-tune tune ${what[*]} --db \$OUT/db --trials 40 --time-budget ${TUNE_S:-60}"
+        timeout "$left" python -m autotune tune "${what[@]}" --db "$OUT/db" --trials 40 \
+          --time-budget "${TUNE_S:-60}" ) > "$OUT/tune_$(basename "$preset" .json).log" 2>&1
+      tail -6 "$OUT/tune_$(basename "$preset" .json).log"
     done ;;
   revalidate)
     dbs=(); packaged=tuning_db/$(python -c "import sys; from autotune.db import file_name; print(file_name(sys.argv[1]))" "$gpu")
