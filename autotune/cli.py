@@ -227,7 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="search the fastest correct variant per shape on this GPU; write the database")
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="shapes to tune (default: quick)")
-    p.add_argument("--shapes", metavar="FILE", help='JSON list of {"op", "B", "NH", "S", "DHQK", "DHHV", "dtype"}')
+    p.add_argument(
+        "--shapes",
+        metavar="FILE",
+        help='JSON list of {"op", "B", "NH", "S", "DHQK", "DHHV"} (optionally "dtype", "direction")',
+    )
     p.add_argument("--trials", type=int, default=24, help="trials per shape, the default configuration included")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="stop a shape's study after this")
     p.add_argument("--devices", help="GPU indices, e.g. 0,1: one worker process per GPU on the same studies")
