@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   b027862c81ec214a
+# template hash:   1064046779203058
 # parameters:      cell=sig, kernels=split
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (sig cell), exact (docs/math.md §6), "split" within-chunk kernels.
@@ -29,6 +29,10 @@ scans, as the forward does (their rounding is far below the inputs'); fp32 input
 dot takes the inputs' dtype (tensor cores for bf16/fp16) and accumulates in fp32; the recurrences run in fp32.
 No dot operand is the transpose of a dot result (dk and dv are formed transposed, dk^T = q^T dA, dv^T = dh^T (P r)):
 Triton 3.4-3.7.0 miscompiles that on sm_90 (triton-lang/triton#6124); tests/test_kernel_hazards.py checks for it.
+PACKED (constexpr): the rows are the documents of one packed sequence of S tokens per head (cu_seqlens, batch size 1)
+instead of a batch's rows, as in the two-pass forward whose states the backward reads: the chunks of a document take
+consecutive slots of its head's NC (_packed_row, _packed_chunk_row); the per-row tensors (last states and their
+cotangents, initial states and their gradients) have a row per (document, head).
 """
 
 import triton
@@ -156,6 +160,51 @@ def _parts_dot(b_x, b_a, DOT_PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _packed_row(i_bh, S, NC, cu_ptr, cs_ptr, NH, PACKED: tl.constexpr):
+    """(first token, tokens, first chunk slot, chunks) of the sequential kernel's row i_bh: row b * NH + h of a batch
+    of sequences of S tokens in NC chunks each; with PACKED, document j of head h (i_bh = j * NH + h) of a packed
+    sequence of S tokens per head, whose tokens run from cu[j] to cu[j + 1] and whose chunks take the slots cs[j] to
+    cs[j + 1] of the head's NC."""
+    if PACKED:
+        j = i_bh // NH
+        a = tl.load(cu_ptr + j).to(tl.int64)
+        c0 = tl.load(cs_ptr + j).to(tl.int64)
+        n_t = (tl.load(cu_ptr + j + 1).to(tl.int64) - a).to(tl.int32)
+        n_c = (tl.load(cs_ptr + j + 1).to(tl.int64) - c0).to(tl.int32)
+        return (i_bh % NH) * S + a, n_t, (i_bh % NH) * NC + c0, n_c
+    else:
+        return i_bh * S, S, i_bh * NC, NC
+
+
+@triton.jit
+def _packed_chunk(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, PACKED: tl.constexpr):
+    """(first token of the row, its tokens, the chunk's index in its row) of chunk slot i_c of row i_bh; with PACKED,
+    of slot i_c of head i_bh, which belongs to document ss[i_c] (NSEQ for the slots past the last document's chunks:
+    0 tokens, so every load and store of the program is masked off)."""
+    if PACKED:
+        j = tl.load(ss_ptr + i_c)
+        used = j < NSEQ
+        j = tl.minimum(j, NSEQ - 1)
+        a = tl.load(cu_ptr + j).to(tl.int64)
+        n_t = tl.where(used, (tl.load(cu_ptr + j + 1).to(tl.int64) - a).to(tl.int32), 0)
+        return i_bh * S + a, n_t, tl.where(used, i_c - tl.load(cs_ptr + j), 0)
+    else:
+        return i_bh * S, S, i_c
+
+
+@triton.jit
+def _packed_chunk_row(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, NH, PACKED: tl.constexpr):
+    """_packed_chunk, and (chunks of the row, the row): the row's index among the B * NH rows of a batch, or j * NH + h
+    for document j of head h of a packed sequence (the rows of per-row tensors such as last states)."""
+    tok0, S_r, c = _packed_chunk(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, PACKED)
+    if PACKED:
+        j = tl.minimum(tl.load(ss_ptr + i_c), NSEQ - 1)
+        return tok0, S_r, c, tl.load(cs_ptr + j + 1) - tl.load(cs_ptr + j), j * NH + i_bh
+    else:
+        return tok0, S_r, c, NC, i_bh
+
+
+@triton.jit
 def bw_prep_kernel(
     h_ptr,  # (B, NH, S, DHHV) forward output
     dh_ptr,  # (B, NH, S, DHHV) its cotangent
@@ -226,28 +275,31 @@ def _dP_block(v_ptr, dh_ptr, o_t, m_t, o_j, m_j, b_r, b_ds, DHHV: tl.constexpr, 
 
 
 @triton.jit
-def _border_m(mb_ptr, mS_ptr, i_bh, i_c, NC):
-    """(m before chunk i_c, m after it), in the frames of the states the backward pairs them with: the states before
-    every chunk (mb, from the same recurrence as those states) and the last state (mS) after the last chunk."""
-    b_mc = tl.load(mb_ptr + i_bh * NC + i_c)
-    b_mn = tl.load(mb_ptr + i_bh * NC + tl.minimum(i_c + 1, NC - 1))
-    return b_mc, tl.where(i_c + 1 < NC, b_mn, tl.load(mS_ptr + i_bh))
+def _border_m(mb_ptr, mS_ptr, slot, c, NC, row):
+    """(m before chunk c of a row of NC chunks, m after it), in the frames of the states the backward pairs them with:
+    the states before every chunk (mb, chunk c's at ``slot``, the row's chunks in consecutive slots, from the same
+    recurrence as those states) and the row's last state (mS[row]) after its last chunk."""
+    b_mc = tl.load(mb_ptr + slot)
+    b_mn = tl.load(mb_ptr + slot + tl.where(c + 1 < NC, 1, 0))
+    return b_mc, tl.where(c + 1 < NC, b_mn, tl.load(mS_ptr + row))
 
 
 @triton.jit
-def _dstate_weights(i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S, NC, scale, L: tl.constexpr):
-    """What chunk i_c's tokens weigh in the reverse recurrence, none of it depending on the gradient carried:
+def _dstate_weights(i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, tok0, S, slot, c, NC, row, scale,
+                    L: tl.constexpr):  # fmt: skip
+    """What chunk c's tokens weigh in the reverse recurrence, none of it depending on the gradient carried:
     (D0 scale r, D0 scale ds, decay), D0_t the weight of the state before the chunk in output t, decay that of the
-    state before the chunk in the state after it. 0 past S."""
-    o_t = i_c * L + tl.arange(0, L)
+    state before the chunk in the state after it. 0 past S. The row: S tokens from token tok0, NC chunks, chunk c's
+    state at ``slot`` (_border_m)."""
+    o_t = c * L + tl.arange(0, L)
     m_t = o_t < S
-    b_lf, b_li = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_t, m_t)
+    b_lf, b_li = _load_gates(i_ptr + tok0, f_ptr + tok0, o_t, m_t)
     b_mc, b_mn = 0.0, 0.0
     b_mt = tl.zeros([L], dtype=tl.float32)
     b_D0 = tl.where(m_t, tl.exp(tl.cumsum(b_lf, axis=0) + b_mc - b_mt), 0.0)
     b_decay = tl.exp(tl.sum(b_lf, axis=0) + b_mc - b_mn)
-    b_r = tl.load(r_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
-    b_ds = tl.load(ds_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
+    b_r = tl.load(r_ptr + tok0 + o_t, mask=m_t, other=0.0)
+    b_ds = tl.load(ds_ptr + tok0 + o_t, mask=m_t, other=0.0)
     return b_D0 * scale * b_r, b_D0 * scale * b_ds, b_decay
 
 
@@ -263,21 +315,29 @@ def bw_dstate_weights_kernel(
     wr_ptr,  # (B, NH, NC * L) fp32 out: D0 scale r per token (0 past S)
     wds_ptr,  # (B, NH, NC * L) fp32 out: D0 scale ds
     dec_ptr,  # (B, NH, NC) fp32 out: decay per chunk
+    cu_ptr,  # PACKED: (N + 1) token offsets of the documents
+    cs_ptr,  # PACKED: (N + 1) their first chunk slots
+    ss_ptr,  # PACKED: (NC) the document of each chunk slot, N past the last
     S,
     NC,
+    NSEQ,
+    NH,
     scale,
     L: tl.constexpr,
+    PACKED: tl.constexpr,
 ):
     """_dstate_weights for every chunk at once (grid (NC, B * NH)), so that the reverse recurrence's sequential loop
     keeps only loads and one product per chunk (the launch parameter "dstate_gates": "pre"; the forward's states
     kernel gained 15-31% from the same split, tuning_db/reports/NOTES.md)."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    b_wr, b_wds, b_decay = _dstate_weights(i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S, NC,
-                                           scale, L)  # fmt: skip
-    o_w = i_bh * NC * L + i_c * L + tl.arange(0, L)
+    tok0, S_r, c, NC_r, row = _packed_chunk_row(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, NH, PACKED)
+    slot = i_bh * NC + i_c
+    b_wr, b_wds, b_decay = _dstate_weights(i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, tok0, S_r, slot, c,
+                                           NC_r, row, scale, L)  # fmt: skip
+    o_w = slot * L + tl.arange(0, L)
     tl.store(wr_ptr + o_w, b_wr)
     tl.store(wds_ptr + o_w, b_wds)
-    tl.store(dec_ptr + i_bh * NC + i_c, b_decay)
+    tl.store(dec_ptr + slot, b_decay)
 
 
 @triton.jit
@@ -303,8 +363,11 @@ def chunkwise_bw_dstate_kernel(
     wr_ptr,  # (B, NH, NC * L) fp32 from bw_dstate_weights_kernel (read when PRE_WEIGHTS)
     wds_ptr,  # (B, NH, NC * L) fp32
     dec_ptr,  # (B, NH, NC) fp32
+    cu_ptr,  # PACKED: (N + 1) token offsets of the documents
+    cs_ptr,  # PACKED: (N + 1) their first chunk slots
     S,
     NC,
+    NH,
     scale,
     DHQK: tl.constexpr,
     DHHV: tl.constexpr,
@@ -315,8 +378,10 @@ def chunkwise_bw_dstate_kernel(
     HAS_LAST_GRAD: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     PRE_WEIGHTS: tl.constexpr,
+    PACKED: tl.constexpr,
 ):
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    tok0, S_r, slot0, NC_r = _packed_row(i_bh, S, NC, cu_ptr, cs_ptr, NH, PACKED)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     o_l = tl.arange(0, L)
@@ -329,24 +394,24 @@ def chunkwise_bw_dstate_kernel(
     else:
         b_dC = tl.zeros([BK, BV], dtype=tl.float32)
         b_dn = tl.zeros([BK], dtype=tl.float32)
-    q_ptr += i_bh * S * DHQK
-    dh_ptr += i_bh * S * DHHV
-    for it in range(0, NC):
-        i_c = NC - 1 - it
-        i_bhc = i_bh * NC + i_c
+    q_ptr += tok0 * DHQK
+    dh_ptr += tok0 * DHHV
+    for it in range(0, NC_r):
+        i_c = NC_r - 1 - it
+        i_bhc = slot0 + i_c
         tl.store(dCa_ptr + i_bhc * DHQK * DHHV + o_kv, b_dC.to(dCa_ptr.dtype.element_ty), mask=m_kv)
         if i_v == 0:
             tl.store(dna_ptr + i_bhc * DHQK + o_k, b_dn, mask=m_k)
         o_t = i_c * L + o_l
-        m_t = o_t < S
+        m_t = o_t < S_r
         # the state before the chunk reaches output t with weight D0_t and the state after the chunk with decay
         if PRE_WEIGHTS:
-            b_wr = tl.load(wr_ptr + i_bh * NC * L + o_t)
-            b_wds = tl.load(wds_ptr + i_bh * NC * L + o_t)
-            b_decay = tl.load(dec_ptr + i_bh * NC + i_c)
+            b_wr = tl.load(wr_ptr + i_bhc * L + o_l)
+            b_wds = tl.load(wds_ptr + i_bhc * L + o_l)
+            b_decay = tl.load(dec_ptr + i_bhc)
         else:
-            b_wr, b_wds, b_decay = _dstate_weights(i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S,
-                                                   NC, scale, L)  # fmt: skip
+            b_wr, b_wds, b_decay = _dstate_weights(i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, tok0, S_r,
+                                                   i_bhc, i_c, NC_r, i_bh, scale, L)  # fmt: skip
         # q^T loaded as such (no transposed copy in registers), weighted per token; dnum = r dh: r goes with q, so
         # that dh enters the dot exactly (a scaled dh in 16 bits could overflow under fp16 loss scaling)
         b_qT = tl.load(q_ptr + o_t[None, :] * DHQK + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0.0)
@@ -365,16 +430,16 @@ def chunkwise_bw_dstate_kernel(
 
 
 @triton.jit
-def _chunk_setup(i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S, NC, L: tl.constexpr,
+def _chunk_setup(i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, tok0, S, slot, c, NC, row, L: tl.constexpr,
                  SEGMENT_SUMS: tl.constexpr):
-    """Per-token quantities of chunk i_c: gates, D [L, L] and D0 [L] (relative to the forward's max state), the
-    transition weights w [L] and decay of the state across the chunk, r = 1/den, ds, and the validity mask.
-    F_t - F_j in D: summed segment by segment with SEGMENT_SUMS (fp32 inputs), else the difference of prefix sums,
-    as in the forward (_chunk_decay_matrix): no [L, L] scan."""
+    """Per-token quantities of chunk c of a row (as in _dstate_weights): gates, D [L, L] and D0 [L] (relative to the
+    forward's max state), the transition weights w [L] and decay of the state across the chunk, r = 1/den, ds, and
+    the validity mask. F_t - F_j in D: summed segment by segment with SEGMENT_SUMS (fp32 inputs), else the difference
+    of prefix sums, as in the forward (_chunk_decay_matrix): no [L, L] scan."""
     o_l = tl.arange(0, L)
-    o_t = i_c * L + o_l
+    o_t = c * L + o_l
     m_t = o_t < S
-    b_lf, b_li = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_t, m_t)
+    b_lf, b_li = _load_gates(i_ptr + tok0, f_ptr + tok0, o_t, m_t)
     b_mc, b_mn = 0.0, 0.0
     b_mt = tl.zeros([L], dtype=tl.float32)
     b_F = tl.cumsum(b_lf, axis=0)
@@ -388,8 +453,8 @@ def _chunk_setup(i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c,
     b_g = tl.cumsum(b_lf, axis=0, reverse=True) - b_lf + b_li
     b_w = tl.where(m_t, tl.exp(b_g - b_mn), 0.0)
     b_decay = tl.exp(tl.sum(b_lf, axis=0) + b_mc - b_mn)
-    b_r = tl.load(r_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
-    b_ds = tl.load(ds_ptr + i_bh * S + o_t, mask=m_t, other=0.0)
+    b_r = tl.load(r_ptr + tok0 + o_t, mask=m_t, other=0.0)
+    b_ds = tl.load(ds_ptr + tok0 + o_t, mask=m_t, other=0.0)
     return o_t, m_t, b_lf, b_li, b_mc, b_D, b_D0, b_w, b_decay, b_r, b_ds
 
 
@@ -474,9 +539,10 @@ def _gate_E_terms(b_E, L: tl.constexpr, SEGMENT_SUMS: tl.constexpr):
 
 
 @triton.jit
-def _gate_grads(i_ptr, f_ptr, mt_ptr, R_ptr, Fl_ptr, dm_ptr, i_bh, i_bhc, o_t, m_t, b_lf, b_li, b_mc, b_dlfE, b_colE,
-                b_rowE, b_u, b_dD0, b_X, S, L: tl.constexpr):
-    """di, df of the chunk's tokens (docs/math.md §6). b_dlfE, b_colE, b_rowE: E's share (_gate_E_terms), where
+def _gate_grads(i_ptr, f_ptr, mt_ptr, R_ptr, Fl_ptr, dm_ptr, tok0, i_bhc, o_t, m_t, b_lf, b_li, b_mc, b_dlfE,
+                b_colE, b_rowE, b_u, b_dD0, b_X, S, L: tl.constexpr):  # fmt: skip
+    """di, df of the chunk's tokens (docs/math.md §6), of a row of S tokens from token tok0, the chunk's state at slot
+    i_bhc. b_dlfE, b_colE, b_rowE: E's share (_gate_E_terms), where
     E = dP * P is the gradient of log D[t, j] within the chunk,
     b_u_j = k_j . dk_trans_j that of the state after the chunk's log weight of token j, b_dD0_t = q_t . dq_inter_t that
     of log D0[t], b_X that of the decay of the state across the chunk. log D[t, j] = F_t - F_j + li_j and
@@ -492,16 +558,16 @@ def _gate_grads(i_ptr, f_ptr, mt_ptr, R_ptr, Fl_ptr, dm_ptr, i_bh, i_bhc, o_t, m
     nearly cancel where the state dominates the outputs: 5e-4 relative error in fp32 against 6e-6.)"""
     b_dlf = b_dlfE + (tl.cumsum(b_u, axis=0) - b_u) + tl.cumsum(b_dD0, axis=0, reverse=True) + b_X
     b_dli = b_colE + b_u
-    b_di = b_dli * tl.sigmoid(-tl.load(i_ptr + i_bh * S + o_t, mask=m_t, other=0.0).to(tl.float32))
-    b_df = b_dlf * tl.sigmoid(-tl.load(f_ptr + i_bh * S + o_t, mask=m_t, other=0.0).to(tl.float32))
+    b_di = b_dli * tl.sigmoid(-tl.load(i_ptr + tok0 + o_t, mask=m_t, other=0.0).to(tl.float32))
+    b_df = b_dlf * tl.sigmoid(-tl.load(f_ptr + tok0 + o_t, mask=m_t, other=0.0).to(tl.float32))
     return b_di, b_df
 
 
 @triton.jit
-def _store_shares(part_ptr, i_k, n_bh, i_bh, S, o_t, m_t, b_dD0, b_u, b_dlf, b_col, b_row):
-    """Key tile i_k's shares of the gate gradients' vectors for tokens o_t, as five rows of part_ptr
+def _store_shares(part_ptr, i_k, n_bh, tok0, S, o_t, m_t, b_dD0, b_u, b_dlf, b_col, b_row):
+    """Key tile i_k's shares of the gate gradients' vectors for tokens tok0 + o_t, as five rows of part_ptr
     (row j at offset j * n_bh * S): q . dq_inter, k . dk_trans, and E's dlf, column and row sums."""
-    p_part = part_ptr + (i_k * 5 * n_bh + i_bh) * S + o_t
+    p_part = part_ptr + i_k * 5 * n_bh * S + tok0 + o_t
     tl.store(p_part, b_dD0, mask=m_t)
     tl.store(p_part + n_bh * S, b_u, mask=m_t)
     tl.store(p_part + 2 * n_bh * S, b_dlf, mask=m_t)
@@ -530,8 +596,13 @@ def chunkwise_bw_dqk_kernel(
     dk_ptr,  # (B, NH, S, DHQK) out
     part_ptr,  # (cdiv(DHQK, BK), 5, B, NH, S) fp32 out: this tile's shares of the gate gradients' vectors (below)
     partX_ptr,  # (cdiv(DHQK, BK), B, NH, NC) fp32 out: this tile's <C, dC_after> + <n, dn_after>
+    cu_ptr,  # PACKED: (N + 1) token offsets of the documents
+    cs_ptr,  # PACKED: (N + 1) their first chunk slots
+    ss_ptr,  # PACKED: (NC) the document of each chunk slot, N past the last
     S,
     NC,
+    NSEQ,
+    NH,
     scale,
     DHQK: tl.constexpr,
     DHHV: tl.constexpr,
@@ -540,6 +611,7 @@ def chunkwise_bw_dqk_kernel(
     BV: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     SEGMENT_SUMS: tl.constexpr,
+    PACKED: tl.constexpr,
 ):
     """One DHQK tile of dq and dk for one chunk. v and dh are read once, in the loop over value tiles that also forms
     dP (no separate pass over them); the programs of a chunk's key tiles are neighbours in the grid, so they share
@@ -548,13 +620,14 @@ def chunkwise_bw_dqk_kernel(
     q k^T, which is the sum of its key tiles' shares, so no program needs all of DHQK."""
     i_k, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     n_bh = tl.num_programs(2).to(tl.int64)
+    tok0, S_r, c, NC_r, row = _packed_chunk_row(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, NH, PACKED)
     i_bhc = i_bh * NC + i_c
     o_t, m_t, b_lf, b_li, b_mc, b_D, b_D0, b_w, b_decay, b_r, b_ds = _chunk_setup(
-        i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S, NC, L, SEGMENT_SUMS)
-    q_ptr += i_bh * S * DHQK
-    k_ptr += i_bh * S * DHQK
-    v_ptr += i_bh * S * DHHV
-    dh_ptr += i_bh * S * DHHV
+        i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, tok0, S_r, i_bhc, c, NC_r, row, L, SEGMENT_SUMS)
+    q_ptr += tok0 * DHQK
+    k_ptr += tok0 * DHQK
+    v_ptr += tok0 * DHHV
+    dh_ptr += tok0 * DHHV
     o_k = i_k * BK + tl.arange(0, BK)
     m_tk = m_t[:, None] & (o_k < DHQK)[None, :]
     b_q = tl.load(q_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_tk, other=0.0)
@@ -570,11 +643,11 @@ def chunkwise_bw_dqk_kernel(
     # transposed output, not a transposed dot result as operand: miscompiled on sm_90 (triton-lang/triton#6124)
     b_dkT = tl.dot(tl.trans(b_q), b_dA16, input_precision=DOT_PRECISION)  # [BK, L] @ [L, L] -> [BK, L]
     b_dkT += tl.trans(b_dkt)
-    o_tk = i_bh * S * DHQK + o_t[:, None] * DHQK + o_k[None, :]
+    o_tk = tok0 * DHQK + o_t[:, None] * DHQK + o_k[None, :]
     tl.store(dq_ptr + o_tk, b_dq.to(dq_ptr.dtype.element_ty), mask=m_tk)
-    o_kt = i_bh * S * DHQK + o_t[None, :] * DHQK + o_k[:, None]
+    o_kt = tok0 * DHQK + o_t[None, :] * DHQK + o_k[:, None]
     tl.store(dk_ptr + o_kt, b_dkT.to(dk_ptr.dtype.element_ty), mask=(o_k < DHQK)[:, None] & m_t[None, :])
-    _store_shares(part_ptr, i_k, n_bh, i_bh, S, o_t, m_t, tl.sum(b_q.to(tl.float32) * b_dqi, axis=1),
+    _store_shares(part_ptr, i_k, n_bh, tok0, S, o_t, m_t, tl.sum(b_q.to(tl.float32) * b_dqi, axis=1),
                   tl.sum(b_k.to(tl.float32) * b_dkt, axis=1), b_dlfE, b_colE, b_rowE)  # fmt: skip
     tl.store(partX_ptr + i_k * n_bh * NC + i_bhc, b_X)
 
@@ -593,8 +666,13 @@ def chunkwise_bw_dv_kernel(
     ds_ptr,  # (B, NH, S) fp32
     dCa_ptr,  # (B, NH, NC, DHQK, DHHV) gradient of the state after each chunk (fp32 or the inputs' dtype)
     dv_ptr,  # (B, NH, S, DHHV) out
+    cu_ptr,  # PACKED: (N + 1) token offsets of the documents
+    cs_ptr,  # PACKED: (N + 1) their first chunk slots
+    ss_ptr,  # PACKED: (NC) the document of each chunk slot, N past the last
     S,
     NC,
+    NSEQ,
+    NH,
     scale,
     DHQK: tl.constexpr,
     DHHV: tl.constexpr,
@@ -603,18 +681,19 @@ def chunkwise_bw_dv_kernel(
     BV: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     SEGMENT_SUMS: tl.constexpr,
+    PACKED: tl.constexpr,
 ):
     i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    tok0, S_r, c, NC_r, row = _packed_chunk_row(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, NH, PACKED)
     i_bhc = i_bh * NC + i_c
     o_t, m_t, b_lf, b_li, b_mc, b_D, b_D0, b_w, b_decay, b_r, b_ds = _chunk_setup(
-        i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S, NC, L, SEGMENT_SUMS)
-    b_P = _qk_block(q_ptr + i_bh * S * DHQK, k_ptr + i_bh * S * DHQK, o_t, m_t, o_t, m_t, DHQK, L, L, BK,
-                    DOT_PRECISION)
+        i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, tok0, S_r, i_bhc, c, NC_r, row, L, SEGMENT_SUMS)
+    b_P = _qk_block(q_ptr + tok0 * DHQK, k_ptr + tok0 * DHQK, o_t, m_t, o_t, m_t, DHQK, L, L, BK, DOT_PRECISION)
     b_Pr16 = (b_P * scale * b_D * b_r[:, None]).to(q_ptr.dtype.element_ty)
     o_v = i_v * BV + tl.arange(0, BV)
-    b_dvT = _dv_tile(k_ptr + i_bh * S * DHQK, dh_ptr + i_bh * S * DHHV, dCa_ptr, i_bhc, o_t, m_t, o_v, b_Pr16, b_w,
-                     DHQK, DHHV, BK, DOT_PRECISION)
-    p_dv = dv_ptr + i_bh * S * DHHV + o_t[None, :] * DHHV + o_v[:, None]
+    b_dvT = _dv_tile(k_ptr + tok0 * DHQK, dh_ptr + tok0 * DHHV, dCa_ptr, i_bhc, o_t, m_t, o_v, b_Pr16, b_w, DHQK,
+                     DHHV, BK, DOT_PRECISION)
+    p_dv = dv_ptr + tok0 * DHHV + o_t[None, :] * DHHV + o_v[:, None]
     tl.store(p_dv, b_dvT.to(dv_ptr.dtype.element_ty), mask=(o_v < DHHV)[:, None] & m_t[None, :])
 
 
@@ -634,8 +713,13 @@ def chunkwise_bw_gates_kernel(
     partX_ptr,  # (NKT, B, NH, NC) fp32
     di_ptr,  # (B, NH, S) fp32 out
     df_ptr,  # (B, NH, S) fp32 out
+    cu_ptr,  # PACKED: (N + 1) token offsets of the documents
+    cs_ptr,  # PACKED: (N + 1) their first chunk slots
+    ss_ptr,  # PACKED: (NC) the document of each chunk slot, N past the last
     S,
     NC,
+    NSEQ,
+    NH,
     NKT,
     scale,
     DHQK: tl.constexpr,
@@ -645,13 +729,15 @@ def chunkwise_bw_gates_kernel(
     BV: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     SEGMENT_SUMS: tl.constexpr,
+    PACKED: tl.constexpr,
 ):
     """di, df of one chunk from the key tiles' partial vectors (no [L, L] product here)."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     n_bh = tl.num_programs(1).to(tl.int64)
+    tok0, S_r, c, NC_r, row = _packed_chunk_row(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, NH, PACKED)
     i_bhc = i_bh * NC + i_c
     o_t, m_t, b_lf, b_li, b_mc, b_D, b_D0, b_w, b_decay, b_r, b_ds = _chunk_setup(
-        i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, i_bh, i_c, S, NC, L, SEGMENT_SUMS)
+        i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, tok0, S_r, i_bhc, c, NC_r, row, L, SEGMENT_SUMS)
     b_dD0 = tl.zeros([L], dtype=tl.float32)
     b_u = tl.zeros([L], dtype=tl.float32)
     b_dlfE = tl.zeros([L], dtype=tl.float32)
@@ -659,14 +745,14 @@ def chunkwise_bw_gates_kernel(
     b_rowE = tl.zeros([L], dtype=tl.float32)
     b_X = tl.full([], 0.0, tl.float32)
     for i_k in range(0, NKT):
-        p_part = part_ptr + (i_k * 5 * n_bh + i_bh) * S + o_t
+        p_part = part_ptr + i_k * 5 * n_bh * S + tok0 + o_t
         b_dD0 += tl.load(p_part, mask=m_t, other=0.0)
         b_u += tl.load(p_part + n_bh * S, mask=m_t, other=0.0)
         b_dlfE += tl.load(p_part + 2 * n_bh * S, mask=m_t, other=0.0)
         b_colE += tl.load(p_part + 3 * n_bh * S, mask=m_t, other=0.0)
         b_rowE += tl.load(p_part + 4 * n_bh * S, mask=m_t, other=0.0)
         b_X += tl.load(partX_ptr + i_k * n_bh * NC + i_bhc)
-    b_di, b_df = _gate_grads(i_ptr, f_ptr, mt_ptr, R_ptr, Fl_ptr, dm_ptr, i_bh, i_bhc, o_t, m_t, b_lf, b_li, b_mc,
-                             b_dlfE, b_colE, b_rowE, b_u, b_dD0, b_decay * b_X, S, L)
-    tl.store(di_ptr + i_bh * S + o_t, b_di, mask=m_t)
-    tl.store(df_ptr + i_bh * S + o_t, b_df, mask=m_t)
+    b_di, b_df = _gate_grads(i_ptr, f_ptr, mt_ptr, R_ptr, Fl_ptr, dm_ptr, tok0, i_bhc, o_t, m_t, b_lf, b_li, b_mc,
+                             b_dlfE, b_colE, b_rowE, b_u, b_dD0, b_decay * b_X, S_r, L)
+    tl.store(di_ptr + tok0 + o_t, b_di, mask=m_t)
+    tl.store(df_ptr + tok0 + o_t, b_df, mask=m_t)

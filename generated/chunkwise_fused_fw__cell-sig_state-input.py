@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_fused_fw.py.j2
-# template hash:   ec188ab883e256ac
+# template hash:   7238be172133d0e7
 # parameters:      cell=sig, state=input
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (sig cell), fused single pass: one program per (value tile, batch x head) walks the
@@ -134,6 +134,51 @@ def _parts_dot(b_x, b_a, DOT_PRECISION: tl.constexpr):
         b_hi = b_x.to(b_a.dtype)
         b_lo = (b_x - b_hi.to(tl.float32)).to(b_a.dtype)
         return tl.dot(b_hi, b_a, input_precision=DOT_PRECISION) + tl.dot(b_lo, b_a, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _packed_row(i_bh, S, NC, cu_ptr, cs_ptr, NH, PACKED: tl.constexpr):
+    """(first token, tokens, first chunk slot, chunks) of the sequential kernel's row i_bh: row b * NH + h of a batch
+    of sequences of S tokens in NC chunks each; with PACKED, document j of head h (i_bh = j * NH + h) of a packed
+    sequence of S tokens per head, whose tokens run from cu[j] to cu[j + 1] and whose chunks take the slots cs[j] to
+    cs[j + 1] of the head's NC."""
+    if PACKED:
+        j = i_bh // NH
+        a = tl.load(cu_ptr + j).to(tl.int64)
+        c0 = tl.load(cs_ptr + j).to(tl.int64)
+        n_t = (tl.load(cu_ptr + j + 1).to(tl.int64) - a).to(tl.int32)
+        n_c = (tl.load(cs_ptr + j + 1).to(tl.int64) - c0).to(tl.int32)
+        return (i_bh % NH) * S + a, n_t, (i_bh % NH) * NC + c0, n_c
+    else:
+        return i_bh * S, S, i_bh * NC, NC
+
+
+@triton.jit
+def _packed_chunk(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, PACKED: tl.constexpr):
+    """(first token of the row, its tokens, the chunk's index in its row) of chunk slot i_c of row i_bh; with PACKED,
+    of slot i_c of head i_bh, which belongs to document ss[i_c] (NSEQ for the slots past the last document's chunks:
+    0 tokens, so every load and store of the program is masked off)."""
+    if PACKED:
+        j = tl.load(ss_ptr + i_c)
+        used = j < NSEQ
+        j = tl.minimum(j, NSEQ - 1)
+        a = tl.load(cu_ptr + j).to(tl.int64)
+        n_t = tl.where(used, (tl.load(cu_ptr + j + 1).to(tl.int64) - a).to(tl.int32), 0)
+        return i_bh * S + a, n_t, tl.where(used, i_c - tl.load(cs_ptr + j), 0)
+    else:
+        return i_bh * S, S, i_c
+
+
+@triton.jit
+def _packed_chunk_row(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, NH, PACKED: tl.constexpr):
+    """_packed_chunk, and (chunks of the row, the row): the row's index among the B * NH rows of a batch, or j * NH + h
+    for document j of head h of a packed sequence (the rows of per-row tensors such as last states)."""
+    tok0, S_r, c = _packed_chunk(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, PACKED)
+    if PACKED:
+        j = tl.minimum(tl.load(ss_ptr + i_c), NSEQ - 1)
+        return tok0, S_r, c, tl.load(cs_ptr + j + 1) - tl.load(cs_ptr + j), j * NH + i_bh
+    else:
+        return tok0, S_r, c, NC, i_bh
 
 
 @triton.jit

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_twopass_fw.py.j2
-# template hash:   307bfcdf531d0fb4
+# template hash:   b2015afdff61b27f
 # parameters:      cell=exp, state=float32
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (exp cell), two passes (knobs: autotune/families.py, CHUNKWISE_TWOPASS_FW; LI is
@@ -182,6 +182,18 @@ def _packed_chunk(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, PACKED: tl.con
         return i_bh * S + a, n_t, tl.where(used, i_c - tl.load(cs_ptr + j), 0)
     else:
         return i_bh * S, S, i_c
+
+
+@triton.jit
+def _packed_chunk_row(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, NH, PACKED: tl.constexpr):
+    """_packed_chunk, and (chunks of the row, the row): the row's index among the B * NH rows of a batch, or j * NH + h
+    for document j of head h of a packed sequence (the rows of per-row tensors such as last states)."""
+    tok0, S_r, c = _packed_chunk(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, PACKED)
+    if PACKED:
+        j = tl.minimum(tl.load(ss_ptr + i_c), NSEQ - 1)
+        return tok0, S_r, c, tl.load(cs_ptr + j + 1) - tl.load(cs_ptr + j), j * NH + i_bh
+    else:
+        return tok0, S_r, c, NC, i_bh
 
 
 @triton.jit

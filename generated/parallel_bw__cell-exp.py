@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        parallel_bw.py.j2
-# template hash:   92a0af1050d0a17c
+# template hash:   4b37780e2c523722
 # parameters:      cell=exp
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Parallel mLSTM backward (exp cell), exact (docs/math.md §6), tiled like flash attention: no chunk states.
@@ -148,6 +148,51 @@ def _parts_dot(b_x, b_a, DOT_PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _packed_row(i_bh, S, NC, cu_ptr, cs_ptr, NH, PACKED: tl.constexpr):
+    """(first token, tokens, first chunk slot, chunks) of the sequential kernel's row i_bh: row b * NH + h of a batch
+    of sequences of S tokens in NC chunks each; with PACKED, document j of head h (i_bh = j * NH + h) of a packed
+    sequence of S tokens per head, whose tokens run from cu[j] to cu[j + 1] and whose chunks take the slots cs[j] to
+    cs[j + 1] of the head's NC."""
+    if PACKED:
+        j = i_bh // NH
+        a = tl.load(cu_ptr + j).to(tl.int64)
+        c0 = tl.load(cs_ptr + j).to(tl.int64)
+        n_t = (tl.load(cu_ptr + j + 1).to(tl.int64) - a).to(tl.int32)
+        n_c = (tl.load(cs_ptr + j + 1).to(tl.int64) - c0).to(tl.int32)
+        return (i_bh % NH) * S + a, n_t, (i_bh % NH) * NC + c0, n_c
+    else:
+        return i_bh * S, S, i_bh * NC, NC
+
+
+@triton.jit
+def _packed_chunk(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, PACKED: tl.constexpr):
+    """(first token of the row, its tokens, the chunk's index in its row) of chunk slot i_c of row i_bh; with PACKED,
+    of slot i_c of head i_bh, which belongs to document ss[i_c] (NSEQ for the slots past the last document's chunks:
+    0 tokens, so every load and store of the program is masked off)."""
+    if PACKED:
+        j = tl.load(ss_ptr + i_c)
+        used = j < NSEQ
+        j = tl.minimum(j, NSEQ - 1)
+        a = tl.load(cu_ptr + j).to(tl.int64)
+        n_t = tl.where(used, (tl.load(cu_ptr + j + 1).to(tl.int64) - a).to(tl.int32), 0)
+        return i_bh * S + a, n_t, tl.where(used, i_c - tl.load(cs_ptr + j), 0)
+    else:
+        return i_bh * S, S, i_c
+
+
+@triton.jit
+def _packed_chunk_row(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, NH, PACKED: tl.constexpr):
+    """_packed_chunk, and (chunks of the row, the row): the row's index among the B * NH rows of a batch, or j * NH + h
+    for document j of head h of a packed sequence (the rows of per-row tensors such as last states)."""
+    tok0, S_r, c = _packed_chunk(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, PACKED)
+    if PACKED:
+        j = tl.minimum(tl.load(ss_ptr + i_c), NSEQ - 1)
+        return tok0, S_r, c, tl.load(cs_ptr + j + 1) - tl.load(cs_ptr + j), j * NH + i_bh
+    else:
+        return tok0, S_r, c, NC, i_bh
+
+
+@triton.jit
 def bw_prep_kernel(
     h_ptr,  # (B, NH, S, DHHV) forward output
     dh_ptr,  # (B, NH, S, DHHV) its cotangent
@@ -196,24 +241,25 @@ def _compose_affine(a1, b1, a2, b2):
 
 
 @triton.jit
-def _chain_tile(i_ptr, f_ptr, mt_ptr, G_ptr, R_ptr, i_bh, t0, S, m_before, b_carry, L: tl.constexpr):
-    """The max state's chain over tokens t0 .. t0 + L - 1 (those < S), walked back from the last:
+def _chain_tile(i_ptr, f_ptr, mt_ptr, G_ptr, R_ptr, tok0, t0, S, m_before, b_carry, L: tl.constexpr):
+    """The max state's chain over tokens t0 .. t0 + L - 1 (those < S) of the row of S tokens from token tok0, walked
+    back from the last:
     R_t = G_t + a_t R_{t+1}, a_t = [m_{t+1} came from m_t], with R of the token after the tile replaced by the carry
     (already multiplied by its a). A forward scan over reversed positions of the affine maps x -> a x + G. Stores R;
     returns the carry into the token before t0: R_{t0} where m_{t0} came from m_before (the max state before t0)."""
     o_l = tl.arange(0, L)
     o_p = t0 + (L - 1 - o_l)  # token at reversed position p
     m_p = o_p < S
-    b_G = tl.load(G_ptr + i_bh * S + o_p, mask=m_p, other=0.0)
+    b_G = tl.load(G_ptr + tok0 + o_p, mask=m_p, other=0.0)
     o_n = o_p + 1  # the token after
-    lf_n, li_n = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, o_n, o_n < S)
-    m_here = tl.load(mt_ptr + i_bh * S + o_p, mask=m_p, other=0.0)
+    lf_n, li_n = _load_gates(i_ptr + tok0, f_ptr + tok0, o_n, o_n < S)
+    m_here = tl.load(mt_ptr + tok0 + o_p, mask=m_p, other=0.0)
     b_a = tl.where((o_l == 0) | (o_n >= S), 1.0, tl.where(li_n <= lf_n + m_here, 1.0, 0.0))
     b_A, b_B = tl.associative_scan((b_a, b_G), 0, _compose_affine)
     b_R = b_A * b_carry + b_B
-    tl.store(R_ptr + i_bh * S + o_p, b_R, mask=m_p)
+    tl.store(R_ptr + tok0 + o_p, b_R, mask=m_p)
     R_first = tl.sum(tl.where(o_l == L - 1, b_R, 0.0), axis=0)
-    lf_f, li_f = _load_gates(i_ptr + i_bh * S, f_ptr + i_bh * S, t0 + o_l, o_l == 0)
+    lf_f, li_f = _load_gates(i_ptr + tok0, f_ptr + tok0, t0 + o_l, o_l == 0)
     won = tl.sum(tl.where(o_l == 0, tl.where(li_f <= lf_f + m_before, 1.0, 0.0), 0.0), axis=0)
     return won * R_first
 
@@ -308,7 +354,7 @@ def parallel_bw_chain_kernel(
     for it in range(0, NT):
         t0 = (NT - 1 - it) * BT
         m_before = tl.where(t0 > 0, tl.load(mt_ptr + i_bh * S + tl.maximum(t0 - 1, 0)), m_first)
-        b_carry = _chain_tile(i_ptr, f_ptr, mt_ptr, G_ptr, R_ptr, i_bh, t0, S, m_before, b_carry, BT)
+        b_carry = _chain_tile(i_ptr, f_ptr, mt_ptr, G_ptr, R_ptr, i_bh * S, t0, S, m_before, b_carry, BT)
 
 
 @triton.jit

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        parallel_fw.py.j2
-# template hash:   1a0a4d2b1916781d
+# template hash:   ebcb1345c25c6e1e
 # parameters:      cell=exp
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Parallel mLSTM forward (exp cell), tiled like flash attention (docs/math.md §3).

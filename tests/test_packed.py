@@ -232,3 +232,62 @@ def test_packed_initial_states_need_a_row_per_document():
     with torch.no_grad(), pytest.raises(MLSTMInputError, match="c_initial"):
         get_mlstm_kernel("chunkwise--triton_auto")(*x, *(s[:2] for s in states), chunk_size=CHUNK,
                                                    cu_seqlens=_cu(LENGTHS))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "cell, kernels, states, dstate_gates, with_states, with_last",
+    [
+        ("exp", "fused", "reuse", "inline", True, True),
+        ("exp", "split", "recompute", "pre", True, False),
+        ("exp", "fused", "recompute", "pre", False, True),
+        ("exp", "split", "reuse", "inline", False, False),
+        ("sig", "fused", "reuse", "pre", True, True),
+        ("sig", "split", "recompute", "inline", False, False),
+    ],
+)
+def test_the_chunkwise_backward_walks_the_documents_bit_for_bit(cell, kernels, states, dstate_gates, with_states,
+                                                                 with_last):  # fmt: skip
+    """The training forward and the chunkwise backward with cu_seqlens (one launch per kernel for all documents)
+    give every document's gradients, of its inputs, initial state and last state's cotangent, bit for bit as the
+    same launchers on that document alone."""
+    from autotune import families
+    from autotune.launch import chunkwise, chunkwise_bw
+    from autotune.variants import find
+
+    lengths = [1, 16, 23, 3, 40, 5]
+    x, init = _packed_inputs(lengths, torch.float16)
+    x[3], x[4] = 3.0 * x[3], x[4] - 2.0  # gates that move the max state
+    N, T = len(lengths), sum(lengths)
+    init = init[:2] + ([init[2].float()] if cell == "exp" else [None]) if with_states else [None] * 3
+    init = [t.float() if t is not None else None for t in init]
+    fw_variant, fw_config = chunkwise.training_forward(cell, DHQK, DHHV, CHUNK)
+    bw_variant = find("chunkwise_bw.py.j2", cell=cell, kernels=kernels)
+    bw_config = dict(families.default_config(bw_variant, DHQK, DHHV), chunk=CHUNK, states=states,
+                     dstate_gates=dstate_gates)  # fmt: skip
+    gen = torch.Generator().manual_seed(3)
+    dh = torch.randn(1, NH, T, DHHV, generator=gen).to(torch.float16)
+    dlast = [torch.randn(N, NH, DHQK, DHHV, generator=gen), torch.randn(N, NH, DHQK, generator=gen),
+             torch.randn(N, NH, 1, generator=gen) if cell == "exp" else None]  # fmt: skip
+
+    def step(q, k, v, i, f, C0, n0, m0, dh, dC, dn, dm, cu=None):
+        saved = {}
+        h, last = chunkwise.chunkwise_fw(q, k, v, i, f, C0, n0, m0, variant=fw_variant, config=fw_config,
+                                         return_last_states=True, saved=saved, cu_seqlens=cu)  # fmt: skip
+        last = (last[0], last[1], last[2] if cell == "exp" else None)
+        borders = (saved["Cb"], saved["nb"], saved["mb"]) if states == "reuse" else None
+        cot = (dC, dn, dm) if with_last else (None, None, None)
+        return chunkwise_bw.chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, saved["s"], saved["mt"], dh, *cot,
+                                         last if with_last else None, variant=bw_variant, config=bw_config,
+                                         borders=borders, cu_seqlens=cu)  # fmt: skip
+
+    packed = step(*x, *init, dh, *dlast, cu=_cu(lengths))
+    bounds = _cu(lengths).tolist()
+    for j, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        one = lambda t: t[j : j + 1] if t is not None else None  # noqa: E731
+        alone = step(*[t[:, :, a:b] for t in x], *map(one, init), dh[:, :, a:b], *map(one, dlast))
+        for name, got, want in zip(("dq", "dk", "dv", "di", "df"), packed[:5], alone[:5]):
+            assert torch.equal(got[:, :, a:b], want), (name, j)
+        for name, got, want in zip(("dC0", "dn0", "dm0"), packed[5:], alone[5:]):
+            assert (got is None) == (want is None), name
+            if got is not None:
+                assert torch.equal(got[j : j + 1], want), (name, j)

@@ -139,15 +139,15 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
     chunk (a backward that will reuse them). A training step runs the forward of ``training_forward``.
 
     With ``cu_seqlens`` (N + 1 checked offsets on q's device, autotune/torch/packed.py), q, k, v, i, f hold N
-    documents packed into one sequence (B = 1) and the two-pass kernels walk the documents themselves (inference:
-    no ``saved``): initial and last states are per document, (N, NH, ...)."""
+    documents packed into one sequence (B = 1) and the two-pass kernels walk the documents themselves: initial and
+    last states are per document, (N, NH, ...); the states kept in ``saved`` take the chunk slots of
+    autotune/launch/packed.py, as launch.chunkwise_bw reads them with the same offsets."""
     B, NH, S, DHQK = q.shape
     DHHV = v.shape[-1]
     config = check_config(variant, config or families.default_config(variant, DHQK, DHHV))
-    if cu_seqlens is not None and (variant.template != TWOPASS or saved is not None or B != 1):
-        backward = ", a backward" if saved is not None else ""
-        raise MLSTMInputError("packed documents (cu_seqlens) run the two-pass forward of batch size 1, without a "
-                              f"backward; got {variant.name}, B = {B}{backward}")  # fmt: skip
+    if cu_seqlens is not None and (variant.template != TWOPASS or B != 1):
+        raise MLSTMInputError(f"packed documents (cu_seqlens) run the two-pass forward of batch size 1; got "
+                              f"{variant.name}, B = {B}")  # fmt: skip
     q, k, v, i, f = contiguous(q, k, v, i, f)
     C0, n0, m0, has_state = state_args(C0, n0, m0, q)
     h = empty(B, NH, S, DHHV, dtype=q.dtype, device=q.device)

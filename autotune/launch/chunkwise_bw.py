@@ -21,6 +21,10 @@ and the gradient (dC_{c+1}, dn_{c+1}) of the state after it:
 
 The states before every chunk are either recomputed here by the forward's recurrence kernel ("states":
 "recompute") or the ones the two-pass forward kept ("reuse"; then L is the forward's LO).
+
+With ``cu_seqlens`` the kernels walk the documents of a packed sequence (batch size 1) as the two-pass forward does
+(autotune/launch/packed.py): every document's chunks in slots of their own, a reverse recurrence and a max-state
+chain per (document, head), and initial and last states per document.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from ..variants import Variant, find
 from .bw_common import prepare
 from .chunkwise import TWOPASS, _launch_states
 from .common import cdiv, empty
+from .packed import no_packing, packing
 
 TEMPLATE = "chunkwise_bw.py.j2"
 
@@ -50,23 +55,32 @@ def segment_sums(q) -> bool:
 
 
 def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, variant: Variant, config: dict,
-                 eps: float = 1e-6, normalize: bool = True, borders: tuple | None = None):  # fmt: skip
+                 eps: float = 1e-6, normalize: bool = True, borders: tuple | None = None,
+                 cu_seqlens: torch.Tensor | None = None):  # fmt: skip
     """Gradients of the chunkwise (or parallel) forward. q, k, v, i, f, C0, n0, m0 as the forward got them; h, s, mt
     what it saved (s, mt from ``saved``); dh the cotangent of h; dC, dn, dm those of the last state (None when it
     was not used) and ``last`` = (C_S, n_S, m_S) the last state itself (needed then; m_S may be None for the sig
     cell). ``borders`` = (Cb, nb, mb) when config["states"] == "reuse" (the two-pass forward's states at chunks of
-    config["chunk"] tokens).
+    config["chunk"] tokens). ``cu_seqlens``: N + 1 checked offsets on q's device of the documents of a packed
+    sequence (B = 1; the forward's borders then of the same packing); states and their cotangents per document.
     Returns dq, dk, dv (q's dtype), di, df (fp32), dC0, dn0, dm0 (fp32; None without an initial state)."""
     B, NH, S, DHQK = q.shape
     DHHV = v.shape[-1]
     config = check_config(variant, config)
     cell = variant.params["cell"]
     L = config["chunk"]
-    NC = cdiv(S, L)
     dev = q.device
+    if cu_seqlens is not None and B != 1:
+        raise MLSTMInputError(f"packed documents (cu_seqlens) need batch size 1, got B = {B}")
+    packed = packing(cu_seqlens, S, L) if cu_seqlens is not None else None
+    NC = packed.slots if packed else cdiv(S, L)  # chunks per row, or chunk slots per head
+    rows = packed.N if packed else B  # per-row tensors: (rows, NH, ...)
+    tables = (packed.cu, packed.cs, packed.ss) if packed else no_packing(dev)
+    NSEQ = packed.N if packed else 0
     module = families.bind(load_variant(variant), variant.template, config)
     # 1. inputs, and per token: r = 1 / den, ds, G, Fl
-    x = prepare(module, cell, q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, eps=eps, normalize=normalize)
+    x = prepare(module, cell, q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, eps=eps, normalize=normalize,
+                rows=rows)  # fmt: skip
     q, k, v, i, f, h, dh, C0, n0, m0 = x.q, x.k, x.v, x.i, x.f, x.h, x.dh, x.C0, x.n0, x.m0
     has_state, has_last, prec, f32, dummy = x.has_state, x.has_last, x.prec, x.f32, x.dummy
     r, ds, G, Fl = x.r, x.ds, x.G, x.Fl
@@ -93,27 +107,32 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
                         "states_n": config["states_n"]}  # fmt: skip
         states = families.bind(load_variant(find(TWOPASS, cell=cell, state="float32")), TWOPASS, state_config)
         _launch_states(states, k, v, i, f, C0, n0, m0, has_state, (Cb, nb, mb), (dummy, dummy, dummy), S=S, NC=NC,
-                       config=state_config, store_borders=True, prec=prec)  # fmt: skip
+                       config=state_config, store_borders=True, prec=prec, packed=packed)  # fmt: skip
 
     # 3. reverse recurrence: gradient of the state after every chunk, and the max state's chain
     dC, dn, T = x.dC, x.dn, x.T
     dCa = empty(B, NH, NC, DHQK, DHHV, dtype=buffers_dtype, device=dev)
     dna = empty(B, NH, NC, DHQK, **f32)
     R = empty(B, NH, S, **f32) if cell == "exp" else dummy
-    dC0 = empty(B, NH, DHQK, DHHV, **f32) if has_state else dummy
-    dn0 = empty(B, NH, DHQK, **f32) if has_state else dummy
-    mS = last[2].reshape(B, NH).float().contiguous() if has_last and cell == "exp" else mt[:, :, -1].contiguous()
+    dC0 = empty(rows, NH, DHQK, DHHV, **f32) if has_state else dummy
+    dn0 = empty(rows, NH, DHQK, **f32) if has_state else dummy
+    if has_last and cell == "exp":
+        mS = last[2].reshape(rows, NH).float().contiguous()
+    elif packed:  # the max state at each document's last token
+        mS = mt[0][:, packed.cu[1:] - 1].transpose(0, 1).contiguous()
+    else:
+        mS = mt[:, :, -1].contiguous()
     pre = config["dstate_gates"] == "pre"
     wr, wds, dec = dummy, dummy, dummy
     if pre:  # every chunk's weights in parallel, so the sequential loop below only loads them
         wr, wds, dec = empty(B, NH, NC * L, **f32), empty(B, NH, NC * L, **f32), empty(B, NH, NC, **f32)
-        module.bw_dstate_weights_kernel[(NC, B * NH)](i, f, mt, mb, mS, r, ds, wr, wds, dec, S, NC,
-                                                      scale=DHQK**-0.5, L=L)  # fmt: skip
+        module.bw_dstate_weights_kernel[(NC, B * NH)](i, f, mt, mb, mS, r, ds, wr, wds, dec, *tables, S, NC, NSEQ, NH,
+                                                      scale=DHQK**-0.5, L=L, PACKED=packed is not None)  # fmt: skip
     BKS, BVS = config["states_dhqk_tile"], config["states_dhhv_tile"]
-    module.chunkwise_bw_dstate_kernel[(cdiv(DHQK, BKS), cdiv(DHHV, BVS), B * NH)](
-        q, dh, i, f, mt, mb, mS, r, ds, G, dC, dn, T, dCa, dna, R, dC0, dn0, wr, wds, dec, S, NC,
+    module.chunkwise_bw_dstate_kernel[(cdiv(DHQK, BKS), cdiv(DHHV, BVS), rows * NH)](
+        q, dh, i, f, mt, mb, mS, r, ds, G, dC, dn, T, dCa, dna, R, dC0, dn0, wr, wds, dec, *tables[:2], S, NC, NH,
         scale=DHQK**-0.5, DHQK=DHQK, DHHV=DHHV, L=L, BK=BKS, BV=BVS, HAS_STATE=has_state, HAS_LAST_GRAD=has_last,
-        DOT_PRECISION=prec, PRE_WEIGHTS=pre, num_warps=config["states_warps"],
+        DOT_PRECISION=prec, PRE_WEIGHTS=pre, PACKED=packed is not None, num_warps=config["states_warps"],
     )  # fmt: skip
 
     # 4. within every chunk: dq, dk, dv, di, df
@@ -122,32 +141,32 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
     di, df = empty(B, NH, S, **f32), empty(B, NH, S, **f32)
     Ya = empty(B, NH, NC, 2, **f32) if cell == "exp" else dummy  # (Y_c, a_c): dm_c = Y_c + a_c dm_{c+1}
     common = dict(scale=DHQK**-0.5, DHQK=DHQK, DHHV=DHHV, L=L, BK=config["dhqk_tile"], BV=config["dhhv_tile"],
-                  DOT_PRECISION=prec, SEGMENT_SUMS=segment_sums(q), num_warps=config["num_warps"],
-                  num_stages=config["num_stages"])  # fmt: skip
+                  DOT_PRECISION=prec, SEGMENT_SUMS=segment_sums(q), PACKED=packed is not None,
+                  num_warps=config["num_warps"], num_stages=config["num_stages"])  # fmt: skip
+    where = (*tables, S, NC, NSEQ, NH)  # the tables of a packed sequence, and the sizes every kernel gets
     if variant.params["kernels"] == "fused":
         module.chunkwise_bw_chunk_kernel[(NC, B * NH)](
-            q, k, v, i, f, dh, mt, mb, mS, r, ds, R, Fl, Ya, Cb, nb, dCa, dna, dq, dk, dv, di, df, S, NC, **common
+            q, k, v, i, f, dh, mt, mb, mS, r, ds, R, Fl, Ya, Cb, nb, dCa, dna, dq, dk, dv, di, df, *where, **common
         )
     else:  # split: dq/dk programs per DHQK tile, dv programs per DHHV tile, then the gate gradients per chunk
         NKT = cdiv(DHQK, config["dhqk_tile"])
         part = empty(NKT, 5, B, NH, S, **f32)  # per key tile: q.dq_inter, k.dk_trans, E's dlf, col, row
         partX = empty(NKT, B, NH, NC, **f32)
         module.chunkwise_bw_dqk_kernel[(NKT, NC, B * NH)](
-            q, k, v, i, f, dh, mt, mb, mS, r, ds, Cb, nb, dCa, dna, dq, dk, part, partX, S, NC, **common
+            q, k, v, i, f, dh, mt, mb, mS, r, ds, Cb, nb, dCa, dna, dq, dk, part, partX, *where, **common
         )
         BVD = config["dv_dhhv_tile"]  # the dv kernel's own value tile
         module.chunkwise_bw_dv_kernel[(cdiv(DHHV, BVD), NC, B * NH)](
-            q, k, i, f, dh, mt, mb, mS, r, ds, dCa, dv, S, NC, **dict(common, BV=BVD)
+            q, k, i, f, dh, mt, mb, mS, r, ds, dCa, dv, *where, **dict(common, BV=BVD)
         )
         module.chunkwise_bw_gates_kernel[(NC, B * NH)](
-            i, f, mt, mb, mS, r, ds, R, Fl, Ya, part, partX, di, df, S, NC, NKT, **common
+            i, f, mt, mb, mS, r, ds, R, Fl, Ya, part, partX, di, df, *where, NKT, **common
         )
 
     dm0 = None
-    if has_state and cell == "exp":
-        # dm_0 = Y_0 + a_0 (Y_1 + a_1 (... (Y_{NC-1} + a_{NC-1} dm_S))), in float64
-        Y, a = Ya[..., 0].double(), Ya[..., 1].double()
-        reach = torch.cumprod(torch.cat([torch.ones_like(a[..., :1]), a[..., :-1]], -1), -1)  # prod of a before c
-        dm_S = dm.reshape(B, NH).double() if has_last else torch.zeros_like(Y[..., 0])
-        dm0 = ((reach * Y).sum(-1) + reach[..., -1] * a[..., -1] * dm_S).float().reshape(B, NH, 1)
+    if has_state and cell == "exp":  # dm_0 = Y_0 + a_0 (Y_1 + a_1 (... (Y_{NC-1} + a_{NC-1} dm_S))), in float64
+        dm0 = empty(rows, NH, 1, **f32)
+        dm_S = dm.reshape(rows, NH).float().contiguous() if has_last else dummy
+        module.bw_dm0_kernel[(rows * NH,)](Ya, dm_S, dm0, *tables[:2], NC, NH, HAS_LAST_GRAD=has_last,
+                                           PACKED=packed is not None)  # fmt: skip
     return dq, dk, dv, di, df, (dC0 if has_state else None), (dn0 if has_state else None), dm0  # dm0: exp cell only
