@@ -283,8 +283,8 @@ def test_the_chunkwise_backward_walks_the_documents_bit_for_bit(cell, kernels, s
     packed = step(*x, *init, dh, *dlast, cu=_cu(lengths))
     bounds = _cu(lengths).tolist()
     for j, (a, b) in enumerate(zip(bounds, bounds[1:])):
-        one = lambda t: t[j : j + 1] if t is not None else None  # noqa: E731
-        alone = step(*[t[:, :, a:b] for t in x], *map(one, init), dh[:, :, a:b], *map(one, dlast))
+        row = [[t[j : j + 1] if t is not None else None for t in ts] for ts in (init, dlast)]
+        alone = step(*[t[:, :, a:b] for t in x], *row[0], dh[:, :, a:b], *row[1])
         for name, got, want in zip(("dq", "dk", "dv", "di", "df"), packed[:5], alone[:5]):
             assert torch.equal(got[:, :, a:b], want), (name, j)
         for name, got, want in zip(("dC0", "dn0", "dm0"), packed[5:], alone[5:]):
