@@ -211,7 +211,7 @@ def test_a_packed_inference_call_matches_the_float64_oracle():
 
 
 def test_entries_that_cannot_walk_the_documents_run_each_alone(monkeypatch):
-    """The fused-only entry, and any call that records gradients, run one launch per document."""
+    """The fused-only entry runs one launch per document, with or without gradients."""
     from autotune.launch import chunkwise as launch_chunkwise
 
     x, _ = _packed_inputs(LENGTHS)
@@ -223,8 +223,43 @@ def test_entries_that_cannot_walk_the_documents_run_each_alone(monkeypatch):
         get_mlstm_kernel("chunkwise--triton_fused")(*x, chunk_size=CHUNK, cu_seqlens=cu)
     assert len(launches) == len(LENGTHS) and all(kw.get("cu_seqlens") is None for kw in launches)
     launches.clear()
-    get_mlstm_kernel("chunkwise--triton_auto")(*_leaves(x), chunk_size=CHUNK, cu_seqlens=cu)
+    get_mlstm_kernel("chunkwise--triton_fused")(*_leaves(x), chunk_size=CHUNK, cu_seqlens=cu)
     assert len(launches) == len(LENGTHS) and all(kw.get("cu_seqlens") is None for kw in launches)
+
+
+def test_a_packed_training_step_walks_the_documents_in_one_forward_and_one_backward(monkeypatch):
+    """With gradients, a two-pass entry runs the training forward and the chunkwise backward once for all documents
+    (their kernels walk the documents), and its gradients of every input and initial state match each document
+    alone (fp32 under the interpreter; bit for bit under the same configuration:
+    test_the_chunkwise_backward_walks_the_documents_bit_for_bit)."""
+    from autotune.launch import chunkwise as launch_chunkwise
+    from autotune.launch import chunkwise_bw as launch_chunkwise_bw
+
+    x, states = _packed_inputs(LENGTHS)
+    cu = _cu(LENGTHS)
+    fw, bw = [], []
+    real_fw, real_bw = launch_chunkwise.chunkwise_fw, launch_chunkwise_bw.chunkwise_bw
+    monkeypatch.setattr(launch_chunkwise, "chunkwise_fw", lambda *a, **kw: fw.append(kw) or real_fw(*a, **kw))
+    monkeypatch.setattr(launch_chunkwise_bw, "chunkwise_bw", lambda *a, **kw: bw.append(kw) or real_bw(*a, **kw))
+    kernel = get_mlstm_kernel("chunkwise--triton_auto")
+    packed_in, packed_states = _leaves(x), _leaves(states)
+    h, last = kernel(*packed_in, *packed_states, return_last_states=True, chunk_size=CHUNK, cu_seqlens=cu)
+    dh = torch.randn_like(h)
+    ((h * dh).sum() + sum((t * t).sum() for t in last)).backward()
+    assert len(fw) == 1 and fw[0]["cu_seqlens"] is not None and fw[0]["saved"] is not None
+    assert len(bw) == 1 and bw[0]["cu_seqlens"] is not None
+    monkeypatch.undo()
+    bounds = cu.tolist()
+    for j, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        alone_in = _leaves([t[:, :, a:b] for t in x])
+        alone_states = _leaves([s[j : j + 1] for s in states])
+        h1, last1 = kernel(*alone_in, *alone_states, return_last_states=True, chunk_size=CHUNK)
+        ((h1 * dh[:, :, a:b]).sum() + sum((t * t).sum() for t in last1)).backward()
+        torch.testing.assert_close(h[:, :, a:b], h1, rtol=1e-5, atol=1e-5)
+        for got, want in zip(packed_in, alone_in):
+            torch.testing.assert_close(got.grad[:, :, a:b], want.grad, rtol=1e-4, atol=1e-4)
+        for got, want in zip(packed_states, alone_states):
+            torch.testing.assert_close(got.grad[j : j + 1], want.grad, rtol=1e-4, atol=1e-4)
 
 
 def test_packed_initial_states_need_a_row_per_document():

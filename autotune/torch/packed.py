@@ -6,11 +6,13 @@ sequence has at least one token). Initial states are per sequence: c (N, NH, DHQ
 1); with ``return_last_states`` so are the last states. The result is each sequence run alone, concatenated along
 the tokens: outputs, last states and the gradients of every input and initial state.
 
-Every chunkwise and parallel kernel of the registry takes ``cu_seqlens=`` (``packable``). Here a packed call runs the
-kernel once per sequence on its slice, so the result equals running each sequence alone by construction; it needs
-the offsets on the host: pass ``cu_seqlens_cpu`` (a host copy, as flash-linear-attention accepts: a CPU tensor, or a
-list of ints, which ``torch.compile`` traces without a graph break) to avoid one device-to-host copy of
-``cu_seqlens`` per call.
+Every chunkwise and parallel kernel of the registry takes ``cu_seqlens=`` (``packable``). The Triton entries with
+the two-pass structure walk the documents in their kernels, forward and backward (``walk_documents``: one launch per
+kernel for all of them, bit for bit each document alone under the same configuration). The other kernels, and calls
+under ``torch.compile``, run once per sequence on its slice, so the result equals running each sequence alone by
+construction; that needs the offsets on the host: pass ``cu_seqlens_cpu`` (a host copy, as flash-linear-attention
+accepts: a CPU tensor, or a list of ints, which ``torch.compile`` traces without a graph break) to avoid one
+device-to-host copy of ``cu_seqlens`` per call.
 """
 
 from __future__ import annotations
@@ -72,9 +74,7 @@ def packed_call(kernel, q, k, v, i, f, c_initial, n_initial, m_initial, return_l
     states = (c_initial, n_initial, m_initial)
     _check_states(states, N)
     walk = getattr(kernel, "walk_documents", None)
-    tensors = (q, k, v, i, f, *states)
-    needs_grad = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
-    if walk is not None and not needs_grad and not torch.compiler.is_compiling():
+    if walk is not None and not torch.compiler.is_compiling():
         cu = cu_seqlens if cu_seqlens is not None else torch.tensor(bounds, dtype=torch.int64, device=q.device)
         out = walk(q, k, v, i, f, *states, return_last_states, *args, cu=cu.to(q.device), N=N, **kwargs)
         if out is not None:

@@ -40,7 +40,8 @@ def _autocast(q, k, v, dtype: torch.dtype):
 
 
 def run_backward(saved: dict, dh, dlast, plan, *, cell: str, normalize: bool, eps: float):
-    """The generated backward for what a forward saved, with the (variant, config) chosen at the forward."""
+    """The generated backward for what a forward saved, with the (variant, config) chosen at the forward (and the
+    offsets "cu" of a packed sequence's documents, when the forward walked them)."""
     variant, config = plan
     config = dict(config)
     borders = None
@@ -54,24 +55,25 @@ def run_backward(saved: dict, dh, dlast, plan, *, cell: str, normalize: bool, ep
         else:
             config["states"] = "recompute"  # e.g. a parallel forward, or a two-pass one with another chunk size
     dC, dn, dm = dlast if dlast is not None else (None, None, None)
+    packed = {"cu_seqlens": saved["cu"]} if saved.get("cu") is not None else {}
     return launcher(
         saved["q"], saved["k"], saved["v"], saved["i"], saved["f"], saved["C0"], saved["n0"], saved["m0"], saved["h"],
         saved["s"], saved["mt"], dh, dC, dn, dm, saved["last"], variant=variant, config=config, eps=eps,
-        normalize=normalize, borders=borders,
+        normalize=normalize, borders=borders, **packed,
     )  # fmt: skip
 
 
-_SAVED = ("q", "k", "v", "i", "f", "C0", "n0", "m0", "h", "s", "mt", "Cb", "nb", "mb", "C_S", "n_S", "m_S")
+_SAVED = ("q", "k", "v", "i", "f", "C0", "n0", "m0", "h", "s", "mt", "Cb", "nb", "mb", "C_S", "n_S", "m_S", "cu")
 
 
-def forward_keeping(run, tensors, form: str, cell: str, with_last: bool, needs_grad: bool):
+def forward_keeping(run, tensors, form: str, cell: str, with_last: bool, needs_grad: bool, plan=None):
     """``run`` on ``tensors`` (q, k, v, i, f, C0, n0, m0). Returns h, the last state (or None), and, when a gradient is
-    needed, the backward's (variant, config) and what the forward kept for it ("s", "mt"; "Cb", "nb", "mb" and
-    their chunk "L" where kept), else (None, None)."""
+    needed, the backward's (variant, config) (``plan``, or the dispatcher's for these shapes) and what the forward
+    kept for it ("s", "mt"; "Cb", "nb", "mb" and their chunk "L" where kept), else (None, None)."""
     if not needs_grad:
         h, last = run(*tensors, return_last_states=with_last, saved=None)
         return h, last, None, None
-    plan, saved = backward_plan(tensors[0], tensors[2], form, cell), {}
+    plan, saved = plan or backward_plan(tensors[0], tensors[2], form, cell), {}
     if plan[1].get("states") == "reuse":
         # the states' chunk: a fused forward then keeps its states for the backward, a two-pass one stores them at
         # that stride (launch.chunkwise.states_every)
@@ -105,12 +107,13 @@ class _GeneratedFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, i, f, C0, n0, m0, run, form: str, cell: str, normalize: bool, eps: float,
-                with_last: bool, needs_grad: bool):  # fmt: skip
+                with_last: bool, needs_grad: bool, plan=None, cu=None):  # fmt: skip
         h, last, ctx.plan, saved = forward_keeping(run, (q, k, v, i, f, C0, n0, m0), form, cell, with_last,
-                                                   needs_grad)  # fmt: skip
+                                                   needs_grad, plan)  # fmt: skip
         if needs_grad:
             ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h, saved["s"], saved["mt"], saved.get("Cb"),
-                                  saved.get("nb"), saved.get("mb"), *(last if with_last else (None,) * 3))  # fmt: skip
+                                  saved.get("nb"), saved.get("mb"), *(last if with_last else (None,) * 3),
+                                  cu)  # fmt: skip
             ctx.chunk = saved.get("L", 0)
         ctx.opts = dict(cell=cell, normalize=normalize, eps=eps)
         ctx.with_last = with_last
@@ -121,7 +124,7 @@ class _GeneratedFunction(torch.autograd.Function):
         saved = dict(zip(_SAVED, ctx.saved_tensors))
         saved["L"], saved["last"] = ctx.chunk, (saved["C_S"], saved["n_S"], saved["m_S"])
         grads = backward_grads(saved, dh, dlast, ctx.plan, with_last=ctx.with_last, **ctx.opts)
-        return (*grads, None, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None, None, None)
 
 
 def _sequence_entry(name: str, run_factory, native_fallback, *, form: str, cell: str, default_chunk: int,

@@ -111,14 +111,17 @@ def backward_default(form: str, cell: str, DHQK: int, DHHV: int):
     return variant.name, families.default_config(variant, DHQK, DHHV)
 
 
-def backward_plan(q: torch.Tensor, v: torch.Tensor, form: str, cell: str):
-    """The backward (variant, config) for a training step on these shapes: the dispatcher, direction "fwbw". With
-    MLSTM_AUTOTUNE_BACKWARD_STATES=recompute a configuration that reuses the forward's per-chunk states (kept in
-    memory from the forward to the backward) recomputes them instead: slower, and no memory held between the two."""
+def backward_plan(q: torch.Tensor, v: torch.Tensor, form: str, cell: str, rows: tuple[int, int] | None = None):
+    """The backward (variant, config) for a training step on these shapes: the dispatcher, direction "fwbw", keyed by
+    q's sequence length and B * NH, or by ``rows`` = (S, B * NH) (a packed sequence's mean length and documents x
+    heads). With MLSTM_AUTOTUNE_BACKWARD_STATES=recompute a configuration that reuses the forward's per-chunk states
+    (kept in memory from the forward to the backward) recomputes them instead: slower, and no memory held between
+    the two."""
     B, NH, S, DHQK = q.shape
     DHHV = v.shape[-1]
+    S, BNH = rows if rows is not None else (S, B * NH)
     default = partial(backward_default, form, cell, DHQK, DHHV)
-    variant, config = pick(f"{form}:{cell}", BACKWARDS[form][0], q, DHHV, S, B * NH, default, direction="fwbw")
+    variant, config = pick(f"{form}:{cell}", BACKWARDS[form][0], q, DHHV, S, BNH, default, direction="fwbw")
     keep = os.environ.get("MLSTM_AUTOTUNE_BACKWARD_STATES", "")
     if keep not in ("", "recompute"):
         raise MLSTMInputError(f"MLSTM_AUTOTUNE_BACKWARD_STATES must be 'recompute' or unset, got {keep!r}")

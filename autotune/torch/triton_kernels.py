@@ -34,12 +34,13 @@ from .. import db as tdb
 from ..checks import MLSTMInputError, check_cell, check_eps, check_sequence_inputs, check_step_inputs
 from ..dispatch import Request, dispatcher
 from ..launch import chunkwise as launch_chunkwise
+from ..launch import chunkwise_bw as launch_chunkwise_bw
 from ..launch import parallel as launch_parallel
 from ..launch import recurrent as launch_recurrent
 from ..launch.common import MAX_GRID_HEADS, check_heads, empty
 from . import registry
 from .native.recurrent import mlstm_recurrent_sequence__native, mlstm_recurrent_step__native
-from .triton_autograd import _autocast, _check_device, _sequence_entry, check_pow2_chunk
+from .triton_autograd import _autocast, _check_device, _GeneratedFunction, _sequence_entry, check_pow2_chunk
 from .triton_choice import (
     BACKWARDS,
     backward_default,
@@ -178,10 +179,13 @@ SEQUENCE_ENTRIES = _sequence_entries()
 
 
 def _walk_documents(entry: SequenceEntry):
-    """The packed inference forward of a chunkwise entry (autotune/torch/packed.py calls it with checked offsets):
-    the two-pass kernels walk the N documents themselves, one launch each for all of them. Its configuration is
-    the dispatcher's for N sequences of the documents' mean length (the two-pass structure's entry, else its
-    default). Returns None where it does not apply (float64 inputs: the native kernel runs per document)."""
+    """The packed call of a chunkwise entry (autotune/torch/packed.py calls it with checked offsets): the two-pass
+    kernels walk the N documents themselves, one launch each for all of them. For inference its configuration is the
+    dispatcher's for N sequences of the documents' mean length (the two-pass structure's entry, else its default); a
+    training step runs the training forward and the chunkwise backward the dispatcher picks for that key, both
+    walking the documents. Returns None where it does not apply (the native kernel runs per document for float64
+    inputs, and so does every call for more (document, head) pairs than a grid axis takes or whose backward is not
+    a chunkwise one)."""
     two = launch_chunkwise.TWOPASS
 
     def walk(q, k, v, i, f, c_initial, n_initial, m_initial, return_last_states, eps=1e-6,
@@ -197,15 +201,30 @@ def _walk_documents(entry: SequenceEntry):
             return None
         _check_device(q)
         q, k, v = _autocast(q, k, v, autocast_kernel_dtype)
-        default = partial(chunkwise_default, two, entry.cell, entry.equal_chunks, chunk_size, DHQK, DHHV)
-        structures = (two.removesuffix(".py.j2"),)
-        variant, config = pick(f"chunkwise:{entry.cell}", structures, q, DHHV, -(-T // N), N * NH, default)
-        h, last = launch_chunkwise.chunkwise_fw(q, k, v, i, f, c_initial, n_initial, m_initial, variant=variant,
-                                                config=config, eps=eps, normalize=normalize,
-                                                return_last_states=return_last_states, cu_seqlens=cu)  # fmt: skip
+        tensors = (q, k, v, i, f, c_initial, n_initial, m_initial)
+        rows = (-(-T // N), N * NH)  # the dispatch key: N sequences of the documents' mean length
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+            plan = backward_plan(q, v, "chunkwise", entry.cell, rows)
+            if plan[0].template != launch_chunkwise_bw.TEMPLATE:
+                return None
+            variant, config = launch_chunkwise.training_forward(entry.cell, DHQK, DHHV, plan[1]["chunk"])
+            needs_grad = True
+        else:
+            default = partial(chunkwise_default, two, entry.cell, entry.equal_chunks, chunk_size, DHQK, DHHV)
+            variant, config = pick(f"chunkwise:{entry.cell}", (two.removesuffix(".py.j2"),), q, DHHV, *rows, default)
+            plan, needs_grad = None, False
+
+        def run(q, k, v, i, f, C0, n0, m0, *, return_last_states, saved=None):
+            return launch_chunkwise.chunkwise_fw(q, k, v, i, f, C0, n0, m0, variant=variant, config=config, eps=eps,
+                                                 normalize=normalize, return_last_states=return_last_states,
+                                                 saved=saved, cu_seqlens=cu)  # fmt: skip
+
+        out = _GeneratedFunction.apply(*tensors, run, "chunkwise", entry.cell, normalize, float(eps),
+                                       return_last_states, needs_grad, plan, cu)  # fmt: skip
         if not return_last_states:
-            return h
-        return h, (last if entry.cell == "exp" else last[:2])
+            return out
+        h, C, n, m = out
+        return h, ((C, n, m) if entry.cell == "exp" else (C, n))
 
     return walk
 
