@@ -40,11 +40,23 @@ def _fwbw(name: str, x: dict, bounds=None):
 ENTRIES = ["chunkwise--triton_auto", "chunkwise--triton_fused", "parallel--triton_limit_headdim"]
 
 
+@pytest.fixture
+def built_in_defaults(monkeypatch):
+    """Every Triton entry takes its built-in default (MLSTM_AUTOTUNE_DISPATCH=0), memoised choices forgotten before
+    and after."""
+    from autotune.dispatch import dispatcher
+
+    monkeypatch.setenv("MLSTM_AUTOTUNE_DISPATCH", "0")
+    dispatcher().memo.clear()
+    yield
+    monkeypatch.undo()
+    dispatcher().memo.clear()
+
+
 @pytest.mark.parametrize("name", ENTRIES)
-def test_a_packed_call_equals_each_document_alone(name, monkeypatch):
+def test_a_packed_call_equals_each_document_alone(name, built_in_defaults):
     """Bit for bit under the same configurations: the built-in defaults (the dispatcher keys a packed call by its
     documents' mean length, a document alone by its own length, and a database may answer those differently)."""
-    monkeypatch.setenv("MLSTM_AUTOTUNE_DISPATCH", "0")
     x = _draw("model")
     cu = _cu()
     h, grads = _fwbw(name, x, cu)
