@@ -17,7 +17,8 @@
 #              $OUT/db back to .probe/db and carry it into the next call to resume; FIRST_TESTS: GPU test files to
 #              run first, whose failure ends the call
 #   revalidate `mlstm-tune validate` of the databases tuned here (.probe/db/*.json) and of the packaged database of
-#              the GPU it runs on (tuning_db/<GPU name>.json), with the defaults (VALIDATE_S, default 500); the reports go to $OUT
+#              the GPU it runs on (tuning_db/<GPU name>.json), or of REVALIDATE_DBS (files, e.g. "tuning_db/*.json"),
+#              with the defaults (VALIDATE_S, default 500); the reports go to $OUT
 #   bench      `mlstm-tune bench` with the packaged databases and .probe/db as the user database (BENCH_ARGS: more options)
 #   forms      what the training forward's forms cost (bench/tools/time_training_forward.py), then at once
 #              `mlstm-tune validate` of the H200 database (VALIDATE_S, default 400) and which forward feeds the
@@ -99,7 +100,7 @@ case "${1:-}" in
     done ;;
   revalidate)
     dbs=(); packaged=tuning_db/$(python -c "import sys; from autotune.db import file_name; print(file_name(sys.argv[1]))" "$gpu")
-    for f in .probe/db/*.json "$packaged"; do [ -f "$f" ] && dbs+=(--db "$f"); done
+    for f in ${REVALIDATE_DBS:-.probe/db/*.json "$packaged"}; do [ -f "$f" ] && dbs+=(--db "$f"); done
     ( header "python -m autotune validate ${dbs[*]} --out \$OUT"
       timeout "${VALIDATE_S:-500}" python -m autotune validate "${dbs[@]}" --out "$OUT"
     ) > "$OUT/validate.log" 2>&1
