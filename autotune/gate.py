@@ -118,13 +118,6 @@ def normaliser_ratio(x: dict, cell: str = "exp") -> torch.Tensor:
     return s.abs() / floor
 
 
-def normaliser_condition(x: dict, cell: str = "exp") -> torch.Tensor:
-    """How much each token's normaliser s_t = n_t^T q_t cancels, sum_j |w_tj (q_t . k_j)| / |s_t| (B, NH, S): 1
-    where nothing cancels; a rounding of relative size u in the terms moves s_t by up to this many u."""
-    s, abs_sum, _, _ = _normaliser(x, cell)
-    return abs_sum / s.abs()
-
-
 def condition_limit(dtype: torch.dtype) -> float:
     """The largest condition of s_t a draw in ``dtype`` keeps at a token whose denominator is s_t: 1 / (8 u), u the
     unit roundoff (bf16 32, fp16 256; fp32 and fp64 about 2e6 and 1e15, never reached by the draws)."""
@@ -140,12 +133,16 @@ def well_conditioned(x: dict, cell: str = "exp") -> dict:
     correct kernels is closer there is chance, and the token's large |h| lets it decide a whole draw's error
     (docs/hazards.md: one token of condition 289 put a correct backward at 2.8x the trusted kernel's di)."""
     limit = condition_limit(x["q"].dtype)
+
+    def cancelling(s, abs_sum, floor, bound):  # tokens whose denominator is s_t and whose s_t cancels beyond bound
+        return (abs_sum > bound * s.abs()) & (s.abs() > (1.0 - KINK_MARGIN) * floor)
+
     moved = None
     for attempt in range(MOVES):
         s, abs_sum, floor, a = _normaliser(x, cell)
-        condition = abs_sum / s.abs()
-        over = condition > limit if moved is None else (condition > limit) | (moved & (condition > limit / 2))
-        bad = over & (s.abs() > (1.0 - KINK_MARGIN) * floor)
+        bad = cancelling(s, abs_sum, floor, limit)
+        if moved is not None:
+            bad |= moved & cancelling(s, abs_sum, floor, limit / 2)
         if not bool(bad.any()):
             return x
         moved = bad if moved is None else moved | bad
@@ -153,8 +150,7 @@ def well_conditioned(x: dict, cell: str = "exp") -> dict:
         beta = 0.25 * (attempt + 1)
         toward = beta * q.norm(dim=-1, keepdim=True) * torch.sign(s)[..., None] * a / a.norm(dim=-1, keepdim=True)
         x = dict(x, q=torch.where(bad[..., None], q + toward, q).to(x["q"].dtype))
-    s, abs_sum, floor, _ = _normaliser(x, cell)
-    if bool(((abs_sum > limit * s.abs()) & (s.abs() > (1.0 - KINK_MARGIN) * floor)).any()):
+    if bool(cancelling(*_normaliser(x, cell)[:3], limit).any()):
         raise RuntimeError(
             f"a token's normaliser still cancels by more than {limit:g} after moving its q {MOVES} times"
         )
