@@ -20,6 +20,11 @@
 #              the GPU it runs on (tuning_db/<GPU name>.json), or of REVALIDATE_DBS (files, e.g. "tuning_db/*.json"),
 #              with the defaults (VALIDATE_S, default 500); the reports go to $OUT
 #   bench      `mlstm-tune bench` with the packaged databases and .probe/db as the user database (BENCH_ARGS: more options)
+#   results    the README's table and the step rows from the packaged databases alone (an empty user database):
+#              `mlstm-tune bench --only chunkwise` in two shards one after the other (250 s each; a cut-off run keeps
+#              the rows it finished), then `--only step` (90 s); each writes
+#              its <GPU>-bench.json under $OUT/chunkwise0, chunkwise1, step (merge them here with `mlstm-tune bench
+#              --combine`)
 #   forms      what the training forward's forms cost (bench/tools/time_training_forward.py), then at once
 #              `mlstm-tune validate` of the H200 database (VALIDATE_S, default 400) and which forward feeds the
 #              chunkwise backward its error (bench/tools/backward_after_forward.py at the 4,080 tokens of the
@@ -109,6 +114,16 @@ case "${1:-}" in
     ( header "MLSTM_AUTOTUNE_DB=.probe/db mlstm-tune bench --out \$OUT ${BENCH_ARGS:-}"
       MLSTM_AUTOTUNE_DB=.probe/db timeout 580 python -m autotune bench --out "$OUT" ${BENCH_ARGS:-} ) > "$OUT/bench.log" 2>&1
     tail -30 "$OUT/bench.log" ;;
+  results)
+    mkdir -p /tmp/no_user_db
+    for part in chunkwise0 chunkwise1 step; do
+      case $part in chunkwise*) what=(--only chunkwise --shard "${part#chunkwise}/2") s=250;; *) what=(--only step) s=90;; esac
+      ( header "MLSTM_AUTOTUNE_DB=(empty) mlstm-tune bench ${what[*]} --out \$OUT/$part"
+        MLSTM_AUTOTUNE_DB=/tmp/no_user_db timeout $s python -m autotune bench "${what[@]}" --out "$OUT/$part"
+      ) > "$OUT/bench_$part.log" 2>&1
+      rm -f "$OUT/$part"/*.md "$OUT/$part"/*.png  # the json is the result; at most 8 files come back
+      grep "^\[" "$OUT/bench_$part.log" | cut -c1-200
+    done ;;
   forms)
     ( header "python bench/tools/time_training_forward.py"; timeout 100 python bench/tools/time_training_forward.py
     ) > "$OUT/time_training_forward.log" 2>&1
