@@ -40,7 +40,15 @@ def check(comparison_log, request):
     return _check
 
 
+# files whose tests run for tens of seconds each (a fresh virtual environment, tuner and worker processes, the gate's
+# full draws): collected first, so that under pytest-xdist they start early instead of ending the run on one worker
+LONG_FIRST = ("test_fresh_install.py", "test_tune_cli.py", "test_study_storage.py", "test_measure.py",
+              "test_validate.py", "test_bench.py")  # fmt: skip
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {name: n for n, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))  # stable: the order within a rank stays
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
