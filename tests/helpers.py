@@ -121,6 +121,16 @@ def conditioning_limits(dtype: torch.dtype, oracle, x: dict, draws: int = 2) -> 
     return {name: max(LIMITS[dtype], CONDITION_FACTOR * err) for name, err in worst.items()}
 
 
+def widened_by(limits: dict[str, float], baseline: dict, ref: dict) -> dict[str, float]:
+    """``limits``, each raised to CONDITION_FACTOR x a trusted baseline's error against ``ref`` on the same inputs (a
+    baseline with NaN or Inf leaves its limit as it was)."""
+    out = {}
+    for name, limit in limits.items():
+        err = rel_err(baseline[name], ref[name])
+        out[name] = max(limit, CONDITION_FACTOR * err) if math.isfinite(err) else limit
+    return out
+
+
 def chunkwise_bw_config(variant, DHQK: int, DHHV: int, L: int, states: str = "recompute", tile: int = 32) -> dict:
     """The chunkwise backward's default configuration for these head dims with chunks of L tokens and every tile
     (within-chunk, dv and state tiles) ``tile`` wide."""

@@ -16,7 +16,6 @@ import pytest
 import torch
 from backward_decomposition import decomposed_backward
 from helpers import (
-    CONDITION_FACTOR,
     GRAD_LIMIT_FP64,
     MAX_OUTLIER,
     SHAPES,
@@ -24,6 +23,7 @@ from helpers import (
     chunkwise_bw_config,
     conditioning_limits,
     rel_err,
+    widened_by,
 )
 
 from autotune import families
@@ -133,7 +133,7 @@ def _limits(dtype, oracle, x, weights, cell, ref, normalize=True):
     if dtype == torch.float32:
         for baseline in (_native_fp32_grads(x, weights, cell, normalize),
                          _decomposed(x, weights, cell, torch.float32, normalize)):  # fmt: skip
-            limits = {k: max(v, CONDITION_FACTOR * rel_err(baseline[k], ref[k])) for k, v in limits.items()}
+            limits = widened_by(limits, baseline, ref)
     return limits
 
 

@@ -5,13 +5,11 @@ On a machine with a GPU the same tests run the compiled kernels on the GPU."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import triton
 import triton.language as tl
-from helpers import CONDITION_FACTOR, MAX_OUTLIER, SHAPES, conditioning_limits, rel_err
+from helpers import MAX_OUTLIER, SHAPES, conditioning_limits, widened_by
 
 from autotune import families
 from autotune.launch import chunkwise, parallel, recurrent
@@ -110,9 +108,7 @@ def _limits(x: dict, cell: str, dtype: torch.dtype, reference: dict) -> dict:
     perturbation of the inputs by fp32's unit roundoff can miss it in the norm over all tokens."""
     limits = conditioning_limits(dtype, lambda x64: _oracle(x64, cell), x)
     if dtype == torch.float32:
-        native = _oracle(x, cell, torch.float32)
-        errors = {k: rel_err(native[k], reference[k]) for k in limits}
-        limits = {k: max(v, CONDITION_FACTOR * errors[k]) if math.isfinite(errors[k]) else v for k, v in limits.items()}
+        limits = widened_by(limits, _oracle(x, cell, torch.float32), reference)
     return limits
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import CONDITION_FACTOR, LIMITS, UNIT_ROUNDOFF, rel_err
+from helpers import LIMITS, UNIT_ROUNDOFF, rel_err, widened_by
 
 from autotune import families
 from autotune.launch import chunkwise as launch_fw
@@ -74,10 +74,10 @@ def _limits(dtype, x, weights, cell, ref):
         perturbed = {k: v.double() * (1 + UNIT_ROUNDOFF[dtype] * torch.randn(v.shape, generator=gen, device="cuda",
                      dtype=torch.float64)) for k, v in x.items()}  # fmt: skip
         moved = _native_grads(perturbed, weights, cell, torch.float64)
-        limits = {k: max(v, CONDITION_FACTOR * rel_err(moved[k], ref[k])) for k, v in limits.items()}
+        limits = widened_by(limits, moved, ref)
     if dtype == torch.float32:
         native = _native_grads(x, weights, cell, torch.float32)
-        limits = {k: max(v, CONDITION_FACTOR * rel_err(native[k], ref[k])) for k, v in limits.items()}
+        limits = widened_by(limits, native, ref)
     return limits
 
 
