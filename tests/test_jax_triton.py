@@ -567,3 +567,23 @@ def test_jax_triton_restores_triton_cache_dir_when_the_import_changes_it(before,
     with pytest.raises(ImportError, match=r"jax_triton"):
         triton_exec.jax_triton()
     assert os.environ.get("TRITON_CACHE_DIR") == (str(tmp_path) if before == "set" else None)
+
+
+def test_float_scalars_reach_jax_triton_as_fp32(monkeypatch):
+    """Triton's own launcher types a Python float argument fp32; jax-triton types it fp64 (and np.float32 fp32). The
+    runtime hands jax-triton float32 scalars, so a kernel compiles as it does from PyTorch (with fp64 scalars the
+    parallel and backward kernels did not compile: a loop-carried fp32 accumulator turned fp64)."""
+    seen = {}
+
+    class FakeJaxTriton:
+        @staticmethod
+        def triton_call(*args, **kwargs):
+            seen["args"] = args
+            return [jnp.zeros(s.shape, s.dtype) for s in kwargs["out_shape"]]
+
+    monkeypatch.setattr(triton_exec, "jax_triton", lambda: FakeJaxTriton)
+    x = jnp.zeros(4, jnp.float32)
+    triton_exec.JaxTritonRuntime().launch(object(), (1,), [x], [0.125, 7, True], [((4,), torch.float32)], {}, {}, {})
+    scalars = seen["args"][1:]
+    assert [type(s) for s in scalars] == [np.float32, int, bool]
+    assert scalars[0] == np.float32(0.125)

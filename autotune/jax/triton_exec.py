@@ -85,6 +85,8 @@ class JaxTritonRuntime:
         if unknown:
             raise MLSTMInputError(f"{kernel.fn.__name__}: launch options {sorted(unknown)} cannot pass to jax-triton")
         out_shape = [jax.ShapeDtypeStruct(shape, _TO_JNP[dtype]) for shape, dtype in outputs]
+        # a Python float is fp32 to Triton's launcher and fp64 to jax-triton's: pass what the kernel gets from PyTorch
+        scalars = [np.float32(x) if isinstance(x, float) else x for x in scalars]
         result = jax_triton().triton_call(
             *inputs, *scalars, kernel=kernel, out_shape=out_shape, grid=grid, input_output_aliases=aliases,
             **options, **constexprs,
