@@ -228,7 +228,7 @@ def test_inplace_step_leaves_counters_at_zero(k_tiles):
     q, k, v, i, f = (x[name][:, :, 0].to(DEVICE) for name in "qkvif")
     config = dict(CONFIGS[variant.template], k_tiles=k_tiles)
     recurrent.step_fw(q, k, v, i, f, C, n, m, variant=variant, config=config, out=(C, n, m))
-    counters = recurrent._arrival_counters(6, torch.device(DEVICE))
+    counters = recurrent._arrival_counters(6, q)
     assert counters.tolist() == [0] * 6
     new = (torch.empty_like(C), torch.empty_like(n), torch.empty_like(m))
     recurrent.step_fw(q, k, v, i, f, C, n, m, variant=variant, config=config, out=new)
@@ -257,22 +257,27 @@ def test_logsigmoid_keeps_the_digits_of_gates_near_one():
 
 def test_split_step_scratch_grows_and_is_reused():
     """The split step's scratch: views of one buffer per device that grows for a larger batch (older buffers kept
-    for CUDA graphs that hold them), and is reused, not reallocated, for smaller ones. (A meta device, as a
-    recorded launch has, gets fresh buffers every call: autotune/launch/trace.py.)"""
+    for CUDA graphs that hold them), and is reused, not reallocated, for smaller ones. (A meta or fake tensor, as a
+    recorded or traced launch has, gets fresh buffers every call.)"""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
     dev = torch.device("cpu")
+    like = torch.empty(0, device=dev)
     recurrent._SCRATCH.pop(str(dev), None)
-    part, parts = recurrent._split_scratch(2, 4, 24, dev)
+    part, parts = recurrent._split_scratch(2, 4, 24, like)
     assert part.shape == (2, 4, 24) and parts.shape == (2, 4)
-    part, parts = recurrent._split_scratch(8, 4, 24, dev)
+    part, parts = recurrent._split_scratch(8, 4, 24, like)
     assert part.shape == (8, 4, 24) and parts.shape == (8, 4)
     held = recurrent._SCRATCH[str(dev)]
     assert len(held) == 2 and held[-1][0].numel() == 8 * 4 * 24
-    recurrent._split_scratch(3, 4, 24, dev)
+    recurrent._split_scratch(3, 4, 24, like)
     assert len(held) == 2  # fits: no new buffer
     recurrent._SCRATCH.pop(str(dev), None)
-    meta = torch.device("meta")
-    recurrent._split_scratch(2, 4, 24, meta)
-    assert str(meta) not in recurrent._SCRATCH
+    recurrent._split_scratch(2, 4, 24, torch.empty(0, device="meta"))
+    assert "meta" not in recurrent._SCRATCH
+    with FakeTensorMode():
+        part, _ = recurrent._split_scratch(2, 4, 24, torch.empty(0, device=dev))
+    assert str(dev) not in recurrent._SCRATCH and part.shape == (2, 4, 24)
 
 
 def test_unknown_launch_choices_are_clear_errors():

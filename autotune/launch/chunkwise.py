@@ -90,7 +90,7 @@ def last_state(k, v, i, f, C0=None, n0=None, m0=None, *, cell: str, config: dict
     module, no_borders = families.bind(load_variant(variant), variant.template, config), (dummy, dummy, dummy)
     _launch_states(module, k, v, i, f, C0, n0, m0, has_state, no_borders, last, S=S, NC=cdiv(S, config["chunk_inter"]),
                    config=config, store_borders=False, prec=dot_precision(k.dtype))  # fmt: skip
-    return last[0], last[1], last[2].reshape(B, NH, 1)
+    return last
 
 
 # how a two-pass forward that returns its last state forms n, whatever its configuration says: summed in fp32. On
@@ -210,4 +210,4 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
         raise MLSTMInputError(f"{variant.name} is not a chunkwise forward variant")
     if not return_last_states:
         return h, None
-    return h, (last[0], last[1], last[2].reshape(rows, NH, 1))
+    return h, last

@@ -117,7 +117,7 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
     dC0 = empty(rows, NH, DHQK, DHHV, **f32) if has_state else dummy
     dn0 = empty(rows, NH, DHQK, **f32) if has_state else dummy
     if has_last and cell == "exp":
-        mS = last[2].reshape(rows, NH).float().contiguous()
+        mS = last[2].float().contiguous()  # (rows, NH, 1): the kernel reads one value per row and head
     elif packed:  # the max state at each document's last token
         mS = mt[0][:, packed.cu[1:] - 1].transpose(0, 1).contiguous()
     else:

@@ -24,6 +24,15 @@ def empty(*shape, dtype: torch.dtype, device) -> torch.Tensor:
     return out
 
 
+def without_data(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a meta, fake or functional tensor: a call being recorded (autotune/launch/trace.py) or traced
+    by torch.compile, whose buffers exist only per call (a launcher's cached buffers cannot be used in it)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch._subclasses.functional_tensor import FunctionalTensor
+
+    return t.device.type == "meta" or isinstance(t, (FakeTensor, FunctionalTensor))
+
+
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -75,7 +84,7 @@ def last_state_buffers(B, NH, DHQK, DHHV, device, store: bool):
         return dummy, dummy, dummy
     C = empty(B, NH, DHQK, DHHV, dtype=torch.float32, device=device)
     n = empty(B, NH, DHQK, dtype=torch.float32, device=device)
-    m = empty(B, NH, dtype=torch.float32, device=device)
+    m = empty(B, NH, 1, dtype=torch.float32, device=device)  # the shape returned: a view would be a traced output (compiled_ops)
     return C, n, m
 
 

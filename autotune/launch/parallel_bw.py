@@ -38,7 +38,7 @@ def parallel_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, va
     r, ds, G, Fl = x.r, x.ds, x.G, x.Fl
     launch = dict(num_warps=config["num_warps"], num_stages=config["num_stages"])
     tiles = dict(scale=DHQK**-0.5, DHQK=DHQK, DHHV=DHHV, BT=BT, BK=BK, BV=BV, DOT_PRECISION=x.prec, **launch)
-    mS = last[2].reshape(B, NH).float().contiguous() if has_last and cell == "exp" else dummy
+    mS = last[2].float().contiguous() if has_last and cell == "exp" else dummy
     dmS = dm.reshape(B, NH).float().contiguous() if has_last and cell == "exp" else dummy
     R = empty(B, NH, S, **f32) if cell == "exp" else dummy
     if cell == "exp":

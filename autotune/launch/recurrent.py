@@ -7,18 +7,19 @@ import torch
 from .. import families
 from ..load import load_variant
 from ..variants import Variant
-from .common import cdiv, contiguous, empty, next_pow2, state_args
+from .common import cdiv, contiguous, empty, next_pow2, state_args, without_data
 
 _COUNTERS: dict[tuple, torch.Tensor] = {}
 
 
-def _arrival_counters(n: int, device: torch.device) -> torch.Tensor:
+def _arrival_counters(n: int, like: torch.Tensor) -> torch.Tensor:
     """Per-head int32 counters that the in-place step kernel and the split step kernel use and reset; allocated once
     per (device, B * NH), so steady-state calls allocate nothing (call once before capturing a CUDA graph). Shared by
     every launch of that B * NH on the device: two such launches must not run at the same time (different streams,
-    or two CUDA graphs replayed concurrently). A recorded launch (meta device, autotune/launch/trace.py) gets fresh
-    ones: its replay allocates them per call."""
-    if torch.device(device).type == "meta":
+    or two CUDA graphs replayed concurrently). A recorded or traced launch (``like`` without data:
+    common.without_data) gets fresh ones: its replay, or the compiled graph, allocates them per call."""
+    device = like.device
+    if without_data(like):
         return torch.zeros(n, dtype=torch.int32, device=device)
     key = (str(device), n)
     if key not in _COUNTERS:
@@ -31,12 +32,13 @@ def _arrival_counters(n: int, device: torch.device) -> torch.Tensor:
 _SCRATCH: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
 
-def _split_scratch(n: int, NK: int, DHHV: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _split_scratch(n: int, NK: int, DHHV: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The split step's per-key-tile shares (numerator (n, NK, DHHV), n . q (n, NK)), fp32, overwritten by every
     call: views of one buffer per device, which grows (at least doubling) when a larger batch comes, so memory stays
     within a few times the largest batch's need, and steady-state calls allocate nothing (CUDA-graph safe). A
-    recorded launch (meta device) gets fresh ones."""
-    if torch.device(device).type == "meta":
+    recorded or traced launch gets fresh ones."""
+    device = like.device
+    if without_data(like):
         return (torch.empty(n, NK, DHHV, dtype=torch.float32, device=device),
                 torch.empty(n, NK, dtype=torch.float32, device=device))  # fmt: skip
     held = _SCRATCH.setdefault(str(device), [])
@@ -67,14 +69,14 @@ def step_fw(q, k, v, i, f, C, n, m, *, variant: Variant, config: dict | None = N
     module = families.bind(load_variant(variant), variant.template, config)
     if config["k_tiles"] == "programs":
         NK = cdiv(DHQK, BK)
-        part, parts = _split_scratch(B * NH, NK, DHHV, q.device)
+        part, parts = _split_scratch(B * NH, NK, DHHV, q)
         module.recurrent_step_split_kernel[(NK * NV, B * NH)](
-            q, k, v, i, f, C, n, m, Cout, nout, mout, h, _arrival_counters(B * NH, q.device), part, parts,
+            q, k, v, i, f, C, n, m, Cout, nout, mout, h, _arrival_counters(B * NH, q), part, parts,
             scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV, BK=BK, BV=BV, NK=NK,
             NKP=next_pow2(NK), NV=NV, INPLACE=inplace, NORMALIZE=normalize, num_warps=config["num_warps"],
         )  # fmt: skip
         return h
-    counters = _arrival_counters(B * NH, q.device) if inplace else h
+    counters = _arrival_counters(B * NH, q) if inplace else h
     module.recurrent_step_kernel[(NV, B * NH)](
         q, k, v, i, f, C, n, m, Cout, nout, mout, h, counters, scale=DHQK**-0.5, eps=eps, DHQK=DHQK, DHHV=DHHV,
         BK=BK, BV=BV, NV=NV, INPLACE=inplace, NORMALIZE=normalize, num_warps=config["num_warps"],
@@ -97,7 +99,7 @@ def sequence_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, c
         m_dtype = torch.promote_types(state_dtype, torch.float32)
         last = (empty(B, NH, DHQK, DHHV, dtype=state_dtype, device=q.device),
                 empty(B, NH, DHQK, dtype=state_dtype, device=q.device),
-                empty(B, NH, dtype=m_dtype, device=q.device))  # fmt: skip
+                empty(B, NH, 1, dtype=m_dtype, device=q.device))  # fmt: skip
     else:
         dummy = torch.empty(1, dtype=torch.float32, device=q.device)
         last = (dummy, dummy, dummy)
@@ -109,4 +111,4 @@ def sequence_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, c
     )  # fmt: skip
     if not return_last_states:
         return h, None
-    return h, (last[0], last[1], last[2].reshape(B, NH, 1))
+    return h, last

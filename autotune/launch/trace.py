@@ -29,6 +29,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
+from .common import without_data
 from .writes import constexpr_params, written_params
 
 
@@ -294,28 +295,46 @@ _FACTORIES = {  # aten op -> the fill of the buffer it makes (None: uninitialise
 # ----------------------------------------------------------------------------------------------- kernel launches
 
 
-def _recording_run(original):
+def _hooked_run(original):
     def run(self, *args, grid, warmup, **kwargs):
         recorder = getattr(_LOCAL, "recorder", None)
-        if recorder is None:
-            return original(self, *args, grid=grid, warmup=warmup, **kwargs)
-        if not warmup:
-            recorder.launch(self, args, kwargs, grid)
-        return None
+        if recorder is not None:
+            if not warmup:
+                recorder.launch(self, args, kwargs, grid)
+            return None
+        if not warmup and any(_traced(a) for a in (*args, *kwargs.values())):
+            return _traced_launch(self, grid, args, kwargs)
+        return original(self, *args, grid=grid, warmup=warmup, **kwargs)
 
     run.__wrapped__ = original
     return run
 
 
-def _install_launch_hook() -> None:
-    """Route every Triton launch through the recorder of the current thread, if one is running (once per process;
-    launches outside a recording go to Triton unchanged)."""
+def _traced(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.device.type != "meta" and without_data(value)
+
+
+def _traced_launch(kernel, grid, args, kwargs):
+    """A launch with fake or functional tensors: torch.compile is tracing a Triton entry's operator
+    (autotune/torch/compiled_ops.py), so the kernel goes into the graph through torch.library.wrap_triton."""
+    from torch._library.triton import is_wrap_triton_enabled
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if isinstance(kernel, InterpretedFunction) or not is_wrap_triton_enabled():
+        raise TraceError(f"{kernel.fn.__name__}: launched on fake tensors outside a traceable Triton operator")
+    return torch.library.wrap_triton(kernel)[grid](*args, **kwargs)
+
+
+def install_launch_hook() -> None:
+    """Route every Triton launch through the recorder of the current thread, if one is running, and a launch on
+    fake or functional tensors into the graph being traced (once per process; other launches go to Triton
+    unchanged)."""
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
 
     for cls in (JITFunction, InterpretedFunction):
         if not hasattr(cls.run, "__wrapped__"):
-            cls.run = _recording_run(cls.run)
+            cls.run = _hooked_run(cls.run)
 
 
 def meta_like(shape, dtype: torch.dtype) -> torch.Tensor:
@@ -325,7 +344,7 @@ def meta_like(shape, dtype: torch.dtype) -> torch.Tensor:
 def record(fn, inputs) -> Trace:
     """Run ``fn(*inputs)`` on meta tensors and return what it did. ``inputs``: a pytree whose leaves are meta tensors
     (meta_like) or plain values; ``fn`` returns a pytree of tensors (views of buffers from the start) and values."""
-    _install_launch_hook()
+    install_launch_hook()
     leaves, spec = tree_flatten(inputs)
     trace = Trace(inputs=[])
     recorder = _Recorder(trace)

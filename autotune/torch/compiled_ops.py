@@ -13,18 +13,41 @@ from the shapes and dtypes, so the traced graph holds one opaque call per entry:
     mlstm_autotune::scan          the recurrent sequence kernel (inference)
 
 An absent tensor (no initial state, no kept states) travels as a tensor of shape (0,). The forward's kept states
-carry their chunk length L in the shape of a marker, an empty tensor of shape (0, L). The fake implementations
-(shapes for tracing) record the real launchers on meta tensors (autotune/launch/trace.py), so they cannot drift
-from what the launchers allocate. Inductor runs each operator as an external call.
+carry their chunk length L in the shape of a marker, an empty tensor of shape (0, L).
+
+With torch >= 2.6 the operators are ``torch.library.triton_op``s: tracing runs their Python on fake tensors, and
+each kernel launch goes into the graph through ``torch.library.wrap_triton`` (the launch hook of
+autotune/launch/trace.py routes a launch on fake or functional tensors there), so Inductor sees the generated
+kernels themselves, with the variant, configuration, grid and warp and stage counts the dispatcher chose, and
+launches them from its own code. With older torch, and under Triton's interpreter (whose kernels cannot be
+traced), they are ``torch.library.custom_op``s that Inductor runs as external calls; their fake implementations
+(shapes for tracing) record the real launchers on meta tensors, so they cannot drift from what the launchers
+allocate.
 """
+
+import os
 
 import torch
 
-from ..launch.trace import meta_like, record
+from ..launch.trace import install_launch_hook, meta_like, record
 from .triton_autograd import _SAVED, backward_grads, forward_keeping
 from .triton_choice import TRACE_TARGET, backward_plan, gpu_identity
 
 _KEPT = ("s", "mt", "Cb", "nb", "mb")
+
+# the operators' kind: kernels traced into the graph, or opaque calls (see above)
+TRACEABLE = hasattr(torch.library, "triton_op") and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+
+
+def _operator(name: str, fn, fake, mutates_args: tuple[str, ...] = ()):
+    """``fn`` as the operator ``mlstm_autotune::<name>``: a triton_op where TRACEABLE, else a custom_op with ``fake``
+    as its fake implementation."""
+    if TRACEABLE:
+        install_launch_hook()
+        return torch.library.triton_op(f"mlstm_autotune::{name}", mutates_args=mutates_args)(fn)
+    op = torch.library.custom_op(f"mlstm_autotune::{name}", mutates_args=mutates_args)(fn)
+    op.register_fake(fake)
+    return op
 
 
 def _absent(t: torch.Tensor | None) -> bool:
@@ -81,13 +104,12 @@ def _sequence_fw(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i
     return [h, *last, *kept, q.new_empty(0, saved.get("L", 0))]
 
 
-sequence_fw = torch.library.custom_op("mlstm_autotune::sequence_fw", mutates_args=())(_sequence_fw)
-
-
-@sequence_fw.register_fake
-def _(name, q, k, v, i, f, C0, n0, m0, chunk_size, eps, normalize, with_last, needs_grad):
+def _sequence_fw_fake(name, q, k, v, i, f, C0, n0, m0, chunk_size, eps, normalize, with_last, needs_grad):
     return _fake_by_record(_sequence_fw, name, q, k, v, i, f, C0, n0, m0, chunk_size, eps, normalize,
                            with_last, needs_grad)  # fmt: skip
+
+
+sequence_fw = _operator("sequence_fw", _sequence_fw, _sequence_fw_fake)
 
 
 def _sequence_bw(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
@@ -109,14 +131,13 @@ def _sequence_bw(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i
     return [absent_or(g, q).contiguous() for g in grads]  # contiguous, as the fake's, whatever the inputs' strides
 
 
-sequence_bw = torch.library.custom_op("mlstm_autotune::sequence_bw", mutates_args=())(_sequence_bw)
-
-
-@sequence_bw.register_fake
-def _(name, q, k, v, i, f, C0, n0, m0, *rest):
+def _sequence_bw_fake(name, q, k, v, i, f, C0, n0, m0, *rest):
     # contiguous: empty_like would keep the strides of a permuted input (a model's projections give q, k, v so),
     # which the real gradients do not have, and Inductor asserts the real strides against these
     return [t.new_empty(t.shape) if not _absent(t) else _placeholder(q) for t in (q, k, v, i, f, C0, n0, m0)]
+
+
+sequence_bw = _operator("sequence_bw", _sequence_bw, _sequence_bw_fake)
 
 
 def _setup_sequence(ctx, inputs, output):
@@ -162,12 +183,11 @@ def _step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f:
     return [h, C1, n1, absent_or(m1, q)]
 
 
-step = torch.library.custom_op("mlstm_autotune::step", mutates_args=())(_step)
-
-
-@step.register_fake
-def _(q, k, v, i, f, c, n, m, eps, normalize, cell, dtype_state):
+def _step_fake(q, k, v, i, f, c, n, m, eps, normalize, cell, dtype_state):
     return _fake_by_record(_step, q, k, v, i, f, c, n, m, eps, normalize, cell, dtype_state)
+
+
+step = _operator("step", _step, _step_fake)
 
 
 def _step_(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor, c: torch.Tensor,
@@ -181,12 +201,11 @@ def _step_(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f
     return h
 
 
-step_ = torch.library.custom_op("mlstm_autotune::step_", mutates_args=("c", "n", "m"))(_step_)
-
-
-@step_.register_fake
-def _(q, k, v, i, f, c, n, m, eps, normalize, cell, dtype_state):
+def _step__fake(q, k, v, i, f, c, n, m, eps, normalize, cell, dtype_state):
     return q.new_empty(q.shape[:2] + v.shape[-1:])
+
+
+step_ = _operator("step_", _step_, _step__fake, mutates_args=("c", "n", "m"))
 
 
 def _scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor, C0: torch.Tensor,
@@ -202,9 +221,8 @@ def _scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f:
     return [h, *last]
 
 
-scan = torch.library.custom_op("mlstm_autotune::scan", mutates_args=())(_scan)
-
-
-@scan.register_fake
-def _(q, k, v, i, f, C0, n0, m0, eps, normalize, cell, with_last, dtype_state):
+def _scan_fake(q, k, v, i, f, C0, n0, m0, eps, normalize, cell, with_last, dtype_state):
     return _fake_by_record(_scan, q, k, v, i, f, C0, n0, m0, eps, normalize, cell, with_last, dtype_state)
+
+
+scan = _operator("scan", _scan, _scan_fake)

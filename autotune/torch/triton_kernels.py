@@ -276,7 +276,7 @@ def mlstm_recurrent_step__triton(
         for name, buf in (("c", c), ("n", n), ("m", m)):
             if buf is not None and not buf.is_contiguous():
                 raise MLSTMInputError(f"inplace=True needs contiguous state buffers; {name} is not")
-    if torch.compiler.is_compiling():  # one custom operator per step (autotune.torch.compiled_ops)
+    if torch.compiler.is_compiling():  # one operator per step (autotune.torch.compiled_ops)
         from . import compiled_ops as ops
 
         m_arg = ops.absent_or(m if cell == "exp" else None, q)
@@ -344,7 +344,7 @@ def mlstm_recurrent_sequence__triton(
                                                 dtype_state=dtype_state, cell=cell, normalize=normalize)  # fmt: skip
     _check_device(q)
     check_heads(q.shape[0], q.shape[1])
-    if torch.compiler.is_compiling():  # one custom operator (autotune.torch.compiled_ops)
+    if torch.compiler.is_compiling():  # one operator (autotune.torch.compiled_ops)
         from . import compiled_ops as ops
 
         h, *last = ops.scan(*tensors[:5], *(ops.absent_or(t, q) for t in tensors[5:]), float(eps), normalize, cell,

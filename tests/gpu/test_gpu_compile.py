@@ -1,7 +1,7 @@
 """torch.compile(fullgraph=True) with Inductor on the GPU (marked gpu; skipped without one): a small mLSTM model
 whose training step runs a Triton entry, and a decode loop of in-place steps, the latter also under
 mode="reduce-overhead" (CUDA graphs, which then really replay: the state buffers are marked static, and no graph is
-skipped). No graph break, and the same bits as eager: the custom operators (autotune.torch.compiled_ops) run the very
+skipped). No graph break, and the same bits as eager: the operators (autotune.torch.compiled_ops) run the very
 kernels the eager call runs."""
 
 from __future__ import annotations

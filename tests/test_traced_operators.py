@@ -1,0 +1,60 @@
+"""The Triton entries' operators as torch.compile traces them (torch.library.triton_op, autotune.torch.compiled_ops):
+AOTAutograd's forward and backward graphs hold the very kernel launches the eager operator makes (same kernels,
+grids, scalar and constexpr arguments, warp and stage counts), no opaque operator call is left, and only the
+in-place step mutates its inputs (c, n, m). Traced on fake tensors without a GPU by tests/traced_operators.py in a
+process with TRITON_INTERPRET unset; the GPU test (tests/gpu/test_gpu_compile.py) compiles and runs them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_ttgir_hazards import compiled
+
+STATE_POSITIONS = {"c": 5, "n": 6, "m": 7}  # of the step's arguments q, k, v, i, f, c, n, m, ...
+
+
+@pytest.fixture(scope="module")
+def traced() -> dict:
+    return json.loads(compiled(["tests/traced_operators.py"]))
+
+
+def test_the_operators_are_triton_ops(traced):
+    assert traced.pop("traceable") is True
+
+
+CASES = ["chunkwise--triton_auto", "parallel--triton_limit_headdim", "step", "step_", "scan"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_graphs_launch_what_the_eager_operator_launches(traced, case):
+    result = traced[case]
+    graphs = ["backward", "forward"] if case.startswith(("chunkwise", "parallel")) else ["forward"]
+    assert sorted(result["launches"]) == graphs
+    for graph in graphs:
+        launched, eager = result["launches"][graph], result["eager"][graph]
+        assert eager, f"{case} {graph}: the eager operator launched nothing"
+        assert [x["kernel"] for x in launched] == [x["kernel"] for x in eager]
+        for got, want in zip(launched, eager):
+            where = f"{case} {graph} {want['kernel']}"
+            assert got["grid"] == want["grid"], where
+            assert got["constants"] == want["constants"], where
+            for option, value in (want["options"] or {}).items():  # Triton's defaults fill the rest
+                assert got["options"][option] == value, where
+            # PyTorch reads the writes from the kernel's TTIR: it may count more, never fewer than the launcher's
+            assert set(want["writes"]) <= set(got["writes"]), where
+        assert result["operators"][graph] == [], f"{case} {graph}: an operator call was not traced into"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_only_the_in_place_step_mutates_its_inputs(traced, case):
+    mutated = set(traced[case]["mutated"])
+    if case == "step_":
+        assert mutated == set(STATE_POSITIONS.values())
+    elif case.startswith("chunkwise"):
+        # PyTorch's reading of the backward chunk kernel's TTIR counts the gates i and f among its writes (the
+        # launcher's analysis does not): the graph clones them and copies them back unchanged. q, k, v and the
+        # initial states are never touched
+        assert mutated <= {3, 4}
+    else:
+        assert mutated == set()
