@@ -193,7 +193,11 @@ def _step_signature(cell: str, args: tuple, kind: ArrayKind) -> tuple | None:
 def check_step_inputs(q, k, v, i, f, c, n, m, *, cell: str = "exp", kind: ArrayKind = TORCH) -> Dims:
     """Validate the inputs of a step kernel: q, k (B, NH, DHQK); v (B, NH, DHHV); i, f (B, NH, 1) or (B, NH).
     Arguments of the same types, shapes, dtypes and devices as a set that passed before are not checked again
-    (a step call's Python time is what a small batch waits for); the finite check, when enabled, always runs."""
+    (a step call's Python time is what a small batch waits for); the finite check, when enabled, always runs.
+    Under torch.compile the checks run in full, once, when the graph is traced: the memo is not traced (its keys
+    may hold any array library's dtypes, which Dynamo cannot hash)."""
+    if torch.compiler.is_compiling():
+        return _check_step_inputs(q, k, v, i, f, c, n, m, cell=cell, kind=kind)
     key = _step_signature(cell, (q, k, v, i, f, c, n, m), kind)
     try:
         dims = _STEP_PASSED.get(key) if key is not None else None

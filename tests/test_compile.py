@@ -181,3 +181,28 @@ def test_the_custom_operators_fakes_have_the_real_outputs_strides():
     real, fake = both(ops.sequence_bw, *bw_args)
     for r, g in zip(real, fake, strict=True):
         assert (r.shape, r.stride(), r.dtype) == (g.shape, g.stride(), g.dtype)
+
+
+def test_a_compiled_step_checks_its_inputs_without_the_memo(monkeypatch):
+    """Under torch.compile the step's input checks run in full when the graph is traced; the memo of checked
+    signatures (autotune.checks._STEP_PASSED) is not read: its keys may hold JAX's numpy dtypes, which the Dynamo of
+    torch 2.11 cannot hash (the bench's compiled step failed so on an H100, after a JAX step had run)."""
+    from autotune import checks
+
+    class Untouchable(dict):
+        def get(self, *args):
+            raise AssertionError("the memo was read under torch.compile")
+
+        def __setitem__(self, *args):
+            raise AssertionError("the memo was written under torch.compile")
+
+    monkeypatch.setattr(checks, "_STEP_PASSED", Untouchable())
+    step = get_mlstm_step_kernel("triton")
+    q, k = torch.randn(B, NH, DHQK), torch.randn(B, NH, DHQK)
+    v, i, f = torch.randn(B, NH, DHHV), torch.randn(B, NH, 1), 3.0 + torch.randn(B, NH, 1)
+    c, n, m = torch.zeros(B, NH, DHQK, DHHV), torch.zeros(B, NH, DHQK), torch.zeros(B, NH, 1)
+    h = _compiled(lambda: step(q, k, v, i, f, c, n, m, inplace=True)[0])()
+    assert h.shape == (B, NH, DHHV) and torch.isfinite(h).all()
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="k must have shape"):  # the full checks ran while tracing (Dynamo wraps)
+        _compiled(lambda: step(q[..., :-1], k, v, i, f, c, n, m, inplace=True)[0])()
