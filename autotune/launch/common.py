@@ -84,7 +84,9 @@ def last_state_buffers(B, NH, DHQK, DHHV, device, store: bool):
         return dummy, dummy, dummy
     C = empty(B, NH, DHQK, DHHV, dtype=torch.float32, device=device)
     n = empty(B, NH, DHQK, dtype=torch.float32, device=device)
-    m = empty(B, NH, 1, dtype=torch.float32, device=device)  # the shape returned: a view would be a traced output (compiled_ops)
+    # m in the shape the launchers return: a reshaped view of it as an operator's output, which the backward views
+    # again, made AOTAutograd's partitioner return the backward's view in its place (compiled_ops)
+    m = empty(B, NH, 1, dtype=torch.float32, device=device)
     return C, n, m
 
 
