@@ -60,24 +60,40 @@ def test_a_training_step_compiles_without_a_graph_break_to_the_same_bits(kernel)
         torch.testing.assert_close(compiled, eager, rtol=2e-2, atol=1e-3)
 
 
+@pytest.mark.parametrize("with_states", [False, True], ids=["plain", "states"])
 @pytest.mark.parametrize("kernel", ["chunkwise--triton_auto", "parallel--triton_limit_headdim"])
-def test_the_kernel_call_compiles_to_the_same_bits(kernel):
+def test_the_kernel_call_compiles_to_the_same_bits(kernel, with_states):
+    """Outputs and every gradient bit for bit; with initial states and the last states returned (their
+    cotangents too), the case whose traced graph once returned the backward's view of m in m's place."""
     fn = get_mlstm_kernel(kernel)
     torch.manual_seed(0)
-    q, k = (torch.randn(2, 4, 1024, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
-    v = torch.randn(2, 4, 1024, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    i = torch.randn(2, 4, 1024, device="cuda", requires_grad=True)
-    f = (3.0 + torch.randn(2, 4, 1024, device="cuda")).requires_grad_()
-    dh = torch.randn(2, 4, 1024, 128, device="cuda", dtype=torch.bfloat16)
+    B, NH, S, D = 2, 4, 1024, 128
+    bf16 = dict(device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    q, k, v = (torch.randn(B, NH, S, D, **bf16) for _ in range(3))
+    i = torch.randn(B, NH, S, device="cuda", requires_grad=True)
+    f = (3.0 + torch.randn(B, NH, S, device="cuda")).requires_grad_()
+    inputs = [q, k, v, i, f]
+    if with_states:
+        inputs += [torch.randn(B, NH, D, D, device="cuda", requires_grad=True),
+                   torch.randn(B, NH, D, device="cuda").abs().requires_grad_(),
+                   torch.randn(B, NH, 1, device="cuda", requires_grad=True)]  # fmt: skip
+    cotangents = [torch.randn(B, NH, S, D, device="cuda", dtype=torch.bfloat16)]
+    if with_states:
+        cotangents += [torch.randn(B, NH, D, D, device="cuda"), torch.randn(B, NH, D, device="cuda"),
+                       torch.randn(B, NH, 1, device="cuda")]  # fmt: skip
 
-    def call(q, k, v, i, f):
-        return fn(q, k, v, i, f, chunk_size=64)
+    def call(*x):
+        if not with_states:
+            return [fn(*x, chunk_size=64)]
+        h, (C, n, m) = fn(*x[:5], c_initial=x[5], n_initial=x[6], m_initial=x[7], chunk_size=64,
+                          return_last_states=True)  # fmt: skip
+        return [h, C, n, m]
 
     results = []
     for g in (call, torch.compile(call, fullgraph=True)):
-        h = g(q, k, v, i, f)
-        grads = torch.autograd.grad(h, (q, k, v, i, f), dh)
-        results.append([h, *grads])
+        outs = g(*inputs)
+        grads = torch.autograd.grad(outs, inputs, cotangents)
+        results.append([*outs, *grads])
     for eager, compiled in zip(*results):
         assert torch.equal(eager, compiled)
 
