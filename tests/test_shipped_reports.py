@@ -1,0 +1,37 @@
+"""The packaged tuning databases are covered by their committed validation reports: every shipped entry of
+tuning_db/<GPU>.json has a row of tuning_db/reports/<GPU>-validate.json with its variant and configuration, every
+row passed the correctness gate on a GPU (named in gpu_run), and the built-in defaults were validated with them.
+A database edited without `mlstm-tune validate` of its entries fails here (docs/hazards.md, tuning_db/README.md)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import REPO
+
+DATABASES = sorted((REPO / "tuning_db").glob("*.json"))
+
+
+def _row_key(key: dict) -> str:
+    return f"{key['op']}/{key['direction']} {key['dtype']} S~{key['S']} BNH~{key['BNH']} {key['structure']}"
+
+
+@pytest.mark.parametrize("database", DATABASES, ids=lambda p: p.stem)
+def test_every_shipped_entry_passed_the_gate_on_a_gpu(database):
+    report = REPO / "tuning_db" / "reports" / f"{database.stem}-validate.json"
+    assert report.exists(), f"{database.name} has no validation report ({report.name})"
+    rows = json.loads(report.read_text())
+    by_key = {row["key"]: row for row in rows if row["key"] != "default"}
+    entries = json.loads(database.read_text())["entries"]
+    assert entries
+    for entry in entries:
+        row = by_key.get(_row_key(entry["key"]))
+        assert row is not None, f"{_row_key(entry['key'])}: not in {report.name}"
+        assert (row["variant"], row["config"]) == (entry["variant"], entry["config"]), row["key"]
+    assert len(by_key) == len(entries), f"{report.name} has rows of entries {database.name} does not ship"
+    defaults = [row for row in rows if row["key"] == "default"]
+    assert defaults, f"{report.name}: the built-in defaults were not validated"
+    for row in rows:
+        assert row["passed"] and row["distinct_outputs"] == 1, row["key"]
+        assert row["gpu_run"].startswith("NVIDIA"), row["key"]
