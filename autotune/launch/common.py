@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
+from torch._subclasses.functional_tensor import FunctionalTensor
 
 from ..checks import MLSTMInputError
 
@@ -27,9 +29,6 @@ def empty(*shape, dtype: torch.dtype, device) -> torch.Tensor:
 def without_data(t: torch.Tensor) -> bool:
     """Whether ``t`` is a meta, fake or functional tensor: a call being recorded (autotune/launch/trace.py) or traced
     by torch.compile, whose buffers exist only per call (a launcher's cached buffers cannot be used in it)."""
-    from torch._subclasses.fake_tensor import FakeTensor
-    from torch._subclasses.functional_tensor import FunctionalTensor
-
     return t.device.type == "meta" or isinstance(t, (FakeTensor, FunctionalTensor))
 
 

@@ -4,7 +4,8 @@ calls them without a graph break.
 Under ``torch.compile`` (``torch.compiler.is_compiling()``) the chunkwise and parallel entries, the step and the
 sequence kernel call these operators instead of running their launchers inline; eager calls keep the direct path.
 Everything the dispatcher decides (variant, configuration, the backward's plan) is decided inside the operators
-from the shapes and dtypes, so the traced graph holds one opaque call per entry:
+from the shapes and dtypes, so the graph Dynamo captures holds one operator call per entry (Inductor then sees
+the kernels inside it or an opaque call, below):
 
     mlstm_autotune::sequence_fw   forward of a chunkwise or parallel entry, with what its backward needs
     mlstm_autotune::sequence_bw   the generated exact backward (registered as sequence_fw's autograd formula)
