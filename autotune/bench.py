@@ -1,10 +1,11 @@
 """``mlstm-tune bench``: our kernels against the alternatives, side by side on the same inputs, in one run.
 
-Rows (issue 6): the chunkwise form, forward ("fw") and forward+backward ("fwbw"), at 65,536 tokens with
+Rows: the chunkwise form, forward ("fw") and forward+backward ("fwbw"), at 65,536 tokens with
 S in {2048, 8192, 32768} on the head layouts NH=8 DHQK=256 DHHV=512 and NH=32 DHQK=DHHV=128; the step kernel
 at B in {1, 16, 128, 512} on NH=8 256/512 with an fp32 state (also under torch.compile: ours_compiled_ms); packed
 documents (64 of random lengths in 65,536 tokens, cu_seqlens, 7B layout) against the same documents padded to the
-longest (measure_packed). Columns, where they can be measured:
+longest (measure_packed); one long sequence (B=1, 7B layout, S in LONG_LENGTHS, ``--only long``), compared per
+token with the batched rows. Columns, where they can be measured:
     ours_ms             chunkwise--triton_auto / the Triton step kernel, as dispatched from the tuning database
     default_ms          the same with every structure's built-in default (MLSTM_AUTOTUNE_DISPATCH=0)
     upstream_ms         mlstm_kernels' chunkwise--triton_xl_chunk (chunk 128) / its Triton step kernel
@@ -14,6 +15,10 @@ longest (measure_packed). Columns, where they can be measured:
     jax_ms              the same kernel as ours_ms from JAX (autotune.jax, under jax.jit; the step with its state
                         donated), and ours_wall_ms the PyTorch call timed the same way: wall clock per call to
                         completion, the median (JAX runs on its own stream, which CUDA events of torch's miss)
+    floor_ms            the least time any kernel could take for the row on this GPU (autotune/floor.py: the
+                        row's minimal traffic at the copy bandwidth and its matrix work at the bf16 matmul rate,
+                        both rates measured in the same run; floor_traffic_ms, floor_compute_ms, copy_tb_s and
+                        matmul_tflop_s beside it)
 Comparison libraries are optional imports: a missing one, or a call that fails, is reported in the row's
 "notes", never fatal. Timing: triton.testing.do_bench (warm-up, then the median), inputs of 65,536 tokens (far
 beyond the 60 MB L2), bf16, never zeros. Without a GPU, ``--smoke`` runs the same code on tiny shapes under
@@ -34,6 +39,7 @@ import numpy as np
 import torch
 
 from . import db as tdb
+from . import floor
 from .measure import graphed
 from .report import _text, write_png
 
@@ -61,7 +67,16 @@ def rows(smoke: bool) -> list[Row]:
     out = [Row("chunkwise", p, TOKENS // S, NH, S, K, V) for NH, K, V in LAYOUTS for S in (2048, 8192, 32768)
            for p in ("fw", "fwbw")]  # fmt: skip
     out += [Row("step", "fw", B, 8, 1, 256, 512) for B in (1, 16, 128, 512)]
-    return out + [Row("packed", p, 1, 8, TOKENS, 256, 512) for p in ("fw", "fwbw")]
+    out += [Row("packed", p, 1, 8, TOKENS, 256, 512) for p in ("fw", "fwbw")]
+    return out + [Row("chunkwise", p, 1, 8, S, 256, 512) for S in LONG_LENGTHS for p in ("fw", "fwbw")]
+
+
+LONG_LENGTHS = (65536, 262144)  # one long sequence, B=1, at the 7B layout: compared per token with the batched rows
+
+
+def group(row: Row) -> str:
+    """The name ``--only`` selects a row by: its op, or "long" for one sequence of at least 65,536 tokens."""
+    return "long" if row.op == "chunkwise" and row.B == 1 and row.S >= TOKENS else row.op
 
 
 DOCUMENTS = 64  # a packed row: this many documents of random lengths, PACKED_SMOKE_DOCUMENTS in the smoke run
@@ -105,7 +120,7 @@ def measure_packed(row: Row, device: str, reps_ms: float) -> dict:
             out[column] = float(timer(fn))
         except Exception as err:  # noqa: BLE001 - reported, not fatal
             out["notes"][column] = f"{type(err).__name__}: {str(err)[:200]}"
-    return out
+    return _with_floor(out, device, reps_ms)
 
 
 def _timer(device: str, reps_ms: float):
@@ -357,14 +372,26 @@ def measure(row: Row, device: str, reps_ms: float) -> dict:
             os.environ.pop("MLSTM_AUTOTUNE_DISPATCH", None)
         else:
             os.environ["MLSTM_AUTOTUNE_DISPATCH"] = saved_env
+    return _with_floor(out, device, reps_ms)
+
+
+def _with_floor(out: dict, device: str, reps_ms: float) -> dict:
+    """The row with its floor (autotune/floor.py) from this GPU's copy and matmul rates, measured in this run."""
+    if device != "cuda":
+        out["notes"]["floor_ms"] = "measured on a GPU only"
+        return out
+    try:
+        out.update(floor.floor_columns(out, floor.measure_peaks(reps_ms)))
+    except Exception as err:  # noqa: BLE001 - reported, not fatal
+        out["notes"]["floor_ms"] = f"{type(err).__name__}: {str(err)[:200]}"
     return out
 
 
 def markdown(gpu: str, table: list[dict], timing: str) -> str:
     lines = [f"Benchmark on {gpu} ({timing}); times in ms; ratios: the other's time / ours", "",
              "| op | pass | B | NH | S | DHQK/DHHV | ours | default | upstream xl_chunk | upstream limit_chunk | FLA "
-             "simple_gla | SDPA | JAX (wall) | ours (wall) | vs upstream | vs FLA | JAX vs ours (wall) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "simple_gla | SDPA | JAX (wall) | ours (wall) | vs upstream | vs FLA | JAX vs ours (wall) | floor | "
+             "floor / ours |", "|---" * 19 + "|"]  # fmt: skip
 
     def ms(r, c):
         return f"{r[c]:.3f}" if r.get(c) is not None else "-"
@@ -372,11 +399,15 @@ def markdown(gpu: str, table: list[dict], timing: str) -> str:
     def ratio(r, c):
         return f"{r[c] / r['ours_ms']:.2f}x" if r.get(c) and r.get("ours_ms") else "-"
 
+    def of_floor(r):
+        return f"{r['floor_ms'] / r['ours_ms']:.0%}" if r.get("floor_ms") and r.get("ours_ms") else "-"
+
     for r in (r for r in table if r["op"] != "packed"):
         cells = " | ".join(ms(r, c) for c in COLUMNS)
         jax_vs = f"{r['jax_ms'] / r['ours_wall_ms']:.2f}x" if r.get("jax_ms") and r.get("ours_wall_ms") else "-"
         lines.append(f"| {r['op']} | {r['pass']} | {r['B']} | {r['NH']} | {r['S']} | {r['DHQK']}/{r['DHHV']} | {cells} "
-                     f"| {ratio(r, 'upstream_ms')} | {ratio(r, 'fla_ms')} | {jax_vs} |")  # fmt: skip
+                     f"| {ratio(r, 'upstream_ms')} | {ratio(r, 'fla_ms')} | {jax_vs} | {ms(r, 'floor_ms')} "
+                     f"| {of_floor(r)} |")  # fmt: skip
     graphed = [r for r in table if r["op"] == "step" and r.get("ours_graph_ms")]
     if graphed:
         lines += ["", "Step kernel, eager and replayed from a CUDA graph; bandwidth = the fp32 state read and written "
@@ -404,10 +435,32 @@ def markdown(gpu: str, table: list[dict], timing: str) -> str:
             docs = f"{r.get('documents', '-')} | {r.get('longest', '-')}"
             lines.append(f"| {r['pass']} | {r['NH']} | {r['S']} | {docs} | {r['DHQK']}/{r['DHHV']} | "
                          f"{ms(r, 'ours_ms')} | {ms(r, 'padded_ms')} | {vs} |")  # fmt: skip
+    lines += _long_table(table)
     notes = sorted({f"{c}: {n}" for r in table for c, n in r["notes"].items()})
     if notes:
         lines += ["", "Not measured:"] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def _long_table(table: list[dict]) -> list[str]:
+    """One long sequence (B=1) against the batched rows of its layout and pass: ms per 65,536 tokens, and that over
+    the mean per 65,536 tokens of the batched rows (B * S = 65,536) of the same run."""
+    long = [r for r in table if r["op"] == "chunkwise" and r["B"] == 1 and r["S"] >= TOKENS and r.get("ours_ms")]
+    if not long:
+        return []
+    lines = ["", "One long sequence (B=1) against the batched rows (B x S = 65,536 tokens) of the same layout and "
+             "pass, ours, ms per 65,536 tokens", "",
+             "| pass | NH | S | DHQK/DHHV | ours | per 65,536 tokens | batched rows (mean) | long / batched |",
+             "|---" * 8 + "|"]  # fmt: skip
+    for r in long:
+        same = [b["ours_ms"] for b in table if b["op"] == "chunkwise" and b["pass"] == r["pass"] and b.get("ours_ms")
+                and b["B"] * b["S"] == TOKENS and b["B"] > 1 and (b["NH"], b["DHQK"], b["DHHV"])
+                == (r["NH"], r["DHQK"], r["DHHV"])]  # fmt: skip
+        per = r["ours_ms"] * TOKENS / r["S"]
+        batched = f"{np.mean(same):.3f} | {per / np.mean(same):.3f}" if same else "- | -"
+        lines.append(f"| {r['pass']} | {r['NH']} | {r['S']} | {r['DHQK']}/{r['DHHV']} | {r['ours_ms']:.3f} | "
+                     f"{per:.3f} | {batched} |")  # fmt: skip
+    return lines
 
 
 _COLOURS = ((40, 100, 200), (170, 170, 170), (200, 80, 60), (230, 160, 60), (60, 160, 90), (140, 90, 170),
@@ -513,11 +566,15 @@ def run(args) -> int:
         print("mlstm-tune bench: no GPU; use --smoke for the interpreted dry run on tiny shapes", flush=True)
         return 2
     try:
-        chosen = [r for r in rows(args.smoke) if args.only in (None, r.op) and getattr(args, "pass_", None) in
+        chosen = [r for r in rows(args.smoke) if args.only in (None, group(r)) and getattr(args, "pass_", None) in
                   (None, r.pass_)]  # fmt: skip
         selected = shard(chosen, args.shard)
     except ValueError as err:
         print(f"mlstm-tune bench: {err}", file=sys.stderr)
+        return 2
+    if not selected:
+        print(f"mlstm-tune bench: no {'smoke ' if args.smoke else ''}rows match --only {args.only} "
+              f"--pass {getattr(args, 'pass_', None)}", file=sys.stderr)  # fmt: skip
         return 2
     if not on_gpu:
         os.environ["TRITON_INTERPRET"] = "1"

@@ -290,7 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_show)
     p = sub.add_parser("bench", help="ours (tuned and default) against upstream mlstm_kernels, FLA and SDPA")
     p.add_argument("--out", default="tuning_db/reports", help="folder for <GPU>-bench.json/.md/.png")
-    p.add_argument("--only", choices=("chunkwise", "step", "packed"), default=None, help="only these rows")
+    p.add_argument(
+        "--only",
+        choices=("chunkwise", "step", "packed", "long"),
+        default=None,
+        help="only these rows (long: one sequence of 65,536 tokens and more, B=1)",
+    )
     p.add_argument("--pass", dest="pass_", choices=("fw", "fwbw"), default=None, help="only rows of this pass")
     p.add_argument("--reps-ms", type=float, default=200.0, help="timing budget per measurement (do_bench rep)")
     p.add_argument("--smoke", action="store_true", help="tiny shapes; without a GPU, under Triton's interpreter")

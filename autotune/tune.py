@@ -84,6 +84,10 @@ PRESETS: dict[str, list[Shape]] = {
     "train-head128": [
         Shape("chunkwise:exp", _tokens(S), 32, S, 128, 128, direction="fwbw") for S in (2048, 8192, 32768)
     ],
+    # one long sequence (B=1) at the 7B layout, the bench's "long" rows
+    "long-7b": [
+        Shape("chunkwise:exp", 1, 8, S, 256, 512, direction=d) for S in (65536, 262144) for d in ("fw", "fwbw")
+    ],
 }
 # without a GPU: a tiny shape the interpreter can search in seconds per trial
 INTERPRETER_PRESET = [Shape("chunkwise:exp", 1, 2, 64, 16, 16, "float32")]

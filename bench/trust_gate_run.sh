@@ -24,7 +24,7 @@
 #              `mlstm-tune bench --only chunkwise` in two shards one after the other (250 s each; a cut-off run keeps
 #              the rows it finished), then `--only step` (90 s); each writes
 #              its <GPU>-bench.json under $OUT/chunkwise0, chunkwise1, step (merge them here with `mlstm-tune bench
-#              --combine`)
+#              --combine`); RESULTS_PARTS picks some of them, or "long" (`--only long`, one sequence, LONG_S, 400 s)
 #   forms      what the training forward's forms cost (bench/tools/time_training_forward.py), then at once
 #              `mlstm-tune validate` of the H200 database (VALIDATE_S, default 400) and which forward feeds the
 #              chunkwise backward its error (bench/tools/backward_after_forward.py at the 4,080 tokens of the
@@ -116,8 +116,9 @@ case "${1:-}" in
     tail -30 "$OUT/bench.log" ;;
   results)
     mkdir -p /tmp/no_user_db
-    for part in chunkwise0 chunkwise1 step; do
-      case $part in chunkwise*) what=(--only chunkwise --shard "${part#chunkwise}/2") s=250;; *) what=(--only step) s=90;; esac
+    for part in ${RESULTS_PARTS:-chunkwise0 chunkwise1 step}; do
+      case $part in chunkwise*) what=(--only chunkwise --shard "${part#chunkwise}/2") s=250;;
+                    long) what=(--only long) s=${LONG_S:-400};; *) what=(--only step) s=90;; esac
       ( header "MLSTM_AUTOTUNE_DB=(empty) mlstm-tune bench ${what[*]} --out \$OUT/$part"
         MLSTM_AUTOTUNE_DB=/tmp/no_user_db timeout $s python -m autotune bench "${what[@]}" --out "$OUT/$part"
       ) > "$OUT/bench_$part.log" 2>&1

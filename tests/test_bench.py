@@ -167,3 +167,60 @@ def test_the_step_table_holds_ours_against_a_copy_of_the_same_bytes():
     assert cells[3:5] == ["0.090", "0.080"]  # eager, then compiled
     assert cells[8] == "0.040" and cells[9] == f"{nbytes / 0.050e-3 / 1e9:.0f}"
     assert cells[10] == f"{nbytes / 0.040e-3 / 1e9:.0f}" and cells[11] == "80%" and cells[12] == "-"
+
+
+def test_the_floor_counts_the_bytes_of_the_inputs_and_outputs_and_the_chunkwise_products():
+    """Traffic: every input read and every output written once, counted here from the bench's own tensors; matrix
+    work: the chunkwise form's products per chunk of 64 (the causal half within a chunk), three times over for
+    forward+backward."""
+    from autotune import bench, floor
+
+    row = bench.Row("chunkwise", "fw", 2, 3, 128, 16, 32)
+    x = bench._inputs(row, "cpu", torch.bfloat16)
+    inputs = sum(t.numel() * t.element_size() for t in x.values())
+    h = torch.empty(2, 3, 128, 32, dtype=torch.bfloat16)
+    out_bytes = h.numel() * h.element_size()
+    fw = {"op": "chunkwise", "pass": "fw", "B": 2, "NH": 3, "S": 128, "DHQK": 16, "DHHV": 32}
+    assert floor.traffic_bytes(fw) == inputs + out_bytes
+    # backward: the inputs and dh read, a gradient of every input written
+    assert floor.traffic_bytes({**fw, "pass": "fwbw"}) == (inputs + out_bytes) + (inputs + out_bytes) + inputs
+    L, chunks = floor.CHUNK, 128 // floor.CHUNK
+    per_chunk = 2 * L * 16 * 32 + 2 * L * 16 * 32 + L * L * 16 + L * L * 32  # q C, k^T v, causal q k^T and S v
+    assert floor.matrix_flops(fw) == 2 * 3 * chunks * per_chunk
+    assert floor.matrix_flops({**fw, "pass": "fwbw"}) == 3 * floor.matrix_flops(fw)
+    peaks = floor.Peaks(copy_tb_s=2.0, matmul_tflop_s=500.0)
+    cols = floor.floor_columns(fw, peaks)
+    assert cols["floor_traffic_ms"] == pytest.approx((inputs + out_bytes) / 2e12 * 1e3)
+    assert cols["floor_compute_ms"] == pytest.approx(2 * 3 * chunks * per_chunk / 500e12 * 1e3)
+    assert cols["floor_ms"] == max(cols["floor_traffic_ms"], cols["floor_compute_ms"])
+    # the 7B forward row: 1.6 GB and about 0.3 TFLOP, as docs/performance.md counts it
+    seven_b = {"op": "chunkwise", "pass": "fw", "B": 32, "NH": 8, "S": 2048, "DHQK": 256, "DHHV": 512}
+    assert 1.5e9 < floor.traffic_bytes(seven_b) < 1.7e9 and 0.29e12 < floor.matrix_flops(seven_b) < 0.31e12
+
+
+def test_the_table_shows_each_row_against_its_floor_and_a_long_sequence_per_token():
+    from autotune import bench
+
+    base = {"op": "chunkwise", "NH": 8, "DHQK": 256, "DHHV": 512, "notes": {}}
+    table = [{**base, "pass": "fw", "B": 32, "S": 2048, "ours_ms": 2.0, "floor_ms": 0.5},
+             {**base, "pass": "fw", "B": 8, "S": 8192, "ours_ms": 3.0},
+             {**base, "pass": "fwbw", "B": 8, "S": 8192, "ours_ms": 10.0},
+             {**base, "pass": "fw", "B": 1, "S": 262144, "ours_ms": 11.0, "floor_ms": 2.2}]  # fmt: skip
+    text = bench.markdown("GPU", table, "timing")
+    line = next(ln for ln in text.splitlines() if ln.startswith("| chunkwise | fw | 32 |"))
+    assert line.rstrip(" |").endswith("0.500 | 25%")
+    assert next(ln for ln in text.splitlines() if ln.startswith("| chunkwise | fw | 8 |")).endswith("| - | - |")
+    long = next(ln for ln in text.splitlines() if ln.startswith("| fw | 8 | 262144 |"))
+    # 11 ms for 4 x 65,536 tokens = 2.75 per 65,536, against the mean 2.5 of the batched forward rows (not fwbw)
+    assert long.endswith("| 11.000 | 2.750 | 2.500 | 1.100 |")
+
+
+def test_long_rows_are_their_own_group_and_an_empty_selection_is_an_error(tmp_path: Path):
+    from autotune.bench import TOKENS, group, rows
+
+    long = [r for r in rows(False) if group(r) == "long"]
+    assert {(r.pass_, r.S) for r in long} == {(p, S) for p in ("fw", "fwbw") for S in (65536, 262144)}
+    assert all(r.B == 1 and r.op == "chunkwise" and r.S >= TOKENS for r in long)
+    assert not [r for r in rows(False) if group(r) == "chunkwise" and r.B * r.S != TOKENS]
+    out = _bench("--smoke", "--only", "long", "--out", str(tmp_path), cwd=tmp_path)
+    assert out.returncode == 2 and "no smoke rows" in out.stderr
