@@ -351,7 +351,7 @@ def measure(row: Row, device: str, reps_ms: float) -> dict:
                 if row.op == "step" and device == "cuda" and column in GRAPHED:
                     out[GRAPHED[column]] = float(timer(graphed(fn)))
             except ImportError as err:
-                out["notes"][column] = f"not installed ({err.name})"
+                out["notes"][column] = f"not installed ({err.name or str(err)[:200]})"
             except Exception as err:  # noqa: BLE001 - a comparison that fails is reported, not fatal
                 out["notes"][column] = f"{type(err).__name__}: {str(err)[:200]}"
             finally:
