@@ -12,6 +12,8 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -178,3 +180,11 @@ def drop(*names: str):
             x[name] = None
 
     return mutate
+
+
+def compiled(code: list[str]) -> str:
+    """stdout of ``python *code`` in the repository with TRITON_INTERPRET unset (the tests set it: nothing compiles)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, *code], capture_output=True, text=True, env=env, timeout=1500, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result.stdout

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_ttgir_hazards import compiled
+from helpers import compiled
 
 STATE_POSITIONS = {"c": 5, "n": 6, "m": 7}  # of the step's arguments q, k, v, i, f, c, n, m, ...
 

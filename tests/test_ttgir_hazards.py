@@ -5,12 +5,9 @@ fails a candidate the static check flags."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from helpers import compiled
 
 from autotune import hazards, measure
 
@@ -38,15 +35,6 @@ for form in (0, 1):
     out[f"trans-{form}"] = hazards.transposed_accumulators(ttgir)
 print(json.dumps(out))
 """
-
-
-def compiled(code: list[str]) -> str:
-    """stdout of ``python *code`` in the repository with TRITON_INTERPRET unset (the tests set it: nothing compiles)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, *code], capture_output=True, text=True, env=env, timeout=1500,
-                            cwd=Path(__file__).parent.parent)  # fmt: skip
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return result.stdout
 
 
 @pytest.fixture(scope="module")
