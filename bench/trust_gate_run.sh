@@ -25,6 +25,8 @@
 #              the rows it finished), then `--only step` (90 s); each writes
 #              its <GPU>-bench.json under $OUT/chunkwise0, chunkwise1, step (merge them here with `mlstm-tune bench
 #              --combine`); RESULTS_PARTS picks some of them, or "long" (`--only long`, one sequence, LONG_S, 400 s)
+#   costs      a training step split by kernel (bench/tools/time_step_trees.py, this GPU's packaged database) and
+#              `mlstm-tune bench --only long` (LONG_S, default 360 s; $OUT/long/<GPU>-bench.json)
 #   forms      what the training forward's forms cost (bench/tools/time_training_forward.py), then at once
 #              `mlstm-tune validate` of the H200 database (VALIDATE_S, default 400) and which forward feeds the
 #              chunkwise backward its error (bench/tools/backward_after_forward.py at the 4,080 tokens of the
@@ -125,6 +127,16 @@ case "${1:-}" in
       rm -f "$OUT/$part"/*.md "$OUT/$part"/*.png  # the json is the result; at most 8 files come back
       grep "^\[" "$OUT/bench_$part.log" | cut -c1-200
     done ;;
+  costs)  # where a training step's time goes now (per kernel, the packaged database of this GPU), then the long rows
+    packaged=tuning_db/$(python -c "import sys; from autotune.db import file_name; print(file_name(sys.argv[1]))" "$gpu")
+    ( header "python bench/tools/time_step_trees.py --tree . --db $packaged"
+      timeout 200 python bench/tools/time_step_trees.py --tree . --db "$packaged" ) > "$OUT/step_costs.log" 2>&1
+    tail -40 "$OUT/step_costs.log"
+    mkdir -p /tmp/no_user_db
+    ( header "MLSTM_AUTOTUNE_DB=(empty) mlstm-tune bench --only long --out \$OUT/long"
+      MLSTM_AUTOTUNE_DB=/tmp/no_user_db timeout "${LONG_S:-360}" python -m autotune bench --only long --out "$OUT/long"
+    ) > "$OUT/bench_long.log" 2>&1
+    rm -f "$OUT/long"/*.png; grep "^\[" "$OUT/bench_long.log" | cut -c1-200; tail -12 "$OUT/long"/*.md ;;
   forms)
     ( header "python bench/tools/time_training_forward.py"; timeout 100 python bench/tools/time_training_forward.py
     ) > "$OUT/time_training_forward.log" 2>&1
