@@ -25,7 +25,8 @@
 #              the rows it finished), then `--only step` (90 s); each writes
 #              its <GPU>-bench.json under $OUT/chunkwise0, chunkwise1, step (merge them here with `mlstm-tune bench
 #              --combine`); RESULTS_PARTS picks some of them, or "long" (`--only long`, one sequence, LONG_S, 400 s)
-#   costs      a training step split by kernel (bench/tools/time_step_trees.py, this GPU's packaged database) and
+#   costs      the training forward's kernels with fp32 states against 16-bit planes (bench/tools/state_operand_costs.py),
+#              a training step split by kernel (bench/tools/time_step_trees.py, this GPU's packaged database) and
 #              `mlstm-tune bench --only long` (LONG_S, default 360 s; $OUT/long/<GPU>-bench.json)
 #   forms      what the training forward's forms cost (bench/tools/time_training_forward.py), then at once
 #              `mlstm-tune validate` of the H200 database (VALIDATE_S, default 400) and which forward feeds the
@@ -128,6 +129,9 @@ case "${1:-}" in
       grep "^\[" "$OUT/bench_$part.log" | cut -c1-200
     done ;;
   costs)  # where a training step's time goes now (per kernel, the packaged database of this GPU), then the long rows
+    ( header "python bench/tools/state_operand_costs.py"
+      timeout 150 python bench/tools/state_operand_costs.py ) > "$OUT/state_operand_costs.log" 2>&1
+    tail -22 "$OUT/state_operand_costs.log"
     packaged=tuning_db/$(python -c "import sys; from autotune.db import file_name; print(file_name(sys.argv[1]))" "$gpu")
     ( header "python bench/tools/time_step_trees.py --tree . --db $packaged"
       timeout 200 python bench/tools/time_step_trees.py --tree . --db "$packaged" ) > "$OUT/step_costs.log" 2>&1
