@@ -71,9 +71,11 @@ EDITS["states:dot-only"] = list(_STATES_COSTS.values())
 BOUND_EDITS = {"out:no-decay", "states:dot-only", *(f"states:no-{name}" for name in _STATES_COSTS)}
 
 
-def edited_module(variant, name: str, workdir: Path):
+def edited_module(variant, name: str, workdir: Path, edits: list[tuple[str, str]] | None = None):
+    """The variant's generated module with the edits (default EDITS[name]: (old, new) pairs, every occurrence of
+    each old text replaced) applied, loaded from a copy under workdir."""
     source = (paths.generated_dir() / f"{variant.name}.py").read_text()
-    for old, new in EDITS[name]:
+    for old, new in EDITS[name] if edits is None else edits:
         assert old in source, f"edit {name}: the generated source changed"
         source = source.replace(old, new)
     path = workdir / f"{variant.name}__{name.replace(':', '_').replace('-', '_')}.py"

@@ -19,7 +19,6 @@ split of today's fp32 states.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import tempfile
 from pathlib import Path
@@ -30,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import profile_forward as pf  # noqa: E402
 
-from autotune import paths  # noqa: E402
 from autotune.launch import chunkwise as launch  # noqa: E402
 from autotune.launch.common import cdiv  # noqa: E402
 from autotune.load import load_variant  # noqa: E402
@@ -59,19 +57,6 @@ STATES_NEW = (
 )
 
 
-def edited(variant, edits: list[tuple[str, str]], workdir: Path, tag: str):
-    source = (paths.generated_dir() / f"{variant.name}.py").read_text()
-    for old, new in edits:
-        assert source.count(old) == 1, f"edit {tag}: the generated source changed"
-        source = source.replace(old, new)
-    path = workdir / f"{variant.name}__{tag}.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def planes_of(C: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(B, NH, NC, K, V) fp32 -> (B, NH, NC, 2, K, V) of dtype: hi, then lo."""
     hi = C.to(dtype)
@@ -95,8 +80,8 @@ def run(layout: tuple, dtype: torch.dtype, workdir: Path) -> list[tuple[str, obj
 
     fp32_mod = load_variant(fp32_variant)
     bf16_mod = load_variant(bf16_variant)
-    states_planes_mod = edited(fp32_variant, [(STATES_OLD, STATES_NEW)], workdir, "states_planes")
-    out_planes_mod = edited(fp32_variant, [(OUT_OLD, OUT_NEW)], workdir, "out_planes")
+    states_planes_mod = pf.edited_module(fp32_variant, "states-planes", workdir, [(STATES_OLD, STATES_NEW)])
+    out_planes_mod = pf.edited_module(fp32_variant, "out-planes", workdir, [(OUT_OLD, OUT_NEW)])
     rows = []
     # states: today's fp32, the planes edit, bf16; the planes must be today's states split
     fp32_buf, planes_buf, bf16_buf = buffers(torch.float32), buffers(dtype, planes=True), buffers(dtype)
