@@ -74,9 +74,14 @@ def rows(smoke: bool) -> list[Row]:
 LONG_LENGTHS = (65536, 262144)  # one long sequence, B=1, at the 7B layout: compared per token with the batched rows
 
 
+def _is_long(op: str, B: int, S: int) -> bool:
+    """One chunkwise sequence of at least 65,536 tokens (the "long" rows)."""
+    return op == "chunkwise" and B == 1 and S >= TOKENS
+
+
 def group(row: Row) -> str:
     """The name ``--only`` selects a row by: its op, or "long" for one sequence of at least 65,536 tokens."""
-    return "long" if row.op == "chunkwise" and row.B == 1 and row.S >= TOKENS else row.op
+    return "long" if _is_long(row.op, row.B, row.S) else row.op
 
 
 DOCUMENTS = 64  # a packed row: this many documents of random lengths, PACKED_SMOKE_DOCUMENTS in the smoke run
@@ -445,7 +450,7 @@ def markdown(gpu: str, table: list[dict], timing: str) -> str:
 def _long_table(table: list[dict]) -> list[str]:
     """One long sequence (B=1) against the batched rows of its layout and pass: ms per 65,536 tokens, and that over
     the mean per 65,536 tokens of the batched rows (B * S = 65,536) of the same run."""
-    long = [r for r in table if r["op"] == "chunkwise" and r["B"] == 1 and r["S"] >= TOKENS and r.get("ours_ms")]
+    long = [r for r in table if _is_long(r["op"], r["B"], r["S"]) and r.get("ours_ms")]
     if not long:
         return []
     lines = ["", "One long sequence (B=1) against the batched rows (B x S = 65,536 tokens) of the same layout and "

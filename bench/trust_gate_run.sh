@@ -28,7 +28,7 @@
 #              within CHUNK_S seconds, default 250), or "long" (`--only long`, one sequence, LONG_S, 400 s)
 #   costs      the training forward's kernels with fp32 states against 16-bit planes (bench/tools/state_operand_costs.py),
 #              a training step split by kernel (bench/tools/time_step_trees.py, this GPU's packaged database) and
-#              `mlstm-tune bench --only long` (LONG_S, default 360 s; $OUT/long/<GPU>-bench.json)
+#              the results phase's "long" part (`mlstm-tune bench --only long`, LONG_S; $OUT/long/<GPU>-bench.json)
 #   forms      what the training forward's forms cost (bench/tools/time_training_forward.py), then at once
 #              `mlstm-tune validate` of the H200 database (VALIDATE_S, default 400) and which forward feeds the
 #              chunkwise backward its error (bench/tools/backward_after_forward.py at the 4,080 tokens of the
@@ -137,11 +137,7 @@ case "${1:-}" in
     ( header "python bench/tools/time_step_trees.py --tree . --db $packaged"
       timeout 200 python bench/tools/time_step_trees.py --tree . --db "$packaged" ) > "$OUT/step_costs.log" 2>&1
     tail -40 "$OUT/step_costs.log"
-    mkdir -p /tmp/no_user_db
-    ( header "MLSTM_AUTOTUNE_DB=(empty) mlstm-tune bench --only long --out \$OUT/long"
-      MLSTM_AUTOTUNE_DB=/tmp/no_user_db timeout "${LONG_S:-360}" python -m autotune bench --only long --out "$OUT/long"
-    ) > "$OUT/bench_long.log" 2>&1
-    rm -f "$OUT/long"/*.png; grep "^\[" "$OUT/bench_long.log" | cut -c1-200; tail -12 "$OUT/long"/*.md ;;
+    RESULTS_PARTS=long bash "$0" results ;;
   forms)
     ( header "python bench/tools/time_training_forward.py"; timeout 100 python bench/tools/time_training_forward.py
     ) > "$OUT/time_training_forward.log" 2>&1
