@@ -79,8 +79,10 @@ def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int, co
 
         def launch(config):  # with border states of the configuration's stride, as the forward keeps them
             NC = -(-S // config["chunk"])
-            C_dtype = dtype if config["state_buffers"] == "input" else torch.float32  # as the recomputation stores it
-            borders = (torch.zeros(B, NH, NC, DHQK, DHHV, dtype=C_dtype), torch.zeros(B, NH, NC, DHQK, **f32),
+            form = config["state_buffers"]  # as the recomputation stores them
+            C_dtype = torch.float32 if form == "float32" else dtype
+            planes = (2,) if form == "planes" else ()
+            borders = (torch.zeros(B, NH, NC, *planes, DHQK, DHHV, dtype=C_dtype), torch.zeros(B, NH, NC, DHQK, **f32),
                        torch.zeros(B, NH, NC, **f32))  # fmt: skip
             chunkwise_bw.chunkwise_bw(*args, *states, h, *stats, h, *dlast, tuple(states), variant=variant,
                                       config=config, borders=borders)  # fmt: skip

@@ -30,6 +30,9 @@ STAGES = (1, 2, 3)
 CELLS = ("exp", "sig")
 # "input": states stored (two-pass) or multiplied (fused) in the inputs' dtype, i.e. bf16 for bf16 inputs
 STATE_DTYPES = ("float32", "input")
+# the two-pass forward also stores them as "planes": two tiles of the inputs' dtype per state, hi = C rounded and
+# lo = what that rounding left out, which its products read as they read 16-bit states (no split in registers)
+TWOPASS_STATES = STATE_DTYPES + ("planes",)
 _NOT_SET = object()
 
 
@@ -295,7 +298,7 @@ CHUNKWISE_TWOPASS_FW = Family(
     op="chunkwise_fw",
     meaning="a states kernel walks the chunk borders and stores the state before every chunk; an output kernel then "
             "computes every chunk in parallel from its stored state",
-    axes={"cell": CELLS, "state": STATE_DTYPES},
+    axes={"cell": CELLS, "state": TWOPASS_STATES},
     knobs=(
         Knob("chunk_inter", "tokens per step of the states kernel's sequential loop", (16, 32, 64, 128), tile=True,
              old="LI"),
@@ -420,9 +423,11 @@ CHUNKWISE_BW = Family(
         STAGES_KNOB,
         Knob("states", "the states before every chunk: recomputed by the backward, or the ones a two-pass forward "
              "stored, kept in memory from forward to backward (reuse)", ("recompute", "reuse"), fill="recompute"),
-        Knob("state_buffers", "dtype of the per-chunk state buffers: fp32, whose tiles enter the products with "
-             "16-bit tiles in two 16-bit parts, or the inputs' dtype (half the bytes for 16-bit inputs, rounded "
-             "once; the recurrences run in fp32 either way)", ("float32", "input"), fill="float32"),
+        Knob("state_buffers", "form of the per-chunk state buffers: fp32, whose tiles enter the products with "
+             "16-bit tiles in two 16-bit parts split in registers; the inputs' dtype (half the bytes for 16-bit "
+             "inputs, rounded once); or planes, those two parts stored (fp32's bytes, no split in registers). The "
+             "recurrences run in fp32 either way; with states reuse, the states before the chunks come in the "
+             "forward's form", ("float32", "input", "planes"), fill="float32"),
         STATES_WEIGHTING,
         STATES_N,
         Knob("dstate_gates", "the reverse recurrence's per-chunk weights: computed in its sequential loop (inline), "

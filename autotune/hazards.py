@@ -143,7 +143,7 @@ def scan_space(dtype=torch.bfloat16, head_dims=((128, 128), (256, 512)), stages=
     choices = {
         "chunkwise_fw": dict(out_values=("loop", "tiles"), states_weighting=("k", "v", "kT"),
                              states_n=("sum", "dot")),
-        "chunkwise_bw": dict(state_buffers=("input", "float32"), states_weighting=("k", "v"),
+        "chunkwise_bw": dict(state_buffers=("input", "float32", "planes"), states_weighting=("k", "v"),
                              dstate_gates=("inline", "pre")),
     }  # fmt: skip
     out = []

@@ -29,6 +29,10 @@
 #   costs      the training forward's kernels with fp32 states against 16-bit planes (bench/tools/state_operand_costs.py),
 #              a training step split by kernel (bench/tools/time_step_trees.py, this GPU's packaged database) and
 #              the results phase's "long" part (`mlstm-tune bench --only long`, LONG_S; $OUT/long/<GPU>-bench.json)
+#   planes     the training step with its chunk states stored as planes against fp32 (bench/tools/planes_step.py, this
+#              GPU's packaged database, 7B and head 128), then the gate's comparison for the planes candidates
+#              (bench/tools/gate_spread.py --seeds 1 3 4 5 --only planes, as the gate pools them); PLANES_PARTS picks
+#              "step" or "gate"
 #   forms      what the training forward's forms cost (bench/tools/time_training_forward.py), then at once
 #              `mlstm-tune validate` of the H200 database (VALIDATE_S, default 400) and which forward feeds the
 #              chunkwise backward its error (bench/tools/backward_after_forward.py at the 4,080 tokens of the
@@ -138,6 +142,16 @@ case "${1:-}" in
       timeout 200 python bench/tools/time_step_trees.py --tree . --db "$packaged" ) > "$OUT/step_costs.log" 2>&1
     tail -40 "$OUT/step_costs.log"
     RESULTS_PARTS=long bash "$0" results ;;
+  planes)  # PLANES_PARTS: "step" and/or "gate" (default both)
+    if [[ " ${PLANES_PARTS:-step gate} " == *" step "* ]]; then
+      ( header "python bench/tools/planes_step.py"; timeout 240 python bench/tools/planes_step.py ) > "$OUT/planes_step.log" 2>&1
+      cut -c1-220 "$OUT/planes_step.log" | tail -40
+    fi
+    if [[ " ${PLANES_PARTS:-step gate} " == *" gate "* ]]; then
+      ( header "python bench/tools/gate_spread.py --S 4080 --seeds 1 3 4 5 --only planes"
+        timeout 280 python bench/tools/gate_spread.py --S 4080 --seeds 1 3 4 5 --only planes ) > "$OUT/gate_planes.log" 2>&1
+      grep -h "pool\|^# \|rror" "$OUT/gate_planes.log" | cut -c1-230
+    fi ;;
   forms)
     ( header "python bench/tools/time_training_forward.py"; timeout 100 python bench/tools/time_training_forward.py
     ) > "$OUT/time_training_forward.log" 2>&1

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   1064046779203058
+# template hash:   0324124896c2ce94
 # parameters:      cell=sig, kernels=split
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (sig cell), exact (docs/math.md §6), "split" within-chunk kernels.
@@ -157,6 +157,39 @@ def _parts_dot(b_x, b_a, DOT_PRECISION: tl.constexpr):
         b_hi = b_x.to(b_a.dtype)
         b_lo = (b_x - b_hi.to(tl.float32)).to(b_a.dtype)
         return tl.dot(b_hi, b_a, input_precision=DOT_PRECISION) + tl.dot(b_lo, b_a, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _store_planes(p_x, b_x, m_x, KV):
+    """The fp32 state tile b_x as two planes of the buffer's 16-bit dtype: hi = b_x rounded at p_x, lo = what that
+    rounding left out KV elements after it, the two tiles _dot_parts and _parts_dot form in registers."""
+    b_hi = b_x.to(p_x.dtype.element_ty)
+    tl.store(p_x, b_hi, mask=m_x)
+    tl.store(p_x + KV, (b_x - b_hi.to(tl.float32)).to(b_hi.dtype), mask=m_x)
+
+
+@triton.jit
+def _dot_planes(b_a, p_x, m_x, KV, DOT_PRECISION: tl.constexpr):
+    """b_a @ x for a state tile stored as planes (_store_planes) at p_x: _dot_parts' two products, from memory."""
+    b_hi = tl.load(p_x, mask=m_x, other=0.0)
+    b_lo = tl.load(p_x + KV, mask=m_x, other=0.0)
+    return tl.dot(b_a, b_hi, input_precision=DOT_PRECISION) + tl.dot(b_a, b_lo, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _planes_for_registers(p_x, m_x, KV):
+    """hi + lo in fp32 of a state tile stored as planes at p_x, for a computation in registers: loads of their own
+    (a second read, from L2), as _for_registers does for a 16-bit tile that also feeds a dot."""
+    b_hi = tl.load(p_x, mask=m_x, other=0.0, cache_modifier=".cg").to(tl.float32)
+    return b_hi + tl.load(p_x + KV, mask=m_x, other=0.0, cache_modifier=".cg").to(tl.float32)
+
+
+@triton.jit
+def _planes_dot(p_x, m_x, b_a, KV, DOT_PRECISION: tl.constexpr):
+    """x @ b_a for a state tile stored as planes at p_x: _parts_dot's two products, from memory."""
+    b_hi = tl.load(p_x, mask=m_x, other=0.0)
+    b_lo = tl.load(p_x + KV, mask=m_x, other=0.0)
+    return tl.dot(b_hi, b_a, input_precision=DOT_PRECISION) + tl.dot(b_lo, b_a, input_precision=DOT_PRECISION)
 
 
 @triton.jit
@@ -355,7 +388,8 @@ def chunkwise_bw_dstate_kernel(
     dCS_ptr,  # (B, NH, DHQK, DHHV) cotangent of the last state (read when HAS_LAST_GRAD)
     dnS_ptr,  # (B, NH, DHQK)
     T_ptr,  # (B, NH) fp32: dm_S - <C_S, dC_S> - <n_S, dn_S>, the max-state chain's start (exp, HAS_LAST_GRAD)
-    dCa_ptr,  # (B, NH, NC, DHQK, DHHV) out: gradient of the state after each chunk (fp32 or the inputs' dtype)
+    dCa_ptr,  # (B, NH, NC, DHQK, DHHV) out: gradient of the state after each chunk (fp32 or the inputs' dtype;
+    #            with DC_PLANES (B, NH, NC, 2, DHQK, DHHV), its planes in the inputs' dtype)
     dna_ptr,  # (B, NH, NC, DHQK) fp32 out
     R_ptr,  # (B, NH, S) fp32 out: the max-state chain R_t (exp cell)
     dC0_ptr,  # (B, NH, DHQK, DHHV) fp32 out: gradient of the initial state (written when HAS_STATE)
@@ -379,6 +413,7 @@ def chunkwise_bw_dstate_kernel(
     DOT_PRECISION: tl.constexpr,
     PRE_WEIGHTS: tl.constexpr,
     PACKED: tl.constexpr,
+    DC_PLANES: tl.constexpr,
 ):
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     tok0, S_r, slot0, NC_r = _packed_row(i_bh, S, NC, cu_ptr, cs_ptr, NH, PACKED)
@@ -399,7 +434,10 @@ def chunkwise_bw_dstate_kernel(
     for it in range(0, NC_r):
         i_c = NC_r - 1 - it
         i_bhc = slot0 + i_c
-        tl.store(dCa_ptr + i_bhc * DHQK * DHHV + o_kv, b_dC.to(dCa_ptr.dtype.element_ty), mask=m_kv)
+        if DC_PLANES:
+            _store_planes(dCa_ptr + i_bhc * 2 * DHQK * DHHV + o_kv, b_dC, m_kv, DHQK * DHHV)
+        else:
+            tl.store(dCa_ptr + i_bhc * DHQK * DHHV + o_kv, b_dC.to(dCa_ptr.dtype.element_ty), mask=m_kv)
         if i_v == 0:
             tl.store(dna_ptr + i_bhc * DHQK + o_k, b_dn, mask=m_k)
         o_t = i_c * L + o_l
@@ -417,7 +455,7 @@ def chunkwise_bw_dstate_kernel(
         b_qT = tl.load(q_ptr + o_t[None, :] * DHQK + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0.0)
         b_dh = tl.load(dh_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
         b_qwT = b_qT.to(tl.float32) * b_wr[None, :]  # [BK, L]
-        if dCa_ptr.dtype.element_ty == tl.float32:  # fp32 state buffers: the weighted q^T in two parts
+        if DC_PLANES or dCa_ptr.dtype.element_ty == tl.float32:  # fp32 gradients kept: the weighted q^T in two parts
             b_dC = b_decay * b_dC + _parts_dot(b_qwT, b_dh, DOT_PRECISION)  # [BK, L] @ [L, BV] -> [BK, BV]
         else:
             b_dC = b_decay * b_dC + tl.dot(b_qwT.to(b_dh.dtype), b_dh, input_precision=DOT_PRECISION)
@@ -461,12 +499,14 @@ def _chunk_setup(i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, tok0, S, s
 @triton.jit
 def _state_terms(q_ptr, k_ptr, v_ptr, dh_ptr, Cb_ptr, nb_ptr, dCa_ptr, dna_ptr, i_bhc, o_t, m_t, o_k, b_r, b_ds,
                  b_D0, b_w, scale, DHQK: tl.constexpr, DHHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
-                 BV: tl.constexpr, DOT_PRECISION: tl.constexpr, WITH_DP: tl.constexpr):
+                 BV: tl.constexpr, DOT_PRECISION: tl.constexpr, WITH_DP: tl.constexpr, C_PLANES: tl.constexpr,
+                 DC_PLANES: tl.constexpr):  # fmt: skip
     """For one DHQK tile o_k: the state parts of dq and dk,
         dq_inter = scale D0 (dnum C^T + ds n^T)      (the state before the chunk, read by every output),
         dk_trans = w (v dC_after^T + dn_after)       (the chunk's tokens, written into the state after it),
     the tile's share of <C, dC_after> + <n, dn_after>, and with WITH_DP dP = dnum v^T + ds [L, L] from the same
-    loads of v and dh (else zeros, left unused)."""
+    loads of v and dh (else zeros, left unused). C and dC_after are read as one tile each, or (C_PLANES, DC_PLANES)
+    as planes (_store_planes), whose products are those of the fp32 tile split in registers."""
     m_k = o_k < DHQK
     b_dqi = tl.zeros([L, BK], dtype=tl.float32)
     b_dkt = tl.zeros([L, BK], dtype=tl.float32)
@@ -479,14 +519,25 @@ def _state_terms(q_ptr, k_ptr, v_ptr, dh_ptr, Cb_ptr, nb_ptr, dCa_ptr, dna_ptr, 
         b_v = tl.load(v_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_tv, other=0.0)
         b_dh = tl.load(dh_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_tv, other=0.0)
         # C^T and dC_after^T [BV, BK] loaded as such: no transposes in registers
-        o_vk = i_bhc * DHQK * DHHV + o_v[:, None] + o_k[None, :] * DHHV
+        o_vk = o_v[:, None] + o_k[None, :] * DHHV
         m_vk = m_v[:, None] & m_k[None, :]
-        b_CT = tl.load(Cb_ptr + o_vk, mask=m_vk, other=0.0)
-        b_dCaT = tl.load(dCa_ptr + o_vk, mask=m_vk, other=0.0)
-        b_C32 = _for_registers(Cb_ptr + o_vk, m_vk, b_CT, b_v)
-        b_X += tl.sum(b_C32 * _for_registers(dCa_ptr + o_vk, m_vk, b_dCaT, b_v))
-        b_dqi += _dot_parts(b_dh, b_CT, DOT_PRECISION)  # [L, BV] @ [BV, BK]
-        b_dkt += _dot_parts(b_v, b_dCaT, DOT_PRECISION)  # [L, BV] @ [BV, BK]
+        if C_PLANES:
+            p_C = Cb_ptr + i_bhc * 2 * DHQK * DHHV + o_vk
+            b_C32 = _planes_for_registers(p_C, m_vk, DHQK * DHHV)
+            b_dqi += _dot_planes(b_dh, p_C, m_vk, DHQK * DHHV, DOT_PRECISION)  # [L, BV] @ [BV, BK]
+        else:
+            b_CT = tl.load(Cb_ptr + i_bhc * DHQK * DHHV + o_vk, mask=m_vk, other=0.0)
+            b_C32 = _for_registers(Cb_ptr + i_bhc * DHQK * DHHV + o_vk, m_vk, b_CT, b_v)
+            b_dqi += _dot_parts(b_dh, b_CT, DOT_PRECISION)  # [L, BV] @ [BV, BK]
+        if DC_PLANES:
+            p_dC = dCa_ptr + i_bhc * 2 * DHQK * DHHV + o_vk
+            b_dC32 = _planes_for_registers(p_dC, m_vk, DHQK * DHHV)
+            b_dkt += _dot_planes(b_v, p_dC, m_vk, DHQK * DHHV, DOT_PRECISION)  # [L, BV] @ [BV, BK]
+        else:
+            b_dCaT = tl.load(dCa_ptr + i_bhc * DHQK * DHHV + o_vk, mask=m_vk, other=0.0)
+            b_dC32 = _for_registers(dCa_ptr + i_bhc * DHQK * DHHV + o_vk, m_vk, b_dCaT, b_v)
+            b_dkt += _dot_parts(b_v, b_dCaT, DOT_PRECISION)  # [L, BV] @ [BV, BK]
+        b_X += tl.sum(b_C32 * b_dC32)
         if WITH_DP:
             b_dP += tl.dot(b_dh, tl.trans(b_v), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, L]
     b_n = tl.load(nb_ptr + i_bhc * DHQK + o_k, mask=m_k, other=0.0)
@@ -499,7 +550,7 @@ def _state_terms(q_ptr, k_ptr, v_ptr, dh_ptr, Cb_ptr, nb_ptr, dCa_ptr, dna_ptr, 
 
 @triton.jit
 def _dv_tile(k_ptr, dh_ptr, dCa_ptr, i_bhc, o_t, m_t, o_v, b_Pr16, b_w, DHQK: tl.constexpr, DHHV: tl.constexpr,
-             BK: tl.constexpr, DOT_PRECISION: tl.constexpr):
+             BK: tl.constexpr, DOT_PRECISION: tl.constexpr, DC_PLANES: tl.constexpr):
     """dv^T [BV, L] for one DHHV tile o_v: dv = P^T dnum + w (k dC_after), with b_Pr16 = P r in the inputs' dtype (r
     the per-row 1/den, so P^T dnum = (P r)^T dh: one rounding to 16 bits instead of two), formed once per chunk by
     the caller."""
@@ -514,9 +565,14 @@ def _dv_tile(k_ptr, dh_ptr, dCa_ptr, i_bhc, o_t, m_t, o_v, b_Pr16, b_w, DHQK: tl
         m_k = o_k < DHQK
         b_k = tl.load(k_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
         # dC_after^T [BV, BK] loaded as such
-        b_dCaT = tl.load(dCa_ptr + i_bhc * DHQK * DHHV + o_v[:, None] + o_k[None, :] * DHHV,
-                         mask=m_v[:, None] & m_k[None, :], other=0.0)
-        b_kdCT += _parts_dot(b_dCaT, tl.trans(b_k), DOT_PRECISION)  # [BV, BK] @ [BK, L] -> [BV, L]
+        o_vk = o_v[:, None] + o_k[None, :] * DHHV
+        m_vk = m_v[:, None] & m_k[None, :]
+        if DC_PLANES:  # [BV, BK] @ [BK, L] -> [BV, L]
+            b_kdCT += _planes_dot(dCa_ptr + i_bhc * 2 * DHQK * DHHV + o_vk, m_vk, tl.trans(b_k), DHQK * DHHV,
+                                  DOT_PRECISION)  # fmt: skip
+        else:
+            b_dCaT = tl.load(dCa_ptr + i_bhc * DHQK * DHHV + o_vk, mask=m_vk, other=0.0)
+            b_kdCT += _parts_dot(b_dCaT, tl.trans(b_k), DOT_PRECISION)  # [BV, BK] @ [BK, L] -> [BV, L]
     return b_dvT + b_w[None, :] * b_kdCT
 
 
@@ -588,9 +644,10 @@ def chunkwise_bw_dqk_kernel(
     mS_ptr,  # (B, NH) fp32 max state after the last chunk (exp cell)
     r_ptr,  # (B, NH, S) fp32
     ds_ptr,  # (B, NH, S) fp32
-    Cb_ptr,  # (B, NH, NC, DHQK, DHHV) state before each chunk
+    Cb_ptr,  # (B, NH, NC, DHQK, DHHV) state before each chunk (C_PLANES: (B, NH, NC, 2, DHQK, DHHV))
     nb_ptr,  # (B, NH, NC, DHQK) fp32
-    dCa_ptr,  # (B, NH, NC, DHQK, DHHV) gradient of the state after each chunk (fp32 or the inputs' dtype)
+    dCa_ptr,  # (B, NH, NC, DHQK, DHHV) gradient of the state after each chunk (fp32 or the inputs' dtype; with
+    #            DC_PLANES (B, NH, NC, 2, DHQK, DHHV), its planes)
     dna_ptr,  # (B, NH, NC, DHQK) fp32
     dq_ptr,  # (B, NH, S, DHQK) out
     dk_ptr,  # (B, NH, S, DHQK) out
@@ -612,6 +669,8 @@ def chunkwise_bw_dqk_kernel(
     DOT_PRECISION: tl.constexpr,
     SEGMENT_SUMS: tl.constexpr,
     PACKED: tl.constexpr,
+    C_PLANES: tl.constexpr,
+    DC_PLANES: tl.constexpr,
 ):
     """One DHQK tile of dq and dk for one chunk. v and dh are read once, in the loop over value tiles that also forms
     dP (no separate pass over them); the programs of a chunk's key tiles are neighbours in the grid, so they share
@@ -634,7 +693,7 @@ def chunkwise_bw_dqk_kernel(
     b_k = tl.load(k_ptr + o_t[:, None] * DHQK + o_k[None, :], mask=m_tk, other=0.0)
     b_dqi, b_dkt, b_X, b_dP = _state_terms(q_ptr, k_ptr, v_ptr, dh_ptr, Cb_ptr, nb_ptr, dCa_ptr, dna_ptr, i_bhc, o_t,
                                            m_t, o_k, b_r, b_ds, b_D0, b_w, scale, DHQK, DHHV, L, BK, BV,
-                                           DOT_PRECISION, True)
+                                           DOT_PRECISION, True, C_PLANES, DC_PLANES)
     b_dA = b_dP * scale * b_D
     b_Ak = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)  # [L, BK] @ [BK, L]: this tile's share of q k^T
     b_dlfE, b_colE, b_rowE = _gate_E_terms(b_dA * b_Ak, L, SEGMENT_SUMS)
@@ -664,7 +723,8 @@ def chunkwise_bw_dv_kernel(
     mS_ptr,  # (B, NH) fp32 max state after the last chunk (exp cell)
     r_ptr,  # (B, NH, S) fp32
     ds_ptr,  # (B, NH, S) fp32
-    dCa_ptr,  # (B, NH, NC, DHQK, DHHV) gradient of the state after each chunk (fp32 or the inputs' dtype)
+    dCa_ptr,  # (B, NH, NC, DHQK, DHHV) gradient of the state after each chunk (fp32 or the inputs' dtype; with
+    #            DC_PLANES (B, NH, NC, 2, DHQK, DHHV), its planes)
     dv_ptr,  # (B, NH, S, DHHV) out
     cu_ptr,  # PACKED: (N + 1) token offsets of the documents
     cs_ptr,  # PACKED: (N + 1) their first chunk slots
@@ -682,6 +742,7 @@ def chunkwise_bw_dv_kernel(
     DOT_PRECISION: tl.constexpr,
     SEGMENT_SUMS: tl.constexpr,
     PACKED: tl.constexpr,
+    DC_PLANES: tl.constexpr,
 ):
     i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     tok0, S_r, c, NC_r, row = _packed_chunk_row(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, NH, PACKED)
@@ -692,7 +753,7 @@ def chunkwise_bw_dv_kernel(
     b_Pr16 = (b_P * scale * b_D * b_r[:, None]).to(q_ptr.dtype.element_ty)
     o_v = i_v * BV + tl.arange(0, BV)
     b_dvT = _dv_tile(k_ptr + tok0 * DHQK, dh_ptr + tok0 * DHHV, dCa_ptr, i_bhc, o_t, m_t, o_v, b_Pr16, b_w, DHQK,
-                     DHHV, BK, DOT_PRECISION)
+                     DHHV, BK, DOT_PRECISION, DC_PLANES)
     p_dv = dv_ptr + tok0 * DHHV + o_t[None, :] * DHHV + o_v[:, None]
     tl.store(p_dv, b_dvT.to(dv_ptr.dtype.element_ty), mask=(o_v < DHHV)[:, None] & m_t[None, :])
 

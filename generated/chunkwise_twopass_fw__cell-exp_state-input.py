@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_twopass_fw.py.j2
-# template hash:   b2015afdff61b27f
+# template hash:   2808c12c736f557a
 # parameters:      cell=exp, state=input
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (exp cell), two passes (knobs: autotune/families.py, CHUNKWISE_TWOPASS_FW; LI is
@@ -152,6 +152,39 @@ def _parts_dot(b_x, b_a, DOT_PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _store_planes(p_x, b_x, m_x, KV):
+    """The fp32 state tile b_x as two planes of the buffer's 16-bit dtype: hi = b_x rounded at p_x, lo = what that
+    rounding left out KV elements after it, the two tiles _dot_parts and _parts_dot form in registers."""
+    b_hi = b_x.to(p_x.dtype.element_ty)
+    tl.store(p_x, b_hi, mask=m_x)
+    tl.store(p_x + KV, (b_x - b_hi.to(tl.float32)).to(b_hi.dtype), mask=m_x)
+
+
+@triton.jit
+def _dot_planes(b_a, p_x, m_x, KV, DOT_PRECISION: tl.constexpr):
+    """b_a @ x for a state tile stored as planes (_store_planes) at p_x: _dot_parts' two products, from memory."""
+    b_hi = tl.load(p_x, mask=m_x, other=0.0)
+    b_lo = tl.load(p_x + KV, mask=m_x, other=0.0)
+    return tl.dot(b_a, b_hi, input_precision=DOT_PRECISION) + tl.dot(b_a, b_lo, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _planes_for_registers(p_x, m_x, KV):
+    """hi + lo in fp32 of a state tile stored as planes at p_x, for a computation in registers: loads of their own
+    (a second read, from L2), as _for_registers does for a 16-bit tile that also feeds a dot."""
+    b_hi = tl.load(p_x, mask=m_x, other=0.0, cache_modifier=".cg").to(tl.float32)
+    return b_hi + tl.load(p_x + KV, mask=m_x, other=0.0, cache_modifier=".cg").to(tl.float32)
+
+
+@triton.jit
+def _planes_dot(p_x, m_x, b_a, KV, DOT_PRECISION: tl.constexpr):
+    """x @ b_a for a state tile stored as planes at p_x: _parts_dot's two products, from memory."""
+    b_hi = tl.load(p_x, mask=m_x, other=0.0)
+    b_lo = tl.load(p_x + KV, mask=m_x, other=0.0)
+    return tl.dot(b_hi, b_a, input_precision=DOT_PRECISION) + tl.dot(b_lo, b_a, input_precision=DOT_PRECISION)
+
+
+@triton.jit
 def _packed_row(i_bh, S, NC, cu_ptr, cs_ptr, NH, PACKED: tl.constexpr):
     """(first token, tokens, first chunk slot, chunks) of the sequential kernel's row i_bh: row b * NH + h of a batch
     of sequences of S tokens in NC chunks each; with PACKED, document j of head h (i_bh = j * NH + h) of a packed
@@ -251,7 +284,7 @@ def chunkwise_states_kernel(
     C0_ptr,  # (B, NH, DHQK, DHHV) initial state (read when HAS_STATE)
     n0_ptr,  # (B, NH, DHQK)
     m0_ptr,  # (B, NH)
-    Cb_ptr,  # (B, NH, NC, DHQK, DHHV) state before each output chunk
+    Cb_ptr,  # (B, NH, NC, DHQK, DHHV) state before each output chunk; planes: (B, NH, NC, 2, DHQK, DHHV)
     nb_ptr,  # (B, NH, NC, DHQK) fp32
     mb_ptr,  # (B, NH, NC) fp32
     CS_ptr,  # (B, NH, DHQK, DHHV) fp32 last state (written when STORE_LAST)

@@ -75,8 +75,10 @@ def _oracle_grads(cell: str, weights: dict):
     return grads
 
 
-def _run(x: dict, weights: dict, *, cell: str, forward: str, fw_config: dict, bw_variant, bw_config: dict):
-    """Generated forward (keeping what the backward needs), then the generated backward."""
+def _run(x: dict, weights: dict, *, cell: str, forward: str, fw_config: dict, bw_variant, bw_config: dict,
+         fw_state: str = "float32"):  # fmt: skip
+    """Generated forward (keeping what the backward needs; a chunkwise one storing states in the form ``fw_state``),
+    then the generated backward."""
     args = [x.get(n) for n in NAMES]
     B, NH = x["q"].shape[:2]
     reuse = bw_config.get("states") == "reuse"
@@ -87,7 +89,7 @@ def _run(x: dict, weights: dict, *, cell: str, forward: str, fw_config: dict, bw
         h, last = launch_parallel.parallel_fw(*args, variant=variant, config=fw_config, return_last_states=with_last,
                                               saved=saved)  # fmt: skip
     else:
-        variant = find(forward, cell=cell, state="float32")
+        variant = find(forward, cell=cell, state=fw_state)
         h, last = launch_fw.chunkwise_fw(*args, variant=variant, config=fw_config, return_last_states=with_last,
                                          saved=saved)  # fmt: skip
     dh = weights["h"].to(x["q"].dtype).to(DEVICE)
@@ -301,24 +303,43 @@ def test_backward_after_other_forwards(forward, states, cell, check):
            bw_config=_bw_config(variant, shape.DHQK, shape.DHHV, 32, states))  # fmt: skip
 
 
-@pytest.mark.parametrize("kernels", ["fused", "split", "parallel", "fused-16bit-buffers", "split-16bit-buffers"])
+def _fp16_representable_draw(shape: Shape, tries: int = 8):
+    """fp16 inputs with initial states and loss weights whose exact gradients fit fp16 (|g| < 60,000): at a token
+    whose normaliser nearly cancels, dq and dk of the random draw can exceed fp16's range, which no fp16 kernel can
+    return. Redrawn until they fit."""
+    for _ in range(tries):
+        x, weights = _inputs(shape, "exp", True, dtype=torch.float16), _weights(shape, "exp", True)
+        if all(g.abs().max() < 6e4 for g in _oracle_grads("exp", weights)(x).values()):
+            return x, weights
+    raise AssertionError(f"no draw of {tries} has gradients within fp16's range")
+
+
+BUFFER_FORMS = {"16bit-buffers": ("input", "recompute"), "planes": ("planes", "recompute"),
+                "planes-reuse": ("planes", "reuse")}  # fmt: skip
+
+
+@pytest.mark.parametrize("kernels", ["fused", "split", "parallel"]
+                         + [f"{k}-{form}" for form in BUFFER_FORMS for k in ("fused", "split")])  # fmt: skip
 @pytest.mark.parametrize("shape", SHAPES[2:4], ids=[s.id for s in SHAPES[2:4]])
 def test_backward_fp16(shape, kernels, check):
     """16-bit inputs: tensor-core dots in fp16 with fp32 accumulation, limit 2e-2 (bf16 is checked on the GPU); the
-    chunkwise kernels also with their per-chunk state buffers in fp16 (state_buffers="input"), and the split ones
-    so."""
+    chunkwise kernels also with their per-chunk state buffers in fp16 (state_buffers="input") and as planes, the
+    states before the chunks recomputed as planes or stored so by the forward ("planes-reuse")."""
     if kernels == "parallel":
         variant = find(launch_pbw.TEMPLATE, cell="exp")
     else:
         variant = find(launch_bw.TEMPLATE, cell="exp", kernels=kernels.split("-")[0])
-    x = _inputs(shape, "exp", True, dtype=torch.float16)
+    x, weights = _fp16_representable_draw(shape)
     fw_config = _twopass_config("exp", 16, 32)
+    form = kernels.split("-", 1)[1] if "-" in kernels else None
     bw_config = _bw_config(variant, shape.DHQK, shape.DHHV, 32)
-    if kernels.endswith("16bit-buffers"):
-        bw_config["state_buffers"] = "input"
-    _check(check, x, _weights(shape, "exp", True), "exp", target=f"{variant.name} fp16 {bw_config}",
+    if form:
+        buffers, states = BUFFER_FORMS[form]
+        bw_config.update(state_buffers=buffers, states=states)
+    fw_state = "planes" if form == "planes-reuse" else "float32"
+    _check(check, x, weights, "exp", target=f"{variant.name} fp16 {bw_config} after {fw_state}",
            dims=shape.dims(), dtype=torch.float16, forward=launch_fw.TWOPASS, fw_config=fw_config, bw_variant=variant,
-           bw_config=bw_config)  # fmt: skip
+           bw_config=bw_config, fw_state=fw_state)  # fmt: skip
 
 
 def test_sig_without_normalizer(check):

@@ -104,15 +104,17 @@ LAST_STATE_N = "sum"
 TRAINING_PRECISION = {"states_weighting": "v", "states_n": "sum"}
 
 
-def training_forward(cell: str, DHQK: int, DHHV: int, L: int) -> tuple[Variant, dict]:
+def training_forward(cell: str, DHQK: int, DHHV: int, L: int, state_buffers: str = "float32") -> tuple[Variant, dict]:
     """The forward of a chunkwise training step whose backward works in chunks of L tokens: the two-pass structure
     at its defaults, output chunks of L (its states stored at the stride a backward reuses), fp32 states, the weights
     on v and n summed in fp32. The backward reads this forward's h, and at tokens where h's normaliser is a small
     difference of large terms its error grows by that factor: 16-bit states cost q C an error of |q| |C| instead of
     the parallel form's |q^T k_j| |v_j|, and weighted keys rounded to 16 bits (in C, or in n on the tensor cores) the
     same; that gave gradients 1.5-5x the trusted kernel's error at 4,080 tokens (docs/hazards.md). The gate's
-    training-step candidates (autotune.measure) run behind this forward too, so it is the one that was checked."""
-    variant = find(TWOPASS, cell=cell, state="float32")
+    training-step candidates (autotune.measure) run behind this forward too, so it is the one that was checked.
+    A backward whose ``state_buffers`` are "planes" gets the states as planes (the fp32 states' two 16-bit parts,
+    stored): the same h, bit for bit, and the form that backward reads."""
+    variant = find(TWOPASS, cell=cell, state="planes" if state_buffers == "planes" else "float32")
     config = dict(families.default_config(variant, DHQK, DHHV), chunk_inter=min(64, L), chunk_intra=L)
     return variant, dict(config, **TRAINING_PRECISION)
 
@@ -184,9 +186,11 @@ def chunkwise_fw(q, k, v, i, f, C0=None, n0=None, m0=None, *, variant: Variant, 
         LO = config["chunk_intra"]  # the output kernel's chunk, the stride of the stored states
         packed = packing(cu_seqlens, S, LO) if cu_seqlens is not None else None
         NC = packed.slots if packed else cdiv(S, LO)  # chunks per row, or chunk slots per head
-        state_dtype = torch.float32 if variant.params["state"] == "float32" else q.dtype
+        state = variant.params["state"]
+        planes = (2,) if state == "planes" else ()  # hi and lo, one after the other per chunk
+        state_dtype = torch.float32 if state == "float32" else q.dtype
         buffers = (
-            empty(B, NH, NC, DHQK, DHHV, dtype=state_dtype, device=q.device),
+            empty(B, NH, NC, *planes, DHQK, DHHV, dtype=state_dtype, device=q.device),
             empty(B, NH, NC, DHQK, dtype=torch.float32, device=q.device),
             empty(B, NH, NC, dtype=torch.float32, device=q.device),
         )

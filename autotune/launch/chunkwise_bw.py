@@ -85,33 +85,38 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
     has_state, has_last, prec, f32, dummy = x.has_state, x.has_last, x.prec, x.f32, x.dummy
     r, ds, G, Fl = x.r, x.ds, x.G, x.Fl
 
-    buffers_dtype = q.dtype if config["state_buffers"] == "input" else torch.float32
+    form = config["state_buffers"]
+    buffers_dtype = torch.float32 if form == "float32" else q.dtype
+    planes = (2,) if form == "planes" else ()  # a state tile as its hi and lo planes, one after the other per chunk
     # 2. the states before every chunk (and the max states of their frames)
     if config["states"] == "reuse":
         if borders is None:
             raise MLSTMInputError("states='reuse' needs the forward's border states")
         Cb, nb, mb = borders
         if (
-            tuple(Cb.shape) != (B, NH, NC, DHQK, DHHV)
+            tuple(Cb.shape) not in ((B, NH, NC, DHQK, DHHV), (B, NH, NC, 2, DHQK, DHHV))
             or tuple(nb.shape) != (B, NH, NC, DHQK)
             or mb.numel() != B * NH * NC
         ):
             raise MLSTMInputError(f"the forward's border states are not of chunks of L={L} (Cb {tuple(Cb.shape)})")
     else:
-        Cb = empty(B, NH, NC, DHQK, DHHV, dtype=buffers_dtype, device=dev)
+        Cb = empty(B, NH, NC, *planes, DHQK, DHHV, dtype=buffers_dtype, device=dev)
         nb = empty(B, NH, NC, DHQK, **f32)
         mb = empty(B, NH, NC, **f32)
         state_config = {"chunk_inter": min(L, 64), "chunk_intra": L, "states_dhqk_tile": config["states_dhqk_tile"],
                         "states_dhhv_tile": config["states_dhhv_tile"], "states_warps": config["states_warps"],
                         "num_stages": 2, "states_gates": "pre", "states_weighting": config["states_weighting"],
                         "states_n": config["states_n"]}  # fmt: skip
-        states = families.bind(load_variant(find(TWOPASS, cell=cell, state="float32")), TWOPASS, state_config)
+        # fp32 states stored as such or rounded to the buffers' dtype, or stored as planes
+        states_variant = find(TWOPASS, cell=cell, state="planes" if planes else "float32")
+        states = families.bind(load_variant(states_variant), TWOPASS, state_config)
         _launch_states(states, k, v, i, f, C0, n0, m0, has_state, (Cb, nb, mb), (dummy, dummy, dummy), S=S, NC=NC,
                        config=state_config, store_borders=True, prec=prec, packed=packed)  # fmt: skip
 
     # 3. reverse recurrence: gradient of the state after every chunk, and the max state's chain
     dC, dn, T = x.dC, x.dn, x.T
-    dCa = empty(B, NH, NC, DHQK, DHHV, dtype=buffers_dtype, device=dev)
+    dCa = empty(B, NH, NC, *planes, DHQK, DHHV, dtype=buffers_dtype, device=dev)
+    c_planes = Cb.dim() == 6  # the forward's planes (reuse) or the recomputed ones
     dna = empty(B, NH, NC, DHQK, **f32)
     R = empty(B, NH, S, **f32) if cell == "exp" else dummy
     dC0 = empty(rows, NH, DHQK, DHHV, **f32) if has_state else dummy
@@ -132,7 +137,8 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
     module.chunkwise_bw_dstate_kernel[(cdiv(DHQK, BKS), cdiv(DHHV, BVS), rows * NH)](
         q, dh, i, f, mt, mb, mS, r, ds, G, dC, dn, T, dCa, dna, R, dC0, dn0, wr, wds, dec, *tables[:2], S, NC, NH,
         scale=DHQK**-0.5, DHQK=DHQK, DHHV=DHHV, L=L, BK=BKS, BV=BVS, HAS_STATE=has_state, HAS_LAST_GRAD=has_last,
-        DOT_PRECISION=prec, PRE_WEIGHTS=pre, PACKED=packed is not None, num_warps=config["states_warps"],
+        DOT_PRECISION=prec, PRE_WEIGHTS=pre, PACKED=packed is not None, DC_PLANES=bool(planes),
+        num_warps=config["states_warps"],
     )  # fmt: skip
 
     # 4. within every chunk: dq, dk, dv, di, df
@@ -144,20 +150,21 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
                   DOT_PRECISION=prec, SEGMENT_SUMS=segment_sums(q), PACKED=packed is not None,
                   num_warps=config["num_warps"], num_stages=config["num_stages"])  # fmt: skip
     where = (*tables, S, NC, NSEQ, NH)  # the tables of a packed sequence, and the sizes every kernel gets
+    reads = dict(common, C_PLANES=c_planes, DC_PLANES=bool(planes))  # and how the kernels that read Cb, dCa do
     if variant.params["kernels"] == "fused":
         module.chunkwise_bw_chunk_kernel[(NC, B * NH)](
-            q, k, v, i, f, dh, mt, mb, mS, r, ds, R, Fl, Ya, Cb, nb, dCa, dna, dq, dk, dv, di, df, *where, **common
+            q, k, v, i, f, dh, mt, mb, mS, r, ds, R, Fl, Ya, Cb, nb, dCa, dna, dq, dk, dv, di, df, *where, **reads
         )
     else:  # split: dq/dk programs per DHQK tile, dv programs per DHHV tile, then the gate gradients per chunk
         NKT = cdiv(DHQK, config["dhqk_tile"])
         part = empty(NKT, 5, B, NH, S, **f32)  # per key tile: q.dq_inter, k.dk_trans, E's dlf, col, row
         partX = empty(NKT, B, NH, NC, **f32)
         module.chunkwise_bw_dqk_kernel[(NKT, NC, B * NH)](
-            q, k, v, i, f, dh, mt, mb, mS, r, ds, Cb, nb, dCa, dna, dq, dk, part, partX, *where, **common
+            q, k, v, i, f, dh, mt, mb, mS, r, ds, Cb, nb, dCa, dna, dq, dk, part, partX, *where, **reads
         )
         BVD = config["dv_dhhv_tile"]  # the dv kernel's own value tile
         module.chunkwise_bw_dv_kernel[(cdiv(DHHV, BVD), NC, B * NH)](
-            q, k, i, f, dh, mt, mb, mS, r, ds, dCa, dv, *where, **dict(common, BV=BVD)
+            q, k, i, f, dh, mt, mb, mS, r, ds, dCa, dv, *where, **dict(common, BV=BVD, DC_PLANES=bool(planes))
         )
         module.chunkwise_bw_gates_kernel[(NC, B * NH)](
             i, f, mt, mb, mS, r, ds, R, Fl, Ya, part, partX, di, df, *where, NKT, **common

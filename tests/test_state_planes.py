@@ -1,0 +1,105 @@
+"""States stored as planes (two tiles of the inputs' dtype, hi = C rounded and lo = what that rounding left out) give
+the products of fp32 states split in registers, from memory: the two-pass forward's state "planes" and the chunkwise
+backward's state_buffers "planes" must return what their fp32 forms return, bit for bit, wherever the planes only
+replace that split (h, dq, dk, dv), and store exactly the split of the fp32 states. Their error against the float64
+oracle is checked with the other variants (tests/test_triton_kernels.py, tests/test_backward_kernels.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import SHAPES, chunkwise_bw_config
+
+from autotune import families
+from autotune.launch import chunkwise as launch_fw
+from autotune.launch import chunkwise_bw as launch_bw
+from autotune.reference import random_inputs
+from autotune.variants import find
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float16  # the interpreter mis-computes bf16 dots
+NAMES = ("q", "k", "v", "i", "f", "c_initial", "n_initial", "m_initial")
+# B=2, S=63 (a partial last chunk), DHQK=96 and DHHV=48 in tiles of 32 (a partial last value tile)
+SHAPE = SHAPES[2]
+
+
+def _split(C: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(..., NC, K, V) fp32 -> (..., NC, 2, K, V) of dtype: hi, then lo, as _store_planes stores them."""
+    hi = C.to(dtype)
+    return torch.stack([hi, (C - hi.float()).to(dtype)], dim=-3)
+
+
+def _forward(x: dict, state: str, out_values: str, chunk: int = 32):
+    variant = find(launch_fw.TWOPASS, cell="exp", state=state)
+    config = dict(families.default_config(variant, SHAPE.DHQK, SHAPE.DHHV), chunk_inter=16, chunk_intra=chunk,
+                  states_dhqk_tile=32, states_dhhv_tile=32, out_dhqk_tile=32, out_dhhv_tile=32, out_values=out_values,
+                  **launch_fw.TRAINING_PRECISION)  # fmt: skip
+    saved = {"borders_at": chunk}
+    h, last = launch_fw.chunkwise_fw(*(x[n] for n in NAMES), variant=variant, config=config, return_last_states=True,
+                                     saved=saved)  # fmt: skip
+    return h, last, saved
+
+
+def _draw():
+    x = random_inputs(*SHAPE.dims(), dtype=DTYPE, with_states=True)
+    return {n: t.to(DEVICE) for n, t in x.items()}
+
+
+@pytest.mark.parametrize("out_values", ["tiles", "loop"])
+def test_planes_forward_is_the_fp32_forward(out_values):
+    """The planes forward stores the split of the fp32 forward's states and returns its h and last state bit for
+    bit, with either output kernel."""
+    x = _draw()
+    h32, last32, saved32 = _forward(x, "float32", out_values)
+    h, last, saved = _forward(x, "planes", out_values)
+    assert saved["Cb"].dtype == DTYPE and saved["Cb"].shape == (*saved32["Cb"].shape[:3], 2, SHAPE.DHQK, SHAPE.DHHV)
+    assert torch.equal(saved["Cb"], _split(saved32["Cb"], DTYPE))
+    for name in ("nb", "mb", "s", "mt"):
+        assert torch.equal(saved[name], saved32[name]), name
+    assert torch.equal(h, h32)
+    for a, b in zip(last, last32):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kernels", ["fused", "split"])
+def test_planes_backward_is_the_fp32_backward(kernels):
+    """A backward reusing the planes forward's states with its own state-gradient buffers as planes returns the dq,
+    dk and dv of the fp32 forward and buffers bit for bit; the gate gradients and the initial state's gradients,
+    which also read <C, dC> through hi + lo in fp32 (C's bits past lo left out), within 1e-5 of them relatively."""
+    x = _draw()
+    variant = find(launch_bw.TEMPLATE, cell="exp", kernels=kernels)
+    dh = torch.randn(*SHAPE.dims()[:3], SHAPE.DHHV).to(DTYPE).to(DEVICE)
+    B, NH = SHAPE.B, SHAPE.NH
+    dlast = (torch.randn(B, NH, SHAPE.DHQK, SHAPE.DHHV, device=DEVICE), torch.randn(B, NH, SHAPE.DHQK, device=DEVICE),
+             torch.randn(B, NH, 1, device=DEVICE))  # fmt: skip
+    grads = {}
+    for form in ("float32", "planes"):
+        h, last, saved = _forward(x, form, "loop")
+        config = dict(chunkwise_bw_config(variant, SHAPE.DHQK, SHAPE.DHHV, 32, "reuse"), state_buffers=form)
+        grads[form] = launch_bw.chunkwise_bw(
+            *(x[n] for n in NAMES), h, saved["s"], saved["mt"], dh, *dlast, last, variant=variant, config=config,
+            borders=(saved["Cb"], saved["nb"], saved["mb"]),
+        )  # fmt: skip
+    for name, a, b in zip(("dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0"), grads["planes"], grads["float32"]):
+        if name in ("dq", "dk", "dv"):
+            assert torch.equal(a, b), name
+        else:
+            assert torch.isfinite(a).all(), name
+            assert ((a - b).norm() / b.norm()).item() <= 1e-5, name
+
+
+def test_planes_buffers_recompute_the_states_as_planes():
+    """state_buffers "planes" with recomputed states: the backward's states kernel stores them as planes (the
+    two-pass forward's planes variant) and the within-chunk kernels read them as such; dq, dk, dv as with fp32
+    buffers, bit for bit."""
+    x = _draw()
+    variant = find(launch_bw.TEMPLATE, cell="exp", kernels="split")
+    h, last, saved = _forward(x, "float32", "loop")
+    dh = torch.randn(*SHAPE.dims()[:3], SHAPE.DHHV).to(DTYPE).to(DEVICE)
+    out = {}
+    for form in ("float32", "planes"):
+        config = dict(chunkwise_bw_config(variant, SHAPE.DHQK, SHAPE.DHHV, 32, "recompute"), state_buffers=form)
+        out[form] = launch_bw.chunkwise_bw(*(x[n] for n in NAMES), h, saved["s"], saved["mt"], dh, None, None, None,
+                                           None, variant=variant, config=config)  # fmt: skip
+    for a, b in zip(out["planes"][:3], out["float32"][:3]):
+        assert torch.equal(a, b)
