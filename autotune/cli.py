@@ -116,7 +116,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         from .launch.chunkwise import training_forward
 
         cell = by_name(choice.variant).params["cell"]
-        variant, config = training_forward(cell, args.DHQK, args.DHHV, launched["chunk"], launched["state_buffers"])
+        variant, config = training_forward(cell, args.DHQK, args.DHHV, launched["chunk"])
         print(f"forward:   {variant.name}  (launch.chunkwise.training_forward: every training step's)")
         print(f"           {config}")
     if not args.no_source:

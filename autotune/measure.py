@@ -88,10 +88,8 @@ def _runner(job: Job, timing: bool = False):
         return fwbw_parallel
     if variant.family == "chunkwise_bw":
         # the forward a training step runs (autotune.launch.chunkwise.training_forward)
-        checked = chunkwise_bw.check_config(variant, job.config)
-        L = checked["chunk"]
-        fw_variant, fw_config = chunkwise.training_forward(variant.params["cell"], job.DHQK, job.DHHV, L,
-                                                           checked["state_buffers"])  # fmt: skip
+        L = chunkwise_bw.check_config(variant, job.config)["chunk"]
+        fw_variant, fw_config = chunkwise.training_forward(variant.params["cell"], job.DHQK, job.DHHV, L)
 
         # as a training step asks it (autotune.torch.triton_kernels): states stored at the stride the backward reuses
         reuse = job.config.get("states") == "reuse"

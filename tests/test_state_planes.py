@@ -103,3 +103,47 @@ def test_planes_buffers_recompute_the_states_as_planes():
                                            None, variant=variant, config=config)  # fmt: skip
     for a, b in zip(out["planes"][:3], out["float32"][:3]):
         assert torch.equal(a, b)
+
+
+def test_training_step_through_the_registry_with_planes(monkeypatch):
+    """``chunkwise--triton_auto`` in a training step whose (forced) split backward reuses the forward's states: with
+    the training forward storing planes (launch.chunkwise.TRAINING_STATES), the backward gets them as planes, and with
+    its state buffers as planes too; h, dq, dk, dv equal the fp32 form's bit for bit, the gate and initial-state
+    gradients within 1e-5 of them."""
+    import json
+
+    from autotune.dispatch import dispatcher
+    from autotune.torch import get_mlstm_kernel
+
+    variant = find(launch_bw.TEMPLATE, cell="exp", kernels="split")
+    x = _draw()
+    dh = torch.randn(*SHAPE.dims()[:3], SHAPE.DHHV).to(DTYPE).to(DEVICE)
+    seen, real = [], launch_bw.chunkwise_bw
+
+    def spy(*args, **kwargs):
+        seen.append(tuple(kwargs["borders"][0].shape))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(launch_bw, "chunkwise_bw", spy)
+    out = {}
+    for training_states, buffers in (("float32", "float32"), ("planes", "float32"), ("planes", "planes")):
+        config = dict(chunkwise_bw_config(variant, SHAPE.DHQK, SHAPE.DHHV, 32, "reuse"), state_buffers=buffers)
+        monkeypatch.setenv("MLSTM_AUTOTUNE_FORCE", json.dumps({"chunkwise:exp/fwbw": {"variant": variant.name,
+                                                                                      "config": config}}))  # fmt: skip
+        monkeypatch.setattr(launch_fw, "TRAINING_STATES", training_states)
+        dispatcher().reset()
+        xk = {n: t.clone().requires_grad_(True) for n, t in x.items()}
+        h = get_mlstm_kernel("chunkwise--triton_auto")(**xk, chunk_size=32)
+        grads = torch.autograd.grad(h, list(xk.values()), dh)
+        out[(training_states, buffers)] = {"h": h.detach(), **{f"d{n}": g for n, g in zip(xk, grads)}}
+    dispatcher().reset()
+    NC = -(-SHAPE.S // 32)
+    assert seen == [(SHAPE.B, SHAPE.NH, NC, SHAPE.DHQK, SHAPE.DHHV)] + [(SHAPE.B, SHAPE.NH, NC, 2, SHAPE.DHQK,
+                                                                           SHAPE.DHHV)] * 2  # fmt: skip
+    base = out[("float32", "float32")]
+    for form in (("planes", "float32"), ("planes", "planes")):
+        for name, t in out[form].items():
+            if name in ("h", "dq", "dk", "dv"):
+                assert torch.equal(t, base[name]), (form, name)
+            else:  # <C, dC> read through hi + lo in fp32
+                assert ((t - base[name]).norm() / base[name].norm()).item() <= 1e-5, (form, name)

@@ -102,9 +102,12 @@ LAST_STATE_N = "sum"
 
 # what a training step's forward changes in the two-pass default: fp32 states with the weights on v, n summed in fp32
 TRAINING_PRECISION = {"states_weighting": "v", "states_n": "sum"}
+# how a training step's forward stores its fp32 states: as such ("float32"), or as their two 16-bit parts ("planes",
+# the products' operands as they are split in registers otherwise; bench/tools/planes_step.py times both)
+TRAINING_STATES = "float32"
 
 
-def training_forward(cell: str, DHQK: int, DHHV: int, L: int, state_buffers: str = "float32") -> tuple[Variant, dict]:
+def training_forward(cell: str, DHQK: int, DHHV: int, L: int) -> tuple[Variant, dict]:
     """The forward of a chunkwise training step whose backward works in chunks of L tokens: the two-pass structure
     at its defaults, output chunks of L (its states stored at the stride a backward reuses), fp32 states, the weights
     on v and n summed in fp32. The backward reads this forward's h, and at tokens where h's normaliser is a small
@@ -112,9 +115,9 @@ def training_forward(cell: str, DHQK: int, DHHV: int, L: int, state_buffers: str
     the parallel form's |q^T k_j| |v_j|, and weighted keys rounded to 16 bits (in C, or in n on the tensor cores) the
     same; that gave gradients 1.5-5x the trusted kernel's error at 4,080 tokens (docs/hazards.md). The gate's
     training-step candidates (autotune.measure) run behind this forward too, so it is the one that was checked.
-    A backward whose ``state_buffers`` are "planes" gets the states as planes (the fp32 states' two 16-bit parts,
-    stored): the same h, bit for bit, and the form that backward reads."""
-    variant = find(TWOPASS, cell=cell, state="planes" if state_buffers == "planes" else "float32")
+    The states are stored in the form TRAINING_STATES: fp32, or its two 16-bit parts ("planes"), which give the same
+    h bit for bit and which a backward reading them turns into the same dq, dk, dv."""
+    variant = find(TWOPASS, cell=cell, state=TRAINING_STATES)
     config = dict(families.default_config(variant, DHQK, DHHV), chunk_inter=min(64, L), chunk_intra=L)
     return variant, dict(config, **TRAINING_PRECISION)
 

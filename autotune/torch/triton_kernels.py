@@ -86,9 +86,8 @@ def _chunkwise_run(structures: tuple[str, ...], default_template: str, cell: str
             # the inference choice; asked in a training step too, where a bad forced one raises all the same
             variant, config = pick(f"chunkwise:{cell}", structures, q, DHHV, S, B * NH, default)
             if saved is not None:  # a training step: the forward its backward was checked behind, at its chunk
-                bw_config = backward_plan(q, v, "chunkwise", cell)[1]  # its chunk, and the states' form it reads
-                L, buffers = bw_config["chunk"], bw_config.get("state_buffers", "float32")
-                variant, config = launch_chunkwise.training_forward(cell, DHQK, DHHV, L, buffers)
+                L = backward_plan(q, v, "chunkwise", cell)[1]["chunk"]
+                variant, config = launch_chunkwise.training_forward(cell, DHQK, DHHV, L)
             return launch_chunkwise.chunkwise_fw(
                 q, k, v, i, f, C0, n0, m0, variant=variant, config=config, eps=eps, normalize=normalize,
                 return_last_states=return_last_states, saved=saved,
@@ -208,8 +207,7 @@ def _walk_documents(entry: SequenceEntry):
             plan = backward_plan(q, v, "chunkwise", entry.cell, rows)
             if plan[0].template != launch_chunkwise_bw.TEMPLATE:
                 return None
-            L, buffers = plan[1]["chunk"], plan[1].get("state_buffers", "float32")
-            variant, config = launch_chunkwise.training_forward(entry.cell, DHQK, DHHV, L, buffers)
+            variant, config = launch_chunkwise.training_forward(entry.cell, DHQK, DHHV, plan[1]["chunk"])
             needs_grad = True
         else:
             default = partial(chunkwise_default, two, entry.cell, entry.equal_chunks, chunk_size, DHQK, DHHV)

@@ -7,11 +7,10 @@ the forward a training step runs, on several adversarial draws (seeds), each jud
 
 Candidates: the H200 database's head-128 entry of the longer shapes (fused kernels, states reused, weights on v,
 value tiles of 128) and its 7B entry (split kernels, states reused, weights on k, 3 stages, per-chunk weights
-first), and that 7B entry with one knob changed (planes state buffers among them: the training forward then stores
-its states as planes), the head-128 entry with planes state buffers, and the fused kernels at 7B; the backward's
-default at both layouts; and three known faults the gate must keep failing ("fault:" labels): 16-bit state
-buffers in the backward, and behind a training forward that forms its decay matrix from differences of prefix sums
-or n on the tensor cores.
+first), and that 7B entry with one knob changed, both entries behind a training forward that stores its states as
+planes with their state buffers as planes too, and the fused kernels at 7B; the backward's default at both layouts;
+and three known faults the gate must keep failing ("fault:" labels): 16-bit state buffers in the backward, and
+behind a training forward that forms its decay matrix from differences of prefix sums or n on the tensor cores.
 --raw-condition draws as the gate did before autotune.gate.well_conditioned (tokens whose normaliser cancels by
 hundreds kept). On the CPU it runs under Triton's interpreter (fp16, small S).
 """
@@ -39,12 +38,10 @@ CANDIDATES = {  # label: layout (DHQK, DHHV), chunkwise backward knobs over the 
     "head 128, fused, reuse, fp32 state buffers": ((128, 128), {"kernels": "fused", "states": "reuse",
                                                                 "dhhv_tile": 128, "state_buffers": "float32"}),
     "head 128, fused, default knobs": ((128, 128), {"kernels": "fused"}),
-    "7B, split, reuse, weights on k, planes state buffers": ((256, 512), dict(SPLIT_7B, states_weighting="k",
-                                                                              state_buffers="planes")),
-    "head 128, fused, reuse, weights on v, planes state buffers": ((128, 128), {"kernels": "fused", "states": "reuse",
-                                                                               "states_weighting": "v",
-                                                                               "dhhv_tile": 128,
-                                                                               "state_buffers": "planes"}),
+    "7B, split, reuse, weights on k, forward and state buffers as planes": ((256, 512), dict(
+        SPLIT_7B, states_weighting="k", state_buffers="planes")),
+    "head 128, fused, reuse, weights on v, forward and state buffers as planes": ((128, 128), {
+        "kernels": "fused", "states": "reuse", "states_weighting": "v", "dhhv_tile": 128, "state_buffers": "planes"}),
     "7B, split, default knobs": ((256, 512), {"kernels": "split"}),
     "fault: 7B, split, reuse, weights on k, 16-bit state buffers": ((256, 512), dict(SPLIT_7B, states_weighting="k",
                                                                                   state_buffers="input")),
@@ -54,7 +51,8 @@ CANDIDATES = {  # label: layout (DHQK, DHHV), chunkwise backward knobs over the 
 
 
 def faulty_forward(label: str):
-    """The training forward's fault a "fault: ... forward" candidate runs behind (a context), or none."""
+    """The training forward's fault a "fault: ... forward" candidate runs behind, or the planes forward of a
+    "... forward ... as planes" candidate (a context), or none."""
     from contextlib import nullcontext
     from unittest import mock
 
@@ -62,6 +60,8 @@ def faulty_forward(label: str):
 
     if "prefix differences" in label:
         return mock.patch.object(chunkwise, "segment_sums", lambda q, saved: q.dtype == chunkwise.torch.float32)
+    if "forward and state buffers as planes" in label:  # not a fault: the training forward stores planes
+        return mock.patch.object(chunkwise, "TRAINING_STATES", "planes")
     if "tensor cores" in label:
         return mock.patch.dict(chunkwise.TRAINING_PRECISION, states_n="dot", states_weighting="k")  # n on the tensor
         # cores needs the weights on k
