@@ -69,28 +69,30 @@ def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int, co
     elif variant.family == "chunkwise_bw":
         B, NH, S = args[0].shape[:3]
         given = config is not None
-        config = dict(
-            chunkwise_bw.check_config(variant, config or default_config(variant, DHQK, DHHV)), states="reuse"
-        )  # this module's
+        config = chunkwise_bw.check_config(variant, config or default_config(variant, DHQK, DHHV))
         f32 = dict(dtype=torch.float32)  # kernels only: "recompute" would launch the forward's states kernel
         stats = (torch.zeros(B, NH, S, **f32), torch.zeros(B, NH, S, **f32))
         h = torch.zeros_like(args[2])
         dlast = (torch.zeros_like(states[0]), torch.zeros_like(states[1]), torch.zeros_like(states[2]))
 
-        def launch(config):  # with border states of the configuration's stride, as the forward keeps them
+        def launch(config):  # with border states of the configuration's stride, in the form the launch reads them
             NC = -(-S // config["chunk"])
-            form = config["state_buffers"]  # as the recomputation stores them
+            # recomputed states come in the buffers' form, reused ones in the training forward's
+            form = config["state_buffers"] if config["states"] == "recompute" else chunkwise.TRAINING_STATES
             C_dtype = torch.float32 if form == "float32" else dtype
             planes = (2,) if form == "planes" else ()
             borders = (torch.zeros(B, NH, NC, *planes, DHQK, DHHV, dtype=C_dtype), torch.zeros(B, NH, NC, DHQK, **f32),
                        torch.zeros(B, NH, NC, **f32))  # fmt: skip
             chunkwise_bw.chunkwise_bw(*args, *states, h, *stats, h, *dlast, tuple(states), variant=variant,
-                                      config=config, borders=borders)  # fmt: skip
+                                      config=dict(config, states="reuse"), borders=borders)  # fmt: skip
 
         launch(config)
-        if not given and variant.params["kernels"] == "fused" and dtype == torch.bfloat16:
+        if not given and dtype == torch.bfloat16:
+            # the states and their gradients as planes (recomputed: both read as planes), and for the fused variant
             # the reverse recurrence with its weights computed first (its kernels are the same in both variants)
-            launch(dict(config, dstate_gates="pre"))
+            launch(dict(config, states="recompute", state_buffers="planes"))
+            if variant.params["kernels"] == "fused":
+                launch(dict(config, dstate_gates="pre"))
     elif variant.family == "parallel_bw":
         B, NH, S = args[0].shape[:3]
         f32 = dict(dtype=torch.float32)

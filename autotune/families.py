@@ -205,6 +205,18 @@ def _n_dot_needs_weights_on_k(p: Point) -> str | None:
 
 N_DOT_NEEDS_WEIGHTS_ON_K = Rule("n_dot_needs_weights_on_k", _n_dot_needs_weights_on_k, at_launch=True)
 
+
+def _planes_need_16_bit_inputs(p: Point) -> str | None:
+    # planes are the two 16-bit parts of an fp32 state; of fp32 inputs they are the state and a plane of zeros: twice
+    # the bytes and one more product for nothing (the launch still computes the right thing)
+    planes = p.params.get("state") == "planes" or p.config.get("state_buffers") == "planes"
+    if planes and p.dtype_bytes != 2:
+        return f"states as planes need 16-bit inputs, not {p.dtype_bytes}-byte ones"
+    return None
+
+
+PLANES_NEED_16_BIT_INPUTS = Rule("planes_need_16_bit_inputs", _planes_need_16_bit_inputs)
+
 # knobs of the states recurrence (the two-pass forward's first kernel, also run by the backward to recompute states)
 STATES_WEIGHTING = Knob(
     "states_weighting",
@@ -329,10 +341,13 @@ CHUNKWISE_TWOPASS_FW = Family(
         Rule("chunk_intra_128_at_8_warps_16_bit", _lo128_at_8_warps),
         _registers("output chunk",
                    lambda p: 2 * p["chunk_intra"] ** 2 + p["chunk_intra"] * p["out_dhhv_tile"], "out_warps"),
+        # per stage: q and k tiles, and the C tile (two of them, hi and lo, as planes)
         _shared("pipelined output tiles",
                 lambda p: p["num_stages"] * (2 * p["chunk_intra"] * p["out_dhqk_tile"]
-                                             + p["out_dhqk_tile"] * p["out_dhhv_tile"]) * p.dtype_bytes
+                                             + (1 + (p.params.get("state") == "planes"))
+                                             * p["out_dhqk_tile"] * p["out_dhhv_tile"]) * p.dtype_bytes
                 + p["chunk_intra"] * p["out_dhhv_tile"] * 2),
+        PLANES_NEED_16_BIT_INPUTS,
     ),  # fmt: skip
     # the best output point of an H200 sweep at the 7B layout (1.01 ms against 1.17 at 2 stages), and the
     # per-value-tile output kernel, best at head 128 (docs/performance.md): each is two or more one-knob moves away
@@ -425,7 +440,8 @@ CHUNKWISE_BW = Family(
              "stored, kept in memory from forward to backward (reuse)", ("recompute", "reuse"), fill="recompute"),
         Knob("state_buffers", "form of the per-chunk state buffers: fp32, whose tiles enter the products with "
              "16-bit tiles in two 16-bit parts split in registers; the inputs' dtype (half the bytes for 16-bit "
-             "inputs, rounded once); or planes, those two parts stored (fp32's bytes, no split in registers). The "
+             "inputs, rounded once); or planes, those two parts stored (for 16-bit inputs fp32's bytes, no split in "
+             "registers). The "
              "recurrences run in fp32 either way; with states reuse, the states before the chunks come in the "
              "forward's form", ("float32", "input", "planes"), fill="float32"),
         STATES_WEIGHTING,
@@ -436,6 +452,7 @@ CHUNKWISE_BW = Family(
     default=_chunkwise_bw_default,
     rules=(
         N_DOT_NEEDS_WEIGHTS_ON_K,
+        PLANES_NEED_16_BIT_INPUTS,
         _fits_dims(("dhqk_tile", "k"), ("states_dhqk_tile", "k"), ("dhhv_tile", "v"), ("states_dhhv_tile", "v"),
                    ("dv_dhhv_tile", "v")),
         _registers("state gradient tile",
