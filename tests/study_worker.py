@@ -28,10 +28,13 @@ GRACE_S = 8
 
 
 class _Patch:
-    """pytest's monkeypatch.setitem, for test_search.narrowed_space outside pytest."""
+    """pytest's monkeypatch.setitem and setattr, for test_search.narrowed_space outside pytest."""
 
     def setitem(self, mapping, key, value):
         mapping[key] = value
+
+    def setattr(self, target, name, value):
+        setattr(target, name, value)
 
 
 def structured(variant, config) -> float:
