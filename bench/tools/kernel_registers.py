@@ -6,6 +6,8 @@ registers run out, for tuning_db/reports/NOTES.md. Not a test.
     python bench/tools/kernel_registers.py --layout 7b            # the chunkwise backward's configurations
     python bench/tools/kernel_registers.py --layout head128 --config '{"num_stages": 2}'
     python bench/tools/kernel_registers.py --form fw --layout 7b   # the two-pass forward's output kernels
+    python bench/tools/kernel_registers.py --layout 7b --kernels split --state planes \
+        --config '{"states": "reuse", "state_buffers": "planes"}'   # a backward reading states as planes
 """
 
 from __future__ import annotations
@@ -96,10 +98,15 @@ def main() -> int:
     p.add_argument("--config", help="JSON changes to the default configuration (instead of the built-in list)")
     p.add_argument("--kernels", default="fused", choices=("fused", "split"))
     p.add_argument("--form", default="bw", choices=("bw", "fw"), help="the backward, or the two-pass forward")
+    p.add_argument("--state", default="input", choices=families.TWOPASS_STATES,
+                   help="the two-pass forward's states (--form fw); for a backward that reuses states, the form the "
+                   "training forward stores them in (launch.chunkwise.TRAINING_STATES), float32 or planes")  # fmt: skip
     args = p.parse_args()
     DHQK, DHHV = LAYOUTS[args.layout]
+    if args.form == "bw" and args.state != "input":
+        chunkwise.TRAINING_STATES = args.state
     if args.form == "fw":
-        variant = find(chunkwise.TWOPASS, cell="exp", state="input")
+        variant = find(chunkwise.TWOPASS, cell="exp", state=args.state)
     else:
         variant = find(chunkwise_bw.TEMPLATE, cell="exp", kernels=args.kernels)
     changes = {"given": json.loads(args.config)} if args.config else (FORWARD_CHANGES if args.form == "fw" else CHANGES)
