@@ -441,9 +441,8 @@ CHUNKWISE_BW = Family(
         Knob("state_buffers", "form of the per-chunk state buffers: fp32, whose tiles enter the products with "
              "16-bit tiles in two 16-bit parts split in registers; the inputs' dtype (half the bytes for 16-bit "
              "inputs, rounded once); or planes, those two parts stored (for 16-bit inputs fp32's bytes, no split in "
-             "registers). The "
-             "recurrences run in fp32 either way; with states reuse, the states before the chunks come in the "
-             "forward's form", ("float32", "input", "planes"), fill="float32"),
+             "registers). The recurrences run in fp32 either way; with states reuse, the states before the chunks "
+             "come in the forward's form", ("float32", "input", "planes"), fill="float32"),
         STATES_WEIGHTING,
         STATES_N,
         Knob("dstate_gates", "the reverse recurrence's per-chunk weights: computed in its sequential loop (inline), "

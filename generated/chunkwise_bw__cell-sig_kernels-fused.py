@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   0324124896c2ce94
+# template hash:   8d44c7f2be356516
 # parameters:      cell=sig, kernels=fused
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (sig cell), exact (docs/math.md §6), "fused" within-chunk kernels.
@@ -494,6 +494,20 @@ def _chunk_setup(i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, tok0, S, s
 
 
 @triton.jit
+def _state_dot(b_a, x_ptr, i_bhc, o_vk, m_vk, KV, PLANES: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """(b_a @ X, X in fp32 for registers) for the tile at offsets o_vk of chunk slot i_bhc's state (or state
+    gradient) X in x_ptr: one tile of KV elements per slot (fp32, split in registers by _dot_parts, or 16-bit), or
+    with PLANES its two planes (_store_planes), whose products are the same."""
+    if PLANES:
+        p_x = x_ptr + i_bhc * 2 * KV + o_vk
+        return _dot_planes(b_a, p_x, m_vk, KV, DOT_PRECISION), _planes_for_registers(p_x, m_vk, KV)
+    else:
+        p_x = x_ptr + i_bhc * KV + o_vk
+        b_x = tl.load(p_x, mask=m_vk, other=0.0)
+        return _dot_parts(b_a, b_x, DOT_PRECISION), _for_registers(p_x, m_vk, b_x, b_a)
+
+
+@triton.jit
 def _state_terms(q_ptr, k_ptr, v_ptr, dh_ptr, Cb_ptr, nb_ptr, dCa_ptr, dna_ptr, i_bhc, o_t, m_t, o_k, b_r, b_ds,
                  b_D0, b_w, scale, DHQK: tl.constexpr, DHHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
                  BV: tl.constexpr, DOT_PRECISION: tl.constexpr, WITH_DP: tl.constexpr, C_PLANES: tl.constexpr,
@@ -518,23 +532,20 @@ def _state_terms(q_ptr, k_ptr, v_ptr, dh_ptr, Cb_ptr, nb_ptr, dCa_ptr, dna_ptr, 
         # C^T and dC_after^T [BV, BK] loaded as such: no transposes in registers
         o_vk = o_v[:, None] + o_k[None, :] * DHHV
         m_vk = m_v[:, None] & m_k[None, :]
-        if C_PLANES:
-            p_C = Cb_ptr + i_bhc * 2 * DHQK * DHHV + o_vk
-            b_C32 = _planes_for_registers(p_C, m_vk, DHQK * DHHV)
-            b_dqi += _dot_planes(b_dh, p_C, m_vk, DHQK * DHHV, DOT_PRECISION)  # [L, BV] @ [BV, BK]
-        else:
-            b_CT = tl.load(Cb_ptr + i_bhc * DHQK * DHHV + o_vk, mask=m_vk, other=0.0)
-            b_C32 = _for_registers(Cb_ptr + i_bhc * DHQK * DHHV + o_vk, m_vk, b_CT, b_v)
+        if C_PLANES or DC_PLANES:
+            b_dqiv, b_C32 = _state_dot(b_dh, Cb_ptr, i_bhc, o_vk, m_vk, DHQK * DHHV, C_PLANES, DOT_PRECISION)
+            b_dktv, b_dC32 = _state_dot(b_v, dCa_ptr, i_bhc, o_vk, m_vk, DHQK * DHHV, DC_PLANES, DOT_PRECISION)
+            b_dqi += b_dqiv  # [L, BV] @ [BV, BK]
+            b_dkt += b_dktv  # [L, BV] @ [BV, BK]
+            b_X += tl.sum(b_C32 * b_dC32)
+        else:  # one tile each, in the statement order the shipped entries were validated with (it sets registers)
+            o_vkc = i_bhc * DHQK * DHHV + o_vk
+            b_CT = tl.load(Cb_ptr + o_vkc, mask=m_vk, other=0.0)
+            b_dCaT = tl.load(dCa_ptr + o_vkc, mask=m_vk, other=0.0)
+            b_C32 = _for_registers(Cb_ptr + o_vkc, m_vk, b_CT, b_v)
+            b_X += tl.sum(b_C32 * _for_registers(dCa_ptr + o_vkc, m_vk, b_dCaT, b_v))
             b_dqi += _dot_parts(b_dh, b_CT, DOT_PRECISION)  # [L, BV] @ [BV, BK]
-        if DC_PLANES:
-            p_dC = dCa_ptr + i_bhc * 2 * DHQK * DHHV + o_vk
-            b_dC32 = _planes_for_registers(p_dC, m_vk, DHQK * DHHV)
-            b_dkt += _dot_planes(b_v, p_dC, m_vk, DHQK * DHHV, DOT_PRECISION)  # [L, BV] @ [BV, BK]
-        else:
-            b_dCaT = tl.load(dCa_ptr + i_bhc * DHQK * DHHV + o_vk, mask=m_vk, other=0.0)
-            b_dC32 = _for_registers(dCa_ptr + i_bhc * DHQK * DHHV + o_vk, m_vk, b_dCaT, b_v)
             b_dkt += _dot_parts(b_v, b_dCaT, DOT_PRECISION)  # [L, BV] @ [BV, BK]
-        b_X += tl.sum(b_C32 * b_dC32)
         if WITH_DP:
             b_dP += tl.dot(b_dh, tl.trans(b_v), input_precision=DOT_PRECISION)  # [L, BV] @ [BV, L]
     b_n = tl.load(nb_ptr + i_bhc * DHQK + o_k, mask=m_k, other=0.0)

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_fused_fw.py.j2
-# template hash:   64b22bc4d553ce70
+# template hash:   e5cec99f7f1a752e
 # parameters:      cell=exp, state=input
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (exp cell), fused single pass: one program per (value tile, batch x head) walks the

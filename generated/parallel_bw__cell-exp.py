@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        parallel_bw.py.j2
-# template hash:   803575c2a7284224
+# template hash:   3126ac4d5f040ecb
 # parameters:      cell=exp
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Parallel mLSTM backward (exp cell), exact (docs/math.md §6), tiled like flash attention: no chunk states.

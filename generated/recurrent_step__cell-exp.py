@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        recurrent_step.py.j2
-# template hash:   27fabd06a1344609
+# template hash:   b6542ff1788ebad1
 # parameters:      cell=exp
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """mLSTM step (exp cell): one token, docs/math.md §5. recurrent_step_kernel: one program per (value tile,
