@@ -110,7 +110,10 @@ def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int, co
             recurrent.step_fw(q, k, v, i, f, C, n, m, variant=variant, config=split, out=(C, n, m))
 
 
-def _compile(fn, args, kwargs, target: GPUTarget):
+def _source(fn, args, kwargs, float_type: str = "fp32"):
+    """The kernel with the argument types and specialisations a launch of ``args``/``kwargs`` gives it, and its
+    compile options. A Python float is fp32 to Triton's launcher; ``float_type="fp64"`` types it as torch.compile's
+    Inductor and jax-triton do."""
     signature, constexprs, attrs = {}, {}, {}
     options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
     values = dict(zip([p.name for p in fn.params], args)) | kwargs
@@ -126,19 +129,39 @@ def _compile(fn, args, kwargs, target: GPUTarget):
         elif isinstance(value, int):
             signature[p.name], aligned = "i32", value % 16 == 0
         else:
-            signature[p.name], aligned = "fp32", False
+            signature[p.name], aligned = float_type, False
         if not p.is_constexpr and aligned:  # as Triton's launcher specializes: 16-byte aligned pointers, and
             attrs[(index,)] = [["tt.divisibility", 16]]  # integers divisible by 16 (what vectorized access needs)
-    src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    return triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs), options
+
+
+def _compile(fn, args, kwargs, target: GPUTarget):
+    src, options = _source(fn, args, kwargs)
     return triton.compile(src, target=target, options=options)
 
 
-def check(arch: int = 90, dtypes=(torch.bfloat16, torch.float32), head_dims=((64, 64), (256, 512))) -> list[dict]:
-    """Compile every kernel of every variant; one row per compile: variant, kernel, dtype, dims, seconds, shared
-    memory bytes, registers spilled (when the backend reports them), or the error."""
-    target = GPUTarget("cuda", arch, 32)
-    rows = []
-    for variant in VARIANTS:
+def ttir(fn, args, kwargs, target: GPUTarget, float_type: str = "fp32") -> str:
+    """The kernel's Triton IR as its source generates it (before any optimisation pass), float arguments typed
+    ``float_type``: what the code asks for, which is what a type check reads."""
+    from triton._C.libtriton import ir
+    from triton.compiler.compiler import make_backend
+
+    src, options = _source(fn, args, dict(kwargs), float_type)
+    backend = make_backend(target)
+    options = backend.parse_options(options)
+    context = ir.context()
+    ir.load_dialects(context)
+    backend.load_dialects(context)
+    module = src.make_ir(target, options, backend.get_codegen_implementation(options), backend.get_module_map(),
+                         context)  # fmt: skip
+    return str(module)
+
+
+def launches(variants=VARIANTS, dtypes=(torch.bfloat16, torch.float32), head_dims=((64, 64), (256, 512))):
+    """Every distinct kernel launch of each variant's launcher at its default configuration (and the few other
+    structural choices _launch_small makes), recorded on small CPU inputs: (row, kernel, args, kwargs), where row
+    names the variant, kernel, dtype and head dimensions."""
+    for variant in variants:
         module = load_variant(variant)
         for dtype in dtypes:
             for DHQK, DHHV in head_dims:
@@ -153,14 +176,21 @@ def check(arch: int = 90, dtypes=(torch.bfloat16, torch.float32), head_dims=((64
                         seen.add(same)
                         row = dict(variant=variant.name, kernel=name, dtype=str(dtype).removeprefix("torch."),
                                    DHQK=DHQK, DHHV=DHHV)  # fmt: skip
-                        start = time.perf_counter()
-                        try:
-                            compiled = _compile(rec.fn, args, dict(kwargs), target)
-                            row.update(
-                                ok=True, shared=compiled.metadata.shared, spills=getattr(compiled, "n_spills", None)
-                            )
-                        except Exception as err:  # noqa: BLE001 - every failure is reported, none stops the check
-                            row.update(ok=False, error=f"{type(err).__name__}: {str(err)[:500]}")
-                        row["seconds"] = round(time.perf_counter() - start, 2)
-                        rows.append(row)
+                        yield row, rec.fn, args, kwargs
+
+
+def check(arch: int = 90, dtypes=(torch.bfloat16, torch.float32), head_dims=((64, 64), (256, 512))) -> list[dict]:
+    """Compile every kernel of every variant; one row per compile: variant, kernel, dtype, dims, seconds, shared
+    memory bytes, registers spilled (when the backend reports them), or the error."""
+    target = GPUTarget("cuda", arch, 32)
+    rows = []
+    for row, fn, args, kwargs in launches(VARIANTS, dtypes, head_dims):
+        start = time.perf_counter()
+        try:
+            compiled = _compile(fn, args, dict(kwargs), target)
+            row.update(ok=True, shared=compiled.metadata.shared, spills=getattr(compiled, "n_spills", None))
+        except Exception as err:  # noqa: BLE001 - every failure is reported, none stops the check
+            row.update(ok=False, error=f"{type(err).__name__}: {str(err)[:500]}")
+        row["seconds"] = round(time.perf_counter() - start, 2)
+        rows.append(row)
     return rows

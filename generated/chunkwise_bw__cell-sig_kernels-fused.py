@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   8d44c7f2be356516
+# template hash:   d714df9f561c08a9
 # parameters:      cell=sig, kernels=fused
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (sig cell), exact (docs/math.md §6), "fused" within-chunk kernels.
@@ -45,6 +45,13 @@ def _logsigmoid(x):
     u = 1.0 + y
     return tl.minimum(x, 0.0) - tl.where(u == 1.0, y, tl.log(u) * (y / tl.where(u == 1.0, 1.0, u - 1.0)))
 
+
+@triton.jit
+def _fp32(x):
+    """A float argument (scale, eps) in fp32. Triton's launcher passes a Python float as fp32; a launch compiled by
+    torch.compile (Inductor) or made through jax-triton passes it as fp64, which would make the fp32 values it
+    multiplies fp64: a loop-carried accumulator then changes type (a compile error) and the rest other bits."""
+    return tl.cast(x, tl.float32)  # a Python float (under the interpreter) has no .to
 
 @triton.jit
 def _for_registers(p_x, m_x, b_x, b_like):
@@ -251,6 +258,7 @@ def bw_prep_kernel(
     BV: tl.constexpr,
     NORMALIZE: tl.constexpr,
 ):
+    eps = _fp32(eps)
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     o_t = i_t * BT + tl.arange(0, BT)
     m_t = o_t < S
@@ -359,6 +367,7 @@ def bw_dstate_weights_kernel(
     """_dstate_weights for every chunk at once (grid (NC, B * NH)), so that the reverse recurrence's sequential loop
     keeps only loads and one product per chunk (the launch parameter "dstate_gates": "pre"; the forward's states
     kernel gained 15-31% from the same split, tuning_db/reports/NOTES.md)."""
+    scale = _fp32(scale)
     i_c, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     tok0, S_r, c, NC_r, row = _packed_chunk_row(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, NH, PACKED)
     slot = i_bh * NC + i_c
@@ -412,6 +421,7 @@ def chunkwise_bw_dstate_kernel(
     PACKED: tl.constexpr,
     DC_PLANES: tl.constexpr,
 ):
+    scale = _fp32(scale)
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     tok0, S_r, slot0, NC_r = _packed_row(i_bh, S, NC, cu_ptr, cs_ptr, NH, PACKED)
     o_k = i_k * BK + tl.arange(0, BK)
@@ -672,6 +682,7 @@ def chunkwise_bw_chunk_kernel(
     C_PLANES: tl.constexpr,
     DC_PLANES: tl.constexpr,
 ):
+    scale = _fp32(scale)
     i_c, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     tok0, S_r, c, NC_r, row = _packed_chunk_row(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, NH, PACKED)
     i_bhc = i_bh * NC + i_c

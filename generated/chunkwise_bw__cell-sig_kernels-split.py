@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   8d44c7f2be356516
+# template hash:   d714df9f561c08a9
 # parameters:      cell=sig, kernels=split
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (sig cell), exact (docs/math.md §6), "split" within-chunk kernels.
@@ -48,6 +48,13 @@ def _logsigmoid(x):
     u = 1.0 + y
     return tl.minimum(x, 0.0) - tl.where(u == 1.0, y, tl.log(u) * (y / tl.where(u == 1.0, 1.0, u - 1.0)))
 
+
+@triton.jit
+def _fp32(x):
+    """A float argument (scale, eps) in fp32. Triton's launcher passes a Python float as fp32; a launch compiled by
+    torch.compile (Inductor) or made through jax-triton passes it as fp64, which would make the fp32 values it
+    multiplies fp64: a loop-carried accumulator then changes type (a compile error) and the rest other bits."""
+    return tl.cast(x, tl.float32)  # a Python float (under the interpreter) has no .to
 
 @triton.jit
 def _for_registers(p_x, m_x, b_x, b_like):
@@ -254,6 +261,7 @@ def bw_prep_kernel(
     BV: tl.constexpr,
     NORMALIZE: tl.constexpr,
 ):
+    eps = _fp32(eps)
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     o_t = i_t * BT + tl.arange(0, BT)
     m_t = o_t < S
@@ -362,6 +370,7 @@ def bw_dstate_weights_kernel(
     """_dstate_weights for every chunk at once (grid (NC, B * NH)), so that the reverse recurrence's sequential loop
     keeps only loads and one product per chunk (the launch parameter "dstate_gates": "pre"; the forward's states
     kernel gained 15-31% from the same split, tuning_db/reports/NOTES.md)."""
+    scale = _fp32(scale)
     i_c, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     tok0, S_r, c, NC_r, row = _packed_chunk_row(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, NH, PACKED)
     slot = i_bh * NC + i_c
@@ -415,6 +424,7 @@ def chunkwise_bw_dstate_kernel(
     PACKED: tl.constexpr,
     DC_PLANES: tl.constexpr,
 ):
+    scale = _fp32(scale)
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     tok0, S_r, slot0, NC_r = _packed_row(i_bh, S, NC, cu_ptr, cs_ptr, NH, PACKED)
     o_k = i_k * BK + tl.arange(0, BK)
@@ -688,6 +698,7 @@ def chunkwise_bw_dqk_kernel(
     those reads through L2. Partial vectors per tile (summed by chunkwise_bw_gates_kernel): q . dq_inter, k . dk_trans,
     and E's share of the gate gradients (_gate_E_terms) for E_tile = dA * (q_tile k_tile^T): E = dP * P is linear in
     q k^T, which is the sum of its key tiles' shares, so no program needs all of DHQK."""
+    scale = _fp32(scale)
     i_k, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     n_bh = tl.num_programs(2).to(tl.int64)
     tok0, S_r, c, NC_r, row = _packed_chunk_row(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, NH, PACKED)
@@ -755,6 +766,7 @@ def chunkwise_bw_dv_kernel(
     PACKED: tl.constexpr,
     DC_PLANES: tl.constexpr,
 ):
+    scale = _fp32(scale)
     i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     tok0, S_r, c, NC_r, row = _packed_chunk_row(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, NH, PACKED)
     i_bhc = i_bh * NC + i_c
@@ -804,6 +816,7 @@ def chunkwise_bw_gates_kernel(
     PACKED: tl.constexpr,
 ):
     """di, df of one chunk from the key tiles' partial vectors (no [L, L] product here)."""
+    scale = _fp32(scale)
     i_c, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     n_bh = tl.num_programs(1).to(tl.int64)
     tok0, S_r, c, NC_r, row = _packed_chunk_row(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, NH, PACKED)

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_fused_fw.py.j2
-# template hash:   e5cec99f7f1a752e
+# template hash:   bc76395766ca2dad
 # parameters:      cell=exp, state=input
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (exp cell), fused single pass: one program per (value tile, batch x head) walks the
@@ -25,6 +25,13 @@ def _logsigmoid(x):
     u = 1.0 + y
     return tl.minimum(x, 0.0) - tl.where(u == 1.0, y, tl.log(u) * (y / tl.where(u == 1.0, 1.0, u - 1.0)))
 
+
+@triton.jit
+def _fp32(x):
+    """A float argument (scale, eps) in fp32. Triton's launcher passes a Python float as fp32; a launch compiled by
+    torch.compile (Inductor) or made through jax-triton passes it as fp64, which would make the fp32 values it
+    multiplies fp64: a loop-carried accumulator then changes type (a compile error) and the rest other bits."""
+    return tl.cast(x, tl.float32)  # a Python float (under the interpreter) has no .to
 
 @triton.jit
 def _for_registers(p_x, m_x, b_x, b_like):
@@ -246,6 +253,7 @@ def chunkwise_fused_fw_kernel(
     DOT_PRECISION: tl.constexpr,
     SEGMENT_SUMS: tl.constexpr,
 ):
+    scale, eps = _fp32(scale), _fp32(eps)
     i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_twopass_fw.py.j2
-# template hash:   0f228a1423ea5b15
+# template hash:   023320ccc61b9f22
 # parameters:      cell=exp, state=input
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (exp cell), two passes (knobs: autotune/families.py, CHUNKWISE_TWOPASS_FW; LI is
@@ -43,6 +43,13 @@ def _logsigmoid(x):
     u = 1.0 + y
     return tl.minimum(x, 0.0) - tl.where(u == 1.0, y, tl.log(u) * (y / tl.where(u == 1.0, 1.0, u - 1.0)))
 
+
+@triton.jit
+def _fp32(x):
+    """A float argument (scale, eps) in fp32. Triton's launcher passes a Python float as fp32; a launch compiled by
+    torch.compile (Inductor) or made through jax-triton passes it as fp64, which would make the fp32 values it
+    multiplies fp64: a loop-carried accumulator then changes type (a compile error) and the rest other bits."""
+    return tl.cast(x, tl.float32)  # a Python float (under the interpreter) has no .to
 
 @triton.jit
 def _for_registers(p_x, m_x, b_x, b_like):
@@ -448,6 +455,7 @@ def chunkwise_output_kernel(
     SEGMENT_SUMS: tl.constexpr,
     PACKED: tl.constexpr,
 ):
+    scale, eps = _fp32(scale), _fp32(eps)
     i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_bhc = i_bh * NC + i_c
     tok0, S_r, c = _packed_chunk(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, PACKED)
@@ -517,6 +525,7 @@ def chunkwise_output_loop_kernel(
     SEGMENT_SUMS: tl.constexpr,
     PACKED: tl.constexpr,
 ):
+    scale, eps = _fp32(scale), _fp32(eps)
     i_c, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_bhc = i_bh * NC + i_c
     tok0, S_r, c = _packed_chunk(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, PACKED)

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        parallel_bw.py.j2
-# template hash:   3126ac4d5f040ecb
+# template hash:   a88eb2887f454430
 # parameters:      cell=exp
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Parallel mLSTM backward (exp cell), exact (docs/math.md §6), tiled like flash attention: no chunk states.
@@ -39,6 +39,13 @@ def _logsigmoid(x):
     u = 1.0 + y
     return tl.minimum(x, 0.0) - tl.where(u == 1.0, y, tl.log(u) * (y / tl.where(u == 1.0, 1.0, u - 1.0)))
 
+
+@triton.jit
+def _fp32(x):
+    """A float argument (scale, eps) in fp32. Triton's launcher passes a Python float as fp32; a launch compiled by
+    torch.compile (Inductor) or made through jax-triton passes it as fp64, which would make the fp32 values it
+    multiplies fp64: a loop-carried accumulator then changes type (a compile error) and the rest other bits."""
+    return tl.cast(x, tl.float32)  # a Python float (under the interpreter) has no .to
 
 @triton.jit
 def _for_registers(p_x, m_x, b_x, b_like):
@@ -242,6 +249,7 @@ def bw_prep_kernel(
     BV: tl.constexpr,
     NORMALIZE: tl.constexpr,
 ):
+    eps = _fp32(eps)
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     o_t = i_t * BT + tl.arange(0, BT)
     m_t = o_t < S
@@ -421,6 +429,7 @@ def parallel_bw_dq_kernel(
     HAS_STATE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
+    scale = _fp32(scale)
     i_k, i_q, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     n_bh = tl.num_programs(2).to(tl.int64)
     t0 = i_q * BT
@@ -528,6 +537,7 @@ def parallel_bw_dk_kernel(
     HAS_LAST_GRAD: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
+    scale = _fp32(scale)
     i_k, i_j, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     n_bh = tl.num_programs(2).to(tl.int64)
     o_j = i_j * BT + tl.arange(0, BT)
@@ -614,6 +624,7 @@ def parallel_bw_dv_kernel(
     HAS_LAST_GRAD: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
+    scale = _fp32(scale)
     i_v, i_j, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_j = i_j * BT + tl.arange(0, BT)
     m_j = o_j < S
@@ -688,6 +699,7 @@ def parallel_bw_dstate_kernel(
     DOT_PRECISION: tl.constexpr,
 ):
     """dC0 = scale sum_t D0_t q_t (r_t dh_t)^T + decay dC_S, dn0 likewise with ds; decay = exp(F_S + m0 - m_S)."""
+    scale = _fp32(scale)
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        recurrent_step.py.j2
-# template hash:   b6542ff1788ebad1
+# template hash:   49ddb59ed1403b23
 # parameters:      cell=sig
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """mLSTM step (sig cell): one token, docs/math.md §5. recurrent_step_kernel: one program per (value tile,
@@ -27,6 +27,13 @@ def _logsigmoid(x):
     u = 1.0 + y
     return tl.minimum(x, 0.0) - tl.where(u == 1.0, y, tl.log(u) * (y / tl.where(u == 1.0, 1.0, u - 1.0)))
 
+
+@triton.jit
+def _fp32(x):
+    """A float argument (scale, eps) in fp32. Triton's launcher passes a Python float as fp32; a launch compiled by
+    torch.compile (Inductor) or made through jax-triton passes it as fp64, which would make the fp32 values it
+    multiplies fp64: a loop-carried accumulator then changes type (a compile error) and the rest other bits."""
+    return tl.cast(x, tl.float32)  # a Python float (under the interpreter) has no .to
 
 @triton.jit
 def _for_registers(p_x, m_x, b_x, b_like):
@@ -85,6 +92,7 @@ def recurrent_step_kernel(
     INPLACE: tl.constexpr,
     NORMALIZE: tl.constexpr,
 ):
+    scale, eps = _fp32(scale), _fp32(eps)
     i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < DHHV
@@ -169,6 +177,7 @@ def recurrent_step_split_kernel(
     program of a head to arrive (the arrival counter) sums the shares in a fixed order (so h is deterministic),
     normalises, writes h (and m), and resets the counter. Only the first value tile's programs read or write a slice
     of n, and each program only its own tile of C, so INPLACE needs no further ordering; m is written last."""
+    scale, eps = _fp32(scale), _fp32(eps)
     i_kv, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_k, i_v = i_kv // NV, i_kv % NV
     o_k = i_k * BK + tl.arange(0, BK)

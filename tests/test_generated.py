@@ -79,3 +79,48 @@ def test_every_kernel_compiles_for_sm90():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+FLOAT_TYPE_CHECK = """
+import json, torch
+from triton.backends.compiler import GPUTarget
+from autotune import compile_check
+from autotune.variants import VARIANTS
+
+def f64_uses(ir):  # f64 in the kernels' own code: not in signatures, nor in the _fp32 helper and its calls
+    uses, helper = [], False
+    for line in ir.splitlines():
+        if "tt.func" in line:
+            helper = "_fp32__" in line
+        elif "f64" in line and not helper and "_fp32__" not in line:
+            uses.append(line.split(" loc(")[0].strip())
+    return uses
+
+rows, target = [], GPUTarget("cuda", 90, 32)
+for row, fn, args, kwargs in compile_check.launches(VARIANTS, (torch.float32,), ((64, 64),)):
+    floats = sorted(p.name for p, a in zip(fn.params, args) if isinstance(a, float))
+    floats += sorted(k for k, a in kwargs.items() if isinstance(a, float))
+    uses = {}
+    for float_type in ("fp32", "fp64"):
+        try:
+            uses[float_type] = len(f64_uses(compile_check.ttir(fn, args, kwargs, target, float_type)))
+        except Exception as err:
+            uses[float_type] = type(err).__name__ + ": " + str(err).strip().splitlines()[-1][:200]
+    rows.append(dict(row, floats=floats, **uses))
+print(json.dumps(rows))
+"""
+
+
+def test_float_arguments_typed_fp64_change_no_arithmetic():
+    """torch.compile's Inductor and jax-triton type a Python float argument (scale, eps) fp64 where Triton's own
+    launcher types it fp32. Every kernel converts them to fp32 first, so its Triton IR holds the same float64
+    operations either way (only bw_dm0_kernel has any: its chain is float64 on purpose); without that, an fp32
+    accumulator multiplied by scale turned fp64 and the kernel did not compile (the H100, under torch.compile)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", FLOAT_TYPE_CHECK], capture_output=True, text=True, env=env,
+                            timeout=900)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(result.stdout.splitlines()[-1])
+    assert sum(bool(r["floats"]) for r in rows) >= 30, "fewer kernels with float arguments than the templates have"
+    bad = [r for r in rows if r["fp64"] != r["fp32"]]
+    assert not bad, "\n".join(f"{r['variant']} {r['kernel']}: {r['fp32']} -> {r['fp64']}" for r in bad)
