@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   d714df9f561c08a9
+# template hash:   96890e852ff3b958
 # parameters:      cell=sig, kernels=split
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (sig cell), exact (docs/math.md §6), "split" within-chunk kernels.
@@ -478,15 +478,13 @@ def chunkwise_bw_dstate_kernel(
 
 
 @triton.jit
-def _chunk_setup(i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, tok0, S, slot, c, NC, row, L: tl.constexpr,
-                 SEGMENT_SUMS: tl.constexpr):
+def _chunk_setup(i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, tok0, o_t, m_t, slot, c, NC, row,
+                 L: tl.constexpr, SEGMENT_SUMS: tl.constexpr):
     """Per-token quantities of chunk c of a row (as in _dstate_weights): gates, D [L, L] and D0 [L] (relative to the
     forward's max state), the transition weights w [L] and decay of the state across the chunk, r = 1/den, ds, and
     the validity mask. F_t - F_j in D: summed segment by segment with SEGMENT_SUMS (fp32 inputs), else the difference
-    of prefix sums, as in the forward (_chunk_decay_matrix): no [L, L] scan."""
+    of prefix sums, as in the forward (_chunk_decay_matrix): no [L, L] scan. o_t, m_t: _chunk_tokens."""
     o_l = tl.arange(0, L)
-    o_t = c * L + o_l
-    m_t = o_t < S
     b_lf, b_li = _load_gates(i_ptr + tok0, f_ptr + tok0, o_t, m_t)
     b_mc, b_mn = 0.0, 0.0
     b_mt = tl.zeros([L], dtype=tl.float32)
@@ -503,7 +501,17 @@ def _chunk_setup(i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, tok0, S, s
     b_decay = tl.exp(tl.sum(b_lf, axis=0) + b_mc - b_mn)
     b_r = tl.load(r_ptr + tok0 + o_t, mask=m_t, other=0.0)
     b_ds = tl.load(ds_ptr + tok0 + o_t, mask=m_t, other=0.0)
-    return o_t, m_t, b_lf, b_li, b_mc, b_D, b_D0, b_w, b_decay, b_r, b_ds
+    return b_lf, b_li, b_mc, b_D, b_D0, b_w, b_decay, b_r, b_ds
+
+
+@triton.jit
+def _chunk_tokens(c, S, L: tl.constexpr):
+    """The offsets of chunk c's tokens in its row of S tokens, and which of them exist. Kept apart from
+    _chunk_setup: torch.compile finds what a kernel writes by following each store's address back through the
+    code, and through a call to every pointer the call takes; an address made from _chunk_setup's results would mark
+    the inputs it reads (i, f, ...) as written, and torch.compile would copy them back."""
+    o_t = c * L + tl.arange(0, L)
+    return o_t, o_t < S
 
 
 @triton.jit
@@ -703,8 +711,9 @@ def chunkwise_bw_dqk_kernel(
     n_bh = tl.num_programs(2).to(tl.int64)
     tok0, S_r, c, NC_r, row = _packed_chunk_row(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, NH, PACKED)
     i_bhc = i_bh * NC + i_c
-    o_t, m_t, b_lf, b_li, b_mc, b_D, b_D0, b_w, b_decay, b_r, b_ds = _chunk_setup(
-        i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, tok0, S_r, i_bhc, c, NC_r, row, L, SEGMENT_SUMS)
+    o_t, m_t = _chunk_tokens(c, S_r, L)
+    b_lf, b_li, b_mc, b_D, b_D0, b_w, b_decay, b_r, b_ds = _chunk_setup(
+        i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, tok0, o_t, m_t, i_bhc, c, NC_r, row, L, SEGMENT_SUMS)
     q_ptr += tok0 * DHQK
     k_ptr += tok0 * DHQK
     v_ptr += tok0 * DHHV
@@ -770,8 +779,9 @@ def chunkwise_bw_dv_kernel(
     i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     tok0, S_r, c, NC_r, row = _packed_chunk_row(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, NH, PACKED)
     i_bhc = i_bh * NC + i_c
-    o_t, m_t, b_lf, b_li, b_mc, b_D, b_D0, b_w, b_decay, b_r, b_ds = _chunk_setup(
-        i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, tok0, S_r, i_bhc, c, NC_r, row, L, SEGMENT_SUMS)
+    o_t, m_t = _chunk_tokens(c, S_r, L)
+    b_lf, b_li, b_mc, b_D, b_D0, b_w, b_decay, b_r, b_ds = _chunk_setup(
+        i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, tok0, o_t, m_t, i_bhc, c, NC_r, row, L, SEGMENT_SUMS)
     b_P = _qk_block(q_ptr + tok0 * DHQK, k_ptr + tok0 * DHQK, o_t, m_t, o_t, m_t, DHQK, L, L, BK, DOT_PRECISION)
     b_Pr16 = (b_P * scale * b_D * b_r[:, None]).to(q_ptr.dtype.element_ty)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -821,8 +831,9 @@ def chunkwise_bw_gates_kernel(
     n_bh = tl.num_programs(1).to(tl.int64)
     tok0, S_r, c, NC_r, row = _packed_chunk_row(i_c, i_bh, S, NC, cu_ptr, cs_ptr, ss_ptr, NSEQ, NH, PACKED)
     i_bhc = i_bh * NC + i_c
-    o_t, m_t, b_lf, b_li, b_mc, b_D, b_D0, b_w, b_decay, b_r, b_ds = _chunk_setup(
-        i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, tok0, S_r, i_bhc, c, NC_r, row, L, SEGMENT_SUMS)
+    o_t, m_t = _chunk_tokens(c, S_r, L)
+    b_lf, b_li, b_mc, b_D, b_D0, b_w, b_decay, b_r, b_ds = _chunk_setup(
+        i_ptr, f_ptr, mt_ptr, mb_ptr, mS_ptr, r_ptr, ds_ptr, tok0, o_t, m_t, i_bhc, c, NC_r, row, L, SEGMENT_SUMS)
     b_dD0 = tl.zeros([L], dtype=tl.float32)
     b_u = tl.zeros([L], dtype=tl.float32)
     b_dlfE = tl.zeros([L], dtype=tl.float32)

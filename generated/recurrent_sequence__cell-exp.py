@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        recurrent_sequence.py.j2
-# template hash:   d9fea42efe4d9560
+# template hash:   ab49757e3efe90d3
 # parameters:      cell=exp
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """mLSTM over a whole sequence in one launch (exp cell), docs/math.md §1-§2 step by step: one program per

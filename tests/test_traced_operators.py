@@ -12,6 +12,7 @@ import pytest
 from helpers import compiled
 
 STATE_POSITIONS = {"c": 5, "n": 6, "m": 7}  # of the step's arguments q, k, v, i, f, c, n, m, ...
+PACKING_TABLES = {"cu_ptr", "cs_ptr", "ss_ptr"}  # autotune/launch/packed.py
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +42,11 @@ def test_the_graphs_launch_what_the_eager_operator_launches(traced, case):
             assert got["constants"] == want["constants"], where
             for option, value in (want["options"] or {}).items():  # Triton's defaults fill the rest
                 assert got["options"][option] == value, where
-            # PyTorch reads the writes from the kernel's TTIR: it may count more, never fewer than the launcher's
+            # PyTorch reads the writes from the kernel's TTIR: never fewer than the launcher's; more only where a
+            # store's address comes from a helper that takes the packing tables (cu, cs, ss: here the launcher's
+            # one-element stand-ins), as PyTorch counts every pointer a call takes
             assert set(want["writes"]) <= set(got["writes"]), where
+            assert set(got["writes"]) - set(want["writes"]) <= PACKING_TABLES, where
         assert result["operators"][graph] == [], f"{case} {graph}: an operator call was not traced into"
 
 
@@ -51,10 +55,5 @@ def test_only_the_in_place_step_mutates_its_inputs(traced, case):
     mutated = set(traced[case]["mutated"])
     if case == "step_":
         assert mutated == set(STATE_POSITIONS.values())
-    elif case.startswith("chunkwise"):
-        # PyTorch's reading of the backward chunk kernel's TTIR counts the gates i and f among its writes (the
-        # launcher's analysis does not): the graph clones them and copies them back unchanged. q, k, v and the
-        # initial states are never touched
-        assert mutated <= {3, 4}
-    else:
+    else:  # an input counted as written would be copied back, which torch.compile refuses for a leaf with a gradient
         assert mutated == set()
