@@ -106,6 +106,49 @@ def traced(fn, args, backward: bool) -> dict:
             "operators": {tag: operator_calls(gm) for tag, gm in graphs.items()}, "mutated": mutated}  # fmt: skip
 
 
+def symbolic(fn, args) -> str:
+    """ "ok" when fn traces on tensors of symbolic sizes (torch.compile's dynamic shapes: what it makes of a batch size
+    that changed between calls), else the error."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+
+    def on_tensors(*ts):
+        it = iter(ts)
+        return fn(*(next(it) if isinstance(a, torch.Tensor) else a for a in args))
+
+    try:
+        make_fx(on_tensors, tracing_mode="symbolic")(*tensors)
+        return "ok"
+    except Exception as err:  # noqa: BLE001 - the test reads the error
+        return f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:300]}"
+
+
+def symbolic_cases() -> dict:
+    """Each operator traced with symbolic sizes, on real CPU tensors (make_fx makes them fake and symbolic)."""
+    bf16 = dict(dtype=torch.bfloat16)
+    q, k, v = (
+        torch.randn(B, NH, S, DHQK, **bf16),
+        torch.randn(B, NH, S, DHQK, **bf16),
+        torch.randn(B, NH, S, DHHV, **bf16),
+    )
+    i, f = torch.randn(B, NH, S), torch.randn(B, NH, S)
+    C0, n0, m0 = torch.randn(B, NH, DHQK, DHHV), torch.randn(B, NH, DHQK), torch.randn(B, NH, 1)
+    out = {}
+    for name in ("chunkwise--triton_auto", "parallel--triton_limit_headdim"):
+        states = (C0, n0, m0) if name.startswith("chunkwise") else (q.new_empty(0),) * 3
+        out[name] = symbolic(lambda *x, name=name: compiled_ops.sequence_fw(name, *x, 64, 1e-6, True, False, False),
+                             [q, k, v, i, f, *states])  # fmt: skip
+    step_args = [q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0], C0, n0, m0, 1e-6, True, "exp",
+                 torch.float32]  # fmt: skip
+    for op, fn in (("step", compiled_ops.step), ("step_", compiled_ops.step_)):
+        out[op] = symbolic(lambda *x, fn=fn: fn(*x), [a.clone() if isinstance(a, torch.Tensor) else a
+                                                      for a in step_args])  # fmt: skip
+    out["scan"] = symbolic(lambda *x: compiled_ops.scan(*x), [q, k, v, i, f, C0, n0, m0, 1e-6, True, "exp", True,
+                                                              torch.float32])  # fmt: skip
+    return out
+
+
 def main() -> None:
     triton.runtime.driver.set_active(_Hopper())
     triton_choice.gpu_identity = lambda device: H100
@@ -158,6 +201,7 @@ def main() -> None:
         case = traced(lambda *x: compiled_ops.scan(*x), scan_args, backward=False)
         case["eager"] = {"forward": recorded_launches(compiled_ops._scan, scan_args)}
         results["scan"] = case
+    results["symbolic"] = symbolic_cases()
     print(json.dumps(results))
 
 

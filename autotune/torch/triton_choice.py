@@ -51,7 +51,10 @@ def pick(op: str, structures: tuple[str, ...], q: torch.Tensor, DHHV: int, S: in
         d.sync_force()
     memo = d.memo
     device = q.device if q.device.type != "meta" else TRACE_TARGET.get()
-    key = (op, direction, structures, q.dtype, device, q.shape[-1], DHHV, S, BNH)
+    # under torch.compile's dynamic shapes the sizes are symbolic: int() fixes them for this graph (a guard), as the
+    # choice and the launch grids depend on them
+    DHQK, DHHV, S, BNH = int(q.shape[-1]), int(DHHV), int(S), int(BNH)
+    key = (op, direction, structures, q.dtype, device, DHQK, DHHV, S, BNH)
     hit = memo.get(key)
     if hit is None:
         hit = memo[key] = _pick_uncached(op, structures, q, DHHV, S, BNH, default, direction)
