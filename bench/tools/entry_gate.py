@@ -1,6 +1,7 @@
 """The gate's verdict on the PyTorch chunkwise entries at the shapes of tests/gpu/test_gpu_jax.py (B=1, NH=2, the
-gate's 4,080 tokens, heads of 64 and 128, bf16 and fp32), beside the same kernels with one choice changed: which
-choice moves a failing output back within the trusted kernel's error. Each line: the output's pooled error over
+gate's 4,080 tokens, heads of 64 and 128, bf16 and fp32), beside the same kernels with one choice changed (and
+triton_auto's default two-pass forward with its chunk states in each form): which choice moves a failing output
+back within the trusted kernel's error. Each line: the output's pooled error over
 the gate's adversarial draws as a multiple of the trusted kernel's (the gate passes at <= 1.5, or under the dtype's
 floor), and the multiple on each draw alone.
 
@@ -94,6 +95,19 @@ def main() -> None:
                 for change in ({"dhhv_tile": D}, {"num_warps": 8}, {"chunk": 32}):
                     j = replace(job, config=dict(job.config, **change))
                     judge(f"fused, {change}", measure._named(j, measure._runner(j)), draws, dtype)
+                fused32 = find("chunkwise_fused_fw.py.j2", cell="exp", state="float32")
+                j = replace(job, variant=fused32.name, config=families.default_config(fused32, D, D))
+                judge("fused, fp32 state", measure._named(j, measure._runner(j)), draws, dtype)
+                # triton_auto's default where no entry is tuned: the two-pass forward, 16-bit states every 64 tokens
+                for state, change in (("input", {}), ("input", {"chunk_intra": 128}), ("input", {"states_n": "sum"}),
+                                      ("float32", {}), ("float32", {"states_n": "sum"}), ("planes", {}),
+                                      ("planes", {"states_n": "sum"})):  # fmt: skip
+                    if state == "planes" and dtype == torch.float32:
+                        continue  # planes split an fp32 state for 16-bit inputs (rule planes_need_16_bit_inputs)
+                    two = find("chunkwise_twopass_fw.py.j2", cell="exp", state=state)
+                    j = replace(job, variant=two.name, config=dict(families.default_config(two, D, D), **change))
+                    judge(f"two-pass, {state} states, {change or 'default'}", measure._named(j, measure._runner(j)),
+                          draws, dtype)  # fmt: skip
             if args.only in (None, "bw"):
                 bw = find("chunkwise_bw.py.j2", cell="exp", kernels="fused")
                 job = measure.Job(bw.name, families.default_config(bw, D, D), 1, 2, 4096, D, D, dtype_name, device)
