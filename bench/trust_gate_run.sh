@@ -39,6 +39,8 @@
 #              S~8192 rows, the 7B and head-128 entries' backward configurations, adversarial draw)
 #   spread     what the training forward's forms cost, the gate's training-step comparison on six adversarial draws instead of one
 #              (bench/tools/gate_spread.py), and the head-128 backward behind the float64 h rounded to bf16
+#   entries    the gate's verdict on the PyTorch chunkwise entries at the JAX GPU test's shapes and on the same
+#              kernels with one choice changed (bench/tools/entry_gate.py; ENTRY_PARTS, ENTRY_S)
 #   condition  the gate's pooled comparison (bench/tools/gate_spread.py, seeds 1 3 4 5) on the draws as the gate makes
 #              them (gate.well_conditioned) for the backward's defaults, the head-128 entry and the three known
 #              faults, and on the draws without that rule for head 128's default (SPREAD_ONLY, SPREAD_RAW_ONLY)
@@ -189,5 +191,11 @@ case "${1:-}" in
       timeout 140 python bench/tools/gate_spread.py --S 4080 --seeds 1 3 4 5 --raw-condition \
         --only "${SPREAD_RAW_ONLY:-head 128, fused, default knobs}" ) > "$OUT/gate_raw_condition.log" 2>&1
     grep -h "pool\|^# " "$OUT/gate_condition.log" "$OUT/gate_raw_condition.log" | cut -c1-230 ;;
+  entries)  # ENTRY_PARTS: arguments of each bench/tools/entry_gate.py run, ';' between (ENTRY_S seconds each)
+    parts=${ENTRY_PARTS:---only fw --dtypes bfloat16 --heads 64;--only fw --dtypes float32 --heads 128;--only bw --dtypes float32 --heads 128}
+    IFS=';' read -ra runs <<< "$parts"
+    ( header "python bench/tools/entry_gate.py, each of: $parts"
+      for a in "${runs[@]}"; do timeout "${ENTRY_S:-150}" python bench/tools/entry_gate.py $a; done ) > "$OUT/entry_gate.log" 2>&1
+    cut -c1-250 "$OUT/entry_gate.log" ;;
   *) echo "unknown phase ${1:-}" >&2; exit 2 ;;
 esac
