@@ -1,7 +1,7 @@
 """The parallel and two-pass forwards' arithmetic in PyTorch, fp32 with their kernels' bf16 rounding points, next
 to the Triton kernels on the same inputs: whether a kernel's h error is what its rounding points explain.
 
-    python bench/tools/emulated_rounding.py [--device cpu] [--layout head128] [--S 4080] [--seeds 1 2 3]
+    python bench/tools/emulated_rounding.py [--device cpu] [--layout head128|head64|7b] [--S 4080] [--seeds 1 2 3]
 
 Rounding points emulated (bf16 inputs; the kernels' defaults of a training step): the parallel form rounds each
 P_tj = (q_t . k_j) D_tj / sqrt(DHQK) to bf16 before P v; the two-pass form rounds the same P of its chunk, forms n
@@ -122,14 +122,14 @@ def kernels(x: dict, K: int, V: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--layout", choices=("7b", "head128"), default="head128")
+    ap.add_argument("--layout", choices=("7b", "head128", "head64"), default="head128")
     ap.add_argument("--S", type=int, default=4080)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1])
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     from autotune import gate
 
-    K, V = (256, 512) if args.layout == "7b" else (128, 128)
+    K, V = {"7b": (256, 512), "head128": (128, 128), "head64": (64, 64)}[args.layout]
     scale = K**-0.5
     where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU (emulations only)"
     print(f"# {where}; bf16 inputs, {K}/{V}, B=1 NH=2 S={args.S}, adversarial draw; per form: h's relative error, "
