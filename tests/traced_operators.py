@@ -79,6 +79,18 @@ def recorded_launches(fn, args) -> list[dict]:
     return out
 
 
+def _on_tensors(fn, args):
+    """The tensors among ``args``, and fn as a function of those alone (AOTAutograd and make_fx take tensors only:
+    the other arguments are constants of the graph)."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+
+    def on_tensors(*ts):
+        it = iter(ts)
+        return fn(*(next(it) if isinstance(a, torch.Tensor) else a for a in args))
+
+    return tensors, on_tensors
+
+
 def traced(fn, args, backward: bool) -> dict:
     """fn compiled by AOTAutograd on fake ``args``, run once (and its backward): the graphs' launches and operator
     calls, and the positions of the inputs it mutated."""
@@ -91,12 +103,7 @@ def traced(fn, args, backward: bool) -> dict:
 
         return compiler
 
-    tensors = [a for a in args if isinstance(a, torch.Tensor)]
-
-    def on_tensors(*ts):  # AOTAutograd takes tensors only: the other arguments are constants of the graph
-        it = iter(ts)
-        return fn(*(next(it) if isinstance(a, torch.Tensor) else a for a in args))
-
+    tensors, on_tensors = _on_tensors(fn, args)
     versions = [a._version if isinstance(a, torch.Tensor) else None for a in args]
     out = aot_function(on_tensors, fw_compiler=keep("forward"), bw_compiler=keep("backward"))(*tensors)
     if backward:
@@ -111,12 +118,7 @@ def symbolic(fn, args) -> str:
     that changed between calls), else the error."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    tensors = [a for a in args if isinstance(a, torch.Tensor)]
-
-    def on_tensors(*ts):
-        it = iter(ts)
-        return fn(*(next(it) if isinstance(a, torch.Tensor) else a for a in args))
-
+    tensors, on_tensors = _on_tensors(fn, args)
     try:
         make_fx(on_tensors, tracing_mode="symbolic")(*tensors)
         return "ok"
