@@ -1,12 +1,12 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_fused_fw.py.j2
-# template hash:   55586021bac0b81a
+# template hash:   d89f70cecc99639b
 # parameters:      cell=sig, state=float32
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (sig cell), fused single pass: one program per (value tile, batch x head) walks the
 sequence chunk by chunk and carries the state (C, n, m) on chip; no per-chunk state is written to memory.
 
-State in the q @ C product: fp32.
+State in the q @ C product: fp32, split into two tiles of the inputs' dtype.
 Grid: (cdiv(DHHV, BV), B * NH). Constexprs: L (the knob "chunk"), BV ("dhhv_tile"), BK (DHQK padded to a power
 of two); the knobs of autotune/families.py (CHUNKWISE_FUSED_FW). Each program recomputes q k^T of its chunks: the
 price of not materialising states.
@@ -299,7 +299,9 @@ def chunkwise_fused_fw_kernel(
         # (C^T q^T)^T: the register-resident state is the A operand. As the B operand (q @ C) Triton 3.6 gave
         # config-dependent wrong results on an H200 in bf16 (rel. error 1.6 at L=64, BV=32;
         # bench/logs/2026-11-29_H200_probe_fused_configs_state_b_operand.log)
-        b_qCT = tl.dot(b_CT, tl.trans(b_q).to(tl.float32), input_precision=DOT_PRECISION)  # [BV, BK] @ [BK, L]
+        # the fp32 state as two tiles of the inputs' dtype (_parts_dot): a state rounded once to 16 bits every
+        # 64 tokens gave bf16 h 1.5x the trusted kernel's error on an H100 (docs/hazards.md)
+        b_qCT = _parts_dot(b_CT, tl.trans(b_q), DOT_PRECISION)  # [BV, BK] @ [BK, L]
         b_qC = tl.trans(b_qCT)  # [L, BV], added to the output only
         # q and k feed dots above: registers read them through loads of their own (docs/hazards.md)
         b_q32 = _for_registers(q_ptr + o_t[:, None] * DHQK + o_k[None, :], m_t[:, None] & m_k[None, :], b_q, b_v)

@@ -133,12 +133,23 @@ def backward_plan(q: torch.Tensor, v: torch.Tensor, form: str, cell: str, rows: 
     return variant, config
 
 
-def chunkwise_default(template: str, cell: str, equal_chunks: bool, chunk_size: int, DHQK: int, DHHV: int):
-    """The built-in (variant, config) of a chunkwise entry: its structure's default, chunk_size as the chunk. States
-    are kept in the inputs' dtype: fp32 chunk states for bf16 inputs doubled the state traffic and ran the state's
-    part of the outputs as a tf32 product (tuning_db/reports/NOTES.md has the H200 measurements); the
-    recurrence itself always runs in fp32, only the stored copies are rounded."""
-    variant = find(template, cell=cell, state="input")
+def chunkwise_default(
+    template: str,
+    cell: str,
+    equal_chunks: bool,
+    chunk_size: int,
+    DHQK: int,
+    DHHV: int,
+    dtype: torch.dtype = torch.bfloat16,
+):
+    """The built-in (variant, config) of a chunkwise entry: its structure's default, chunk_size as the chunk, and
+    for 16-bit inputs the state kept to about twice their mantissa where the products read it: stored as two planes
+    by the two-pass forward, split into two tiles in registers by the fused one. Rounded once to 16 bits, a state
+    every 64 tokens gave h 1.5x the trusted kernel's error at B=1, NH=2, 4,080 tokens on an H100 (docs/hazards.md
+    §4). A tuned entry may keep 16-bit states where the gate passes them at its shape."""
+    sixteen_bit = dtype in (torch.bfloat16, torch.float16)
+    state = "input" if not sixteen_bit else "planes" if template == launch_chunkwise.TWOPASS else "float32"
+    variant = find(template, cell=cell, state=state)
     config = families.default_config(variant, DHQK, DHHV)
     if template == launch_chunkwise.FUSED:
         config["chunk"] = chunk_size

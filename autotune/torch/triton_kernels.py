@@ -82,7 +82,8 @@ def _chunkwise_run(structures: tuple[str, ...], default_template: str, cell: str
             B, NH, S, DHQK = q.shape
             DHHV = v.shape[-1]
 
-            default = partial(chunkwise_default, default_template, cell, equal_chunks, chunk_size, DHQK, DHHV)
+            default = partial(chunkwise_default, default_template, cell, equal_chunks, chunk_size, DHQK, DHHV,
+                              q.dtype)  # fmt: skip
             # the inference choice; asked in a training step too, where a bad forced one raises all the same
             variant, config = pick(f"chunkwise:{cell}", structures, q, DHHV, S, B * NH, default)
             if saved is not None:  # a training step: the forward its backward was checked behind, at its chunk
@@ -150,9 +151,10 @@ class SequenceEntry:
             factory = _family_run("parallel", self.default_template, self.cell, launch_parallel.parallel_fw)
         return factory(chunk_size=chunk_size, eps=eps, normalize=normalize)
 
-    def default(self, chunk_size: int, DHQK: int, DHHV: int):
+    def default(self, chunk_size: int, DHQK: int, DHHV: int, dtype: torch.dtype = torch.bfloat16):
         if self.form == "chunkwise":
-            return chunkwise_default(self.default_template, self.cell, self.equal_chunks, chunk_size, DHQK, DHHV)
+            return chunkwise_default(self.default_template, self.cell, self.equal_chunks, chunk_size, DHQK, DHHV,
+                                     dtype)  # fmt: skip
         return family_default(self.default_template, self.cell, DHQK, DHHV)
 
 
@@ -210,7 +212,8 @@ def _walk_documents(entry: SequenceEntry):
             variant, config = launch_chunkwise.training_forward(entry.cell, DHQK, DHHV, plan[1]["chunk"])
             needs_grad = True
         else:
-            default = partial(chunkwise_default, two, entry.cell, entry.equal_chunks, chunk_size, DHQK, DHHV)
+            default = partial(chunkwise_default, two, entry.cell, entry.equal_chunks, chunk_size, DHQK, DHHV,
+                              q.dtype)  # fmt: skip
             variant, config = pick(f"chunkwise:{entry.cell}", (two.removesuffix(".py.j2"),), q, DHHV, *rows, default)
             plan, needs_grad = None, False
 
