@@ -23,11 +23,11 @@ trained model feeds). fp16 spikes are +8 / -8: fp16 holds no output of a -15 spi
 normaliser |n^T q| at least KINK_MARGIN (5%) away from the floor of h's denominator max(|n^T q|, floor) (docs/math.md
 §7): there the gradient jumps, and which side a kernel lands on is decided by its rounding, not by its correctness
 (one such token of 4,000 gave a correct bf16 backward 100x the trusted kernel's dq error on the H200). And no token
-whose denominator is n^T q lets it cancel by more than condition_limit (1 / (8 u): bf16 32, fp16 256): beyond, every
-16-bit kernel's gradient at that token is carried by its rounding of n^T q, the token's large |h| lets it carry a
+whose denominator is n^T q lets it cancel by more than condition_limit (1 / (8 u): bf16 32, fp16 256; fp32 84):
+beyond, every kernel's error at that token is carried by its rounding of n^T q, the token's large |h| lets it carry a
 whole draw's error, and which of two correct kernels is closer is chance (one token of condition 289 gave the
 trusted kernel a third of the error its own rounding points give on average, and a correct head-128 backward 2.8x
-its di; docs/hazards.md).
+its di; in fp32 one token of condition 322 gave the fused forward 6.5x the trusted kernel's h error; docs/hazards.md).
 
 Determinism contract, the same for every generated kernel: the same bits on the same inputs, launch configuration
 and GPU. Each output element is written by one program, and no atomic takes part in the arithmetic. Where programs
@@ -119,9 +119,14 @@ def normaliser_ratio(x: dict, cell: str = "exp") -> torch.Tensor:
 
 
 def condition_limit(dtype: torch.dtype) -> float:
-    """The largest condition of s_t a draw in ``dtype`` keeps at a token whose denominator is s_t: 1 / (8 u), u the
-    unit roundoff (bf16 32, fp16 256; fp32 and fp64 about 2e6 and 1e15, never reached by the draws)."""
-    return 0.25 / torch.finfo(dtype).eps
+    """The largest condition of s_t a draw in ``dtype`` keeps at a token whose denominator is s_t. 16-bit: 1 / (8 u),
+    u the unit roundoff (bf16 32, fp16 256). fp32 and fp64: FLOORS[dtype] / (2 u) (fp32 84, fp64 about 4,500). Their
+    kernels round in the inputs' own precision, so a token of condition k carries about k u of relative error and,
+    its |h| growing with k, can carry a whole draw's: with k u at most half the floor, such a token alone cannot put
+    a correct kernel past it. (An fp32 draw on an H100: one token of condition 322 carried 85-100% of every kernel's
+    h error, the fused forward's 1.5e-5 against the trusted kernel's 2.3e-6; docs/hazards.md.)"""
+    eps = torch.finfo(dtype).eps  # 2 u
+    return 0.25 / eps if dtype in (torch.bfloat16, torch.float16) else FLOORS[dtype] / eps
 
 
 def well_conditioned(x: dict, cell: str = "exp") -> dict:
