@@ -6,6 +6,7 @@ the gate's adversarial draws as a multiple of the trusted kernel's (the gate pas
 floor), and the multiple on each draw alone.
 
     python bench/tools/entry_gate.py [--only fw|bw] [--dtypes bfloat16 float32] [--heads 64 128]
+        [--forward-parts entries fused fused32 twopass]
 
 On the CPU it runs under Triton's interpreter (float32, the gate's short CPU length).
 """
@@ -61,11 +62,17 @@ def judge(label: str, run, draws, dtype) -> None:
     print(f"  {'pass' if verdict.passed else 'FAIL'}  {label:52s} {ratios(verdict, draws, got)}", flush=True)
 
 
+FORWARD_PARTS = ("entries", "fused", "fused32", "twopass")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", choices=["fw", "bw"], default=None)
     ap.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
     ap.add_argument("--heads", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--forward-parts", nargs="+", choices=FORWARD_PARTS, default=list(FORWARD_PARTS),
+                    help="which forward lines to run: the entries, the fused forward's changes, its fp32 state, "
+                         "the two-pass forward's state forms")  # fmt: skip
     args = ap.parse_args()
     device = "cuda" if os.environ.get("TRITON_INTERPRET", "0") != "1" else "cpu"
     import torch
@@ -85,23 +92,25 @@ def main() -> None:
                 )
                 draws = measure.gate_draws(job)
                 print(f"forward, {dtype_name}, D={D}, S={draws[0].x['q'].shape[2]}", flush=True)
-                for name in ("chunkwise--triton_fused", "chunkwise--triton_xl_chunk"):
+                parts = set(args.forward_parts)
+                for name in ("chunkwise--triton_fused", "chunkwise--triton_xl_chunk") if "entries" in parts else ():
                     entry = get_mlstm_kernel(name)
                     judge(f"entry {name}", lambda x, e=entry: {"h": e(*(x[k] for k in "qkvif"))}, draws, dtype)
-                for sums in (False, True):
+                for sums in (False, True) if "fused" in parts else ():
                     with segment_sums(sums):
                         run = measure._named(job, measure._runner(job))
                         judge(f"fused default, segment sums {sums}", run, draws, dtype)
-                for change in ({"dhhv_tile": D}, {"num_warps": 8}, {"chunk": 32}):
+                for change in ({"dhhv_tile": D}, {"num_warps": 8}, {"chunk": 32}) if "fused" in parts else ():
                     j = replace(job, config=dict(job.config, **change))
                     judge(f"fused, {change}", measure._named(j, measure._runner(j)), draws, dtype)
-                fused32 = find("chunkwise_fused_fw.py.j2", cell="exp", state="float32")
-                j = replace(job, variant=fused32.name, config=families.default_config(fused32, D, D))
-                judge("fused, fp32 state", measure._named(j, measure._runner(j)), draws, dtype)
+                if "fused32" in parts:
+                    fused32 = find("chunkwise_fused_fw.py.j2", cell="exp", state="float32")
+                    j = replace(job, variant=fused32.name, config=families.default_config(fused32, D, D))
+                    judge("fused, fp32 state", measure._named(j, measure._runner(j)), draws, dtype)
                 # triton_auto's default where no entry is tuned: the two-pass forward, 16-bit states every 64 tokens
                 for state, change in (("input", {}), ("input", {"chunk_intra": 128}), ("input", {"states_n": "sum"}),
                                       ("float32", {}), ("float32", {"states_n": "sum"}), ("planes", {}),
-                                      ("planes", {"states_n": "sum"})):  # fmt: skip
+                                      ("planes", {"states_n": "sum"})) if "twopass" in parts else ():  # fmt: skip
                     if state == "planes" and dtype == torch.float32:
                         continue  # planes split an fp32 state for 16-bit inputs (rule planes_need_16_bit_inputs)
                     two = find("chunkwise_twopass_fw.py.j2", cell="exp", state=state)
