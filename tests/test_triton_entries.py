@@ -186,3 +186,22 @@ def test_dispatch_can_be_switched_off(user_db, monkeypatch):
     calls = _record_launches(monkeypatch)
     get_mlstm_kernel("chunkwise--triton_auto")(**_inputs("chunkwise--triton_auto", torch.float32), chunk_size=16)
     assert calls[-1][0].startswith("chunkwise_twopass_fw")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+def test_untuned_entries_keep_16_bit_states_in_two_parts(dtype, user_db, monkeypatch, check):
+    """With no database entry, a chunkwise entry runs its built-in default: for 16-bit inputs the two-pass forward
+    stores its chunk states as planes and the fused forward reads its fp32 state in two 16-bit parts (16-bit
+    states every 64 tokens failed the gate on an H100, docs/hazards.md §4); fp32 inputs keep states in their own
+    dtype. Each run is within the fp64 oracle's conditioning limit."""
+    calls = _record_launches(monkeypatch)
+    x = _inputs("chunkwise--triton_auto", dtype)
+    expected = {"chunkwise--triton_auto": "chunkwise_twopass_fw", "chunkwise--triton_fused": "chunkwise_fused_fw"}
+    state = {"chunkwise_twopass_fw": "planes", "chunkwise_fused_fw": "float32"} if dtype == torch.float16 else {}
+    ref = _oracle(x, "exp")
+    for name, structure in expected.items():
+        h = get_mlstm_kernel(name)(**x, chunk_size=16)
+        assert calls[-1][0] == f"{structure}__cell-exp_state-{state.get(structure, 'input')}"
+        check(target=f"{name} (built-in default)", baseline="reference.mlstm_recurrent(fp64)", dims=SHAPE.dims(),
+              dtype=dtype, pairs={"h": (h, ref["h"])},
+              limit=conditioning_limits(dtype, lambda x64: {"h": _oracle(x64, "exp")["h"]}, x))  # fmt: skip
