@@ -41,6 +41,8 @@
 #              (bench/tools/gate_spread.py), and the head-128 backward behind the float64 h rounded to bf16
 #   entries    the gate's verdict on the PyTorch chunkwise entries at the JAX GPU test's shapes and on the same
 #              kernels with one choice changed (bench/tools/entry_gate.py; ENTRY_PARTS, ENTRY_S)
+#   jaxstep    the jitted JAX step's compiled program with and without the state donated, and its wall clock beside
+#              the PyTorch step in place (bench/tools/jax_step_probe.py)
 #   condition  the gate's pooled comparison (bench/tools/gate_spread.py, seeds 1 3 4 5) on the draws as the gate makes
 #              them (gate.well_conditioned) for the backward's defaults, the head-128 entry and the three known
 #              faults, and on the draws without that rule for head 128's default (SPREAD_ONLY, SPREAD_RAW_ONLY)
@@ -197,5 +199,9 @@ case "${1:-}" in
     ( header "python bench/tools/entry_gate.py, each of: $parts"
       for a in "${runs[@]}"; do timeout "${ENTRY_S:-150}" python bench/tools/entry_gate.py $a; done ) > "$OUT/entry_gate.log" 2>&1
     cut -c1-250 "$OUT/entry_gate.log" ;;
+  jaxstep)
+    ( header "python bench/tools/jax_step_probe.py"; XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 200 \
+      python bench/tools/jax_step_probe.py ) > "$OUT/jax_step_probe.log" 2>&1
+    cut -c1-300 "$OUT/jax_step_probe.log" ;;
   *) echo "unknown phase ${1:-}" >&2; exit 2 ;;
 esac

@@ -1,12 +1,12 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_fused_fw.py.j2
-# template hash:   d89f70cecc99639b
+# template hash:   a4cf4b59d1258971
 # parameters:      cell=exp, state=float32
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (exp cell), fused single pass: one program per (value tile, batch x head) walks the
 sequence chunk by chunk and carries the state (C, n, m) on chip; no per-chunk state is written to memory.
 
-State in the q @ C product: fp32, split into two tiles of the inputs' dtype.
+State in the q @ C product: fp32 (for 16-bit inputs, two tiles of their dtype).
 Grid: (cdiv(DHHV, BV), B * NH). Constexprs: L (the knob "chunk"), BV ("dhhv_tile"), BK (DHQK padded to a power
 of two); the knobs of autotune/families.py (CHUNKWISE_FUSED_FW). Each program recomputes q k^T of its chunks: the
 price of not materialising states.
