@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     q = torch.empty(8, 8, 8192, 256, dtype=torch.bfloat16, device=device)
-    default = partial(triton_choice.chunkwise_default, "chunkwise_twopass_fw.py.j2", "exp", False, 64, 256, 512)
+    default = partial(triton_choice.chunkwise_default, "chunkwise_twopass_fw.py.j2", "exp", False, 64, 256, 512,
+                      torch.bfloat16)  # fmt: skip
     structures = ("chunkwise_twopass_fw", "chunkwise_fused_fw")
     request = Request("chunkwise:exp", "fw", "bfloat16", 256, 512, 8192, 64, structures)
     gpu, capability = triton_choice.gpu_identity(q.device)

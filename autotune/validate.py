@@ -89,7 +89,7 @@ def default_rows(dtype: str = "bfloat16") -> list[Row]:
         DHQK, DHHV = layout[1:]
         for op, _, default in tk._ENTRIES.values():
             if op.endswith(":exp"):
-                add(layout, op, "fw", *default(64, DHQK, DHHV))
+                add(layout, op, "fw", *default(64, DHQK, DHHV, getattr(torch, dtype)))
         for form in ("chunkwise", "parallel"):
             add(layout, f"{form}:exp", "fwbw", *triton_choice.backward_default(form, "exp", DHQK, DHHV))
         # the forward of every chunkwise training step, on its own (also in autotune.hazards' static checks)

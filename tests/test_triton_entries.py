@@ -205,3 +205,14 @@ def test_untuned_entries_keep_16_bit_states_in_two_parts(dtype, user_db, monkeyp
         check(target=f"{name} (built-in default)", baseline="reference.mlstm_recurrent(fp64)", dims=SHAPE.dims(),
               dtype=dtype, pairs={"h": (h, ref["h"])},
               limit=conditioning_limits(dtype, lambda x64: {"h": _oracle(x64, "exp")["h"]}, x))  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype, state", [(torch.bfloat16, "planes"), (torch.float32, "input")], ids=["bf16", "fp32"])
+def test_show_names_the_default_a_call_of_that_dtype_runs(dtype, state, user_db):
+    """`mlstm-tune show` (triton_kernels.explain) answers with the built-in default of the call's dtype: planes for
+    16-bit inputs, the inputs' dtype for fp32 (where planes are not a valid variant)."""
+    from autotune.torch.triton_kernels import explain
+
+    request, choice = explain("chunkwise--triton_auto", dtype=dtype, B=1, NH=2, S=65, DHQK=32, DHHV=32,
+                              gpu="cpu-interpreter", capability=(0, 0))  # fmt: skip
+    assert (choice.rung, choice.variant) == ("default", f"chunkwise_twopass_fw__cell-exp_state-{state}")

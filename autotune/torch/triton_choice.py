@@ -140,7 +140,7 @@ def chunkwise_default(
     chunk_size: int,
     DHQK: int,
     DHHV: int,
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: torch.dtype,
 ):
     """The built-in (variant, config) of a chunkwise entry: its structure's default, chunk_size as the chunk, and
     for 16-bit inputs the state kept to about twice their mantissa where the products read it: stored as two planes

@@ -67,12 +67,12 @@ def explain(name: str, *, dtype: torch.dtype, B: int, NH: int, S: int, DHQK: int
         form, _, cell = op.partition(":")
         if form not in BACKWARDS:
             raise ValueError(f"{name!r} has no generated backward (inference only)")
-        structures, default = BACKWARDS[form][0], lambda chunk, K, V: backward_default(form, cell, K, V)
+        structures, default = BACKWARDS[form][0], lambda chunk, K, V, dtype: backward_default(form, cell, K, V)
     elif direction != "fw":
         raise ValueError(f"direction must be fw or fwbw, got {direction!r}")
     request = Request(op, direction, str(dtype).removeprefix("torch."), DHQK, DHHV, tdb.bucket(S), tdb.bucket(B * NH),
                       structures)  # fmt: skip
-    return request, dispatcher().choose(request, gpu, capability, partial(default, chunk_size, DHQK, DHHV),
+    return request, dispatcher().choose(request, gpu, capability, partial(default, chunk_size, DHQK, DHHV, dtype),
                                         validate=partial(check_choice, op, structures, DHQK, DHHV))  # fmt: skip
 
 
@@ -151,7 +151,7 @@ class SequenceEntry:
             factory = _family_run("parallel", self.default_template, self.cell, launch_parallel.parallel_fw)
         return factory(chunk_size=chunk_size, eps=eps, normalize=normalize)
 
-    def default(self, chunk_size: int, DHQK: int, DHHV: int, dtype: torch.dtype = torch.bfloat16):
+    def default(self, chunk_size: int, DHQK: int, DHHV: int, dtype: torch.dtype):
         if self.form == "chunkwise":
             return chunkwise_default(self.default_template, self.cell, self.equal_chunks, chunk_size, DHQK, DHHV,
                                      dtype)  # fmt: skip

@@ -75,6 +75,7 @@ def main() -> None:
                          "the two-pass forward's state forms")  # fmt: skip
     args = ap.parse_args()
     device = "cuda" if os.environ.get("TRITON_INTERPRET", "0") != "1" else "cpu"
+    parts = set(args.forward_parts)
     import torch
 
     from autotune import families, measure
@@ -92,7 +93,6 @@ def main() -> None:
                 )
                 draws = measure.gate_draws(job)
                 print(f"forward, {dtype_name}, D={D}, S={draws[0].x['q'].shape[2]}", flush=True)
-                parts = set(args.forward_parts)
                 for name in ("chunkwise--triton_fused", "chunkwise--triton_xl_chunk") if "entries" in parts else ():
                     entry = get_mlstm_kernel(name)
                     judge(f"entry {name}", lambda x, e=entry: {"h": e(*(x[k] for k in "qkvif"))}, draws, dtype)
