@@ -41,6 +41,8 @@
 #              (bench/tools/gate_spread.py), and the head-128 backward behind the float64 h rounded to bf16
 #   entries    the gate's verdict on the PyTorch chunkwise entries at the JAX GPU test's shapes and on the same
 #              kernels with one choice changed (bench/tools/entry_gate.py; ENTRY_PARTS, ENTRY_S)
+#   defaults   `mlstm-tune validate --only default` (the built-in defaults, an empty user database; DEFAULTS_ONLY: more
+#              --only texts, e.g. "cell-sig"; VALIDATE_S, default 400); reports under $OUT/defaults
 #   jaxstep    the jitted JAX step's compiled program with and without the state donated, and its wall clock beside
 #              the PyTorch step in place (bench/tools/jax_step_probe.py)
 #   condition  the gate's pooled comparison (bench/tools/gate_spread.py, seeds 1 3 4 5) on the draws as the gate makes
@@ -95,7 +97,7 @@ case "${1:-}" in
       log="$OUT/$(basename "$file" .py).log"
       ( header "XLA_PYTHON_CLIENT_PREALLOCATE=false python -m pytest -v -s -m gpu $file"
         XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "$left" python -m pytest -v -s -m gpu "$file" -p no:cacheprovider \
-          --tb=short -rfE ) > "$log" 2>&1
+          --tb=short -rfE --durations=12 ) > "$log" 2>&1
       echo "$file: $(grep -E '^(=+ )?[0-9]+ (passed|failed)' "$log" | tail -1)"
     done ;;
   tune)
@@ -199,6 +201,13 @@ case "${1:-}" in
     ( header "python bench/tools/entry_gate.py, each of: $parts"
       for a in "${runs[@]}"; do timeout "${ENTRY_S:-150}" python bench/tools/entry_gate.py $a; done ) > "$OUT/entry_gate.log" 2>&1
     cut -c1-250 "$OUT/entry_gate.log" ;;
+  defaults)  # the built-in defaults alone (DEFAULTS_ONLY: more --only texts, e.g. "cell-sig"), reports in $OUT/defaults
+    only=(--only default); for t in ${DEFAULTS_ONLY:-}; do only+=(--only "$t"); done
+    ( header "MLSTM_AUTOTUNE_DB=(empty) python -m autotune validate ${only[*]} --out \$OUT/defaults"
+      mkdir -p /tmp/no_user_db
+      MLSTM_AUTOTUNE_DB=/tmp/no_user_db timeout "${VALIDATE_S:-400}" python -m autotune validate "${only[@]}" \
+        --out "$OUT/defaults" ) > "$OUT/validate_defaults.log" 2>&1
+    tail -40 "$OUT/validate_defaults.log" | cut -c1-220 ;;
   jaxstep)
     ( header "python bench/tools/jax_step_probe.py"; XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 200 \
       python bench/tools/jax_step_probe.py ) > "$OUT/jax_step_probe.log" 2>&1
