@@ -10,7 +10,7 @@
 #   recheck    `mlstm-tune validate` of the H200 database (VALIDATE_S, default 450) while `pytest -m gpu $GPU_TESTS`
 #              runs beside it (default tests/gpu; TESTS_S, default 480); the whole suite needs more than one call
 #   tests      the GPU test files one after another (GPU_TESTS, e.g. "tests/gpu/test_gpu_jax.py"), a log each, within
-#              TESTS_S (default 540)
+#              TESTS_S (default 540); TESTS_K: a pytest -k expression
 #   tune       the presets through the gate into $OUT/db (TUNE_PRESETS, default "xlstm-7b head128 step-7b", or shape
 #              files for --shapes, e.g. bench/shapes/train_head128_long.json; each
 #              shape's study for TUNE_S seconds, default 60; all of it within TUNE_TOTAL_S, default 540); copy
@@ -95,9 +95,9 @@ case "${1:-}" in
     for file in ${GPU_TESTS:-tests/gpu/test_gpu_*.py}; do
       left=$(( end - SECONDS )); [ "$left" -gt 30 ] || { echo "no time left for $file"; continue; }
       log="$OUT/$(basename "$file" .py).log"
-      ( header "XLA_PYTHON_CLIENT_PREALLOCATE=false python -m pytest -v -s -m gpu $file"
+      ( header "XLA_PYTHON_CLIENT_PREALLOCATE=false python -m pytest -v -s -m gpu $file ${TESTS_K:+-k \"$TESTS_K\"}"
         XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "$left" python -m pytest -v -s -m gpu "$file" -p no:cacheprovider \
-          --tb=short -rfE --durations=12 ) > "$log" 2>&1
+          --tb=short -rfE --durations=12 ${TESTS_K:+-k "$TESTS_K"} ) > "$log" 2>&1
       echo "$file: $(grep -E '^(=+ )?[0-9]+ (passed|failed)' "$log" | tail -1)"
     done ;;
   tune)
