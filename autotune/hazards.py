@@ -120,7 +120,7 @@ def scan_shipped(dtype=torch.bfloat16) -> list[dict]:
     from .variants import by_name
 
     rows = [r for path in sorted(paths.tuning_db_dir().glob("*.json")) if (d := tdb.read(path)) is not None
-            for r in validate.entry_rows(d)] + validate.default_rows()  # fmt: skip
+            for r in validate.entry_rows(d)] + validate.default_rows((str(dtype).removeprefix("torch."),))  # fmt: skip
     seen, out = set(), []
     for r in rows:
         point = (r.variant, json.dumps(r.config, sort_keys=True), r.DHQK, r.DHHV)

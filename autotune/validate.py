@@ -27,6 +27,8 @@ from . import paths
 # the head layouts and length the defaults are checked at: the xLSTM 7B layout and heads of 128, 2048 tokens
 DEFAULT_LAYOUTS = ((8, 256, 512), (32, 128, 128))
 DEFAULT_S = 2048
+CELLS = ("exp", "sig")
+DTYPES = ("bfloat16",)  # the dtypes the defaults are checked in (default_rows takes others: a default may depend on it)
 
 
 @dataclass(frozen=True)
@@ -65,10 +67,11 @@ def entry_rows(database: tdb.TuningDB) -> list[Row]:
     return rows
 
 
-def default_rows(dtype: str = "bfloat16") -> list[Row]:
-    """The built-in defaults the dispatcher falls back to, per Triton entry (forward), per backward form (training
-    step), the forward of a training step (launch.chunkwise.training_forward) and the step and sequence kernels, at
-    DEFAULT_LAYOUTS (each distinct configuration once)."""
+def default_rows(dtypes: tuple[str, ...] = DTYPES) -> list[Row]:
+    """The built-in defaults the dispatcher falls back to, for each cell (exp and sig) and each of ``dtypes``: per
+    Triton entry (forward), per backward form (training step), the forward of a training step
+    (launch.chunkwise.training_forward) and the step and sequence kernels, at DEFAULT_LAYOUTS (each distinct
+    configuration once per dtype)."""
     from .families import default_config
     from .launch.chunkwise import training_forward
     from .torch import triton_choice
@@ -79,32 +82,34 @@ def default_rows(dtype: str = "bfloat16") -> list[Row]:
 
     def add(layout, op, direction, variant, config, S=DEFAULT_S):
         NH, DHQK, DHHV = layout
-        point = (op, direction, variant, json.dumps(config, sort_keys=True), layout)
+        point = (op, direction, dtype, variant, json.dumps(config, sort_keys=True), layout)
         if point not in seen:
             seen.add(point)
             rows.append(Row("default", op, direction, dtype, 1, NH, S, DHQK, DHHV, variant, dict(config)))
 
-    step, sequence = find("recurrent_step.py.j2", cell="exp"), find("recurrent_sequence.py.j2", cell="exp")
-    for layout in DEFAULT_LAYOUTS:
-        DHQK, DHHV = layout[1:]
-        for op, _, default in tk._ENTRIES.values():
-            if op.endswith(":exp"):
-                add(layout, op, "fw", *default(64, DHQK, DHHV, getattr(torch, dtype)))
-        for form in ("chunkwise", "parallel"):
-            add(layout, f"{form}:exp", "fwbw", *triton_choice.backward_default(form, "exp", DHQK, DHHV))
-        # the forward of every chunkwise training step, on its own (also in autotune.hazards' static checks)
-        variant, config = training_forward("exp", DHQK, DHHV, 64)
-        add(layout, "chunkwise:exp", "fw", variant.name, config)
-        add(layout, "step:exp", "fw", step.name, default_config(step, DHQK, DHHV), S=1)
-        add(layout, "sequence:exp", "fw", sequence.name, default_config(sequence, DHQK, DHHV),
-            S=512)  # fmt: skip
+    for dtype, cell in ((dtype, cell) for dtype in dtypes for cell in CELLS):
+        step = find("recurrent_step.py.j2", cell=cell)
+        sequence = find("recurrent_sequence.py.j2", cell=cell)
+        for layout in DEFAULT_LAYOUTS:
+            DHQK, DHHV = layout[1:]
+            for op, _, default in tk._ENTRIES.values():
+                if op.endswith(f":{cell}"):
+                    add(layout, op, "fw", *default(64, DHQK, DHHV, getattr(torch, dtype)))
+            for form in ("chunkwise", "parallel"):
+                add(layout, f"{form}:{cell}", "fwbw", *triton_choice.backward_default(form, cell, DHQK, DHHV))
+            # the forward of every chunkwise training step, on its own (also in autotune.hazards' static checks)
+            variant, config = training_forward(cell, DHQK, DHHV, 64)
+            add(layout, f"chunkwise:{cell}", "fw", variant.name, config)
+            add(layout, f"step:{cell}", "fw", step.name, default_config(step, DHQK, DHHV), S=1)
+            add(layout, f"sequence:{cell}", "fw", sequence.name, default_config(sequence, DHQK, DHHV),
+                S=512)  # fmt: skip
     return rows
 
 
 def selected(row: Row, only: list[str]) -> bool:
-    """Whether ``row`` is one of ``--only``'s: its key ("default" for a default), direction and variant name contain
-    every text given (none given: every row)."""
-    label = f"{row.key} {row.direction} {row.variant}"
+    """Whether ``row`` is one of ``--only``'s: its key ("default" for a default), dtype, direction and variant name
+    contain every text given (none given: every row)."""
+    label = f"{row.key} {row.dtype} {row.direction} {row.variant}"
     return all(text in label for text in only)
 
 

@@ -40,13 +40,14 @@ def test_every_shipped_entry_passed_the_gate_on_a_gpu(database):
 @pytest.mark.parametrize("database", DATABASES, ids=lambda p: p.stem)
 def test_the_reports_validate_the_defaults_the_dispatcher_runs_now(database):
     """Every built-in default `mlstm-tune validate` checks (autotune.validate.default_rows: each Triton entry's,
-    each backward form's, the training forward, the step and sequence kernels) has a passing row of the report, with
-    its variant, configuration and head dims: a default changed without a GPU validation fails here."""
+    each backward form's, the training forward, the step and sequence kernels, for both cells, in validate.DTYPES) has
+    a passing row of the report, with its variant, configuration, head dims and dtype: a default changed without a
+    GPU validation fails here."""
     from autotune.validate import default_rows
 
     report = REPO / "tuning_db" / "reports" / f"{database.stem}-validate.json"
-    validated = {(r["variant"], json.dumps(r["config"], sort_keys=True), r["DHQK"], r["DHHV"], r["S"])
+    validated = {(r["variant"], json.dumps(r["config"], sort_keys=True), r["DHQK"], r["DHHV"], r["S"], r["dtype"])
                  for r in json.loads(report.read_text()) if r["key"] == "default" and r["passed"]}  # fmt: skip
     for row in default_rows():
-        point = (row.variant, json.dumps(row.config, sort_keys=True), row.DHQK, row.DHHV, row.S)
+        point = (row.variant, json.dumps(row.config, sort_keys=True), row.DHQK, row.DHHV, row.S, row.dtype)
         assert point in validated, f"{report.name}: default {point} not validated"

@@ -101,12 +101,18 @@ FAMILIES = [("chunkwise:exp", "fw", "chunkwise_twopass_fw"), ("chunkwise:exp", "
             ("sequence:exp", "fw", "recurrent_sequence")]  # fmt: skip
 
 
-def test_the_defaults_cover_every_family_at_both_layouts():
+def test_the_defaults_cover_every_family_at_both_layouts_for_both_cells():
     rows = validate.default_rows()
     kinds = {(r.op, r.direction, r.variant.split("__")[0], r.DHQK) for r in rows}
-    assert {(*family, DHQK) for family in FAMILIES for DHQK in (256, 128)} <= kinds
+    for cell in ("exp", "sig"):
+        families = [(op.replace(":exp", f":{cell}"), direction, name) for op, direction, name in FAMILIES]
+        assert {(*family, DHQK) for family in families for DHQK in (256, 128)} <= kinds
+    assert all(f"cell-{r.op.split(':')[1]}" in r.variant for r in rows)  # each row's kernel is of its op's cell
     assert all(r.key == "default" for r in rows)
-    assert len(rows) == len({(r.variant, str(r.config), r.DHQK) for r in rows})  # each configuration once
+    assert {r.dtype for r in rows} == set(validate.DTYPES)
+    fp32 = validate.default_rows(("float32",))  # the chunkwise forward's default depends on the dtype
+    assert {r.variant for r in fp32} - {r.variant for r in rows} >= {"chunkwise_twopass_fw__cell-exp_state-input"}
+    assert len(rows) == len({(r.variant, str(r.config), r.DHQK, r.dtype) for r in rows})  # each configuration once
 
 
 def test_only_checks_the_selected_rows_into_a_report_of_their_own(user_db: Path, tmp_path: Path):

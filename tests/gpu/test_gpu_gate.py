@@ -22,7 +22,8 @@ def _rows() -> list:
         database = tdb.read(path)
         if database is not None:
             rows += [pytest.param(r, id=f"{path.stem}-{r.key}-{r.variant}") for r in validate.entry_rows(database)]
-    rows += [pytest.param(r, id=f"default-{r.op}-{r.direction}-{r.variant}-D{r.DHQK}") for r in validate.default_rows()]
+    rows += [pytest.param(r, id=f"default-{r.op}-{r.direction}-{r.dtype}-{r.variant}-D{r.DHQK}")
+             for r in validate.default_rows()]  # fmt: skip
     return rows
 
 
