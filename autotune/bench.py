@@ -15,6 +15,8 @@ token with the batched rows. Columns, where they can be measured:
     jax_ms              the same kernel as ours_ms from JAX (autotune.jax, under jax.jit; the step with its state
                         donated), and ours_wall_ms the PyTorch call timed the same way: wall clock per call to
                         completion, the median (JAX runs on its own stream, which CUDA events of torch's miss)
+    jax_scan_ms         the JAX step kernel in a decoding loop: SCAN_STEPS steps in one jitted lax.fori_loop, the
+                        state carried through it; wall clock per loop / SCAN_STEPS (step rows)
     floor_ms            the least time any kernel could take for the row on this GPU (autotune/floor.py: the
                         row's minimal traffic at the copy bandwidth and its matrix work at the bf16 matmul rate,
                         both rates measured in the same run; floor_traffic_ms, floor_compute_ms, copy_tb_s and
@@ -255,6 +257,38 @@ def _jax(row: Row, x: dict):
     return lambda: jax.block_until_ready(grads(*inputs))
 
 
+SCAN_STEPS = 64  # steps per call of the jax_scan_ms loop
+
+
+def _jax_scan(row: Row, x: dict, steps: int):
+    """``steps`` JAX Triton steps in one jitted ``lax.fori_loop`` (the state carried through the loop and donated
+    to the call, so every step updates it where it lies): a decoding loop without a host round trip per step.
+    Returns a call that runs the loop once and waits for its state."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    import jax  # optional: the jax extra
+
+    from .jax import get_mlstm_step_kernel
+
+    if x["q"].is_cuda:
+        torch.cuda.synchronize()
+    kernel = get_mlstm_step_kernel("triton")
+    args = [jax.dlpack.from_dlpack(x[n][:, :, 0].contiguous()) for n in "qkv"]
+    args += [jax.dlpack.from_dlpack(x[n][:, :, :1].contiguous()) for n in "if"]
+
+    def loop(state, args):
+        return jax.lax.fori_loop(0, steps, lambda _, st: tuple(kernel(*args, *st)[1]), tuple(state))
+
+    run = jax.jit(loop, donate_argnums=0)
+    state = [jax.dlpack.from_dlpack(t) for t in _step_state(row, x)]
+
+    def call():
+        nonlocal state
+        state = run(state, args)
+        jax.block_until_ready(state)
+
+    return call
+
+
 def _step_state(row: Row, x: dict):
     kw = dict(device=x["q"].device, dtype=torch.float32)
     return (torch.zeros(row.B, row.NH, row.DHQK, row.DHHV, **kw), torch.zeros(row.B, row.NH, row.DHQK, **kw),
@@ -369,6 +403,14 @@ def measure(row: Row, device: str, reps_ms: float) -> dict:
                 out["ours_compiled_ms"] = float(timer(compiled))
             except Exception as err:  # noqa: BLE001 - reported, not fatal
                 out["notes"]["ours_compiled_ms"] = f"{type(err).__name__}: {str(err)[:200]}"
+        if row.op == "step":
+            try:  # JAX's own decoding loop: the steps in one jitted lax.fori_loop, the state carried through it
+                steps = SCAN_STEPS if device == "cuda" else 2
+                out["jax_scan_ms"] = float(wall(_jax_scan(row, x, steps))) / steps
+            except ImportError as err:
+                out["notes"]["jax_scan_ms"] = f"not installed ({err.name or str(err)[:200]})"
+            except Exception as err:  # noqa: BLE001 - reported, not fatal
+                out["notes"]["jax_scan_ms"] = f"{type(err).__name__}: {str(err)[:200]}"
         if row.op == "step" and device == "cuda":
             copies = StateCopies(row, x)
             out["copy_graph_ms"] = min(float(timer(graphed(fn))) for fn in (copies.copy, copies.in_place))
@@ -417,12 +459,14 @@ def markdown(gpu: str, table: list[dict], timing: str) -> str:
     if graphed:
         lines += ["", "Step kernel, eager and replayed from a CUDA graph; bandwidth = the fp32 state read and written "
                   "once / the graph time; copy = the faster of torch copying that state into another buffer and in "
-                  "place, replayed the same way; compiled = the eager call under torch.compile(fullgraph=True)", "",
-                  "| B | NH | DHQK/DHHV | ours eager | ours compiled | ours graph | upstream eager "
+                  "place, replayed the same way; compiled = the eager call under torch.compile(fullgraph=True); "
+                  f"JAX fori_loop = the JAX step in a jitted loop of {SCAN_STEPS} steps, per step", "",
+                  "| B | NH | DHQK/DHHV | ours eager | ours compiled | ours graph | JAX fori_loop | upstream eager "
                   "| upstream graph | copy graph | ours GB/s | copy GB/s | ours vs copy | vs upstream (graph) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in graphed:
-            cols = ("ours_ms", "ours_compiled_ms", "ours_graph_ms", "upstream_ms", "upstream_graph_ms", "copy_graph_ms")
+            cols = ("ours_ms", "ours_compiled_ms", "ours_graph_ms", "jax_scan_ms", "upstream_ms", "upstream_graph_ms",
+                    "copy_graph_ms")  # fmt: skip
             cells = " | ".join(ms(r, c) for c in cols)
             gbs = step_bytes(r) / (r["ours_graph_ms"] * 1e-3) / 1e9
             copy_gbs = f"{step_bytes(r) / (r['copy_graph_ms'] * 1e-3) / 1e9:.0f}" if r.get("copy_graph_ms") else "-"

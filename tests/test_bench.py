@@ -32,8 +32,8 @@ def test_smoke_bench_writes_rows_table_and_plot(tmp_path: Path):
             assert r["ours_ms"] > 0 and r["padded_ms"] > 0 and r["documents"] == 4
             continue
         assert r["ours_ms"] > 0 and r["default_ms"] > 0
-        for column in ("upstream_ms", "fla_ms"):  # measured, or a reason why not
-            assert column in r or column in r["notes"]
+        for column in ("upstream_ms", "fla_ms", "jax_ms") + (("jax_scan_ms",) if r["op"] == "step" else ()):
+            assert column in r or column in r["notes"]  # measured, or a reason why not
     table = (tmp_path / "cpu-interpreter-bench.md").read_text()
     assert "says nothing about speed" in table and table.count("| chunkwise |") == 2
     assert "Packed documents (cu_seqlens)" in table
@@ -159,14 +159,15 @@ def test_the_step_table_holds_ours_against_a_copy_of_the_same_bytes():
 
     row = {"op": "step", "pass": "fw", "B": 16, "NH": 8, "S": 1, "DHQK": 256, "DHHV": 512, "notes": {},
            "ours_ms": 0.09, "ours_compiled_ms": 0.08, "ours_graph_ms": 0.050, "copy_graph_ms": 0.040,
-           "upstream_ms": 0.1}  # fmt: skip
+           "upstream_ms": 0.1, "jax_scan_ms": 0.055}  # fmt: skip
     table = bench.markdown("GPU", [row], "timing")
     line = next(ln for ln in table.splitlines() if ln.startswith("| 16 | 8 |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
     nbytes = bench.step_bytes(row)
-    assert cells[3:5] == ["0.090", "0.080"]  # eager, then compiled
-    assert cells[8] == "0.040" and cells[9] == f"{nbytes / 0.050e-3 / 1e9:.0f}"
-    assert cells[10] == f"{nbytes / 0.040e-3 / 1e9:.0f}" and cells[11] == "80%" and cells[12] == "-"
+    assert cells[3:6] == ["0.090", "0.080", "0.050"]  # eager, compiled, graph
+    assert cells[6] == "0.055"  # the JAX step per step of its fori_loop
+    assert cells[9] == "0.040" and cells[10] == f"{nbytes / 0.050e-3 / 1e9:.0f}"
+    assert cells[11] == f"{nbytes / 0.040e-3 / 1e9:.0f}" and cells[12] == "80%" and cells[13] == "-"
 
 
 def test_the_floor_counts_the_bytes_of_the_inputs_and_outputs_and_the_chunkwise_products():
