@@ -13,6 +13,7 @@ and the dispatcher keeps using them until a retune replaces them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -87,7 +88,7 @@ def default_rows(dtypes: tuple[str, ...] = DTYPES) -> list[Row]:
             seen.add(point)
             rows.append(Row("default", op, direction, dtype, 1, NH, S, DHQK, DHHV, variant, dict(config)))
 
-    for dtype, cell in ((dtype, cell) for dtype in dtypes for cell in CELLS):
+    for dtype, cell in itertools.product(dtypes, CELLS):
         step = find("recurrent_step.py.j2", cell=cell)
         sequence = find("recurrent_sequence.py.j2", cell=cell)
         for layout in DEFAULT_LAYOUTS:
