@@ -233,11 +233,9 @@ def _jax(row: Row, x: dict):
 
     if x["q"].is_cuda:
         torch.cuda.synchronize()
-    xj = {k: jax.dlpack.from_dlpack(t.contiguous()) for k, t in x.items()}
     if row.op == "step":
         step = jax.jit(get_mlstm_step_kernel("triton"), donate_argnums=(5, 6, 7))
-        args = [xj[n][:, :, 0] for n in "qkv"] + [xj[n][:, :, :1] for n in "if"]
-        state = [jax.dlpack.from_dlpack(t) for t in _step_state(row, x)]
+        args, state = _jax_step_inputs(row, x)
 
         def step_call():
             nonlocal state
@@ -247,7 +245,7 @@ def _jax(row: Row, x: dict):
 
         return step_call
     kernel = get_mlstm_kernel("chunkwise--triton_auto")
-    inputs = [xj[n] for n in "qkvif"]
+    inputs = [jax.dlpack.from_dlpack(x[n].contiguous()) for n in "qkvif"]
     if row.pass_ == "fw":
         fw = jax.jit(lambda *a: kernel(*a, chunk_size=64))
         return lambda: fw(*inputs).block_until_ready()
@@ -272,14 +270,12 @@ def _jax_scan(row: Row, x: dict, steps: int):
     if x["q"].is_cuda:
         torch.cuda.synchronize()
     kernel = get_mlstm_step_kernel("triton")
-    args = [jax.dlpack.from_dlpack(x[n][:, :, 0].contiguous()) for n in "qkv"]
-    args += [jax.dlpack.from_dlpack(x[n][:, :, :1].contiguous()) for n in "if"]
 
     def loop(state, args):
         return jax.lax.fori_loop(0, steps, lambda _, st: tuple(kernel(*args, *st)[1]), tuple(state))
 
     run = jax.jit(loop, donate_argnums=0)
-    state = [jax.dlpack.from_dlpack(t) for t in _step_state(row, x)]
+    args, state = _jax_step_inputs(row, x)
 
     def call():
         nonlocal state
@@ -287,6 +283,15 @@ def _jax_scan(row: Row, x: dict, steps: int):
         jax.block_until_ready(state)
 
     return call
+
+
+def _jax_step_inputs(row: Row, x: dict):
+    """The step's inputs (q, k, v, i, f of the first token) and a zero fp32 state, as JAX arrays (through DLPack)."""
+    import jax
+
+    args = [jax.dlpack.from_dlpack(x[n][:, :, 0].contiguous()) for n in "qkv"]
+    args += [jax.dlpack.from_dlpack(x[n][:, :, :1].contiguous()) for n in "if"]
+    return args, [jax.dlpack.from_dlpack(t) for t in _step_state(row, x)]
 
 
 def _step_state(row: Row, x: dict):

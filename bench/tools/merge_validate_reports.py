@@ -39,9 +39,10 @@ def main() -> None:
         target = args.into / subset.name.replace("-validate-subset.json", "-validate.json")
         if not target.exists():
             raise SystemExit(f"{target}: no full report to merge {subset} into")
-        rows, replaced, appended = merge(json.loads(target.read_text()), json.loads(subset.read_text()))
+        new = json.loads(subset.read_text())
+        rows, replaced, appended = merge(json.loads(target.read_text()), new)
         target.write_text(json.dumps(rows, indent=1) + "\n")
-        failed = sum(not r["passed"] for r in json.loads(subset.read_text()))
+        failed = sum(not r["passed"] for r in new)
         print(f"{target}: {replaced} rows replaced, {appended} appended from {subset} ({failed} of them failed)")
 
 
