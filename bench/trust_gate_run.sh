@@ -25,7 +25,8 @@
 #              the rows it finished), then `--only step` (90 s); each writes
 #              its <GPU>-bench.json under $OUT/chunkwise0, chunkwise1, step (merge them here with `mlstm-tune bench
 #              --combine`); RESULTS_PARTS picks some of them (chunkwiseI is shard I of RESULTS_SHARDS, default 2, each
-#              within CHUNK_S seconds, default 250), or "long" (`--only long`, one sequence, LONG_S, 400 s)
+#              within CHUNK_S seconds, default 250), or "long" (`--only long`, one sequence, LONG_S, 400 s), or
+#              "packed" (`--only packed`, the documents packed against padded, 120 s)
 #   costs      the training forward's kernels with fp32 states against 16-bit planes (bench/tools/state_operand_costs.py),
 #              a training step split by kernel (bench/tools/time_step_trees.py, this GPU's packaged database) and
 #              the results phase's "long" part (`mlstm-tune bench --only long`, LONG_S; $OUT/long/<GPU>-bench.json)
@@ -132,7 +133,8 @@ case "${1:-}" in
     mkdir -p /tmp/no_user_db
     for part in ${RESULTS_PARTS:-chunkwise0 chunkwise1 step}; do
       case $part in chunkwise*) what=(--only chunkwise --shard "${part#chunkwise}/${RESULTS_SHARDS:-2}") s=${CHUNK_S:-250};;
-                    long) what=(--only long) s=${LONG_S:-400};; *) what=(--only step) s=90;; esac
+                    long) what=(--only long) s=${LONG_S:-400};; packed) what=(--only packed) s=120;;
+                    *) what=(--only step) s=90;; esac
       ( header "MLSTM_AUTOTUNE_DB=(empty) mlstm-tune bench ${what[*]} --out \$OUT/$part"
         MLSTM_AUTOTUNE_DB=/tmp/no_user_db timeout $s python -m autotune bench "${what[@]}" --out "$OUT/$part"
       ) > "$OUT/bench_$part.log" 2>&1
