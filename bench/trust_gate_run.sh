@@ -11,6 +11,11 @@
 #              runs beside it (default tests/gpu; TESTS_S, default 480); the whole suite needs more than one call
 #   tests      the GPU test files one after another (GPU_TESTS, e.g. "tests/gpu/test_gpu_jax.py"), a log each, within
 #              TESTS_S (default 540); TESTS_K: a pytest -k expression
+#   suite      the whole GPU suite (tests/gpu) at once, SUITE_N pytest-xdist workers on the one GPU (default 8) within
+#              SUITE_S seconds (default 540), then the test that needs 32 GB alone; every outcome goes to
+#              $OUT/suite.tsv as it happens (bench/tools/suite_record.py), and a test that passed or skipped in
+#              .probe/suite.tsv is not rerun: copy $OUT/suite.tsv there and carry .probe so a cut-off run resumes;
+#              a line per file last (bench/tools/suite_summary.py)
 #   tune       the presets through the gate into $OUT/db (TUNE_PRESETS, default "xlstm-7b head128 step-7b", or shape
 #              files for --shapes, e.g. bench/shapes/train_head128_long.json; each
 #              shape's study for TUNE_S seconds, default 60; all of it within TUNE_TOTAL_S, default 540); copy
@@ -101,6 +106,23 @@ case "${1:-}" in
           --tb=short -rfE --durations=12 ${TESTS_K:+-k "$TESTS_K"} ) > "$log" 2>&1
       echo "$file: $(grep -E '^(=+ )?[0-9]+ (passed|failed)' "$log" | tail -1)"
     done ;;
+  suite)  # the GPU suite under xdist; a test that passed or skipped in an earlier call (.probe/suite.tsv) is not rerun
+    big="test_more_than_2_31_elements"  # 32 GB at once: alone, after the others
+    export PYTHONPATH=$PWD/bench/tools:$PYTHONPATH SUITE_DONE=.probe/suite.tsv SUITE_OUTCOMES=$OUT/suite_new.tsv
+    end=$(( SECONDS + ${SUITE_S:-540} ))
+    ( header "XLA_PYTHON_CLIENT_PREALLOCATE=false python -m pytest -p suite_record -v -m gpu tests/gpu" \
+        "-n ${SUITE_N:-8} -k 'not $big' (SUITE_DONE=.probe/suite.tsv: tests that passed before are deselected)"
+      XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "${SUITE_S:-540}" python -m pytest -p suite_record -v -m gpu \
+        tests/gpu -n "${SUITE_N:-8}" -k "not $big" -p no:cacheprovider --tb=short -rfE --durations=25 ) \
+      > "$OUT/gpu_suite.log" 2>&1
+    left=$(( end + 40 - SECONDS ))
+    if [ "$left" -gt 30 ]; then
+      ( header "python -m pytest -p suite_record -v -m gpu tests/gpu/test_gpu_forward.py -k $big"
+        timeout "$left" python -m pytest -p suite_record -v -m gpu tests/gpu/test_gpu_forward.py -k "$big" \
+          -p no:cacheprovider --tb=short -rfE ) > "$OUT/gpu_suite_big.log" 2>&1
+    fi
+    cat .probe/suite.tsv "$OUT/suite_new.tsv" > "$OUT/suite.tsv" 2>/dev/null  # later lines win
+    python bench/tools/suite_summary.py "$OUT/suite.tsv" | tee "$OUT/suite_summary.txt" ;;
   tune)
     mkdir -p "$OUT/db"; cp -r .probe/db/. "$OUT/db/" 2>/dev/null
     end=$(( SECONDS + ${TUNE_TOTAL_S:-540} ))  # the call's share of its 10 minutes; a cut-off study resumes

@@ -1,0 +1,43 @@
+"""A pytest plugin for GPU suite runs that a call's time limit may cut: every test's outcome goes to a file as it
+happens, and tests that passed or skipped in an earlier run are deselected, so the next run resumes.
+
+    SUITE_OUTCOMES=out.tsv SUITE_DONE=earlier.tsv python -m pytest -p suite_record ...   (bench/tools on PYTHONPATH)
+
+Each line of those files is ``outcome<TAB>node id`` (outcome: passed, failed, skipped or error); ids may hold spaces.
+Under pytest-xdist the controller writes the file; ``bench/tools/suite_summary.py`` turns it into a line per file.
+"""
+
+import os
+
+DONE = ("passed", "skipped")  # outcomes that need no rerun
+
+
+def read_outcomes(path: str) -> dict[str, str]:
+    """node id -> its last outcome in an outcomes file (a missing file: none)."""
+    out: dict[str, str] = {}
+    if path and os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                outcome, _, node = line.rstrip("\n").partition("\t")
+                if node:
+                    out[node] = outcome
+    return out
+
+
+def pytest_collection_modifyitems(config, items):
+    done = {n for n, o in read_outcomes(os.environ.get("SUITE_DONE", "")).items() if o in DONE}
+    if not done:
+        return
+    keep = [item for item in items if item.nodeid not in done]
+    config.hook.pytest_deselected(items=[item for item in items if item.nodeid in done])
+    items[:] = keep
+
+
+def pytest_runtest_logreport(report):
+    path = os.environ.get("SUITE_OUTCOMES")
+    if not path or os.environ.get("PYTEST_XDIST_WORKER"):  # under xdist the controller writes
+        return
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        outcome = "error" if report.when == "setup" and report.failed else report.outcome
+        with open(path, "a") as f:  # a line at a time: a run killed at its time limit keeps what it finished
+            f.write(f"{outcome}\t{report.nodeid}\n")
