@@ -109,6 +109,7 @@ case "${1:-}" in
   suite)  # the GPU suite under xdist; a test that passed or skipped in an earlier call (.probe/suite.tsv) is not rerun
     big="test_more_than_2_31_elements"  # 32 GB at once: alone, after the others
     export PYTHONPATH=$PWD/bench/tools:$PYTHONPATH SUITE_DONE=.probe/suite.tsv SUITE_OUTCOMES=$OUT/suite_new.tsv
+    export XLA_PYTHON_CLIENT_ALLOCATOR=platform  # JAX frees what it no longer uses: the workers share the GPU
     end=$(( SECONDS + ${SUITE_S:-540} ))
     ( header "XLA_PYTHON_CLIENT_PREALLOCATE=false python -m pytest -p suite_record -v -m gpu tests/gpu" \
         "-n ${SUITE_N:-8} -k 'not $big' (SUITE_DONE=.probe/suite.tsv: tests that passed before are deselected)"
@@ -122,7 +123,8 @@ case "${1:-}" in
           -p no:cacheprovider --tb=short -rfE ) > "$OUT/gpu_suite_big.log" 2>&1
     fi
     cat .probe/suite.tsv "$OUT/suite_new.tsv" > "$OUT/suite.tsv" 2>/dev/null  # later lines win
-    python bench/tools/suite_summary.py "$OUT/suite.tsv" | tee "$OUT/suite_summary.txt" ;;
+    python bench/tools/suite_summary.py "$OUT/suite.tsv" | tee "$OUT/suite_summary.txt"
+    grep -A12 "^FAILED\|^ERROR" "$OUT/suite_new.tsv.failures" 2>/dev/null | cut -c1-200 | head -60 ;;
   tune)
     mkdir -p "$OUT/db"; cp -r .probe/db/. "$OUT/db/" 2>/dev/null
     end=$(( SECONDS + ${TUNE_TOTAL_S:-540} ))  # the call's share of its 10 minutes; a cut-off study resumes

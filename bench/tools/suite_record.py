@@ -4,10 +4,15 @@ happens, and tests that passed or skipped in an earlier run are deselected, so t
     SUITE_OUTCOMES=out.tsv SUITE_DONE=earlier.tsv python -m pytest -p suite_record ...   (bench/tools on PYTHONPATH)
 
 Each line of those files is ``outcome<TAB>node id`` (outcome: passed, failed, skipped or error); ids may hold spaces.
-Under pytest-xdist the controller writes the file; ``bench/tools/suite_summary.py`` turns it into a line per file.
+A failure's report goes to ``<SUITE_OUTCOMES>.failures`` at once (a run cut at its limit prints no summary). Under
+pytest-xdist the controller writes both files; ``bench/tools/suite_summary.py`` turns the outcomes into a line per file.
+Several workers share one GPU: after each test a worker hands its cached blocks back to the driver
+(``torch.cuda.empty_cache``), or the caches of the others leave a worker too little memory to run.
 """
 
+import gc
 import os
+import sys
 
 DONE = ("passed", "skipped")  # outcomes that need no rerun
 
@@ -41,3 +46,13 @@ def pytest_runtest_logreport(report):
         outcome = "error" if report.when == "setup" and report.failed else report.outcome
         with open(path, "a") as f:  # a line at a time: a run killed at its time limit keeps what it finished
             f.write(f"{outcome}\t{report.nodeid}\n")
+        if report.failed:
+            with open(path + ".failures", "a") as f:
+                f.write(f"{outcome.upper()} {report.nodeid}\n{report.longreprtext[-3000:]}\n\n")
+
+
+def pytest_runtest_teardown(item):
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        gc.collect()
+        torch.cuda.empty_cache()
