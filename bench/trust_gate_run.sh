@@ -10,12 +10,13 @@
 #   recheck    `mlstm-tune validate` of the H200 database (VALIDATE_S, default 450) while `pytest -m gpu $GPU_TESTS`
 #              runs beside it (default tests/gpu; TESTS_S, default 480); the whole suite needs more than one call
 #   tests      the GPU test files one after another (GPU_TESTS, e.g. "tests/gpu/test_gpu_jax.py"), a log each, within
-#              TESTS_S (default 540); TESTS_K: a pytest -k expression
-#   suite      the whole GPU suite (tests/gpu) at once, SUITE_N pytest-xdist workers on the one GPU (default 8) within
-#              SUITE_S seconds (default 540), then the test that needs 32 GB alone; every outcome goes to
-#              $OUT/suite.tsv as it happens (bench/tools/suite_record.py), and a test that passed or skipped in
-#              .probe/suite.tsv is not rerun: copy $OUT/suite.tsv there and carry .probe so a cut-off run resumes;
-#              a line per file last (bench/tools/suite_summary.py)
+#              TESTS_S (default 540); TESTS_K: a pytest -k expression; a test still running after TEST_TIMEOUT_S
+#              (default 400; pytest-timeout, on the GPU machine) fails with every thread's stack in the log
+#   suite      the whole GPU suite (tests/gpu) at once, SUITE_N pytest-xdist workers on the one GPU (default 6)
+#              within SUITE_S seconds (default 540; TEST_TIMEOUT_S per test, as for tests), then the test that needs
+#              32 GB alone; every outcome goes to $OUT/suite.tsv as it happens (bench/tools/suite_record.py), and a
+#              test that passed or skipped in .probe/suite.tsv is not rerun: copy $OUT/suite.tsv there and carry
+#              .probe, so a cut-off run resumes; a line per file last (bench/tools/suite_summary.py)
 #   tune       the presets through the gate into $OUT/db (TUNE_PRESETS, default "xlstm-7b head128 step-7b", or shape
 #              files for --shapes, e.g. bench/shapes/train_head128_long.json; each
 #              shape's study for TUNE_S seconds, default 60; all of it within TUNE_TOTAL_S, default 540); copy
@@ -103,7 +104,7 @@ case "${1:-}" in
       log="$OUT/$(basename "$file" .py).log"
       ( header "XLA_PYTHON_CLIENT_PREALLOCATE=false python -m pytest -v -s -m gpu $file ${TESTS_K:+-k \"$TESTS_K\"}"
         XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "$left" python -m pytest -v -s -m gpu "$file" -p no:cacheprovider \
-          --tb=short -rfE --durations=12 ${TESTS_K:+-k "$TESTS_K"} ) > "$log" 2>&1
+          --tb=short -rfE --durations=12 --timeout "${TEST_TIMEOUT_S:-400}" ${TESTS_K:+-k "$TESTS_K"} ) > "$log" 2>&1
       echo "$file: $(grep -E '^(=+ )?[0-9]+ (passed|failed)' "$log" | tail -1)"
     done ;;
   suite)  # the GPU suite under xdist; a test that passed or skipped in an earlier call (.probe/suite.tsv) is not rerun
@@ -112,9 +113,10 @@ case "${1:-}" in
     export XLA_PYTHON_CLIENT_ALLOCATOR=platform  # JAX frees what it no longer uses: the workers share the GPU
     end=$(( SECONDS + ${SUITE_S:-540} ))
     ( header "XLA_PYTHON_CLIENT_PREALLOCATE=false python -m pytest -p suite_record -v -m gpu tests/gpu" \
-        "-n ${SUITE_N:-8} -k 'not $big' (SUITE_DONE=.probe/suite.tsv: tests that passed before are deselected)"
+        "-n ${SUITE_N:-6} -k 'not $big' (SUITE_DONE=.probe/suite.tsv: tests that passed before are deselected)"
       XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "${SUITE_S:-540}" python -m pytest -p suite_record -v -m gpu \
-        tests/gpu -n "${SUITE_N:-8}" -k "not $big" -p no:cacheprovider --tb=short -rfE --durations=25 ) \
+        tests/gpu -n "${SUITE_N:-6}" -k "not $big" -p no:cacheprovider --tb=short -rfE --durations=25 \
+        --timeout "${TEST_TIMEOUT_S:-400}" ) \
       > "$OUT/gpu_suite.log" 2>&1
     left=$(( end + 40 - SECONDS ))
     if [ "$left" -gt 30 ]; then

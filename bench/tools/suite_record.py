@@ -3,7 +3,8 @@ happens, and tests that passed or skipped in an earlier run are deselected, so t
 
     SUITE_OUTCOMES=out.tsv SUITE_DONE=earlier.tsv python -m pytest -p suite_record ...   (bench/tools on PYTHONPATH)
 
-Each line of those files is ``outcome<TAB>node id`` (outcome: passed, failed, skipped or error); ids may hold spaces.
+Each line of those files is ``outcome<TAB>node id`` (outcome: started, then passed, failed, skipped or error; a test
+whose last line is "started" did not finish: it was running when the run stopped); ids may hold spaces.
 A failure's report goes to ``<SUITE_OUTCOMES>.failures`` at once (a run cut at its limit prints no summary). Under
 pytest-xdist the controller writes both files; ``bench/tools/suite_summary.py`` turns the outcomes into a line per file.
 Several workers share one GPU: after each test a worker hands its cached blocks back to the driver
@@ -38,15 +39,24 @@ def pytest_collection_modifyitems(config, items):
     items[:] = keep
 
 
-def pytest_runtest_logreport(report):
+def _record(outcome: str, nodeid: str) -> bool:
     path = os.environ.get("SUITE_OUTCOMES")
     if not path or os.environ.get("PYTEST_XDIST_WORKER"):  # under xdist the controller writes
-        return
+        return False
+    with open(path, "a") as f:  # a line at a time: a run killed at its time limit keeps what it finished
+        f.write(f"{outcome}\t{nodeid}\n")
+    return True
+
+
+def pytest_runtest_logstart(nodeid, location):
+    _record("started", nodeid)
+
+
+def pytest_runtest_logreport(report):
     if report.when == "call" or (report.when == "setup" and not report.passed):
         outcome = "error" if report.when == "setup" and report.failed else report.outcome
-        with open(path, "a") as f:  # a line at a time: a run killed at its time limit keeps what it finished
-            f.write(f"{outcome}\t{report.nodeid}\n")
-        if report.failed:
+        path = os.environ.get("SUITE_OUTCOMES")
+        if _record(outcome, report.nodeid) and report.failed:
             with open(path + ".failures", "a") as f:
                 f.write(f"{outcome.upper()} {report.nodeid}\n{report.longreprtext[-3000:]}\n\n")
 

@@ -1,5 +1,6 @@
-"""A line per GPU test file from outcomes files written by bench/tools/suite_record.py (later files win for a test
-run twice): collected, passed, skipped, failed or in error, and not run; then the ids of every test that failed.
+"""A line per GPU test file from outcomes files written by bench/tools/suite_record.py (a test's last line wins, and
+later files come later): collected, passed, skipped, failed, in error, cut (started, never finished: running when
+its run stopped) and not run; then the ids of every test that failed, erred or was cut.
 
     python bench/tools/suite_summary.py OUTCOMES.tsv [MORE.tsv ...]
 """
@@ -26,13 +27,13 @@ def main(files: list[str]) -> int:
     rows = collections.defaultdict(collections.Counter)
     for node in ids:
         rows[node.split("::")[0]][outcomes.get(node, "not run")] += 1
-    print(f"{'file':40} {'tests':>6} {'passed':>7} {'skipped':>8} {'failed':>7} {'error':>6} {'not run':>8}")
+    print(f"{'file':40} {'tests':>6} {'passed':>7} {'skipped':>8} {'failed':>7} {'error':>6} {'cut':>4} {'not run':>8}")
     for path, c in sorted(rows.items()):
         print(f"{path:40} {sum(c.values()):6} {c['passed']:7} {c['skipped']:8} {c['failed']:7} {c['error']:6} "
-              f"{c['not run']:8}")  # fmt: skip
-    bad = [n for n in ids if outcomes.get(n) in ("failed", "error")]
+              f"{c['started']:4} {c['not run']:8}")  # fmt: skip
+    bad = [n for n in ids if outcomes.get(n) in ("failed", "error", "started")]
     for node in bad:
-        print(f"{outcomes[node].upper()} {node}")
+        print(f"{outcomes[node].replace('started', 'cut').upper()} {node}")
     return 1 if bad else 0
 
 
