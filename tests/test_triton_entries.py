@@ -207,6 +207,30 @@ def test_untuned_entries_keep_16_bit_states_in_two_parts(dtype, user_db, monkeyp
               limit=conditioning_limits(dtype, lambda x64: {"h": _oracle(x64, "exp")["h"]}, x))  # fmt: skip
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+def test_untuned_fp32_calls_take_chunks_of_at_most_64_tokens(dtype, user_db, monkeypatch, check):
+    """A chunk_size above 64 sets the built-in default's chunk for 16-bit inputs only: fp32 within-chunk products run
+    on the FMA path, where a 128-token chunk took 30-110 s to compile for sm_90 (triton_choice.FMA_CHUNK). The call
+    runs the 64-token configuration and stays within the oracle's limit."""
+    from autotune.torch.triton_kernels import explain
+
+    chunks = {"chunkwise--triton_xl_chunk": ("chunk_intra", "chunk_inter"), "chunkwise--triton_fused": ("chunk",)}
+    want = 64 if dtype == torch.float32 else 128
+    for name, keys in chunks.items():
+        _, choice = explain(name, dtype=dtype, B=1, NH=2, S=300, DHQK=32, DHHV=32, chunk_size=128,
+                            gpu="cpu-interpreter", capability=(0, 0))  # fmt: skip
+        assert choice.config["chunk_intra" if "chunk_intra" in keys else "chunk"] == want, (name, choice.config)
+    assert explain("chunkwise--triton_xl_chunk", dtype=dtype, B=1, NH=2, S=300, DHQK=32, DHHV=32, chunk_size=128,
+                   gpu="cpu-interpreter", capability=(0, 0))[1].config["chunk_inter"] == 64  # fmt: skip
+    calls = _record_launches(monkeypatch)
+    x = _inputs("chunkwise--triton_xl_chunk", dtype, S=200)
+    h = get_mlstm_kernel("chunkwise--triton_xl_chunk")(**x, chunk_size=128)
+    assert calls[-1][1]["chunk_intra"] == want
+    check(target="chunkwise--triton_xl_chunk (chunk_size=128)", baseline="reference.mlstm_recurrent(fp64)",
+          dims=(1, 2, 200, 32, 32), dtype=dtype, pairs={"h": (h, _oracle(x, "exp")["h"])},
+          limit=conditioning_limits(dtype, lambda x64: {"h": _oracle(x64, "exp")["h"]}, x))  # fmt: skip
+
+
 @pytest.mark.parametrize("dtype, state", [(torch.bfloat16, "planes"), (torch.float32, "input")], ids=["bf16", "fp32"])
 def test_show_names_the_default_a_call_of_that_dtype_runs(dtype, state, user_db):
     """`mlstm-tune show` (triton_kernels.explain) answers with the built-in default of the call's dtype: planes for

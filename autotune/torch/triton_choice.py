@@ -133,6 +133,9 @@ def backward_plan(q: torch.Tensor, v: torch.Tensor, form: str, cell: str, rows: 
     return variant, config
 
 
+FMA_CHUNK = 64  # the largest chunk of a built-in default for fp32 inputs (chunkwise_default)
+
+
 def chunkwise_default(
     template: str,
     cell: str,
@@ -146,11 +149,19 @@ def chunkwise_default(
     for 16-bit inputs the state kept to about twice their mantissa where the products read it: stored as two planes
     by the two-pass forward, split into two tiles in registers by the fused one. Rounded once to 16 bits, a state
     every 64 tokens gave h 1.5x the trusted kernel's error at B=1, NH=2, 4,080 tokens on an H100 (docs/hazards.md
-    §4). A tuned entry may keep 16-bit states where the gate passes them at its shape."""
+    §4). A tuned entry may keep 16-bit states where the gate passes them at its shape.
+
+    fp32 inputs take chunks of at most FMA_CHUNK tokens: their within-chunk products run on the FMA path (tl.dot in
+    ieee precision), whose arithmetic and unrolled code grow with the chunk's square. Compiled for sm_90 at 128 tokens
+    (bench/tools/compile_times.py, on a 2-core CPU machine), the two-pass output kernel took 109 s at D=64 and 31 s at
+    D=128, the fused kernel 32 and 75 s (3-13 s at 64 tokens), each spilling 80-120 KB per thread; on an H100 the
+    JAX entry's first fp32 call at D=64 (jax-triton compiles again, per process) did not finish in 170 s."""
     sixteen_bit = dtype in (torch.bfloat16, torch.float16)
     state = "input" if not sixteen_bit else "planes" if template == launch_chunkwise.TWOPASS else "float32"
     variant = find(template, cell=cell, state=state)
     config = families.default_config(variant, DHQK, DHHV)
+    if not sixteen_bit:
+        chunk_size = min(chunk_size, FMA_CHUNK)
     if template == launch_chunkwise.FUSED:
         config["chunk"] = chunk_size
     else:
