@@ -16,7 +16,8 @@
 #              within SUITE_S seconds (default 540; TEST_TIMEOUT_S per test, as for tests), then the test that needs
 #              32 GB alone; every outcome goes to $OUT/suite.tsv as it happens (bench/tools/suite_record.py), and a
 #              test that passed or skipped in .probe/suite.tsv is not rerun: copy $OUT/suite.tsv there and carry
-#              .probe, so a cut-off run resumes; a line per file last (bench/tools/suite_summary.py)
+#              .probe, so a cut-off run resumes (remove it after a change to the code under test); a line per file
+#              last (bench/tools/suite_summary.py)
 #   tune       the presets through the gate into $OUT/db (TUNE_PRESETS, default "xlstm-7b head128 step-7b", or shape
 #              files for --shapes, e.g. bench/shapes/train_head128_long.json; each
 #              shape's study for TUNE_S seconds, default 60; all of it within TUNE_TOTAL_S, default 540); copy
@@ -112,7 +113,8 @@ case "${1:-}" in
     export PYTHONPATH=$PWD/bench/tools:$PYTHONPATH SUITE_DONE=.probe/suite.tsv SUITE_OUTCOMES=$OUT/suite_new.tsv
     export XLA_PYTHON_CLIENT_ALLOCATOR=platform  # JAX frees what it no longer uses: the workers share the GPU
     end=$(( SECONDS + ${SUITE_S:-540} ))
-    ( header "XLA_PYTHON_CLIENT_PREALLOCATE=false python -m pytest -p suite_record -v -m gpu tests/gpu" \
+    ( header "XLA_PYTHON_CLIENT_PREALLOCATE=false XLA_PYTHON_CLIENT_ALLOCATOR=platform python -m pytest -p suite_record" \
+        "-v -m gpu tests/gpu" \
         "-n ${SUITE_N:-6} -k 'not $big' (SUITE_DONE=.probe/suite.tsv: tests that passed before are deselected)"
       XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "${SUITE_S:-540}" python -m pytest -p suite_record -v -m gpu \
         tests/gpu -n "${SUITE_N:-6}" -k "not $big" -p no:cacheprovider --tb=short -rfE --durations=25 \
