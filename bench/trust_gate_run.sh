@@ -35,7 +35,8 @@
 #              within CHUNK_S seconds, default 250), or "long" (`--only long`, one sequence, LONG_S, 400 s), or
 #              "packed" (`--only packed`, the documents packed against padded, 120 s)
 #   costs      the training forward's kernels with fp32 states against 16-bit planes (bench/tools/state_operand_costs.py),
-#              a training step split by kernel (bench/tools/time_step_trees.py, this GPU's packaged database) and
+#              a training step split by kernel (bench/tools/time_step_trees.py, this GPU's packaged database; STEP_LAYOUTS
+#              picks its layouts, e.g. "7b 7b-long": batched against one sequence of the same tokens) and
 #              the results phase's "long" part (`mlstm-tune bench --only long`, LONG_S; $OUT/long/<GPU>-bench.json)
 #   planes     the training step with its chunk states stored as planes against fp32 (bench/tools/planes_step.py, this
 #              GPU's packaged database, 7B and head 128), then the gate's comparison for the planes candidates
@@ -174,8 +175,9 @@ case "${1:-}" in
       timeout 150 python bench/tools/state_operand_costs.py ) > "$OUT/state_operand_costs.log" 2>&1
     tail -22 "$OUT/state_operand_costs.log"
     packaged=tuning_db/$(python -c "import sys; from autotune.db import file_name; print(file_name(sys.argv[1]))" "$gpu")
-    ( header "python bench/tools/time_step_trees.py --tree . --db $packaged"
-      timeout 200 python bench/tools/time_step_trees.py --tree . --db "$packaged" ) > "$OUT/step_costs.log" 2>&1
+    layouts=(); for l in ${STEP_LAYOUTS:-}; do layouts+=(--layout "$l"); done
+    ( header "python bench/tools/time_step_trees.py --tree . --db $packaged ${layouts[*]}"
+      timeout 200 python bench/tools/time_step_trees.py --tree . --db "$packaged" "${layouts[@]}" ) > "$OUT/step_costs.log" 2>&1
     tail -40 "$OUT/step_costs.log"
     RESULTS_PARTS=long bash "$0" results ;;
   planes)  # PLANES_PARTS: "step" and/or "gate" (default both)

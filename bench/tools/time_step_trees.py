@@ -1,10 +1,12 @@
 """What a training step costs in two source trees on one GPU: forward+backward of ``chunkwise--triton_auto`` at the
-7B and head-128 layouts (65,536 tokens each, bf16), timed and split by GPU kernel under torch.profiler, each tree in
-its own process. The databases are the same for every tree: ``--db FILE`` (default the packaged H200 database) is
-given to each as its user database, its GPU name rewritten to this GPU's; ``--packaged`` adds a run of the first
-tree with only its packaged databases (no user database).
+7B and head-128 layouts (65,536 tokens each, bf16; ``--layout 7b-long``: the 7B layout's tokens as one sequence,
+B=1), timed and split by GPU kernel under torch.profiler, each tree in its own process. The databases are the same
+for every tree: ``--db FILE`` (default the packaged H200 database) is given to each as its user database, its GPU
+name rewritten to this GPU's; ``--packaged`` adds a run of the first tree with only its packaged databases (no user
+database).
 
     python bench/tools/time_step_trees.py --tree .probe/old_tree --tree . [--packaged] [--db FILE]   (on a GPU)
+    python bench/tools/time_step_trees.py --tree . --layout 7b --layout 7b-long     (batched against one sequence)
 
 It answers "what did a change to the kernels cost the step" with both sides measured in the same call. Prints a
 table per layout: the step's median time per tree, then the kernels that take the most time in any tree.
@@ -20,7 +22,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-LAYOUTS = {"7b": (32, 8, 2048, 256, 512), "head128": (32, 32, 2048, 128, 128)}  # (B, NH, S, DHQK, DHHV)
+LAYOUTS = {  # (B, NH, S, DHQK, DHHV)
+    "7b": (32, 8, 2048, 256, 512),
+    "head128": (32, 32, 2048, 128, 128),
+    "7b-long": (1, 8, 65536, 256, 512),  # one long sequence: the tokens of "7b", B=1 (asked for by --layout)
+}
+DEFAULT_LAYOUTS = ("7b", "head128")
 
 CHILD = r"""
 import json, sys, torch, triton.testing
@@ -86,7 +93,7 @@ def main() -> int:
         runs.append((f"{args.tree[0]} with its packaged databases", Path(args.tree[0]), None))
     print(f"# {gpu}; torch {torch.__version__}; forward+backward of chunkwise--triton_auto, bf16, median of do_bench")
     results = {}
-    for name in args.layout or sorted(LAYOUTS):
+    for name in args.layout or DEFAULT_LAYOUTS:
         layout = LAYOUTS[name]
         print(f"\n## {name}: B, NH, S, DHQK, DHHV = {layout}")
         rows = {label: run_tree(tree, layout, db) for label, tree, db in runs}
