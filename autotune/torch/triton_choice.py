@@ -154,7 +154,7 @@ def chunkwise_default(
     fp32 inputs take chunks of at most FMA_CHUNK tokens: their within-chunk products run on the FMA path (tl.dot in
     ieee precision), whose arithmetic and unrolled code grow with the chunk's square. Compiled for sm_90 at 128 tokens
     (bench/tools/compile_times.py, on a 2-core CPU machine), the two-pass output kernel took 109 s at D=64 and 31 s at
-    D=128, the fused kernel 32 and 75 s (3-13 s at 64 tokens), each spilling 80-120 KB per thread; on an H100 the
+    D=128, the fused kernel 32 and 75 s (3-13 s at 64 tokens), each spilling 79-122 KB per thread; on an H100 the
     JAX entry's first fp32 call at D=64 (jax-triton compiles again, per process) did not finish in 170 s."""
     sixteen_bit = dtype in (torch.bfloat16, torch.float16)
     state = "input" if not sixteen_bit else "planes" if template == launch_chunkwise.TWOPASS else "float32"
