@@ -39,13 +39,14 @@ def pytest_collection_modifyitems(config, items):
     items[:] = keep
 
 
-def _record(outcome: str, nodeid: str) -> bool:
+def _record(outcome: str, nodeid: str) -> str | None:
+    """Appends the line; returns the outcomes file's path (None where this process writes none)."""
     path = os.environ.get("SUITE_OUTCOMES")
     if not path or os.environ.get("PYTEST_XDIST_WORKER"):  # under xdist the controller writes
-        return False
+        return None
     with open(path, "a") as f:  # a line at a time: a run killed at its time limit keeps what it finished
         f.write(f"{outcome}\t{nodeid}\n")
-    return True
+    return path
 
 
 def pytest_runtest_logstart(nodeid, location):
@@ -55,8 +56,8 @@ def pytest_runtest_logstart(nodeid, location):
 def pytest_runtest_logreport(report):
     if report.when == "call" or (report.when == "setup" and not report.passed):
         outcome = "error" if report.when == "setup" and report.failed else report.outcome
-        path = os.environ.get("SUITE_OUTCOMES")
-        if _record(outcome, report.nodeid) and report.failed:
+        path = _record(outcome, report.nodeid)
+        if path and report.failed:
             with open(path + ".failures", "a") as f:
                 f.write(f"{outcome.upper()} {report.nodeid}\n{report.longreprtext[-3000:]}\n\n")
 
