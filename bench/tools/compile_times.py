@@ -7,11 +7,16 @@ Triton's cache is bypassed (TRITON_CACHE_DIR is pointed at a fresh folder). Not 
 
     python bench/tools/compile_times.py                         # fp32 and bf16, D = 64 and 128, chunks 64 and 128
     python bench/tools/compile_times.py --dtypes float32 --dims 64 --chunks 128
+    python bench/tools/compile_times.py --structures two-pass --dtypes float32 --dims 64 --chunks 64 \
+        --config '{"out_dhqk_tile": 32, "out_dhhv_tile": 32}'       # other knobs of the default
+    python bench/tools/compile_times.py --structures two-pass --dtypes float32 --dims 64 --chunks 64 \
+        --precision tf32x3                                          # the products' input_precision instead of ieee
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -33,17 +38,22 @@ from autotune.variants import find  # noqa: E402
 STRUCTURES = {"two-pass": (chunkwise.TWOPASS, ("chunk_intra",)), "fused": (chunkwise.FUSED, ("chunk",))}
 
 
-def rows(structure: str, dtype: torch.dtype, D: int, chunk: int):
+def rows(
+    structure: str, dtype: torch.dtype, D: int, chunk: int, changes: dict | None = None, precision: str | None = None
+):
     template, keys = STRUCTURES[structure]
     variant = find(template, cell="exp", state="input")
-    config = dict(families.default_config(variant, D, D), **dict.fromkeys(keys, chunk))
+    config = dict(families.default_config(variant, D, D), **dict.fromkeys(keys, chunk), **(changes or {}))
     module = load_variant(variant)
     with compile_check._recording(module) as recorders:
         compile_check._launch_small(variant, dtype, D, D, config=config)
     for name, rec in recorders.items():
         for args, kwargs in rec.calls[:1]:
+            kwargs = dict(kwargs)
+            if precision and "DOT_PRECISION" in kwargs:
+                kwargs["DOT_PRECISION"] = precision
             start = time.perf_counter()
-            compiled = compile_check._compile(rec.fn, args, dict(kwargs), GPUTarget("cuda", 90, 32))
+            compiled = compile_check._compile(rec.fn, args, kwargs, GPUTarget("cuda", 90, 32))
             seconds = time.perf_counter() - start
             yield name, seconds, ptxas_report(compiled.asm["ptx"])
 
@@ -54,6 +64,12 @@ def main() -> int:
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     p.add_argument("--dims", nargs="+", type=int, default=[64, 128], help="DHQK = DHHV")
     p.add_argument("--chunks", nargs="+", type=int, default=[64, 128])
+    p.add_argument("--config", type=json.loads, default={}, help="JSON changes to every default configuration")
+    p.add_argument(
+        "--precision",
+        choices=("ieee", "tf32", "tf32x3"),
+        help="the products' input_precision for kernels that take DOT_PRECISION (default: the dtype's)",
+    )
     args = p.parse_args()
     print(f"{'structure':9} {'dtype':9} {'D':>4} {'chunk':>5} {'kernel':30} {'compile s':>9} {'regs':>5} "
           f"{'spill st':>9} {'spill ld':>9}")  # fmt: skip
@@ -61,7 +77,9 @@ def main() -> int:
         for dtype in args.dtypes:
             for D in args.dims:
                 for chunk in args.chunks:
-                    for name, seconds, r in rows(structure, getattr(torch, dtype), D, chunk):
+                    for name, seconds, r in rows(
+                        structure, getattr(torch, dtype), D, chunk, args.config, args.precision
+                    ):
                         print(
                             f"{structure:9} {dtype:9} {D:4} {chunk:5} {name:30} {seconds:9.1f} "
                             f"{r['registers']!s:>5} {r['spill_stores']!s:>9} {r['spill_loads']!s:>9}",
