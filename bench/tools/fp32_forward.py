@@ -50,8 +50,8 @@ def main() -> int:
     import torch
     import triton
 
-    from autotune import families, measure
-    from autotune.variants import find
+    from autotune import measure
+    from autotune.torch.triton_choice import chunkwise_default
 
     device = "cpu" if os.environ.get("TRITON_INTERPRET", "0") == "1" else "cuda"
     B, S = (1, 64) if device == "cpu" else (8, 8192)
@@ -62,17 +62,18 @@ def main() -> int:
     for layout in args.layouts:
         NH, K, V = LAYOUTS[layout]
         for structure in args.structures:
-            variant = find(TEMPLATES[structure], cell="exp", state="input")
-            default = families.default_config(variant, K, V)  # chunks of 64 in both structures
+            # the built-in defaults as an untuned call gets them (triton_choice.chunkwise_default), chunks of 64
+            bf16 = chunkwise_default(TEMPLATES[structure], "exp", True, 64, K, V, torch.bfloat16)
+            name, default = chunkwise_default(TEMPLATES[structure], "exp", True, 64, K, V, torch.float32)
             narrow_label, narrow = NARROW[structure]
-            forms = [("bfloat16", "default", default, None), ("float32", "default (ieee)", default, None),
-                     ("float32", narrow_label, dict(default, **narrow), None),
-                     ("float32", "default, tf32x3", default, "tf32x3"),
-                     ("float32", f"{narrow_label}, tf32x3", dict(default, **narrow), "tf32x3")]  # fmt: skip
-            for dtype, label, config, precision in forms:
+            forms = [("bfloat16", "default", *bf16, None), ("float32", "default (ieee)", name, default, None),
+                     ("float32", narrow_label, name, dict(default, **narrow), None),
+                     ("float32", "default, tf32x3", name, default, "tf32x3"),
+                     ("float32", f"{narrow_label}, tf32x3", name, dict(default, **narrow), "tf32x3")]  # fmt: skip
+            for dtype, label, variant_name, config, precision in forms:
                 if device == "cpu" and dtype == "bfloat16":
                     continue  # the interpreter mis-computes tl.dot on bf16
-                job = measure.Job(variant.name, config, B, NH, S, K, V, dtype, device)
+                job = measure.Job(variant_name, config, B, NH, S, K, V, dtype, device)
                 measure.gate_draws(job)  # the trusted kernel's outputs, before any change of precision
                 with chunkwise_precision(precision):
                     out = measure.evaluate_here(job)
