@@ -58,9 +58,11 @@ def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int, co
     if variant.family == "chunkwise_fw":
         chunkwise.chunkwise_fw(*args, *states, variant=variant, config=config, return_last_states=True)
         if variant.template == chunkwise.TWOPASS and config is None:
-            # the other output kernel, gates computed first, v weighted
+            # the other output kernel, gates computed first, v weighted, C stored through a descriptor (one tile per
+            # chunk: not as planes)
             config = dict(default_config(variant, DHQK, DHHV), out_values="tiles", states_gates="pre",
-                          states_weighting="v", states_n="sum")  # fmt: skip
+                          states_weighting="v", states_n="sum",
+                          states_store="plain" if variant.params["state"] == "planes" else "tma")  # fmt: skip
             chunkwise.chunkwise_fw(*args, *states, variant=variant, config=config, return_last_states=True)
     elif variant.family == "parallel_fw":
         parallel.parallel_fw(*args, *states, variant=variant, config=config, return_last_states=False)
@@ -124,6 +126,9 @@ def _source(fn, args, kwargs, float_type: str = "fp32"):
         elif isinstance(value, torch.Tensor):
             signature[p.name] = "*" + _TYPES[value.dtype]
             aligned = value.data_ptr() % 16 == 0
+        elif type(value).__name__ == "TensorDescriptor":  # triton.tools.tensor_descriptor, built by a launcher
+            block = ",".join(map(str, value.block_shape))
+            signature[p.name], aligned = f"tensordesc<{_TYPES[value.base.dtype]}[{block}]>", False
         elif isinstance(value, bool):
             signature[p.name], aligned = "i1", False
         elif isinstance(value, int):

@@ -228,6 +228,27 @@ STATES_N = Knob(
     "how the states kernel forms n: a reduction across threads (sum), or the weighted k^T times a column of ones "
     "on the tensor cores, each term rounded to the inputs' dtype (dot)",
     ("sum", "dot"), fill="sum")  # fmt: skip
+STATES_STORE = Knob(
+    "states_store",
+    "how the states kernel stores each chunk's C: plain stores from registers (plain), or bulk stores of the whole "
+    "tile by the copy engine through a tensor descriptor (tma)",
+    ("plain", "tma"), fill="plain")  # fmt: skip
+
+
+def _tma_store_rows(p: Point) -> str | None:
+    # a descriptor's rows must start 16-byte aligned: DHHV elements of the stored dtype; planes store two tiles
+    # per chunk, with plain stores only
+    if p["states_store"] != "tma":
+        return None
+    if p.params.get("state") == "planes":
+        return 'states_store "tma" stores one tile per chunk, not planes'
+    elem = 4 if p.params.get("state") == "float32" else p.dtype_bytes
+    if p.DHHV * elem % 16:
+        return f'states_store "tma" needs rows of 16-byte multiples: DHHV={p.DHHV} of {elem}-byte elements'
+    return None
+
+
+TMA_STORE_ROWS = Rule("tma_store_rows", _tma_store_rows)  # the launcher checks its buffers itself
 
 
 def _warps(name: str, meaning: str, choices=WARPS, old: str | None = None) -> Knob:
@@ -292,7 +313,7 @@ def _twopass_fw_default(params: dict, DHQK: int, DHHV: int) -> dict:
     return {"chunk_inter": 64, "chunk_intra": 64, "states_dhqk_tile": min(64, BK), "states_dhhv_tile": min(128, BV),
             "out_dhqk_tile": min(64, BK), "out_dhhv_tile": min(128, BV), "states_warps": 4, "out_warps": 4,
             "num_stages": 2, "out_values": "loop", "states_gates": "pre", "states_weighting": "kT",
-            "states_n": "dot"}  # fmt: skip
+            "states_n": "dot", "states_store": "plain"}  # fmt: skip
 
 
 def _lo128_at_8_warps(p: Point) -> str | None:
@@ -330,11 +351,13 @@ CHUNKWISE_TWOPASS_FW = Family(
              "every sub-chunk first by a parallel kernel (pre)", ("inline", "pre"), fill="inline"),
         STATES_WEIGHTING,
         STATES_N,
+        STATES_STORE,
     ),  # fmt: skip
     default=_twopass_fw_default,
     rules=(
         _multiple("chunk_intra", "chunk_inter"),
         N_DOT_NEEDS_WEIGHTS_ON_K,
+        TMA_STORE_ROWS,
         _fits_dims(("states_dhqk_tile", "k"), ("out_dhqk_tile", "k"), ("states_dhhv_tile", "v"),
                    ("out_dhhv_tile", "v")),
         _registers("states tile", lambda p: p["states_dhqk_tile"] * p["states_dhhv_tile"], "states_warps"),

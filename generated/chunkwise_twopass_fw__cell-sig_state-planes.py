@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_twopass_fw.py.j2
-# template hash:   632bd954aaac5ba9
+# template hash:   5e3e822b50b30971
 # parameters:      cell=sig, state=planes
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (sig cell), two passes (knobs: autotune/families.py, CHUNKWISE_TWOPASS_FW; LI is
@@ -17,7 +17,9 @@ kernels' "out_dhqk_tile", "out_dhhv_tile"):
      (WEIGHT_KT) loads k^T as such and weights it there (v goes from memory to the product unchanged, and n is the
      weighted k^T's row sum, first value tile only). "states_n": "dot" (N_DOT, with "k" or "kT") forms n on the
      tensor cores instead, in every program: the weighted k^T times one column of ones, kept in a [BK, 16] tile
-     (no reduction across threads in the loop); "sum" reduces as said.
+     (no reduction across threads in the loop); "sum" reduces as said. "states_store": "tma" (STORE_TMA) stores each
+     chunk's C tile through a tensor descriptor (the copy engine's bulk stores of a whole tile) instead of plain
+     stores from registers; Cb_ptr is then that descriptor, built by the launcher.
   2. The outputs of every chunk in parallel from its stored state and its own tokens, looping over DHQK in tiles of
      BKO, in one of two kernels (the launch parameter "out_values"):
      "tiles": chunkwise_output_kernel, one program per value tile, grid (cdiv(DHHV, BVO), cdiv(S, LO), B * NH);
@@ -296,7 +298,8 @@ def chunkwise_states_kernel(
     C0_ptr,  # (B, NH, DHQK, DHHV) initial state (read when HAS_STATE)
     n0_ptr,  # (B, NH, DHQK)
     m0_ptr,  # (B, NH)
-    Cb_ptr,  # (B, NH, NC, DHQK, DHHV) state before each output chunk; planes: (B, NH, NC, 2, DHQK, DHHV)
+    Cb_ptr,  # (B, NH, NC, DHQK, DHHV) state before each output chunk; planes: (B, NH, NC, 2, DHQK, DHHV); with
+    # STORE_TMA a tensor descriptor of it as (B * NH * NC, DHQK, DHHV) in blocks [1, BK, BV]
     nb_ptr,  # (B, NH, NC, DHQK) fp32
     mb_ptr,  # (B, NH, NC) fp32
     CS_ptr,  # (B, NH, DHQK, DHHV) fp32 last state (written when STORE_LAST)
@@ -324,6 +327,7 @@ def chunkwise_states_kernel(
     WEIGHT_KT: tl.constexpr,
     N_DOT: tl.constexpr,
     PACKED: tl.constexpr,
+    STORE_TMA: tl.constexpr,
 ):
     # with v weighted, n on the tensor cores would need the weights as a product operand built in registers: on the
     # H200 (Triton 3.6, bf16) that faulted with an illegal memory access (tuning_db/reports/NOTES.md)

@@ -83,6 +83,28 @@ def test_search_rules_are_named_in_the_reason():
     assert families.checked(variant.template, config) == config
 
 
+@pytest.mark.parametrize(
+    "state,DHHV,dtype_bytes,reason",
+    [
+        ("input", 512, 2, None),
+        ("float32", 12, 2, None),  # fp32 states of 16-bit inputs: 48-byte rows
+        ("input", 12, 2, "DHHV=12 of 2-byte elements"),
+        ("input", 3, 4, "DHHV=3 of 4-byte elements"),
+        ("planes", 512, 2, "not planes"),
+    ],
+)  # fmt: skip
+def test_a_descriptor_store_needs_one_aligned_tile_per_chunk(state, DHHV, dtype_bytes, reason):
+    variant = find("chunkwise_twopass_fw.py.j2", cell="exp", state=state)
+    config = dict(families.default_config(variant, 64, DHHV), states_store="tma")
+    got = families.invalid(variant, config, 64, DHHV, dtype_bytes, families.H100_LIMITS)
+    if reason is None:
+        assert got is None
+    else:
+        assert got.startswith("tma_store_rows:") and reason in got, got
+        assert families.invalid(variant, dict(config, states_store="plain"), 64, DHHV, dtype_bytes,
+                                families.H100_LIMITS) is None  # fmt: skip
+
+
 class _Recorder:
     """Stands for a generated module: its kernels record the keyword arguments of every launch."""
 

@@ -49,20 +49,22 @@ SEQUENCE_VARIANTS = [v for v in VARIANTS if v.family in ("chunkwise_fw", "parall
 
 def _configs(variant) -> list[dict]:
     """The test configuration; for the two-pass structure five times, pairing the states kernel's gates (in its
-    loop, or computed first), product (k weighted, v weighted, or k^T weighted where it is loaded) and n (a
-    reduction, or a product on the tensor cores) with the output kernels (per value tile, per chunk looping over
-    value tiles). k^T weighted with n reduced runs in test_n_on_the_tensor_cores_stays_at_the_16_bit_level and in
-    the backward's recomputed states (tests/test_backward_kernels.py)."""
+    loop, or computed first), product (k weighted, v weighted, or k^T weighted where it is loaded), n (a
+    reduction, or a product on the tensor cores) and store of C (plain, or through a tensor descriptor) with the
+    output kernels (per value tile, per chunk looping over value tiles). k^T weighted with n reduced runs in
+    test_n_on_the_tensor_cores_stays_at_the_16_bit_level and in the backward's recomputed states
+    (tests/test_backward_kernels.py)."""
     config = CONFIGS[variant.template]
     if variant.template == chunkwise.TWOPASS:
         points = (
-            ("tiles", "inline", "k", "sum"),
-            ("loop", "pre", "k", "dot"),
-            ("tiles", "pre", "v", "sum"),
-            ("loop", "inline", "kT", "dot"),
-            ("tiles", "pre", "kT", "dot"),
+            ("tiles", "inline", "k", "sum", "plain"),
+            ("loop", "pre", "k", "dot", "plain"),
+            ("tiles", "pre", "v", "sum", "tma"),
+            ("loop", "inline", "kT", "dot", "plain"),
+            ("tiles", "pre", "kT", "dot", "tma"),
         )
-        return [dict(config, out_values=o, states_gates=g, states_weighting=w, states_n=n) for o, g, w, n in points]
+        return [dict(config, out_values=o, states_gates=g, states_weighting=w, states_n=n, states_store=t)
+                for o, g, w, n, t in points]  # fmt: skip
     return [config]
 
 
@@ -89,6 +91,7 @@ SEQUENCE_CASES = [(v, c, s, shape) for v in SEQUENCE_VARIANTS for j, c in enumer
 SEQUENCE_IDS = [
     v.name
     + (f"-{c['out_values']}-{c['states_gates']}-{c['states_weighting']}-n{c['states_n']}" if "out_values" in c else "")
+    + ("-tma" if c.get("states_store") == "tma" else "")
     + ("-state" if s else "-nostate")
     + f"-{shape.id}"
     for v, c, s, shape in SEQUENCE_CASES
@@ -172,6 +175,46 @@ def test_n_on_the_tensor_cores_stays_at_the_16_bit_level(weighting, monkeypatch)
         _, last = _run_sequence(variant, config, x, "exp")
         errors[n] = ((last[1].double().cpu() - ref).norm() / ref.norm()).item()
     assert errors["sum"] < errors["dot"] <= 2**-11, errors
+
+
+@pytest.mark.parametrize(
+    "state,dtype", [("input", torch.float16), ("float32", torch.float16), ("input", torch.float32)]
+)
+def test_states_stored_through_a_descriptor_equal_plain_stores(state, dtype):
+    """ "states_store": "tma" stores each chunk's C through a tensor descriptor: the same bits as the plain stores,
+    every element written (the buffers start at a sentinel), with DHQK = 40 and DHHV = 24 not multiples of the state
+    tiles (the descriptor's bounds clip the last tiles, where the plain stores mask them)."""
+    variant = chunkwise.find(chunkwise.TWOPASS, cell="exp", state=state)
+    x = random_inputs(1, 2, 100, 40, 24, dtype=dtype, gate_dtype=torch.float32, with_states=True)
+    k, v, i, f = (x[n].to(DEVICE) for n in "kvif")
+    C0, n0, m0 = (s.to(DEVICE) for s in _states(x, "exp"))
+    NC = 4  # chunks of 32 tokens
+    stored = {}
+    for store in ("plain", "tma"):
+        config = chunkwise.check_config(variant, dict(CONFIGS[chunkwise.TWOPASS], states_gates="pre",
+                                                      states_weighting="kT", states_store=store))  # fmt: skip
+        Cb = torch.full((1, 2, NC, 40, 24), 7.0, dtype=torch.float32 if state == "float32" else dtype, device=DEVICE)
+        nb, mb = torch.zeros(1, 2, NC, 40, device=DEVICE), torch.zeros(1, 2, NC, device=DEVICE)
+        dummy = torch.empty(1, device=DEVICE)
+        module = families.bind(load_variant(variant), variant.template, config)
+        chunkwise._launch_states(module, k, v, i, f, C0, n0, m0.reshape(1, 2), True, (Cb, nb, mb), (dummy,) * 3,
+                                 S=100, NC=NC, config=config, store_borders=True, prec="ieee")  # fmt: skip
+        stored[store] = (Cb, nb, mb)
+    assert not (stored["tma"][0] == 7.0).any()
+    for plain, tma in zip(stored["plain"], stored["tma"]):
+        assert torch.equal(plain, tma)
+
+
+def test_a_descriptor_store_of_misaligned_rows_is_refused():
+    """A descriptor's rows start at 16-byte multiples: DHHV = 6 fp16 values (12 bytes) are refused with the reason,
+    before anything is launched."""
+    from autotune.checks import MLSTMInputError
+
+    variant = chunkwise.find(chunkwise.TWOPASS, cell="exp", state="input")
+    x = random_inputs(1, 1, 40, 16, 6, dtype=torch.float16, gate_dtype=torch.float32)
+    config = dict(CONFIGS[chunkwise.TWOPASS], states_dhhv_tile=16, out_dhhv_tile=16, states_store="tma")
+    with pytest.raises(MLSTMInputError, match='states_store "tma" needs one state tile per chunk in rows of 16-byte'):
+        chunkwise.chunkwise_fw(*(x[n].to(DEVICE) for n in "qkvif"), variant=variant, config=config)
 
 
 STEP_VARIANTS = [v for v in VARIANTS if v.family == "step_fw"]

@@ -106,7 +106,7 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
         state_config = {"chunk_inter": min(L, 64), "chunk_intra": L, "states_dhqk_tile": config["states_dhqk_tile"],
                         "states_dhhv_tile": config["states_dhhv_tile"], "states_warps": config["states_warps"],
                         "num_stages": 2, "states_gates": "pre", "states_weighting": config["states_weighting"],
-                        "states_n": config["states_n"]}  # fmt: skip
+                        "states_n": config["states_n"], "states_store": "plain"}  # fmt: skip
         # fp32 states stored as such or rounded to the buffers' dtype, or stored as planes
         states_variant = find(TWOPASS, cell=cell, state="planes" if planes else "float32")
         states = families.bind(load_variant(states_variant), TWOPASS, state_config)
