@@ -91,10 +91,12 @@ def _launch_small(variant: Variant, dtype: torch.dtype, DHQK: int, DHHV: int, co
         launch(config)
         if not given and dtype == torch.bfloat16:
             # the states and their gradients as planes (recomputed: both read as planes), and for the fused variant
-            # the reverse recurrence with its weights computed first (its kernels are the same in both variants)
+            # the reverse recurrence with its weights computed first and its dC stored through a descriptor (its
+            # kernels are the same in both variants)
             launch(dict(config, states="recompute", state_buffers="planes"))
             if variant.params["kernels"] == "fused":
                 launch(dict(config, dstate_gates="pre"))
+                launch(dict(config, state_stores="tma"))
     elif variant.family == "parallel_bw":
         B, NH, S = args[0].shape[:3]
         f32 = dict(dtype=torch.float32)

@@ -235,20 +235,22 @@ STATES_STORE = Knob(
     ("plain", "tma"), fill="plain")  # fmt: skip
 
 
-def _tma_store_rows(p: Point) -> str | None:
-    # a descriptor's rows must start 16-byte aligned: DHHV elements of the stored dtype; planes store two tiles
-    # per chunk, with plain stores only
-    if p["states_store"] != "tma":
+def _tma_store_rows(knob: str, form: Callable[[Point], str]) -> Rule:
+    """A store through a tensor descriptor (``knob`` "tma") of per-chunk state tiles in ``form(point)`` ("float32",
+    "input" or "planes"): rows must start 16-byte aligned (DHHV elements of the stored dtype), and planes, two tiles
+    per chunk, keep plain stores. The launchers check their buffers themselves."""
+
+    def broken(p: Point) -> str | None:
+        if p[knob] != "tma":
+            return None
+        if form(p) == "planes":
+            return f'{knob} "tma" stores one tile per chunk, not planes'
+        elem = 4 if form(p) == "float32" else p.dtype_bytes
+        if p.DHHV * elem % 16:
+            return f'{knob} "tma" needs rows of 16-byte multiples: DHHV={p.DHHV} of {elem}-byte elements'
         return None
-    if p.params.get("state") == "planes":
-        return 'states_store "tma" stores one tile per chunk, not planes'
-    elem = 4 if p.params.get("state") == "float32" else p.dtype_bytes
-    if p.DHHV * elem % 16:
-        return f'states_store "tma" needs rows of 16-byte multiples: DHHV={p.DHHV} of {elem}-byte elements'
-    return None
 
-
-TMA_STORE_ROWS = Rule("tma_store_rows", _tma_store_rows)  # the launcher checks its buffers itself
+    return Rule(f"tma_store_rows_{knob}", broken)
 
 
 def _warps(name: str, meaning: str, choices=WARPS, old: str | None = None) -> Knob:
@@ -357,7 +359,7 @@ CHUNKWISE_TWOPASS_FW = Family(
     rules=(
         _multiple("chunk_intra", "chunk_inter"),
         N_DOT_NEEDS_WEIGHTS_ON_K,
-        TMA_STORE_ROWS,
+        _tma_store_rows("states_store", lambda p: p.params.get("state", "input")),
         _fits_dims(("states_dhqk_tile", "k"), ("out_dhqk_tile", "k"), ("states_dhhv_tile", "v"),
                    ("out_dhhv_tile", "v")),
         _registers("states tile", lambda p: p["states_dhqk_tile"] * p["states_dhhv_tile"], "states_warps"),
@@ -432,7 +434,7 @@ def _chunkwise_bw_default(params: dict, DHQK: int, DHHV: int) -> dict:
     return {"chunk": 64, "dhqk_tile": BK, "dhhv_tile": BV, "dv_dhhv_tile": wide, "states_dhqk_tile": BK,
             "states_dhhv_tile": wide, "num_warps": 4, "states_warps": 4, "num_stages": 1, "states": "recompute",
             "state_buffers": "float32", "states_weighting": "v", "dstate_gates": "inline",
-            "states_n": "sum"}  # fmt: skip
+            "states_n": "sum", "state_stores": "plain"}  # fmt: skip
 
 
 # fmt: off
@@ -470,10 +472,14 @@ CHUNKWISE_BW = Family(
         STATES_N,
         Knob("dstate_gates", "the reverse recurrence's per-chunk weights: computed in its sequential loop (inline), "
              "or first for all chunks in parallel (pre)", ("inline", "pre"), fill="inline"),
+        Knob("state_stores", "how the recurrences store each chunk's tile of dC (and of recomputed states): plain "
+             "stores from registers (plain), or bulk stores of the whole tile by the copy engine through a tensor "
+             "descriptor (tma)", ("plain", "tma"), fill="plain"),
     ),  # fmt: skip
     default=_chunkwise_bw_default,
     rules=(
         N_DOT_NEEDS_WEIGHTS_ON_K,
+        _tma_store_rows("state_stores", lambda p: p["state_buffers"]),
         PLANES_NEED_16_BIT_INPUTS,
         _fits_dims(("dhqk_tile", "k"), ("states_dhqk_tile", "k"), ("dhhv_tile", "v"), ("states_dhhv_tile", "v"),
                    ("dv_dhhv_tile", "v")),

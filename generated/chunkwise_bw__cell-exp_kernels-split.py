@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_bw.py.j2
-# template hash:   96890e852ff3b958
+# template hash:   90b4311695ffe674
 # parameters:      cell=exp, kernels=split
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM backward (exp cell), exact (docs/math.md §6), "split" within-chunk kernels.
@@ -427,7 +427,8 @@ def chunkwise_bw_dstate_kernel(
     dnS_ptr,  # (B, NH, DHQK)
     T_ptr,  # (B, NH) fp32: dm_S - <C_S, dC_S> - <n_S, dn_S>, the max-state chain's start (exp, HAS_LAST_GRAD)
     dCa_ptr,  # (B, NH, NC, DHQK, DHHV) out: gradient of the state after each chunk (fp32 or the inputs' dtype;
-    #            with DC_PLANES (B, NH, NC, 2, DHQK, DHHV), its planes in the inputs' dtype)
+    #            with DC_PLANES (B, NH, NC, 2, DHQK, DHHV), its planes in the inputs' dtype; with DC_TMA a tensor
+    #            descriptor of it as (B * NH * NC, DHQK, DHHV) in blocks [1, BK, BV]; DC_FP32: in fp32)
     dna_ptr,  # (B, NH, NC, DHQK) fp32 out
     R_ptr,  # (B, NH, S) fp32 out: the max-state chain R_t (exp cell)
     dC0_ptr,  # (B, NH, DHQK, DHHV) fp32 out: gradient of the initial state (written when HAS_STATE)
@@ -452,6 +453,8 @@ def chunkwise_bw_dstate_kernel(
     PRE_WEIGHTS: tl.constexpr,
     PACKED: tl.constexpr,
     DC_PLANES: tl.constexpr,
+    DC_TMA: tl.constexpr,
+    DC_FP32: tl.constexpr,
 ):
     scale = _fp32(scale)
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
@@ -478,6 +481,8 @@ def chunkwise_bw_dstate_kernel(
         i_bhc = slot0 + i_c
         if DC_PLANES:
             _store_planes(dCa_ptr + i_bhc * 2 * DHQK * DHHV + o_kv, b_dC, m_kv, DHQK * DHHV)
+        elif DC_TMA:  # the descriptor's bounds clip a tile past DHQK or DHHV, as the masks do
+            dCa_ptr.store([i_bhc.to(tl.int32), i_k * BK, i_v * BV], tl.reshape(b_dC.to(dCa_ptr.dtype), [1, BK, BV]))
         else:
             tl.store(dCa_ptr + i_bhc * DHQK * DHHV + o_kv, b_dC.to(dCa_ptr.dtype.element_ty), mask=m_kv)
         if i_v == 0:
@@ -497,7 +502,7 @@ def chunkwise_bw_dstate_kernel(
         b_qT = tl.load(q_ptr + o_t[None, :] * DHQK + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0.0)
         b_dh = tl.load(dh_ptr + o_t[:, None] * DHHV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
         b_qwT = b_qT.to(tl.float32) * b_wr[None, :]  # [BK, L]
-        if DC_PLANES or dCa_ptr.dtype.element_ty == tl.float32:  # fp32 gradients kept: the weighted q^T in two parts
+        if DC_PLANES or DC_FP32:  # fp32 gradients kept: the weighted q^T in two parts
             b_dC = b_decay * b_dC + _parts_dot(b_qwT, b_dh, DOT_PRECISION)  # [BK, L] @ [L, BV] -> [BK, BV]
         else:
             b_dC = b_decay * b_dC + tl.dot(b_qwT.to(b_dh.dtype), b_dh, input_precision=DOT_PRECISION)

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_fused_fw.py.j2
-# template hash:   a4cf4b59d1258971
+# template hash:   8718409fedd23a24
 # parameters:      cell=sig, state=input
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (sig cell), fused single pass: one program per (value tile, batch x head) walks the

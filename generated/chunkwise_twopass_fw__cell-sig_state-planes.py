@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        chunkwise_twopass_fw.py.j2
-# template hash:   5e3e822b50b30971
+# template hash:   6b02bfc7807f0698
 # parameters:      cell=sig, state=planes
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Chunkwise mLSTM forward (sig cell), two passes (knobs: autotune/families.py, CHUNKWISE_TWOPASS_FW; LI is

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        parallel_bw.py.j2
-# template hash:   a36e474440d9c7fa
+# template hash:   2545527605d52240
 # parameters:      cell=sig
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Parallel mLSTM backward (sig cell), exact (docs/math.md §6), tiled like flash attention: no chunk states.

@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        parallel_fw.py.j2
-# template hash:   ccc610ee5b5cd048
+# template hash:   a9367cb7de65ac85
 # parameters:      cell=sig
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """Parallel mLSTM forward (sig cell), tiled like flash attention (docs/math.md §3).

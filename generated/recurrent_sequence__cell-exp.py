@@ -1,6 +1,6 @@
 # GENERATED FILE - DO NOT EDIT. Rendered by autotune.render from templates/.
 # template:        recurrent_sequence.py.j2
-# template hash:   ab49757e3efe90d3
+# template hash:   ebc34f96e3c68d64
 # parameters:      cell=exp
 # regenerate with: mlstm-tune render   (or: python -m autotune render)
 """mLSTM over a whole sequence in one launch (exp cell), docs/math.md §1-§2 step by step: one program per

@@ -242,6 +242,26 @@ def test_reverse_recurrence_with_its_weights_computed_first(shape, cell, case, c
            bw_config=bw_config)  # fmt: skip
 
 
+@pytest.mark.parametrize("buffers,dtype", [("float32", torch.float16), ("input", torch.float32)])
+def test_state_tiles_stored_through_a_descriptor_give_the_same_gradients(buffers, dtype):
+    """ "state_stores": "tma" stores the reverse recurrence's dC tiles and the recomputed states through tensor
+    descriptors: every gradient the same bits as with plain stores (which the oracle tests above check), with
+    DHQK = 40 and DHHV = 24 not multiples of the 32-wide state tiles (the descriptors' bounds clip the last tiles),
+    initial states and a loss on the last state."""
+    variant = find(launch_bw.TEMPLATE, cell="exp", kernels="fused")
+    shape = Shape(1, 2, 70, 40, 24)
+    x = _inputs(shape, "exp", True, dtype)
+    weights = _weights(shape, "exp", True)
+    fw_config = _twopass_config("exp", 16, 32)
+    grads = {}
+    for store in ("plain", "tma"):
+        bw_config = dict(_bw_config(variant, 40, 24, 32), state_buffers=buffers, state_stores=store)
+        grads[store] = _run(x, weights, cell="exp", forward=launch_fw.TWOPASS, fw_config=fw_config, bw_variant=variant,
+                            bw_config=bw_config)  # fmt: skip
+    for name, plain in grads["plain"].items():
+        assert torch.equal(plain, grads["tma"][name]), name
+
+
 @pytest.mark.parametrize("cell,states,L", [("exp", "recompute", 16), ("sig", "recompute", 64), ("exp", "reuse", 16),
                                            ("sig", "reuse", 16), ("exp", "reuse", 64)])  # fmt: skip
 def test_backward_at_another_chunk_than_the_forwards(cell, states, L, check):

@@ -100,9 +100,28 @@ def test_a_descriptor_store_needs_one_aligned_tile_per_chunk(state, DHHV, dtype_
     if reason is None:
         assert got is None
     else:
-        assert got.startswith("tma_store_rows:") and reason in got, got
+        assert got.startswith("tma_store_rows_states_store:") and reason in got, got
         assert families.invalid(variant, dict(config, states_store="plain"), 64, DHHV, dtype_bytes,
                                 families.H100_LIMITS) is None  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "buffers,DHHV,dtype_bytes,reason",
+    [
+        ("float32", 12, 2, None),
+        ("input", 24, 2, None),
+        ("input", 12, 2, "DHHV=12 of 2-byte elements"),
+        ("planes", 512, 2, "not planes"),
+    ],
+)  # fmt: skip
+def test_a_backward_descriptor_store_needs_one_aligned_tile_per_chunk(buffers, DHHV, dtype_bytes, reason):
+    variant = find("chunkwise_bw.py.j2", cell="exp", kernels="fused")
+    config = dict(families.default_config(variant, 64, DHHV), state_buffers=buffers, state_stores="tma")
+    got = families.invalid(variant, config, 64, DHHV, dtype_bytes, families.H100_LIMITS)
+    if reason is None:
+        assert got is None, got
+    else:
+        assert got.startswith("tma_store_rows_state_stores:") and reason in got, got
 
 
 class _Recorder:

@@ -21,6 +21,7 @@ from .common import (
     next_pow2,
     state_args,
     stats_buffers,
+    tile_store,
 )
 from .packed import Packing, no_packing, packing
 
@@ -65,18 +66,10 @@ def _launch_states(module, k, v, i, f, C0, n0, m0, has_state, buffers, last, *, 
     else:
         w = gw = buffers[2]  # not read
     BK, BV = config["states_dhqk_tile"], config["states_dhhv_tile"]
-    tma = store_borders and config["states_store"] == "tma"
-    if tma:  # the kernel stores C through a descriptor of the buffer as (chunk slots, DHQK, DHHV)
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
-        Cb = buffers[0]
-        if Cb.dim() != 5 or Cb.shape[-1] * Cb.element_size() % 16:
-            raise MLSTMInputError(f'states_store "tma" needs one state tile per chunk in rows of 16-byte multiples, '
-                                  f"not a {Cb.dtype} buffer of shape {tuple(Cb.shape)}")  # fmt: skip
-        buffers = (TensorDescriptor.from_tensor(Cb.view(-1, DHQK, DHHV), [1, BK, BV]), *buffers[1:])
+    Cb, tma = tile_store(buffers[0], BK, BV, "states_store", store_borders and config["states_store"] == "tma")
     module.chunkwise_states_kernel[(cdiv(DHQK, BK), cdiv(DHHV, BV), rows)](
-        k, v, i, f, C0, n0, m0, *buffers, *last, w, gw, *tables[:2], S, NC, NH, DHQK=DHQK, DHHV=DHHV, LI=LI, LO=LO,
-        BK=BK, BV=BV, HAS_STATE=has_state, STORE_LAST=last[0].numel() > 1, STORE_BORDERS=store_borders,
+        k, v, i, f, C0, n0, m0, Cb, *buffers[1:], *last, w, gw, *tables[:2], S, NC, NH, DHQK=DHQK, DHHV=DHHV, LI=LI,
+        LO=LO, BK=BK, BV=BV, HAS_STATE=has_state, STORE_LAST=last[0].numel() > 1, STORE_BORDERS=store_borders,
         DOT_PRECISION=prec, PRE_GATES=pre, WEIGHT_V=config["states_weighting"] == "v",
         WEIGHT_KT=config["states_weighting"] == "kT", N_DOT=config["states_n"] == "dot", PACKED=packed is not None,
         STORE_TMA=tma, num_warps=config["states_warps"], num_stages=config["num_stages"],

@@ -37,7 +37,7 @@ from ..load import load_variant
 from ..variants import Variant, find
 from .bw_common import prepare
 from .chunkwise import TWOPASS, _launch_states
-from .common import cdiv, empty
+from .common import cdiv, empty, tile_store
 from .packed import no_packing, packing
 
 TEMPLATE = "chunkwise_bw.py.j2"
@@ -106,7 +106,7 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
         state_config = {"chunk_inter": min(L, 64), "chunk_intra": L, "states_dhqk_tile": config["states_dhqk_tile"],
                         "states_dhhv_tile": config["states_dhhv_tile"], "states_warps": config["states_warps"],
                         "num_stages": 2, "states_gates": "pre", "states_weighting": config["states_weighting"],
-                        "states_n": config["states_n"], "states_store": "plain"}  # fmt: skip
+                        "states_n": config["states_n"], "states_store": config["state_stores"]}  # fmt: skip
         # fp32 states stored as such or rounded to the buffers' dtype, or stored as planes
         states_variant = find(TWOPASS, cell=cell, state="planes" if planes else "float32")
         states = families.bind(load_variant(states_variant), TWOPASS, state_config)
@@ -134,11 +134,12 @@ def chunkwise_bw(q, k, v, i, f, C0, n0, m0, h, s, mt, dh, dC, dn, dm, last, *, v
         module.bw_dstate_weights_kernel[(NC, B * NH)](i, f, mt, mb, mS, r, ds, wr, wds, dec, *tables, S, NC, NSEQ, NH,
                                                       scale=DHQK**-0.5, L=L, PACKED=packed is not None)  # fmt: skip
     BKS, BVS = config["states_dhqk_tile"], config["states_dhhv_tile"]
+    dCa_out, tma = tile_store(dCa, BKS, BVS, "state_stores", config["state_stores"] == "tma")
     module.chunkwise_bw_dstate_kernel[(cdiv(DHQK, BKS), cdiv(DHHV, BVS), rows * NH)](
-        q, dh, i, f, mt, mb, mS, r, ds, G, dC, dn, T, dCa, dna, R, dC0, dn0, wr, wds, dec, *tables[:2], S, NC, NH,
+        q, dh, i, f, mt, mb, mS, r, ds, G, dC, dn, T, dCa_out, dna, R, dC0, dn0, wr, wds, dec, *tables[:2], S, NC, NH,
         scale=DHQK**-0.5, DHQK=DHQK, DHHV=DHHV, L=L, BK=BKS, BV=BVS, HAS_STATE=has_state, HAS_LAST_GRAD=has_last,
-        DOT_PRECISION=prec, PRE_WEIGHTS=pre, PACKED=packed is not None, DC_PLANES=bool(planes),
-        num_warps=config["states_warps"],
+        DOT_PRECISION=prec, PRE_WEIGHTS=pre, PACKED=packed is not None, DC_PLANES=bool(planes), DC_TMA=tma,
+        DC_FP32=dCa.dtype == torch.float32, num_warps=config["states_warps"],
     )  # fmt: skip
 
     # 4. within every chunk: dq, dk, dv, di, df

@@ -32,6 +32,24 @@ def without_data(t: torch.Tensor) -> bool:
     return t.device.type == "meta" or isinstance(t, (FakeTensor, FunctionalTensor))
 
 
+def tile_store(buffer: torch.Tensor, BK: int, BV: int, knob: str, tma: bool):
+    """(what a kernel gets for ``buffer``, whether it stores through a descriptor). ``buffer``: per-chunk state tiles
+    (..., DHQK, DHHV), one tile per chunk, that a kernel stores in [BK, BV] tiles. With ``tma`` (``knob`` is "tma"),
+    a tensor descriptor of it as (chunk slots, DHQK, DHHV) in blocks [1, BK, BV], whose bounds clip a last partial
+    tile; a recorded or traced call (without_data: JAX's replay, torch.compile) gets the buffer and plain stores,
+    the same bits. A buffer a descriptor cannot describe (two planes per chunk, rows not at 16-byte multiples) raises
+    MLSTMInputError."""
+    if not tma or without_data(buffer):
+        return buffer, False
+    DHQK, DHHV = buffer.shape[-2:]
+    if buffer.dim() != 5 or DHHV * buffer.element_size() % 16:
+        raise MLSTMInputError(f'{knob} "tma" needs one state tile per chunk in rows of 16-byte multiples, not a '
+                              f"{buffer.dtype} buffer of shape {tuple(buffer.shape)}")  # fmt: skip
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    return TensorDescriptor.from_tensor(buffer.view(-1, DHQK, DHHV), [1, BK, BV]), True
+
+
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
