@@ -5,11 +5,13 @@ against plain stores ("plain"), bf16, 65,536 tokens:
      same bits;
   2. the whole forward through the gate and then timed (autotune.measure.evaluate_here, as the tuner judges a
      candidate), at the default and at this GPU's packaged database entries (tuning_db/<GPU>.json), each with the
-     store it has and with the other one, at S = 2048 and 8192.
+     store it has and with the other one, at S = 2048 and 8192;
+  3. the same for a training step (forward + backward) with the backward's "state_stores": its reverse
+     recurrence's dC tiles (and recomputed states) stored through descriptors.
 The store of C was the states kernel's largest cost left (0.40 of 1.18 ms at 7B by a bound edit, behind one
 barrier; docs/performance.md, the states kernel).
 
-    python bench/tools/tma_store.py [--layouts 7b head128] [--parts states forward]
+    python bench/tools/tma_store.py [--layouts 7b head128] [--parts states forward training]
 """
 
 from __future__ import annotations
@@ -63,42 +65,50 @@ def states_alone(layouts: list[str]) -> None:
         pf.free_cache()
 
 
-def database_entries(gpu: str, DHQK: int, DHHV: int) -> list[tuple[int, str, dict]]:
-    """(S, variant, config) of the packaged database's two-pass bf16 forward entries for these head dims."""
+# what each part compares: (template, the database key's structure, direction, the knob)
+PARTS = {"forward": (launch.TWOPASS, "chunkwise_twopass_fw", "fw", "states_store"),
+         "training": ("chunkwise_bw.py.j2", "chunkwise_bw", "fwbw", "state_stores")}  # fmt: skip
+
+
+def database_entries(gpu: str, part: str, DHQK: int, DHHV: int) -> dict[int, tuple[str, dict]]:
+    """S -> (variant, config) of the packaged database's bf16 exp-cell entries of ``part`` for these head dims."""
+    template, structure, direction, _ = PARTS[part]
     path = paths.tuning_db_dir() / db.file_name(gpu)
     if not path.exists():
-        return []
-    out = []
+        return {}
+    out = {}
     for e in json.loads(path.read_text())["entries"]:
         k = e["key"]
         if (k["op"], k["direction"], k["dtype"], k["structure"], k["DHQK"], k["DHHV"]) == (
-            "chunkwise:exp", "fw", "bfloat16", "chunkwise_twopass_fw", DHQK, DHHV):  # fmt: skip
-            out.append((k["S"], e["variant"], families.canonical(launch.TWOPASS, e["config"])))
+            "chunkwise:exp", direction, "bfloat16", structure, DHQK, DHHV):  # fmt: skip
+            out[k["S"]] = (e["variant"], families.canonical(template, e["config"]))
     return out
 
 
-def forward(layouts: list[str]) -> None:
+def gated_times(part: str, layouts: list[str]) -> None:
+    template, _, direction, knob = PARTS[part]
     gpu = torch.cuda.get_device_name()
-    print(f"\n# 2. the whole forward through the gate, then timed (evaluate_here: median ms); entries of "
-          f"{db.file_name(gpu)}")  # fmt: skip
-    print(f"{'layout':8} {'S':>5} {'point':9} {'store':6} {'gate':5} {'error':>9} {'ms':>8}  reason")
-    variant = find(launch.TWOPASS, cell="exp", state="input")
+    print(f"\n# {part}: {direction} through the gate, then timed (evaluate_here: median ms), {knob} plain and tma; "
+          f"entries of {db.file_name(gpu)}")  # fmt: skip
+    print(f"{'layout':8} {'S':>5} {'point':9} {knob:13} {'gate':5} {'error':>9} {'ms':>8}  reason")
+    default_variant = (find(template, cell="exp", state="input") if part == "forward"
+                       else find(template, cell="exp", kernels="split"))  # fmt: skip
     for layout in layouts:
         NH, K, V = HEADS[layout]
-        entries = {S: (name, config) for S, name, config in database_entries(gpu, K, V)}
+        entries = database_entries(gpu, part, K, V)
         for S in (2048, 8192):
-            points = [("default", variant.name, families.default_config(variant, K, V))]
+            points = [("default", default_variant.name, families.default_config(default_variant, K, V))]
             if S in entries:
                 points.append(("database", *entries[S]))
             for label, name, config in points:
-                own = config.get("states_store", "plain")
+                own = config.get(knob, "plain")
                 for store in sorted(STORES, key=lambda s: s != own):  # the point as it is first
-                    job = measure.Job(name, dict(config, states_store=store), 65536 // S, NH, S, K, V, "bfloat16",
+                    job = measure.Job(name, dict(config, **{knob: store}), 65536 // S, NH, S, K, V, "bfloat16",
                                       "cuda")  # fmt: skip
                     out = measure.evaluate_here(job)
                     ms = f"{out.p50_ms:8.3f}" if out.ok else f"{'-':>8}"
                     err = f"{out.error:9.2e}" if out.error is not None else f"{'-':>9}"
-                    print(f"{layout:8} {S:5} {label:9} {store:6} {'pass' if out.ok else 'FAIL':5} {err} {ms}  "
+                    print(f"{layout:8} {S:5} {label:9} {store:13} {'pass' if out.ok else 'FAIL':5} {err} {ms}  "
                           f"{(out.reason or '')[:160]}", flush=True)  # fmt: skip
             pf.free_cache()
 
@@ -106,7 +116,7 @@ def forward(layouts: list[str]) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--layouts", nargs="+", choices=HEADS, default=list(HEADS))
-    ap.add_argument("--parts", nargs="+", choices=("states", "forward"), default=["states", "forward"])
+    ap.add_argument("--parts", nargs="+", choices=("states", *PARTS), default=["states", *PARTS])
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("needs a GPU (the interpreter's times mean nothing; tests/test_triton_kernels.py checks the bits)")
@@ -115,8 +125,9 @@ def main() -> int:
           f"tokens")  # fmt: skip
     if "states" in args.parts:
         states_alone(args.layouts)
-    if "forward" in args.parts:
-        forward(args.layouts)
+    for part in PARTS:
+        if part in args.parts:
+            gated_times(part, args.layouts)
     return 0
 
 
