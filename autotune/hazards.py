@@ -133,7 +133,8 @@ def scan_shipped(dtype=torch.bfloat16) -> list[dict]:
 
 def scan_space(dtype=torch.bfloat16, head_dims=((128, 128), (256, 512)), stages=(2, 3)) -> list[dict]:
     """check_point over the structural choices of the pipelined families (the two-pass forward's output kernels,
-    weightings and n forms; the chunkwise backward's state buffers, weightings, gate forms), at the
+    weightings, n forms and state stores; the chunkwise backward's state buffers, weightings, gate forms and state
+    stores), at the
     defaults' tiles, for each number of ``stages``: the points the tuner may reach, as opposed to what ships.
     Points a launcher refuses are skipped."""
     from .checks import MLSTMInputError
@@ -142,9 +143,9 @@ def scan_space(dtype=torch.bfloat16, head_dims=((128, 128), (256, 512)), stages=
 
     choices = {
         "chunkwise_fw": dict(out_values=("loop", "tiles"), states_weighting=("k", "v", "kT"),
-                             states_n=("sum", "dot")),
+                             states_n=("sum", "dot"), states_store=("plain", "tma")),
         "chunkwise_bw": dict(state_buffers=("input", "float32", "planes"), states_weighting=("k", "v"),
-                             dstate_gates=("inline", "pre")),
+                             dstate_gates=("inline", "pre"), state_stores=("plain", "tma")),
     }  # fmt: skip
     out = []
     for variant in VARIANTS:

@@ -157,10 +157,11 @@ def test_warm_starts_skip_a_corrupt_database_file(tmp_path: Path):
 
 
 def test_a_warm_start_tuned_before_a_parameter_existed_reads_as_it_ran(tmp_path: Path):
-    """A backward entry in the knob names of older databases, tuned before the split dv kernel had its own value tile
-    and before the reverse recurrence's weights could come first (no "BVD", no "dstate_gates"), and with the retired
-    "states_every" at 1, comes back as a start in current names with dv_dhhv_tile = dhhv_tile and "inline", what it
-    ran; such a start is then a point of the search's space (else it would be skipped)."""
+    """A backward entry in the knob names of older databases, tuned before the split dv kernel had its own value tile,
+    before the reverse recurrence's weights could come first and before its stores could go through descriptors (no
+    "BVD", "dstate_gates", "state_stores"), and with the retired "states_every" at 1, comes back as a start in
+    current names with dv_dhhv_tile = dhhv_tile, "inline" and "plain", what it ran; such a start is then a point of
+    the search's space (else it would be skipped)."""
     from autotune import db as tdb
     from autotune import search, space, tune
     from autotune.launch import chunkwise_bw as launch_bw
@@ -176,7 +177,7 @@ def test_a_warm_start_tuned_before_a_parameter_existed_reads_as_it_ran(tmp_path:
     assert variant == split and config == {
         "chunk": 64, "dhqk_tile": 64, "dhhv_tile": 32, "states_dhqk_tile": 64, "states_dhhv_tile": 128, "num_warps": 4,
         "states_warps": 4, "num_stages": 1, "states": "recompute", "state_buffers": "input", "states_weighting": "v",
-        "states_n": "sum", "dv_dhhv_tile": 32, "dstate_gates": "inline"}  # fmt: skip
+        "states_n": "sum", "dv_dhhv_tile": 32, "dstate_gates": "inline", "state_stores": "plain"}  # fmt: skip
     assert search._is_point_of(variant, config, space.variants_of("chunkwise", "exp", "fwbw"))
 
 
