@@ -200,12 +200,19 @@ def _sequence_call(kernel, x: dict, pass_: str, **kw):
     return fwbw
 
 
-def _ours(row: Row, x: dict, dispatch: bool):
+def _dispatch(on: bool) -> None:
+    """Calls made from now on (PyTorch's, and JAX's traces) run the tuning database's choice, or with ``on`` False
+    every structure's built-in default (MLSTM_AUTOTUNE_DISPATCH=0)."""
     from .dispatch import dispatcher
+
+    os.environ["MLSTM_AUTOTUNE_DISPATCH"] = "1" if on else "0"
+    dispatcher().reset()
+
+
+def _ours(row: Row, x: dict, dispatch: bool):
     from .torch import get_mlstm_kernel, get_mlstm_step_kernel
 
-    os.environ["MLSTM_AUTOTUNE_DISPATCH"] = "1" if dispatch else "0"
-    dispatcher().reset()
+    _dispatch(dispatch)
     if row.op == "step":
         kernel = get_mlstm_step_kernel("triton")
         state = _step_state(row, x)
@@ -390,6 +397,7 @@ def measure(row: Row, device: str, reps_ms: float) -> dict:
                 out["notes"][column] = "no step kernel to compare"
                 continue
             try:
+                _dispatch(column != "default_ms")  # every column of ours but the defaults' runs the database's choice
                 fn = make()
                 out[column] = float((wall if column in WALL_COLUMNS else timer)(fn))
                 if row.op == "step" and device == "cuda" and column in GRAPHED:

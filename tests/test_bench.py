@@ -225,3 +225,29 @@ def test_long_rows_are_their_own_group_and_an_empty_selection_is_an_error(tmp_pa
     assert not [r for r in rows(False) if group(r) == "chunkwise" and r.B * r.S != TOKENS]
     out = _bench("--smoke", "--only", "long", "--out", str(tmp_path), cwd=tmp_path)
     assert out.returncode == 2 and "no smoke rows" in out.stderr
+
+
+def test_every_column_but_the_defaults_times_the_database_choice(monkeypatch):
+    """The defaults' column turns the dispatcher off (MLSTM_AUTOTUNE_DISPATCH=0); the columns measured after it, the
+    JAX entry's and ours by wall clock, must run the database's choice again, as ours_ms does (a JAX row timed on
+    the built-in default would compare two different kernels)."""
+    from autotune import bench
+
+    seen = {}
+
+    def recorder(column):
+        def make(*args, **kwargs):
+            seen[column] = os.environ.get("MLSTM_AUTOTUNE_DISPATCH")
+            return lambda: None
+
+        return make
+
+    monkeypatch.setattr(bench, "_ours", lambda row, x, dispatch: recorder("default_ms" if not dispatch else
+                                                                          f"ours-{len(seen)}")())  # fmt: skip
+    for name, column in (("_upstream", "upstream"), ("_fla", "fla_ms"), ("_sdpa", "sdpa_ms"), ("_jax", "jax_ms")):
+        monkeypatch.setattr(bench, name, recorder(column))
+    monkeypatch.setenv("MLSTM_AUTOTUNE_DISPATCH", "1")
+    bench.measure(bench.Row("chunkwise", "fw", 1, 2, 64, 16, 16), "cpu", 0.1)
+    assert seen["default_ms"] == "0"
+    assert seen["jax_ms"] == "1" and all(v == "1" for k, v in seen.items() if k != "default_ms"), seen
+    assert os.environ["MLSTM_AUTOTUNE_DISPATCH"] == "1"  # restored
