@@ -57,7 +57,8 @@
 #   condition  the gate's pooled comparison (bench/tools/gate_spread.py, seeds 1 3 4 5) on the draws as the gate makes
 #              them (gate.well_conditioned) for the backward's defaults, the head-128 entry and the three known
 #              faults, and on the draws without that rule for head 128's default (SPREAD_ONLY, SPREAD_RAW_ONLY)
-# Logs and reports go to $OUT; every log starts with the GPU's name.
+# Logs and reports go to $OUT; every log starts with the GPU's name. A device call brings back at most 8 files of
+# $OUT: suite writes 5, each results part 2 (a log and its JSON), so give results its own call.
 set -u
 if [ "${1:-}" = prepare ]; then  # the generated kernels before the hazard fixes, and a subset of the H200 entries
   rm -rf .probe/old_tree && mkdir -p .probe/old_tree/tuning_db .probe/old_subset .probe/db
