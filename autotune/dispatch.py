@@ -170,6 +170,9 @@ class Dispatcher:
         # callers' own memo of finished answers, keyed by whatever identifies a call for them cheaply (raw dtype,
         # device, shape); cleared with everything else by reset()
         self.memo: dict = {}
+        # counts the times the answers were forgotten (reset, a changed override): callers that keep work derived
+        # from answers elsewhere (JAX's recorded calls, autotune/jax/triton_exec.py) key it on this
+        self.generation = 0
 
     def reset(self) -> None:
         """Forget loaded databases, overrides and answers (after a tuning run wrote new entries). Environment
@@ -181,6 +184,7 @@ class Dispatcher:
         self._override = {}
         self.force_env, self.force_key = _env_lookup(FORCE_VAR)
         self.force_raw = _UNREAD
+        self.generation += 1
 
     def _databases(self) -> list[tdb.TuningDB]:
         if self._dbs is None:
@@ -200,6 +204,7 @@ class Dispatcher:
             self.memo.clear()
             self._cache.clear()
             self._override = parsed
+            self.generation += 1
         self.force_raw = raw
 
     def choose(self, req: Request, gpu: str, capability: tuple[int, int], default: Callable[[], tuple[str, dict]],

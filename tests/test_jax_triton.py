@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -318,6 +319,28 @@ def test_jit_same_bits_as_eager_and_trace_cached(check):
                pairs={n: (a, _torch(b)) for n, a, b in zip(names, out, eager)})  # fmt: skip
     _same_bits(check, target=f"jax.jit of jax {name}, traced again", baseline="the eager call", dims=ODD.dims(),
                pairs={n: (a, _torch(b)) for n, a, b in zip(names, again, eager)})  # fmt: skip
+
+
+def test_a_changed_force_reaches_the_next_call(monkeypatch):
+    """MLSTM_AUTOTUNE_FORCE set after a shape's first JAX call: the next call of that shape records its launches again
+    and runs the forced variant, as PyTorch's entries do (recordings are kept per generation of the dispatcher's
+    answers); while nothing changes, a call records nothing."""
+    x = _to_jax(_inputs(ODD, torch.float32, False, "exp"))
+    fn = jax_api.get_mlstm_kernel("chunkwise--triton_auto")
+    recorded = []
+    record = triton_exec.record
+    monkeypatch.setattr(triton_exec, "record", lambda run, metas: recorded.append(record(run, metas)) or recorded[-1])
+    monkeypatch.delenv("MLSTM_AUTOTUNE_FORCE", raising=False)
+    fn(**x, chunk_size=CHUNK)
+    recorded.clear()
+    fn(**x, chunk_size=CHUNK)
+    assert recorded == []
+    forced = {"chunkwise:exp": {"variant": "chunkwise_fused_fw__cell-exp_state-float32",
+                                "config": {"chunk": 16, "dhhv_tile": 16, "num_warps": 4, "num_stages": 1}}}  # fmt: skip
+    monkeypatch.setenv("MLSTM_AUTOTUNE_FORCE", json.dumps(forced))
+    fn(**x, chunk_size=CHUNK)
+    launched = {event.name for trace in recorded for event in trace.events if hasattr(event, "grid")}
+    assert launched == {"chunkwise_fused_fw_kernel"}, launched
 
 
 @pytest.mark.parametrize("name", ["chunkwise--triton_xl_chunk", "parallel--triton_limit_headdim"])

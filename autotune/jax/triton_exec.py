@@ -21,6 +21,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ..checks import MLSTMInputError
+from ..dispatch import dispatcher
 from ..launch.replay import TorchRuntime, replay
 from ..launch.trace import Out, meta_like, record
 from ..torch.triton_choice import TRACE_TARGET
@@ -136,8 +137,9 @@ def _spec(x):
 
 
 @cache
-def traced(run_factory, options: tuple, specs: tuple, gpu: tuple):
-    """The trace of ``run_factory(**options)`` on inputs of these (shape, dtype) specs, for this GPU (once each)."""
+def traced(run_factory, options: tuple, specs: tuple, gpu: tuple, generation: int):
+    """The trace of ``run_factory(**options)`` on inputs of these (shape, dtype) specs, for this GPU (once each, per
+    ``generation`` of the dispatcher's answers: a reset or a changed MLSTM_AUTOTUNE_FORCE records again)."""
     fn = run_factory(**dict(options))
     metas = tuple(None if s is None else meta_like(s[0], torch_dtype(s[1])) for s in specs)
     token = TRACE_TARGET.set(gpu)
@@ -147,24 +149,35 @@ def traced(run_factory, options: tuple, specs: tuple, gpu: tuple):
         TRACE_TARGET.reset(token)
 
 
-def call(run_factory, options: dict, *arrays):
+def answers_generation() -> int:
+    """The dispatcher's generation of answers, after taking up a changed MLSTM_AUTOTUNE_FORCE (as PyTorch's entries
+    do at every call): recordings are kept per generation."""
+    d = dispatcher()
+    if d.force_env.get(d.force_key) is not d.force_raw:
+        d.sync_force()
+    return d.generation
+
+
+def call(run_factory, options: dict, *arrays, generation: int | None = None):
     """``run_factory(**options)(*tensors)`` on JAX arrays (None where a tensor argument is None): the pytree it
-    returns, with JAX arrays for its tensors and its other values as they were when recorded."""
+    returns, with JAX arrays for its tensors and its other values as they were when recorded, under the
+    dispatcher's answers of ``generation`` (default: the current one)."""
     options = tuple(sorted(options.items()))
-    trace = traced(run_factory, options, tuple(_spec(a) for a in arrays), target())
-    results = iter(_unbatchable(run_factory, options)(*arrays))
+    generation = answers_generation() if generation is None else generation
+    trace = traced(run_factory, options, tuple(_spec(a) for a in arrays), target(), generation)
+    results = iter(_unbatchable(run_factory, options, generation)(*arrays))
     leaves, spec = tree_flatten(trace.outputs, is_leaf=lambda x: isinstance(x, Out))
     return tree_unflatten([next(results) if isinstance(x, Out) else x for x in leaves], spec)
 
 
 @cache
-def _unbatchable(run_factory, options: tuple):
+def _unbatchable(run_factory, options: tuple, generation: int):
     """The replay as a function of arrays only, with a clear error under jax.vmap (jax-triton has no batching
     rule; the kernels already batch over B)."""
 
     @jax.custom_batching.custom_vmap
     def run(*arrays):
-        trace = traced(run_factory, options, tuple(_spec(a) for a in arrays), target())
+        trace = traced(run_factory, options, tuple(_spec(a) for a in arrays), target(), generation)
         out = replay(trace, list(arrays), runtime())
         return [x for x in tree_flatten(out)[0] if hasattr(x, "shape")]
 

@@ -29,7 +29,7 @@ from . import registry
 from .checks import JAX, compute_dtype, max_state_dtype, state_dtype
 from .native.chunkwise import chunkwise_kernel
 from .native.recurrent import mlstm_recurrent_sequence__native, mlstm_recurrent_step__native
-from .triton_exec import call, target, torch_dtype, traced
+from .triton_exec import answers_generation, call, target, torch_dtype, traced
 
 _STATES = ("Cb", "nb", "mb")
 
@@ -102,18 +102,19 @@ def _specs(arrays) -> tuple:
 
 
 @cache
-def _sequence_fn(name: str, chunk_size: int, eps: float, normalize: bool, with_last: bool):
-    """(q, k, v, i, f, C0, n0, m0) -> (h, last state or None), with the generated exact backward as its VJP."""
+def _sequence_fn(name: str, chunk_size: int, eps: float, normalize: bool, with_last: bool, generation: int):
+    """(q, k, v, i, f, C0, n0, m0) -> (h, last state or None), with the generated exact backward as its VJP; forward
+    and backward recorded under the dispatcher's answers of one ``generation`` (triton_exec.answers_generation)."""
     opts = dict(name=name, chunk_size=chunk_size, eps=eps, normalize=normalize, with_last=with_last)
 
     @jax.custom_vjp
     def fn(q, k, v, i, f, C0, n0, m0):
-        h, last, _ = call(_forward_run, dict(opts, saving=False), q, k, v, i, f, C0, n0, m0)
+        h, last, _ = call(_forward_run, dict(opts, saving=False), q, k, v, i, f, C0, n0, m0, generation=generation)
         return h, last
 
     def fwd(q, k, v, i, f, C0, n0, m0):
         inputs = (q, k, v, i, f, C0, n0, m0)
-        h, last, saved = call(_forward_run, dict(opts, saving=True), *inputs)
+        h, last, saved = call(_forward_run, dict(opts, saving=True), *inputs, generation=generation)
         return (h, last), (inputs, h, last, tuple(saved[key] for key in ("s", "mt", *_STATES)))
 
     def bwd(residuals, cotangents):
@@ -121,10 +122,10 @@ def _sequence_fn(name: str, chunk_size: int, eps: float, normalize: bool, with_l
         dh, dlast = cotangents
         # the chunk of the kept states: a Python value of the forward's recording (cached, not recorded again)
         fw_options = tuple(sorted(dict(opts, saving=True).items()))
-        L = traced(_forward_run, fw_options, _specs(inputs), target()).outputs[2]["L"]
+        L = traced(_forward_run, fw_options, _specs(inputs), target(), generation).outputs[2]["L"]
         last = last if with_last else (None, None, None)
         dlast = dlast if with_last else (None, None, None)
-        grads = call(_backward_run, dict(opts, L=L), *inputs, h, *stats, *last, dh, *dlast)
+        grads = call(_backward_run, dict(opts, L=L), *inputs, h, *stats, *last, dh, *dlast, generation=generation)
         return tuple(
             None if x is None else (jnp.zeros_like(x) if g is None else g.astype(x.dtype).reshape(x.shape))
             for g, x in zip(grads, inputs)
@@ -155,7 +156,7 @@ def _sequence_entry(name: str):
                                     chunk_size, cell=cell, normalize=normalize, custom_backward=True)  # fmt: skip
         target()  # a GPU, or the interpreter
         check_heads(q.shape[0], q.shape[1])
-        fn = _sequence_fn(name, chunk_size, float(eps), bool(normalize), bool(return_last_states))
+        fn = _sequence_fn(name, chunk_size, float(eps), bool(normalize), bool(return_last_states), answers_generation())
         h, last = fn(q, k, v, i, f, c_initial, n_initial, m_initial)
         if not return_last_states:
             return h
