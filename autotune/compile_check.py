@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .load import load_variant
 from .variants import VARIANTS, Variant
@@ -128,7 +129,7 @@ def _source(fn, args, kwargs, float_type: str = "fp32"):
         elif isinstance(value, torch.Tensor):
             signature[p.name] = "*" + _TYPES[value.dtype]
             aligned = value.data_ptr() % 16 == 0
-        elif type(value).__name__ == "TensorDescriptor":  # triton.tools.tensor_descriptor, built by a launcher
+        elif isinstance(value, TensorDescriptor):  # built by a launcher (launch.common.tile_store)
             block = ",".join(map(str, value.block_shape))
             signature[p.name], aligned = f"tensordesc<{_TYPES[value.base.dtype]}[{block}]>", False
         elif isinstance(value, bool):
